@@ -1,0 +1,141 @@
+"""Exception hierarchy of greenlang-crypto.
+
+Every error the library raises derives from :class:`GreenlangCryptoError`. Messages never contain
+key bytes, plaintext or raw encryption-context values, and an authentication failure is one
+opaque :class:`DecryptionError` whatever the cause (wrong key, wrong context, tampered bytes),
+so an attacker learns nothing from which check failed.
+
+The Rust core raises these same classes (it imports them from this module), so there is a
+single hierarchy across the Rust/Python boundary.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuditSinkUnavailableError",
+    "ConfigurationError",
+    "DecryptionError",
+    "GreenlangCryptoError",
+    "InternalError",
+    "InvalidArgumentError",
+    "InvalidContextError",
+    "InvalidEnvelopeError",
+    "InvalidKeyError",
+    "KeyNotFoundError",
+    "KeyRetiredError",
+    "KeyStateError",
+    "KeyUsageExceededError",
+    "KeyVersionUnavailableError",
+    "KmsAccessDeniedError",
+    "KmsError",
+    "KmsKeyDisabledError",
+    "KmsUnavailableError",
+    "PayloadTooLargeError",
+    "UnsupportedFormatError",
+]
+
+
+class GreenlangCryptoError(Exception):
+    """Root of every exception raised by greenlang-crypto."""
+
+
+class InternalError(GreenlangCryptoError):
+    """An internal invariant failed (for example a Rust panic caught at the boundary)."""
+
+
+class InvalidArgumentError(GreenlangCryptoError, ValueError):
+    """An argument is out of range (a nonce of the wrong length, a bad limit, ...)."""
+
+
+class InvalidKeyError(GreenlangCryptoError, ValueError):
+    """Key material has the wrong length or cannot be loaded."""
+
+
+class InvalidContextError(GreenlangCryptoError, ValueError):
+    """The encryption context is not acceptable (wrong types, too large, empty key...)."""
+
+
+class PayloadTooLargeError(GreenlangCryptoError, ValueError):
+    """The plaintext exceeds the configured maximum; raised before any KMS call."""
+
+
+class DecryptionError(GreenlangCryptoError):
+    """Decryption failed. Deliberately carries no detail about why."""
+
+    def __init__(self, message: str = "decryption failed") -> None:
+        super().__init__(message)
+
+
+class InvalidEnvelopeError(DecryptionError):
+    """The ciphertext is not a well-formed envelope (truncated, bad length, trailing bytes).
+
+    Only the envelope's public structure is described; this never says anything about keys or
+    the authentication tag.
+    """
+
+
+class UnsupportedFormatError(InvalidEnvelopeError):
+    """The envelope uses a format version or algorithm outside the allow-list."""
+
+
+class KeyUsageExceededError(GreenlangCryptoError):
+    """A data key reached its message or byte budget (NIST SP 800-38D, 8.3)."""
+
+
+class KeyVersionUnavailableError(GreenlangCryptoError):
+    """The envelope names a key version that this keyring does not have.
+
+    Distinct from :class:`DecryptionError` so operators can tell a missing key from tampering;
+    the version number comes from the envelope's public header, so it reveals nothing secret.
+    """
+
+    def __init__(self, key_version: int) -> None:
+        super().__init__(f"key version {key_version} is not available in this keyring")
+        self.key_version = key_version
+
+
+class KeyRetiredError(GreenlangCryptoError):
+    """The envelope's key version is below the minimum decryption version."""
+
+    def __init__(self, key_version: int, min_version: int) -> None:
+        super().__init__(
+            f"key version {key_version} is retired (minimum decryption version is {min_version})"
+        )
+        self.key_version = key_version
+        self.min_version = min_version
+
+
+class KeyNotFoundError(GreenlangCryptoError):
+    """A stored data key referenced by an envelope is missing from the key store."""
+
+
+class KeyStateError(GreenlangCryptoError):
+    """A key operation is not allowed in the key's current state."""
+
+
+class ConfigurationError(GreenlangCryptoError, ValueError):
+    """The configuration is invalid; raised at construction, not at first use."""
+
+
+class KmsError(GreenlangCryptoError):
+    """A key-management call failed in a way that retrying will not fix."""
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class KmsUnavailableError(KmsError):
+    """KMS could not be reached or kept throttling within the retry deadline."""
+
+
+class KmsKeyDisabledError(KmsError):
+    """The KMS key is disabled or pending deletion; the library fails closed."""
+
+
+class KmsAccessDeniedError(KmsError):
+    """KMS refused the call (access denied, not found, wrong key usage)."""
+
+
+class AuditSinkUnavailableError(GreenlangCryptoError):
+    """The audit sink could not record an event; security-relevant actions fail closed."""

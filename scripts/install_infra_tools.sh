@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Install the tools the offline infrastructure tests (tests/infra/) need, on a
+# fresh Debian 12 machine, as root:
+#   * promtool   - from the Debian "prometheus" package (the daemon is never
+#                  started or enabled; we only use the promtool binary),
+#   * checkov    - in its own virtualenv at $REPO/.venv-checkov (it pins its own
+#                  boto3 and an hcl2 fork that clash with the main test venv),
+#   * python-hcl2 - into whichever python is active when this script runs.
+# Idempotent and fast when everything is already present.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="${PYTHON:-python}"
+CHECKOV_VENV="${CHECKOV_VENV:-$REPO/.venv-checkov}"
+BASE_PYTHON="${BASE_PYTHON:-python3}"
+
+log() { printf '[install_infra_tools] %s\n' "$*"; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# --- promtool -----------------------------------------------------------------
+if command -v promtool >/dev/null 2>&1; then
+    log "promtool present: $(promtool --version 2>&1 | head -n1)"
+else
+    log "installing promtool (Debian package prometheus)"
+    # policy-rc.d exit 101 stops dpkg maintainer scripts from starting the
+    # daemon on machines where an init system is running.
+    policy=/usr/sbin/policy-rc.d
+    created_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+        as_root chmod +x "$policy"
+        created_policy=1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    as_root apt-get update -qq
+    as_root apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    if [ "$created_policy" -eq 1 ]; then as_root rm -f "$policy"; fi
+    # Make sure no prometheus daemon is left running or enabled.
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+        as_root systemctl disable --now prometheus prometheus-node-exporter >/dev/null 2>&1 || true
+    fi
+    for svc in prometheus prometheus-node-exporter; do
+        if [ -x "/etc/init.d/$svc" ]; then as_root "/etc/init.d/$svc" stop >/dev/null 2>&1 || true; fi
+    done
+    log "promtool installed: $(promtool --version 2>&1 | head -n1)"
+fi
+
+# --- checkov (own venv) -------------------------------------------------------
+if [ -x "$CHECKOV_VENV/bin/checkov" ] && "$CHECKOV_VENV/bin/checkov" --version >/dev/null 2>&1; then
+    log "checkov present: $("$CHECKOV_VENV/bin/checkov" --version 2>/dev/null)"
+else
+    log "creating checkov venv at $CHECKOV_VENV"
+    "$BASE_PYTHON" -m venv "$CHECKOV_VENV"
+    "$CHECKOV_VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+    "$CHECKOV_VENV/bin/python" -m pip install -q --disable-pip-version-check checkov
+    log "checkov installed: $("$CHECKOV_VENV/bin/checkov" --version 2>/dev/null)"
+fi
+
+# --- python-hcl2 and PyYAML into the active python ----------------------------
+if "$PYTHON" -c 'import hcl2, yaml' >/dev/null 2>&1; then
+    log "python-hcl2 present in $("$PYTHON" -c 'import sys; print(sys.executable)')"
+else
+    log "installing python-hcl2 and PyYAML into $("$PYTHON" -c 'import sys; print(sys.executable)')"
+    "$PYTHON" -m pip install -q --disable-pip-version-check python-hcl2 PyYAML
+fi

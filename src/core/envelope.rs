@@ -1,0 +1,636 @@
+//! Wire format v1 (normative description: docs/FORMAT.md).
+//!
+//! ```text
+//! off len  field
+//! 0   1    magic 0xFA (never valid in UTF-8, so a stored text value and an envelope differ)
+//! 1   1    format version (0x01)
+//! 2   1    algorithm (0x01 = AES-256-GCM, random 96-bit nonce, 128-bit tag)
+//! 3   1    flags: bits 0-1 key reference kind (1 inline, 2 stored), bit 4 context digest
+//!          present, bit 5 key commitment present; every other bit must be 0
+//! 4   4    key version, u32 big-endian
+//! 8   ..   key reference
+//!          stored: DEK id, u64 big-endian (8 bytes)
+//!          inline: u8 provider length (1..=32) + provider (printable ASCII),
+//!                  u16 key id length (1..=2048) + key id (UTF-8),
+//!                  u16 wrapped DEK length (1..=4096) + wrapped DEK
+//! ..  32   SHA-256 of the canonical context        (if bit 4)
+//! ..  32   key commitment                          (if bit 5; mandatory for inline)
+//! ..  12   nonce
+//! ..  n    ciphertext
+//! ..  16   tag
+//! ```
+//! The AEAD's associated data is `header || u32 len || canonical context || u32 len ||
+//! associated data`, so every header byte, the context and the caller's binding (table,
+//! column, row) are authenticated. Parsing checks every length against the bytes present
+//! before slicing and never allocates from a length field.
+
+use crate::core::aead::{DataKey, NONCE_LEN, OVERHEAD, TAG_LEN};
+use crate::core::context;
+use crate::core::error::{Error, Result};
+
+/// First byte of every envelope.
+pub const MAGIC: u8 = 0xFA;
+/// The format version this module writes.
+pub const VERSION_1: u8 = 0x01;
+/// AES-256-GCM with a random 96-bit nonce and a 128-bit tag.
+pub const ALG_AES_256_GCM: u8 = 0x01;
+/// Key reference kind: the wrapped DEK travels in the envelope.
+pub const KIND_INLINE: u8 = 1;
+/// Key reference kind: a DEK id pointing into the key store.
+pub const KIND_STORED: u8 = 2;
+const FLAG_KIND_MASK: u8 = 0b0000_0011;
+const FLAG_CONTEXT_DIGEST: u8 = 0b0001_0000;
+const FLAG_COMMITMENT: u8 = 0b0010_0000;
+const FLAG_KNOWN: u8 = FLAG_KIND_MASK | FLAG_CONTEXT_DIGEST | FLAG_COMMITMENT;
+/// Longest provider name.
+pub const MAX_PROVIDER_LEN: usize = 32;
+/// Longest key id (a KMS key ARN is at most 2048 characters).
+pub const MAX_KEY_ID_LEN: usize = 2048;
+/// Longest wrapped DEK (bounded as Tink does; KMS ciphertext blobs are far shorter).
+pub const MAX_WRAPPED_LEN: usize = 4096;
+const FIXED_PREFIX: usize = 8;
+
+/// Where the DEK of an envelope comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRef<'a> {
+    /// The wrapped DEK travels in the envelope.
+    Inline {
+        /// Key provider name, e.g. `aws-kms` or `local`.
+        provider: &'a str,
+        /// The wrapping key id (KMS key ARN, local master key id).
+        key_id: &'a str,
+        /// The DEK as wrapped by the provider.
+        wrapped_dek: &'a [u8],
+    },
+    /// A short id of a DEK row in the key store.
+    Stored {
+        /// The key-store id.
+        dek_id: u64,
+    },
+}
+
+/// What to write into a header.
+#[derive(Debug, Clone, Copy)]
+pub struct HeaderSpec<'a> {
+    /// Key version of the keyring.
+    pub key_version: u32,
+    /// The key reference.
+    pub key_ref: KeyRef<'a>,
+    /// Whether to include the SHA-256 of the canonical context.
+    pub context_digest: bool,
+    /// Whether to include the key commitment (forced on for inline references).
+    pub commitment: bool,
+}
+
+/// A parsed envelope, borrowing from the input.
+#[derive(Debug, Clone, Copy)]
+pub struct Parsed<'a> {
+    /// Format version.
+    pub version: u8,
+    /// Algorithm id.
+    pub algorithm: u8,
+    /// Key version.
+    pub key_version: u32,
+    /// Key reference.
+    pub key_ref: KeyRef<'a>,
+    /// Context digest, if present.
+    pub context_digest: Option<&'a [u8]>,
+    /// Key commitment, if present.
+    pub commitment: Option<&'a [u8]>,
+    /// The header bytes (all authenticated).
+    pub header: &'a [u8],
+    /// `nonce || ciphertext || tag`.
+    pub body: &'a [u8],
+}
+
+impl Parsed<'_> {
+    /// Plaintext length of the envelope.
+    pub fn plaintext_len(&self) -> usize {
+        self.body.len() - OVERHEAD
+    }
+}
+
+/// Encodes a header for `key` under `spec`.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] when a reference field is empty or too long,
+/// [`Error::InvalidContext`] when `canonical_context` is not canonical.
+pub fn encode_header(spec: &HeaderSpec<'_>, key: &DataKey, canonical_context: &[u8]) -> Result<Vec<u8>> {
+    context::validate(canonical_context)?;
+    let mut flags = 0u8;
+    let mut out = Vec::with_capacity(96);
+    out.extend_from_slice(&[MAGIC, VERSION_1, ALG_AES_256_GCM, 0]);
+    out.extend_from_slice(&spec.key_version.to_be_bytes());
+    let commitment = match spec.key_ref {
+        KeyRef::Stored { dek_id } => {
+            flags |= KIND_STORED;
+            out.extend_from_slice(&dek_id.to_be_bytes());
+            spec.commitment
+        }
+        KeyRef::Inline { provider, key_id, wrapped_dek } => {
+            flags |= KIND_INLINE;
+            if provider.is_empty()
+                || provider.len() > MAX_PROVIDER_LEN
+                || !provider.bytes().all(|b| (0x21..=0x7e).contains(&b))
+            {
+                return Err(Error::InvalidArgument("provider must be 1-32 printable ASCII bytes"));
+            }
+            if key_id.is_empty() || key_id.len() > MAX_KEY_ID_LEN {
+                return Err(Error::InvalidArgument("key id must be 1-2048 bytes"));
+            }
+            if wrapped_dek.is_empty() || wrapped_dek.len() > MAX_WRAPPED_LEN {
+                return Err(Error::InvalidArgument("wrapped DEK must be 1-4096 bytes"));
+            }
+            out.push(provider.len() as u8);
+            out.extend_from_slice(provider.as_bytes());
+            out.extend_from_slice(&(key_id.len() as u16).to_be_bytes());
+            out.extend_from_slice(key_id.as_bytes());
+            out.extend_from_slice(&(wrapped_dek.len() as u16).to_be_bytes());
+            out.extend_from_slice(wrapped_dek);
+            // An inline envelope names an arbitrary wrapped key, so it always commits to its DEK.
+            true
+        }
+    };
+    if spec.context_digest {
+        flags |= FLAG_CONTEXT_DIGEST;
+        out.extend_from_slice(&context::digest(canonical_context));
+    }
+    if commitment {
+        flags |= FLAG_COMMITMENT;
+        out.extend_from_slice(&key.commitment());
+    }
+    out[3] = flags;
+    Ok(out)
+}
+
+/// Builds the AEAD associated data for an envelope.
+pub fn associated_data(header: &[u8], canonical_context: &[u8], extra: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(header.len() + canonical_context.len() + extra.len() + 8);
+    aad.extend_from_slice(header);
+    aad.extend_from_slice(&(canonical_context.len() as u32).to_be_bytes());
+    aad.extend_from_slice(canonical_context);
+    aad.extend_from_slice(&(extra.len() as u32).to_be_bytes());
+    aad.extend_from_slice(extra);
+    aad
+}
+
+/// Length of an envelope with `header_len` header bytes around `plaintext_len` bytes.
+///
+/// # Errors
+/// [`Error::PayloadTooLarge`] above the GCM maximum.
+pub fn envelope_len(header_len: usize, plaintext_len: usize) -> Result<usize> {
+    DataKey::sealed_len(plaintext_len)?.checked_add(header_len).ok_or(Error::PayloadTooLarge)
+}
+
+/// Seals `plaintext` into `out` = `header || nonce || ciphertext || tag`.
+///
+/// `aad` must come from [`associated_data`] over the same header. The budget must already be
+/// reserved (see [`DataKey::reserve_batch`]) when `reserved` is true.
+///
+/// # Errors
+/// As [`DataKey::seal_into`].
+pub fn seal_into(
+    key: &DataKey,
+    header: &[u8],
+    aad: &[u8],
+    plaintext: &[u8],
+    out: &mut [u8],
+    reserved: bool,
+) -> Result<()> {
+    if out.len() != envelope_len(header.len(), plaintext.len())? {
+        return Err(Error::InvalidArgument("output buffer has the wrong length"));
+    }
+    let (head, body) = out.split_at_mut(header.len());
+    head.copy_from_slice(header);
+    if reserved {
+        key.seal_reserved(aad, plaintext, body)
+    } else {
+        key.seal_into(aad, plaintext, body)
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        let end = self.pos.checked_add(n).ok_or(Error::Malformed("length overflow"))?;
+        let s = self.buf.get(self.pos..end).ok_or(Error::Malformed("truncated"))?;
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<usize> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]) as usize)
+    }
+}
+
+/// Parses an envelope without decrypting it.
+///
+/// # Errors
+/// [`Error::Malformed`], [`Error::UnsupportedVersion`] or [`Error::UnsupportedAlgorithm`].
+pub fn parse(envelope: &[u8]) -> Result<Parsed<'_>> {
+    let mut r = Reader { buf: envelope, pos: 0 };
+    let prefix = r.take(FIXED_PREFIX)?;
+    if prefix[0] != MAGIC {
+        return Err(Error::Malformed("not an envelope"));
+    }
+    if prefix[1] != VERSION_1 {
+        return Err(Error::UnsupportedVersion(prefix[1]));
+    }
+    if prefix[2] != ALG_AES_256_GCM {
+        return Err(Error::UnsupportedAlgorithm(prefix[2]));
+    }
+    let flags = prefix[3];
+    if flags & !FLAG_KNOWN != 0 {
+        return Err(Error::Malformed("unknown flags"));
+    }
+    let key_version = u32::from_be_bytes([prefix[4], prefix[5], prefix[6], prefix[7]]);
+    let key_ref = match flags & FLAG_KIND_MASK {
+        KIND_STORED => {
+            let b = r.take(8)?;
+            let mut id = [0u8; 8];
+            id.copy_from_slice(b);
+            KeyRef::Stored { dek_id: u64::from_be_bytes(id) }
+        }
+        KIND_INLINE => {
+            if flags & FLAG_COMMITMENT == 0 {
+                return Err(Error::Malformed("inline envelope without key commitment"));
+            }
+            let plen = r.u8()? as usize;
+            if plen == 0 || plen > MAX_PROVIDER_LEN {
+                return Err(Error::Malformed("bad provider length"));
+            }
+            let provider = r.take(plen)?;
+            if !provider.iter().all(|b| (0x21..=0x7e).contains(b)) {
+                return Err(Error::Malformed("bad provider"));
+            }
+            let klen = r.u16()?;
+            if klen == 0 || klen > MAX_KEY_ID_LEN {
+                return Err(Error::Malformed("bad key id length"));
+            }
+            let key_id =
+                std::str::from_utf8(r.take(klen)?).map_err(|_| Error::Malformed("bad key id"))?;
+            let wlen = r.u16()?;
+            if wlen == 0 || wlen > MAX_WRAPPED_LEN {
+                return Err(Error::Malformed("bad wrapped key length"));
+            }
+            let wrapped_dek = r.take(wlen)?;
+            KeyRef::Inline {
+                // Checked printable ASCII above, so this cannot fail.
+                provider: std::str::from_utf8(provider).map_err(|_| Error::Malformed("bad provider"))?,
+                key_id,
+                wrapped_dek,
+            }
+        }
+        _ => return Err(Error::Malformed("unknown key reference kind")),
+    };
+    let context_digest =
+        if flags & FLAG_CONTEXT_DIGEST != 0 { Some(r.take(32)?) } else { None };
+    let commitment = if flags & FLAG_COMMITMENT != 0 { Some(r.take(32)?) } else { None };
+    let header_len = r.pos;
+    let (header, body) = envelope.split_at(header_len);
+    if body.len() < NONCE_LEN + TAG_LEN {
+        return Err(Error::Malformed("truncated"));
+    }
+    Ok(Parsed {
+        version: VERSION_1,
+        algorithm: ALG_AES_256_GCM,
+        key_version,
+        key_ref,
+        context_digest,
+        commitment,
+        header,
+        body,
+    })
+}
+
+/// Checks the commitment and context digest of a parsed envelope against `key` and the
+/// expected context, before any decryption happens.
+///
+/// # Errors
+/// [`Error::Authentication`] on any mismatch (opaque by design).
+pub fn check_bindings(parsed: &Parsed<'_>, key: &DataKey, canonical_context: &[u8]) -> Result<()> {
+    use subtle::ConstantTimeEq;
+    if let Some(c) = parsed.commitment {
+        if !bool::from(c.ct_eq(&key.commitment()[..])) {
+            return Err(Error::Authentication);
+        }
+    }
+    if let Some(d) = parsed.context_digest {
+        if !bool::from(d.ct_eq(&context::digest(canonical_context)[..])) {
+            return Err(Error::Authentication);
+        }
+    }
+    Ok(())
+}
+
+/// Opens a parsed envelope into `out` (`parsed.plaintext_len()` bytes).
+///
+/// # Errors
+/// [`Error::Authentication`] on any failure of the commitment, context or tag.
+pub fn open_into(
+    key: &DataKey,
+    parsed: &Parsed<'_>,
+    canonical_context: &[u8],
+    extra_aad: &[u8],
+    out: &mut [u8],
+) -> Result<()> {
+    if let Err(e) = check_bindings(parsed, key, canonical_context) {
+        crate::core::stats::record_open_failure(&e);
+        return Err(e);
+    }
+    let aad = associated_data(parsed.header, canonical_context, extra_aad);
+    key.open_into(&aad, parsed.body, out)
+}
+
+/// Seals into a new vector (for the core's tests and Rust callers).
+///
+/// # Errors
+/// As [`encode_header`] and [`seal_into`].
+pub fn seal(
+    key: &DataKey,
+    spec: &HeaderSpec<'_>,
+    canonical_context: &[u8],
+    extra_aad: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>> {
+    let header = encode_header(spec, key, canonical_context)?;
+    let aad = associated_data(&header, canonical_context, extra_aad);
+    let mut out = vec![0u8; envelope_len(header.len(), plaintext.len())?];
+    seal_into(key, &header, &aad, plaintext, &mut out, false)?;
+    Ok(out)
+}
+
+/// Parses and opens into a new vector.
+///
+/// # Errors
+/// As [`parse`] and [`open_into`].
+pub fn open(key: &DataKey, envelope: &[u8], canonical_context: &[u8], extra_aad: &[u8]) -> Result<Vec<u8>> {
+    let parsed = parse(envelope)?;
+    let mut out = vec![0u8; parsed.plaintext_len()];
+    open_into(key, &parsed, canonical_context, extra_aad, &mut out)?;
+    Ok(out)
+}
+
+/// A data key bound to one header and one context, ready to seal many values quickly.
+///
+/// The header and the context part of the associated data are computed once, so sealing a
+/// short value costs one AEAD call and one small copy. This is what the service caches.
+#[derive(Debug)]
+pub struct Sealer {
+    key: std::sync::Arc<DataKey>,
+    header: Vec<u8>,
+    /// `header || u32 len || context`, the fixed prefix of every associated data.
+    aad_prefix: Vec<u8>,
+}
+
+impl crate::core::cache::Cached for Sealer {
+    fn data_key(&self) -> &DataKey {
+        &self.key
+    }
+}
+
+impl Sealer {
+    /// Binds `key` to a header built from `spec` and to `canonical_context`.
+    ///
+    /// # Errors
+    /// As [`encode_header`].
+    pub fn new(
+        key: std::sync::Arc<DataKey>,
+        spec: &HeaderSpec<'_>,
+        canonical_context: &[u8],
+    ) -> Result<Self> {
+        let header = encode_header(spec, &key, canonical_context)?;
+        let mut aad_prefix = associated_data(&header, canonical_context, b"");
+        // Drop the trailing empty-extra length; it is re-appended per value.
+        aad_prefix.truncate(aad_prefix.len() - 4);
+        Ok(Sealer { key, header, aad_prefix })
+    }
+
+    /// The data key.
+    pub fn key(&self) -> &std::sync::Arc<DataKey> {
+        &self.key
+    }
+
+    /// The header bytes every envelope from this sealer starts with.
+    pub fn header(&self) -> &[u8] {
+        &self.header
+    }
+
+    /// Envelope length for a plaintext of `plaintext_len` bytes.
+    ///
+    /// # Errors
+    /// [`Error::PayloadTooLarge`] above the GCM maximum.
+    pub fn envelope_len(&self, plaintext_len: usize) -> Result<usize> {
+        envelope_len(self.header.len(), plaintext_len)
+    }
+
+    /// The associated data for a value bound to `extra`.
+    pub fn aad(&self, extra: &[u8]) -> Vec<u8> {
+        let mut aad = Vec::with_capacity(self.aad_prefix.len() + 4 + extra.len());
+        aad.extend_from_slice(&self.aad_prefix);
+        aad.extend_from_slice(&(extra.len() as u32).to_be_bytes());
+        aad.extend_from_slice(extra);
+        aad
+    }
+
+    /// Seals one value into `out` (see [`Sealer::envelope_len`]).
+    ///
+    /// # Errors
+    /// As [`DataKey::seal_into`].
+    pub fn seal_into(&self, extra: &[u8], plaintext: &[u8], out: &mut [u8], reserved: bool) -> Result<()> {
+        seal_into(&self.key, &self.header, &self.aad(extra), plaintext, out, reserved)
+    }
+
+    /// Seals one value into a new vector.
+    ///
+    /// # Errors
+    /// As [`DataKey::seal_into`].
+    pub fn seal(&self, extra: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
+        let mut out = vec![0u8; self.envelope_len(plaintext.len())?];
+        self.seal_into(extra, plaintext, &mut out, false)?;
+        Ok(out)
+    }
+}
+
+/// The cache id of the DEK an envelope refers to: the key-reference kind followed by the
+/// key-reference bytes of the header. Equal ids mean the same wrapped or stored DEK.
+pub fn key_ref_id(parsed: &Parsed<'_>) -> Vec<u8> {
+    match parsed.key_ref {
+        KeyRef::Stored { dek_id } => stored_id(dek_id),
+        KeyRef::Inline { provider, key_id, wrapped_dek } => {
+            inline_id(provider, key_id, wrapped_dek)
+        }
+    }
+}
+
+/// The cache id of a stored DEK (see [`key_ref_id`]).
+pub fn stored_id(dek_id: u64) -> Vec<u8> {
+    let mut id = Vec::with_capacity(9);
+    id.push(KIND_STORED);
+    id.extend_from_slice(&dek_id.to_be_bytes());
+    id
+}
+
+/// The cache id of an inline wrapped DEK (see [`key_ref_id`]).
+pub fn inline_id(provider: &str, key_id: &str, wrapped_dek: &[u8]) -> Vec<u8> {
+    let mut id = Vec::with_capacity(8 + provider.len() + key_id.len() + wrapped_dek.len());
+    id.push(KIND_INLINE);
+    id.push(provider.len() as u8);
+    id.extend_from_slice(provider.as_bytes());
+    id.extend_from_slice(&(key_id.len() as u32).to_be_bytes());
+    id.extend_from_slice(key_id.as_bytes());
+    id.extend_from_slice(wrapped_dek);
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::aead::UsageLimits;
+
+    fn dek() -> DataKey {
+        DataKey::generate(UsageLimits::default()).unwrap()
+    }
+
+    fn ctx() -> Vec<u8> {
+        context::encode([("tenant_id", "t1"), ("data_class", "pii")]).unwrap()
+    }
+
+    fn inline_spec(wrapped: &[u8]) -> HeaderSpec<'_> {
+        HeaderSpec {
+            key_version: 3,
+            key_ref: KeyRef::Inline { provider: "local", key_id: "master-1", wrapped_dek: wrapped },
+            context_digest: true,
+            commitment: true,
+        }
+    }
+
+    fn stored_spec() -> HeaderSpec<'static> {
+        HeaderSpec {
+            key_version: 1,
+            key_ref: KeyRef::Stored { dek_id: 42 },
+            context_digest: false,
+            commitment: false,
+        }
+    }
+
+    #[test]
+    fn stored_envelope_is_compact() {
+        let k = dek();
+        let env = seal(&k, &stored_spec(), &ctx(), b"", &[7u8; 16]).unwrap();
+        assert_eq!(env.len(), 60);
+        assert_eq!(open(&k, &env, &ctx(), b"").unwrap(), vec![7u8; 16]);
+        let p = parse(&env).unwrap();
+        assert_eq!(p.key_ref, KeyRef::Stored { dek_id: 42 });
+        assert_eq!(p.key_version, 1);
+    }
+
+    #[test]
+    fn inline_round_trip_and_fields() {
+        let k = dek();
+        let wrapped = [9u8; 40];
+        let env = seal(&k, &inline_spec(&wrapped), &ctx(), b"row", b"hello").unwrap();
+        let p = parse(&env).unwrap();
+        assert_eq!(p.key_version, 3);
+        assert!(matches!(p.key_ref, KeyRef::Inline { provider: "local", key_id: "master-1", .. }));
+        assert_eq!(p.context_digest.unwrap(), &context::digest(&ctx())[..]);
+        assert_eq!(open(&k, &env, &ctx(), b"row").unwrap(), b"hello");
+        assert_eq!(open(&k, &env, &ctx(), b"other row"), Err(Error::Authentication));
+        let other = context::encode([("tenant_id", "t2"), ("data_class", "pii")]).unwrap();
+        assert_eq!(open(&k, &env, &other, b"row"), Err(Error::Authentication));
+    }
+
+    #[test]
+    fn wrong_key_fails_commitment() {
+        let k = dek();
+        let env = seal(&k, &inline_spec(&[1u8; 8]), &ctx(), b"", b"x").unwrap();
+        assert_eq!(open(&dek(), &env, &ctx(), b""), Err(Error::Authentication));
+    }
+
+    #[test]
+    fn every_truncation_and_bit_flip_rejected() {
+        let k = dek();
+        for spec in [inline_spec(&[5u8; 20]), stored_spec()] {
+            let env = seal(&k, &spec, &ctx(), b"", b"plaintext!").unwrap();
+            for n in 0..env.len() {
+                assert!(open(&k, &env[..n], &ctx(), b"").is_err(), "truncated at {n}");
+            }
+            for bit in 0..env.len() * 8 {
+                let mut bad = env.clone();
+                bad[bit / 8] ^= 1 << (bit % 8);
+                assert!(open(&k, &bad, &ctx(), b"").is_err(), "bit {bit}");
+            }
+            for extra in [1usize, 12, 20] {
+                let mut long = env.clone();
+                long.extend(std::iter::repeat_n(0u8, extra));
+                assert!(open(&k, &long, &ctx(), b"").is_err(), "trailing {extra}");
+            }
+        }
+    }
+
+    #[test]
+    fn versions_and_algorithms_outside_allow_list() {
+        let k = dek();
+        let env = seal(&k, &stored_spec(), &ctx(), b"", b"x").unwrap();
+        for v in [0u8, 2, 0xff] {
+            let mut bad = env.clone();
+            bad[1] = v;
+            assert_eq!(parse(&bad).unwrap_err(), Error::UnsupportedVersion(v));
+        }
+        let mut bad = env.clone();
+        bad[2] = 2;
+        assert_eq!(parse(&bad).unwrap_err(), Error::UnsupportedAlgorithm(2));
+    }
+
+    #[test]
+    fn inline_without_commitment_is_rejected() {
+        let k = dek();
+        let mut env = seal(&k, &inline_spec(&[1u8; 8]), &ctx(), b"", b"x").unwrap();
+        env[3] &= !FLAG_COMMITMENT;
+        assert!(matches!(parse(&env), Err(Error::Malformed(_))));
+    }
+
+    #[test]
+    fn sealer_matches_one_shot() {
+        let k = std::sync::Arc::new(dek());
+        let s = Sealer::new(std::sync::Arc::clone(&k), &stored_spec(), &ctx()).unwrap();
+        let env = s.seal(b"row-1", b"value").unwrap();
+        assert_eq!(&env[..s.header().len()], s.header());
+        assert_eq!(open(&k, &env, &ctx(), b"row-1").unwrap(), b"value");
+        assert!(open(&k, &env, &ctx(), b"row-2").is_err());
+        let p = parse(&env).unwrap();
+        assert_eq!(key_ref_id(&p), stored_id(42));
+    }
+
+    #[test]
+    fn huge_length_fields_do_not_allocate() {
+        let mut env = vec![MAGIC, VERSION_1, ALG_AES_256_GCM, KIND_INLINE | FLAG_COMMITMENT, 0, 0, 0, 1];
+        env.push(5);
+        env.extend_from_slice(b"local");
+        env.extend_from_slice(&[0xff, 0xff]);
+        assert!(matches!(parse(&env), Err(Error::Malformed(_))));
+    }
+
+    #[test]
+    fn header_field_bounds() {
+        let k = dek();
+        let long = "x".repeat(MAX_KEY_ID_LEN + 1);
+        let bad = HeaderSpec {
+            key_version: 1,
+            key_ref: KeyRef::Inline { provider: "p", key_id: &long, wrapped_dek: b"w" },
+            context_digest: false,
+            commitment: true,
+        };
+        assert!(encode_header(&bad, &k, &ctx()).is_err());
+        assert!(encode_header(&stored_spec(), &k, b"\x00").is_err());
+    }
+}

@@ -1,0 +1,14 @@
+//! Pure-Rust core of greenlang-crypto.
+//!
+//! Nothing in this module tree knows about Python: it is tested with plain `cargo test` and the
+//! PyO3 layer in `crate::py` is a thin adapter over it.
+
+pub mod aead;
+pub mod cache;
+pub mod context;
+pub mod envelope;
+pub mod error;
+pub mod index;
+pub mod stats;
+
+pub use error::{Error, Result};

@@ -1,0 +1,207 @@
+//! `DekCache`: the Rust DEK cache exposed to Python, with one-call fast paths for sealing and
+//! opening on a hit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+
+use crate::core::aead::DataKey;
+use crate::core::cache::{Cached, DekCache};
+use crate::core::envelope::{self, Sealer};
+use crate::core::Error;
+use crate::py::bufs::{bytes_arg, opt_bytes_arg};
+use crate::py::envelope::{open_parsed, seal_with, PyEnvelopeSealer};
+use crate::py::errors::{guard, to_py, CoreResultExt};
+use crate::py::keys::PyDataKey;
+
+/// What a cache entry holds: a bare data key (decryption) or a sealer (encryption).
+pub enum Item {
+    Key(Arc<DataKey>),
+    Sealer(Arc<Sealer>),
+}
+
+impl Cached for Item {
+    fn data_key(&self) -> &DataKey {
+        match self {
+            Item::Key(k) => k,
+            Item::Sealer(s) => s.key(),
+        }
+    }
+}
+
+/// A bounded LRU cache of data keys with a TTL and per-key usage limits.
+///
+/// Entries are dropped (and their keys zeroized once no handle remains) on eviction, expiry
+/// and `clear()`. Lookups are safe from many threads.
+#[pyclass(frozen, name = "DekCache", module = "greenlang_crypto._core")]
+pub struct PyDekCache {
+    inner: DekCache<Item>,
+}
+
+fn item_to_py(py: Python<'_>, item: &Item) -> PyResult<Py<PyAny>> {
+    Ok(match item {
+        Item::Key(k) => Py::new(py, PyDataKey::wrap(Arc::clone(k)))?.into_any(),
+        Item::Sealer(s) => Py::new(py, PyEnvelopeSealer { inner: Arc::clone(s) })?.into_any(),
+    })
+}
+
+#[pymethods]
+impl PyDekCache {
+    #[new]
+    #[pyo3(signature = (max_entries=1000, ttl_seconds=300.0))]
+    fn new(max_entries: usize, ttl_seconds: f64) -> PyResult<Self> {
+        if !ttl_seconds.is_finite() || ttl_seconds <= 0.0 {
+            return Err(to_py(Error::InvalidArgument("ttl must be in (0, 86400] seconds")));
+        }
+        let ttl = Duration::try_from_secs_f64(ttl_seconds)
+            .map_err(|_| to_py(Error::InvalidArgument("ttl must be in (0, 86400] seconds")))?;
+        Ok(PyDekCache { inner: DekCache::new(max_entries, ttl).py()? })
+    }
+
+    /// Returns the DataKey or EnvelopeSealer under `id`, or None when absent, expired or spent.
+    fn get(&self, py: Python<'_>, id: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
+        guard(|| match self.inner.get(&bytes_arg(id, "id")?) {
+            Some(item) => Ok(Some(item_to_py(py, &item)?)),
+            None => Ok(None),
+        })
+    }
+
+    /// Like `get`, also returning the entry's age in seconds: `(item, age)` or None.
+    fn get_with_age(&self, py: Python<'_>, id: &Bound<'_, PyAny>) -> PyResult<Option<(Py<PyAny>, f64)>> {
+        guard(|| match self.inner.get_with_age(&bytes_arg(id, "id")?) {
+            Some((item, age)) => Ok(Some((item_to_py(py, &item)?, age.as_secs_f64()))),
+            None => Ok(None),
+        })
+    }
+
+    /// Stores a DataKey or an EnvelopeSealer under `id`.
+    fn put(&self, id: &Bound<'_, PyAny>, item: &Bound<'_, PyAny>) -> PyResult<()> {
+        guard(|| {
+            let id = bytes_arg(id, "id")?;
+            let value = if let Ok(k) = item.cast::<PyDataKey>() {
+                Item::Key(Arc::clone(&k.get().inner))
+            } else if let Ok(s) = item.cast::<PyEnvelopeSealer>() {
+                Item::Sealer(Arc::clone(&s.get().inner))
+            } else {
+                return Err(PyTypeError::new_err("item must be a DataKey or an EnvelopeSealer"));
+            };
+            self.inner.put(&id, Arc::new(value));
+            Ok(())
+        })
+    }
+
+    /// Seals with the sealer cached under `id`; returns None on a miss (or when the cached
+    /// key just ran out of budget), so the caller fetches a new key and retries.
+    #[pyo3(signature = (id, plaintext, associated_data=None))]
+    fn seal<'py>(
+        &self,
+        py: Python<'py>,
+        id: &Bound<'py, PyAny>,
+        plaintext: &Bound<'py, PyAny>,
+        associated_data: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        guard(|| {
+            let pt = bytes_arg(plaintext, "plaintext")?;
+            let aad = opt_bytes_arg(associated_data, "associated_data")?;
+            let Some(item) = self.inner.get(&bytes_arg(id, "id")?) else { return Ok(None) };
+            let Item::Sealer(sealer) = &*item else {
+                return Err(PyTypeError::new_err("cache entry is not an EnvelopeSealer"));
+            };
+            match seal_with(py, sealer, &pt, &aad) {
+                Ok(b) => Ok(Some(b)),
+                Err(e) if e.is_instance_of::<crate::py::errors::KeyUsageExceededError>(py) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    /// Opens `envelope` if the DEK it references is cached; returns None on a miss.
+    #[pyo3(signature = (envelope, context, associated_data=None))]
+    fn open<'py>(
+        &self,
+        py: Python<'py>,
+        envelope: &Bound<'py, PyAny>,
+        context: &Bound<'py, PyAny>,
+        associated_data: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        guard(|| {
+            let env = bytes_arg(envelope, "envelope")?;
+            let ctx = bytes_arg(context, "context")?;
+            let aad = opt_bytes_arg(associated_data, "associated_data")?;
+            let parsed = envelope::parse(&env).py()?;
+            let Some(item) = self.inner.get(&envelope::key_ref_id(&parsed)) else { return Ok(None) };
+            open_parsed(py, item.data_key(), &env, &ctx, &aad).map(Some)
+        })
+    }
+
+    /// Removes one entry; returns whether it existed.
+    fn remove(&self, id: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Ok(self.inner.remove(&bytes_arg(id, "id")?))
+    }
+
+    /// Removes every entry whose id starts with `prefix`; returns the count.
+    fn remove_prefix(&self, prefix: &Bound<'_, PyAny>) -> PyResult<usize> {
+        Ok(self.inner.remove_prefix(&bytes_arg(prefix, "prefix")?))
+    }
+
+    /// Drops every entry.
+    fn clear(&self) {
+        self.inner.clear();
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// Configured TTL in seconds.
+    #[getter]
+    fn ttl_seconds(&self) -> f64 {
+        self.inner.ttl().as_secs_f64()
+    }
+
+    /// Configured entry bound.
+    #[getter]
+    fn max_entries(&self) -> usize {
+        self.inner.max_entries()
+    }
+
+    /// Counters: hits, misses, evictions, expirations, size.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.inner.stats();
+        let d = PyDict::new(py);
+        d.set_item("hits", s.hits)?;
+        d.set_item("misses", s.misses)?;
+        d.set_item("evictions", s.evictions)?;
+        d.set_item("expirations", s.expirations)?;
+        d.set_item("size", s.size)?;
+        Ok(d)
+    }
+
+    /// Gauges: the oldest entry's age and the largest budget fraction in use.
+    fn usage<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let u = self.inner.usage();
+        let d = PyDict::new(py);
+        d.set_item("max_age_seconds", u.max_age_seconds)?;
+        d.set_item("max_budget_used", u.max_budget_used)?;
+        Ok(d)
+    }
+
+    fn __repr__(&self) -> String {
+        let s = self.inner.stats();
+        format!(
+            "<DekCache size={} max_entries={} ttl={}s hits={} misses={}>",
+            s.size,
+            self.inner.max_entries(),
+            self.inner.ttl().as_secs_f64(),
+            s.hits,
+            s.misses
+        )
+    }
+
+    fn __reduce__(&self) -> PyResult<()> {
+        Err(PyTypeError::new_err("DekCache cannot be pickled"))
+    }
+}

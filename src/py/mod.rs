@@ -1,0 +1,72 @@
+//! PyO3 bindings: thin wrappers over `crate::core`, compiled only with the `python` feature.
+
+mod bufs;
+mod cache;
+mod envelope;
+pub(crate) mod errors;
+mod hazmat;
+mod keys;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+
+use crate::py::bufs::bytes_arg;
+
+/// Constant-time equality of two byte strings.
+#[pyfunction]
+fn constant_time_eq(a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> PyResult<bool> {
+    errors::guard(|| Ok(crate::core::index::constant_time_eq(&bytes_arg(a, "a")?, &bytes_arg(b, "b")?)))
+}
+
+/// Process-wide operation counters kept in Rust atomics (read by the metrics collector).
+#[pyfunction]
+fn core_stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let s = crate::core::stats::snapshot();
+    let d = PyDict::new(py);
+    d.set_item("seals", s.seals)?;
+    d.set_item("sealed_bytes", s.sealed_bytes)?;
+    d.set_item("opens", s.opens)?;
+    d.set_item("opened_bytes", s.opened_bytes)?;
+    d.set_item("open_auth_failures", s.open_auth_failures)?;
+    d.set_item("open_format_failures", s.open_format_failures)?;
+    d.set_item("usage_refusals", s.usage_refusals)?;
+    Ok(d)
+}
+
+/// Random bytes from AWS-LC's generator (for ids and salts; never for nonces of this library,
+/// which are drawn inside the seal call).
+#[pyfunction]
+fn random_bytes(py: Python<'_>, n: usize) -> PyResult<Bound<'_, PyBytes>> {
+    if n > 1024 {
+        return Err(errors::to_py(crate::core::Error::InvalidArgument("at most 1024 random bytes")));
+    }
+    bufs::new_bytes(py, n, |out| {
+        aws_lc_rs::rand::fill(out).map_err(|_| errors::to_py(crate::core::Error::Crypto))
+    })
+}
+
+#[pymodule(gil_used = false)]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("FORMAT_VERSION", crate::core::envelope::VERSION_1)?;
+    m.add("MAX_MESSAGES_CAP", crate::core::aead::MAX_MESSAGES_CAP)?;
+    m.add("GCM_MAX_PLAINTEXT", crate::core::aead::GCM_MAX_PLAINTEXT)?;
+    m.add("DETACH_THRESHOLD", bufs::DETACH_THRESHOLD)?;
+    m.add("OVERHEAD", crate::core::aead::OVERHEAD)?;
+    m.add_class::<keys::PyDataKey>()?;
+    m.add_class::<keys::PyBlindIndexKey>()?;
+    m.add_class::<envelope::PyEnvelopeHeader>()?;
+    m.add_class::<envelope::PyEnvelopeSealer>()?;
+    m.add_class::<cache::PyDekCache>()?;
+    m.add_class::<hazmat::PyAesGcm>()?;
+    m.add_function(wrap_pyfunction!(envelope::canonical_context, m)?)?;
+    m.add_function(wrap_pyfunction!(envelope::context_digest, m)?)?;
+    m.add_function(wrap_pyfunction!(envelope::parse_envelope, m)?)?;
+    m.add_function(wrap_pyfunction!(envelope::open_envelope, m)?)?;
+    m.add_function(wrap_pyfunction!(envelope::stored_key_ref_id, m)?)?;
+    m.add_function(wrap_pyfunction!(envelope::inline_key_ref_id, m)?)?;
+    m.add_function(wrap_pyfunction!(hazmat::export_key_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(constant_time_eq, m)?)?;
+    m.add_function(wrap_pyfunction!(core_stats, m)?)?;
+    m.add_function(wrap_pyfunction!(random_bytes, m)?)?;
+    Ok(())
+}
