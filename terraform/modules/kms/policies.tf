@@ -57,6 +57,15 @@ locals {
     "kms:ScheduleKeyDeletion",
   ]
 
+  # The break-glass role can take a key out of service and bring it back.
+  break_glass_actions = [
+    "kms:CancelKeyDeletion",
+    "kms:DescribeKey",
+    "kms:DisableKey",
+    "kms:EnableKey",
+    "kms:ScheduleKeyDeletion",
+  ]
+
   # Operations an AWS service performs with a key on a principal's behalf.
   service_usage_actions = [
     "kms:Decrypt",
@@ -116,7 +125,7 @@ data "aws_iam_policy_document" "key_base" {
   statement {
     sid       = "BreakGlassDisableAndDelete"
     effect    = "Allow"
-    actions   = concat(local.key_destructive_actions, ["kms:CancelKeyDeletion", "kms:DescribeKey", "kms:EnableKey"])
+    actions   = local.break_glass_actions
     resources = ["*"]
 
     principals {
