@@ -38,7 +38,10 @@ pub struct UsageLimits {
 
 impl Default for UsageLimits {
     fn default() -> Self {
-        UsageLimits { max_messages: MAX_MESSAGES_CAP, max_bytes: u64::MAX }
+        UsageLimits {
+            max_messages: MAX_MESSAGES_CAP,
+            max_bytes: u64::MAX,
+        }
     }
 }
 
@@ -54,7 +57,10 @@ impl UsageLimits {
         if max_bytes == 0 {
             return Err(Error::InvalidArgument("max_bytes must be positive"));
         }
-        Ok(UsageLimits { max_messages, max_bytes })
+        Ok(UsageLimits {
+            max_messages,
+            max_bytes,
+        })
     }
 }
 
@@ -192,7 +198,9 @@ impl DataKey {
         if plaintext_len as u64 > GCM_MAX_PLAINTEXT {
             return Err(Error::PayloadTooLarge);
         }
-        plaintext_len.checked_add(OVERHEAD).ok_or(Error::PayloadTooLarge)
+        plaintext_len
+            .checked_add(OVERHEAD)
+            .ok_or(Error::PayloadTooLarge)
     }
 
     /// Reserves budget for a batch before any of it is sealed, so a batch either fits or is
@@ -253,7 +261,9 @@ impl DataKey {
     /// # Errors
     /// [`Error::Malformed`] when `sealed_len` is shorter than nonce plus tag.
     pub fn opened_len(sealed_len: usize) -> Result<usize> {
-        sealed_len.checked_sub(OVERHEAD).ok_or(Error::Malformed("ciphertext too short"))
+        sealed_len
+            .checked_sub(OVERHEAD)
+            .ok_or(Error::Malformed("ciphertext too short"))
     }
 
     /// Opens `nonce || ciphertext || tag` into `out`. On failure `out` is zeroized, so no
@@ -278,7 +288,9 @@ impl DataKey {
         let (nonce, rest) = sealed.split_at(NONCE_LEN);
         let (ct, tag) = rest.split_at(pt_len);
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| Error::InvalidNonce)?;
-        let opened = self.key.open_separate_gather(nonce, Aad::from(aad), ct, tag, out);
+        let opened = self
+            .key
+            .open_separate_gather(nonce, Aad::from(aad), ct, tag, out);
         if opened.is_err() {
             zeroize::Zeroize::zeroize(out);
             return Err(Error::Authentication);
@@ -384,19 +396,12 @@ impl DataKey {
 /// child would hand out the same nonces.
 pub mod nonce_pool {
     use std::cell::RefCell;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::Once;
 
     use super::NONCE_LEN;
     use crate::core::error::Result;
+    use crate::core::fork;
 
     const POOL_NONCES: usize = 64;
-    static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
-    static REGISTER: Once = Once::new();
-
-    extern "C" fn after_fork_in_child() {
-        FORK_GENERATION.fetch_add(1, Ordering::SeqCst);
-    }
 
     struct Pool {
         buf: [u8; NONCE_LEN * POOL_NONCES],
@@ -410,28 +415,14 @@ pub mod nonce_pool {
         };
     }
 
-    /// The current fork generation (incremented in every forked child).
-    pub fn fork_generation() -> u64 {
-        FORK_GENERATION.load(Ordering::SeqCst)
-    }
-
     /// Returns a fresh random nonce.
     ///
     /// # Errors
     /// [`crate::core::Error::Crypto`] if AWS-LC's generator fails.
     pub fn next() -> Result<[u8; NONCE_LEN]> {
-        REGISTER.call_once(|| {
-            // SAFETY: registering a handler that only performs an atomic increment, which is
-            // async-signal-safe and valid in a freshly forked child. The return value is an
-            // error code only on memory exhaustion; the generation check then simply never
-            // fires, and AWS-LC's own fork detection still protects its DRBG.
-            unsafe {
-                libc::pthread_atfork(None, None, Some(after_fork_in_child));
-            }
-        });
+        let generation = fork::generation();
         POOL.with(|cell| {
             let mut pool = cell.borrow_mut();
-            let generation = FORK_GENERATION.load(Ordering::Acquire);
             if pool.next >= POOL_NONCES || pool.generation != generation {
                 aws_lc_rs::rand::fill(&mut pool.buf)?;
                 pool.next = 0;
@@ -473,24 +464,35 @@ pub mod hazmat {
         /// [`Error::InvalidKey`] unless the key is 32 bytes.
         pub fn new(key: &[u8]) -> Result<Self> {
             if key.len() != KEY_LEN {
-                return Err(Error::InvalidKey("AESGCM key must be 32 bytes (AES-256 only)"));
+                return Err(Error::InvalidKey(
+                    "AESGCM key must be 32 bytes (AES-256 only)",
+                ));
             }
-            let unbound =
-                UnboundKey::new(&AES_256_GCM, key).map_err(|_| Error::InvalidKey("key rejected"))?;
-            Ok(CallerNonceAead { key: LessSafeKey::new(unbound) })
+            let unbound = UnboundKey::new(&AES_256_GCM, key)
+                .map_err(|_| Error::InvalidKey("key rejected"))?;
+            Ok(CallerNonceAead {
+                key: LessSafeKey::new(unbound),
+            })
         }
 
         /// Encrypts into `out` (`ciphertext || tag`, `data.len() + 16` bytes).
         ///
         /// # Errors
         /// [`Error::InvalidNonce`] unless the nonce is 12 bytes.
-        pub fn encrypt_into(&self, nonce: &[u8], data: &[u8], aad: &[u8], out: &mut [u8]) -> Result<()> {
+        pub fn encrypt_into(
+            &self,
+            nonce: &[u8],
+            data: &[u8],
+            aad: &[u8],
+            out: &mut [u8],
+        ) -> Result<()> {
             let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| Error::InvalidNonce)?;
             if data.len() as u64 > GCM_MAX_PLAINTEXT || out.len() != data.len() + TAG_LEN {
                 return Err(Error::PayloadTooLarge);
             }
             let (ct, tag) = out.split_at_mut(data.len());
-            self.key.seal_out_of_place_scatter(nonce, Aad::from(aad), data, ct, &[], tag)?;
+            self.key
+                .seal_out_of_place_scatter(nonce, Aad::from(aad), data, ct, &[], tag)?;
             Ok(())
         }
 
@@ -498,14 +500,27 @@ pub mod hazmat {
         ///
         /// # Errors
         /// [`Error::InvalidNonce`], or [`Error::Authentication`] on any tag failure.
-        pub fn decrypt_into(&self, nonce: &[u8], data: &[u8], aad: &[u8], out: &mut [u8]) -> Result<()> {
+        pub fn decrypt_into(
+            &self,
+            nonce: &[u8],
+            data: &[u8],
+            aad: &[u8],
+            out: &mut [u8],
+        ) -> Result<()> {
             let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| Error::InvalidNonce)?;
-            let pt_len = data.len().checked_sub(TAG_LEN).ok_or(Error::Authentication)?;
+            let pt_len = data
+                .len()
+                .checked_sub(TAG_LEN)
+                .ok_or(Error::Authentication)?;
             if out.len() != pt_len {
                 return Err(Error::InvalidArgument("output buffer has the wrong length"));
             }
             let (ct, tag) = data.split_at(pt_len);
-            if self.key.open_separate_gather(nonce, Aad::from(aad), ct, tag, out).is_err() {
+            if self
+                .key
+                .open_separate_gather(nonce, Aad::from(aad), ct, tag, out)
+                .is_err()
+            {
                 zeroize::Zeroize::zeroize(out);
                 return Err(Error::Authentication);
             }
@@ -559,7 +574,10 @@ mod tests {
         let last = sealed.len() - 1;
         sealed[last] ^= 1;
         let mut out = vec![0xAAu8; 8];
-        assert_eq!(k.open_into(b"", &sealed, &mut out), Err(Error::Authentication));
+        assert_eq!(
+            k.open_into(b"", &sealed, &mut out),
+            Err(Error::Authentication)
+        );
         assert_eq!(out, vec![0u8; 8]);
     }
 
@@ -626,10 +644,16 @@ mod tests {
         let master = key();
         let dek = key();
         let wrapped = master.wrap_key(&dek, b"ctx").unwrap();
-        let back = master.unwrap_key(&wrapped, b"ctx", UsageLimits::default()).unwrap();
+        let back = master
+            .unwrap_key(&wrapped, b"ctx", UsageLimits::default())
+            .unwrap();
         assert_eq!(back.commitment(), dek.commitment());
-        assert!(master.unwrap_key(&wrapped, b"other", UsageLimits::default()).is_err());
-        assert!(master.unwrap_key(&wrapped[1..], b"ctx", UsageLimits::default()).is_err());
+        assert!(master
+            .unwrap_key(&wrapped, b"other", UsageLimits::default())
+            .is_err());
+        assert!(master
+            .unwrap_key(&wrapped[1..], b"ctx", UsageLimits::default())
+            .is_err());
     }
 
     #[test]
@@ -679,6 +703,9 @@ mod tests {
     }
 
     fn hex(s: &str) -> Vec<u8> {
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::core::aead::DataKey;
 use crate::core::error::{Error, Result};
+use crate::core::fork;
 
 /// A value the cache can hold: anything built around one data key.
 pub trait Cached: Send + Sync {
@@ -58,6 +59,9 @@ struct Entry<V> {
 struct Inner<V> {
     map: HashMap<Vec<u8>, Entry<V>>,
     tick: u64,
+    /// Fork generation the entries belong to; a forked child finds it stale and starts empty,
+    /// so it never shares DEKs or their usage counters with its parent.
+    generation: u64,
 }
 
 /// A thread-safe DEK cache. Safe to use with the GIL released.
@@ -94,7 +98,11 @@ impl<V: Cached> DekCache<V> {
             return Err(Error::InvalidArgument("ttl must be in (0, 86400] seconds"));
         }
         Ok(DekCache {
-            inner: Mutex::new(Inner { map: HashMap::new(), tick: 0 }),
+            inner: Mutex::new(Inner {
+                map: HashMap::new(),
+                tick: 0,
+                generation: fork::generation(),
+            }),
             max_entries,
             ttl,
             hits: AtomicU64::new(0),
@@ -117,7 +125,13 @@ impl<V: Cached> DekCache<V> {
     fn lock(&self) -> MutexGuard<'_, Inner<V>> {
         // A panic while holding the lock cannot leave the map half-updated (every mutation is
         // a single HashMap call), so a poisoned lock is safe to keep using.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let generation = fork::generation();
+        if inner.generation != generation {
+            inner.map.clear();
+            inner.generation = generation;
+        }
+        inner
     }
 
     fn usable(&self, e: &Entry<V>, now: Instant) -> bool {
@@ -172,11 +186,16 @@ impl<V: Cached> DekCache<V> {
             inner.map.retain(|_, e| {
                 now.duration_since(e.inserted) < self.ttl && !e.key.data_key().exhausted()
             });
-            self.expirations.fetch_add((before - inner.map.len()) as u64, Ordering::Relaxed);
+            self.expirations
+                .fetch_add((before - inner.map.len()) as u64, Ordering::Relaxed);
             while inner.map.len() >= self.max_entries {
                 // A linear scan is fine: it runs only on a miss, next to a KMS round trip that
                 // costs milliseconds.
-                let oldest = inner.map.iter().min_by_key(|(_, e)| e.last_used).map(|(k, _)| k.clone());
+                let oldest = inner
+                    .map
+                    .iter()
+                    .min_by_key(|(_, e)| e.last_used)
+                    .map(|(k, _)| k.clone());
                 match oldest {
                     Some(k) => {
                         inner.map.remove(&k);
@@ -186,7 +205,14 @@ impl<V: Cached> DekCache<V> {
                 }
             }
         }
-        inner.map.insert(id.to_vec(), Entry { key, inserted: now, last_used: tick });
+        inner.map.insert(
+            id.to_vec(),
+            Entry {
+                key,
+                inserted: now,
+                last_used: tick,
+            },
+        );
     }
 
     /// Removes one entry; returns whether it was present.
@@ -235,7 +261,9 @@ impl<V: Cached> DekCache<V> {
         let inner = self.lock();
         let mut u = CacheUsage::default();
         for e in inner.map.values() {
-            u.max_age_seconds = u.max_age_seconds.max(now.duration_since(e.inserted).as_secs_f64());
+            u.max_age_seconds = u
+                .max_age_seconds
+                .max(now.duration_since(e.inserted).as_secs_f64());
             let k = e.key.data_key();
             let used = k.messages_used() as f64 / k.limits().max_messages as f64;
             u.max_budget_used = u.max_budget_used.max(used);
@@ -312,7 +340,10 @@ mod tests {
         let weak = Arc::downgrade(&k);
         c.put(b"a", k);
         c.put(b"b", key());
-        assert!(weak.upgrade().is_none(), "evicted key must be dropped (and so zeroized)");
+        assert!(
+            weak.upgrade().is_none(),
+            "evicted key must be dropped (and so zeroized)"
+        );
         c.clear();
         assert!(c.is_empty());
     }

@@ -34,14 +34,20 @@ where
             return Err(Error::InvalidContext("duplicate key"));
         }
     }
-    let mut out = Vec::with_capacity(2 + items.iter().map(|(k, v)| 4 + k.len() + v.len()).sum::<usize>());
+    let mut out = Vec::with_capacity(
+        2 + items
+            .iter()
+            .map(|(k, v)| 4 + k.len() + v.len())
+            .sum::<usize>(),
+    );
     out.extend_from_slice(&(items.len() as u16).to_be_bytes());
     for (k, v) in items {
         if k.is_empty() {
             return Err(Error::InvalidContext("empty key"));
         }
         for s in [k, v] {
-            let len = u16::try_from(s.len()).map_err(|_| Error::InvalidContext("entry too long"))?;
+            let len =
+                u16::try_from(s.len()).map_err(|_| Error::InvalidContext("entry too long"))?;
             out.extend_from_slice(&len.to_be_bytes());
             out.extend_from_slice(s.as_bytes());
         }
@@ -155,6 +161,9 @@ mod tests {
         let nfd = encode([("name", "e\u{301}")]).unwrap();
         assert_ne!(nfc, nfd);
         assert_ne!(encode([("a", "X")]).unwrap(), encode([("a", "x")]).unwrap());
-        assert_ne!(encode([("a", "x ")]).unwrap(), encode([("a", "x")]).unwrap());
+        assert_ne!(
+            encode([("a", "x ")]).unwrap(),
+            encode([("a", "x")]).unwrap()
+        );
     }
 }

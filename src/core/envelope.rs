@@ -115,7 +115,11 @@ impl Parsed<'_> {
 /// # Errors
 /// [`Error::InvalidArgument`] when a reference field is empty or too long,
 /// [`Error::InvalidContext`] when `canonical_context` is not canonical.
-pub fn encode_header(spec: &HeaderSpec<'_>, key: &DataKey, canonical_context: &[u8]) -> Result<Vec<u8>> {
+pub fn encode_header(
+    spec: &HeaderSpec<'_>,
+    key: &DataKey,
+    canonical_context: &[u8],
+) -> Result<Vec<u8>> {
     context::validate(canonical_context)?;
     let mut flags = 0u8;
     let mut out = Vec::with_capacity(96);
@@ -127,13 +131,19 @@ pub fn encode_header(spec: &HeaderSpec<'_>, key: &DataKey, canonical_context: &[
             out.extend_from_slice(&dek_id.to_be_bytes());
             spec.commitment
         }
-        KeyRef::Inline { provider, key_id, wrapped_dek } => {
+        KeyRef::Inline {
+            provider,
+            key_id,
+            wrapped_dek,
+        } => {
             flags |= KIND_INLINE;
             if provider.is_empty()
                 || provider.len() > MAX_PROVIDER_LEN
                 || !provider.bytes().all(|b| (0x21..=0x7e).contains(&b))
             {
-                return Err(Error::InvalidArgument("provider must be 1-32 printable ASCII bytes"));
+                return Err(Error::InvalidArgument(
+                    "provider must be 1-32 printable ASCII bytes",
+                ));
             }
             if key_id.is_empty() || key_id.len() > MAX_KEY_ID_LEN {
                 return Err(Error::InvalidArgument("key id must be 1-2048 bytes"));
@@ -179,7 +189,9 @@ pub fn associated_data(header: &[u8], canonical_context: &[u8], extra: &[u8]) ->
 /// # Errors
 /// [`Error::PayloadTooLarge`] above the GCM maximum.
 pub fn envelope_len(header_len: usize, plaintext_len: usize) -> Result<usize> {
-    DataKey::sealed_len(plaintext_len)?.checked_add(header_len).ok_or(Error::PayloadTooLarge)
+    DataKey::sealed_len(plaintext_len)?
+        .checked_add(header_len)
+        .ok_or(Error::PayloadTooLarge)
 }
 
 /// Seals `plaintext` into `out` = `header || nonce || ciphertext || tag`.
@@ -216,8 +228,14 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self.pos.checked_add(n).ok_or(Error::Malformed("length overflow"))?;
-        let s = self.buf.get(self.pos..end).ok_or(Error::Malformed("truncated"))?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .ok_or(Error::Malformed("length overflow"))?;
+        let s = self
+            .buf
+            .get(self.pos..end)
+            .ok_or(Error::Malformed("truncated"))?;
         self.pos = end;
         Ok(s)
     }
@@ -237,7 +255,10 @@ impl<'a> Reader<'a> {
 /// # Errors
 /// [`Error::Malformed`], [`Error::UnsupportedVersion`] or [`Error::UnsupportedAlgorithm`].
 pub fn parse(envelope: &[u8]) -> Result<Parsed<'_>> {
-    let mut r = Reader { buf: envelope, pos: 0 };
+    let mut r = Reader {
+        buf: envelope,
+        pos: 0,
+    };
     let prefix = r.take(FIXED_PREFIX)?;
     if prefix[0] != MAGIC {
         return Err(Error::Malformed("not an envelope"));
@@ -258,7 +279,9 @@ pub fn parse(envelope: &[u8]) -> Result<Parsed<'_>> {
             let b = r.take(8)?;
             let mut id = [0u8; 8];
             id.copy_from_slice(b);
-            KeyRef::Stored { dek_id: u64::from_be_bytes(id) }
+            KeyRef::Stored {
+                dek_id: u64::from_be_bytes(id),
+            }
         }
         KIND_INLINE => {
             if flags & FLAG_COMMITMENT == 0 {
@@ -285,16 +308,24 @@ pub fn parse(envelope: &[u8]) -> Result<Parsed<'_>> {
             let wrapped_dek = r.take(wlen)?;
             KeyRef::Inline {
                 // Checked printable ASCII above, so this cannot fail.
-                provider: std::str::from_utf8(provider).map_err(|_| Error::Malformed("bad provider"))?,
+                provider: std::str::from_utf8(provider)
+                    .map_err(|_| Error::Malformed("bad provider"))?,
                 key_id,
                 wrapped_dek,
             }
         }
         _ => return Err(Error::Malformed("unknown key reference kind")),
     };
-    let context_digest =
-        if flags & FLAG_CONTEXT_DIGEST != 0 { Some(r.take(32)?) } else { None };
-    let commitment = if flags & FLAG_COMMITMENT != 0 { Some(r.take(32)?) } else { None };
+    let context_digest = if flags & FLAG_CONTEXT_DIGEST != 0 {
+        Some(r.take(32)?)
+    } else {
+        None
+    };
+    let commitment = if flags & FLAG_COMMITMENT != 0 {
+        Some(r.take(32)?)
+    } else {
+        None
+    };
     let header_len = r.pos;
     let (header, body) = envelope.split_at(header_len);
     if body.len() < NONCE_LEN + TAG_LEN {
@@ -373,7 +404,12 @@ pub fn seal(
 ///
 /// # Errors
 /// As [`parse`] and [`open_into`].
-pub fn open(key: &DataKey, envelope: &[u8], canonical_context: &[u8], extra_aad: &[u8]) -> Result<Vec<u8>> {
+pub fn open(
+    key: &DataKey,
+    envelope: &[u8],
+    canonical_context: &[u8],
+    extra_aad: &[u8],
+) -> Result<Vec<u8>> {
     let parsed = parse(envelope)?;
     let mut out = vec![0u8; parsed.plaintext_len()];
     open_into(key, &parsed, canonical_context, extra_aad, &mut out)?;
@@ -412,7 +448,11 @@ impl Sealer {
         let mut aad_prefix = associated_data(&header, canonical_context, b"");
         // Drop the trailing empty-extra length; it is re-appended per value.
         aad_prefix.truncate(aad_prefix.len() - 4);
-        Ok(Sealer { key, header, aad_prefix })
+        Ok(Sealer {
+            key,
+            header,
+            aad_prefix,
+        })
     }
 
     /// The data key.
@@ -446,8 +486,21 @@ impl Sealer {
     ///
     /// # Errors
     /// As [`DataKey::seal_into`].
-    pub fn seal_into(&self, extra: &[u8], plaintext: &[u8], out: &mut [u8], reserved: bool) -> Result<()> {
-        seal_into(&self.key, &self.header, &self.aad(extra), plaintext, out, reserved)
+    pub fn seal_into(
+        &self,
+        extra: &[u8],
+        plaintext: &[u8],
+        out: &mut [u8],
+        reserved: bool,
+    ) -> Result<()> {
+        seal_into(
+            &self.key,
+            &self.header,
+            &self.aad(extra),
+            plaintext,
+            out,
+            reserved,
+        )
     }
 
     /// Seals one value into a new vector.
@@ -466,9 +519,11 @@ impl Sealer {
 pub fn key_ref_id(parsed: &Parsed<'_>) -> Vec<u8> {
     match parsed.key_ref {
         KeyRef::Stored { dek_id } => stored_id(dek_id),
-        KeyRef::Inline { provider, key_id, wrapped_dek } => {
-            inline_id(provider, key_id, wrapped_dek)
-        }
+        KeyRef::Inline {
+            provider,
+            key_id,
+            wrapped_dek,
+        } => inline_id(provider, key_id, wrapped_dek),
     }
 }
 
@@ -508,7 +563,11 @@ mod tests {
     fn inline_spec(wrapped: &[u8]) -> HeaderSpec<'_> {
         HeaderSpec {
             key_version: 3,
-            key_ref: KeyRef::Inline { provider: "local", key_id: "master-1", wrapped_dek: wrapped },
+            key_ref: KeyRef::Inline {
+                provider: "local",
+                key_id: "master-1",
+                wrapped_dek: wrapped,
+            },
             context_digest: true,
             commitment: true,
         }
@@ -541,10 +600,20 @@ mod tests {
         let env = seal(&k, &inline_spec(&wrapped), &ctx(), b"row", b"hello").unwrap();
         let p = parse(&env).unwrap();
         assert_eq!(p.key_version, 3);
-        assert!(matches!(p.key_ref, KeyRef::Inline { provider: "local", key_id: "master-1", .. }));
+        assert!(matches!(
+            p.key_ref,
+            KeyRef::Inline {
+                provider: "local",
+                key_id: "master-1",
+                ..
+            }
+        ));
         assert_eq!(p.context_digest.unwrap(), &context::digest(&ctx())[..]);
         assert_eq!(open(&k, &env, &ctx(), b"row").unwrap(), b"hello");
-        assert_eq!(open(&k, &env, &ctx(), b"other row"), Err(Error::Authentication));
+        assert_eq!(
+            open(&k, &env, &ctx(), b"other row"),
+            Err(Error::Authentication)
+        );
         let other = context::encode([("tenant_id", "t2"), ("data_class", "pii")]).unwrap();
         assert_eq!(open(&k, &env, &other, b"row"), Err(Error::Authentication));
     }
@@ -562,7 +631,10 @@ mod tests {
         for spec in [inline_spec(&[5u8; 20]), stored_spec()] {
             let env = seal(&k, &spec, &ctx(), b"", b"plaintext!").unwrap();
             for n in 0..env.len() {
-                assert!(open(&k, &env[..n], &ctx(), b"").is_err(), "truncated at {n}");
+                assert!(
+                    open(&k, &env[..n], &ctx(), b"").is_err(),
+                    "truncated at {n}"
+                );
             }
             for bit in 0..env.len() * 8 {
                 let mut bad = env.clone();
@@ -613,7 +685,16 @@ mod tests {
 
     #[test]
     fn huge_length_fields_do_not_allocate() {
-        let mut env = vec![MAGIC, VERSION_1, ALG_AES_256_GCM, KIND_INLINE | FLAG_COMMITMENT, 0, 0, 0, 1];
+        let mut env = vec![
+            MAGIC,
+            VERSION_1,
+            ALG_AES_256_GCM,
+            KIND_INLINE | FLAG_COMMITMENT,
+            0,
+            0,
+            0,
+            1,
+        ];
         env.push(5);
         env.extend_from_slice(b"local");
         env.extend_from_slice(&[0xff, 0xff]);
@@ -626,7 +707,11 @@ mod tests {
         let long = "x".repeat(MAX_KEY_ID_LEN + 1);
         let bad = HeaderSpec {
             key_version: 1,
-            key_ref: KeyRef::Inline { provider: "p", key_id: &long, wrapped_dek: b"w" },
+            key_ref: KeyRef::Inline {
+                provider: "p",
+                key_id: &long,
+                wrapped_dek: b"w",
+            },
             context_digest: false,
             commitment: true,
         };

@@ -33,13 +33,17 @@ impl BlindIndexKey {
     /// [`Error::InvalidArgument`] for an empty purpose.
     pub fn derive(root: &DataKey, purpose: &[u8]) -> Result<Self> {
         if purpose.is_empty() {
-            return Err(Error::InvalidArgument("blind index purpose must not be empty"));
+            return Err(Error::InvalidArgument(
+                "blind index purpose must not be empty",
+            ));
         }
         let mut info = Vec::with_capacity(purpose.len() + 32);
         info.extend_from_slice(b"greenlang-crypto/v1/blind-index/");
         info.extend_from_slice(purpose);
         let secret = root.derive(&info)?;
-        Ok(BlindIndexKey { key: hmac::Key::new(hmac::HMAC_SHA256, &secret[..]) })
+        Ok(BlindIndexKey {
+            key: hmac::Key::new(hmac::HMAC_SHA256, &secret[..]),
+        })
     }
 
     /// Computes the index of `value`, truncated to `len` bytes.
@@ -95,7 +99,10 @@ mod tests {
         let key = hmac::Key::new(hmac::HMAC_SHA256, b"Jefe");
         let tag = hmac::sign(&key, b"what do ya want for nothing?");
         let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(hex, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+        assert_eq!(
+            hex,
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
     }
 
     #[test]

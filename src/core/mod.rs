@@ -8,6 +8,7 @@ pub mod cache;
 pub mod context;
 pub mod envelope;
 pub mod error;
+pub mod fork;
 pub mod index;
 pub mod stats;
 

@@ -20,13 +20,17 @@ pub fn bytes_arg<'a>(obj: &'a Bound<'_, PyAny>, name: &str) -> PyResult<Cow<'a, 
         return Ok(Cow::Borrowed(b.as_bytes()));
     }
     if obj.is_instance_of::<PyByteArray>() || obj.is_instance_of::<PyMemoryView>() {
-        let buf = PyBuffer::<u8>::get(obj)
-            .map_err(|_| PyTypeError::new_err(format!("{name} must be a contiguous byte buffer")))?;
+        let buf = PyBuffer::<u8>::get(obj).map_err(|_| {
+            PyTypeError::new_err(format!("{name} must be a contiguous byte buffer"))
+        })?;
         return Ok(Cow::Owned(buf.to_vec(obj.py())?));
     }
     Err(PyTypeError::new_err(format!(
         "{name} must be bytes, bytearray or memoryview, not {}",
-        obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into())
+        obj.get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| "?".into())
     )))
 }
 
@@ -57,7 +61,8 @@ where
     let obj = unsafe { Bound::from_owned_ptr(py, raw) };
     // SAFETY: the object is a bytes object of exactly `len` bytes that nothing else can see
     // yet, so writing through this slice cannot race or break immutability for any reader.
-    let buf = unsafe { std::slice::from_raw_parts_mut(ffi::PyBytes_AsString(raw).cast::<u8>(), len) };
+    let buf =
+        unsafe { std::slice::from_raw_parts_mut(ffi::PyBytes_AsString(raw).cast::<u8>(), len) };
     match init(buf) {
         Ok(()) => Ok(obj.cast_into::<PyBytes>().map_err(PyErr::from)?),
         Err(e) => {

@@ -44,7 +44,13 @@ pub struct PyDekCache {
 fn item_to_py(py: Python<'_>, item: &Item) -> PyResult<Py<PyAny>> {
     Ok(match item {
         Item::Key(k) => Py::new(py, PyDataKey::wrap(Arc::clone(k)))?.into_any(),
-        Item::Sealer(s) => Py::new(py, PyEnvelopeSealer { inner: Arc::clone(s) })?.into_any(),
+        Item::Sealer(s) => Py::new(
+            py,
+            PyEnvelopeSealer {
+                inner: Arc::clone(s),
+            },
+        )?
+        .into_any(),
     })
 }
 
@@ -54,11 +60,15 @@ impl PyDekCache {
     #[pyo3(signature = (max_entries=1000, ttl_seconds=300.0))]
     fn new(max_entries: usize, ttl_seconds: f64) -> PyResult<Self> {
         if !ttl_seconds.is_finite() || ttl_seconds <= 0.0 {
-            return Err(to_py(Error::InvalidArgument("ttl must be in (0, 86400] seconds")));
+            return Err(to_py(Error::InvalidArgument(
+                "ttl must be in (0, 86400] seconds",
+            )));
         }
         let ttl = Duration::try_from_secs_f64(ttl_seconds)
             .map_err(|_| to_py(Error::InvalidArgument("ttl must be in (0, 86400] seconds")))?;
-        Ok(PyDekCache { inner: DekCache::new(max_entries, ttl).py()? })
+        Ok(PyDekCache {
+            inner: DekCache::new(max_entries, ttl).py()?,
+        })
     }
 
     /// Returns the DataKey or EnvelopeSealer under `id`, or None when absent, expired or spent.
@@ -70,7 +80,11 @@ impl PyDekCache {
     }
 
     /// Like `get`, also returning the entry's age in seconds: `(item, age)` or None.
-    fn get_with_age(&self, py: Python<'_>, id: &Bound<'_, PyAny>) -> PyResult<Option<(Py<PyAny>, f64)>> {
+    fn get_with_age(
+        &self,
+        py: Python<'_>,
+        id: &Bound<'_, PyAny>,
+    ) -> PyResult<Option<(Py<PyAny>, f64)>> {
         guard(|| match self.inner.get_with_age(&bytes_arg(id, "id")?) {
             Some((item, age)) => Ok(Some((item_to_py(py, &item)?, age.as_secs_f64()))),
             None => Ok(None),
@@ -86,7 +100,9 @@ impl PyDekCache {
             } else if let Ok(s) = item.cast::<PyEnvelopeSealer>() {
                 Item::Sealer(Arc::clone(&s.get().inner))
             } else {
-                return Err(PyTypeError::new_err("item must be a DataKey or an EnvelopeSealer"));
+                return Err(PyTypeError::new_err(
+                    "item must be a DataKey or an EnvelopeSealer",
+                ));
             };
             self.inner.put(&id, Arc::new(value));
             Ok(())
@@ -106,13 +122,17 @@ impl PyDekCache {
         guard(|| {
             let pt = bytes_arg(plaintext, "plaintext")?;
             let aad = opt_bytes_arg(associated_data, "associated_data")?;
-            let Some(item) = self.inner.get(&bytes_arg(id, "id")?) else { return Ok(None) };
+            let Some(item) = self.inner.get(&bytes_arg(id, "id")?) else {
+                return Ok(None);
+            };
             let Item::Sealer(sealer) = &*item else {
                 return Err(PyTypeError::new_err("cache entry is not an EnvelopeSealer"));
             };
             match seal_with(py, sealer, &pt, &aad) {
                 Ok(b) => Ok(Some(b)),
-                Err(e) if e.is_instance_of::<crate::py::errors::KeyUsageExceededError>(py) => Ok(None),
+                Err(e) if e.is_instance_of::<crate::py::errors::KeyUsageExceededError>(py) => {
+                    Ok(None)
+                }
                 Err(e) => Err(e),
             }
         })
@@ -132,7 +152,9 @@ impl PyDekCache {
             let ctx = bytes_arg(context, "context")?;
             let aad = opt_bytes_arg(associated_data, "associated_data")?;
             let parsed = envelope::parse(&env).py()?;
-            let Some(item) = self.inner.get(&envelope::key_ref_id(&parsed)) else { return Ok(None) };
+            let Some(item) = self.inner.get(&envelope::key_ref_id(&parsed)) else {
+                return Ok(None);
+            };
             open_parsed(py, item.data_key(), &env, &ctx, &aad).map(Some)
         })
     }

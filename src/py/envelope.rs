@@ -17,13 +17,17 @@ fn str_of<'a>(obj: &'a Bound<'_, PyAny>) -> PyResult<std::borrow::Cow<'a, str>> 
         .map_err(|_| InvalidContextError::new_err("context keys and values must be str"))?;
     // A lone surrogate cannot be encoded as UTF-8; report it as a context error (not a
     // UnicodeEncodeError that would echo the offending string).
-    s.to_cow().map_err(|_| InvalidContextError::new_err("context strings must be valid Unicode"))
+    s.to_cow()
+        .map_err(|_| InvalidContextError::new_err("context strings must be valid Unicode"))
 }
 
 /// Encodes a mapping of str to str canonically. `None` and `{}` both give the empty context.
 #[pyfunction]
 #[pyo3(signature = (context=None))]
-pub fn canonical_context<'py>(py: Python<'py>, context: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyBytes>> {
+pub fn canonical_context<'py>(
+    py: Python<'py>,
+    context: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyBytes>> {
     guard(|| {
         let Some(ctx) = context.filter(|c| !c.is_none()) else {
             return Ok(PyBytes::new(py, &context::encode([]).py()?));
@@ -47,12 +51,25 @@ pub fn canonical_context<'py>(py: Python<'py>, context: Option<&Bound<'py, PyAny
 
 /// SHA-256 of a canonical context (what audit records keep instead of raw values).
 #[pyfunction]
-pub fn context_digest<'py>(py: Python<'py>, canonical: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
-    guard(|| Ok(PyBytes::new(py, &context::digest(&bytes_arg(canonical, "canonical")?))))
+pub fn context_digest<'py>(
+    py: Python<'py>,
+    canonical: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    guard(|| {
+        Ok(PyBytes::new(
+            py,
+            &context::digest(&bytes_arg(canonical, "canonical")?),
+        ))
+    })
 }
 
 /// The public header of an envelope, as parsed without any key.
-#[pyclass(frozen, get_all, name = "EnvelopeHeader", module = "greenlang_crypto._core")]
+#[pyclass(
+    frozen,
+    get_all,
+    name = "EnvelopeHeader",
+    module = "greenlang_crypto._core"
+)]
 pub struct PyEnvelopeHeader {
     /// Format version.
     version: u8,
@@ -99,7 +116,11 @@ pub fn parse_envelope(py: Python<'_>, envelope: &Bound<'_, PyAny>) -> PyResult<P
         let env = bytes_arg(envelope, "envelope")?;
         let p = envelope::parse(&env).py()?;
         let (kind, provider, key_id, wrapped_dek, dek_id) = match p.key_ref {
-            KeyRef::Inline { provider, key_id, wrapped_dek } => (
+            KeyRef::Inline {
+                provider,
+                key_id,
+                wrapped_dek,
+            } => (
                 "inline",
                 Some(provider.to_owned()),
                 Some(key_id.to_owned()),
@@ -140,7 +161,10 @@ pub fn inline_key_ref_id<'py>(
     key_id: &str,
     wrapped_dek: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    Ok(PyBytes::new(py, &envelope::inline_id(provider, key_id, &bytes_arg(wrapped_dek, "wrapped_dek")?)))
+    Ok(PyBytes::new(
+        py,
+        &envelope::inline_id(provider, key_id, &bytes_arg(wrapped_dek, "wrapped_dek")?),
+    ))
 }
 
 pub(crate) fn open_parsed<'py>(
@@ -152,7 +176,10 @@ pub(crate) fn open_parsed<'py>(
 ) -> PyResult<Bound<'py, PyBytes>> {
     let p = envelope::parse(env).py()?;
     new_bytes(py, p.plaintext_len(), |out| {
-        maybe_detach(py, env.len(), || envelope::open_into(key, &p, ctx, aad, out)).py()
+        maybe_detach(py, env.len(), || {
+            envelope::open_into(key, &p, ctx, aad, out)
+        })
+        .py()
     })
 }
 
@@ -188,7 +215,10 @@ pub(crate) fn seal_with<'py>(
 ) -> PyResult<Bound<'py, PyBytes>> {
     let len = sealer.envelope_len(plaintext.len()).py()?;
     new_bytes(py, len, |out| {
-        maybe_detach(py, plaintext.len(), || sealer.seal_into(extra, plaintext, out, false)).py()
+        maybe_detach(py, plaintext.len(), || {
+            sealer.seal_into(extra, plaintext, out, false)
+        })
+        .py()
     })
 }
 
@@ -216,15 +246,26 @@ impl PyEnvelopeSealer {
             let wrapped = opt_bytes_arg(wrapped_dek, "wrapped_dek")?;
             let key_ref = match (dek_id, provider, key_id, wrapped_dek.is_some()) {
                 (Some(id), None, None, false) => KeyRef::Stored { dek_id: id },
-                (None, Some(p), Some(k), true) => KeyRef::Inline { provider: p, key_id: k, wrapped_dek: &wrapped },
+                (None, Some(p), Some(k), true) => KeyRef::Inline {
+                    provider: p,
+                    key_id: k,
+                    wrapped_dek: &wrapped,
+                },
                 _ => {
                     return Err(to_py(Error::InvalidArgument(
                         "give dek_id, or provider + key_id + wrapped_dek",
                     )))
                 }
             };
-            let spec = HeaderSpec { key_version, key_ref, context_digest, commitment };
-            Ok(PyEnvelopeSealer { inner: Arc::new(Sealer::new(Arc::clone(&key.inner), &spec, &ctx).py()?) })
+            let spec = HeaderSpec {
+                key_version,
+                key_ref,
+                context_digest,
+                commitment,
+            };
+            Ok(PyEnvelopeSealer {
+                inner: Arc::new(Sealer::new(Arc::clone(&key.inner), &spec, &ctx).py()?),
+            })
         })
     }
 
@@ -253,12 +294,17 @@ impl PyEnvelopeSealer {
         associated_data: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyList>> {
         guard(|| {
-            let inputs: Vec<_> =
-                plaintexts.iter().map(|p| bytes_arg(p, "plaintext")).collect::<PyResult<_>>()?;
+            let inputs: Vec<_> = plaintexts
+                .iter()
+                .map(|p| bytes_arg(p, "plaintext"))
+                .collect::<PyResult<_>>()?;
             let aads = per_item_aad(associated_data, inputs.len())?;
             let total: u64 = inputs.iter().map(|p| p.len() as u64).sum();
             let sealer = &self.inner;
-            sealer.key().reserve_batch(inputs.len() as u64, total).py()?;
+            sealer
+                .key()
+                .reserve_batch(inputs.len() as u64, total)
+                .py()?;
             let sealed: Vec<Vec<u8>> = py
                 .detach(|| {
                     inputs
@@ -293,7 +339,9 @@ impl PyEnvelopeSealer {
     }
 
     fn __reduce__(&self) -> PyResult<()> {
-        Err(pyo3::exceptions::PyTypeError::new_err("EnvelopeSealer cannot be pickled"))
+        Err(pyo3::exceptions::PyTypeError::new_err(
+            "EnvelopeSealer cannot be pickled",
+        ))
     }
 }
 
@@ -318,7 +366,9 @@ pub(crate) fn per_item_aad<'a>(
                 if item.is_none() {
                     out.push(std::borrow::Cow::Borrowed(&[][..]));
                 } else {
-                    out.push(std::borrow::Cow::Owned(bytes_arg(&item, "associated_data")?.into_owned()));
+                    out.push(std::borrow::Cow::Owned(
+                        bytes_arg(&item, "associated_data")?.into_owned(),
+                    ));
                 }
             }
             Ok(out)

@@ -38,7 +38,9 @@ pub fn to_py(err: Error) -> PyErr {
 pub fn guard<T>(f: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(r) => r,
-        Err(_) => Err(InternalError::new_err("internal error in the cryptographic core")),
+        Err(_) => Err(InternalError::new_err(
+            "internal error in the cryptographic core",
+        )),
     }
 }
 

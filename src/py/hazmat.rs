@@ -22,7 +22,9 @@ impl PyAesGcm {
     fn new(key: &Bound<'_, PyAny>) -> PyResult<Self> {
         guard(|| {
             let k = zeroize::Zeroizing::new(bytes_arg(key, "key")?.into_owned());
-            Ok(PyAesGcm { inner: CallerNonceAead::new(&k).py()? })
+            Ok(PyAesGcm {
+                inner: CallerNonceAead::new(&k).py()?,
+            })
         })
     }
 
@@ -39,7 +41,10 @@ impl PyAesGcm {
             let n = bytes_arg(nonce, "nonce")?;
             let d = bytes_arg(data, "data")?;
             let a = opt_bytes_arg(associated_data, "associated_data")?;
-            let len = d.len().checked_add(TAG_LEN).ok_or_else(|| to_py(Error::PayloadTooLarge))?;
+            let len = d
+                .len()
+                .checked_add(TAG_LEN)
+                .ok_or_else(|| to_py(Error::PayloadTooLarge))?;
             new_bytes(py, len, |out| {
                 maybe_detach(py, d.len(), || self.inner.encrypt_into(&n, &d, &a, out)).py()
             })
@@ -62,7 +67,10 @@ impl PyAesGcm {
             if n.len() != 12 {
                 return Err(to_py(Error::InvalidNonce));
             }
-            let len = d.len().checked_sub(TAG_LEN).ok_or_else(|| to_py(Error::Authentication))?;
+            let len = d
+                .len()
+                .checked_sub(TAG_LEN)
+                .ok_or_else(|| to_py(Error::Authentication))?;
             new_bytes(py, len, |out| {
                 maybe_detach(py, d.len(), || self.inner.decrypt_into(&n, &d, &a, out)).py()
             })
@@ -74,7 +82,9 @@ impl PyAesGcm {
     }
 
     fn __reduce__(&self) -> PyResult<()> {
-        Err(pyo3::exceptions::PyTypeError::new_err("AESGCM cannot be pickled"))
+        Err(pyo3::exceptions::PyTypeError::new_err(
+            "AESGCM cannot be pickled",
+        ))
     }
 }
 

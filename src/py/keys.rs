@@ -12,7 +12,11 @@ use crate::py::bufs::{bytes_arg, maybe_detach, new_bytes, opt_bytes_arg};
 use crate::py::errors::{guard, CoreResultExt};
 
 pub(crate) fn limits(max_messages: Option<u64>, max_bytes: Option<u64>) -> PyResult<UsageLimits> {
-    UsageLimits::new(max_messages.unwrap_or(MAX_MESSAGES_CAP), max_bytes.unwrap_or(u64::MAX)).py()
+    UsageLimits::new(
+        max_messages.unwrap_or(MAX_MESSAGES_CAP),
+        max_bytes.unwrap_or(u64::MAX),
+    )
+    .py()
 }
 
 /// An AES-256-GCM data key. The key bytes live in Rust, are zeroized when the last handle
@@ -34,16 +38,26 @@ impl PyDataKey {
     #[staticmethod]
     #[pyo3(signature = (*, max_messages=None, max_bytes=None))]
     fn generate(max_messages: Option<u64>, max_bytes: Option<u64>) -> PyResult<Self> {
-        guard(|| Ok(Self::wrap(Arc::new(DataKey::generate(limits(max_messages, max_bytes)?).py()?))))
+        guard(|| {
+            Ok(Self::wrap(Arc::new(
+                DataKey::generate(limits(max_messages, max_bytes)?).py()?,
+            )))
+        })
     }
 
     /// Loads a key from 32 raw bytes (what a KMS GenerateDataKey call returns).
     #[staticmethod]
     #[pyo3(signature = (key, *, max_messages=None, max_bytes=None))]
-    fn from_bytes(key: &Bound<'_, PyAny>, max_messages: Option<u64>, max_bytes: Option<u64>) -> PyResult<Self> {
+    fn from_bytes(
+        key: &Bound<'_, PyAny>,
+        max_messages: Option<u64>,
+        max_bytes: Option<u64>,
+    ) -> PyResult<Self> {
         guard(|| {
             let raw = zeroize::Zeroizing::new(bytes_arg(key, "key")?.into_owned());
-            Ok(Self::wrap(Arc::new(DataKey::from_bytes(&raw, limits(max_messages, max_bytes)?).py()?)))
+            Ok(Self::wrap(Arc::new(
+                DataKey::from_bytes(&raw, limits(max_messages, max_bytes)?).py()?,
+            )))
         })
     }
 
@@ -80,7 +94,9 @@ impl PyDataKey {
             let len = DataKey::opened_len(ct.len())
                 .map_err(|_| crate::py::errors::to_py(crate::core::Error::Authentication))?;
             let key = &self.inner;
-            new_bytes(py, len, |out| maybe_detach(py, ct.len(), || key.open_into(&aad, &ct, out)).py())
+            new_bytes(py, len, |out| {
+                maybe_detach(py, ct.len(), || key.open_into(&aad, &ct, out)).py()
+            })
         })
     }
 
@@ -95,22 +111,25 @@ impl PyDataKey {
     ) -> PyResult<Bound<'py, PyList>> {
         guard(|| {
             let aad = opt_bytes_arg(associated_data, "associated_data")?;
-            let inputs: Vec<_> =
-                plaintexts.iter().map(|p| bytes_arg(p, "plaintext")).collect::<PyResult<_>>()?;
+            let inputs: Vec<_> = plaintexts
+                .iter()
+                .map(|p| bytes_arg(p, "plaintext"))
+                .collect::<PyResult<_>>()?;
             let total: u64 = inputs.iter().map(|p| p.len() as u64).sum();
             let key = &self.inner;
             key.reserve_batch(inputs.len() as u64, total).py()?;
-            let sealed: Vec<Vec<u8>> = py.detach(|| {
-                inputs
-                    .iter()
-                    .map(|p| {
-                        let mut out = vec![0u8; DataKey::sealed_len(p.len())?];
-                        key.seal_reserved(&aad, p, &mut out)?;
-                        Ok(out)
-                    })
-                    .collect::<crate::core::Result<_>>()
-            })
-            .py()?;
+            let sealed: Vec<Vec<u8>> = py
+                .detach(|| {
+                    inputs
+                        .iter()
+                        .map(|p| {
+                            let mut out = vec![0u8; DataKey::sealed_len(p.len())?];
+                            key.seal_reserved(&aad, p, &mut out)?;
+                            Ok(out)
+                        })
+                        .collect::<crate::core::Result<_>>()
+                })
+                .py()?;
             PyList::new(py, sealed.iter().map(|s| PyBytes::new(py, s)))
         })
     }
@@ -125,8 +144,10 @@ impl PyDataKey {
     ) -> PyResult<Bound<'py, PyList>> {
         guard(|| {
             let aad = opt_bytes_arg(associated_data, "associated_data")?;
-            let inputs: Vec<_> =
-                ciphertexts.iter().map(|p| bytes_arg(p, "ciphertext")).collect::<PyResult<_>>()?;
+            let inputs: Vec<_> = ciphertexts
+                .iter()
+                .map(|p| bytes_arg(p, "ciphertext"))
+                .collect::<PyResult<_>>()?;
             let key = &self.inner;
             let opened: Vec<zeroize::Zeroizing<Vec<u8>>> = py
                 .detach(|| {
@@ -173,7 +194,10 @@ impl PyDataKey {
         guard(|| {
             let w = bytes_arg(wrapped, "wrapped")?;
             let aad = opt_bytes_arg(associated_data, "associated_data")?;
-            let k = self.inner.unwrap_key(&w, &aad, limits(max_messages, max_bytes)?).py()?;
+            let k = self
+                .inner
+                .unwrap_key(&w, &aad, limits(max_messages, max_bytes)?)
+                .py()?;
             Ok(Self::wrap(Arc::new(k)))
         })
     }
@@ -182,14 +206,20 @@ impl PyDataKey {
     fn derive_index_key(&self, purpose: &Bound<'_, PyAny>) -> PyResult<PyBlindIndexKey> {
         guard(|| {
             let p = bytes_arg(purpose, "purpose")?;
-            Ok(PyBlindIndexKey { inner: BlindIndexKey::derive(&self.inner, &p).py()? })
+            Ok(PyBlindIndexKey {
+                inner: BlindIndexKey::derive(&self.inner, &p).py()?,
+            })
         })
     }
 
     /// A public 16-hex-digit identifier of the key (an HMAC of a label, not key bytes).
     #[getter]
     fn fingerprint(&self) -> String {
-        self.inner.fingerprint().iter().map(|b| format!("{b:02x}")).collect()
+        self.inner
+            .fingerprint()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     /// Messages sealed so far.
@@ -238,7 +268,9 @@ impl PyDataKey {
     }
 
     fn __reduce__(&self) -> PyResult<()> {
-        Err(PyTypeError::new_err("DataKey cannot be pickled: key material stays in memory"))
+        Err(PyTypeError::new_err(
+            "DataKey cannot be pickled: key material stays in memory",
+        ))
     }
 
     fn __copy__(&self) -> PyResult<()> {
@@ -260,7 +292,12 @@ pub struct PyBlindIndexKey {
 impl PyBlindIndexKey {
     /// Computes the index of `value`, truncated to `length` bytes (4-32).
     #[pyo3(signature = (value, length=32))]
-    fn compute<'py>(&self, py: Python<'py>, value: &Bound<'py, PyAny>, length: usize) -> PyResult<Bound<'py, PyBytes>> {
+    fn compute<'py>(
+        &self,
+        py: Python<'py>,
+        value: &Bound<'py, PyAny>,
+        length: usize,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         guard(|| {
             let v = bytes_arg(value, "value")?;
             Ok(PyBytes::new(py, &self.inner.compute(&v, length).py()?))
@@ -269,7 +306,11 @@ impl PyBlindIndexKey {
 
     /// Constant-time check that `index` is the index of `value`.
     fn verify(&self, value: &Bound<'_, PyAny>, index: &Bound<'_, PyAny>) -> PyResult<bool> {
-        guard(|| Ok(self.inner.verify(&bytes_arg(value, "value")?, &bytes_arg(index, "index")?)))
+        guard(|| {
+            Ok(self
+                .inner
+                .verify(&bytes_arg(value, "value")?, &bytes_arg(index, "index")?))
+        })
     }
 
     fn __repr__(&self) -> &'static str {

@@ -15,7 +15,12 @@ use crate::py::bufs::bytes_arg;
 /// Constant-time equality of two byte strings.
 #[pyfunction]
 fn constant_time_eq(a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> PyResult<bool> {
-    errors::guard(|| Ok(crate::core::index::constant_time_eq(&bytes_arg(a, "a")?, &bytes_arg(b, "b")?)))
+    errors::guard(|| {
+        Ok(crate::core::index::constant_time_eq(
+            &bytes_arg(a, "a")?,
+            &bytes_arg(b, "b")?,
+        ))
+    })
 }
 
 /// Process-wide operation counters kept in Rust atomics (read by the metrics collector).
@@ -38,7 +43,9 @@ fn core_stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 #[pyfunction]
 fn random_bytes(py: Python<'_>, n: usize) -> PyResult<Bound<'_, PyBytes>> {
     if n > 1024 {
-        return Err(errors::to_py(crate::core::Error::InvalidArgument("at most 1024 random bytes")));
+        return Err(errors::to_py(crate::core::Error::InvalidArgument(
+            "at most 1024 random bytes",
+        )));
     }
     bufs::new_bytes(py, n, |out| {
         aws_lc_rs::rand::fill(out).map_err(|_| errors::to_py(crate::core::Error::Crypto))

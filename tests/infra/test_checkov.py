@@ -28,8 +28,13 @@ MIN_REASON_LENGTH = 20
 def _merge_reports(raw: Any) -> dict[str, Any]:
     """checkov prints one report object, or a list of them (one per framework)."""
     reports = raw if isinstance(raw, list) else [raw]
-    merged: dict[str, Any] = {"passed_checks": [], "failed_checks": [], "skipped_checks": [],
-                              "parsing_errors": [], "resource_count": 0}
+    merged: dict[str, Any] = {
+        "passed_checks": [],
+        "failed_checks": [],
+        "skipped_checks": [],
+        "parsing_errors": [],
+        "resource_count": 0,
+    }
     for report in reports:
         if report.get("check_type") not in (None, "terraform"):
             continue
@@ -51,9 +56,22 @@ def checkov_report(require_tool: Any, tmp_path_factory: pytest.TempPathFactory) 
         "HOME": str(home),
     }
     result = subprocess.run(
-        [checkov, "-d", str(TERRAFORM_DIR), "--framework", "terraform", "--skip-download",
-         "-o", "json"],
-        capture_output=True, text=True, env=env, timeout=600, check=False, cwd=REPO_ROOT,
+        [
+            checkov,
+            "-d",
+            str(TERRAFORM_DIR),
+            "--framework",
+            "terraform",
+            "--skip-download",
+            "-o",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+        cwd=REPO_ROOT,
     )
     # Exit code 1 means "failed checks", which the tests report in detail.
     assert result.returncode in (0, 1), f"checkov crashed ({result.returncode}):\n{result.stderr}"
@@ -68,7 +86,8 @@ def test_checkov_scanned_everything(checkov_report: dict[str, Any]) -> None:
 
 def test_checkov_no_failed_checks(checkov_report: dict[str, Any]) -> None:
     failures = [
-        f"{f['check_id']} {f['resource']} ({f['file_path']}:{f['file_line_range']}): {f['check_name']}"
+        f"{f['check_id']} {f['resource']} ({f['file_path']}:{f['file_line_range']}): "
+        f"{f['check_name']}"
         for f in checkov_report["failed_checks"]
     ]
     assert failures == []
@@ -119,7 +138,8 @@ def test_every_suppression_carries_a_reason() -> None:
 def test_every_suppression_is_in_effect(checkov_report: dict[str, Any]) -> None:
     """Each skip comment suppresses a check checkov really ran (no misplaced skips)."""
     skipped = {
-        (Path(c["file_abs_path"]).resolve(), c["check_id"]) for c in checkov_report["skipped_checks"]
+        (Path(c["file_abs_path"]).resolve(), c["check_id"])
+        for c in checkov_report["skipped_checks"]
     }
     stray = [
         f"{path.relative_to(REPO_ROOT)}:{number} {check_id}"
@@ -136,7 +156,10 @@ def test_every_suppression_is_in_effect(checkov_report: dict[str, Any]) -> None:
         ("#checkov:skip=CKV_AWS_18:todo", False),
         ("#checkov:skip=CKV_AWS_18:not_needed_for_this_resource_xx", False),
         ("#checkov:skip=AWS_18:Access-log target bucket; logging it to itself would loop.", False),
-        ("#checkov:skip=CKV_AWS_18:Access-log target bucket; logging it to itself would loop.", True),
+        (
+            "#checkov:skip=CKV_AWS_18:Access-log target bucket; logging it to itself would loop.",
+            True,
+        ),
     ],
 )
 def test_reason_rule_rejects_bare_skips(line: str, acceptable: bool) -> None:

@@ -210,8 +210,7 @@ def key_policy_documents(model: Model) -> dict[str, str]:
     """Map of policy document name -> purposes that use it, from local.key_policies."""
     text = _expr(model["locals"].get("key_policies", ""))
     return {
-        name: text
-        for name in re.findall(r"data\.aws_iam_policy_document\.([A-Za-z0-9_]+)", text)
+        name: text for name in re.findall(r"data\.aws_iam_policy_document\.([A-Za-z0-9_]+)", text)
     }
 
 
@@ -246,7 +245,7 @@ def check_key_hierarchy(model: Model) -> list[str]:
         problems.append(f"key purposes missing: {missing}")
     key = _kms_key(model)
     if not key:
-        return problems + ["resource aws_kms_key.this is missing"]
+        return [*problems, "resource aws_kms_key.this is missing"]
     if _expr(key.get("for_each")) != "local.key_purposes":
         problems.append("aws_kms_key.this must be created for_each local.key_purposes")
     if key.get("key_usage") != "ENCRYPT_DECRYPT":
@@ -300,7 +299,7 @@ def check_multi_region_replicas(model: Model) -> list[str]:
         problems.append("keys must be multi_region = true")
     replica = model["resource"].get("aws_kms_replica_key", {}).get("dr")
     if not replica:
-        return problems + ["aws_kms_replica_key.dr is missing"]
+        return [*problems, "aws_kms_replica_key.dr is missing"]
     if _expr(replica.get("provider")) != "aws.dr":
         problems.append("replicas must use provider aws.dr")
     for_each = _expr(replica.get("for_each"))
@@ -333,7 +332,9 @@ def check_key_policies_wired(model: Model) -> list[str]:
         problems.append("aws_kms_key.this policy must be local.key_policies[each.key]")
     documents = key_policy_documents(model)
     if set(documents) != {"service_key", "app_key"}:
-        problems.append(f"local.key_policies must use service_key and app_key, got {sorted(documents)}")
+        problems.append(
+            f"local.key_policies must use service_key and app_key, got {sorted(documents)}"
+        )
     for name in documents:
         sources = _as_list(policy_document(model, name).get("source_policy_documents"))
         if "${data.aws_iam_policy_document.key_base.json}" not in sources:
@@ -390,7 +391,7 @@ def _has_condition(statement: dict[str, Any], test: str, variable: str) -> dict[
 
 
 def check_service_keys_via_service(model: Model) -> list[str]:
-    """Service keys: every AWS principal that can use key material must go through kms:ViaService."""
+    """Service keys: every AWS principal that uses key material goes through kms:ViaService."""
     problems = []
     document = policy_document(model, "service_key")
     users = [
@@ -475,7 +476,10 @@ def check_break_glass(model: Model) -> list[str]:
         )
     allowed = any(
         statement.get("effect") == "Allow"
-        and any(_refs(p.get("identifiers"), "var.break_glass_role_arn") for p in statement_principals(statement))
+        and any(
+            _refs(p.get("identifiers"), "var.break_glass_role_arn")
+            for p in statement_principals(statement)
+        )
         and set(grants_any(model, statement, destructive)) == set(destructive)
         for statement in statements(base)
     )
@@ -568,14 +572,16 @@ def check_outputs(model: Model) -> list[str]:
             problems.append(f"output {name} is missing")
     config = model["output"].get("greenlang_crypto_config", {}).get("value")
     if not isinstance(config, dict):
-        return problems + ["output greenlang_crypto_config must be an object"]
+        return [*problems, "output greenlang_crypto_config must be an object"]
     for key in ("kms_key_id", "kms_replica_key_ids", "region"):
         if key not in config:
             problems.append(f"greenlang_crypto_config lacks {key}")
     if not _refs(config.get("kms_key_id"), 'aws_kms_key.this["app"].arn'):
         problems.append("greenlang_crypto_config.kms_key_id must be the app key ARN")
     if not _refs(config.get("kms_replica_key_ids"), "aws_kms_replica_key.dr"):
-        problems.append("greenlang_crypto_config.kms_replica_key_ids must list the app key replicas")
+        problems.append(
+            "greenlang_crypto_config.kms_replica_key_ids must list the app key replicas"
+        )
     return problems
 
 
@@ -585,7 +591,9 @@ def check_example(model: Model) -> list[str]:
     if module.get("source") != "../../modules/kms":
         problems.append("the example must use ../../modules/kms")
     providers = module.get("providers", {})
-    if not any("aws.dr" in str(k) for k in (providers.keys() if isinstance(providers, dict) else [])):
+    if not any(
+        "aws.dr" in str(k) for k in (providers.keys() if isinstance(providers, dict) else [])
+    ):
         problems.append("the example must pass the aws.dr provider to the module")
     resources = model["resource"]
 
@@ -594,12 +602,18 @@ def check_example(model: Model) -> list[str]:
         return match.group(1) if match else None
 
     clusters = list(resources.get("aws_rds_cluster", {}).values())
-    if not any(c.get("storage_encrypted") is True and key_of(c.get("kms_key_id")) == "database" for c in clusters):
+    if not any(
+        c.get("storage_encrypted") is True and key_of(c.get("kms_key_id")) == "database"
+        for c in clusters
+    ):
         problems.append("Aurora must be storage_encrypted with the database key")
     if not any(c.get("engine") == "aurora-postgresql" for c in clusters):
         problems.append("the example database must be Aurora PostgreSQL")
     caches = resources.get("aws_elasticache_replication_group", {}).values()
-    if not any(c.get("at_rest_encryption_enabled") is True and key_of(c.get("kms_key_id")) == "cache" for c in caches):
+    if not any(
+        c.get("at_rest_encryption_enabled") is True and key_of(c.get("kms_key_id")) == "cache"
+        for c in caches
+    ):
         problems.append("ElastiCache must be encrypted at rest with the cache key")
     sse_ok = False
     for body in resources.get("aws_s3_bucket_server_side_encryption_configuration", {}).values():
@@ -665,7 +679,14 @@ def test_example_variables_and_outputs_are_described(example: Model) -> None:
 
 
 def test_module_has_the_expected_files() -> None:
-    for name in ("main.tf", "variables.tf", "outputs.tf", "policies.tf", "versions.tf", "README.md"):
+    for name in (
+        "main.tf",
+        "variables.tf",
+        "outputs.tf",
+        "policies.tf",
+        "versions.tf",
+        "README.md",
+    ):
         assert (MODULE_DIR / name).is_file(), name
 
 
@@ -748,7 +769,9 @@ def _mutations() -> Iterator[tuple[str, str, Callable[[Model], None]]]:
         policy_document(model, "app_key")["source_policy_documents"] = []
 
     def admin_decrypt(model: Model) -> None:
-        model["locals"]["key_admin_actions"] = model["locals"]["key_admin_actions"] + ["kms:Decrypt"]
+        model["locals"]["key_admin_actions"] = model["locals"]["key_admin_actions"] + [
+            "kms:Decrypt"
+        ]
 
     def admin_wildcard(model: Model) -> None:
         model["locals"]["key_admin_actions"] = ["kms:*"]
@@ -758,7 +781,9 @@ def _mutations() -> Iterator[tuple[str, str, Callable[[Model], None]]]:
 
     def no_admin_deny(model: Model) -> None:
         base = policy_document(model, "key_base")
-        base["statement"] = [s for s in base["statement"] if not (_is_admin_statement(s) and s["effect"] == "Deny")]
+        base["statement"] = [
+            s for s in base["statement"] if not (_is_admin_statement(s) and s["effect"] == "Deny")
+        ]
 
     def no_via_service(model: Model) -> None:
         _drop_condition(_statement(model, "service_key", "UseThroughService"), "kms:ViaService")
@@ -776,15 +801,25 @@ def _mutations() -> Iterator[tuple[str, str, Callable[[Model], None]]]:
 
     def extra_unconditioned_use(model: Model) -> None:
         policy_document(model, "app_key")["statement"].append(
-            {"sid": "Sneaky", "effect": "Allow", "actions": ["kms:Decrypt"], "resources": ["*"],
-             "principals": [{"type": "AWS", "identifiers": "${local.key_users[\"app\"]}"}]}
+            {
+                "sid": "Sneaky",
+                "effect": "Allow",
+                "actions": ["kms:Decrypt"],
+                "resources": ["*"],
+                "principals": [{"type": "AWS", "identifiers": '${local.key_users["app"]}'}],
+            }
         )
 
     def no_break_glass_exception(model: Model) -> None:
-        _drop_condition(_statement(model, "key_base", "DenyDisableAndDeleteExceptBreakGlass"), "aws:PrincipalArn")
+        _drop_condition(
+            _statement(model, "key_base", "DenyDisableAndDeleteExceptBreakGlass"),
+            "aws:PrincipalArn",
+        )
 
     def deny_only_disable(model: Model) -> None:
-        _statement(model, "key_base", "DenyDisableAndDeleteExceptBreakGlass")["actions"] = ["kms:DisableKey"]
+        _statement(model, "key_base", "DenyDisableAndDeleteExceptBreakGlass")["actions"] = [
+            "kms:DisableKey"
+        ]
 
     def no_schedule_deletion_alarm(model: Model) -> None:
         del model["resource"]["aws_cloudwatch_metric_alarm"]["kms_key_deletion_scheduled"]
@@ -833,8 +868,12 @@ def _mutations() -> Iterator[tuple[str, str, Callable[[Model], None]]]:
 MUTATIONS = list(_mutations())
 
 
-@pytest.mark.parametrize(("check", "mutate"), [(c, f) for _, c, f in MUTATIONS], ids=[n for n, _, _ in MUTATIONS])
-def test_check_rejects_broken_module(kms: Model, check: str, mutate: Callable[[Model], None]) -> None:
+@pytest.mark.parametrize(
+    ("check", "mutate"), [(c, f) for _, c, f in MUTATIONS], ids=[n for n, _, _ in MUTATIONS]
+)
+def test_check_rejects_broken_module(
+    kms: Model, check: str, mutate: Callable[[Model], None]
+) -> None:
     broken = copy.deepcopy(kms)
     mutate(broken)
     assert MODULE_CHECKS[check](broken) != []
@@ -860,7 +899,9 @@ def test_example_check_rejects_unencrypted_stores(example: Model) -> None:
     assert check_example(broken) != []
 
     broken = copy.deepcopy(example)
-    broken["resource"]["aws_elasticache_replication_group"]["redis"]["kms_key_id"] = '${module.kms.key_arns["app"]}'
+    broken["resource"]["aws_elasticache_replication_group"]["redis"]["kms_key_id"] = (
+        '${module.kms.key_arns["app"]}'
+    )
     assert check_example(broken) != []
 
     broken = copy.deepcopy(example)
@@ -890,11 +931,19 @@ def _terraform() -> str:
 
 def test_terraform_fmt(repo_root: Path, tmp_path: Path) -> None:
     binary = _terraform()
-    env = {**os.environ, "TF_CLI_CONFIG_FILE": str(tmp_path / "terraformrc"), "CHECKPOINT_DISABLE": "1"}
+    env = {
+        **os.environ,
+        "TF_CLI_CONFIG_FILE": str(tmp_path / "terraformrc"),
+        "CHECKPOINT_DISABLE": "1",
+    }
     (tmp_path / "terraformrc").write_text("", encoding="utf-8")
     result = subprocess.run(
         [binary, "fmt", "-check", "-recursive", "-diff", str(repo_root / "terraform")],
-        capture_output=True, text=True, env=env, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -911,17 +960,31 @@ def test_terraform_validate_example(repo_root: Path, tmp_path: Path) -> None:
         pytest.skip(f"no hashicorp/aws provider in a filesystem mirror at {mirror} (optional)")
     rc = tmp_path / "terraformrc"
     rc.write_text(
-        'provider_installation {\n  filesystem_mirror {\n'
+        "provider_installation {\n  filesystem_mirror {\n"
         f'    path    = "{mirror}"\n    include = ["registry.terraform.io/*/*"]\n  }}\n'
         '  direct {\n    exclude = ["registry.terraform.io/*/*"]\n  }\n}\n',
         encoding="utf-8",
     )
     work = tmp_path / "terraform"
     shutil.copytree(repo_root / "terraform", work, ignore=shutil.ignore_patterns(".terraform*"))
-    env = {**os.environ, "TF_CLI_CONFIG_FILE": str(rc), "CHECKPOINT_DISABLE": "1", "TF_IN_AUTOMATION": "1"}
+    env = {
+        **os.environ,
+        "TF_CLI_CONFIG_FILE": str(rc),
+        "CHECKPOINT_DISABLE": "1",
+        "TF_IN_AUTOMATION": "1",
+    }
     cwd = work / "examples" / "platform"
-    for args in (["init", "-backend=false", "-input=false", "-no-color"], ["validate", "-no-color"]):
+    for args in (
+        ["init", "-backend=false", "-input=false", "-no-color"],
+        ["validate", "-no-color"],
+    ):
         result = subprocess.run(
-            [binary, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300, check=False
+            [binary, *args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+            check=False,
         )
         assert result.returncode == 0, f"terraform {args[0]}:\n{result.stdout}\n{result.stderr}"
