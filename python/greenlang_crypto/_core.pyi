@@ -160,7 +160,11 @@ class DekCache:
     def get_with_age(self, id: Buffer) -> tuple[DataKey | EnvelopeSealer, float] | None: ...
     def put(self, id: Buffer, item: DataKey | EnvelopeSealer) -> None: ...
     def seal(
-        self, id: Buffer, plaintext: Buffer, associated_data: _AssociatedData = None
+        self,
+        id: Buffer,
+        plaintext: Buffer,
+        associated_data: _AssociatedData = None,
+        max_age: float | None = None,
     ) -> bytes | None: ...
     def open(
         self, envelope: Buffer, context: Buffer, associated_data: _AssociatedData = None

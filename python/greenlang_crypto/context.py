@@ -36,6 +36,7 @@ class EncryptionContext:
     data_class: str
     extra: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     _canonical: bytes = field(init=False, repr=False, compare=False)
+    _digest: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name, value in (("tenant_id", self.tenant_id), ("data_class", self.data_class)):
@@ -51,6 +52,7 @@ class EncryptionContext:
         # Encoding validates every string (types, lone surrogates, size) once, here, so a bad
         # context fails before any KMS call or cache lookup.
         object.__setattr__(self, "_canonical", canonical_context(self.as_dict()))
+        object.__setattr__(self, "_digest", context_digest(self._canonical))
 
     def __hash__(self) -> int:
         return hash(self._canonical)
@@ -75,7 +77,7 @@ class EncryptionContext:
     @property
     def digest(self) -> bytes:
         """SHA-256 of the canonical encoding: what audit records and key-store rows keep."""
-        return context_digest(self._canonical)
+        return self._digest
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, str]) -> EncryptionContext:

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::core::aead::DataKey;
 use crate::core::error::{Error, Result};
@@ -50,9 +50,26 @@ pub struct CacheUsage {
     pub max_budget_used: f64,
 }
 
+/// Monotonic time from the coarse clock (a few ns to read, millisecond resolution).
+///
+/// The precise clock costs tens of nanoseconds under KVM, a measurable share of a 64-byte
+/// seal; a TTL measured in minutes does not need better than millisecond resolution.
+fn now() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC_COARSE exists on Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 struct Entry<V> {
     key: Arc<V>,
-    inserted: Instant,
+    inserted: Duration,
     last_used: u64,
 }
 
@@ -134,8 +151,8 @@ impl<V: Cached> DekCache<V> {
         inner
     }
 
-    fn usable(&self, e: &Entry<V>, now: Instant) -> bool {
-        now.duration_since(e.inserted) < self.ttl && !e.key.data_key().exhausted()
+    fn usable(&self, e: &Entry<V>, now: Duration) -> bool {
+        now.saturating_sub(e.inserted) < self.ttl && !e.key.data_key().exhausted()
     }
 
     /// Returns the key under `id` if it is fresh and has budget left.
@@ -145,14 +162,14 @@ impl<V: Cached> DekCache<V> {
 
     /// Like [`DekCache::get`], also returning the entry's age (for refresh-ahead).
     pub fn get_with_age(&self, id: &[u8]) -> Option<(Arc<V>, Duration)> {
-        let now = Instant::now();
+        let now = now();
         let mut inner = self.lock();
         inner.tick += 1;
         let tick = inner.tick;
         let found = match inner.map.get_mut(id) {
             Some(e) if self.usable(e, now) => {
                 e.last_used = tick;
-                Some((Arc::clone(&e.key), now.duration_since(e.inserted)))
+                Some((Arc::clone(&e.key), now.saturating_sub(e.inserted)))
             }
             Some(_) => {
                 inner.map.remove(id);
@@ -177,14 +194,14 @@ impl<V: Cached> DekCache<V> {
     /// Inserts or replaces the key under `id`, evicting expired entries first and then the
     /// least recently used ones to stay within the bound.
     pub fn put(&self, id: &[u8], key: Arc<V>) {
-        let now = Instant::now();
+        let now = now();
         let mut inner = self.lock();
         inner.tick += 1;
         let tick = inner.tick;
         if !inner.map.contains_key(id) && inner.map.len() >= self.max_entries {
             let before = inner.map.len();
             inner.map.retain(|_, e| {
-                now.duration_since(e.inserted) < self.ttl && !e.key.data_key().exhausted()
+                now.saturating_sub(e.inserted) < self.ttl && !e.key.data_key().exhausted()
             });
             self.expirations
                 .fetch_add((before - inner.map.len()) as u64, Ordering::Relaxed);
@@ -257,13 +274,13 @@ impl<V: Cached> DekCache<V> {
 
     /// Age of the oldest entry and the largest budget fraction in use, for gauges.
     pub fn usage(&self) -> CacheUsage {
-        let now = Instant::now();
+        let now = now();
         let inner = self.lock();
         let mut u = CacheUsage::default();
         for e in inner.map.values() {
             u.max_age_seconds = u
                 .max_age_seconds
-                .max(now.duration_since(e.inserted).as_secs_f64());
+                .max(now.saturating_sub(e.inserted).as_secs_f64());
             let k = e.key.data_key();
             let used = k.messages_used() as f64 / k.limits().max_messages as f64;
             u.max_budget_used = u.max_budget_used.max(used);

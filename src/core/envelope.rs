@@ -426,6 +426,9 @@ pub struct Sealer {
     header: Vec<u8>,
     /// `header || u32 len || context`, the fixed prefix of every associated data.
     aad_prefix: Vec<u8>,
+    /// The whole associated data of a value with no extra binding (the common case), kept so
+    /// that sealing such a value allocates nothing besides its output.
+    aad_empty: Vec<u8>,
 }
 
 impl crate::core::cache::Cached for Sealer {
@@ -445,13 +448,14 @@ impl Sealer {
         canonical_context: &[u8],
     ) -> Result<Self> {
         let header = encode_header(spec, &key, canonical_context)?;
-        let mut aad_prefix = associated_data(&header, canonical_context, b"");
-        // Drop the trailing empty-extra length; it is re-appended per value.
-        aad_prefix.truncate(aad_prefix.len() - 4);
+        let aad_empty = associated_data(&header, canonical_context, b"");
+        // The prefix is the same without the trailing empty-extra length, re-appended per value.
+        let aad_prefix = aad_empty[..aad_empty.len() - 4].to_vec();
         Ok(Sealer {
             key,
             header,
             aad_prefix,
+            aad_empty,
         })
     }
 
@@ -493,6 +497,10 @@ impl Sealer {
         out: &mut [u8],
         reserved: bool,
     ) -> Result<()> {
+        if extra.is_empty() {
+            let aad = &self.aad_empty;
+            return seal_into(&self.key, &self.header, aad, plaintext, out, reserved);
+        }
         seal_into(
             &self.key,
             &self.header,

@@ -12,8 +12,8 @@ use crate::core::aead::DataKey;
 use crate::core::cache::{Cached, DekCache};
 use crate::core::envelope::{self, Sealer};
 use crate::core::Error;
-use crate::py::bufs::{bytes_arg, opt_bytes_arg};
-use crate::py::envelope::{open_parsed, seal_with, PyEnvelopeSealer};
+use crate::py::bufs::{bytes_arg, maybe_detach, new_bytes, opt_bytes_arg};
+use crate::py::envelope::{seal_with, PyEnvelopeSealer};
 use crate::py::errors::{guard, to_py, CoreResultExt};
 use crate::py::keys::PyDataKey;
 
@@ -111,20 +111,26 @@ impl PyDekCache {
 
     /// Seals with the sealer cached under `id`; returns None on a miss (or when the cached
     /// key just ran out of budget), so the caller fetches a new key and retries.
-    #[pyo3(signature = (id, plaintext, associated_data=None))]
+    /// With `max_age`, an entry older than that many seconds counts as a miss, so the caller
+    /// refreshes a DEK before its TTL runs out.
+    #[pyo3(signature = (id, plaintext, associated_data=None, max_age=None))]
     fn seal<'py>(
         &self,
         py: Python<'py>,
         id: &Bound<'py, PyAny>,
         plaintext: &Bound<'py, PyAny>,
         associated_data: Option<&Bound<'py, PyAny>>,
+        max_age: Option<f64>,
     ) -> PyResult<Option<Bound<'py, PyBytes>>> {
         guard(|| {
             let pt = bytes_arg(plaintext, "plaintext")?;
             let aad = opt_bytes_arg(associated_data, "associated_data")?;
-            let Some(item) = self.inner.get(&bytes_arg(id, "id")?) else {
+            let Some((item, age)) = self.inner.get_with_age(&bytes_arg(id, "id")?) else {
                 return Ok(None);
             };
+            if max_age.is_some_and(|m| age.as_secs_f64() >= m) {
+                return Ok(None);
+            }
             let Item::Sealer(sealer) = &*item else {
                 return Err(PyTypeError::new_err("cache entry is not an EnvelopeSealer"));
             };
@@ -155,7 +161,15 @@ impl PyDekCache {
             let Some(item) = self.inner.get(&envelope::key_ref_id(&parsed)) else {
                 return Ok(None);
             };
-            open_parsed(py, item.data_key(), &env, &ctx, &aad).map(Some)
+            // Open with the header parsed above instead of parsing the envelope a second time.
+            let key = item.data_key();
+            new_bytes(py, parsed.plaintext_len(), |out| {
+                maybe_detach(py, env.len(), || {
+                    envelope::open_into(key, &parsed, &ctx, &aad, out)
+                })
+                .py()
+            })
+            .map(Some)
         })
     }
 

@@ -1,0 +1,61 @@
+# The one entry point: CI (.ci/run), pre-commit habits and the README all call these targets.
+# `make help` lists them.
+SHELL := /bin/bash
+PY := .venv/bin/python
+export AWS_LC_SYS_CMAKE_BUILDER := 0
+
+.DEFAULT_GOAL := help
+.PHONY: help setup install build run services services-stop lint fmt test test-rust test-py gate bench ci
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+install: ## Minimal install: a virtualenv with the package (embedded default, no services)
+	@test -x $(PY) || python3 -m venv .venv
+	@$(PY) -m pip install -q --upgrade pip "maturin>=1.9.4,<2"
+	@$(PY) -m pip install -q -e ".[cli]"
+
+run: install ## Install, then run the main job on the embedded default (no AWS, no server)
+	@bash scripts/demo.sh
+
+setup: ## Install every dependency (apt + pip + infra tools) for the full test suite
+	@bash scripts/setup.sh
+
+build: ## Rebuild the Rust extension in place (release)
+	@$(PY) -m maturin develop --release -q
+
+services: ## Start PostgreSQL and the moto KMS server
+	@PYTHON=$(PY) bash scripts/services.sh start
+
+services-stop: ## Stop the test services
+	@bash scripts/services.sh stop
+
+fmt: ## Format Rust and Python sources
+	cargo fmt
+	$(PY) -m ruff format python tests benches
+	$(PY) -m ruff check --fix python tests benches
+
+lint: ## ruff, mypy --strict, stubtest, cargo fmt --check, cargo clippy -D warnings
+	$(PY) -m ruff check python tests benches
+	$(PY) -m ruff format --check python tests benches
+	$(PY) -m mypy
+	$(PY) -m mypy.stubtest greenlang_crypto._core
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --features python --all-targets -- -D warnings
+
+test-rust: ## Rust core unit tests
+	cargo test --lib
+
+test-py: ## The Python test suite (services must be running for integration tests)
+	@set -a; eval "$$(PYTHON=$(PY) bash scripts/services.sh start | sed 's/^export //')"; set +a; \
+	$(PY) -m pytest tests benches --benchmark-disable -q -p no:cacheprovider; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
+
+gate: ## Benchmark gate: ratios against peers measured in the same run
+	$(PY) benches/gate.py --json .benchmarks/gate.json
+
+bench: ## Full pytest-benchmark run with peers (reports, no gate)
+	$(PY) -m pytest benches --benchmark-only --benchmark-group-by=group -q
+
+ci: setup lint test-rust test-py gate ## Everything CI runs: set-up, lint, all tests, the gate

@@ -1,0 +1,79 @@
+"""Ratio measurement shared by the benchmark gate: interleaved rounds, medians of ratios.
+
+These machines are shared and noisy, so no absolute time is ever compared with a target.
+Each round times our operation and the peer's back to back; the gate uses the median of the
+per-round ratios, which cancels slow drifts that hit both sides alike.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """Outcome of one ratio check."""
+
+    name: str
+    ratio: float
+    target: float
+    higher_is_better: bool
+    ours_seconds: float
+    peer_seconds: float
+
+    @property
+    def passed(self) -> bool:
+        return self.ratio >= self.target if self.higher_is_better else self.ratio <= self.target
+
+    def line(self) -> str:
+        op = ">=" if self.higher_is_better else "<="
+        verdict = "ok  " if self.passed else "MISS"
+        return (
+            f"{verdict} {self.name:<58} {self.ratio:7.3f}x (target {op} {self.target}x)"
+            f"  ours {self.ours_seconds * 1e6:9.2f} us  peer {self.peer_seconds * 1e6:9.2f} us"
+        )
+
+
+def _time(fn: Callable[[], object], number: int) -> float:
+    start = time.perf_counter()
+    for _ in range(number):
+        fn()
+    return (time.perf_counter() - start) / number
+
+
+def calibrate(fn: Callable[[], object], budget: float = 0.02) -> int:
+    """Number of calls that take roughly ``budget`` seconds."""
+    n = 1
+    while True:
+        t = _time(fn, n) * n
+        if t >= budget / 4 or n >= 1_000_000:
+            return max(1, int(n * budget / max(t, 1e-9)))
+        n *= 4
+
+
+def time_ratio(
+    ours: Callable[[], object],
+    peer: Callable[[], object],
+    rounds: int = 15,
+    budget: float = 0.02,
+) -> tuple[float, float, float]:
+    """Median over interleaved rounds of time(ours)/time(peer), and both median times."""
+    for fn in (ours, peer):
+        fn()
+    n_ours, n_peer = calibrate(ours, budget), calibrate(peer, budget)
+    ratios, t_ours, t_peer = [], [], []
+    for i in range(rounds):
+        # Alternate which side goes first so neither always gets the warmer cache.
+        if i % 2:
+            a = _time(ours, n_ours)
+            b = _time(peer, n_peer)
+        else:
+            b = _time(peer, n_peer)
+            a = _time(ours, n_ours)
+        ratios.append(a / b)
+        t_ours.append(a)
+        t_peer.append(b)
+    return statistics.median(ratios), statistics.median(t_ours), statistics.median(t_peer)

@@ -1,0 +1,137 @@
+"""EncryptionServiceConfig: built from keyword arguments, environment variables or TOML.
+
+Everything is validated at construction, so a misconfiguration fails when the service starts,
+not at its first encryption.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from greenlang_crypto.exceptions import ConfigurationError
+
+__all__ = ["EncryptionServiceConfig", "default_data_dir"]
+
+_PROVIDERS = ("local", "aws-kms")
+_REFERENCES = ("stored", "inline")
+
+
+def default_data_dir() -> Path:
+    """``$GLC_DATA_DIR``, else ``~/.greenlang-crypto``."""
+    return Path(os.environ.get("GLC_DATA_DIR") or Path.home() / ".greenlang-crypto")
+
+
+@dataclass(frozen=True)
+class EncryptionServiceConfig:
+    """Configuration of :class:`~greenlang_crypto.service.EncryptionService`.
+
+    Attributes:
+        provider: ``local`` (embedded default) or ``aws-kms``.
+        data_dir: Directory of the local master keys and the default SQLite key store.
+        key_store_url: ``sqlite:///...`` or ``postgresql://...``; default under ``data_dir``.
+        kms_key_ids: KMS key ARNs, primary first, then multi-region replicas.
+        kms_region: Region for a bare key id or alias.
+        kms_endpoint_url: Endpoint override (tests, VPC endpoints).
+        key_reference: ``stored`` (compact envelopes, DEK in the key store) or ``inline``.
+        cache_ttl_seconds: DEK cache TTL; at most 300 s by policy.
+        cache_max_entries: DEK cache entry bound.
+        max_messages_per_dek: Seals per DEK before a new one is fetched (<= 2**32).
+        max_plaintext_bytes: Largest plaintext accepted; checked before any KMS call.
+        refresh_ahead_fraction: Fraction of the TTL after which a DEK is replaced early.
+    """
+
+    provider: str = "local"
+    data_dir: Path = field(default_factory=default_data_dir)
+    key_store_url: str | None = None
+    kms_key_ids: tuple[str, ...] = ()
+    kms_region: str | None = None
+    kms_endpoint_url: str | None = None
+    key_reference: str = "stored"
+    cache_ttl_seconds: float = 300.0
+    cache_max_entries: int = 1000
+    max_messages_per_dek: int = 2**24
+    max_plaintext_bytes: int = 64 * 1024 * 1024
+    refresh_ahead_fraction: float = 0.9
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+        object.__setattr__(self, "kms_key_ids", tuple(self.kms_key_ids))
+        if self.provider not in _PROVIDERS:
+            raise ConfigurationError(f"provider must be one of {_PROVIDERS}")
+        if self.provider == "aws-kms" and not self.kms_key_ids:
+            raise ConfigurationError("provider aws-kms needs at least one kms_key_ids entry")
+        if self.key_reference not in _REFERENCES:
+            raise ConfigurationError(f"key_reference must be one of {_REFERENCES}")
+        if not 0 < self.cache_ttl_seconds <= 300:
+            raise ConfigurationError("cache_ttl_seconds must be in (0, 300]")
+        if not 1 <= self.cache_max_entries <= 1_000_000:
+            raise ConfigurationError("cache_max_entries must be in 1..1000000")
+        if not 1 <= self.max_messages_per_dek <= 2**32:
+            raise ConfigurationError("max_messages_per_dek must be in 1..2**32 (SP 800-38D)")
+        if not 1 <= self.max_plaintext_bytes <= 2**36 - 32:
+            raise ConfigurationError("max_plaintext_bytes must be in 1..2**36-32")
+        if not 0.1 <= self.refresh_ahead_fraction <= 1.0:
+            raise ConfigurationError("refresh_ahead_fraction must be in [0.1, 1.0]")
+        url = self.key_store_url
+        if url is not None and not url.startswith(("sqlite:///", "postgresql", "postgres://")):
+            raise ConfigurationError("key_store_url must be sqlite:/// or postgresql://")
+
+    @property
+    def resolved_key_store_url(self) -> str:
+        """The key store URL, defaulting to SQLite in the data directory."""
+        return self.key_store_url or f"sqlite:///{self.data_dir / 'keystore.db'}"
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> EncryptionServiceConfig:
+        """Builds a config from a flat mapping, rejecting unknown keys."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ConfigurationError(f"unknown configuration keys: {sorted(unknown)}")
+        converted: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in values:
+                continue
+            raw = values[f.name]
+            try:
+                if f.name == "kms_key_ids":
+                    if isinstance(raw, str):
+                        raw = [s.strip() for s in raw.split(",") if s.strip()]
+                    converted[f.name] = tuple(raw)
+                elif f.name in ("cache_ttl_seconds", "refresh_ahead_fraction"):
+                    converted[f.name] = float(raw)
+                elif f.name in ("cache_max_entries", "max_messages_per_dek", "max_plaintext_bytes"):
+                    converted[f.name] = int(raw)
+                elif f.name == "data_dir":
+                    converted[f.name] = Path(raw)
+                else:
+                    converted[f.name] = str(raw)
+            except (TypeError, ValueError):
+                raise ConfigurationError(f"invalid value for {f.name}") from None
+        return cls(**converted)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> EncryptionServiceConfig:
+        """Reads ``GLC_*`` variables (for example ``GLC_PROVIDER``, ``GLC_KMS_KEY_IDS``)."""
+        env = os.environ if environ is None else environ
+        values = {
+            f.name: env[f"GLC_{f.name.upper()}"]
+            for f in fields(cls)
+            if f"GLC_{f.name.upper()}" in env
+        }
+        return cls.from_mapping(values)
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str]) -> EncryptionServiceConfig:
+        """Reads the ``[greenlang_crypto]`` table (or the top level) of a TOML file."""
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigurationError(f"cannot read configuration {path}: {exc}") from None
+        table = data.get("greenlang_crypto", data)
+        return cls.from_mapping(table)

@@ -1,0 +1,378 @@
+"""The key store: key versions with states, and stored (wrapped) DEKs.
+
+Two backends share one schema and one implementation over DB-API: SQLite (stdlib ``sqlite3``,
+the embedded default) and PostgreSQL (``psycopg``). A stored DEK row is committed before any
+ciphertext that references it is returned, so nothing is ever written that cannot be read back.
+Rows hold only wrapped DEKs, key ids, the (non-secret) encryption context and counters.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from greenlang_crypto._core import random_bytes
+from greenlang_crypto.exceptions import ConfigurationError, KeyStateError
+
+__all__ = ["KEY_STATES", "DekRecord", "KeyStore", "KeyVersion", "open_key_store"]
+
+#: Key version states. ``primary`` encrypts; ``active`` and ``decrypt_only`` decrypt;
+#: ``retired`` versions are below the minimum decryption version and refuse to decrypt.
+KEY_STATES = ("primary", "active", "decrypt_only", "retired")
+
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS glc_key_versions (
+        version INTEGER PRIMARY KEY,
+        state TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        wrapping_key_id TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        rotated_at DOUBLE PRECISION
+    )""",
+    """CREATE TABLE IF NOT EXISTS glc_keyring (
+        id INTEGER PRIMARY KEY,
+        min_decryption_version INTEGER NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS glc_deks (
+        dek_id BIGINT PRIMARY KEY,
+        key_version INTEGER NOT NULL,
+        provider TEXT NOT NULL,
+        wrapping_key_id TEXT NOT NULL,
+        wrapped {blob} NOT NULL,
+        context_json TEXT NOT NULL,
+        context_digest {blob} NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        rewrapped_at DOUBLE PRECISION
+    )""",
+    "CREATE INDEX IF NOT EXISTS glc_deks_version ON glc_deks (key_version)",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyVersion:
+    """One version of the keyring.
+
+    Attributes:
+        version: The version number (1, 2, ...).
+        state: One of :data:`KEY_STATES`.
+        provider: Provider name (``local``, ``aws-kms``).
+        wrapping_key_id: The master key id or KMS key ARN that wraps this version's DEKs.
+        created_at: Creation time (UNIX seconds).
+        rotated_at: When it stopped being primary, if it did.
+    """
+
+    version: int
+    state: str
+    provider: str
+    wrapping_key_id: str
+    created_at: float
+    rotated_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class DekRecord:
+    """A stored DEK row (the DEK itself only in wrapped form).
+
+    Attributes:
+        dek_id: The id written into compact envelopes.
+        key_version: Keyring version the DEK belongs to.
+        provider: Provider that wrapped it.
+        wrapping_key_id: The wrapping key id.
+        wrapped: The wrapped DEK.
+        context: The encryption context it is bound to (non-secret by definition).
+        context_digest: SHA-256 of the canonical context.
+        created_at: Creation time.
+    """
+
+    dek_id: int
+    key_version: int
+    provider: str
+    wrapping_key_id: str
+    wrapped: bytes
+    context: dict[str, str]
+    context_digest: bytes
+    created_at: float
+
+
+class KeyStore:
+    """Key versions and stored DEKs over a DB-API connection (SQLite or PostgreSQL).
+
+    Use :func:`open_key_store` to build one from a URL.
+    """
+
+    def __init__(self, connect: Any, dialect: str, description: str) -> None:
+        self._connect = connect
+        self._dialect = dialect
+        self._description = description
+        self._local = threading.local()
+        self._migrate()
+
+    def __repr__(self) -> str:
+        return f"KeyStore({self._description})"
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self._dialect
+
+    def _conn(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    def _sql(self, sql: str) -> str:
+        return sql if self._dialect == "sqlite" else sql.replace("?", "%s")
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        conn = self._conn()
+        cur = conn.cursor()
+        try:
+            yield cur
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        finally:
+            cur.close()
+
+    def _migrate(self) -> None:
+        blob = "BLOB" if self._dialect == "sqlite" else "BYTEA"
+        with self._tx() as cur:
+            for stmt in _SCHEMA:
+                cur.execute(stmt.format(blob=blob))
+
+    def close(self) -> None:
+        """Closes this thread's connection."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- key versions -------------------------------------------------------------------
+
+    def versions(self) -> list[KeyVersion]:
+        """All key versions, ascending."""
+        with self._tx() as cur:
+            cur.execute(
+                "SELECT version, state, provider, wrapping_key_id, created_at, rotated_at "
+                "FROM glc_key_versions ORDER BY version"
+            )
+            return [KeyVersion(*row) for row in cur.fetchall()]
+
+    def min_decryption_version(self) -> int:
+        """The lowest version allowed to decrypt (1 when never raised)."""
+        with self._tx() as cur:
+            cur.execute("SELECT min_decryption_version FROM glc_keyring WHERE id = 1")
+            row = cur.fetchone()
+            return int(row[0]) if row else 1
+
+    def add_primary_version(self, provider: str, wrapping_key_id: str) -> KeyVersion:
+        """Adds version N+1 as primary; the previous primary becomes ``active``."""
+        now = time.time()
+        with self._tx() as cur:
+            cur.execute("SELECT COALESCE(MAX(version), 0) FROM glc_key_versions")
+            version = int(cur.fetchone()[0]) + 1
+            cur.execute(
+                self._sql(
+                    "UPDATE glc_key_versions SET state = 'active', rotated_at = ? "
+                    "WHERE state = 'primary'"
+                ),
+                (now,),
+            )
+            cur.execute(
+                self._sql(
+                    "INSERT INTO glc_key_versions "
+                    "(version, state, provider, wrapping_key_id, created_at) "
+                    "VALUES (?, 'primary', ?, ?, ?)"
+                ),
+                (version, provider, wrapping_key_id, now),
+            )
+            if version == 1:
+                cur.execute(
+                    self._sql("INSERT INTO glc_keyring (id, min_decryption_version) VALUES (1, 1)")
+                )
+        return KeyVersion(version, "primary", provider, wrapping_key_id, now, None)
+
+    def set_wrapping_key(self, version: int, wrapping_key_id: str) -> None:
+        """Points a version at a new wrapping key (after all its DEKs were rewrapped)."""
+        with self._tx() as cur:
+            cur.execute(
+                self._sql("UPDATE glc_key_versions SET wrapping_key_id = ? WHERE version = ?"),
+                (wrapping_key_id, version),
+            )
+
+    def retire_below(self, min_version: int) -> None:
+        """Raises the minimum decryption version and marks older versions ``retired``.
+
+        Raises:
+            KeyStateError: ``min_version`` would retire the primary version.
+        """
+        with self._tx() as cur:
+            cur.execute("SELECT version FROM glc_key_versions WHERE state = 'primary'")
+            row = cur.fetchone()
+            if row is None or min_version > int(row[0]):
+                raise KeyStateError("cannot retire the primary key version")
+            cur.execute(
+                self._sql("UPDATE glc_keyring SET min_decryption_version = ? WHERE id = 1"),
+                (min_version,),
+            )
+            cur.execute(
+                self._sql("UPDATE glc_key_versions SET state = 'retired' WHERE version < ?"),
+                (min_version,),
+            )
+
+    # -- stored DEKs --------------------------------------------------------------------
+
+    def insert_dek(
+        self,
+        key_version: int,
+        provider: str,
+        wrapping_key_id: str,
+        wrapped: bytes,
+        context: dict[str, str],
+        context_digest: bytes,
+    ) -> int:
+        """Stores a wrapped DEK and commits; returns its new random 63-bit id."""
+        now = time.time()
+        for _ in range(5):
+            # Random ids (not a sequence) so ids reveal neither volume nor order.
+            dek_id = int.from_bytes(random_bytes(8), "big") >> 1
+            try:
+                with self._tx() as cur:
+                    cur.execute(
+                        self._sql(
+                            "INSERT INTO glc_deks (dek_id, key_version, provider, "
+                            "wrapping_key_id, wrapped, context_json, context_digest, created_at) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                        ),
+                        (
+                            dek_id,
+                            key_version,
+                            provider,
+                            wrapping_key_id,
+                            wrapped,
+                            json.dumps(context, sort_keys=True),
+                            context_digest,
+                            now,
+                        ),
+                    )
+                return dek_id
+            except Exception as exc:  # an id collision retries; anything else propagates
+                if "unique" not in str(exc).lower() and "duplicate" not in str(exc).lower():
+                    raise
+        raise KeyStateError("could not allocate a DEK id")
+
+    def get_dek(self, dek_id: int) -> DekRecord | None:
+        """Loads one stored DEK row."""
+        with self._tx() as cur:
+            cur.execute(
+                self._sql(
+                    "SELECT dek_id, key_version, provider, wrapping_key_id, wrapped, "
+                    "context_json, context_digest, created_at FROM glc_deks WHERE dek_id = ?"
+                ),
+                (dek_id,),
+            )
+            row = cur.fetchone()
+        if row is None:
+            return None
+        return DekRecord(
+            int(row[0]),
+            int(row[1]),
+            row[2],
+            row[3],
+            bytes(row[4]),
+            json.loads(row[5]),
+            bytes(row[6]),
+            float(row[7]),
+        )
+
+    def iter_deks(self, batch_size: int = 500) -> Iterator[list[DekRecord]]:
+        """Yields all stored DEKs in batches ordered by id (keyset pagination)."""
+        last = -1
+        while True:
+            with self._tx() as cur:
+                cur.execute(
+                    self._sql(
+                        "SELECT dek_id FROM glc_deks WHERE dek_id > ? ORDER BY dek_id LIMIT ?"
+                    ),
+                    (last, batch_size),
+                )
+                ids = [int(r[0]) for r in cur.fetchall()]
+            if not ids:
+                return
+            records = [r for r in (self.get_dek(i) for i in ids) if r is not None]
+            yield records
+            last = ids[-1]
+
+    def replace_wrapped(
+        self, dek_id: int, old_wrapped: bytes, new_wrapped: bytes, wrapping_key_id: str
+    ) -> bool:
+        """Compare-and-swap of a DEK's wrapped form; returns whether this call updated it."""
+        with self._tx() as cur:
+            cur.execute(
+                self._sql(
+                    "UPDATE glc_deks SET wrapped = ?, wrapping_key_id = ?, rewrapped_at = ? "
+                    "WHERE dek_id = ? AND wrapped = ?"
+                ),
+                (new_wrapped, wrapping_key_id, time.time(), dek_id, old_wrapped),
+            )
+            return bool(cur.rowcount == 1)
+
+    def count_deks_by_version(self) -> dict[int, int]:
+        """Stored DEKs per key version."""
+        with self._tx() as cur:
+            cur.execute("SELECT key_version, COUNT(*) FROM glc_deks GROUP BY key_version")
+            return {int(v): int(n) for v, n in cur.fetchall()}
+
+    def delete_deks_below(self, min_version: int) -> int:
+        """Deletes stored DEKs of versions below ``min_version``; returns the count."""
+        with self._tx() as cur:
+            cur.execute(self._sql("DELETE FROM glc_deks WHERE key_version < ?"), (min_version,))
+            return int(cur.rowcount)
+
+
+def open_key_store(url: str) -> KeyStore:
+    """Opens a key store from ``sqlite:///path`` or ``postgresql://...``.
+
+    Raises:
+        ConfigurationError: Unknown scheme, or the PostgreSQL driver is not installed.
+    """
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+        def connect_sqlite() -> sqlite3.Connection:
+            conn = sqlite3.connect(path, timeout=30, isolation_level="DEFERRED")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            return conn
+
+        return KeyStore(connect_sqlite, "sqlite", f"sqlite:///{path}")
+    if url.startswith(("postgresql://", "postgresql+psycopg://", "postgres://")):
+        try:
+            import psycopg
+        except ImportError:  # pragma: no cover - depends on the install
+            raise ConfigurationError(
+                "PostgreSQL key store needs psycopg: pip install 'greenlang-crypto[sqlalchemy]'"
+            ) from None
+        dsn = url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+        def connect_pg() -> Any:
+            return psycopg.connect(dsn, connect_timeout=10)
+
+        host = dsn.split("@")[-1]
+        return KeyStore(connect_pg, "postgresql", f"postgresql://…@{host}")
+    raise ConfigurationError("key store URL must start with sqlite:/// or postgresql://")
+
+

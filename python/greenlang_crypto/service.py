@@ -1,0 +1,574 @@
+"""EncryptionService: the one facade that the API, the CLI and the SQLAlchemy types call.
+
+Encryption (envelope encryption, NIST SP 800-38D AES-256-GCM):
+
+1. The context is validated and canonicalized (:class:`EncryptionContext`).
+2. The encryption cache, keyed by (provider, wrapping key, key version, context digest), holds
+   an :class:`~greenlang_crypto._core.EnvelopeSealer`; a hit seals in one Rust call.
+3. On a miss, one thread per cache key (single-flight) asks the provider for a DEK bound to the
+   context; with stored references the wrapped DEK is committed to the key store first.
+
+Decryption parses the public header, checks the key version against the keyring, and opens
+with a cached DEK, or unwraps the DEK through the provider (KMS Decrypt) on a miss. Every
+authentication failure is one opaque :class:`DecryptionError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from greenlang_crypto._core import (
+    DataKey,
+    DekCache,
+    EnvelopeSealer,
+    open_envelope,
+    parse_envelope,
+    stored_key_ref_id,
+)
+from greenlang_crypto.config import EncryptionServiceConfig
+from greenlang_crypto.context import EncryptionContext
+from greenlang_crypto.exceptions import (
+    ConfigurationError,
+    DecryptionError,
+    InvalidArgumentError,
+    InvalidContextError,
+    KeyNotFoundError,
+    KeyRetiredError,
+    KeyStateError,
+    KeyVersionUnavailableError,
+    PayloadTooLargeError,
+)
+from greenlang_crypto.keys.store import KeyStore, KeyVersion, open_key_store
+from greenlang_crypto.providers.base import KeyLimits, KeyProvider
+
+__all__ = ["EncryptionService", "RotationResult", "ServiceStatus"]
+
+ContextLike = EncryptionContext | Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class RotationResult:
+    """Outcome of :meth:`EncryptionService.rotate`.
+
+    Attributes:
+        old_version: The previous primary version.
+        new_version: The new primary version.
+        wrapping_key_id: The wrapping key of the new version.
+    """
+
+    old_version: int | None
+    new_version: int
+    wrapping_key_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceStatus:
+    """A snapshot for ``status`` commands and health checks.
+
+    Attributes:
+        provider: Provider name.
+        provider_ok: Whether the provider answered its health check.
+        provider_detail: The provider's health detail.
+        primary_version: The primary key version.
+        min_decryption_version: The lowest version allowed to decrypt.
+        versions: All key versions.
+        deks_by_version: Stored DEKs per version.
+        cache: Encryption and decryption cache counters.
+    """
+
+    provider: str
+    provider_ok: bool
+    provider_detail: str
+    primary_version: int
+    min_decryption_version: int
+    versions: list[KeyVersion]
+    deks_by_version: dict[int, int]
+    cache: dict[str, dict[str, int]]
+
+
+def _as_context(context: ContextLike) -> EncryptionContext:
+    if isinstance(context, EncryptionContext):
+        return context
+    if isinstance(context, Mapping):
+        return EncryptionContext.from_mapping(context)
+    raise InvalidContextError("context must be an EncryptionContext or a mapping")
+
+
+def _as_bytes(value: object, name: str) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, bytearray | memoryview):
+        # Copy so a caller mutating the buffer later cannot alter what was encrypted.
+        return bytes(value)
+    if value is None:
+        raise TypeError(f"{name} must be bytes, not None")
+    raise TypeError(f"{name} must be bytes, bytearray or memoryview, not {type(value).__name__}")
+
+
+def _aad(associated_data: bytes | None) -> bytes | None:
+    if associated_data is None:
+        return None
+    if not isinstance(associated_data, bytes):
+        raise TypeError("associated_data must be bytes or None")
+    return associated_data
+
+
+class EncryptionService:
+    """Envelope encryption with cached DEKs, key versions and rotation.
+
+    Args:
+        config: The configuration (default: the embedded local provider in ``data_dir``).
+        provider: A key provider to use instead of the one the config describes.
+        key_store: A key store to use instead of the one the config describes.
+
+    Raises:
+        ConfigurationError: The configuration is unusable (for example no master key yet).
+    """
+
+    def __init__(
+        self,
+        config: EncryptionServiceConfig | None = None,
+        *,
+        provider: KeyProvider | None = None,
+        key_store: KeyStore | None = None,
+    ) -> None:
+        self.config = config or EncryptionServiceConfig()
+        self.provider: KeyProvider = provider or self._build_provider()
+        self.store = key_store or open_key_store(self.config.resolved_key_store_url)
+        self._limits = KeyLimits(max_messages=self.config.max_messages_per_dek)
+        ttl = self.config.cache_ttl_seconds
+        self._enc_cache = DekCache(self.config.cache_max_entries, ttl)
+        self._dec_cache = DekCache(self.config.cache_max_entries, ttl)
+        self._refresh_after = ttl * self.config.refresh_ahead_fraction
+        self._max_plaintext = self.config.max_plaintext_bytes
+        self._default_reference = self.config.key_reference
+        self._flight_guard = threading.Lock()
+        self._flights: dict[bytes, threading.Lock] = {}
+        self._state_lock = threading.Lock()
+        self._load_keyring()
+
+    def _build_provider(self) -> KeyProvider:
+        if self.config.provider == "local":
+            from greenlang_crypto.providers.local import LocalKeyProvider
+
+            return LocalKeyProvider(self.config.data_dir)
+        from greenlang_crypto.providers.aws_kms import AwsKmsKeyProvider
+
+        return AwsKmsKeyProvider(
+            keys=self.config.kms_key_ids,
+            region=self.config.kms_region,
+            endpoint_url=self.config.kms_endpoint_url,
+        )
+
+    def _load_keyring(self) -> None:
+        versions = self.store.versions()
+        if not versions:
+            self.store.add_primary_version(self.provider.name, self._initial_wrapping_key())
+            versions = self.store.versions()
+        primary = [v for v in versions if v.state == "primary"]
+        if len(primary) != 1:
+            raise ConfigurationError("the keyring must have exactly one primary version")
+        with self._state_lock:
+            self._versions = {v.version: v for v in versions}
+            self._primary = primary[0]
+            self._min_version = self.store.min_decryption_version()
+            # Encryption cache ids depend on the primary version: start afresh on any change.
+            self._enc_ids: dict[object, bytes] = {}
+
+    def _initial_wrapping_key(self) -> str:
+        if self.config.provider == "aws-kms" and self.config.kms_key_ids:
+            return self.config.kms_key_ids[0]
+        current = getattr(self.provider, "current_key_id", None)
+        if callable(current):
+            return str(current())
+        raise ConfigurationError("cannot determine the wrapping key id for version 1")
+
+    # -- encryption ----------------------------------------------------------------------
+
+    def _enc_id(self, version: KeyVersion, ctx: EncryptionContext, reference: str) -> bytes:
+        return b"|".join(
+            (
+                reference.encode(),
+                self.provider.name.encode(),
+                version.wrapping_key_id.encode(),
+                str(version.version).encode(),
+                ctx.digest,
+            )
+        )
+
+    def _single_flight(self, cache_id: bytes) -> threading.Lock:
+        with self._flight_guard:
+            lock = self._flights.get(cache_id)
+            if lock is None:
+                lock = self._flights[cache_id] = threading.Lock()
+            return lock
+
+    def _new_sealer(
+        self, version: KeyVersion, ctx: EncryptionContext, reference: str
+    ) -> EnvelopeSealer:
+        generated = self.provider.generate_data_key(version.wrapping_key_id, ctx, self._limits)
+        if reference == "stored":
+            # Commit the wrapped DEK before any ciphertext that names it can exist.
+            dek_id = self.store.insert_dek(
+                version.version,
+                self.provider.name,
+                generated.key_id,
+                generated.wrapped,
+                ctx.as_dict(),
+                ctx.digest,
+            )
+            self._dec_cache.put(stored_key_ref_id(dek_id), generated.key)
+            return EnvelopeSealer(
+                generated.key, key_version=version.version, context=ctx.canonical, dek_id=dek_id
+            )
+        return EnvelopeSealer(
+            generated.key,
+            key_version=version.version,
+            context=ctx.canonical,
+            provider=self.provider.name,
+            key_id=generated.key_id,
+            wrapped_dek=generated.wrapped,
+            context_digest=True,
+        )
+
+    def _sealer(self, ctx: EncryptionContext, reference: str) -> tuple[bytes, EnvelopeSealer]:
+        version = self._primary
+        cache_id = self._enc_id(version, ctx, reference)
+        with self._single_flight(cache_id):
+            hit = self._enc_cache.get_with_age(cache_id)
+            if hit is not None and hit[1] < self._refresh_after:
+                sealer = hit[0]
+                assert isinstance(sealer, EnvelopeSealer)
+                return cache_id, sealer
+            sealer = self._new_sealer(version, ctx, reference)
+            self._enc_cache.put(cache_id, sealer)
+            return cache_id, sealer
+
+    def _check_plaintext(self, plaintext: object) -> bytes:
+        data = _as_bytes(plaintext, "plaintext")
+        if len(data) > self.config.max_plaintext_bytes:
+            raise PayloadTooLargeError(
+                f"plaintext of {len(data)} bytes exceeds the maximum of "
+                f"{self.config.max_plaintext_bytes}"
+            )
+        return data
+
+    def encrypt(
+        self,
+        plaintext: bytes,
+        context: ContextLike,
+        *,
+        associated_data: bytes | None = None,
+        key_reference: str | None = None,
+    ) -> bytes:
+        """Encrypts ``plaintext`` under a DEK bound to ``context``.
+
+        Args:
+            plaintext: The data (bytes; bytearray and memoryview are copied first).
+            context: Tenant and data class (plus extra pairs); required again to decrypt.
+            associated_data: Optional binding to a location (table, column, row id).
+            key_reference: ``stored`` or ``inline``; default from the configuration.
+
+        Returns:
+            A self-describing envelope.
+
+        Raises:
+            TypeError: ``plaintext`` is not bytes-like.
+            PayloadTooLargeError: Above ``max_plaintext_bytes`` (before any KMS call).
+            InvalidContextError: The context is invalid.
+            KmsError: The provider failed (typed by cause).
+        """
+        # The hot path avoids helper calls: at 64 bytes, each Python call is a measurable share
+        # of the whole operation (see benches/gate_service.py).
+        data = plaintext if type(plaintext) is bytes else self._check_plaintext(plaintext)
+        if len(data) > self._max_plaintext:
+            self._check_plaintext(data)
+        ctx = context if type(context) is EncryptionContext else _as_context(context)
+        aad = associated_data if associated_data is None else _aad(associated_data)
+        if key_reference is None:
+            reference = self._default_reference
+            memo_key: object = ctx._canonical
+        else:
+            reference = key_reference
+            memo_key = (ctx._canonical, reference)
+        cache_id = self._enc_ids.get(memo_key)
+        if cache_id is None:
+            if reference not in ("stored", "inline"):
+                raise InvalidArgumentError("key_reference must be 'stored' or 'inline'")
+            cache_id = self._enc_id(self._primary, ctx, reference)
+            if len(self._enc_ids) < 4096:
+                self._enc_ids[memo_key] = cache_id
+        out = self._enc_cache.seal(cache_id, data, aad, self._refresh_after)
+        if out is not None:
+            return out
+        for _ in range(3):
+            cache_id, sealer = self._sealer(ctx, reference)
+            out = self._enc_cache.seal(cache_id, data, aad)
+            if out is not None:
+                return out
+        # Three fresh keys in a row were spent by other threads; report rather than spin.
+        raise KeyStateError("could not obtain a data key with budget left")
+
+    def encrypt_str(self, plaintext: str, context: ContextLike, **kwargs: Any) -> bytes:
+        """Encrypts the UTF-8 encoding of ``plaintext``.
+
+        Raises:
+            InvalidArgumentError: The string holds a lone surrogate (not encodable as UTF-8).
+        """
+        if not isinstance(plaintext, str):
+            raise TypeError("plaintext must be str")
+        try:
+            data = plaintext.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidArgumentError("plaintext is not valid Unicode (lone surrogate)") from None
+        return self.encrypt(data, context, **kwargs)
+
+    def encrypt_batch(
+        self,
+        plaintexts: Sequence[bytes],
+        context: ContextLike,
+        *,
+        associated_data: Sequence[bytes | None] | None = None,
+        key_reference: str | None = None,
+    ) -> list[bytes]:
+        """Encrypts many values under one context: one provider call at most, one Rust call."""
+        values = [self._check_plaintext(p) for p in plaintexts]
+        if not values:
+            return []
+        ctx = _as_context(context)
+        reference = key_reference or self.config.key_reference
+        aads = list(associated_data) if associated_data is not None else None
+        if aads is not None and len(aads) != len(values):
+            raise InvalidArgumentError("associated_data must have one entry per plaintext")
+        for _ in range(3):
+            _, sealer = self._sealer(ctx, reference)
+            if sealer.key.max_messages - sealer.key.messages_used >= len(values):
+                return sealer.seal_batch(values, aads)
+            self._enc_cache.remove(self._enc_id(self._primary, ctx, reference))
+        raise KeyStateError("batch is larger than one data key's message budget")
+
+    async def encrypt_async(self, plaintext: bytes, context: ContextLike, **kwargs: Any) -> bytes:
+        """:meth:`encrypt` on a worker thread, so KMS calls never block the event loop."""
+        return await asyncio.to_thread(self.encrypt, plaintext, context, **kwargs)
+
+    # -- decryption ----------------------------------------------------------------------
+
+    def _check_version(self, key_version: int) -> None:
+        if key_version not in self._versions:
+            # Another instance may have rotated: reload once before reporting.
+            self._load_keyring()
+            if key_version not in self._versions:
+                raise KeyVersionUnavailableError(key_version)
+        if key_version < self._min_version:
+            raise KeyRetiredError(key_version, self._min_version)
+
+    def _data_key_for(self, envelope: bytes, ctx: EncryptionContext) -> DataKey:
+        header = parse_envelope(envelope)
+        self._check_version(header.key_version)
+        ref_id = header.key_ref_id
+        with self._single_flight(b"dec|" + ref_id):
+            cached = self._dec_cache.get(ref_id)
+            if isinstance(cached, DataKey):
+                return cached
+            if header.kind == "stored":
+                assert header.dek_id is not None
+                record = self.store.get_dek(header.dek_id)
+                if record is None:
+                    raise KeyNotFoundError(f"stored DEK {header.dek_id} is not in the key store")
+                if record.key_version != header.key_version or record.provider != (
+                    self.provider.name
+                ):
+                    raise DecryptionError()
+                key = self.provider.decrypt_data_key(
+                    record.wrapping_key_id, record.wrapped, ctx, self._limits
+                )
+            else:
+                assert header.key_id is not None and header.wrapped_dek is not None
+                # Only wrapping keys of this keyring are used, so an envelope cannot make the
+                # service call an arbitrary KMS key.
+                allowed = {v.wrapping_key_id for v in self._versions.values()}
+                allowed.update(self.config.kms_key_ids)
+                if header.provider != self.provider.name or header.key_id not in allowed:
+                    raise DecryptionError()
+                key = self.provider.decrypt_data_key(
+                    header.key_id, header.wrapped_dek, ctx, self._limits
+                )
+            self._dec_cache.put(ref_id, key)
+            return key
+
+    def decrypt(
+        self,
+        ciphertext: bytes,
+        context: ContextLike,
+        *,
+        associated_data: bytes | None = None,
+    ) -> bytes:
+        """Decrypts an envelope made by :meth:`encrypt` with the same context and binding.
+
+        Raises:
+            DecryptionError: Any authentication failure (opaque), or a malformed envelope.
+            KeyVersionUnavailableError: The envelope's key version is not in the keyring.
+            KeyRetiredError: The key version is below the minimum decryption version.
+            KmsError: The provider failed (typed by cause).
+        """
+        envelope = ciphertext if type(ciphertext) is bytes else _as_bytes(ciphertext, "ciphertext")
+        ctx = context if type(context) is EncryptionContext else _as_context(context)
+        aad = associated_data if associated_data is None else _aad(associated_data)
+        out = self._dec_cache.open(envelope, ctx._canonical, aad)
+        if out is not None:
+            return out
+        key = self._data_key_for(envelope, ctx)
+        return open_envelope(key, envelope, ctx.canonical, aad)
+
+    def decrypt_str(self, ciphertext: bytes, context: ContextLike, **kwargs: Any) -> str:
+        """Decrypts to a str (the plaintext must be UTF-8)."""
+        data = self.decrypt(ciphertext, context, **kwargs)
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DecryptionError("plaintext is not UTF-8") from None
+
+    def decrypt_batch(
+        self,
+        ciphertexts: Sequence[bytes],
+        context: ContextLike,
+        *,
+        associated_data: Sequence[bytes | None] | None = None,
+    ) -> list[bytes]:
+        """Decrypts many envelopes under one context."""
+        aads = list(associated_data) if associated_data is not None else [None] * len(ciphertexts)
+        if len(aads) != len(ciphertexts):
+            raise InvalidArgumentError("associated_data must have one entry per ciphertext")
+        ctx = _as_context(context)
+        return [self.decrypt(c, ctx, associated_data=a) for c, a in zip(ciphertexts, aads, strict=True)]
+
+    async def decrypt_async(self, ciphertext: bytes, context: ContextLike, **kwargs: Any) -> bytes:
+        """:meth:`decrypt` on a worker thread."""
+        return await asyncio.to_thread(self.decrypt, ciphertext, context, **kwargs)
+
+    def reencrypt(
+        self,
+        ciphertext: bytes,
+        context: ContextLike,
+        *,
+        associated_data: bytes | None = None,
+    ) -> bytes:
+        """Re-encrypts an envelope under the primary version; the plaintext never leaves."""
+        plaintext = self.decrypt(ciphertext, context, associated_data=associated_data)
+        return self.encrypt(plaintext, context, associated_data=associated_data)
+
+    # -- keys ----------------------------------------------------------------------------
+
+    @property
+    def primary_version(self) -> int:
+        """The key version new encryptions use."""
+        return self._primary.version
+
+    def versions(self) -> list[KeyVersion]:
+        """All key versions (re-read from the key store)."""
+        self._load_keyring()
+        return list(self._versions.values())
+
+    def rotate(self, *, new_wrapping_key_id: str | None = None) -> RotationResult:
+        """Makes version N+1 primary; older versions keep decrypting (dual-key window).
+
+        With the local provider a new master key is created unless one is given. With AWS
+        KMS the new version uses ``new_wrapping_key_id`` or the same CMK (whose own key
+        material KMS rotates; see :meth:`rotate_kms_key_on_demand`).
+        """
+        old = self._primary.version
+        wrapping = new_wrapping_key_id
+        if wrapping is None:
+            create = getattr(self.provider, "create_master_key", None)
+            wrapping = str(create()) if callable(create) else self._primary.wrapping_key_id
+        new = self.store.add_primary_version(self.provider.name, wrapping)
+        self._enc_cache.clear()
+        self._load_keyring()
+        return RotationResult(old, new.version, wrapping)
+
+    def rewrap(self, new_wrapping_key_id: str, *, progress: Any = None) -> int:
+        """Rewraps every stored DEK under ``new_wrapping_key_id`` without touching data.
+
+        Each row is replaced by compare-and-swap, so concurrent rewraps never lose an update.
+        Returns the number of rows rewrapped.
+        """
+        done = 0
+        for batch in self.store.iter_deks():
+            for record in batch:
+                if record.wrapping_key_id == new_wrapping_key_id:
+                    continue
+                ctx = EncryptionContext.from_mapping(record.context)
+                new_blob = self.provider.reencrypt_data_key(
+                    record.wrapping_key_id, record.wrapped, new_wrapping_key_id, ctx
+                )
+                if self.store.replace_wrapped(
+                    record.dek_id, record.wrapped, new_blob, new_wrapping_key_id
+                ):
+                    done += 1
+                if progress is not None:
+                    progress(1)
+        for version in self.store.versions():
+            if version.provider == self.provider.name:
+                self.store.set_wrapping_key(version.version, new_wrapping_key_id)
+        self._enc_cache.clear()
+        self._dec_cache.clear()
+        self._load_keyring()
+        return done
+
+    def retire_versions_below(self, min_version: int, *, delete_stored_deks: bool = False) -> None:
+        """Raises the minimum decryption version.
+
+        Refused while stored DEKs of older versions exist, unless ``delete_stored_deks`` is
+        set, which an operator does only after a re-encryption dry run counted 0 rows under
+        those versions.
+
+        Raises:
+            KeyStateError: Stored DEKs still depend on a version being retired.
+        """
+        counts = self.store.count_deks_by_version()
+        remaining = sum(n for v, n in counts.items() if v < min_version)
+        if remaining and not delete_stored_deks:
+            raise KeyStateError(
+                f"{remaining} stored DEK(s) still belong to versions below {min_version}"
+            )
+        if remaining:
+            self.store.delete_deks_below(min_version)
+        self.store.retire_below(min_version)
+        self._dec_cache.clear()
+        self._load_keyring()
+
+    def disable_cached_keys(self) -> None:
+        """Drops every cached DEK (for example after KMS reported the key disabled)."""
+        self._enc_cache.clear()
+        self._dec_cache.clear()
+
+    def status(self) -> ServiceStatus:
+        """A snapshot of keys, cache counters and provider health."""
+        health = self.provider.health()
+        self._load_keyring()
+        return ServiceStatus(
+            provider=self.provider.name,
+            provider_ok=health.ok,
+            provider_detail=health.detail,
+            primary_version=self._primary.version,
+            min_decryption_version=self._min_version,
+            versions=list(self._versions.values()),
+            deks_by_version=self.store.count_deks_by_version(),
+            cache={"encrypt": self._enc_cache.stats(), "decrypt": self._dec_cache.stats()},
+        )
+
+    def cache_usage(self) -> dict[str, float]:
+        """Gauges of the encryption cache (oldest DEK age, largest budget fraction used)."""
+        return self._enc_cache.usage()
+
+    def __repr__(self) -> str:
+        return (
+            f"EncryptionService(provider={self.provider.name!r}, "
+            f"primary_version={self._primary.version}, store={self.store!r})"
+        )
+
+

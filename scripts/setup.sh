@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs every dependency of the test suite on a fresh Debian 12 machine (run as root):
+# Debian packages, a virtualenv with the package (built by maturin) and its dev extras, and
+# the infrastructure tools (promtool, checkov, python-hcl2). Idempotent and quick when done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need_apt=""
+command -v pg_isready >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt="$need_apt postgresql postgresql-contrib"
+command -v curl >/dev/null 2>&1 || need_apt="$need_apt curl"
+if [ -n "$need_apt" ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need_apt >/dev/null
+  # Debian starts a cluster on install; the tests run their own on another port.
+  service postgresql stop >/dev/null 2>&1 || true
+fi
+if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q "maturin>=1.9.4,<2"
+# Build the Rust extension in release mode and install the package editable with all extras.
+AWS_LC_SYS_CMAKE_BUILDER=0 .venv/bin/python -m pip install -q -e ".[all,dev]"
+PATH="$PWD/.venv/bin:$PATH" bash scripts/install_infra_tools.sh
