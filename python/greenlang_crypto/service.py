@@ -418,7 +418,13 @@ class EncryptionService:
         envelope = ciphertext if type(ciphertext) is bytes else _as_bytes(ciphertext, "ciphertext")
         ctx = context if type(context) is EncryptionContext else _as_context(context)
         aad = associated_data if associated_data is None else _aad(associated_data)
-        out = self._dec_cache.open(envelope, ctx._canonical, aad)
+        try:
+            out = self._dec_cache.open(envelope, ctx._canonical, aad)
+        except DecryptionError:
+            # Report a missing or retired key version as such (B1, H8): the version comes from
+            # the public header, so naming it is no decryption oracle.
+            self._check_version(parse_envelope(envelope).key_version)
+            raise
         if out is not None:
             return out
         key = self._data_key_for(envelope, ctx)

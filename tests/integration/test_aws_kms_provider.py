@@ -10,6 +10,7 @@ import base64
 import json
 import logging
 import random
+import socket
 import subprocess
 import sys
 import time
@@ -483,18 +484,40 @@ def test_transient_fault_persistent_gives_unavailable(
     assert info.value.__cause__ is None and info.value.__context__ is None
 
 
-def test_slow_kms_read_timeout_is_real(
-    kms_keys: Any, make_provider: Callable[..., AwsKmsKeyProvider]
+@pytest.fixture
+def blackhole_endpoint() -> Iterator[str]:
+    """An endpoint that accepts TCP connections but never answers: a real read timeout."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)  # the kernel completes handshakes; nobody ever reads or replies
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+
+
+def test_real_read_timeout_is_bounded(
+    kms_keys: Any, blackhole_endpoint: str, make_provider: Callable[..., AwsKmsKeyProvider]
 ) -> None:
-    """A hook that sleeps past read_timeout is not a timeout (the hook runs before the
-    socket), so use the closed port for a real network failure instead: no hang."""
     provider = make_provider(
-        keys=[kms_keys.primary_arn], endpoint_url=CLOSED_ENDPOINT, max_attempts=2
+        keys=[kms_keys.primary_arn],
+        endpoint_url=blackhole_endpoint,
+        read_timeout=0.2,
+        max_attempts=2,
     )
     start = time.monotonic()
-    with pytest.raises(KmsUnavailableError):
+    with pytest.raises(KmsUnavailableError) as info:
         provider.generate_data_key(kms_keys.primary_arn, CTX, LIMITS)
-    assert time.monotonic() - start < 3.0
+    assert time.monotonic() - start < 1.5
+    assert info.value.code == "ReadTimeoutError"
+    assert provider.stats["attempts"] == 2
+
+
+def test_decrypt_fails_over_on_real_read_timeout(
+    kms_keys: Any, blackhole_endpoint: str, make_provider: Callable[..., AwsKmsKeyProvider]
+) -> None:
+    generated = make_provider().generate_data_key(kms_keys.primary_arn, CTX, LIMITS)
+    provider = make_provider(endpoint_urls={EAST: blackhole_endpoint}, read_timeout=0.2)
+    key = provider.decrypt_data_key(generated.key_id, generated.wrapped, CTX, LIMITS)
+    assert hazmat.export_key_bytes(key) == hazmat.export_key_bytes(generated.key)
+    assert provider.stats["failovers"] == 1
 
 
 # --- E4 / E5 / E6: permanent errors are not retried -----------------------------------------

@@ -1,0 +1,224 @@
+"""``greenlang-crypto``: the command-line front door. It calls only the EncryptionService.
+
+Commands: ``init``, ``encrypt``, ``decrypt``, ``keys list|rotate|rewrap|retire``, ``status``.
+Configuration comes from ``--config FILE`` (TOML) or ``GLC_*`` environment variables; with
+neither, the embedded local provider in ``~/.greenlang-crypto`` (or ``$GLC_DATA_DIR``) is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from greenlang_crypto.config import EncryptionServiceConfig
+from greenlang_crypto.context import EncryptionContext
+from greenlang_crypto.exceptions import GreenlangCryptoError
+
+__all__ = ["main"]
+
+
+def _config(args: argparse.Namespace) -> EncryptionServiceConfig:
+    if args.config:
+        cfg = EncryptionServiceConfig.from_toml(args.config)
+    else:
+        cfg = EncryptionServiceConfig.from_env()
+    if args.data_dir:
+        values = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
+        values["data_dir"] = Path(args.data_dir)
+        cfg = EncryptionServiceConfig(**values)
+    return cfg
+
+
+def _service(args: argparse.Namespace) -> Any:
+    from greenlang_crypto.service import EncryptionService
+
+    return EncryptionService(_config(args))
+
+
+def _context(args: argparse.Namespace) -> EncryptionContext:
+    extra: dict[str, str] = {}
+    for pair in args.context or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise GreenlangCryptoError(f"--context expects KEY=VALUE, got {key!r}")
+        extra[key] = value
+    return EncryptionContext(tenant_id=args.tenant, data_class=args.data_class, extra=extra)
+
+
+def _read_input(path: str | None) -> bytes:
+    if path in (None, "-"):
+        return sys.stdin.buffer.read()
+    return Path(path).read_bytes()
+
+
+def _write_output(path: str | None, data: bytes) -> None:
+    if path in (None, "-"):
+        out: BinaryIO = sys.stdout.buffer
+        out.write(data)
+        out.flush()
+        return
+    target = Path(path)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(target)
+
+
+def _progress(total: int, desc: str) -> Any:
+    try:
+        from tqdm import tqdm
+    except ImportError:  # the bar is optional; counts are still printed at the end
+        return None
+    return tqdm(total=total, desc=desc, unit="key", file=sys.stderr)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Creates the data directory, the first master key and the keyring."""
+    cfg = _config(args)
+    if cfg.provider == "local":
+        from greenlang_crypto.providers.local import LocalKeyProvider
+
+        provider = LocalKeyProvider(cfg.data_dir)
+        if provider.versions():
+            print(f"already initialized: {cfg.data_dir}")
+        else:
+            key_id = provider.create_master_key()
+            print(f"created master key {key_id} in {cfg.data_dir} (mode 0600)")
+    svc = _service(args)
+    print(f"keyring ready: primary version {svc.primary_version}")
+    return 0
+
+
+def cmd_encrypt(args: argparse.Namespace) -> int:
+    """Encrypts a file or stdin to a file or stdout."""
+    svc = _service(args)
+    data = _read_input(args.input)
+    env = svc.encrypt(data, _context(args), key_reference=args.key_reference)
+    _write_output(args.output, env)
+    return 0
+
+
+def cmd_decrypt(args: argparse.Namespace) -> int:
+    """Decrypts a file or stdin to a file or stdout."""
+    svc = _service(args)
+    data = svc.decrypt(_read_input(args.input), _context(args))
+    _write_output(args.output, data)
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Lists, rotates, rewraps or retires key versions."""
+    svc = _service(args)
+    if args.keys_command == "list":
+        rows = [
+            {
+                "version": v.version,
+                "state": v.state,
+                "provider": v.provider,
+                "wrapping_key_id": v.wrapping_key_id,
+            }
+            for v in svc.versions()
+        ]
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            for r in rows:
+                print(f"v{r['version']:<4} {r['state']:<13} {r['provider']:<8} {r['wrapping_key_id']}")
+        return 0
+    if args.keys_command == "rotate":
+        result = svc.rotate(new_wrapping_key_id=args.wrapping_key_id)
+        print(f"rotated: v{result.old_version} -> v{result.new_version} ({result.wrapping_key_id})")
+        return 0
+    if args.keys_command == "rewrap":
+        target = args.wrapping_key_id
+        if target is None:
+            create = getattr(svc.provider, "create_master_key", None)
+            if not callable(create):
+                raise GreenlangCryptoError("--wrapping-key-id is required for this provider")
+            target = create()
+        total = sum(svc.store.count_deks_by_version().values())
+        bar = _progress(total, "rewrap")
+        done = svc.rewrap(target, progress=bar.update if bar is not None else None)
+        if bar is not None:
+            bar.close()
+        print(f"rewrapped {done} stored DEK(s) under {target}")
+        return 0
+    if args.keys_command == "retire":
+        svc.retire_versions_below(args.below, delete_stored_deks=args.delete_stored_deks)
+        print(f"minimum decryption version is now {args.below}")
+        return 0
+    raise AssertionError(args.keys_command)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Prints provider health, key versions and cache counters."""
+    st = _service(args).status()
+    doc = {
+        "provider": st.provider,
+        "provider_ok": st.provider_ok,
+        "provider_detail": st.provider_detail,
+        "primary_version": st.primary_version,
+        "min_decryption_version": st.min_decryption_version,
+        "versions": [{"version": v.version, "state": v.state} for v in st.versions],
+        "stored_deks_by_version": st.deks_by_version,
+        "cache": st.cache,
+    }
+    print(json.dumps(doc, indent=2))
+    return 0 if st.provider_ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    p = argparse.ArgumentParser(prog="greenlang-crypto", description=__doc__.splitlines()[0])
+    p.add_argument("--config", help="TOML configuration file")
+    p.add_argument("--data-dir", help="data directory of the embedded default")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("init", help="create the master key and keyring").set_defaults(func=cmd_init)
+
+    def with_context(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--tenant", required=True, help="tenant_id of the encryption context")
+        sp.add_argument("--data-class", required=True, help="data_class of the context")
+        sp.add_argument("--context", action="append", metavar="KEY=VALUE", help="extra pairs")
+        sp.add_argument("-i", "--input", help="input file (default stdin)")
+        sp.add_argument("-o", "--output", help="output file (default stdout)")
+
+    enc = sub.add_parser("encrypt", help="encrypt a file or stdin")
+    with_context(enc)
+    enc.add_argument("--key-reference", choices=["stored", "inline"], default=None)
+    enc.set_defaults(func=cmd_encrypt)
+    dec = sub.add_parser("decrypt", help="decrypt a file or stdin")
+    with_context(dec)
+    dec.set_defaults(func=cmd_decrypt)
+
+    keys = sub.add_parser("keys", help="manage key versions")
+    ks = keys.add_subparsers(dest="keys_command", required=True)
+    kl = ks.add_parser("list", help="list key versions")
+    kl.add_argument("--json", action="store_true")
+    kr = ks.add_parser("rotate", help="make a new primary version")
+    kr.add_argument("--wrapping-key-id", default=None)
+    kw = ks.add_parser("rewrap", help="rewrap stored DEKs under a new wrapping key")
+    kw.add_argument("--wrapping-key-id", default=None)
+    kt = ks.add_parser("retire", help="raise the minimum decryption version")
+    kt.add_argument("--below", type=int, required=True)
+    kt.add_argument("--delete-stored-deks", action="store_true")
+    keys.set_defaults(func=cmd_keys)
+    sub.add_parser("status", help="provider health, versions, cache").set_defaults(func=cmd_status)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``greenlang-crypto`` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except GreenlangCryptoError as exc:
+        # Typed errors carry no secrets by construction; print the class and message only.
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,325 @@
+"""EncryptionService on the embedded local provider: B1-B3, B6, C1-C5, F1, F5, KMS economy."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from greenlang_crypto import EncryptionContext, parse_envelope
+from greenlang_crypto.config import EncryptionServiceConfig
+from greenlang_crypto.exceptions import (
+    ConfigurationError,
+    DecryptionError,
+    InvalidArgumentError,
+    InvalidContextError,
+    KeyRetiredError,
+    KeyStateError,
+    KeyVersionUnavailableError,
+    KmsUnavailableError,
+    PayloadTooLargeError,
+)
+from greenlang_crypto.providers.base import GeneratedDataKey, KeyLimits
+from greenlang_crypto.providers.local import LocalKeyProvider
+from greenlang_crypto.service import EncryptionService
+
+CTX = EncryptionContext(tenant_id="t1", data_class="pii")
+
+
+class CountingProvider(LocalKeyProvider):
+    """The real local provider, counting calls and optionally failing (fault injection)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(data_dir)
+        self.generate_calls = 0
+        self.decrypt_calls = 0
+        self.fail_next = 0
+        self.delay = 0.0
+        self._count_lock = threading.Lock()
+
+    def generate_data_key(
+        self, key_id: str, context: EncryptionContext, limits: KeyLimits
+    ) -> GeneratedDataKey:
+        with self._count_lock:
+            self.generate_calls += 1
+            if self.fail_next:
+                self.fail_next -= 1
+                raise KmsUnavailableError("injected outage")
+        time.sleep(self.delay)
+        return super().generate_data_key(key_id, context, limits)
+
+    def decrypt_data_key(self, *a: Any, **kw: Any) -> Any:
+        with self._count_lock:
+            self.decrypt_calls += 1
+        return super().decrypt_data_key(*a, **kw)
+
+
+def make(tmp_path: Path, **cfg: Any) -> tuple[EncryptionService, CountingProvider]:
+    provider = CountingProvider(tmp_path)
+    if not provider.versions():
+        provider.create_master_key()
+    svc = EncryptionService(EncryptionServiceConfig(data_dir=tmp_path, **cfg), provider=provider)
+    return svc, provider
+
+
+def test_round_trip_stored_and_inline(tmp_path: Path) -> None:
+    svc, _ = make(tmp_path)
+    for ref in ("stored", "inline"):
+        env = svc.encrypt(b"secret", CTX, key_reference=ref)
+        assert parse_envelope(env).kind == ref
+        assert svc.decrypt(env, CTX) == b"secret"
+    assert svc.decrypt(svc.encrypt(b"x", {"tenant_id": "t1", "data_class": "pii"}), CTX) == b"x"
+
+
+def test_compact_pii_envelope(tmp_path: Path) -> None:
+    svc, _ = make(tmp_path)
+    assert len(svc.encrypt(b"0123456789abcdef", CTX)) <= 64
+
+
+def test_wrong_context_fails_opaquely(tmp_path: Path) -> None:
+    svc, _ = make(tmp_path)
+    env = svc.encrypt(b"secret", CTX)
+    for other in (
+        EncryptionContext("t2", "pii"),
+        EncryptionContext("t1", "PII"),
+        EncryptionContext("t1", "pii", {"purpose": "x"}),
+    ):
+        with pytest.raises(DecryptionError) as e:
+            svc.decrypt(env, other)
+        assert str(e.value) == "decryption failed"
+    # A fresh service (cold cache) fails at the wrapped-DEK level too.
+    svc2, _ = make(tmp_path)
+    with pytest.raises(DecryptionError):
+        svc2.decrypt(env, EncryptionContext("t2", "pii"))
+
+
+def test_associated_data_binds_location(tmp_path: Path) -> None:
+    svc, _ = make(tmp_path)
+    env = svc.encrypt(b"v", CTX, associated_data=b"users.email|pk=1")
+    assert svc.decrypt(env, CTX, associated_data=b"users.email|pk=1") == b"v"
+    with pytest.raises(DecryptionError):
+        svc.decrypt(env, CTX, associated_data=b"users.email|pk=2")
+
+
+def test_rotation_dual_key_window_and_retire(tmp_path: Path) -> None:
+    svc, _ = make(tmp_path)
+    old = svc.encrypt(b"v1 data", CTX)
+    result = svc.rotate()
+    assert result.new_version == 2 == svc.primary_version
+    new = svc.encrypt(b"v2 data", CTX)
+    assert parse_envelope(new).key_version == 2  # B3: new writes use only the primary
+    assert svc.decrypt(old, CTX) == b"v1 data" and svc.decrypt(new, CTX) == b"v2 data"
+    moved = svc.reencrypt(old, CTX)
+    assert parse_envelope(moved).key_version == 2
+    with pytest.raises(KeyStateError):
+        svc.retire_versions_below(2)  # stored DEKs of v1 still exist
+    svc.retire_versions_below(2, delete_stored_deks=True)
+    with pytest.raises(KeyRetiredError):  # B2
+        svc.decrypt(old, CTX)
+    assert svc.decrypt(moved, CTX) == b"v1 data"
+    with pytest.raises(KeyStateError):
+        svc.retire_versions_below(3)
+
+
+def test_missing_key_version_is_named(tmp_path: Path) -> None:
+    svc, _ = make(tmp_path)
+    env = bytearray(svc.encrypt(b"v", CTX))
+    env[4:8] = (7).to_bytes(4, "big")
+    with pytest.raises(KeyVersionUnavailableError) as e:
+        svc.decrypt(bytes(env), CTX)
+    assert e.value.key_version == 7 and "7" in str(e.value)
+
+
+def test_other_process_sees_rotation(tmp_path: Path) -> None:
+    a, _ = make(tmp_path)
+    b, _ = make(tmp_path)
+    a.rotate()
+    env = a.encrypt(b"from a", CTX)
+    assert b.decrypt(env, CTX) == b"from a"
+
+
+@pytest.mark.parametrize("value", [None, 12, "text", ["x"], {"a": 1}])
+def test_wrong_plaintext_types(tmp_path: Path, value: Any) -> None:
+    svc, provider = make(tmp_path)
+    with pytest.raises(TypeError):
+        svc.encrypt(value, CTX)
+    assert provider.generate_calls == 0
+
+
+def test_str_helpers_and_lone_surrogate(tmp_path: Path) -> None:
+    svc, provider = make(tmp_path)
+    for text in ["", "emoji \U0001f600", "\u05d0\u05d1 rtl", "nul\x00inside", "cafe\u0301", "caf\u00e9"]:
+        assert svc.decrypt_str(svc.encrypt_str(text, CTX), CTX) == text
+    calls = provider.generate_calls
+    with pytest.raises(InvalidArgumentError):
+        svc.encrypt_str("bad \ud800", CTX)
+    assert provider.generate_calls == calls
+
+
+def test_empty_stays_distinct(tmp_path: Path) -> None:
+    svc, _ = make(tmp_path)
+    env = svc.encrypt(b"", CTX)
+    assert svc.decrypt(env, CTX) == b""
+
+
+def test_payload_limit_checked_before_kms(tmp_path: Path) -> None:
+    svc, provider = make(tmp_path, max_plaintext_bytes=1024)
+    assert svc.decrypt(svc.encrypt(b"x" * 1024, CTX), CTX) == b"x" * 1024
+    calls = provider.generate_calls
+    svc._enc_cache.clear()
+    with pytest.raises(PayloadTooLargeError):
+        svc.encrypt(b"x" * 1025, CTX)
+    assert provider.generate_calls == calls
+
+
+def test_mutable_input_not_aliased(tmp_path: Path) -> None:
+    svc, _ = make(tmp_path)
+    buf = bytearray(b"original")
+    env = svc.encrypt(buf, CTX)
+    buf[:] = b"changed!"
+    assert svc.decrypt(env, CTX) == b"original"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [None, {}, {"tenant_id": "t"}, {"tenant_id": "", "data_class": "x"}, {"tenant_id": 1, "data_class": "x"}],
+)
+def test_bad_contexts(tmp_path: Path, bad: Any) -> None:
+    svc, _ = make(tmp_path)
+    with pytest.raises(InvalidContextError):
+        svc.encrypt(b"x", bad)
+
+
+def test_single_flight_cold_cache(tmp_path: Path) -> None:
+    # F1: 64 threads on a cold cache make exactly one provider call.
+    svc, provider = make(tmp_path)
+    provider.delay = 0.05
+    barrier = threading.Barrier(64)
+
+    def work(_: int) -> bytes:
+        barrier.wait()
+        return svc.encrypt(b"v", CTX)
+
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        envs = list(pool.map(work, range(64)))
+    assert provider.generate_calls == 1
+    assert {parse_envelope(e).dek_id for e in envs} == {parse_envelope(envs[0]).dek_id}
+
+
+def test_single_flight_asyncio(tmp_path: Path) -> None:
+    svc, provider = make(tmp_path)
+    provider.delay = 0.02
+
+    async def run() -> list[bytes]:
+        return await asyncio.gather(*(svc.encrypt_async(b"v", CTX) for _ in range(200)))
+
+    envs = asyncio.run(run())
+    assert provider.generate_calls == 1
+    assert asyncio.run(svc.decrypt_async(envs[0], CTX)) == b"v"
+
+
+def test_failures_are_not_cached(tmp_path: Path) -> None:
+    # F5 / E1 at the service: a provider failure raises typed, writes nothing, and the next
+    # call tries again.
+    svc, provider = make(tmp_path)
+    provider.fail_next = 1
+    with pytest.raises(KmsUnavailableError):
+        svc.encrypt(b"v", CTX)
+    assert svc.store.count_deks_by_version() == {}
+    assert svc.decrypt(svc.encrypt(b"v", CTX), CTX) == b"v"
+    assert provider.generate_calls == 2
+
+
+def test_kms_economy(tmp_path: Path) -> None:
+    svc, provider = make(tmp_path)
+    envs = [svc.encrypt(b"value %d" % i, CTX) for i in range(10_000)]
+    assert provider.generate_calls == 1
+    cold, _ = make(tmp_path)
+    cold_provider = cold.provider
+    assert isinstance(cold_provider, CountingProvider)
+    for i, e in enumerate(envs):
+        assert cold.decrypt(e, CTX) == b"value %d" % i
+    assert cold_provider.decrypt_calls == 1
+    stats = cold.status().cache["decrypt"]
+    assert stats["hits"] / (stats["hits"] + stats["misses"]) >= 0.99
+
+
+def test_usage_limit_rolls_to_new_dek(tmp_path: Path) -> None:
+    svc, provider = make(tmp_path, max_messages_per_dek=100)
+    envs = [svc.encrypt(b"v", CTX) for _ in range(250)]
+    assert provider.generate_calls == 3
+    assert len({parse_envelope(e).dek_id for e in envs}) == 3
+    assert all(svc.decrypt(e, CTX) == b"v" for e in envs)
+
+
+def test_ttl_refresh(tmp_path: Path) -> None:
+    svc, provider = make(tmp_path, cache_ttl_seconds=0.2, refresh_ahead_fraction=0.5)
+    svc.encrypt(b"v", CTX)
+    time.sleep(0.15)
+    svc.encrypt(b"v", CTX)
+    assert provider.generate_calls == 2
+
+
+def test_batch(tmp_path: Path) -> None:
+    svc, provider = make(tmp_path)
+    envs = svc.encrypt_batch([b"a", b"b", b"c"], CTX, associated_data=[b"1", b"2", b"3"])
+    assert svc.decrypt_batch(envs, CTX, associated_data=[b"1", b"2", b"3"]) == [b"a", b"b", b"c"]
+    assert provider.generate_calls == 1
+
+
+def test_rewrap_keeps_data_readable(tmp_path: Path) -> None:
+    svc, provider = make(tmp_path)
+    env = svc.encrypt(b"data", CTX)
+    new_key = provider.create_master_key()
+    assert svc.rewrap(new_key) == 1
+    cold, _ = make(tmp_path)
+    assert cold.decrypt(env, CTX) == b"data"
+    assert {r.wrapping_key_id for b in cold.store.iter_deks() for r in b} == {new_key}
+
+
+def test_config_validation(tmp_path: Path) -> None:
+    for bad in (
+        {"provider": "vault"},
+        {"cache_ttl_seconds": 301},
+        {"max_messages_per_dek": 2**32 + 1},
+        {"provider": "aws-kms"},
+        {"key_reference": "x"},
+        {"key_store_url": "mysql://x"},
+    ):
+        with pytest.raises(ConfigurationError):
+            EncryptionServiceConfig(data_dir=tmp_path, **bad)
+    with pytest.raises(ConfigurationError):
+        EncryptionServiceConfig.from_mapping({"nope": 1})
+    cfg = EncryptionServiceConfig.from_env({"GLC_CACHE_TTL_SECONDS": "60", "GLC_DATA_DIR": str(tmp_path)})
+    assert cfg.cache_ttl_seconds == 60
+    toml = tmp_path / "c.toml"
+    toml.write_text('[greenlang_crypto]\nprovider = "local"\ncache_max_entries = 10\n')
+    assert EncryptionServiceConfig.from_toml(toml).cache_max_entries == 10
+
+
+def test_no_master_key_fails_at_start(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError):
+        EncryptionService(EncryptionServiceConfig(data_dir=tmp_path / "empty"))
+
+
+def test_master_key_file_mode(tmp_path: Path) -> None:
+    provider = LocalKeyProvider(tmp_path)
+    provider.create_master_key()
+    path = tmp_path / "master-keys" / "master-v1.key"
+    assert path.stat().st_mode & 0o777 == 0o600
+    path.chmod(0o644)
+    with pytest.raises(ConfigurationError):
+        LocalKeyProvider(tmp_path).generate_data_key("local:master-v1", CTX, KeyLimits())
+
+
+def test_repr_has_no_secrets(tmp_path: Path) -> None:
+    svc, _ = make(tmp_path)
+    text = repr(svc) + repr(svc.provider) + repr(svc.config) + repr(CTX)
+    for path in (tmp_path / "master-keys").iterdir():
+        raw = path.read_bytes()
+        assert raw.hex() not in text and repr(raw) not in text
