@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benches._measure import Ratio, time_ratio  # noqa: E402
+from benches._measure import Ratio, time_ratio
 
 Check = Callable[[], Ratio]
 
@@ -45,7 +45,9 @@ def core_checks() -> list[Check]:
 
         return run
 
-    def throughput(name: str, a: Callable[[], object], b: Callable[[], object], target: float) -> Check:
+    def throughput(
+        name: str, a: Callable[[], object], b: Callable[[], object], target: float
+    ) -> Check:
         def run() -> Ratio:
             r, ta, tb = time_ratio(a, b, rounds=11, budget=0.05)
             return Ratio(name, 1 / r, target, True, ta, tb)
@@ -104,7 +106,7 @@ def core_checks() -> list[Check]:
     )
 
     def two_threads() -> Ratio:
-        n = 24
+        n = 48
 
         def work(count: int) -> None:
             for _ in range(count):

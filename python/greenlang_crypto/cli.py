@@ -126,7 +126,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
             print(json.dumps(rows, indent=2))
         else:
             for r in rows:
-                print(f"v{r['version']:<4} {r['state']:<13} {r['provider']:<8} {r['wrapping_key_id']}")
+                print(
+                    f"v{r['version']:<4} {r['state']:<13} {r['provider']:<8} {r['wrapping_key_id']}"
+                )
         return 0
     if args.keys_command == "rotate":
         result = svc.rotate(new_wrapping_key_id=args.wrapping_key_id)

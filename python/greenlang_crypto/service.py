@@ -306,7 +306,7 @@ class EncryptionService:
         if out is not None:
             return out
         for _ in range(3):
-            cache_id, sealer = self._sealer(ctx, reference)
+            cache_id, _sealer = self._sealer(ctx, reference)
             out = self._enc_cache.seal(cache_id, data, aad)
             if out is not None:
                 return out
@@ -450,7 +450,9 @@ class EncryptionService:
         if len(aads) != len(ciphertexts):
             raise InvalidArgumentError("associated_data must have one entry per ciphertext")
         ctx = _as_context(context)
-        return [self.decrypt(c, ctx, associated_data=a) for c, a in zip(ciphertexts, aads, strict=True)]
+        return [
+            self.decrypt(c, ctx, associated_data=a) for c, a in zip(ciphertexts, aads, strict=True)
+        ]
 
     async def decrypt_async(self, ciphertext: bytes, context: ContextLike, **kwargs: Any) -> bytes:
         """:meth:`decrypt` on a worker thread."""
@@ -576,5 +578,3 @@ class EncryptionService:
             f"EncryptionService(provider={self.provider.name!r}, "
             f"primary_version={self._primary.version}, store={self.store!r})"
         )
-
-

@@ -46,10 +46,20 @@ def test_cli_files(tmp_path: Path) -> None:
     src, envf, out = tmp_path / "in.bin", tmp_path / "in.enc", tmp_path / "out.bin"
     src.write_bytes(os.urandom(100_000))
     ctx = ["--tenant", "t", "--data-class", "blob", "--context", "purpose=backup"]
-    assert run(tmp_path, "encrypt", *ctx, "-i", str(src), "-o", str(envf), "--key-reference", "inline").returncode == 0
+    assert (
+        run(
+            tmp_path, "encrypt", *ctx, "-i", str(src), "-o", str(envf), "--key-reference", "inline"
+        ).returncode
+        == 0
+    )
     assert run(tmp_path, "decrypt", *ctx, "-i", str(envf), "-o", str(out)).returncode == 0
     assert out.read_bytes() == src.read_bytes()
-    assert run(tmp_path, "decrypt", "--tenant", "t", "--data-class", "blob", "-i", str(envf)).returncode == 2
+    assert (
+        run(
+            tmp_path, "decrypt", "--tenant", "t", "--data-class", "blob", "-i", str(envf)
+        ).returncode
+        == 2
+    )
 
 
 def test_cli_without_init_fails_cleanly(tmp_path: Path) -> None:

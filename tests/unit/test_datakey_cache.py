@@ -110,7 +110,6 @@ def test_fork_child_gets_fresh_nonces_and_empty_cache() -> None:
     cache = core.DekCache()
     cache.put(b"id", k)
     k.seal(b"warm the pool")
-    greenlang_crypto.__name__  # the package registers its at-fork hooks on import
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
@@ -219,7 +218,12 @@ def test_evicted_keys_are_released() -> None:
 
 
 def test_cache_config_validation() -> None:
-    for kwargs in ({"max_entries": 0}, {"ttl_seconds": 0}, {"ttl_seconds": -1.0}, {"ttl_seconds": float("nan")}):
+    for kwargs in (
+        {"max_entries": 0},
+        {"ttl_seconds": 0},
+        {"ttl_seconds": -1.0},
+        {"ttl_seconds": float("nan")},
+    ):
         with pytest.raises((InvalidArgumentError, OverflowError)):
             core.DekCache(**kwargs)  # type: ignore[arg-type]
 
@@ -227,8 +231,8 @@ def test_cache_config_validation() -> None:
 @pytest.mark.parametrize(
     "obj_factory",
     [
-        lambda: core.DataKey.generate(),
-        lambda: core.DekCache(),
+        core.DataKey.generate,
+        core.DekCache,
         lambda: core.EnvelopeSealer(core.DataKey.generate(), key_version=1, context=CTX, dek_id=1),
         lambda: core.DataKey.generate().derive_index_key(b"users.email"),
         lambda: core.AESGCM(b"k" * 32),

@@ -153,7 +153,14 @@ def test_wrong_plaintext_types(tmp_path: Path, value: Any) -> None:
 
 def test_str_helpers_and_lone_surrogate(tmp_path: Path) -> None:
     svc, provider = make(tmp_path)
-    for text in ["", "emoji \U0001f600", "\u05d0\u05d1 rtl", "nul\x00inside", "cafe\u0301", "caf\u00e9"]:
+    for text in [
+        "",
+        "emoji \U0001f600",
+        "\u05d0\u05d1 rtl",
+        "nul\x00inside",
+        "cafe\u0301",
+        "caf\u00e9",
+    ]:
         assert svc.decrypt_str(svc.encrypt_str(text, CTX), CTX) == text
     calls = provider.generate_calls
     with pytest.raises(InvalidArgumentError):
@@ -187,7 +194,13 @@ def test_mutable_input_not_aliased(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [None, {}, {"tenant_id": "t"}, {"tenant_id": "", "data_class": "x"}, {"tenant_id": 1, "data_class": "x"}],
+    [
+        None,
+        {},
+        {"tenant_id": "t"},
+        {"tenant_id": "", "data_class": "x"},
+        {"tenant_id": 1, "data_class": "x"},
+    ],
 )
 def test_bad_contexts(tmp_path: Path, bad: Any) -> None:
     svc, _ = make(tmp_path)
@@ -295,7 +308,9 @@ def test_config_validation(tmp_path: Path) -> None:
             EncryptionServiceConfig(data_dir=tmp_path, **bad)
     with pytest.raises(ConfigurationError):
         EncryptionServiceConfig.from_mapping({"nope": 1})
-    cfg = EncryptionServiceConfig.from_env({"GLC_CACHE_TTL_SECONDS": "60", "GLC_DATA_DIR": str(tmp_path)})
+    cfg = EncryptionServiceConfig.from_env(
+        {"GLC_CACHE_TTL_SECONDS": "60", "GLC_DATA_DIR": str(tmp_path)}
+    )
     assert cfg.cache_ttl_seconds == 60
     toml = tmp_path / "c.toml"
     toml.write_text('[greenlang_crypto]\nprovider = "local"\ncache_max_entries = 10\n')

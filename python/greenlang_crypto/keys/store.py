@@ -374,5 +374,3 @@ def open_key_store(url: str) -> KeyStore:
         host = dsn.split("@")[-1]
         return KeyStore(connect_pg, "postgresql", f"postgresql://…@{host}")
     raise ConfigurationError("key store URL must start with sqlite:/// or postgresql://")
-
-

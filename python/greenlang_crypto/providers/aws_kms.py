@@ -307,6 +307,11 @@ class _CircuitBreaker:
             self._probe_in_flight = True
             return True
 
+    def release(self) -> None:
+        """An allowed attempt ended without a verdict on the region."""
+        with self._lock:
+            self._probe_in_flight = False
+
     def record_success(self) -> None:
         """The region answered (including with an error that is not an outage)."""
         with self._lock:
@@ -689,7 +694,8 @@ class AwsKmsKeyProvider:
         for alias in (k for k in self._keys if k.is_alias and k.region == ref.region):
             try:
                 resp = self._call("DescribeKey", [alias], lambda c, t: c.describe_key(KeyId=t.raw))
-            except KmsError:
+            except (KmsAccessDeniedError, KmsKeyDisabledError):
+                # This alias cannot vouch for the key; an outage, though, must surface as one.
                 continue
             arn = str(resp.get("KeyMetadata", {}).get("Arn", ""))
             if self._returned_matches(alias, arn):
@@ -761,6 +767,10 @@ class AwsKmsKeyProvider:
                     resp = invoke(self._clients[target.region], target)
                 except Exception as exc:  # classified below; never propagated raw
                     failure = _classify(exc)
+                except BaseException:
+                    # Interrupted (KeyboardInterrupt, ...): free a half-open probe slot.
+                    breaker.release()
+                    raise
                 else:
                     breaker.record_success()
                     result = cast(dict[str, Any], resp)
