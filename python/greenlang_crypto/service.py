@@ -481,14 +481,22 @@ class EncryptionService:
         self._load_keyring()
         return list(self._versions.values())
 
-    def rotate(self, *, new_wrapping_key_id: str | None = None) -> RotationResult:
+    def rotate(
+        self, *, new_wrapping_key_id: str | None = None, rotate_kms_key: bool = False
+    ) -> RotationResult:
         """Makes version N+1 primary; older versions keep decrypting (dual-key window).
 
         With the local provider a new master key is created unless one is given. With AWS
-        KMS the new version uses ``new_wrapping_key_id`` or the same CMK (whose own key
-        material KMS rotates; see :meth:`rotate_kms_key_on_demand`).
+        KMS the new version uses ``new_wrapping_key_id`` or the same CMK; with
+        ``rotate_kms_key`` KMS also rotates that CMK's key material on demand first.
         """
         old = self._primary.version
+        if rotate_kms_key:
+            # On-demand rotation of the CMK's key material; old material keeps decrypting.
+            on_demand = getattr(self.provider, "rotate_key_on_demand", None)
+            if not callable(on_demand):
+                raise KeyStateError("this provider has no on-demand key rotation")
+            on_demand(self._primary.wrapping_key_id)
         wrapping = new_wrapping_key_id
         if wrapping is None:
             create = getattr(self.provider, "create_master_key", None)

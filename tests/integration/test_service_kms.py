@@ -70,3 +70,20 @@ def test_service_decrypts_through_replica(
     outage = make_provider(keys=list(keys), endpoint_urls={"us-east-1": "http://127.0.0.1:1"})
     dr = make_service(tmp_path, outage, keys)
     assert dr.decrypt(env, CTX) == b"dr"
+
+
+def test_rotation_on_demand_through_kms(
+    tmp_path: Path, kms_keys: Any, make_provider: Callable[..., Any]
+) -> None:
+    _reset_pg(_store_url(tmp_path))
+    keys = (kms_keys.single_arn,)
+    svc = make_service(tmp_path, make_provider(keys=list(keys)), keys)
+    old = svc.encrypt(b"before", CTX)
+    result = svc.rotate(rotate_kms_key=True)
+    assert result.new_version == 2 and result.wrapping_key_id == kms_keys.single_arn
+    rotations = kms_keys.client().list_key_rotations(KeyId=kms_keys.single_arn)["Rotations"]
+    assert len(rotations) == 1
+    new = svc.encrypt(b"after", CTX)
+    assert parse_envelope(new).key_version == 2
+    cold = make_service(tmp_path, make_provider(keys=list(keys)), keys)
+    assert cold.decrypt(old, CTX) == b"before" and cold.decrypt(new, CTX) == b"after"

@@ -338,3 +338,33 @@ def test_repr_has_no_secrets(tmp_path: Path) -> None:
     for path in (tmp_path / "master-keys").iterdir():
         raw = path.read_bytes()
         assert raw.hex() not in text and repr(raw) not in text
+
+
+def test_outage_cached_keys_keep_working_until_ttl(tmp_path: Path) -> None:
+    # E2 and the outage policy: during a provider outage, envelopes whose DEK is cached still
+    # decrypt; a cache miss fails with a typed error; after the TTL everything fails closed.
+    svc, provider = make(tmp_path, cache_ttl_seconds=0.3)
+    warm = svc.encrypt(b"warm", CTX)
+    other, _ = make(tmp_path)
+    cold = other.encrypt(b"cold", EncryptionContext("t9", "pii"))
+
+    def outage(*_: Any, **__: Any) -> Any:
+        raise KmsUnavailableError("injected outage")
+
+    provider.decrypt_data_key = outage  # type: ignore[method-assign]
+    provider.fail_next = 10**6
+    assert svc.decrypt(warm, CTX) == b"warm"
+    assert svc.encrypt(b"more", CTX)
+    with pytest.raises(KmsUnavailableError):
+        svc.decrypt(cold, EncryptionContext("t9", "pii"))
+    time.sleep(0.35)
+    with pytest.raises(KmsUnavailableError):
+        svc.decrypt(warm, CTX)
+    with pytest.raises(KmsUnavailableError):
+        svc.encrypt(b"after ttl", CTX)
+
+
+def test_rotate_kms_key_needs_provider_support(tmp_path: Path) -> None:
+    svc, _ = make(tmp_path)
+    with pytest.raises(KeyStateError):
+        svc.rotate(rotate_kms_key=True)
