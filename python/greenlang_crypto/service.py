@@ -581,6 +581,17 @@ class EncryptionService:
         """Gauges of the encryption cache (oldest DEK age, largest budget fraction used)."""
         return self._enc_cache.usage()
 
+    def close(self) -> None:
+        """Drops cached DEKs and closes the key store's connections."""
+        self.disable_cached_keys()
+        self.store.close()
+
+    def __enter__(self) -> EncryptionService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def __repr__(self) -> str:
         return (
             f"EncryptionService(provider={self.provider.name!r}, "

@@ -4,7 +4,7 @@ store: the economy of KMS calls, context enforcement at KMS, replica failover, r
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +30,26 @@ def _reset_pg(url: str) -> None:
         store = open_key_store(url)
         with store._tx() as cur:
             cur.execute("TRUNCATE glc_deks, glc_key_versions, glc_keyring")
+        store.close()
+
+
+_OPEN: list[EncryptionService] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_services() -> Iterator[None]:
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
 
 
 def make_service(tmp_path: Path, provider: Any, keys: tuple[str, ...]) -> EncryptionService:
     cfg = EncryptionServiceConfig(
         provider="aws-kms", kms_key_ids=keys, key_store_url=_store_url(tmp_path), data_dir=tmp_path
     )
-    return EncryptionService(cfg, provider=provider)
+    svc = EncryptionService(cfg, provider=provider)
+    _OPEN.append(svc)
+    return svc
 
 
 def test_service_over_kms(tmp_path: Path, kms_keys: Any, make_provider: Callable[..., Any]) -> None:

@@ -112,6 +112,9 @@ class KeyStore:
         self._dialect = dialect
         self._description = description
         self._local = threading.local()
+        # Every connection opened by any thread, so close() can release them all.
+        self._all_conns: list[Any] = []
+        self._conns_lock = threading.Lock()
         self._migrate()
 
     def __repr__(self) -> str:
@@ -127,6 +130,8 @@ class KeyStore:
         if conn is None:
             conn = self._connect()
             self._local.conn = conn
+            with self._conns_lock:
+                self._all_conns.append(conn)
         return conn
 
     def _sql(self, sql: str) -> str:
@@ -152,11 +157,12 @@ class KeyStore:
                 cur.execute(stmt.format(blob=blob))
 
     def close(self) -> None:
-        """Closes this thread's connection."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
+        """Closes every connection this store opened (in any thread)."""
+        with self._conns_lock:
+            conns, self._all_conns = self._all_conns, []
+        for conn in conns:
             conn.close()
-            self._local.conn = None
+        self._local = threading.local()
 
     # -- key versions -------------------------------------------------------------------
 
