@@ -8,6 +8,7 @@ neither, the embedded local provider in ``~/.greenlang-crypto`` (or ``$GLC_DATA_
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Sequence
@@ -19,6 +20,13 @@ from greenlang_crypto.context import EncryptionContext
 from greenlang_crypto.exceptions import GreenlangCryptoError
 
 __all__ = ["main"]
+
+#: Modules that contribute subcommands through ``register(subparsers, make_service, config)``.
+_EXTENSIONS = (
+    "greenlang_crypto.api.commands",
+    "greenlang_crypto.sqlalchemy.commands",
+    "greenlang_crypto.compliance.commands",
+)
 
 
 def _config(args: argparse.Namespace) -> EncryptionServiceConfig:
@@ -208,6 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     kt.add_argument("--delete-stored-deks", action="store_true")
     keys.set_defaults(func=cmd_keys)
     sub.add_parser("status", help="provider health, versions, cache").set_defaults(func=cmd_status)
+    for module_name in _EXTENSIONS:
+        # Front doors with optional dependencies add their own subcommands (serve, token,
+        # audit, db, verify); each module imports its heavy dependencies only when run.
+        module = importlib.import_module(module_name)
+        module.register(sub, _service, _config)
     return p
 
 

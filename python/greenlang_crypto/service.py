@@ -16,8 +16,11 @@ authentication failure is one opaque :class:`DecryptionError`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,11 +34,14 @@ from greenlang_crypto._core import (
 )
 from greenlang_crypto.config import EncryptionServiceConfig
 from greenlang_crypto.context import EncryptionContext
+from greenlang_crypto.events import ServiceObserver
 from greenlang_crypto.exceptions import (
     ConfigurationError,
     DecryptionError,
+    GreenlangCryptoError,
     InvalidArgumentError,
     InvalidContextError,
+    InvalidEnvelopeError,
     KeyNotFoundError,
     KeyRetiredError,
     KeyStateError,
@@ -46,6 +52,8 @@ from greenlang_crypto.keys.store import KeyStore, KeyVersion, open_key_store
 from greenlang_crypto.providers.base import KeyLimits, KeyProvider
 
 __all__ = ["EncryptionService", "RotationResult", "ServiceStatus"]
+
+_log = logging.getLogger("greenlang_crypto.service")
 
 ContextLike = EncryptionContext | Mapping[str, str]
 
@@ -124,6 +132,8 @@ class EncryptionService:
         config: The configuration (default: the embedded local provider in ``data_dir``).
         provider: A key provider to use instead of the one the config describes.
         key_store: A key store to use instead of the one the config describes.
+        observers: Receivers of service events (audit, metrics); see :mod:`.events`.
+        per_operation_events: Also emit an event for every encrypt and decrypt.
 
     Raises:
         ConfigurationError: The configuration is unusable (for example no master key yet).
@@ -135,13 +145,24 @@ class EncryptionService:
         *,
         provider: KeyProvider | None = None,
         key_store: KeyStore | None = None,
+        observers: Iterable[ServiceObserver] = (),
+        per_operation_events: bool = False,
     ) -> None:
         self.config = config or EncryptionServiceConfig()
+        self._observers: tuple[ServiceObserver, ...] = tuple(observers)
+        # Per-operation events cost a Python call per encrypt/decrypt; by default operations
+        # are counted in Rust atomics instead (see operation_counts()).
+        self._per_op = per_operation_events and bool(self._observers)
+        self._failures: Counter[tuple[str, str]] = Counter()
+        self._slow_counts: Counter[tuple[str, str]] = Counter()
         self.provider: KeyProvider = provider or self._build_provider()
         self.store = key_store or open_key_store(self.config.resolved_key_store_url)
         self._limits = KeyLimits(max_messages=self.config.max_messages_per_dek)
         ttl = self.config.cache_ttl_seconds
-        self._enc_cache = DekCache(self.config.cache_max_entries, ttl)
+        self._cache_ttl = ttl
+        self._keyring_epoch: tuple[int, str] | None = None
+        self._retired_enc_counts: Counter[str] = Counter()
+        self._retired_enc_bytes: Counter[str] = Counter()
         self._dec_cache = DekCache(self.config.cache_max_entries, ttl)
         self._refresh_after = ttl * self.config.refresh_ahead_fraction
         self._max_plaintext = self.config.max_plaintext_bytes
@@ -176,8 +197,10 @@ class EncryptionService:
             self._versions = {v.version: v for v in versions}
             self._primary = primary[0]
             self._min_version = self.store.min_decryption_version()
-            # Encryption cache ids depend on the primary version: start afresh on any change.
-            self._enc_ids: dict[object, bytes] = {}
+            epoch = (self._primary.version, self._primary.wrapping_key_id)
+            if epoch != self._keyring_epoch:
+                self._keyring_epoch = epoch
+                self._replace_enc_caches()
 
     def _initial_wrapping_key(self) -> str:
         if self.config.provider == "aws-kms" and self.config.kms_key_ids:
@@ -187,18 +210,78 @@ class EncryptionService:
             return str(current())
         raise ConfigurationError("cannot determine the wrapping key id for version 1")
 
-    # -- encryption ----------------------------------------------------------------------
+    def _replace_enc_caches(self) -> None:
+        """Starts new encryption caches (one per key-reference kind), keyed by canonical context.
 
-    def _enc_id(self, version: KeyVersion, ctx: EncryptionContext, reference: str) -> bytes:
-        return b"|".join(
-            (
-                reference.encode(),
-                self.provider.name.encode(),
-                version.wrapping_key_id.encode(),
-                str(version.version).encode(),
-                ctx.digest,
+        Caches are replaced rather than cleared when the primary version changes: a thread
+        that was fetching a DEK for the old version puts it into the old, unreachable cache,
+        so new writes can never pick up a stale version.
+        """
+        old = getattr(self, "_enc_caches", None)
+        if old is not None:
+            for cache in old.values():
+                for label, (ops, nbytes) in cache.counts().items():
+                    self._retired_enc_counts[label] += ops
+                    self._retired_enc_bytes[label] += nbytes
+        caches = {
+            ref: DekCache(self.config.cache_max_entries, self._cache_ttl)
+            for ref in ("stored", "inline")
+        }
+        self._enc_caches = caches
+        self._enc_cache = caches[self._default_reference]
+
+    # -- events --------------------------------------------------------------------------
+
+    def _emit(self, event: str, **fields: object) -> None:
+        for observer in self._observers:
+            try:
+                observer.on_event(event, fields)
+            except Exception as exc:  # an observer must never break the data path
+                _log.warning("observer %r failed on %s: %s", observer, event, type(exc).__name__)
+
+    def _failed(
+        self, event: str, operation: str, exc: BaseException, ctx: EncryptionContext | None
+    ) -> None:
+        error_type = type(exc).__name__
+        self._failures[(operation, error_type)] += 1
+        if self._observers:
+            self._emit(
+                event,
+                error_type=error_type,
+                data_class=ctx.data_class if ctx is not None else None,
+                context_digest=ctx.digest.hex() if ctx is not None else None,
+                key_version=getattr(exc, "key_version", None),
             )
-        )
+
+    def failure_counts(self) -> dict[tuple[str, str], int]:
+        """Failures so far by (operation, error type)."""
+        return dict(self._failures)
+
+    def operation_counts(self) -> dict[str, dict[str, tuple[int, int]]]:
+        """Operations and plaintext bytes by operation and data class.
+
+        Read from the Rust counters of the DEK caches, plus the rare decrypts done outside the
+        cache.
+        """
+        enc: dict[str, tuple[int, int]] = {}
+        for label, n in self._retired_enc_counts.items():
+            enc[label] = (n, self._retired_enc_bytes[label])
+        for cache in self._enc_caches.values():
+            for label, (ops, nbytes) in cache.counts().items():
+                prev = enc.get(label, (0, 0))
+                enc[label] = (prev[0] + ops, prev[1] + nbytes)
+        dec = dict(self._dec_cache.counts())
+        for (op, label), n in self._slow_counts.items():
+            if op == "decrypt":
+                ops, nbytes = dec.get(label, (0, 0))
+                dec[label] = (ops + n, nbytes)
+        return {"encrypt": enc, "decrypt": dec}
+
+    def latency(self) -> dict[str, tuple[list[float], list[int], float, int, int]]:
+        """Sampled latency histograms of cached encrypts and decrypts (see DekCache.latency)."""
+        return {"encrypt": self._enc_cache.latency(), "decrypt": self._dec_cache.latency()}
+
+    # -- encryption ----------------------------------------------------------------------
 
     def _single_flight(self, cache_id: bytes) -> threading.Lock:
         with self._flight_guard:
@@ -210,7 +293,24 @@ class EncryptionService:
     def _new_sealer(
         self, version: KeyVersion, ctx: EncryptionContext, reference: str
     ) -> EnvelopeSealer:
+        started = time.perf_counter()
         generated = self.provider.generate_data_key(version.wrapping_key_id, ctx, self._limits)
+        self._emit(
+            "key_cache_miss",
+            operation="encrypt",
+            data_class=ctx.data_class,
+            key_version=version.version,
+        )
+        self._emit(
+            "key_generated",
+            key_version=version.version,
+            key_id=generated.key_id,
+            data_class=ctx.data_class,
+            context_digest=ctx.digest.hex(),
+            key_reference=reference,
+            fingerprint=generated.key.fingerprint,
+            seconds=time.perf_counter() - started,
+        )
         if reference == "stored":
             # Commit the wrapped DEK before any ciphertext that names it can exist.
             dek_id = self.store.insert_dek(
@@ -221,7 +321,7 @@ class EncryptionService:
                 ctx.as_dict(),
                 ctx.digest,
             )
-            self._dec_cache.put(stored_key_ref_id(dek_id), generated.key)
+            self._dec_cache.put(stored_key_ref_id(dek_id), generated.key, ctx.data_class)
             return EnvelopeSealer(
                 generated.key, key_version=version.version, context=ctx.canonical, dek_id=dek_id
             )
@@ -235,18 +335,21 @@ class EncryptionService:
             context_digest=True,
         )
 
-    def _sealer(self, ctx: EncryptionContext, reference: str) -> tuple[bytes, EnvelopeSealer]:
+    def _sealer(self, ctx: EncryptionContext, reference: str) -> tuple[DekCache, EnvelopeSealer]:
+        # Read the cache before the version: caches are replaced after the primary changes,
+        # so a new cache always comes with the new version (see _replace_enc_caches).
+        cache = self._enc_caches[reference]
         version = self._primary
-        cache_id = self._enc_id(version, ctx, reference)
-        with self._single_flight(cache_id):
-            hit = self._enc_cache.get_with_age(cache_id)
+        cache_id = ctx._canonical
+        with self._single_flight(reference.encode() + b"|" + cache_id):
+            hit = cache.get_with_age(cache_id)
             if hit is not None and hit[1] < self._refresh_after:
                 sealer = hit[0]
                 assert isinstance(sealer, EnvelopeSealer)
-                return cache_id, sealer
+                return cache, sealer
             sealer = self._new_sealer(version, ctx, reference)
-            self._enc_cache.put(cache_id, sealer)
-            return cache_id, sealer
+            cache.put(cache_id, sealer, ctx.data_class)
+            return cache, sealer
 
     def _check_plaintext(self, plaintext: object) -> bytes:
         data = _as_bytes(plaintext, "plaintext")
@@ -291,27 +394,32 @@ class EncryptionService:
         aad = associated_data if associated_data is None else _aad(associated_data)
         if key_reference is None:
             reference = self._default_reference
-            memo_key: object = ctx._canonical
+            out = self._enc_cache.seal(ctx._canonical, data, aad, self._refresh_after)
         else:
-            reference = key_reference
-            memo_key = (ctx._canonical, reference)
-        cache_id = self._enc_ids.get(memo_key)
-        if cache_id is None:
-            if reference not in ("stored", "inline"):
+            if key_reference not in ("stored", "inline"):
                 raise InvalidArgumentError("key_reference must be 'stored' or 'inline'")
-            cache_id = self._enc_id(self._primary, ctx, reference)
-            if len(self._enc_ids) < 4096:
-                self._enc_ids[memo_key] = cache_id
-        out = self._enc_cache.seal(cache_id, data, aad, self._refresh_after)
-        if out is not None:
-            return out
-        for _ in range(3):
-            cache_id, _sealer = self._sealer(ctx, reference)
-            out = self._enc_cache.seal(cache_id, data, aad)
-            if out is not None:
-                return out
-        # Three fresh keys in a row were spent by other threads; report rather than spin.
-        raise KeyStateError("could not obtain a data key with budget left")
+            reference = key_reference
+            out = self._enc_caches[reference].seal(ctx._canonical, data, aad, self._refresh_after)
+        if out is None:
+            out = self._encrypt_slow(ctx, reference, data, aad)
+        if self._per_op:
+            self._emit("encryption_performed", data_class=ctx.data_class, size=len(data))
+        return out
+
+    def _encrypt_slow(
+        self, ctx: EncryptionContext, reference: str, data: bytes, aad: bytes | None
+    ) -> bytes:
+        try:
+            for _ in range(3):
+                cache, _sealer = self._sealer(ctx, reference)
+                out = cache.seal(ctx._canonical, data, aad)
+                if out is not None:
+                    return out
+            # Three fresh keys in a row were spent by other threads; report, do not spin.
+            raise KeyStateError("could not obtain a data key with budget left")
+        except GreenlangCryptoError as exc:
+            self._failed("encryption_failed", "encrypt", exc, ctx)
+            raise
 
     def encrypt_str(self, plaintext: str, context: ContextLike, **kwargs: Any) -> bytes:
         """Encrypts the UTF-8 encoding of ``plaintext``.
@@ -344,11 +452,13 @@ class EncryptionService:
         aads = list(associated_data) if associated_data is not None else None
         if aads is not None and len(aads) != len(values):
             raise InvalidArgumentError("associated_data must have one entry per plaintext")
+        if reference not in ("stored", "inline"):
+            raise InvalidArgumentError("key_reference must be 'stored' or 'inline'")
         for _ in range(3):
-            _, sealer = self._sealer(ctx, reference)
+            cache, sealer = self._sealer(ctx, reference)
             if sealer.key.max_messages - sealer.key.messages_used >= len(values):
                 return sealer.seal_batch(values, aads)
-            self._enc_cache.remove(self._enc_id(self._primary, ctx, reference))
+            cache.remove(ctx._canonical)
         raise KeyStateError("batch is larger than one data key's message budget")
 
     async def encrypt_async(self, plaintext: bytes, context: ContextLike, **kwargs: Any) -> bytes:
@@ -397,7 +507,22 @@ class EncryptionService:
                 key = self.provider.decrypt_data_key(
                     header.key_id, header.wrapped_dek, ctx, self._limits
                 )
-            self._dec_cache.put(ref_id, key)
+            self._dec_cache.put(ref_id, key, ctx.data_class)
+            self._emit(
+                "key_cache_miss",
+                operation="decrypt",
+                data_class=ctx.data_class,
+                key_version=header.key_version,
+            )
+            self._emit(
+                "key_accessed",
+                key_version=header.key_version,
+                key_reference=header.kind,
+                dek_id=header.dek_id,
+                data_class=ctx.data_class,
+                context_digest=ctx.digest.hex(),
+                fingerprint=key.fingerprint,
+            )
             return key
 
     def decrypt(
@@ -420,15 +545,23 @@ class EncryptionService:
         aad = associated_data if associated_data is None else _aad(associated_data)
         try:
             out = self._dec_cache.open(envelope, ctx._canonical, aad)
-        except DecryptionError:
+            if out is None:
+                key = self._data_key_for(envelope, ctx)
+                out = open_envelope(key, envelope, ctx._canonical, aad)
+                self._slow_counts[("decrypt", ctx.data_class)] += 1
+        except DecryptionError as exc:
+            self._failed("decryption_failed", "decrypt", exc, ctx)
             # Report a missing or retired key version as such (B1, H8): the version comes from
             # the public header, so naming it is no decryption oracle.
-            self._check_version(parse_envelope(envelope).key_version)
+            if not isinstance(exc, InvalidEnvelopeError):
+                self._check_version(parse_envelope(envelope).key_version)
             raise
-        if out is not None:
-            return out
-        key = self._data_key_for(envelope, ctx)
-        return open_envelope(key, envelope, ctx.canonical, aad)
+        except GreenlangCryptoError as exc:
+            self._failed("decryption_failed", "decrypt", exc, ctx)
+            raise
+        if self._per_op:
+            self._emit("decryption_performed", data_class=ctx.data_class, size=len(out))
+        return out
 
     def decrypt_str(self, ciphertext: bytes, context: ContextLike, **kwargs: Any) -> str:
         """Decrypts to a str (the plaintext must be UTF-8)."""
@@ -502,8 +635,14 @@ class EncryptionService:
             create = getattr(self.provider, "create_master_key", None)
             wrapping = str(create()) if callable(create) else self._primary.wrapping_key_id
         new = self.store.add_primary_version(self.provider.name, wrapping)
-        self._enc_cache.clear()
         self._load_keyring()
+        self._emit(
+            "key_rotated",
+            old_version=old,
+            new_version=new.version,
+            key_id=wrapping,
+            kms_on_demand=rotate_kms_key,
+        )
         return RotationResult(old, new.version, wrapping)
 
     def rewrap(self, new_wrapping_key_id: str, *, progress: Any = None) -> int:
@@ -530,9 +669,10 @@ class EncryptionService:
         for version in self.store.versions():
             if version.provider == self.provider.name:
                 self.store.set_wrapping_key(version.version, new_wrapping_key_id)
-        self._enc_cache.clear()
+        self._replace_enc_caches()
         self._dec_cache.clear()
         self._load_keyring()
+        self._emit("key_rewrapped", key_id=new_wrapping_key_id, count=done)
         return done
 
     def retire_versions_below(self, min_version: int, *, delete_stored_deks: bool = False) -> None:
@@ -556,10 +696,11 @@ class EncryptionService:
         self.store.retire_below(min_version)
         self._dec_cache.clear()
         self._load_keyring()
+        self._emit("key_retired", min_version=min_version, deleted_stored_deks=remaining)
 
     def disable_cached_keys(self) -> None:
         """Drops every cached DEK (for example after KMS reported the key disabled)."""
-        self._enc_cache.clear()
+        self._replace_enc_caches()
         self._dec_cache.clear()
 
     def status(self) -> ServiceStatus:
@@ -574,12 +715,19 @@ class EncryptionService:
             min_decryption_version=self._min_version,
             versions=list(self._versions.values()),
             deks_by_version=self.store.count_deks_by_version(),
-            cache={"encrypt": self._enc_cache.stats(), "decrypt": self._dec_cache.stats()},
+            cache={"encrypt": self._enc_stats(), "decrypt": self._dec_cache.stats()},
         )
 
+    def _enc_stats(self) -> dict[str, int]:
+        total: Counter[str] = Counter()
+        for cache in self._enc_caches.values():
+            total.update(cache.stats())
+        return dict(total)
+
     def cache_usage(self) -> dict[str, float]:
-        """Gauges of the encryption cache (oldest DEK age, largest budget fraction used)."""
-        return self._enc_cache.usage()
+        """Gauges of the encryption caches (oldest DEK age, largest budget fraction used)."""
+        usages = [c.usage() for c in self._enc_caches.values()]
+        return {k: max(u[k] for u in usages) for k in usages[0]}
 
     def close(self) -> None:
         """Drops cached DEKs and closes the key store's connections."""

@@ -246,6 +246,15 @@ impl<V: Cached> DekCache<V> {
         before - inner.map.len()
     }
 
+    /// Handles to every live entry (for scrape-time gauges and counters).
+    pub fn values(&self) -> Vec<Arc<V>> {
+        self.lock()
+            .map
+            .values()
+            .map(|e| Arc::clone(&e.key))
+            .collect()
+    }
+
     /// Drops every entry.
     pub fn clear(&self) {
         self.lock().map.clear();

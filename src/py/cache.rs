@@ -11,6 +11,7 @@ use pyo3::types::{PyBytes, PyDict};
 use crate::core::aead::DataKey;
 use crate::core::cache::{Cached, DekCache};
 use crate::core::envelope::{self, Sealer};
+use crate::core::stats::{LabelTotals, LabeledCount, SampledHistogram, LATENCY_BUCKETS};
 use crate::core::Error;
 use crate::py::bufs::{bytes_arg, maybe_detach, new_bytes, opt_bytes_arg};
 use crate::py::envelope::{seal_with, PyEnvelopeSealer};
@@ -18,16 +19,31 @@ use crate::py::errors::{guard, to_py, CoreResultExt};
 use crate::py::keys::PyDataKey;
 
 /// What a cache entry holds: a bare data key (decryption) or a sealer (encryption).
-pub enum Item {
+pub enum ItemKind {
     Key(Arc<DataKey>),
     Sealer(Arc<Sealer>),
 }
 
+/// A cache entry: the key material plus an optional labelled operation counter, counted in
+/// Rust atomics on the fast paths and read at scrape time.
+pub struct Item {
+    kind: ItemKind,
+    count: Option<LabeledCount>,
+}
+
 impl Cached for Item {
     fn data_key(&self) -> &DataKey {
-        match self {
-            Item::Key(k) => k,
-            Item::Sealer(s) => s.key(),
+        match &self.kind {
+            ItemKind::Key(k) => k,
+            ItemKind::Sealer(s) => s.key(),
+        }
+    }
+}
+
+impl Item {
+    fn count(&self, bytes: usize) {
+        if let Some(c) = &self.count {
+            c.add(bytes as u64);
         }
     }
 }
@@ -39,12 +55,14 @@ impl Cached for Item {
 #[pyclass(frozen, name = "DekCache", module = "greenlang_crypto._core")]
 pub struct PyDekCache {
     inner: DekCache<Item>,
+    totals: Arc<LabelTotals>,
+    latency: SampledHistogram,
 }
 
 fn item_to_py(py: Python<'_>, item: &Item) -> PyResult<Py<PyAny>> {
-    Ok(match item {
-        Item::Key(k) => Py::new(py, PyDataKey::wrap(Arc::clone(k)))?.into_any(),
-        Item::Sealer(s) => Py::new(
+    Ok(match &item.kind {
+        ItemKind::Key(k) => Py::new(py, PyDataKey::wrap(Arc::clone(k)))?.into_any(),
+        ItemKind::Sealer(s) => Py::new(
             py,
             PyEnvelopeSealer {
                 inner: Arc::clone(s),
@@ -68,6 +86,9 @@ impl PyDekCache {
             .map_err(|_| to_py(Error::InvalidArgument("ttl must be in (0, 86400] seconds")))?;
         Ok(PyDekCache {
             inner: DekCache::new(max_entries, ttl).py()?,
+            totals: Arc::new(LabelTotals::default()),
+            // One call in 16 is timed (see SampledHistogram).
+            latency: SampledHistogram::new(4),
         })
     }
 
@@ -92,21 +113,44 @@ impl PyDekCache {
     }
 
     /// Stores a DataKey or an EnvelopeSealer under `id`.
-    fn put(&self, id: &Bound<'_, PyAny>, item: &Bound<'_, PyAny>) -> PyResult<()> {
+    #[pyo3(signature = (id, item, label=None))]
+    fn put(
+        &self,
+        id: &Bound<'_, PyAny>,
+        item: &Bound<'_, PyAny>,
+        label: Option<&str>,
+    ) -> PyResult<()> {
         guard(|| {
             let id = bytes_arg(id, "id")?;
-            let value = if let Ok(k) = item.cast::<PyDataKey>() {
-                Item::Key(Arc::clone(&k.get().inner))
+            let kind = if let Ok(k) = item.cast::<PyDataKey>() {
+                ItemKind::Key(Arc::clone(&k.get().inner))
             } else if let Ok(s) = item.cast::<PyEnvelopeSealer>() {
-                Item::Sealer(Arc::clone(&s.get().inner))
+                ItemKind::Sealer(Arc::clone(&s.get().inner))
             } else {
                 return Err(PyTypeError::new_err(
                     "item must be a DataKey or an EnvelopeSealer",
                 ));
             };
-            self.inner.put(&id, Arc::new(value));
+            let count = label.map(|l| LabeledCount::new(Arc::from(l), Arc::clone(&self.totals)));
+            self.inner.put(&id, Arc::new(Item { kind, count }));
             Ok(())
         })
+    }
+
+    /// Operations and bytes sealed or opened through `seal`/`open` per label (the label given
+    /// to `put`), including entries already evicted: ``{label: (operations, bytes)}``.
+    /// Sampled latency of `seal`/`open` hits: ``(bounds, cumulative_counts, sum_seconds,
+    /// sampled_count, total_calls)``; the last cumulative count is the +Inf bucket.
+    #[allow(clippy::type_complexity)]
+    fn latency(&self) -> (Vec<f64>, Vec<u64>, f64, u64, u64) {
+        let (buckets, sum, count, calls) = self.latency.snapshot();
+        (LATENCY_BUCKETS.to_vec(), buckets, sum, count, calls)
+    }
+
+    fn counts(&self) -> std::collections::HashMap<String, (u64, u64)> {
+        let live = self.inner.values();
+        self.totals
+            .snapshot(live.iter().filter_map(|i| i.count.as_ref()))
     }
 
     /// Seals with the sealer cached under `id`; returns None on a miss (or when the cached
@@ -131,11 +175,17 @@ impl PyDekCache {
             if max_age.is_some_and(|m| age.as_secs_f64() >= m) {
                 return Ok(None);
             }
-            let Item::Sealer(sealer) = &*item else {
+            let ItemKind::Sealer(sealer) = &item.kind else {
                 return Err(PyTypeError::new_err("cache entry is not an EnvelopeSealer"));
             };
-            match seal_with(py, sealer, &pt, &aad) {
-                Ok(b) => Ok(Some(b)),
+            let t0 = self.latency.start();
+            let sealed = seal_with(py, sealer, &pt, &aad);
+            self.latency.finish(t0);
+            match sealed {
+                Ok(b) => {
+                    item.count(pt.len());
+                    Ok(Some(b))
+                }
                 Err(e) if e.is_instance_of::<crate::py::errors::KeyUsageExceededError>(py) => {
                     Ok(None)
                 }
@@ -158,18 +208,22 @@ impl PyDekCache {
             let ctx = bytes_arg(context, "context")?;
             let aad = opt_bytes_arg(associated_data, "associated_data")?;
             let parsed = envelope::parse(&env).py()?;
-            let Some(item) = self.inner.get(&envelope::key_ref_id(&parsed)) else {
+            let Some(item) = envelope::with_key_ref_id(&parsed, |id| self.inner.get(id)) else {
                 return Ok(None);
             };
             // Open with the header parsed above instead of parsing the envelope a second time.
             let key = item.data_key();
-            new_bytes(py, parsed.plaintext_len(), |out| {
+            let t0 = self.latency.start();
+            let out = new_bytes(py, parsed.plaintext_len(), |out| {
                 maybe_detach(py, env.len(), || {
                     envelope::open_into(key, &parsed, &ctx, &aad, out)
                 })
                 .py()
-            })
-            .map(Some)
+            });
+            self.latency.finish(t0);
+            let out = out?;
+            item.count(parsed.plaintext_len());
+            Ok(Some(out))
         })
     }
 

@@ -1,0 +1,1 @@
+"""FastAPI admin router, authentication and the `serve` command (needs the `api` extra)."""

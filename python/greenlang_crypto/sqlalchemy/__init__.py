@@ -1,0 +1,1 @@
+"""SQLAlchemy column types, blind indexes, pgcrypto mode and migration jobs."""
