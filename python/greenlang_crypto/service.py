@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from greenlang_crypto._core import (
+    BlindIndexKey,
     DataKey,
     DekCache,
     EnvelopeSealer,
@@ -56,6 +57,9 @@ __all__ = ["EncryptionService", "RotationResult", "ServiceStatus"]
 _log = logging.getLogger("greenlang_crypto.service")
 
 ContextLike = EncryptionContext | Mapping[str, str]
+
+#: The context that binds blind-index root keys at the provider (KMS EncryptionContext).
+_INDEX_ROOT_CONTEXT = EncryptionContext(tenant_id="_system", data_class="blind-index-root")
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +174,8 @@ class EncryptionService:
         self._flight_guard = threading.Lock()
         self._flights: dict[bytes, threading.Lock] = {}
         self._state_lock = threading.Lock()
+        self._index_roots: dict[int, DataKey] = {}
+        self._index_keys: dict[tuple[int, str], BlindIndexKey] = {}
         self._load_keyring()
 
     def _build_provider(self) -> KeyProvider:
@@ -666,6 +672,18 @@ class EncryptionService:
                     done += 1
                 if progress is not None:
                     progress(1)
+        for index_record in self.store.index_keys():
+            if index_record.wrapping_key_id == new_wrapping_key_id:
+                continue
+            new_blob = self.provider.reencrypt_data_key(
+                index_record.wrapping_key_id,
+                index_record.wrapped,
+                new_wrapping_key_id,
+                _INDEX_ROOT_CONTEXT,
+            )
+            self.store.replace_index_wrapped(
+                index_record.version, index_record.wrapped, new_blob, new_wrapping_key_id
+            )
         for version in self.store.versions():
             if version.provider == self.provider.name:
                 self.store.set_wrapping_key(version.version, new_wrapping_key_id)
@@ -697,6 +715,77 @@ class EncryptionService:
         self._dec_cache.clear()
         self._load_keyring()
         self._emit("key_retired", min_version=min_version, deleted_stored_deks=remaining)
+
+    # -- blind-index keys ---------------------------------------------------------------
+
+    def index_key_versions(self) -> list[tuple[int, str]]:
+        """Index key versions and states; creates version 1 on first use."""
+        records = self.store.index_keys()
+        if not records:
+            self.rotate_index_key()
+            records = self.store.index_keys()
+        return [(r.version, r.state) for r in records]
+
+    def rotate_index_key(self) -> int:
+        """Adds a new primary blind-index root key.
+
+        Older versions keep serving lookups until they are retired (the dual-index window of
+        a rotation).
+        """
+        wrapping = self._primary.wrapping_key_id
+        generated = self.provider.generate_data_key(wrapping, _INDEX_ROOT_CONTEXT, KeyLimits())
+        version = self.store.add_index_key(self.provider.name, generated.key_id, generated.wrapped)
+        with self._state_lock:
+            self._index_roots[version] = generated.key
+        self._emit("key_generated", key_id=generated.key_id, purpose="blind-index", version=version)
+        return version
+
+    def retire_index_key(self, version: int) -> None:
+        """Stops matching lookups against index key ``version`` (after a re-index)."""
+        self.store.set_index_key_state(version, "retired")
+        with self._state_lock:
+            self._index_keys = {k: v for k, v in self._index_keys.items() if k[0] != version}
+        self._emit("key_retired", purpose="blind-index", version=version)
+
+    def blind_index_key(self, purpose: str, version: int | None = None) -> BlindIndexKey:
+        """The HMAC key of one blind index (a table, column and optionally tenant).
+
+        Derived with HKDF from the index root key of ``version`` (default: the primary), so
+        it never equals a DEK or a wrapping key, and two purposes never share a key.
+
+        Raises:
+            KeyStateError: The version does not exist or is retired.
+        """
+        if not isinstance(purpose, str) or not purpose:
+            raise InvalidArgumentError("purpose must be a non-empty str")
+        records = {r.version: r for r in self.store.index_keys()}
+        if not records:
+            self.index_key_versions()
+            records = {r.version: r for r in self.store.index_keys()}
+        if version is None:
+            version = next(v for v, r in records.items() if r.state == "primary")
+        cached = self._index_keys.get((version, purpose))
+        if cached is not None:
+            return cached
+        record = records.get(version)
+        if record is None or record.state == "retired":
+            raise KeyStateError(f"index key version {version} is not usable")
+        root = self._index_roots.get(version)
+        if root is None:
+            root = self.provider.decrypt_data_key(
+                record.wrapping_key_id, record.wrapped, _INDEX_ROOT_CONTEXT, KeyLimits()
+            )
+            self._index_roots[version] = root
+        key = root.derive_index_key(f"v{version}|{purpose}".encode())
+        with self._state_lock:
+            self._index_keys[(version, purpose)] = key
+        return key
+
+    def active_index_versions(self) -> list[int]:
+        """Index versions a lookup must match: the primary first, then the active ones."""
+        versions = self.index_key_versions()
+        primary = [v for v, st in versions if st == "primary"]
+        return primary + [v for v, st in versions if st == "active"]
 
     def disable_cached_keys(self) -> None:
         """Drops every cached DEK (for example after KMS reported the key disabled)."""

@@ -368,3 +368,30 @@ def test_rotate_kms_key_needs_provider_support(tmp_path: Path) -> None:
     svc, _ = make(tmp_path)
     with pytest.raises(KeyStateError):
         svc.rotate(rotate_kms_key=True)
+
+
+def test_blind_index_keys_versions_and_separation(tmp_path: Path) -> None:
+    svc, _ = make(tmp_path)
+    email = svc.blind_index_key("users.email")
+    phone = svc.blind_index_key("users.phone")
+    assert email.compute(b"a@b.com") != phone.compute(b"a@b.com")
+    assert svc.blind_index_key("users.email").compute(b"a@b.com") == email.compute(b"a@b.com")
+    cold, _ = make(tmp_path)  # another process derives the same index
+    assert cold.blind_index_key("users.email").compute(b"a@b.com") == email.compute(b"a@b.com")
+    v2 = svc.rotate_index_key()
+    assert svc.active_index_versions() == [v2, 1]
+    new = svc.blind_index_key("users.email")
+    assert new.compute(b"a@b.com") != email.compute(b"a@b.com")
+    assert svc.blind_index_key("users.email", version=1).compute(b"a@b.com") == email.compute(
+        b"a@b.com"
+    )
+    with pytest.raises(KeyStateError):
+        svc.retire_index_key(v2)
+    svc.retire_index_key(1)
+    assert svc.active_index_versions() == [v2]
+    with pytest.raises(KeyStateError):
+        svc.blind_index_key("users.email", version=1)
+    new_master = svc.provider.create_master_key()  # type: ignore[attr-defined]
+    svc.rewrap(new_master)
+    colder, _ = make(tmp_path)
+    assert colder.blind_index_key("users.email").compute(b"x") == new.compute(b"x")

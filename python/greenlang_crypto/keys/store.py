@@ -21,7 +21,14 @@ from typing import Any
 from greenlang_crypto._core import random_bytes
 from greenlang_crypto.exceptions import ConfigurationError, KeyStateError
 
-__all__ = ["KEY_STATES", "DekRecord", "KeyStore", "KeyVersion", "open_key_store"]
+__all__ = [
+    "KEY_STATES",
+    "DekRecord",
+    "IndexKeyRecord",
+    "KeyStore",
+    "KeyVersion",
+    "open_key_store",
+]
 
 #: Key version states. ``primary`` encrypts; ``active`` and ``decrypt_only`` decrypt;
 #: ``retired`` versions are below the minimum decryption version and refuse to decrypt.
@@ -52,6 +59,14 @@ _SCHEMA = [
         rewrapped_at DOUBLE PRECISION
     )""",
     "CREATE INDEX IF NOT EXISTS glc_deks_version ON glc_deks (key_version)",
+    """CREATE TABLE IF NOT EXISTS glc_index_keys (
+        version INTEGER PRIMARY KEY,
+        state TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        wrapping_key_id TEXT NOT NULL,
+        wrapped {blob} NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL
+    )""",
 ]
 
 
@@ -340,11 +355,86 @@ class KeyStore:
             cur.execute("SELECT key_version, COUNT(*) FROM glc_deks GROUP BY key_version")
             return {int(v): int(n) for v, n in cur.fetchall()}
 
+    # -- blind-index root keys ----------------------------------------------------------
+
+    def index_keys(self) -> list[IndexKeyRecord]:
+        """All index key versions, ascending."""
+        with self._tx() as cur:
+            cur.execute(
+                "SELECT version, state, provider, wrapping_key_id, wrapped "
+                "FROM glc_index_keys ORDER BY version"
+            )
+            return [IndexKeyRecord(int(v), st, p, w, bytes(b)) for v, st, p, w, b in cur.fetchall()]
+
+    def add_index_key(self, provider: str, wrapping_key_id: str, wrapped: bytes) -> int:
+        """Adds index key version N+1 as primary; the previous primary becomes ``active``."""
+        with self._tx() as cur:
+            cur.execute("SELECT COALESCE(MAX(version), 0) FROM glc_index_keys")
+            version = int(cur.fetchone()[0]) + 1
+            cur.execute("UPDATE glc_index_keys SET state = 'active' WHERE state = 'primary'")
+            cur.execute(
+                self._sql(
+                    "INSERT INTO glc_index_keys (version, state, provider, wrapping_key_id, "
+                    "wrapped, created_at) VALUES (?, 'primary', ?, ?, ?, ?)"
+                ),
+                (version, provider, wrapping_key_id, wrapped, time.time()),
+            )
+        return version
+
+    def set_index_key_state(self, version: int, state: str) -> None:
+        """Sets the state of an index key version (``active`` or ``retired``)."""
+        if state not in ("active", "retired"):
+            raise KeyStateError("index key state must be active or retired")
+        with self._tx() as cur:
+            cur.execute(self._sql("SELECT state FROM glc_index_keys WHERE version = ?"), (version,))
+            row = cur.fetchone()
+            if row is None:
+                raise KeyStateError(f"index key version {version} does not exist")
+            if row[0] == "primary":
+                raise KeyStateError("cannot retire the primary index key")
+            cur.execute(
+                self._sql("UPDATE glc_index_keys SET state = ? WHERE version = ?"),
+                (state, version),
+            )
+
+    def replace_index_wrapped(
+        self, version: int, old_wrapped: bytes, new_wrapped: bytes, wrapping_key_id: str
+    ) -> bool:
+        """Compare-and-swap of an index root key's wrapped form."""
+        with self._tx() as cur:
+            cur.execute(
+                self._sql(
+                    "UPDATE glc_index_keys SET wrapped = ?, wrapping_key_id = ? "
+                    "WHERE version = ? AND wrapped = ?"
+                ),
+                (new_wrapped, wrapping_key_id, version, old_wrapped),
+            )
+            return bool(cur.rowcount == 1)
+
     def delete_deks_below(self, min_version: int) -> int:
         """Deletes stored DEKs of versions below ``min_version``; returns the count."""
         with self._tx() as cur:
             cur.execute(self._sql("DELETE FROM glc_deks WHERE key_version < ?"), (min_version,))
             return int(cur.rowcount)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexKeyRecord:
+    """A blind-index root key version (stored wrapped).
+
+    Attributes:
+        version: Index key version.
+        state: ``primary`` (writes), ``active`` (lookups only) or ``retired``.
+        provider: Provider that wrapped it.
+        wrapping_key_id: The wrapping key id.
+        wrapped: The wrapped root key.
+    """
+
+    version: int
+    state: str
+    provider: str
+    wrapping_key_id: str
+    wrapped: bytes
 
 
 def open_key_store(url: str) -> KeyStore:
