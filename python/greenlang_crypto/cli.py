@@ -174,6 +174,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         "min_decryption_version": st.min_decryption_version,
         "versions": [{"version": v.version, "state": v.state} for v in st.versions],
         "stored_deks_by_version": st.deks_by_version,
+        "usage_by_version": {
+            v: {"deks": n, "messages": m, "bytes": b}
+            for v, (n, m, b) in st.usage_by_version.items()
+        },
         "cache": st.cache,
     }
     print(json.dumps(doc, indent=2))

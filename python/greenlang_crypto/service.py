@@ -89,6 +89,7 @@ class ServiceStatus:
         min_decryption_version: The lowest version allowed to decrypt.
         versions: All key versions.
         deks_by_version: Stored DEKs per version.
+        usage_by_version: Per version: stored DEKs, messages and bytes sealed under them.
         cache: Encryption and decryption cache counters.
     """
 
@@ -99,6 +100,7 @@ class ServiceStatus:
     min_decryption_version: int
     versions: list[KeyVersion]
     deks_by_version: dict[int, int]
+    usage_by_version: dict[int, tuple[int, int, int]]
     cache: dict[str, dict[str, int]]
 
 
@@ -174,6 +176,8 @@ class EncryptionService:
         self._flight_guard = threading.Lock()
         self._flights: dict[bytes, threading.Lock] = {}
         self._state_lock = threading.Lock()
+        # Stored DEKs this process seals with, so their use counts reach the key store.
+        self._usage_track: dict[int, DataKey] = {}
         self._index_roots: dict[int, DataKey] = {}
         self._index_keys: dict[tuple[int, str], BlindIndexKey] = {}
         self._load_keyring()
@@ -235,6 +239,25 @@ class EncryptionService:
         }
         self._enc_caches = caches
         self._enc_cache = caches[self._default_reference]
+
+    def _track_usage(self, dek_id: int, key: DataKey) -> None:
+        with self._state_lock:
+            self._usage_track[dek_id] = key
+            if len(self._usage_track) > 4 * self.config.cache_max_entries:
+                # Write out and forget the oldest half; their counters are final or nearly so.
+                old = list(self._usage_track.items())[: len(self._usage_track) // 2]
+                for k, _ in old:
+                    del self._usage_track[k]
+            else:
+                old = []
+        if old:
+            self.store.record_usage({i: (k.messages_used, k.bytes_used) for i, k in old})
+
+    def flush_usage(self) -> None:
+        """Writes the use counts (messages, bytes) of this process's stored DEKs to the store."""
+        with self._state_lock:
+            items = list(self._usage_track.items())
+        self.store.record_usage({i: (k.messages_used, k.bytes_used) for i, k in items})
 
     # -- events --------------------------------------------------------------------------
 
@@ -328,6 +351,7 @@ class EncryptionService:
                 ctx.digest,
             )
             self._dec_cache.put(stored_key_ref_id(dek_id), generated.key, ctx.data_class)
+            self._track_usage(dek_id, generated.key)
             return EnvelopeSealer(
                 generated.key, key_version=version.version, context=ctx.canonical, dek_id=dek_id
             )
@@ -508,7 +532,13 @@ class EncryptionService:
                 # service call an arbitrary KMS key.
                 allowed = {v.wrapping_key_id for v in self._versions.values()}
                 allowed.update(self.config.kms_key_ids)
-                if header.provider != self.provider.name or header.key_id not in allowed:
+                # The AWS provider enforces its own allow-list before any request, and it also
+                # knows which key ARNs an alias has resolved to (an alias re-pointed to a new
+                # key yields envelopes naming that key's ARN).
+                delegated = getattr(self.provider, "enforces_key_allow_list", False)
+                if header.provider != self.provider.name or (
+                    header.key_id not in allowed and not delegated
+                ):
                     raise DecryptionError()
                 key = self.provider.decrypt_data_key(
                     header.key_id, header.wrapped_dek, ctx, self._limits
@@ -795,6 +825,7 @@ class EncryptionService:
     def status(self) -> ServiceStatus:
         """A snapshot of keys, cache counters and provider health."""
         health = self.provider.health()
+        self.flush_usage()
         self._load_keyring()
         return ServiceStatus(
             provider=self.provider.name,
@@ -804,6 +835,7 @@ class EncryptionService:
             min_decryption_version=self._min_version,
             versions=list(self._versions.values()),
             deks_by_version=self.store.count_deks_by_version(),
+            usage_by_version=self.store.usage_by_version(),
             cache={"encrypt": self._enc_stats(), "decrypt": self._dec_cache.stats()},
         )
 
@@ -819,7 +851,8 @@ class EncryptionService:
         return {k: max(u[k] for u in usages) for k in usages[0]}
 
     def close(self) -> None:
-        """Drops cached DEKs and closes the key store's connections."""
+        """Flushes DEK use counts, drops cached DEKs and closes the key store's connections."""
+        self.flush_usage()
         self.disable_cached_keys()
         self.store.close()
 

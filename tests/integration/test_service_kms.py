@@ -4,6 +4,7 @@ store: the economy of KMS calls, context enforcement at KMS, replica failover, r
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -100,3 +101,34 @@ def test_rotation_on_demand_through_kms(
     assert parse_envelope(new).key_version == 2
     cold = make_service(tmp_path, make_provider(keys=list(keys)), keys)
     assert cold.decrypt(old, CTX) == b"before" and cold.decrypt(new, CTX) == b"after"
+
+
+def test_alias_repointing_is_picked_up_within_ttl(
+    tmp_path: Path, kms_keys: Any, make_provider: Callable[..., Any]
+) -> None:
+    # F6: after an alias is re-pointed, new encryptions use the new key within the cache TTL.
+    _reset_pg(_store_url(tmp_path))
+    client = kms_keys.client()
+    client.create_alias(AliasName="alias/glc-app", TargetKeyId=kms_keys.single_arn)
+    other = client.create_key(Description="second")["KeyMetadata"]["Arn"]
+    cfg = EncryptionServiceConfig(
+        provider="aws-kms",
+        kms_key_ids=("alias/glc-app",),
+        kms_region="us-east-1",
+        key_store_url=_store_url(tmp_path),
+        data_dir=tmp_path,
+        cache_ttl_seconds=0.5,
+        refresh_ahead_fraction=1.0,
+    )
+    svc = EncryptionService(cfg, provider=make_provider(keys=["alias/glc-app"], region="us-east-1"))
+    _OPEN.append(svc)
+    first = svc.encrypt(b"a", CTX, key_reference="inline")
+    client.update_alias(AliasName="alias/glc-app", TargetKeyId=other)
+    still_cached = svc.encrypt(b"b", CTX, key_reference="inline")
+    time.sleep(0.6)
+    after = svc.encrypt(b"c", CTX, key_reference="inline")
+    assert parse_envelope(first).key_id == kms_keys.single_arn
+    assert parse_envelope(still_cached).key_id == kms_keys.single_arn
+    assert parse_envelope(after).key_id == other
+    for env, pt in ((first, b"a"), (still_cached, b"b"), (after, b"c")):
+        assert svc.decrypt(env, CTX) == pt

@@ -395,3 +395,14 @@ def test_blind_index_keys_versions_and_separation(tmp_path: Path) -> None:
     svc.rewrap(new_master)
     colder, _ = make(tmp_path)
     assert colder.blind_index_key("users.email").compute(b"x") == new.compute(b"x")
+
+
+def test_use_counts_reach_the_key_store(tmp_path: Path) -> None:
+    svc, _ = make(tmp_path)
+    for _ in range(25):
+        svc.encrypt(b"12345", CTX)
+    svc.flush_usage()
+    assert svc.store.usage_by_version() == {1: (1, 25, 125)}
+    svc.close()
+    cold, _ = make(tmp_path)
+    assert cold.status().usage_by_version[1] == (1, 25, 125)

@@ -56,7 +56,9 @@ _SCHEMA = [
         context_json TEXT NOT NULL,
         context_digest {blob} NOT NULL,
         created_at DOUBLE PRECISION NOT NULL,
-        rewrapped_at DOUBLE PRECISION
+        rewrapped_at DOUBLE PRECISION,
+        messages BIGINT NOT NULL DEFAULT 0,
+        bytes BIGINT NOT NULL DEFAULT 0
     )""",
     "CREATE INDEX IF NOT EXISTS glc_deks_version ON glc_deks (key_version)",
     """CREATE TABLE IF NOT EXISTS glc_index_keys (
@@ -170,6 +172,16 @@ class KeyStore:
         with self._tx() as cur:
             for stmt in _SCHEMA:
                 cur.execute(stmt.format(blob=blob))
+        # Stores created before the use counters existed get the columns added in place.
+        for column in ("messages", "bytes"):
+            try:
+                with self._tx() as cur:
+                    cur.execute(f"SELECT {column} FROM glc_deks WHERE 1 = 0")  # noqa: S608
+            except Exception:  # the column is missing: add it
+                with self._tx() as cur:
+                    cur.execute(
+                        f"ALTER TABLE glc_deks ADD COLUMN {column} BIGINT NOT NULL DEFAULT 0"
+                    )
 
     def close(self) -> None:
         """Closes every connection this store opened (in any thread)."""
@@ -292,6 +304,30 @@ class KeyStore:
                 if "unique" not in str(exc).lower() and "duplicate" not in str(exc).lower():
                     raise
         raise KeyStateError("could not allocate a DEK id")
+
+    def record_usage(self, usage: dict[int, tuple[int, int]]) -> None:
+        """Stores the messages and bytes sealed under each DEK (counters only grow)."""
+        if not usage:
+            return
+        with self._tx() as cur:
+            for dek_id, (messages, nbytes) in usage.items():
+                cur.execute(
+                    self._sql(
+                        "UPDATE glc_deks SET "
+                        "messages = CASE WHEN messages < ? THEN ? ELSE messages END, "
+                        "bytes = CASE WHEN bytes < ? THEN ? ELSE bytes END WHERE dek_id = ?"
+                    ),
+                    (messages, messages, nbytes, nbytes, dek_id),
+                )
+
+    def usage_by_version(self) -> dict[int, tuple[int, int, int]]:
+        """Per key version: stored DEKs, messages sealed and bytes sealed (as last flushed)."""
+        with self._tx() as cur:
+            cur.execute(
+                "SELECT key_version, COUNT(*), COALESCE(SUM(messages), 0), "
+                "COALESCE(SUM(bytes), 0) FROM glc_deks GROUP BY key_version"
+            )
+            return {int(v): (int(n), int(m), int(b)) for v, n, m, b in cur.fetchall()}
 
     def get_dek(self, dek_id: int) -> DekRecord | None:
         """Loads one stored DEK row."""

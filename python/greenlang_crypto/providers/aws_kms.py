@@ -451,6 +451,9 @@ class AwsKmsKeyProvider:
     """
 
     name: str = "aws-kms"
+    #: Every call checks the key id against ``keys`` (and the ARNs their aliases resolved
+    #: to) before any request, so the service may hand it key ids read from envelopes.
+    enforces_key_allow_list: bool = True
 
     def __init__(
         self,
@@ -675,8 +678,10 @@ class AwsKmsKeyProvider:
         ref = _parse_key(key_id, self._region)
         if ref is not None:
             match = next((k for k in self._keys if _same_key(ref, k)), None)
-            if match is None and not ref.is_alias:
-                match = self._match_alias_target(ref)
+            if match is None and not ref.is_alias and self._match_alias_target(ref) is not None:
+                # Allowed because a configured alias resolved to it; pin the call to the key
+                # itself, since the alias may point elsewhere by now (a re-pointed alias).
+                return [ref]
             if match is not None:
                 if match.mrk_id is None:
                     return [match]
