@@ -73,8 +73,12 @@ struct Entry<V> {
     last_used: u64,
 }
 
+/// foldhash is several times faster than SipHash on short keys and still seeded per map, so
+/// chosen keys cannot force collisions; the map is bounded by `max_entries` in any case.
+type Map<V> = HashMap<Vec<u8>, Entry<V>, foldhash::fast::RandomState>;
+
 struct Inner<V> {
-    map: HashMap<Vec<u8>, Entry<V>>,
+    map: Map<V>,
     tick: u64,
     /// Fork generation the entries belong to; a forked child finds it stale and starts empty,
     /// so it never shares DEKs or their usage counters with its parent.
@@ -116,7 +120,7 @@ impl<V: Cached> DekCache<V> {
         }
         Ok(DekCache {
             inner: Mutex::new(Inner {
-                map: HashMap::new(),
+                map: Map::default(),
                 tick: 0,
                 generation: fork::generation(),
             }),

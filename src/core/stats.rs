@@ -70,74 +70,31 @@ pub fn snapshot() -> Snapshot {
     }
 }
 
-/// Running totals of operations per label (for example per data class), fed by
-/// [`LabeledCount`]s when they are dropped.
+/// Running totals of operations and bytes per label (for example per data class).
+///
+/// Cache entries fold their counts in when they are dropped, so totals stay monotonic when
+/// entries are evicted; a snapshot adds the counts of the entries still alive.
 #[derive(Debug, Default)]
 pub struct LabelTotals {
     map: std::sync::Mutex<std::collections::HashMap<std::sync::Arc<str>, (u64, u64)>>,
 }
 
-/// A per-entry counter of operations and bytes that folds itself into its [`LabelTotals`] on
-/// drop, so totals stay monotonic when cache entries are evicted.
-#[derive(Debug)]
-pub struct LabeledCount {
-    label: std::sync::Arc<str>,
-    ops: AtomicU64,
-    bytes: AtomicU64,
-    totals: std::sync::Arc<LabelTotals>,
-}
-
-impl LabeledCount {
-    /// A zeroed counter for `label`.
-    pub fn new(label: std::sync::Arc<str>, totals: std::sync::Arc<LabelTotals>) -> Self {
-        LabeledCount {
-            label,
-            ops: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-            totals,
-        }
-    }
-
-    /// Counts one operation over `bytes` bytes (two relaxed atomic adds).
-    pub fn add(&self, bytes: u64) {
-        self.ops.fetch_add(1, Ordering::Relaxed);
-        self.bytes.fetch_add(bytes, Ordering::Relaxed);
-    }
-
-    /// The label.
-    pub fn label(&self) -> &std::sync::Arc<str> {
-        &self.label
-    }
-
-    /// Operations and bytes counted so far.
-    pub fn get(&self) -> (u64, u64) {
-        (
-            self.ops.load(Ordering::Relaxed),
-            self.bytes.load(Ordering::Relaxed),
-        )
-    }
-}
-
-impl Drop for LabeledCount {
-    fn drop(&mut self) {
-        let (ops, bytes) = self.get();
+impl LabelTotals {
+    /// Adds `ops` operations over `bytes` bytes to `label`.
+    pub fn add(&self, label: &std::sync::Arc<str>, ops: u64, bytes: u64) {
         if ops == 0 {
             return;
         }
-        let mut map = self.totals.map.lock().unwrap_or_else(|p| p.into_inner());
-        let e = map
-            .entry(std::sync::Arc::clone(&self.label))
-            .or_insert((0, 0));
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let e = map.entry(std::sync::Arc::clone(label)).or_insert((0, 0));
         e.0 += ops;
         e.1 += bytes;
     }
-}
 
-impl LabelTotals {
-    /// Totals of dropped counters plus the given live ones, per label.
+    /// Totals so far plus the given live `(label, ops, bytes)` counts, per label.
     pub fn snapshot<'a>(
         &self,
-        live: impl IntoIterator<Item = &'a LabeledCount>,
+        live: impl IntoIterator<Item = (&'a str, u64, u64)>,
     ) -> std::collections::HashMap<String, (u64, u64)> {
         let mut out: std::collections::HashMap<String, (u64, u64)> = self
             .map
@@ -146,9 +103,8 @@ impl LabelTotals {
             .iter()
             .map(|(k, v)| (k.to_string(), *v))
             .collect();
-        for c in live {
-            let (ops, bytes) = c.get();
-            let e = out.entry(c.label.to_string()).or_insert((0, 0));
+        for (label, ops, bytes) in live {
+            let e = out.entry(label.to_string()).or_insert((0, 0));
             e.0 += ops;
             e.1 += bytes;
         }
@@ -162,18 +118,17 @@ mod tests {
     use std::sync::Arc;
 
     #[test]
-    fn dropped_counts_fold_into_totals() {
-        let totals = Arc::new(LabelTotals::default());
-        let a = LabeledCount::new(Arc::from("pii"), Arc::clone(&totals));
-        let b = LabeledCount::new(Arc::from("pii"), Arc::clone(&totals));
-        a.add(10);
-        a.add(5);
-        b.add(1);
-        assert_eq!(totals.snapshot([&a, &b])["pii"], (3, 16));
-        drop(a);
-        assert_eq!(totals.snapshot([&b])["pii"], (3, 16));
-        drop(b);
-        assert_eq!(totals.snapshot([])["pii"], (3, 16));
+    fn totals_and_live_counts_add_up() {
+        let totals = LabelTotals::default();
+        let pii: Arc<str> = Arc::from("pii");
+        totals.add(&pii, 2, 15);
+        totals.add(&pii, 0, 0);
+        assert_eq!(
+            totals.snapshot([("pii", 1, 1), ("secret", 4, 4)])["pii"],
+            (3, 16)
+        );
+        assert_eq!(totals.snapshot([])["pii"], (2, 15));
+        assert!(!totals.snapshot([]).contains_key("secret"));
     }
 }
 
@@ -189,7 +144,6 @@ pub const LATENCY_BUCKETS: [f64; 14] = [
 /// keeps the distribution while the cost per untimed call is one relaxed atomic add.
 #[derive(Debug)]
 pub struct SampledHistogram {
-    calls: AtomicU64,
     mask: u64,
     buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     sum_nanos: AtomicU64,
@@ -200,7 +154,6 @@ impl SampledHistogram {
     /// Times one call in `2^shift`.
     pub fn new(shift: u32) -> Self {
         SampledHistogram {
-            calls: AtomicU64::new(0),
             mask: (1u64 << shift.min(20)) - 1,
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             sum_nanos: AtomicU64::new(0),
@@ -209,8 +162,19 @@ impl SampledHistogram {
     }
 
     /// Starts timing if this call is sampled.
+    ///
+    /// The sampling counter is per thread (a plain increment): a shared atomic here would be
+    /// one more contended cache line on every call.
     pub fn start(&self) -> Option<std::time::Instant> {
-        if self.calls.fetch_add(1, Ordering::Relaxed) & self.mask == 0 {
+        thread_local! {
+            static CALLS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+        }
+        let n = CALLS.with(|c| {
+            let n = c.get().wrapping_add(1);
+            c.set(n);
+            n
+        });
+        if n & self.mask == 0 {
             Some(std::time::Instant::now())
         } else {
             None
@@ -233,7 +197,7 @@ impl SampledHistogram {
     }
 
     /// Cumulative bucket counts (one per bound plus +Inf), the sum in seconds, the sampled
-    /// count, and the total number of calls.
+    /// count, and the sampling rate (one call in this many is timed).
     pub fn snapshot(&self) -> (Vec<u64>, f64, u64, u64) {
         let mut cumulative = Vec::with_capacity(self.buckets.len());
         let mut acc = 0;
@@ -246,7 +210,7 @@ impl SampledHistogram {
             cumulative,
             sum,
             self.count.load(Ordering::Relaxed),
-            self.calls.load(Ordering::Relaxed),
+            self.mask + 1,
         )
     }
 }
@@ -262,8 +226,8 @@ mod histogram_tests {
             let t = h.start();
             h.finish(t);
         }
-        let (buckets, sum, count, calls) = h.snapshot();
-        assert_eq!((count, calls), (4, 16));
+        let (buckets, sum, count, rate) = h.snapshot();
+        assert_eq!((count, rate), (4, 4));
         assert_eq!(*buckets.last().unwrap(), 4);
         assert!(sum >= 0.0);
     }

@@ -1,6 +1,7 @@
 //! `DekCache`: the Rust DEK cache exposed to Python, with one-call fast paths for sealing and
 //! opening on a hit.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use pyo3::types::{PyBytes, PyDict};
 use crate::core::aead::DataKey;
 use crate::core::cache::{Cached, DekCache};
 use crate::core::envelope::{self, Sealer};
-use crate::core::stats::{LabelTotals, LabeledCount, SampledHistogram, LATENCY_BUCKETS};
+use crate::core::stats::{LabelTotals, SampledHistogram, LATENCY_BUCKETS};
 use crate::core::Error;
 use crate::py::bufs::{bytes_arg, maybe_detach, new_bytes, opt_bytes_arg};
 use crate::py::envelope::{seal_with, PyEnvelopeSealer};
@@ -24,11 +25,16 @@ pub enum ItemKind {
     Sealer(Arc<Sealer>),
 }
 
-/// A cache entry: the key material plus an optional labelled operation counter, counted in
-/// Rust atomics on the fast paths and read at scrape time.
+/// A cache entry: the key material plus an optional label (the data class) under which its
+/// operations are counted, in Rust atomics, for metrics read at scrape time.
+///
+/// A sealer's seals are its data key's own message and byte counters (no extra atomics on the
+/// encrypt path); opens are counted in the entry. On drop the counts fold into the totals.
 pub struct Item {
     kind: ItemKind,
-    count: Option<LabeledCount>,
+    label: Option<(Arc<str>, Arc<LabelTotals>)>,
+    opens: AtomicU64,
+    opened_bytes: AtomicU64,
 }
 
 impl Cached for Item {
@@ -41,9 +47,30 @@ impl Cached for Item {
 }
 
 impl Item {
-    fn count(&self, bytes: usize) {
-        if let Some(c) = &self.count {
-            c.add(bytes as u64);
+    fn count_open(&self, bytes: usize) {
+        if self.label.is_some() {
+            self.opens.fetch_add(1, Ordering::Relaxed);
+            self.opened_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Operations and bytes this entry accounts for.
+    fn current(&self) -> (u64, u64) {
+        match &self.kind {
+            ItemKind::Sealer(s) => (s.key().messages_used(), s.key().bytes_used()),
+            ItemKind::Key(_) => (
+                self.opens.load(Ordering::Relaxed),
+                self.opened_bytes.load(Ordering::Relaxed),
+            ),
+        }
+    }
+}
+
+impl Drop for Item {
+    fn drop(&mut self) {
+        if let Some((label, totals)) = &self.label {
+            let (ops, bytes) = self.current();
+            totals.add(label, ops, bytes);
         }
     }
 }
@@ -131,26 +158,37 @@ impl PyDekCache {
                     "item must be a DataKey or an EnvelopeSealer",
                 ));
             };
-            let count = label.map(|l| LabeledCount::new(Arc::from(l), Arc::clone(&self.totals)));
-            self.inner.put(&id, Arc::new(Item { kind, count }));
+            let label = label.map(|l| (Arc::from(l), Arc::clone(&self.totals)));
+            let item = Item {
+                kind,
+                label,
+                opens: AtomicU64::new(0),
+                opened_bytes: AtomicU64::new(0),
+            };
+            self.inner.put(&id, Arc::new(item));
             Ok(())
         })
     }
 
-    /// Operations and bytes sealed or opened through `seal`/`open` per label (the label given
-    /// to `put`), including entries already evicted: ``{label: (operations, bytes)}``.
     /// Sampled latency of `seal`/`open` hits: ``(bounds, cumulative_counts, sum_seconds,
-    /// sampled_count, total_calls)``; the last cumulative count is the +Inf bucket.
+    /// sampled_count, sample_rate)``; the last cumulative count is the +Inf bucket, and one
+    /// call in ``sample_rate`` is timed.
     #[allow(clippy::type_complexity)]
     fn latency(&self) -> (Vec<f64>, Vec<u64>, f64, u64, u64) {
-        let (buckets, sum, count, calls) = self.latency.snapshot();
-        (LATENCY_BUCKETS.to_vec(), buckets, sum, count, calls)
+        let (buckets, sum, count, rate) = self.latency.snapshot();
+        (LATENCY_BUCKETS.to_vec(), buckets, sum, count, rate)
     }
 
+    /// Operations and bytes per label (the label given to `put`), including entries already
+    /// evicted: ``{label: (operations, bytes)}``. Sealer entries count every seal made with
+    /// their data key; key entries count the opens made through `open`.
     fn counts(&self) -> std::collections::HashMap<String, (u64, u64)> {
         let live = self.inner.values();
-        self.totals
-            .snapshot(live.iter().filter_map(|i| i.count.as_ref()))
+        self.totals.snapshot(live.iter().filter_map(|i| {
+            let (label, _) = i.label.as_ref()?;
+            let (ops, bytes) = i.current();
+            Some((&**label, ops, bytes))
+        }))
     }
 
     /// Seals with the sealer cached under `id`; returns None on a miss (or when the cached
@@ -182,10 +220,7 @@ impl PyDekCache {
             let sealed = seal_with(py, sealer, &pt, &aad);
             self.latency.finish(t0);
             match sealed {
-                Ok(b) => {
-                    item.count(pt.len());
-                    Ok(Some(b))
-                }
+                Ok(b) => Ok(Some(b)),
                 Err(e) if e.is_instance_of::<crate::py::errors::KeyUsageExceededError>(py) => {
                     Ok(None)
                 }
@@ -222,7 +257,7 @@ impl PyDekCache {
             });
             self.latency.finish(t0);
             let out = out?;
-            item.count(parsed.plaintext_len());
+            item.count_open(parsed.plaintext_len());
             Ok(Some(out))
         })
     }
