@@ -1,9 +1,11 @@
-"""CLI subcommands contributed by `greenlang_crypto.compliance` (none yet)."""
+"""CLI subcommand `greenlang-crypto verify` (compliance report)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -12,4 +14,54 @@ def register(
     make_service: Callable[[argparse.Namespace], Any],
     make_config: Callable[[argparse.Namespace], Any],
 ) -> None:
-    """Adds this package's subcommands to the `greenlang-crypto` parser."""
+    """Adds ``verify`` to the ``greenlang-crypto`` parser."""
+    p = subparsers.add_parser("verify", help="compliance report (SOC 2, ISO 27001, GDPR)")
+    p.add_argument("--db", help="database URL holding the encrypted columns")
+    p.add_argument(
+        "--column",
+        action="append",
+        default=[],
+        metavar="[SCHEMA.]TABLE.COLUMN[:PK]",
+        help="a column declared encrypted (repeatable)",
+    )
+    p.add_argument("--terraform", type=Path, default=None, help="the KMS Terraform module dir")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    def run(args: argparse.Namespace) -> int:
+        from greenlang_crypto.compliance.verify import ColumnSpec, run_verification
+
+        service = make_service(args)
+        audit_verify = _audit_verifier(service)
+        report = run_verification(
+            service,
+            db_url=args.db,
+            columns=[ColumnSpec.parse(c) for c in args.column],
+            terraform_dir=args.terraform,
+            audit_verify=audit_verify,
+        )
+        sys.stdout.write((report.to_json() if args.json else report.to_text()) + "\n")
+        return 1 if report.failed else 0
+
+    p.set_defaults(func=run)
+
+
+def _audit_verifier(service: Any) -> Callable[[], Any] | None:
+    """The audit log's verify(), when the audit module and a log for this data dir exist."""
+    try:
+        from greenlang_crypto import audit
+    except ImportError:
+        return None
+    opener = getattr(audit, "open_audit_log", None)
+    if not callable(opener):
+        return None
+
+    def verify() -> Any:
+        log = opener(service)
+        try:
+            return log.verify()
+        finally:
+            close = getattr(log, "close", None)
+            if callable(close):
+                close()
+
+    return verify
