@@ -57,12 +57,28 @@ def test_service_over_kms(tmp_path: Path, kms_keys: Any, make_provider: Callable
     _reset_pg(_store_url(tmp_path))
     keys = (kms_keys.primary_arn, kms_keys.replica_arn)
     provider = make_provider(keys=list(keys))
+    sent: list[str] = []
+
+    def count(request: Any, **_: Any) -> None:
+        # Counted at the client: every HTTP request botocore actually sends.
+        sent.append(request.headers.get("X-Amz-Target", b"").decode())
+
+    for client in provider.clients.values():
+        client.meta.events.register("before-send.kms", count)
     svc = make_service(tmp_path, provider, keys)
-    envs = [svc.encrypt(b"v%d" % i, CTX) for i in range(2000)]
+    envs = [svc.encrypt(b"v%d" % i, CTX) for i in range(10_000)]
+    assert sent == ["TrentService.GenerateDataKey"]
     inline = svc.encrypt(b"blob", CTX, key_reference="inline")
     assert provider.stats["GenerateDataKey.ok"] == 2  # one per (context, reference kind)
-    cold = make_service(tmp_path, make_provider(keys=list(keys)), keys)
+    cold_provider = make_provider(keys=list(keys))
+    for client in cold_provider.clients.values():
+        client.meta.events.register("before-send.kms", count)
+    sent.clear()
+    cold = make_service(tmp_path, cold_provider, keys)
     assert all(cold.decrypt(e, CTX) == b"v%d" % i for i, e in enumerate(envs))
+    assert sent == ["TrentService.Decrypt"]
+    stats = cold.status().cache["decrypt"]
+    assert stats["hits"] / (stats["hits"] + stats["misses"]) >= 0.99
     assert cold.decrypt(inline, CTX) == b"blob"
     assert cold.provider.stats["Decrypt.ok"] == 2  # type: ignore[attr-defined]
     # A wrong context fails at KMS (cold cache) and at the AAD (warm cache).
