@@ -188,7 +188,17 @@ def service_checks() -> list[Check]:
         from benches import gate_service
     except ImportError:
         return []
-    return gate_service.checks()
+    checks = gate_service.checks()
+    if os.environ.get("GLC_PG_URL"):
+        # The SQLAlchemy-layer checks measure against PostgreSQL (scripts/services.sh).
+        from benches import gate_sqlalchemy
+
+        checks += gate_sqlalchemy.checks()
+    try:
+        from benches import gate_observability
+    except ImportError:  # prometheus_client is an optional dependency
+        return checks
+    return checks + gate_observability.checks()
 
 
 def main() -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -117,8 +118,52 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cli_actor() -> str:
+    return f"cli:{os.environ.get('USER') or os.getuid()}"
+
+
+def _open_audit(args: argparse.Namespace, svc: Any) -> Any:
+    """The audit log of this data directory (or ``$GLC_AUDIT_URL``), attached to ``svc``."""
+    from greenlang_crypto.audit import AuditLog, open_audit_sink
+
+    cfg = _config(args)
+    audit = AuditLog(
+        open_audit_sink(os.environ.get("GLC_AUDIT_URL") or None, cfg.data_dir),
+        start_thread=False,
+        actor=_cli_actor(),
+    )
+    audit.attach(svc)
+    return audit
+
+
+def _audited(args: argparse.Namespace, svc: Any, action: str, run: Any) -> Any:
+    """Runs a security-relevant key operation behind an audit intent record.
+
+    The intent is written first and must succeed: if the audit sink is down the operation
+    fails closed (AuditSinkUnavailableError) and nothing changes.
+    """
+    audit = _open_audit(args, svc)
+    try:
+        audit.record(action, actor=_cli_actor(), outcome="intent")
+        try:
+            result = run()
+        except GreenlangCryptoError as exc:
+            audit.record(
+                action,
+                actor=_cli_actor(),
+                outcome="failure",
+                details={"error_type": type(exc).__name__},
+                required=False,
+            )
+            raise
+        audit.record(action, actor=_cli_actor(), outcome="success", required=False)
+        return result
+    finally:
+        audit.close()
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
-    """Lists, rotates, rewraps or retires key versions."""
+    """Lists, rotates, rewraps or retires key versions (changes are audited, fail closed)."""
     svc = _service(args)
     if args.keys_command == "list":
         rows = [
@@ -139,7 +184,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 )
         return 0
     if args.keys_command == "rotate":
-        result = svc.rotate(new_wrapping_key_id=args.wrapping_key_id)
+        result = _audited(
+            args, svc, "key_rotate", lambda: svc.rotate(new_wrapping_key_id=args.wrapping_key_id)
+        )
         print(f"rotated: v{result.old_version} -> v{result.new_version} ({result.wrapping_key_id})")
         return 0
     if args.keys_command == "rewrap":
@@ -151,13 +198,25 @@ def cmd_keys(args: argparse.Namespace) -> int:
             target = create()
         total = sum(svc.store.count_deks_by_version().values())
         bar = _progress(total, "rewrap")
-        done = svc.rewrap(target, progress=bar.update if bar is not None else None)
+        done = _audited(
+            args,
+            svc,
+            "key_rewrap",
+            lambda: svc.rewrap(target, progress=bar.update if bar is not None else None),
+        )
         if bar is not None:
             bar.close()
         print(f"rewrapped {done} stored DEK(s) under {target}")
         return 0
     if args.keys_command == "retire":
-        svc.retire_versions_below(args.below, delete_stored_deks=args.delete_stored_deks)
+        _audited(
+            args,
+            svc,
+            "key_retire",
+            lambda: svc.retire_versions_below(
+                args.below, delete_stored_deks=args.delete_stored_deks
+            ),
+        )
         print(f"minimum decryption version is now {args.below}")
         return 0
     raise AssertionError(args.keys_command)

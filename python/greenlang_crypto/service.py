@@ -307,8 +307,39 @@ class EncryptionService:
         return {"encrypt": enc, "decrypt": dec}
 
     def latency(self) -> dict[str, tuple[list[float], list[int], float, int, int]]:
-        """Sampled latency histograms of cached encrypts and decrypts (see DekCache.latency)."""
-        return {"encrypt": self._enc_cache.latency(), "decrypt": self._dec_cache.latency()}
+        """Sampled latency histograms of cached encrypts and decrypts.
+
+        Each value is ``(bounds, cumulative_counts, sum_seconds, sampled_count, sample_rate)``
+        (see ``DekCache.latency``); the encrypt histogram merges both key-reference caches.
+        """
+        merged: tuple[list[float], list[int], float, int, int] | None = None
+        for cache in self._enc_caches.values():
+            bounds, cumulative, total, count, rate = cache.latency()
+            if merged is None:
+                merged = (bounds, cumulative, total, count, rate)
+            else:
+                merged = (
+                    bounds,
+                    [a + b for a, b in zip(merged[1], cumulative, strict=True)],
+                    merged[2] + total,
+                    merged[3] + count,
+                    rate,
+                )
+        assert merged is not None
+        return {"encrypt": merged, "decrypt": self._dec_cache.latency()}
+
+    def cache_stats(self) -> dict[str, dict[str, int]]:
+        """Encryption and decryption cache counters (cheap; no provider call)."""
+        return {"encrypt": self._enc_stats(), "decrypt": self._dec_cache.stats()}
+
+    @property
+    def per_operation_events(self) -> bool:
+        """Whether every encrypt and decrypt emits an event to the observers."""
+        return self._per_op
+
+    def add_observer(self, observer: ServiceObserver) -> None:
+        """Adds an observer (for example an audit log created after the service)."""
+        self._observers = (*self._observers, observer)
 
     # -- encryption ----------------------------------------------------------------------
 
@@ -836,7 +867,7 @@ class EncryptionService:
             versions=list(self._versions.values()),
             deks_by_version=self.store.count_deks_by_version(),
             usage_by_version=self.store.usage_by_version(),
-            cache={"encrypt": self._enc_stats(), "decrypt": self._dec_cache.stats()},
+            cache=self.cache_stats(),
         )
 
     def _enc_stats(self) -> dict[str, int]:

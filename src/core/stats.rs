@@ -137,6 +137,10 @@ pub const LATENCY_BUCKETS: [f64; 14] = [
     1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 1e-1, 1.0,
 ];
 
+/// Per-thread sampling counters available to histograms (more histograms share slots).
+const SLOTS: usize = 8;
+static NEXT_SLOT: AtomicU64 = AtomicU64::new(0);
+
 /// A latency histogram that times one call in `2^shift`, in atomics.
 ///
 /// Reading the clock twice costs about as much as a 64-byte seal under KVM, so timing every
@@ -145,6 +149,7 @@ pub const LATENCY_BUCKETS: [f64; 14] = [
 #[derive(Debug)]
 pub struct SampledHistogram {
     mask: u64,
+    slot: usize,
     buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     sum_nanos: AtomicU64,
     count: AtomicU64,
@@ -154,6 +159,7 @@ impl SampledHistogram {
     /// Times one call in `2^shift`.
     pub fn new(shift: u32) -> Self {
         SampledHistogram {
+            slot: NEXT_SLOT.fetch_add(1, Ordering::Relaxed) as usize % SLOTS,
             mask: (1u64 << shift.min(20)) - 1,
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             sum_nanos: AtomicU64::new(0),
@@ -167,11 +173,15 @@ impl SampledHistogram {
     /// one more contended cache line on every call.
     pub fn start(&self) -> Option<std::time::Instant> {
         thread_local! {
-            static CALLS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+            // One counter per histogram slot, so two histograms used alternately (encrypt,
+            // decrypt) each get their own one-in-2^shift sample.
+            static CALLS: [std::cell::Cell<u64>; SLOTS] =
+                const { [const { std::cell::Cell::new(0) }; SLOTS] };
         }
         let n = CALLS.with(|c| {
-            let n = c.get().wrapping_add(1);
-            c.set(n);
+            let cell = &c[self.slot];
+            let n = cell.get().wrapping_add(1);
+            cell.set(n);
             n
         });
         if n & self.mask == 0 {
@@ -218,6 +228,20 @@ impl SampledHistogram {
 #[cfg(test)]
 mod histogram_tests {
     use super::*;
+
+    #[test]
+    fn alternating_histograms_both_sample() {
+        let a = SampledHistogram::new(2);
+        let b = SampledHistogram::new(2);
+        for _ in 0..16 {
+            let t = a.start();
+            a.finish(t);
+            let t = b.start();
+            b.finish(t);
+        }
+        assert_eq!(a.snapshot().2, 4);
+        assert_eq!(b.snapshot().2, 4);
+    }
 
     #[test]
     fn samples_one_in_two_to_the_shift() {

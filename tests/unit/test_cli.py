@@ -65,3 +65,40 @@ def test_cli_files(tmp_path: Path) -> None:
 def test_cli_without_init_fails_cleanly(tmp_path: Path) -> None:
     r = run(tmp_path, "encrypt", "--tenant", "t", "--data-class", "x", stdin=b"v")
     assert r.returncode == 2 and b"ConfigurationError" in r.stderr
+
+
+def test_cli_key_changes_are_audited_and_fail_closed(tmp_path: Path) -> None:
+    import sqlite3
+
+    assert run(tmp_path, "init").returncode == 0
+    assert run(tmp_path, "keys", "rotate").returncode == 0
+    audit_db = tmp_path / "data" / "audit.db"
+    verify = run(tmp_path, "verify", "--json", "--terraform", str(tmp_path / "none"))
+    doc = json.loads(verify.stdout)
+    by = {c["control"]: c for c in doc["controls"]}
+    assert by["audit.chain"]["status"] == "pass", by["audit.chain"]
+    assert verify.returncode == 0
+    # Tamper with one record: verify names the broken chain and exits non-zero.
+    with sqlite3.connect(audit_db) as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        table = next(t for t in tables if "meta" not in t)
+        cols = [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
+        target = "outcome" if "outcome" in cols else cols[-1]
+        conn.execute(f"UPDATE {table} SET {target} = 'forged' WHERE rowid = 1")
+    tampered = run(tmp_path, "verify", "--json", "--terraform", str(tmp_path / "none"))
+    by = {c["control"]: c for c in json.loads(tampered.stdout)["controls"]}
+    assert tampered.returncode == 1 and by["audit.chain"]["status"] == "fail"
+    # Audit sink down: the rotation is refused and the keyring does not change.
+    before = json.loads(run(tmp_path, "keys", "list", "--json").stdout)
+    env_down = dict(os.environ, GLC_DATA_DIR=str(tmp_path / "data"))
+    # A path under a regular file can never be created: the sink is down.
+    env_down["GLC_AUDIT_URL"] = f"sqlite:///{audit_db}/audit.db"
+    down = subprocess.run(
+        [sys.executable, "-m", "greenlang_crypto", "keys", "rotate"],
+        capture_output=True,
+        env=env_down,
+        timeout=60,
+        check=False,
+    )
+    assert down.returncode == 2 and b"AuditSinkUnavailableError" in down.stderr
+    assert json.loads(run(tmp_path, "keys", "list", "--json").stdout) == before

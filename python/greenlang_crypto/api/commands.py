@@ -1,10 +1,114 @@
-"""CLI subcommands contributed by `greenlang_crypto.api` (none yet)."""
+"""CLI subcommands contributed by ``greenlang_crypto.api``: ``serve``, ``token``, ``audit``.
+
+FastAPI, uvicorn and PyJWT are imported only when one of these commands runs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+__all__ = ["register"]
+
+
+def _audit_url(args: argparse.Namespace) -> str | None:
+    url: str | None = args.audit_url or os.environ.get("GLC_AUDIT_URL") or None
+    return url
+
+
+def cmd_serve(args: argparse.Namespace, make_config: Callable[[argparse.Namespace], Any]) -> int:
+    """Runs the admin API with uvicorn (embedded default: local keys, SQLite audit log)."""
+    import uvicorn
+
+    from greenlang_crypto.api.app import build_stack, create_app
+    from greenlang_crypto.api.auth import AuthSettings, JwtAuthorizer, dev_settings
+
+    config = make_config(args)
+    if args.jwt_key_file:
+        key = Path(args.jwt_key_file).read_text()
+        algorithms = tuple(a.strip() for a in args.jwt_algorithms.split(",") if a.strip())
+        settings = AuthSettings(
+            algorithms=algorithms,
+            key=key,
+            issuer=args.jwt_issuer,
+            audience=args.jwt_audience,
+        )
+    else:
+        # Development mode: tokens minted by `greenlang-crypto token` for this data directory.
+        settings = dev_settings(config.data_dir)
+    stack = build_stack(
+        config, audit_url=_audit_url(args), flush_interval=args.audit_flush_interval
+    )
+    app = create_app(
+        stack.service, stack.audit, authorizer=JwtAuthorizer(settings), registry=stack.registry
+    )
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    finally:
+        stack.close()
+    return 0
+
+
+def cmd_token(args: argparse.Namespace, make_config: Callable[[argparse.Namespace], Any]) -> int:
+    """Prints a development token signed with the data directory's local secret."""
+    from greenlang_crypto.api.auth import PERMISSIONS, dev_secret, mint_token
+
+    config = make_config(args)
+    perms = [p.strip() for item in args.permissions for p in item.split(",") if p.strip()]
+    unknown = sorted(set(perms) - set(PERMISSIONS))
+    if unknown:
+        print(
+            f"error: unknown permission(s) {unknown}; known: {list(PERMISSIONS)}", file=sys.stderr
+        )
+        return 2
+    token = mint_token(
+        dev_secret(config.data_dir),
+        subject=args.subject,
+        permissions=perms,
+        tenant=args.tenant,
+        ttl=args.ttl,
+    )
+    print(token)
+    return 0
+
+
+def _open_audit(
+    args: argparse.Namespace,
+    make_service: Callable[[argparse.Namespace], Any],
+    make_config: Callable[[argparse.Namespace], Any],
+) -> Any:
+    from greenlang_crypto.audit import AuditLog, open_audit_sink
+
+    config = make_config(args)
+    audit = AuditLog(open_audit_sink(_audit_url(args), config.data_dir), start_thread=False)
+    audit.bind(make_service(args))
+    return audit
+
+
+def cmd_audit(
+    args: argparse.Namespace,
+    make_service: Callable[[argparse.Namespace], Any],
+    make_config: Callable[[argparse.Namespace], Any],
+) -> int:
+    """``audit verify`` checks the HMAC chain; ``audit tail`` prints the last records."""
+    audit = _open_audit(args, make_service, make_config)
+    if args.audit_command == "verify":
+        result = audit.verify()
+        for p in result.problems:
+            print(f"BAD record seq {p.seq}: {p.kind}: {p.detail}")
+        if result.ok:
+            print(f"ok: {result.records} record(s), chain intact")
+            return 0
+        print(f"FAILED: {len(result.problems)} problem(s) in {result.records} record(s)")
+        return 1
+    for record in audit.tail(args.n):
+        print(json.dumps(record.to_dict(), sort_keys=True))
+    return 0
 
 
 def register(
@@ -12,4 +116,32 @@ def register(
     make_service: Callable[[argparse.Namespace], Any],
     make_config: Callable[[argparse.Namespace], Any],
 ) -> None:
-    """Adds this package's subcommands to the `greenlang-crypto` parser."""
+    """Adds ``serve``, ``token`` and ``audit`` to the ``greenlang-crypto`` parser."""
+    serve = subparsers.add_parser("serve", help="run the admin API (uvicorn)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--audit-url", default=None, help="sqlite:///, postgresql://, jsonl://")
+    serve.add_argument("--audit-flush-interval", type=float, default=10.0)
+    serve.add_argument("--jwt-key-file", default=None, help="verification key (PEM or secret)")
+    serve.add_argument("--jwt-algorithms", default="RS256", help="pinned allow-list, comma list")
+    serve.add_argument("--jwt-issuer", default=None)
+    serve.add_argument("--jwt-audience", default=None)
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(func=lambda a: cmd_serve(a, make_config))
+
+    token = subparsers.add_parser("token", help="mint a development API token")
+    token.add_argument(
+        "--permissions", action="append", required=True, help="comma list, e.g. encryption:read"
+    )
+    token.add_argument("--tenant", default=None)
+    token.add_argument("--subject", default=os.environ.get("USER") or "dev")
+    token.add_argument("--ttl", type=float, default=3600.0, help="seconds")
+    token.set_defaults(func=lambda a: cmd_token(a, make_config))
+
+    audit = subparsers.add_parser("audit", help="verify or show the audit log")
+    audit.add_argument("--audit-url", default=None, help="sqlite:///, postgresql://, jsonl://")
+    sub = audit.add_subparsers(dest="audit_command", required=True)
+    sub.add_parser("verify", help="check the HMAC chain; exit 1 naming bad records")
+    tail = sub.add_parser("tail", help="print the last records as JSON lines")
+    tail.add_argument("-n", type=int, default=20)
+    audit.set_defaults(func=lambda a: cmd_audit(a, make_service, make_config))

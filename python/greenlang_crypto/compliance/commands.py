@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,22 +48,33 @@ def register(
 
 
 def _audit_verifier(service: Any) -> Callable[[], Any] | None:
-    """The audit log's verify(), when the audit module and a log for this data dir exist."""
-    try:
-        from greenlang_crypto import audit
-    except ImportError:
-        return None
-    opener = getattr(audit, "open_audit_log", None)
-    if not callable(opener):
+    """Verifies the audit chain of this data directory (or ``$GLC_AUDIT_URL``), if one exists."""
+    url = os.environ.get("GLC_AUDIT_URL") or None
+    if url is None and not (Path(service.config.data_dir) / "audit.db").exists():
         return None
 
     def verify() -> Any:
-        log = opener(service)
+        from greenlang_crypto.audit import AuditLog, open_audit_sink
+
+        audit = AuditLog(open_audit_sink(url, service.config.data_dir), start_thread=False)
         try:
-            return log.verify()
+            audit.bind(service)
+            result = audit.verify()
         finally:
-            close = getattr(log, "close", None)
-            if callable(close):
-                close()
+            audit.close()
+        return _AuditOutcome(
+            ok=result.ok,
+            detail=(
+                f"{result.records} record(s), HMAC chain intact"
+                if result.ok
+                else "; ".join(f"seq {p.seq}: {p.kind}" for p in result.problems[:10])
+            ),
+        )
 
     return verify
+
+
+@dataclass(frozen=True)
+class _AuditOutcome:
+    ok: bool
+    detail: str

@@ -485,7 +485,11 @@ def open_key_store(url: str) -> KeyStore:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
 
         def connect_sqlite() -> sqlite3.Connection:
-            conn = sqlite3.connect(path, timeout=30, isolation_level="DEFERRED")
+            # Each thread uses its own connection (threading.local); close() may run on another
+            # thread, which sqlite3's same-thread check would refuse.
+            conn = sqlite3.connect(
+                path, timeout=30, isolation_level="DEFERRED", check_same_thread=False
+            )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             return conn

@@ -1,0 +1,194 @@
+"""The served application: the router plus ``/metrics``, ``/healthz`` and safe error handlers.
+
+``create_app`` builds a FastAPI app (``debug=False``) around an already wired service, audit log
+and metrics collector; :func:`build_stack` does that wiring from a configuration, the way
+``greenlang-crypto serve`` does.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+
+from greenlang_crypto.api.routes import build_router
+from greenlang_crypto.audit import AuditLog, open_audit_sink
+from greenlang_crypto.config import EncryptionServiceConfig
+from greenlang_crypto.metrics import EncryptionMetrics, exposition
+from greenlang_crypto.service import EncryptionService
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
+
+__all__ = ["Stack", "build_stack", "create_app", "mount_encryption_api"]
+
+_log = logging.getLogger("greenlang_crypto.api")
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    # FastAPI's default 422 body echoes the offending input (which may be plaintext): G5.
+    return JSONResponse(status_code=422, content={"detail": "invalid request"})
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    _log.error("unhandled error on %s: %s", request.url.path, type(exc).__name__)
+    return JSONResponse(status_code=500, content={"detail": "internal error"})
+
+
+def mount_encryption_api(
+    app: FastAPI,
+    service: EncryptionService,
+    audit: AuditLog,
+    *,
+    authorizer: Callable[..., Any],
+) -> None:
+    """Mounts ``/api/v1/encryption/*`` on a host app, with handlers that never echo requests.
+
+    Args:
+        app: The host application.
+        service: The encryption service.
+        audit: The audit log attached to ``service``.
+        authorizer: A dependency returning a :class:`~greenlang_crypto.api.auth.Principal`.
+    """
+    app.include_router(build_router(service, audit, authorizer=authorizer))
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _internal_error)
+
+
+@dataclass
+class Stack:
+    """A service wired to its observers.
+
+    Attributes:
+        service: The encryption service.
+        audit: Its audit log (attached, flusher running).
+        metrics: Its metrics collector (registered in ``registry``).
+        registry: The Prometheus registry ``/metrics`` serves.
+    """
+
+    service: EncryptionService
+    audit: AuditLog
+    metrics: EncryptionMetrics
+    registry: CollectorRegistry
+
+    def close(self) -> None:
+        """Flushes the audit log and closes the service."""
+        self.audit.close()
+        try:
+            self.service.close()
+        except sqlite3.ProgrammingError:
+            # The SQLite key store opens a connection per worker thread with
+            # check_same_thread=True, so closing one from another thread raises; those
+            # connections are released when the process ends.
+            _log.debug("key store connections of worker threads left to process exit")
+
+
+def build_stack(
+    config: EncryptionServiceConfig,
+    *,
+    audit_url: str | None = None,
+    per_operation_events: bool = False,
+    flush_interval: float = 10.0,
+    audit_timeout: float = 2.0,
+) -> Stack:
+    """Builds the service with an audit log and a metrics collector as observers.
+
+    With ``provider = "aws-kms"`` the KMS provider reports each call to the collector.
+    """
+    from prometheus_client import CollectorRegistry
+
+    metrics = EncryptionMetrics()
+    audit = AuditLog(
+        open_audit_sink(audit_url, config.data_dir, timeout=audit_timeout),
+        flush_interval=flush_interval,
+    )
+    provider = None
+    if config.provider == "aws-kms":
+        from greenlang_crypto.providers.aws_kms import AwsKmsKeyProvider
+
+        provider = AwsKmsKeyProvider(
+            keys=config.kms_key_ids,
+            region=config.kms_region,
+            endpoint_url=config.kms_endpoint_url,
+            observer=metrics.kms_observer,
+        )
+    service = EncryptionService(
+        config,
+        provider=provider,
+        observers=[audit, metrics],
+        per_operation_events=per_operation_events,
+    )
+    audit.attach(service)
+    metrics.bind(service, audit=audit)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(metrics)
+    return Stack(service, audit, metrics, registry)
+
+
+def create_app(
+    service: EncryptionService,
+    audit: AuditLog,
+    *,
+    authorizer: Callable[..., Any],
+    registry: CollectorRegistry | None = None,
+) -> FastAPI:
+    """The served app: the API router, ``/metrics`` and ``/healthz``.
+
+    Args:
+        service: The encryption service.
+        audit: The audit log attached to ``service``.
+        authorizer: A dependency returning a :class:`~greenlang_crypto.api.auth.Principal`.
+        registry: The Prometheus registry to expose (default: the global one).
+    """
+    from greenlang_crypto import __version__
+
+    app = FastAPI(
+        debug=False,
+        title="greenlang-crypto admin API",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+    )
+    mount_encryption_api(app, service, audit, authorizer=authorizer)
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        body, content_type = exposition(registry)
+        return Response(content=body, media_type=content_type)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> JSONResponse:
+        checks = {
+            "kms": service.provider.health().ok,
+            "key_store": _store_ok(service),
+            "audit_sink": _audit_ok(audit),
+        }
+        ok = all(checks.values())
+        return JSONResponse(
+            status_code=200 if ok else 503,
+            content={"status": "ok" if ok else "degraded", "checks": checks},
+        )
+
+    return app
+
+
+def _store_ok(service: EncryptionService) -> bool:
+    try:
+        service.store.versions()
+    except Exception:  # health checks report, never raise
+        return False
+    return True
+
+
+def _audit_ok(audit: AuditLog) -> bool:
+    try:
+        audit.require_available()
+    except Exception:  # health checks report, never raise
+        return False
+    return True

@@ -1,0 +1,525 @@
+"""The ``/api/v1/encryption`` router: encrypt, decrypt, keys, rotation, rewrap, audit, status.
+
+Every route depends on :func:`require_permission`, and a test walks ``app.routes`` to keep it
+that way. Payloads are strict base64 (RFC 4648 alphabet with padding, no whitespace, ASCII
+only); bad input is a 422 whose body never echoes the request. Plaintext is never logged,
+audited or returned by any route except ``/decrypt``.
+"""
+
+# No ``from __future__ import annotations`` here: FastAPI must evaluate the route signatures,
+# whose Annotated dependencies name local variables of build_router.
+import base64
+import binascii
+import logging
+import re
+import uuid
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from greenlang_crypto._core import parse_envelope
+from greenlang_crypto.api.auth import Principal
+from greenlang_crypto.audit import AuditLog, AuditQuery
+from greenlang_crypto.context import EncryptionContext
+from greenlang_crypto.exceptions import (
+    AuditSinkUnavailableError,
+    DecryptionError,
+    GreenlangCryptoError,
+    InvalidArgumentError,
+    InvalidContextError,
+    KeyNotFoundError,
+    KeyRetiredError,
+    KeyStateError,
+    KeyVersionUnavailableError,
+    KmsError,
+    PayloadTooLargeError,
+)
+from greenlang_crypto.service import EncryptionService
+
+__all__ = ["API_PREFIX", "PERMISSION_ATTR", "build_router", "require_permission"]
+
+_log = logging.getLogger("greenlang_crypto.api")
+
+API_PREFIX = "/api/v1/encryption"
+#: Attribute set on every permission dependency; the route-walk test looks for it.
+PERMISSION_ATTR = "__glc_permission__"
+
+#: Largest base64 payload accepted (about 1 MiB of binary data).
+MAX_B64_CHARS = 1_400_000
+_B64_PATTERN = r"^[A-Za-z0-9+/]*={0,2}$"
+_RID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+Base64 = Annotated[
+    str,
+    StringConstraints(strict=True, max_length=MAX_B64_CHARS, pattern=_B64_PATTERN),
+    Field(description="Standard base64 with padding; no whitespace."),
+]
+Label = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=256)]
+DataClass = Annotated[
+    str, StringConstraints(strict=True, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+]
+
+
+class ContextModel(BaseModel):
+    """The encryption context (non-secret, bound to the ciphertext)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tenant_id: Label
+    data_class: DataClass
+    extra: dict[Label, Label] = Field(default_factory=dict, max_length=32)
+
+
+class EncryptRequest(BaseModel):
+    """Body of ``POST /encrypt``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    plaintext: Base64
+    context: ContextModel
+    associated_data: Base64 | None = None
+
+
+class EnvelopeResponse(BaseModel):
+    """An envelope and the key version that sealed it."""
+
+    ciphertext: str
+    key_version: int
+
+
+class DecryptRequest(BaseModel):
+    """Body of ``POST /decrypt``; ``reason`` goes to the audit log."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ciphertext: Base64
+    context: ContextModel
+    associated_data: Base64 | None = None
+    reason: Annotated[str, StringConstraints(strict=True, min_length=1, max_length=500)]
+
+
+class DecryptResponse(BaseModel):
+    """The plaintext, base64."""
+
+    plaintext: str
+
+
+class RewrapRequest(BaseModel):
+    """Body of ``POST /rewrap``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ciphertext: Base64
+    context: ContextModel
+    associated_data: Base64 | None = None
+    reason: Annotated[str, StringConstraints(strict=True, max_length=500)] | None = None
+
+
+class RotateRequest(BaseModel):
+    """Optional body of ``POST /keys/rotate``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Annotated[str, StringConstraints(strict=True, max_length=500)] | None = None
+
+
+class KeyVersionModel(BaseModel):
+    """One keyring version."""
+
+    version: int
+    state: str
+    provider: str
+    wrapping_key_id: str
+    created_at: float
+    rotated_at: float | None
+
+
+class KeysResponse(BaseModel):
+    """Keyring versions."""
+
+    primary_version: int
+    versions: list[KeyVersionModel]
+
+
+class RotateResponse(BaseModel):
+    """Outcome of a rotation."""
+
+    old_version: int | None
+    new_version: int
+
+
+class AuditRecordModel(BaseModel):
+    """One audit record."""
+
+    seq: int
+    time: str
+    actor: str
+    action: str
+    outcome: str
+    key_id: str | None
+    key_version: int | None
+    context_digest: str | None
+    data_class: str | None
+    request_id: str | None
+    reason: str | None
+    details: dict[str, Any]
+    hmac: str
+
+
+class AuditPage(BaseModel):
+    """A page of audit records; pass ``next_after_seq`` as ``after_seq`` for the next one."""
+
+    records: list[AuditRecordModel]
+    next_after_seq: int | None
+
+
+class StatusResponse(BaseModel):
+    """Service status."""
+
+    provider: str
+    provider_ok: bool
+    primary_version: int
+    min_decryption_version: int
+    stored_deks_by_version: dict[str, int]
+    cache: dict[str, dict[str, int]]
+    audit_sink_up: bool
+    audit_buffered: int
+
+
+def _b64(value: str) -> bytes:
+    if len(value) % 4:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "invalid request")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "invalid request") from None
+
+
+def _context(model: ContextModel) -> EncryptionContext:
+    try:
+        return EncryptionContext(
+            tenant_id=model.tenant_id, data_class=model.data_class, extra=model.extra
+        )
+    except InvalidContextError:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "invalid request") from None
+
+
+def _error(exc: Exception) -> HTTPException:
+    """Maps a library error to a response that carries nothing from the request."""
+    if isinstance(exc, PayloadTooLargeError):
+        return HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, "payload too large")
+    if isinstance(exc, InvalidContextError | InvalidArgumentError | TypeError):
+        return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "invalid request")
+    if isinstance(exc, KeyVersionUnavailableError | KeyRetiredError):
+        # The version comes from the envelope's public header: naming it is no oracle (H8).
+        return HTTPException(status.HTTP_409_CONFLICT, str(exc))
+    if isinstance(exc, DecryptionError | KeyNotFoundError):
+        return HTTPException(status.HTTP_400_BAD_REQUEST, "decryption failed")
+    if isinstance(exc, KeyStateError):
+        return HTTPException(status.HTTP_409_CONFLICT, "key state does not allow this")
+    if isinstance(exc, KmsError):
+        return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "key service unavailable")
+    if isinstance(exc, AuditSinkUnavailableError):
+        return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "audit log unavailable")
+    if isinstance(exc, GreenlangCryptoError):
+        return HTTPException(status.HTTP_400_BAD_REQUEST, "request failed")
+    raise exc
+
+
+def _key_version(envelope: bytes) -> int | None:
+    try:
+        return parse_envelope(envelope).key_version
+    except GreenlangCryptoError:
+        return None
+
+
+def request_id(request: Request, response: Response) -> str:
+    """The caller's ``X-Request-ID`` when well-formed, else a new one; echoed in the response."""
+    rid = request.headers.get("x-request-id")
+    if not rid or not _RID.fullmatch(rid):
+        rid = uuid.uuid4().hex
+    request.state.glc_request_id = rid
+    response.headers["X-Request-ID"] = rid
+    return rid
+
+
+def require_permission(
+    permission: str, authorizer: Callable[..., Any], audit: AuditLog
+) -> Callable[..., Principal]:
+    """A dependency that authenticates with ``authorizer`` and requires ``permission``.
+
+    A missing permission answers 403 and leaves an audit record with outcome ``denied``.
+    """
+
+    def dependency(request: Request, principal: Principal = Depends(authorizer)) -> Principal:  # noqa: B008
+        if permission not in principal.permissions:
+            audit.record(
+                "access_denied",
+                actor=principal.subject,
+                outcome="denied",
+                request_id=getattr(request.state, "glc_request_id", None),
+                details={"permission": permission, "path": request.url.path},
+                required=False,
+            )
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "forbidden")
+        return principal
+
+    setattr(dependency, PERMISSION_ATTR, permission)
+    return dependency
+
+
+def _same_tenant(principal: Principal, ctx: EncryptionContext, audit: AuditLog, rid: str) -> None:
+    if principal.tenant is None or principal.tenant != ctx.tenant_id:
+        audit.record(
+            "access_denied",
+            actor=principal.subject,
+            outcome="denied",
+            request_id=rid,
+            data_class=ctx.data_class,
+            context_digest=ctx.digest.hex(),
+            details={"check": "tenant"},
+            required=False,
+        )
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "forbidden")
+
+
+def build_router(
+    service: EncryptionService,
+    audit: AuditLog,
+    *,
+    authorizer: Callable[..., Any],
+    prefix: str = API_PREFIX,
+) -> APIRouter:
+    """The API router. Mount it with :func:`greenlang_crypto.api.mount_encryption_api`.
+
+    Args:
+        service: The encryption service the routes call.
+        audit: The audit log (admin actions fail closed when it is down).
+        authorizer: A FastAPI dependency returning a :class:`Principal` (for example a
+            :class:`~greenlang_crypto.api.auth.JwtAuthorizer`).
+        prefix: Path prefix.
+    """
+    router = APIRouter(prefix=prefix, tags=["encryption"])
+    can_encrypt = require_permission("encryption:encrypt", authorizer, audit)
+    can_decrypt = require_permission("encryption:decrypt", authorizer, audit)
+    is_admin = require_permission("encryption:admin", authorizer, audit)
+    can_audit = require_permission("encryption:audit", authorizer, audit)
+    can_read = require_permission("encryption:read", authorizer, audit)
+    rid_dep = Depends(request_id)
+
+    @router.post("/encrypt", response_model=EnvelopeResponse)
+    def encrypt(
+        body: EncryptRequest,
+        principal: Annotated[Principal, Depends(can_encrypt)],
+        rid: Annotated[str, rid_dep],
+    ) -> EnvelopeResponse:
+        """Encrypts base64 ``plaintext`` under ``context`` (the token's tenant only)."""
+        ctx = _context(body.context)
+        _same_tenant(principal, ctx, audit, rid)
+        data = _b64(body.plaintext)
+        aad = _b64(body.associated_data) if body.associated_data is not None else None
+        try:
+            envelope = service.encrypt(data, ctx, associated_data=aad)
+        except (GreenlangCryptoError, TypeError) as exc:
+            raise _error(exc) from None
+        audit.note_operation("encrypt", ctx.data_class, principal.subject)
+        return EnvelopeResponse(
+            ciphertext=base64.b64encode(envelope).decode(),
+            key_version=_key_version(envelope) or service.primary_version,
+        )
+
+    @router.post("/decrypt", response_model=DecryptResponse)
+    def decrypt(
+        body: DecryptRequest,
+        principal: Annotated[Principal, Depends(can_decrypt)],
+        rid: Annotated[str, rid_dep],
+    ) -> DecryptResponse:
+        """Decrypts an envelope of the token's tenant; the stated ``reason`` is audited."""
+        ctx = _context(body.context)
+        _same_tenant(principal, ctx, audit, rid)
+        envelope = _b64(body.ciphertext)
+        aad = _b64(body.associated_data) if body.associated_data is not None else None
+        fields: dict[str, Any] = {
+            "actor": principal.subject,
+            "key_version": _key_version(envelope),
+            "context_digest": ctx.digest.hex(),
+            "data_class": ctx.data_class,
+            "request_id": rid,
+            "reason": body.reason,
+            "details": {"via": "api"},
+            # Data path: buffered, never blocking; a sink outage shows on the gauge (J6).
+            "required": False,
+        }
+        try:
+            plaintext = service.decrypt(envelope, ctx, associated_data=aad)
+        except (GreenlangCryptoError, TypeError) as exc:
+            audit.record("decryption_performed", outcome="failure", **fields)
+            raise _error(exc) from None
+        audit.record("decryption_performed", outcome="success", **fields)
+        audit.note_operation("decrypt", ctx.data_class, principal.subject)
+        return DecryptResponse(plaintext=base64.b64encode(plaintext).decode())
+
+    @router.get("/keys", response_model=KeysResponse)
+    def keys(principal: Annotated[Principal, Depends(is_admin)]) -> KeysResponse:
+        """Lists keyring versions (metadata only)."""
+        try:
+            versions = service.versions()
+        except GreenlangCryptoError as exc:
+            raise _error(exc) from None
+        return KeysResponse(
+            primary_version=service.primary_version,
+            versions=[
+                KeyVersionModel(
+                    version=v.version,
+                    state=v.state,
+                    provider=v.provider,
+                    wrapping_key_id=v.wrapping_key_id,
+                    created_at=v.created_at,
+                    rotated_at=v.rotated_at,
+                )
+                for v in versions
+            ],
+        )
+
+    @router.post("/keys/rotate", response_model=RotateResponse)
+    def rotate(
+        principal: Annotated[Principal, Depends(is_admin)],
+        rid: Annotated[str, rid_dep],
+        body: RotateRequest | None = None,
+    ) -> RotateResponse:
+        """Makes a new primary key version. Refused (503) while the audit sink is down."""
+        reason = body.reason if body is not None else None
+        old = service.primary_version
+        try:
+            # Fail closed: the intent is on record before anything changes (J6).
+            audit.record(
+                "key_rotate",
+                actor=principal.subject,
+                outcome="intent",
+                key_version=old,
+                request_id=rid,
+                reason=reason,
+            )
+        except AuditSinkUnavailableError as exc:
+            raise _error(exc) from None
+        try:
+            result = service.rotate()
+        except GreenlangCryptoError as exc:
+            audit.record(
+                "key_rotate",
+                actor=principal.subject,
+                outcome="failure",
+                key_version=old,
+                request_id=rid,
+                details={"error_type": type(exc).__name__},
+                required=False,
+            )
+            raise _error(exc) from None
+        audit.record(
+            "key_rotate",
+            actor=principal.subject,
+            outcome="success",
+            key_id=result.wrapping_key_id,
+            key_version=result.new_version,
+            request_id=rid,
+            reason=reason,
+            details={"old_version": result.old_version},
+            required=False,
+        )
+        return RotateResponse(old_version=result.old_version, new_version=result.new_version)
+
+    @router.post("/rewrap", response_model=EnvelopeResponse)
+    def rewrap(
+        body: RewrapRequest,
+        principal: Annotated[Principal, Depends(is_admin)],
+        rid: Annotated[str, rid_dep],
+    ) -> EnvelopeResponse:
+        """Re-encrypts an envelope under the primary version; never returns plaintext."""
+        ctx = _context(body.context)
+        envelope = _b64(body.ciphertext)
+        aad = _b64(body.associated_data) if body.associated_data is not None else None
+        common: dict[str, Any] = {
+            "actor": principal.subject,
+            "context_digest": ctx.digest.hex(),
+            "data_class": ctx.data_class,
+            "request_id": rid,
+            "reason": body.reason,
+        }
+        try:
+            audit.record(
+                "envelope_rewrap", outcome="intent", key_version=_key_version(envelope), **common
+            )
+        except AuditSinkUnavailableError as exc:
+            raise _error(exc) from None
+        try:
+            out = service.reencrypt(envelope, ctx, associated_data=aad)
+        except (GreenlangCryptoError, TypeError) as exc:
+            audit.record("envelope_rewrap", outcome="failure", required=False, **common)
+            raise _error(exc) from None
+        version = _key_version(out) or service.primary_version
+        audit.record(
+            "envelope_rewrap", outcome="success", key_version=version, required=False, **common
+        )
+        return EnvelopeResponse(ciphertext=base64.b64encode(out).decode(), key_version=version)
+
+    @router.get("/audit", response_model=AuditPage)
+    def audit_records(
+        principal: Annotated[Principal, Depends(can_audit)],
+        rid: Annotated[str, rid_dep],
+        action: Annotated[str | None, Query(max_length=64)] = None,
+        actor: Annotated[str | None, Query(max_length=256)] = None,
+        outcome: Annotated[str | None, Query(max_length=32)] = None,
+        key_version: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
+        since: Annotated[str | None, Query(max_length=40)] = None,
+        until: Annotated[str | None, Query(max_length=40)] = None,
+        after_seq: Annotated[int, Query(ge=0, le=2**62)] = 0,
+        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    ) -> AuditPage:
+        """Audit records, filtered, ascending by sequence number (keyset pagination)."""
+        q = AuditQuery(
+            action=action,
+            actor=actor,
+            outcome=outcome,
+            key_version=key_version,
+            since=since,
+            until=until,
+            after_seq=after_seq,
+            limit=limit,
+        )
+        try:
+            records = audit.query(q)
+        except AuditSinkUnavailableError as exc:
+            raise _error(exc) from None
+        audit.record(
+            "audit_read",
+            actor=principal.subject,
+            request_id=rid,
+            details={"returned": len(records)},
+            required=False,
+        )
+        return AuditPage(
+            records=[AuditRecordModel(**r.to_dict()) for r in records],
+            next_after_seq=records[-1].seq if len(records) == limit else None,
+        )
+
+    @router.get("/status", response_model=StatusResponse)
+    def service_status(principal: Annotated[Principal, Depends(can_read)]) -> StatusResponse:
+        """Provider health, key versions, cache counters and audit sink state."""
+        try:
+            st = service.status()
+        except GreenlangCryptoError as exc:
+            raise _error(exc) from None
+        return StatusResponse(
+            provider=st.provider,
+            provider_ok=st.provider_ok,
+            primary_version=st.primary_version,
+            min_decryption_version=st.min_decryption_version,
+            stored_deks_by_version={str(k): v for k, v in st.deks_by_version.items()},
+            cache=st.cache,
+            audit_sink_up=audit.sink_up,
+            audit_buffered=audit.buffered,
+        )
+
+    return router

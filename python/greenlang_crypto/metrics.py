@@ -1,0 +1,425 @@
+"""Prometheus metrics, read from the service at scrape time by a custom collector.
+
+Hot-path counters live in Rust atomics (ARCHITECTURE rule 5); :class:`EncryptionMetrics` turns
+them into Prometheus samples only when Prometheus scrapes, so an encryption costs the same with
+or without metrics. This module is the only one that imports ``prometheus_client``, and it does
+so lazily: :class:`ReencryptionProgress` can be updated by a job that never imports it.
+
+Exported families (names are used by ``monitoring/dashboards`` and ``monitoring/alerts``):
+
+* ``gl_encryption_operations_total{operation,status,data_class}``: ``status`` is ``success``
+  (from :meth:`EncryptionService.operation_counts`) or ``failure`` (from
+  :meth:`EncryptionService.failure_counts`; split by data class through service events when
+  this object observes the service, else ``data_class="unknown"``). Only the data class is a
+  label, never a tenant id, and at most :data:`MAX_DATA_CLASSES` distinct values (the rest
+  become ``other``).
+* ``gl_encryption_duration_seconds{operation}``: histogram of cached encrypts and decrypts
+  measured in Rust. **Sampled**: one call in 16 is timed (reading the clock costs about as
+  much as a 64-byte seal), so ``_count`` counts timed calls only; use
+  ``gl_encryption_operations_total`` for rates. Quantiles are unaffected by the sampling.
+* ``gl_encryption_key_cache_hits_total{key_type}``, ``gl_encryption_key_cache_misses_total``
+  ``{key_type}`` and ``gl_encryption_key_cache_size{key_type}`` (``encrypt`` | ``decrypt``).
+* ``gl_encryption_failures_total{error_type}``, ``gl_encryption_decrypt_failures_total{reason}``.
+* ``gl_kms_calls_total{operation,status}`` and ``gl_kms_latency_seconds{operation}``: from the
+  AWS KMS provider's ``observer=`` callback (:attr:`EncryptionMetrics.kms_observer`); with the
+  local provider, from the service's ``key_generated`` / ``key_accessed`` events.
+* ``gl_encryption_dek_age_seconds``, ``gl_encryption_nonce_budget_used_ratio``: the oldest
+  cached DEK and the largest fraction of a DEK's message budget used.
+* ``gl_encryption_reencryption_rows_total{status}``, ``gl_encryption_reencryption_remaining_rows``.
+* ``gl_encryption_audit_sink_up``: 1 when the audit sink took the last write, else 0.
+
+Counters stay monotonic across cache replacement (a rotation starts new Rust caches): a drop
+in a raw reading is treated as a reset and the previous value is carried forward.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.registry import CollectorRegistry
+
+    from greenlang_crypto.audit import AuditLog
+    from greenlang_crypto.service import EncryptionService
+
+__all__ = [
+    "KMS_BUCKETS",
+    "MAX_DATA_CLASSES",
+    "EncryptionMetrics",
+    "ReencryptionProgress",
+    "exposition",
+    "reencryption_progress",
+    "register_metrics",
+]
+
+#: Distinct ``data_class`` label values kept before new ones are folded into ``other``.
+MAX_DATA_CLASSES = 64
+#: Buckets (seconds) of ``gl_kms_latency_seconds``: KMS targets are 30-50 ms, alerts at 200 ms.
+KMS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+_DECRYPT_REASONS = {
+    "DecryptionError": "authentication",
+    "InvalidEnvelopeError": "malformed",
+    "UnsupportedFormatError": "unsupported_format",
+    "KeyVersionUnavailableError": "key_version_unavailable",
+    "KeyRetiredError": "key_retired",
+    "KeyNotFoundError": "key_not_found",
+    "KmsError": "kms",
+    "KmsUnavailableError": "kms",
+    "KmsKeyDisabledError": "kms",
+    "KmsAccessDeniedError": "kms",
+}
+_LOCAL_KMS_EVENTS = {"key_generated": "GenerateDataKey", "key_accessed": "Decrypt"}
+
+
+class ReencryptionProgress:
+    """Process-global progress of the re-encryption job (no Prometheus import needed).
+
+    The job calls :meth:`add` after each batch and :meth:`set_remaining` when it (re)counts.
+    Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rows: Counter[str] = Counter()
+        self._remaining: int | None = None
+
+    def add(self, status: str, n: int = 1) -> None:
+        """Counts ``n`` rows with ``status`` (``success``, ``skipped``, ``failure``...)."""
+        if n < 0:
+            raise ValueError("n must be >= 0")
+        with self._lock:
+            self._rows[status] += n
+
+    def set_remaining(self, n: int) -> None:
+        """Sets the rows still to re-encrypt."""
+        with self._lock:
+            self._remaining = max(0, int(n))
+
+    def snapshot(self) -> tuple[dict[str, int], int | None]:
+        """``(rows by status, remaining)``."""
+        with self._lock:
+            return dict(self._rows), self._remaining
+
+    def reset(self) -> None:
+        """Forgets everything (tests)."""
+        with self._lock:
+            self._rows.clear()
+            self._remaining = None
+
+
+_PROGRESS = ReencryptionProgress()
+
+
+def reencryption_progress() -> ReencryptionProgress:
+    """The process-global :class:`ReencryptionProgress`."""
+    return _PROGRESS
+
+
+class _Histogram:
+    """A cumulative-at-read histogram in plain Python (no prometheus import on the hot path)."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.total += seconds
+
+    def cumulative(self) -> list[int]:
+        out, acc = [], 0
+        for c in self.counts:
+            acc += c
+            out.append(acc)
+        return out
+
+
+class _Monotonic:
+    """Keeps counters monotonic when their source restarts from zero."""
+
+    def __init__(self) -> None:
+        self._last: dict[Any, float] = {}
+        self._base: dict[Any, float] = {}
+
+    def __call__(self, key: Any, raw: float) -> float:
+        last = self._last.get(key, 0.0)
+        if raw < last:
+            self._base[key] = self._base.get(key, 0.0) + last
+        self._last[key] = raw
+        return self._base.get(key, 0.0) + raw
+
+
+class EncryptionMetrics:
+    """The collector: register it with a Prometheus registry and pass it as a service observer.
+
+    Wiring::
+
+        metrics = EncryptionMetrics()
+        service = EncryptionService(config, observers=[metrics])
+        metrics.bind(service)
+        prometheus_client.REGISTRY.register(metrics)     # or register_metrics(service, ...)
+
+    With AWS KMS, build the provider with ``observer=metrics.kms_observer`` and pass it to the
+    service, so KMS calls are timed where they happen.
+
+    Args:
+        service: The service to read (can be bound later with :meth:`bind`).
+        audit: The audit log whose sink state is exported.
+        progress: Re-encryption progress (default: the process-global one).
+    """
+
+    def __init__(
+        self,
+        service: EncryptionService | None = None,
+        *,
+        audit: AuditLog | None = None,
+        progress: ReencryptionProgress | None = None,
+    ) -> None:
+        self._service = service
+        self._audit = audit
+        self._progress = progress or _PROGRESS
+        self._lock = threading.Lock()
+        self._kms_calls: Counter[tuple[str, str]] = Counter()
+        self._kms_latency: dict[str, _Histogram] = {}
+        self._kms_direct = False
+        self._failed_by_class: Counter[tuple[str, str]] = Counter()
+        self._classes: set[str] = set()
+        self._mono = _Monotonic()
+
+    def bind(self, service: EncryptionService, *, audit: AuditLog | None = None) -> None:
+        """Sets the service (and optionally the audit log) to read at scrape time."""
+        self._service = service
+        if audit is not None:
+            self._audit = audit
+
+    # -- inputs (cheap, called outside the encryption fast path) ----------------------------
+
+    @property
+    def kms_observer(self) -> Callable[[str, str, float], None]:
+        """The callback for ``AwsKmsKeyProvider(observer=...)``.
+
+        Once taken, provider calls are counted only from it (not from service events), so
+        nothing is counted twice.
+        """
+        self._kms_direct = True
+        return self.observe_kms_call
+
+    def observe_kms_call(self, operation: str, status: str, seconds: float | None) -> None:
+        """Counts one provider call; ``status`` ``ok`` is exported as ``success``."""
+        label = "success" if status in ("ok", "success") else status
+        with self._lock:
+            self._kms_calls[(operation, label)] += 1
+            if seconds is not None:
+                hist = self._kms_latency.get(operation)
+                if hist is None:
+                    hist = self._kms_latency[operation] = _Histogram(KMS_BUCKETS)
+                hist.observe(seconds)
+
+    def on_event(self, event: str, fields: Mapping[str, object]) -> None:
+        """Service observer: failures by data class, and local-provider calls."""
+        if event in ("encryption_failed", "decryption_failed"):
+            op = "encrypt" if event == "encryption_failed" else "decrypt"
+            dc = fields.get("data_class")
+            with self._lock:
+                self._failed_by_class[(op, self._class_label(dc))] += 1
+        elif event in _LOCAL_KMS_EVENTS and not self._kms_direct:
+            seconds = fields.get("seconds")
+            self.observe_kms_call(
+                _LOCAL_KMS_EVENTS[event],
+                "success",
+                float(seconds) if isinstance(seconds, int | float) else None,
+            )
+
+    def _class_label(self, data_class: object) -> str:
+        if not isinstance(data_class, str) or not data_class:
+            return "unknown"
+        if data_class in self._classes:
+            return data_class
+        if len(self._classes) >= MAX_DATA_CLASSES:
+            return "other"
+        self._classes.add(data_class)
+        return data_class
+
+    # -- collector ------------------------------------------------------------------------
+
+    def describe(self) -> list[Metric]:
+        """Nothing up front: registration must not read the service."""
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        """Builds every family from the service's counters (called by Prometheus at scrape)."""
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        out: list[Metric] = []
+        svc = self._service
+        with self._lock:
+            if svc is not None:
+                out.extend(self._service_families(svc, CounterMetricFamily, GaugeMetricFamily))
+                out.append(self._duration_family(svc, HistogramMetricFamily))
+            out.extend(self._kms_families(CounterMetricFamily, HistogramMetricFamily))
+        rows, remaining = self._progress.snapshot()
+        reenc = CounterMetricFamily(
+            "gl_encryption_reencryption_rows",
+            "Rows processed by the re-encryption job, by status.",
+            labels=["status"],
+        )
+        for status, n in sorted(rows.items()):
+            reenc.add_metric([status], n)
+        out.append(reenc)
+        out.append(
+            GaugeMetricFamily(
+                "gl_encryption_reencryption_remaining_rows",
+                "Rows the re-encryption job still has to move to the primary key version.",
+                value=remaining or 0,
+            )
+        )
+        if self._audit is not None:
+            out.append(
+                GaugeMetricFamily(
+                    "gl_encryption_audit_sink_up",
+                    "1 if the audit sink accepted the last write, else 0.",
+                    value=1 if self._audit.sink_up else 0,
+                )
+            )
+        return out
+
+    def _service_families(self, svc: EncryptionService, counter: Any, gauge: Any) -> list[Metric]:
+        ops = counter(
+            "gl_encryption_operations",
+            "Encrypt and decrypt operations by operation, status and data class.",
+            labels=["operation", "status", "data_class"],
+        )
+        success: Counter[tuple[str, str]] = Counter()
+        for op, by_class in svc.operation_counts().items():
+            for dc, (n, _bytes) in by_class.items():
+                success[(op, self._class_label(dc))] += n
+        for (op, dc), n in sorted(success.items()):
+            ops.add_metric([op, "success", dc], self._mono(("ok", op, dc), n))
+        failures = svc.failure_counts()
+        fail_total: Counter[str] = Counter()
+        by_error: Counter[str] = Counter()
+        by_reason: Counter[str] = Counter()
+        for (op, error_type), n in failures.items():
+            fail_total[op] += n
+            by_error[error_type] += n
+            if op == "decrypt":
+                by_reason[_DECRYPT_REASONS.get(error_type, "other")] += n
+        for op in sorted(fail_total):
+            split = {dc: n for (o, dc), n in self._failed_by_class.items() if o == op}
+            rest = fail_total[op] - sum(split.values())
+            if rest > 0:
+                split["unknown"] = split.get("unknown", 0) + rest
+            for dc, n in sorted(split.items()):
+                ops.add_metric([op, "failure", dc], n)
+        failures_f = counter(
+            "gl_encryption_failures", "Failed operations by error type.", labels=["error_type"]
+        )
+        for error_type, n in sorted(by_error.items()):
+            failures_f.add_metric([error_type], n)
+        dec_f = counter(
+            "gl_encryption_decrypt_failures",
+            "Failed decryptions by reason (authentication, malformed, key_retired...).",
+            labels=["reason"],
+        )
+        for reason, n in sorted(by_reason.items()):
+            dec_f.add_metric([reason], n)
+
+        stats = _cache_stats(svc)
+        hits = counter("gl_encryption_key_cache_hits", "DEK cache hits.", labels=["key_type"])
+        misses = counter("gl_encryption_key_cache_misses", "DEK cache misses.", labels=["key_type"])
+        size = gauge("gl_encryption_key_cache_size", "DEKs in the cache.", labels=["key_type"])
+        for key_type in ("encrypt", "decrypt"):
+            s = stats.get(key_type, {})
+            hits.add_metric([key_type], self._mono(("hit", key_type), s.get("hits", 0)))
+            misses.add_metric([key_type], self._mono(("miss", key_type), s.get("misses", 0)))
+            size.add_metric([key_type], s.get("size", 0))
+        usage = svc.cache_usage()
+        age = gauge(
+            "gl_encryption_dek_age_seconds",
+            "Age of the oldest cached encryption DEK.",
+            value=usage.get("max_age_seconds", 0.0),
+        )
+        budget = gauge(
+            "gl_encryption_nonce_budget_used_ratio",
+            "Largest fraction of a cached DEK's message (nonce) budget used.",
+            value=usage.get("max_budget_used", 0.0),
+        )
+        return [ops, failures_f, dec_f, hits, misses, size, age, budget]
+
+    def _duration_family(self, svc: EncryptionService, histogram: Any) -> Metric:
+        fam = histogram(
+            "gl_encryption_duration_seconds",
+            "Latency of cached encrypts and decrypts, sampled 1 call in 16 (see module docs).",
+            labels=["operation"],
+        )
+        for op, (bounds, cumulative, total, _sampled, _calls) in sorted(svc.latency().items()):
+            counts = [self._mono(("lat", op, i), c) for i, c in enumerate(cumulative)]
+            buckets = [(_le(b), c) for b, c in zip(bounds, counts, strict=False)]
+            buckets.append(("+Inf", counts[-1]))
+            fam.add_metric([op], buckets, self._mono(("lat_sum", op), total))
+        result: Metric = fam
+        return result
+
+    def _kms_families(self, counter: Any, histogram: Any) -> list[Metric]:
+        calls = counter(
+            "gl_kms_calls",
+            "Key provider (KMS) calls by operation and status.",
+            labels=["operation", "status"],
+        )
+        for (op, status), n in sorted(self._kms_calls.items()):
+            calls.add_metric([op, status], n)
+        lat = histogram(
+            "gl_kms_latency_seconds", "Key provider (KMS) call latency.", labels=["operation"]
+        )
+        for op, hist in sorted(self._kms_latency.items()):
+            cum = hist.cumulative()
+            buckets = [(_le(b), c) for b, c in zip(hist.bounds, cum, strict=False)]
+            buckets.append(("+Inf", cum[-1]))
+            lat.add_metric([op], buckets, hist.total)
+        return [calls, lat]
+
+
+def _le(bound: float) -> str:
+    return repr(float(bound))
+
+
+def _cache_stats(svc: EncryptionService) -> dict[str, dict[str, int]]:
+    """Cache counters without the provider health check that ``status()`` performs."""
+    return svc.cache_stats()
+
+
+def register_metrics(
+    service: EncryptionService,
+    *,
+    registry: CollectorRegistry | None = None,
+    audit: AuditLog | None = None,
+    metrics: EncryptionMetrics | None = None,
+) -> EncryptionMetrics:
+    """Registers a collector for ``service`` (default registry: ``prometheus_client.REGISTRY``).
+
+    Pass ``metrics`` when it was already given to the service as an observer.
+    """
+    from prometheus_client import REGISTRY
+
+    collector = metrics or EncryptionMetrics()
+    collector.bind(service, audit=audit)
+    (registry or REGISTRY).register(collector)
+    return collector
+
+
+def exposition(registry: CollectorRegistry | None = None) -> tuple[bytes, str]:
+    """``(body, content type)`` of the text exposition format, for a ``/metrics`` handler."""
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+    return generate_latest(registry or REGISTRY), CONTENT_TYPE_LATEST
