@@ -13,9 +13,9 @@ help: ## List the targets
 install: ## Minimal install: a virtualenv with the package (embedded default, no services)
 	@test -x $(PY) || python3 -m venv .venv
 	@$(PY) -m pip install -q --upgrade pip "maturin>=1.9.4,<2"
-	@$(PY) -m pip install -q -e ".[cli]"
+	@$(PY) -m pip install -q -e ".[cli,api]"
 
-run: install ## Install, then run the main job on the embedded default (no AWS, no server)
+run: install ## Install, run the main job on the embedded default (no AWS), then serve the API
 	@bash scripts/demo.sh
 
 setup: ## Install every dependency (apt + pip + infra tools) for the full test suite

@@ -20,4 +20,10 @@ if $BIN decrypt --tenant other --data-class pii -i "$work/pii.enc" -o /dev/null;
 fi
 echo "== keys";            $BIN keys list
 echo "== status";          $BIN status
+echo "== audit";           $BIN audit verify
 rm -rf "$work"
+if [ "${GLC_DEMO_NO_SERVE:-}" = 1 ]; then exit 0; fi
+PORT="${GLC_PORT:-8080}"
+echo "== serve: admin API on http://127.0.0.1:$PORT (Ctrl-C to stop); GLC_DATA_DIR=$GLC_DATA_DIR"
+echo "   token: GLC_DATA_DIR=$GLC_DATA_DIR $BIN token --tenant acme --permissions encryption:encrypt,encryption:decrypt"
+exec $BIN serve --host 127.0.0.1 --port "$PORT"

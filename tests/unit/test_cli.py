@@ -102,3 +102,20 @@ def test_cli_key_changes_are_audited_and_fail_closed(tmp_path: Path) -> None:
     )
     assert down.returncode == 2 and b"AuditSinkUnavailableError" in down.stderr
     assert json.loads(run(tmp_path, "keys", "list", "--json").stdout) == before
+
+
+def test_readme_run_demo(tmp_path: Path) -> None:
+    # The README's run command (make run -> scripts/demo.sh), without the final serve step.
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, GLC_DATA_DIR=str(tmp_path / "demo"), GLC_DEMO_NO_SERVE="1")
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    r = subprocess.run(
+        ["bash", str(root / "scripts" / "demo.sh")],
+        capture_output=True,
+        env=env,
+        timeout=120,
+        check=False,
+        cwd=root,
+    )
+    assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
+    assert b"round trip ok" in r.stdout and b"chain intact" in r.stdout
