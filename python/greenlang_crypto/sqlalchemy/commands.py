@@ -1,10 +1,25 @@
-"""CLI subcommands contributed by `greenlang_crypto.sqlalchemy` (none yet)."""
+"""``greenlang-crypto db ...``: schema migrations and column jobs (PostgreSQL).
+
+Commands: ``db migrate [--down]``, ``db status``, ``db encrypt-column``, ``db reencrypt``.
+The database URL comes from ``--url``, else ``GLC_DATABASE_URL``, else ``GLC_PG_URL``.
+SQLAlchemy is imported only when a ``db`` command runs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
+
+from greenlang_crypto.exceptions import ConfigurationError
+
+__all__ = ["register"]
+
+_NORMALIZERS = ("none", "email", "phone", "casefold", "nfc", "strip")
 
 
 def register(
@@ -12,4 +27,236 @@ def register(
     make_service: Callable[[argparse.Namespace], Any],
     make_config: Callable[[argparse.Namespace], Any],
 ) -> None:
-    """Adds this package's subcommands to the `greenlang-crypto` parser."""
+    """Adds the ``db`` command group to the ``greenlang-crypto`` parser."""
+    db = subparsers.add_parser("db", help="database migrations and column encryption jobs")
+    ds = db.add_subparsers(dest="db_command", required=True)
+
+    def with_url(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--url", help="SQLAlchemy URL (default $GLC_DATABASE_URL or $GLC_PG_URL)")
+
+    mig = ds.add_parser("migrate", help="apply (or --down: revert) the packaged SQL migrations")
+    with_url(mig)
+    mig.add_argument("--down", action="store_true", help="revert the applied migrations")
+    mig.set_defaults(func=_cmd_migrate)
+
+    st = ds.add_parser("status", help="applied migrations, job ranges and quarantined rows")
+    with_url(st)
+    st.add_argument("--state-schema", default="encryption")
+    st.set_defaults(func=_cmd_status)
+
+    for name, mode, text in (
+        ("encrypt-column", "encrypt", "encrypt a plaintext column in place (phase 1 or 2)"),
+        ("reencrypt", "reencrypt", "move a column to the primary key and index versions"),
+    ):
+        p = ds.add_parser(name, help=text)
+        with_url(p)
+        p.add_argument("--table", required=True)
+        p.add_argument("--column", required=True)
+        p.add_argument("--pk", default="id")
+        p.add_argument("--data-class", default="pii")
+        tenant = p.add_mutually_exclusive_group(required=True)
+        tenant.add_argument("--tenant", help="fixed tenant_id of the column's context")
+        tenant.add_argument("--tenant-column", help="column holding each row's tenant_id")
+        p.add_argument("--bind-row", action="store_true", help="values are bound to the pk")
+        p.add_argument("--kind", choices=["str", "bytes"], default="str")
+        p.add_argument("--version-column", help="integer column mirroring the key version")
+        p.add_argument("--index-column", help="blind-index column to (re)compute")
+        p.add_argument("--index-purpose")
+        p.add_argument("--index-normalizer", choices=_NORMALIZERS, default="none")
+        p.add_argument("--index-length", type=int, default=16)
+        p.add_argument("--index-per-tenant", action="store_true")
+        p.add_argument("--batch-size", type=int, default=500)
+        p.add_argument("--dry-run", action="store_true", help="count rows per state only")
+        p.add_argument("--worker", help="worker name (a restarted worker resumes its ranges)")
+        p.add_argument("--workers", type=int, default=1, help="start N worker processes")
+        p.add_argument("--ranges", type=int, default=None, help="pk ranges (default: workers)")
+        p.add_argument("--restart", action="store_true", help="forget checkpoints, start over")
+        p.add_argument("--state-schema", default="encryption")
+        p.add_argument("--no-progress", action="store_true")
+        if mode == "encrypt":
+            p.add_argument("--phase", type=int, choices=[1, 2], default=1)
+        else:
+            p.add_argument("--retire", action="store_true", help="retire older versions at 0")
+            p.add_argument("--delete-stored-deks", action="store_true")
+        p.set_defaults(
+            func=lambda a, mode=mode: _cmd_job(a, mode, make_service),
+            job_mode=mode,
+        )
+
+
+def _url(args: argparse.Namespace) -> str:
+    url = args.url or os.environ.get("GLC_DATABASE_URL") or os.environ.get("GLC_PG_URL")
+    if not url:
+        raise ConfigurationError("no database URL: pass --url or set GLC_DATABASE_URL")
+    return str(url)
+
+
+def _engine(args: argparse.Namespace) -> Any:
+    from sqlalchemy import create_engine
+
+    return create_engine(_url(args))
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from greenlang_crypto.sqlalchemy.schema import apply_migrations, revert_migrations
+
+    engine = _engine(args)
+    try:
+        if args.down:
+            done = revert_migrations(engine)
+            print("reverted: " + (", ".join(done) or "nothing"))
+        else:
+            done = apply_migrations(engine)
+            print("applied: " + (", ".join(done) or "nothing (up to date)"))
+    finally:
+        engine.dispose()
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from greenlang_crypto.sqlalchemy.schema import status
+
+    engine = _engine(args)
+    try:
+        print(json.dumps(status(engine, state_schema=args.state_schema), indent=2, default=str))
+    finally:
+        engine.dispose()
+    return 0
+
+
+def _normalizer(name: str) -> tuple[Any, ...]:
+    from greenlang_crypto.sqlalchemy import blind_index as bi
+
+    return {
+        "none": (),
+        "email": bi.EMAIL,
+        "phone": bi.PHONE,
+        "casefold": (bi.casefold,),
+        "nfc": (bi.nfc,),
+        "strip": (bi.strip,),
+    }[name]
+
+
+def _cmd_job(args: argparse.Namespace, mode: str, make_service: Callable[..., Any]) -> int:
+    if args.workers > 1 and not args.dry_run:
+        return _spawn_workers(args)
+    from greenlang_crypto.sqlalchemy.migrate import ColumnJob, ColumnSpec, retire_if_clear
+
+    spec = ColumnSpec(
+        table=args.table,
+        column=args.column,
+        pk=args.pk,
+        data_class=args.data_class,
+        tenant_id=args.tenant,
+        tenant_column=args.tenant_column,
+        bind_row=args.bind_row,
+        kind=args.kind,
+        version_column=args.version_column,
+        index_column=args.index_column,
+        index_purpose=args.index_purpose,
+        index_normalizer=_normalizer(args.index_normalizer),
+        index_length=args.index_length,
+        index_per_tenant=args.index_per_tenant,
+    )
+    service = make_service(args)
+    engine = _engine(args)
+    bar: Any = None
+    try:
+        progress = None
+        if not args.no_progress and not args.dry_run:
+            bar = _bar(f"{mode} {args.table}.{args.column}")
+            if bar is not None:
+
+                def progress(processed: int, remaining: int) -> None:
+                    bar.total = processed + remaining
+                    bar.n = processed
+                    bar.refresh()
+
+        job = ColumnJob(
+            engine,
+            service,
+            spec,
+            mode=mode,
+            forbid_plaintext=getattr(args, "phase", 1) == 2,
+            batch_size=args.batch_size,
+            worker=args.worker,
+            ranges=args.ranges or args.workers,
+            state_schema=args.state_schema,
+            progress=progress,
+        )
+        if args.dry_run:
+            print(json.dumps(job.dry_run().as_dict(), indent=2))
+            return 0
+        if args.restart:
+            job.reset()
+        report = job.run()
+        if bar is not None:
+            bar.close()
+            bar = None
+        print(
+            json.dumps(
+                {
+                    "job": report.job,
+                    "scanned": report.scanned,
+                    "written": report.written,
+                    "skipped": report.skipped,
+                    "contended": report.contended,
+                    "retries": report.retries,
+                    "quarantined": report.quarantined,
+                    "rows_per_second": round(report.rows_per_second, 1),
+                }
+            )
+        )
+        if mode == "reencrypt" and getattr(args, "retire", False):
+            retire_if_clear(
+                [job], service.primary_version, delete_stored_deks=args.delete_stored_deks
+            )
+            print(f"minimum decryption version is now {service.primary_version}")
+        return 1 if report.quarantined else 0
+    finally:
+        if bar is not None:
+            bar.close()
+        engine.dispose()
+        service.close()
+
+
+def _bar(desc: str) -> Any:
+    try:
+        from tqdm import tqdm
+    except ImportError:  # the bar is optional; the JSON summary is printed either way
+        return None
+    return tqdm(total=0, desc=desc, unit="row", file=sys.stderr)
+
+
+def _spawn_workers(args: argparse.Namespace) -> int:
+    """Runs ``--workers`` copies of this command, each as one named worker process."""
+    argv = [a for a in sys.argv[1:]]
+    base = args.worker or f"worker-{os.getpid()}"
+    ranges = str(args.ranges or args.workers)
+    procs = []
+    for i in range(args.workers):
+        child = _strip_option(
+            _strip_option(_strip_option(argv, "--workers"), "--worker"), "--ranges"
+        )
+        child += ["--workers", "1", "--worker", f"{base}-{i}", "--ranges", ranges]
+        # Our own interpreter and our own (already parsed) arguments; no shell.
+        cmd = [sys.executable, "-m", "greenlang_crypto", *child]
+        procs.append(subprocess.Popen(cmd))  # noqa: S603
+    codes = [p.wait() for p in procs]
+    return max(codes)
+
+
+def _strip_option(argv: list[str], name: str) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == name:
+            skip = True
+            continue
+        if a.startswith(name + "="):
+            continue
+        out.append(a)
+    return out

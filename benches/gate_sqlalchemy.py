@@ -1,0 +1,304 @@
+"""SQLAlchemy-layer gate checks (issue 4). Imported by benches/gate.py when GLC_PG_URL is set.
+
+Peers are measured in the same run: a plain String column, sqlalchemy-utils
+StringEncryptedType(AesGcmEngine), pgcrypto. Database checks interleave our run and the peer's
+run round by round and take the median of the per-round ratios (see benches/_measure.py).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from benches._measure import Ratio, time_ratio
+
+Check = Callable[[], Ratio]
+N_ROWS = 10_000
+N_LOOKUP = 100_000
+
+
+def _service() -> Any:
+    from greenlang_crypto.config import EncryptionServiceConfig
+    from greenlang_crypto.providers.local import LocalKeyProvider
+    from greenlang_crypto.service import EncryptionService
+
+    data_dir = tempfile.mkdtemp(prefix="glc-gate-sa-")
+    LocalKeyProvider(data_dir).create_master_key()
+    return EncryptionService(EncryptionServiceConfig(data_dir=data_dir))
+
+
+def _db_ratio(
+    name: str,
+    ours: Callable[[], object],
+    peer: Callable[[], object],
+    target: float,
+    rounds: int = 7,
+    inner: int = 1,
+) -> Ratio:
+    def timed(fn: Callable[[], object]) -> float:
+        start = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        return (time.perf_counter() - start) / inner
+
+    ours()
+    peer()
+    ratios, t_ours, t_peer = [], [], []
+    for i in range(rounds):
+        if i % 2:
+            a, b = timed(ours), timed(peer)
+        else:
+            b, a = timed(peer), timed(ours)
+        ratios.append(a / b)
+        t_ours.append(a)
+        t_peer.append(b)
+    return Ratio(
+        name,
+        statistics.median(ratios),
+        target,
+        False,
+        statistics.median(t_ours),
+        statistics.median(t_peer),
+    )
+
+
+def checks() -> list[Check]:
+    from sqlalchemy import (
+        Column,
+        Integer,
+        MetaData,
+        String,
+        Table,
+        create_engine,
+        insert,
+        select,
+        text,
+    )
+    from sqlalchemy_utils import StringEncryptedType
+    from sqlalchemy_utils.types.encrypted.encrypted_type import AesGcmEngine
+
+    from greenlang_crypto.sqlalchemy import EMAIL, BlindIndex, EncryptedString
+    from greenlang_crypto.sqlalchemy.migrate import ColumnJob, ColumnSpec
+
+    url = os.environ["GLC_PG_URL"]
+    svc = _service()
+    engine = create_engine(url)
+    dialect = engine.dialect
+    suffix = uuid.uuid4().hex[:8]
+    md = MetaData()
+    ours_t = Table(
+        f"gate_ours_{suffix}",
+        md,
+        Column("id", Integer, primary_key=True, autoincrement=False),
+        Column("v", EncryptedString(svc, data_class="pii", tenant_id="t1")),
+    )
+    plain_t = Table(
+        f"gate_plain_{suffix}",
+        md,
+        Column("id", Integer, primary_key=True, autoincrement=False),
+        Column("v", String(100)),
+    )
+    md.create_all(engine)
+    value = "user-0000@example.com" + "x" * 43  # 64 characters
+
+    # -- per value, no database ------------------------------------------------------------
+    peer_type = StringEncryptedType(String, os.urandom(32).hex(), AesGcmEngine)
+    peer_bind = peer_type.dialect_impl(dialect).bind_processor(dialect)
+    peer_result = peer_type.dialect_impl(dialect).result_processor(dialect, None)
+    our_type = ours_t.c.v.type
+    our_bind = our_type.dialect_impl(dialect).bind_processor(dialect)
+    our_result = our_type.dialect_impl(dialect).result_processor(dialect, None)
+    assert our_bind is not None and our_result is not None
+    assert peer_bind is not None and peer_result is not None
+    # The bind processors wrap their output for the DBAPI (psycopg.Binary); decrypt the
+    # stored form, as the database returns it.
+    our_ct = our_type.process_bind_param(value, dialect)
+    peer_ct = peer_type.process_bind_param(value, dialect)
+    assert our_result(our_ct) == value and peer_result(peer_ct) == value
+
+    def speedup(name: str, a: Callable[[], object], b: Callable[[], object]) -> Check:
+        def run() -> Ratio:
+            r, ta, tb = time_ratio(a, b, rounds=9)
+            return Ratio(name, 1 / r, 10.0, True, ta, tb)
+
+        return run
+
+    rows = [{"id": i, "v": value} for i in range(N_ROWS)]
+
+    def insert_into(table: Table) -> Callable[[], None]:
+        def run() -> None:
+            with engine.begin() as conn:
+                conn.execute(text(f"TRUNCATE {table.name}"))
+                conn.execute(insert(table), rows)
+
+        return run
+
+    def select_from(table: Table) -> Callable[[], None]:
+        stmt = select(table.c.id, table.c.v)
+
+        def run() -> None:
+            with engine.connect() as conn:
+                got = conn.execute(stmt).all()
+            assert len(got) == N_ROWS
+
+        return run
+
+    # -- ORM lookup by primary key, 3 encrypted columns --------------------------------------
+    class Base(DeclarativeBase):
+        pass
+
+    def enc() -> Any:
+        return EncryptedString(svc, data_class="pii", tenant_id="t1")
+
+    class Ours(Base):
+        __tablename__ = f"gate_orm_ours_{suffix}"
+        id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+        a: Mapped[str] = mapped_column(enc())
+        b: Mapped[str] = mapped_column(enc())
+        c: Mapped[str] = mapped_column(enc())
+
+    class Plain(Base):
+        __tablename__ = f"gate_orm_plain_{suffix}"
+        id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+        a: Mapped[str] = mapped_column(String(100))
+        b: Mapped[str] = mapped_column(String(100))
+        c: Mapped[str] = mapped_column(String(100))
+
+    # -- blind index on 100,000 rows ----------------------------------------------------------
+    class IdxOurs(Base):
+        __tablename__ = f"gate_bidx_ours_{suffix}"
+        id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+        email: Mapped[str] = mapped_column(enc())
+        email_bidx: Mapped[bytes] = mapped_column(BlindIndex("email", normalizer=EMAIL), index=True)
+
+    class IdxPlain(Base):
+        __tablename__ = f"gate_bidx_plain_{suffix}"
+        id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+        email: Mapped[str] = mapped_column(String(100), index=True)
+
+    Base.metadata.create_all(engine)
+    with Session(engine) as s:
+        s.add_all(Ours(id=i, a=value, b=value, c=value) for i in range(100))
+        s.add_all(Plain(id=i, a=value, b=value, c=value) for i in range(100))
+        s.commit()
+    emails = [f"user{i}@example.com" for i in range(N_LOOKUP)]
+    with engine.begin() as conn:
+        conn.execute(
+            insert(IdxOurs.__table__),
+            [{"id": i, "email": e, "email_bidx": e} for i, e in enumerate(emails)],
+        )
+        conn.execute(
+            insert(IdxPlain.__table__), [{"id": i, "email": e} for i, e in enumerate(emails)]
+        )
+        conn.execute(text(f"ANALYZE {IdxOurs.__tablename__}"))
+        conn.execute(text(f"ANALYZE {IdxPlain.__tablename__}"))
+
+    def orm_get(model: Any) -> Callable[[], None]:
+        counter = [0]
+
+        def run() -> None:
+            counter[0] = (counter[0] + 7) % 100
+            with Session(engine) as s:
+                obj = s.get(model, counter[0])
+                assert obj is not None and obj.a == value and obj.c == value
+
+        return run
+
+    def lookup(model: Any) -> Callable[[], None]:
+        counter = [0]
+
+        def run() -> None:
+            counter[0] = (counter[0] + 7919) % N_LOOKUP
+            with engine.connect() as conn:
+                got = conn.execute(
+                    select(model.id).where(model.email == f"user{counter[0]}@example.com")
+                ).all()
+            assert got == [(counter[0],)]
+
+        return run
+
+    def bidx_uses_btree() -> Ratio:
+        stmt = select(IdxOurs.id).where(IdxOurs.email == "user5@example.com")
+        compiled = stmt.compile(engine)
+        with engine.connect() as conn:
+            plan = " ".join(
+                r[0] for r in conn.exec_driver_sql("EXPLAIN " + str(compiled), compiled.params)
+            )
+        uses = "Index" in plan and "Seq Scan" not in plan
+        return Ratio(
+            "blind-index lookup plan uses the B-tree index (1 = yes)", float(uses), 1.0, True, 0, 0
+        )
+
+    def migration_rate() -> Ratio:
+        table = f"gate_mig_{suffix}"
+        with engine.begin() as conn:
+            conn.execute(text(f"CREATE TABLE {table} (id bigint PRIMARY KEY, email bytea)"))
+            conn.execute(
+                text(
+                    f"INSERT INTO {table} SELECT g, convert_to('user' || g || '@example.com', "
+                    f"'UTF8') FROM generate_series(1, {N_LOOKUP}) g"
+                )
+            )
+        spec = ColumnSpec(table=table, column="email", tenant_id="t1")
+        report = ColumnJob(engine, svc, spec, batch_size=1000).run()
+        assert report.written == N_LOOKUP
+        # Reported, not gated: target 0 always passes.
+        return Ratio(
+            "migration job rows/second on 100,000 rows (report only)",
+            report.rows_per_second,
+            0.0,
+            True,
+            report.seconds,
+            0,
+        )
+
+    return [
+        speedup(
+            "column type encrypt per value vs sqlalchemy-utils (speed-up)",
+            lambda: our_bind(value),
+            lambda: peer_bind(value),
+        ),
+        speedup(
+            "column type decrypt per value vs sqlalchemy-utils (speed-up)",
+            lambda: our_result(our_ct),
+            lambda: peer_result(peer_ct),
+        ),
+        lambda: _db_ratio(
+            "insert 10,000 rows: encrypted vs plain String",
+            insert_into(ours_t),
+            insert_into(plain_t),
+            1.15,
+        ),
+        lambda: _db_ratio(
+            "select 10,000 rows: encrypted vs plain String",
+            select_from(ours_t),
+            select_from(plain_t),
+            2.0,
+            rounds=9,
+        ),
+        lambda: _db_ratio(
+            "ORM get by pk, 3 encrypted columns vs plain",
+            orm_get(Ours),
+            orm_get(Plain),
+            1.05,
+            rounds=15,
+            inner=200,
+        ),
+        bidx_uses_btree,
+        lambda: _db_ratio(
+            "blind-index lookup on 100,000 rows vs plain equality",
+            lookup(IdxOurs),
+            lookup(IdxPlain),
+            1.2,
+            rounds=15,
+            inner=200,
+        ),
+        migration_rate,
+    ]

@@ -1,0 +1,110 @@
+-- V011: field-level encryption (greenlang-crypto).
+-- Idempotent: every statement is IF NOT EXISTS / guarded, so it can run again safely.
+-- Applied by `greenlang-crypto db migrate`, which records it in public.glc_schema_migrations.
+
+CREATE EXTENSION IF NOT EXISTS pgcrypto;
+
+CREATE SCHEMA IF NOT EXISTS encryption;
+
+-- Key store (mirrors greenlang_crypto/keys/store.py _SCHEMA; wrapped keys only).
+CREATE TABLE IF NOT EXISTS encryption.glc_key_versions (
+    version INTEGER PRIMARY KEY,
+    state TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    wrapping_key_id TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    rotated_at DOUBLE PRECISION
+);
+CREATE TABLE IF NOT EXISTS encryption.glc_keyring (
+    id INTEGER PRIMARY KEY,
+    min_decryption_version INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS encryption.glc_deks (
+    dek_id BIGINT PRIMARY KEY,
+    key_version INTEGER NOT NULL,
+    provider TEXT NOT NULL,
+    wrapping_key_id TEXT NOT NULL,
+    wrapped BYTEA NOT NULL,
+    context_json TEXT NOT NULL,
+    context_digest BYTEA NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    rewrapped_at DOUBLE PRECISION
+);
+CREATE INDEX IF NOT EXISTS glc_deks_version ON encryption.glc_deks (key_version);
+CREATE TABLE IF NOT EXISTS encryption.glc_index_keys (
+    version INTEGER PRIMARY KEY,
+    state TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    wrapping_key_id TEXT NOT NULL,
+    wrapped BYTEA NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL
+);
+
+-- Audit log: append-only, hash-chained records (no plaintext, no key bytes).
+CREATE TABLE IF NOT EXISTS encryption.glc_audit_log (
+    seq BIGSERIAL PRIMARY KEY,
+    occurred_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    event TEXT NOT NULL,
+    actor TEXT,
+    key_version INTEGER,
+    data_class TEXT,
+    context_digest BYTEA,
+    details JSONB NOT NULL DEFAULT '{}'::jsonb,
+    prev_hash BYTEA,
+    record_hash BYTEA NOT NULL
+);
+CREATE INDEX IF NOT EXISTS glc_audit_log_time ON encryption.glc_audit_log (occurred_at);
+
+-- Column jobs (greenlang_crypto/sqlalchemy/migrate.py creates the same if missing).
+CREATE TABLE IF NOT EXISTS encryption.glc_job_ranges (
+    job TEXT NOT NULL,
+    range_id INTEGER NOT NULL,
+    lo TEXT,
+    hi TEXT,
+    last_pk TEXT,
+    state TEXT NOT NULL DEFAULT 'pending',
+    owner TEXT,
+    lease_until TIMESTAMPTZ,
+    processed BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (job, range_id)
+);
+CREATE TABLE IF NOT EXISTS encryption.glc_quarantine (
+    job TEXT NOT NULL,
+    table_name TEXT NOT NULL,
+    column_name TEXT NOT NULL,
+    pk TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    key_version INTEGER,
+    detected_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (job, pk)
+);
+
+-- Encrypted and blind-index columns beside the usual PII columns, only where the tables
+-- exist. `<col>_enc` holds the envelope, `<col>_key_version` mirrors its key version (written
+-- in the same UPDATE), `<col>_bidx` the blind index (first byte = index key version).
+DO $$
+DECLARE
+    target RECORD;
+BEGIN
+    FOR target IN
+        SELECT * FROM (VALUES
+            ('security.login_attempts', 'ip_address'),
+            ('users', 'email'),
+            ('users', 'phone'),
+            ('api_keys', 'key_value')
+        ) AS t(tbl, col)
+    LOOP
+        IF to_regclass(target.tbl) IS NOT NULL THEN
+            EXECUTE format('ALTER TABLE %s ADD COLUMN IF NOT EXISTS %I BYTEA',
+                           target.tbl, target.col || '_enc');
+            EXECUTE format('ALTER TABLE %s ADD COLUMN IF NOT EXISTS %I INTEGER',
+                           target.tbl, target.col || '_key_version');
+            EXECUTE format('ALTER TABLE %s ADD COLUMN IF NOT EXISTS %I BYTEA',
+                           target.tbl, target.col || '_bidx');
+            EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %s (%I)',
+                           'glc_' || replace(target.tbl, '.', '_') || '_' || target.col || '_bidx',
+                           target.tbl, target.col || '_bidx');
+        END IF;
+    END LOOP;
+END
+$$;

@@ -1,0 +1,1 @@
+"""Packaged SQL migrations (applied by ``greenlang-crypto db migrate``)."""

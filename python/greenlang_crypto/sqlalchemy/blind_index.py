@@ -1,0 +1,403 @@
+"""Blind indexes: an HMAC column beside an encrypted one, for equality lookups.
+
+A blind index value is ``bytes([index_key_version]) + HMAC-SHA256(key, normalize(value))``,
+truncated to ``length`` bytes of MAC. The key comes from
+``service.blind_index_key(purpose, version)``: HKDF from a versioned index root key, with a
+purpose naming the table and column (and the tenant when ``per_tenant``), so the index key is
+never a DEK or wrapping key and equal plaintexts in two columns get unrelated indexes.
+
+*Versions.* The first byte is the index key version. New values use the primary version;
+during an index-key rotation a lookup matches every active version
+(``col IN (v2||mac2, v1||mac1)``), so rows not yet re-indexed are still found. The re-encryption
+job (:mod:`.migrate`) recomputes old-version indexes; afterwards the old version is retired.
+Versions are limited to 1..255 (one byte). Active versions are re-read from the key store at
+most every ``refresh_seconds`` (default 5 s); retire a version only after the backfill, which
+takes longer than that.
+
+*Normalization* is per column and applied before the MAC, so the same logical value always
+gives the same index (a normalizer is part of the index definition: changing it requires a
+re-index). Built-ins: :func:`strip`, :func:`collapse_whitespace`, :func:`nfc`, :func:`nfkc`,
+:func:`casefold`, :func:`digits`, and the compositions :data:`EMAIL` (strip, NFC, casefold) and
+:data:`PHONE` (keep ``+`` and digits). The stored ciphertext keeps the original bytes.
+
+*Truncation.* With a short ``length`` (for example 2 bytes, for k-anonymity) a lookup returns a
+superset; :func:`lookup` decrypts the candidates and keeps only true matches. ``NULL`` is not
+indexed (the index is NULL); ``""`` has a defined index (the MAC of the empty string).
+"""
+
+from __future__ import annotations
+
+import hmac
+import threading
+import time
+import unicodedata
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Column, LargeBinary, Table, bindparam, select
+from sqlalchemy.engine import Dialect
+from sqlalchemy.sql.elements import ClauseElement, ColumnElement
+from sqlalchemy.types import TypeDecorator
+
+from greenlang_crypto.exceptions import InvalidArgumentError
+from greenlang_crypto.sqlalchemy._common import FromRow, ServiceRef, resolve_service
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from greenlang_crypto._core import BlindIndexKey
+    from greenlang_crypto.sqlalchemy.types import EncryptedType
+
+__all__ = [
+    "EMAIL",
+    "PHONE",
+    "BlindIndex",
+    "IndexValue",
+    "casefold",
+    "collapse_whitespace",
+    "digits",
+    "index_for_source",
+    "lookup",
+    "nfc",
+    "nfkc",
+    "strip",
+]
+
+Normalizer = Callable[[str], str]
+
+
+def strip(value: str) -> str:
+    """Removes leading and trailing whitespace."""
+    return value.strip()
+
+
+def collapse_whitespace(value: str) -> str:
+    """Strips and collapses every run of whitespace to one space."""
+    return " ".join(value.split())
+
+
+def nfc(value: str) -> str:
+    """Unicode NFC (canonical composition): NFD and NFC spellings index alike."""
+    return unicodedata.normalize("NFC", value)
+
+
+def nfkc(value: str) -> str:
+    """Unicode NFKC (compatibility composition): also folds full-width forms, ligatures."""
+    return unicodedata.normalize("NFKC", value)
+
+
+def casefold(value: str) -> str:
+    """Unicode case folding (``"Straße"`` and ``"STRASSE"`` index alike)."""
+    return value.casefold()
+
+
+def digits(value: str) -> str:
+    """Keeps a leading ``+`` and the ASCII digits (phone numbers)."""
+    head = "+" if value.strip().startswith("+") else ""
+    return head + "".join(c for c in value if "0" <= c <= "9")
+
+
+#: E-mail addresses: strip, NFC, casefold.
+EMAIL: tuple[Normalizer, ...] = (strip, nfc, casefold)
+#: Phone numbers: ``+`` and digits only.
+PHONE: tuple[Normalizer, ...] = (digits,)
+
+
+class IndexValue(bytes):
+    """A computed blind-index value; the index column type stores it unchanged."""
+
+    __slots__ = ()
+
+
+class _KeyCache:
+    """Index keys and active versions of one blind-index column."""
+
+    __slots__ = ("keys", "lock", "versions")
+
+    def __init__(self) -> None:
+        self.keys: dict[tuple[int, str], BlindIndexKey] = {}
+        self.versions: tuple[list[int], float] = ([], 0.0)
+        self.lock = threading.Lock()
+
+
+class BlindIndex(TypeDecorator[Any]):
+    """The column type of a blind index over an encrypted column of the same table.
+
+    Declared beside the encrypted column; the ORM hooks fill it from the source attribute on
+    every insert and update. With Core, bind the plaintext to the index column too (it is
+    normalized and MACed on the way), or pass :meth:`compute`'s result.
+
+    ``index_col == value`` (and ``encrypted_col == value`` on the source) becomes
+    ``index_col IN (<one value per active index version>)``, which uses a B-tree index on the
+    column.
+
+    Args:
+        source: Name of the encrypted column in the same table.
+        purpose: Key purpose (default ``"<schema.table>.<source>"``); part of the HKDF label.
+        normalizer: A normalizer or a sequence applied in order (default: none; byte-exact).
+        length: MAC bytes kept, 1..32 (default 16). Short values give false positives, which
+            :func:`lookup` filters by decrypting.
+        per_tenant: Derive a separate key per tenant (the purpose gets ``|tenant=<id>``).
+        service: The service (default: the source column's).
+        refresh_seconds: How long the list of active index versions is cached.
+    """
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def __init__(
+        self,
+        source: str,
+        *,
+        purpose: str | None = None,
+        normalizer: Normalizer | Sequence[Normalizer] | None = None,
+        length: int = 16,
+        per_tenant: bool = False,
+        service: ServiceRef | None = None,
+        refresh_seconds: float = 5.0,
+    ) -> None:
+        super().__init__()
+        if not 1 <= length <= 32:
+            raise InvalidArgumentError("length must be in 1..32")
+        self.source = source
+        self.purpose = purpose
+        if normalizer is None:
+            steps: tuple[Normalizer, ...] = ()
+        elif callable(normalizer):
+            steps = (normalizer,)
+        else:
+            steps = tuple(normalizer)
+        self.normalizer = steps
+        self.length = length
+        self.per_tenant = per_tenant
+        self.service = service
+        self.refresh_seconds = refresh_seconds
+        self._table: Table | None = None
+        # Shared by the copies SQLAlchemy makes of this type (one per dialect), so refresh()
+        # on the model's column reaches the copy that actually processes parameters.
+        self._cache = _KeyCache()
+
+    def _attach(self, table: Table, column: Column[Any]) -> None:
+        self._table = table
+
+    # -- definition ----------------------------------------------------------------------
+
+    @property
+    def source_type(self) -> EncryptedType:
+        """The encrypted type of the source column."""
+        from greenlang_crypto.sqlalchemy.types import EncryptedType
+
+        if self._table is None:
+            raise InvalidArgumentError("BlindIndex is not attached to a table")
+        try:
+            typ = self._table.c[self.source].type
+        except KeyError:
+            raise InvalidArgumentError(
+                f"no column {self.source!r} beside the blind index"
+            ) from None
+        if not isinstance(typ, EncryptedType):
+            raise InvalidArgumentError(f"column {self.source!r} is not an encrypted column")
+        return typ
+
+    def _service(self) -> Any:
+        return resolve_service(
+            self.service if self.service is not None else self.source_type.service
+        )
+
+    def purpose_for(self, tenant_id: str | None = None) -> str:
+        """The key purpose (table and column, plus the tenant for per-tenant indexes)."""
+        if self._table is None and self.purpose is None:
+            raise InvalidArgumentError("BlindIndex is not attached to a table")
+        base = self.purpose or f"{self._table.fullname}.{self.source}"  # type: ignore[union-attr]
+        if not self.per_tenant:
+            return base
+        if tenant_id is None:
+            tenant_id = self._current_tenant()
+        return f"{base}|tenant={tenant_id}"
+
+    def _current_tenant(self) -> str:
+        spec = self.source_type.tenant_id
+        if isinstance(spec, str):
+            return spec
+        if isinstance(spec, FromRow):
+            raise InvalidArgumentError("per-tenant index on a row-tenant column: pass tenant_id")
+        return spec()
+
+    def normalize(self, value: str | bytes) -> bytes:
+        """The bytes that get MACed: the normalized value (str as UTF-8)."""
+        if isinstance(value, str):
+            for step in self.normalizer:
+                value = step(value)
+            try:
+                return value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidArgumentError("value is not valid Unicode (lone surrogate)") from None
+        if isinstance(value, bytes | bytearray | memoryview):
+            return bytes(value)
+        raise TypeError(f"blind index takes str or bytes, not {type(value).__name__}")
+
+    # -- keys ----------------------------------------------------------------------------
+
+    def active_versions(self) -> list[int]:
+        """Active index key versions, primary first (cached for ``refresh_seconds``)."""
+        versions, at = self._cache.versions
+        now = time.monotonic()
+        if not versions or now - at > self.refresh_seconds:
+            versions = list(self._service().active_index_versions())
+            if any(not 1 <= v <= 255 for v in versions):
+                raise InvalidArgumentError("blind-index key versions must be in 1..255")
+            self._cache.versions = (versions, now)
+        return versions
+
+    def refresh(self) -> None:
+        """Forgets the cached versions and keys (after a rotation or retirement)."""
+        with self._cache.lock:
+            self._cache.versions = ([], 0.0)
+            self._cache.keys = {}
+
+    def _key(self, version: int, purpose: str) -> BlindIndexKey:
+        key = self._cache.keys.get((version, purpose))
+        if key is None:
+            key = self._service().blind_index_key(purpose, version)
+            with self._cache.lock:
+                self._cache.keys[(version, purpose)] = key
+        return key
+
+    def compute(
+        self, value: str | bytes, *, tenant_id: str | None = None, version: int | None = None
+    ) -> IndexValue:
+        """The index value of ``value`` under the primary (or the given) version."""
+        if version is None:
+            version = self.active_versions()[0]
+        mac = self._mac(self._key(version, self.purpose_for(tenant_id)), self.normalize(value))
+        return IndexValue(bytes((version,)) + mac)
+
+    def _mac(self, key: BlindIndexKey, data: bytes) -> bytes:
+        # The core computes 4..32 bytes; shorter indexes are a prefix of the 4-byte MAC
+        # (truncating HMAC output is sound, RFC 2104 section 5).
+        return key.compute(data, max(4, self.length))[: self.length]
+
+    def candidates(self, value: str | bytes, *, tenant_id: str | None = None) -> list[bytes]:
+        """The index values a lookup of ``value`` must match: one per active version."""
+        purpose = self.purpose_for(tenant_id)
+        data = self.normalize(value)
+        return [
+            bytes((v,)) + self._mac(self._key(v, purpose), data) for v in self.active_versions()
+        ]
+
+    def matches(self, stored: bytes, value: str | bytes, *, tenant_id: str | None = None) -> bool:
+        """Whether a stored index value is the index of ``value`` (constant-time compare)."""
+        if not stored:
+            return False
+        version = stored[0]
+        if version not in self.active_versions():
+            return False
+        mac = self._mac(self._key(version, self.purpose_for(tenant_id)), self.normalize(value))
+        return hmac.compare_digest(stored[1:], mac)
+
+    def values_equal(self, a: Any, b: Any) -> bool:
+        """Whether two plaintexts are the same logical value under this index's normalizer."""
+        if a is None or b is None:
+            return False
+        return hmac.compare_digest(self.normalize(a), self.normalize(b))
+
+    def where(
+        self, column: ColumnElement[Any], value: Any, *, tenant_id: str | None = None
+    ) -> ColumnElement[bool]:
+        """The predicate ``column IN (...)`` matching ``value`` under every active version."""
+        if value is None:
+            return column.is_(None)
+        params = [
+            bindparam(None, c, type_=LargeBinary(), unique=True)
+            for c in self.candidates(value, tenant_id=tenant_id)
+        ]
+        if len(params) == 1:
+            return column == params[0]
+        return column.in_(params)
+
+    # -- SQLAlchemy ----------------------------------------------------------------------
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> bytes | None:
+        """Stores an :class:`IndexValue` as is; MACs a plaintext under the primary version."""
+        if value is None:
+            return None
+        if isinstance(value, IndexValue):
+            return bytes(value)
+        return bytes(self.compute(value))
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        """The stored index bytes."""
+        return None if value is None else bytes(value)
+
+    class comparator_factory(TypeDecorator.Comparator[Any]):  # noqa: N801 - SQLAlchemy's name
+        """``index_col == plaintext`` matches every active index version."""
+
+        def __hash__(self) -> int:
+            return hash(self.expr)
+
+        def __eq__(self, other: Any) -> ColumnElement[bool]:  # type: ignore[override]
+            typ = self.type
+            assert isinstance(typ, BlindIndex)
+            if isinstance(other, IndexValue):
+                return self.expr.op("=")(bindparam(None, bytes(other), type_=LargeBinary()))
+            if isinstance(other, ClauseElement):
+                # Comparing with another SQL expression (a column, a bound parameter) is an
+                # ordinary comparison of stored index bytes.
+                return super().__eq__(other)  # type: ignore[return-value]
+            return typ.where(self.expr, other)
+
+
+def index_for_source(expr: Any) -> Any:
+    """The blind-index column declared over the encrypted column ``expr``, or ``None``."""
+    table = getattr(expr, "table", None)
+    name = getattr(expr, "name", None)
+    if table is None or name is None:
+        return None
+    for col in table.c:
+        if isinstance(col.type, BlindIndex) and col.type.source == name:
+            return col
+    return None
+
+
+def lookup(
+    session: Session,
+    attribute: Any,
+    value: Any,
+    *,
+    tenant_id: str | None = None,
+    statement: Any = None,
+) -> list[Any]:
+    """ORM lookup by an encrypted attribute: index query, then false positives dropped.
+
+    Args:
+        session: The session.
+        attribute: The encrypted mapped attribute (``User.email``).
+        value: The plaintext to find.
+        tenant_id: The tenant, for per-tenant indexes over row-tenant columns.
+        statement: A ``select(User)`` to add the predicate to (default: the whole entity).
+
+    Returns:
+        The matching objects, after decrypting each candidate and comparing the normalized
+        plaintexts in constant time (a truncated index returns a superset).
+    """
+    column = attribute.property.columns[0]
+    index_col = index_for_source(column)
+    if index_col is None:
+        raise InvalidArgumentError("the attribute has no blind index")
+    index: BlindIndex = index_col.type
+    entity = attribute.class_
+    # Built through a variable typed Any: mypy 2.4 crashes expanding select()'s overloads
+    # with an Any entity.
+    make_select: Any = select
+    stmt = statement if statement is not None else make_select(entity)
+    index_attr = getattr(entity, _attr_key(entity, index_col))
+    rows = session.scalars(stmt.where(index.where(index_attr, value, tenant_id=tenant_id))).all()
+    key = attribute.key
+    return [row for row in rows if index.values_equal(getattr(row, key), value)]
+
+
+def _attr_key(entity: Any, column: Column[Any]) -> str:
+    from sqlalchemy import inspect
+
+    mapper = inspect(entity)
+    return str(mapper.get_property_by_column(column).key)

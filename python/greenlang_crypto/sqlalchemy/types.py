@@ -1,0 +1,423 @@
+"""Encrypted column types: AES-256-GCM envelopes from the EncryptionService in a bytea column.
+
+Each value is encrypted under an :class:`~greenlang_crypto.context.EncryptionContext`
+(``tenant_id`` + ``data_class``) and bound to where it is stored through associated data:
+
+* **table binding** (default): ``b"<schema.table>|<column>"``. A ciphertext copied into another
+  table or column, or under another tenant, fails to decrypt. Works with Core and the ORM, on
+  SQLite and PostgreSQL.
+* **row binding** (``bind_row=True``, ORM only): also the primary key and tenant, so a
+  ciphertext copied into another row of the same column fails too (TEST-MATRIX A10). The value
+  is encrypted in the mapper's ``before_insert``/``before_update`` events, when the row's primary
+  key is known, and decrypted in the ``load``/``refresh`` events. An autoincrement key is
+  assigned by the database *during* the INSERT, too late for the ciphertext in that INSERT, so
+  row binding requires a client-side primary key: set explicitly, or a Python-side
+  ``default=`` (``uuid.uuid4``, a sequence-free generator), which the hook evaluates early.
+  Through Core, a row-bound column reads as ciphertext (:class:`SealedValue`).
+
+``None`` is SQL NULL in both directions and is never encrypted; ``""`` round-trips as an
+envelope of zero bytes, distinct from NULL. Comparing an encrypted column with ``==`` is
+only possible through a blind index declared on it (see :mod:`.blind_index`): randomized
+ciphertexts never compare equal, so a plain comparison would silently match nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import Column, LargeBinary, Table, event
+from sqlalchemy.engine import Dialect
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.types import TypeDecorator
+
+from greenlang_crypto.context import EncryptionContext
+from greenlang_crypto.exceptions import DecryptionError, InvalidArgumentError
+from greenlang_crypto.sqlalchemy._common import (
+    ContextCache,
+    FromRow,
+    ServiceRef,
+    TenantSpec,
+    is_envelope,
+    location_aad,
+    resolve_service,
+    row_aad,
+)
+
+__all__ = [
+    "EncryptedBytes",
+    "EncryptedJSON",
+    "EncryptedString",
+    "EncryptedText",
+    "EncryptedType",
+    "SealedValue",
+]
+
+
+class SealedValue(bytes):
+    """A ciphertext that the column type passes through unchanged.
+
+    The ORM hooks of row-bound columns put one into the attribute just before the INSERT or
+    UPDATE (and restore the plaintext right after); reading a row-bound column through Core
+    returns one.
+    """
+
+    __slots__ = ()
+
+
+class EncryptedType(TypeDecorator[Any]):
+    """Base of the encrypted column types (bytea / BLOB holding an envelope).
+
+    Args:
+        service: An EncryptionService or a zero-argument callable returning one.
+        data_class: ``data_class`` of the encryption context (for example ``"pii"``).
+        tenant_id: A fixed tenant, a zero-argument callable returning the current tenant
+            (for example from a ``ContextVar``), or :class:`FromRow` (ORM only).
+        bind_row: Also bind each value to its primary key and tenant (ORM only; see module).
+        location: Override the ``"table|column"`` binding (default: taken from the column).
+        allow_plaintext: Read a stored non-envelope value as plaintext instead of failing.
+            Only for phase 1 of a plaintext-to-ciphertext migration (see :mod:`.migrate`).
+
+    Raises:
+        InvalidArgumentError: A row-bound or row-tenant column is written outside an ORM flush,
+            or a str holds a lone surrogate (before any KMS call).
+    """
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def __init__(
+        self,
+        service: ServiceRef,
+        *,
+        data_class: str,
+        tenant_id: TenantSpec,
+        bind_row: bool = False,
+        location: str | None = None,
+        allow_plaintext: bool = False,
+    ) -> None:
+        super().__init__()
+        if not isinstance(data_class, str) or not data_class:
+            raise InvalidArgumentError("data_class must be a non-empty str")
+        if not isinstance(tenant_id, str | FromRow) and not callable(tenant_id):
+            raise InvalidArgumentError("tenant_id must be a str, a callable or FromRow")
+        self.service = service
+        self.data_class = data_class
+        self.tenant_id = tenant_id
+        # A tenant taken from the row is only known to the ORM hooks, like the primary key.
+        self.bind_row = bind_row or isinstance(tenant_id, FromRow)
+        self.location = location
+        self.allow_plaintext = allow_plaintext
+        self._contexts = ContextCache(data_class)
+        self._aad: bytes | None = location_aad(*location.split("|", 1)) if location else None
+        self._table_column: tuple[str, str] | None = (
+            tuple(location.split("|", 1)) if location else None  # type: ignore[assignment]
+        )
+
+    # -- binding to a column -------------------------------------------------------------
+
+    def _attach(self, table: Table, column: Column[Any]) -> None:
+        # Called when the column joins its table. Copies of this type (made by SQLAlchemy for
+        # each dialect, or for a mixin's column) keep the binding until attached elsewhere;
+        # so use one type instance per column, as with any SQLAlchemy type.
+        if self.location is None:
+            self._table_column = (table.fullname, column.name)
+            self._aad = location_aad(table.fullname, column.name)
+
+    @property
+    def table_column(self) -> tuple[str, str]:
+        """``(table fullname, column name)`` this type is bound to."""
+        if self._table_column is None:
+            raise InvalidArgumentError(
+                "encrypted type is not attached to a table column; pass location='table|column'"
+            )
+        return self._table_column
+
+    def context_for(self, tenant_id: str | None = None) -> EncryptionContext:
+        """The encryption context of a value (``tenant_id`` is required for row tenants)."""
+        spec = self.tenant_id
+        if tenant_id is None:
+            if isinstance(spec, str):
+                tenant_id = spec
+            elif isinstance(spec, FromRow):
+                raise InvalidArgumentError("this column takes its tenant from the ORM row")
+            else:
+                tenant_id = spec()
+        return self._contexts.get(tenant_id)
+
+    def associated_data_for(self, pk: object = None, tenant_id: str | None = None) -> bytes:
+        """The associated data of a value in this column (``pk`` for row-bound columns)."""
+        table, column = self.table_column
+        if self.bind_row:
+            return row_aad(table, column, pk, tenant_id)
+        assert self._aad is not None
+        return self._aad
+
+    # -- value conversion (per subclass) -------------------------------------------------
+
+    def to_bytes(self, value: Any) -> bytes:
+        """Serializes a Python value to the plaintext bytes that get encrypted."""
+        raise NotImplementedError
+
+    def from_bytes(self, data: bytes) -> Any:
+        """Deserializes decrypted plaintext bytes."""
+        raise NotImplementedError
+
+    # -- encryption ----------------------------------------------------------------------
+
+    def encrypt_value(self, value: Any, pk: object = None, tenant_id: str | None = None) -> bytes:
+        """Encrypts one Python value for this column (used by the ORM hooks and jobs)."""
+        ctx = self.context_for(tenant_id)
+        aad = self.associated_data_for(pk, ctx.tenant_id)
+        return resolve_service(self.service).encrypt(self.to_bytes(value), ctx, associated_data=aad)
+
+    def decrypt_value(self, stored: bytes, pk: object = None, tenant_id: str | None = None) -> Any:
+        """Decrypts one stored value of this column (plaintext passes in phase 1 only)."""
+        if self.allow_plaintext and not is_envelope(stored):
+            return self.from_bytes(bytes(stored))
+        ctx = self.context_for(tenant_id)
+        aad = self.associated_data_for(pk, ctx.tenant_id)
+        return self.from_bytes(
+            resolve_service(self.service).decrypt(stored, ctx, associated_data=aad)
+        )
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> bytes | None:
+        """Encrypts a value on its way to the database (``None`` stays NULL)."""
+        if value is None:
+            return None
+        if type(value) is SealedValue:
+            return bytes(value)
+        if self.bind_row:
+            raise InvalidArgumentError(
+                "a row-bound encrypted column can only be written through an ORM flush"
+            )
+        if self._aad is None:
+            self.table_column  # noqa: B018 - raises the explanatory error
+        tenant = self.tenant_id
+        ctx = self._contexts.get(tenant if type(tenant) is str else tenant())  # type: ignore[operator]
+        return resolve_service(self.service).encrypt(
+            self.to_bytes(value), ctx, associated_data=self._aad
+        )
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        """Decrypts a stored value (``None`` stays ``None``)."""
+        if value is None:
+            return None
+        if type(value) is not bytes:
+            value = bytes(value)
+        if self.bind_row:
+            # Decrypted by the ORM load hook, which knows the primary key and tenant.
+            return SealedValue(value)
+        if self.allow_plaintext and not is_envelope(value):
+            return self.from_bytes(value)
+        tenant = self.tenant_id
+        ctx = self._contexts.get(tenant if type(tenant) is str else tenant())  # type: ignore[operator]
+        return self.from_bytes(
+            resolve_service(self.service).decrypt(value, ctx, associated_data=self._aad)
+        )
+
+    # SQLAlchemy recommends overriding only process_bind_param/process_result_value; these
+    # two overrides keep the impl's processing but fold the per-value work into one closure,
+    # because at ~1 us per encryption each extra Python call is a visible share of a
+    # 10,000-row insert or select (benches/gate_sqlalchemy.py).
+    def bind_processor(self, dialect: Dialect) -> Any:
+        """One closure per dialect: encrypt, then the impl's DBAPI binary wrapping."""
+        if self.bind_row or self._aad is None:
+            return super().bind_processor(dialect)
+        impl = self.impl_instance.bind_processor(dialect)
+        if dialect.driver in ("psycopg", "pysqlite"):
+            # Both drivers bind plain bytes natively as bytea / BLOB; skipping the per-value
+            # DBAPI Binary() wrapper object saves a Python allocation per row.
+            impl = None
+        ref, direct = self.service, hasattr(self.service, "encrypt")
+        tenant, contexts, aad = self.tenant_id, self._contexts, self._aad
+        fixed = contexts.get(tenant) if isinstance(tenant, str) else None
+        to_bytes, is_str = self.to_bytes, isinstance(self, EncryptedString)
+
+        def process(value: Any) -> Any:
+            if value is None:
+                return None
+            if type(value) is SealedValue:
+                out = bytes(value)
+            else:
+                if is_str and type(value) is str:
+                    try:
+                        data = value.encode("utf-8")
+                    except UnicodeEncodeError:
+                        raise InvalidArgumentError(
+                            "value is not valid Unicode (lone surrogate)"
+                        ) from None
+                else:
+                    data = to_bytes(value)
+                ctx = fixed if fixed is not None else contexts.get(tenant())  # type: ignore[operator]
+                svc = ref if direct else resolve_service(ref)
+                out = svc.encrypt(data, ctx, associated_data=aad)
+            return out if impl is None else impl(out)
+
+        return process
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
+        """One closure per dialect: the impl's conversion, then decrypt."""
+        if self.bind_row or self._aad is None:
+            return super().result_processor(dialect, coltype)
+        impl = self.impl_instance.result_processor(dialect, coltype)
+        ref, direct = self.service, hasattr(self.service, "encrypt")
+        tenant, contexts, aad = self.tenant_id, self._contexts, self._aad
+        fixed = contexts.get(tenant) if isinstance(tenant, str) else None
+        from_bytes, is_str = self.from_bytes, isinstance(self, EncryptedString)
+        allow_plaintext = self.allow_plaintext
+
+        def process(value: Any) -> Any:
+            if value is None:
+                return None
+            if impl is not None:
+                value = impl(value)
+            if type(value) is not bytes:
+                value = bytes(value)
+            if allow_plaintext and not is_envelope(value):
+                return from_bytes(value)
+            ctx = fixed if fixed is not None else contexts.get(tenant())  # type: ignore[operator]
+            svc = ref if direct else resolve_service(ref)
+            data = svc.decrypt(value, ctx, associated_data=aad)
+            if is_str:
+                try:
+                    return data.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise DecryptionError("plaintext is not UTF-8") from None
+            return from_bytes(data)
+
+        return process
+
+    class comparator_factory(TypeDecorator.Comparator[Any]):  # noqa: N801 - SQLAlchemy's name
+        """Redirects ``==`` to the column's blind index; other comparisons are refused."""
+
+        def __hash__(self) -> int:
+            return hash(self.expr)
+
+        def __eq__(self, other: Any) -> ColumnElement[bool]:  # type: ignore[override]
+            if other is None:
+                return self.expr.is_(None)
+            from greenlang_crypto.sqlalchemy.blind_index import index_for_source
+
+            index_col = index_for_source(self.expr)
+            if index_col is None:
+                raise InvalidArgumentError(
+                    "an encrypted column can only be compared through a blind index; "
+                    "declare BlindIndex(...) on it"
+                )
+            return index_col.type.where(index_col, other)  # type: ignore[no-any-return]
+
+        def __ne__(self, other: Any) -> ColumnElement[bool]:  # type: ignore[override]
+            if other is None:
+                return self.expr.is_not(None)
+            raise InvalidArgumentError("encrypted columns support only == through a blind index")
+
+
+class EncryptedString(EncryptedType):
+    """A ``str`` stored encrypted (UTF-8, byte-exact: no normalization, NUL bytes kept)."""
+
+    cache_ok = True
+
+    def to_bytes(self, value: Any) -> bytes:
+        """UTF-8 bytes of ``value``.
+
+        Raises:
+            TypeError: ``value`` is not a str (no ``repr()`` coercion, unlike some peers).
+            InvalidArgumentError: ``value`` holds a lone surrogate.
+        """
+        if not isinstance(value, str):
+            raise TypeError(f"{type(self).__name__} takes str, not {type(value).__name__}")
+        try:
+            return value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidArgumentError("value is not valid Unicode (lone surrogate)") from None
+
+    def from_bytes(self, data: bytes) -> str:
+        """Decodes UTF-8; a non-UTF-8 plaintext is reported as a decryption failure."""
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DecryptionError("plaintext is not UTF-8") from None
+
+    @property
+    def python_type(self) -> type[Any]:
+        """``str``."""
+        return str
+
+
+class EncryptedText(EncryptedString):
+    """Long text stored encrypted; the same as :class:`EncryptedString` (no length limit)."""
+
+    cache_ok = True
+
+
+class EncryptedBytes(EncryptedType):
+    """``bytes`` stored encrypted (bytearray and memoryview are accepted and copied)."""
+
+    cache_ok = True
+
+    def to_bytes(self, value: Any) -> bytes:
+        """The bytes themselves.
+
+        Raises:
+            TypeError: ``value`` is not bytes-like.
+        """
+        if isinstance(value, bytes):
+            return bytes(value)
+        if isinstance(value, bytearray | memoryview):
+            return bytes(value)
+        raise TypeError(f"EncryptedBytes takes bytes, not {type(value).__name__}")
+
+    def from_bytes(self, data: bytes) -> bytes:
+        """The decrypted bytes."""
+        return data
+
+    @property
+    def python_type(self) -> type[Any]:
+        """``bytes``."""
+        return bytes
+
+
+class EncryptedJSON(EncryptedType):
+    """A JSON document stored encrypted (compact UTF-8 JSON).
+
+    Python ``None`` is SQL NULL (a JSON ``null`` document cannot be stored). Mutations inside
+    a dict or list are not tracked; assign a new value (or use ``MutableDict.as_mutable``).
+    """
+
+    cache_ok = True
+
+    def to_bytes(self, value: Any) -> bytes:
+        """Compact JSON; non-JSON values raise instead of being coerced with ``repr()``.
+
+        Raises:
+            TypeError: ``value`` is not JSON-serializable.
+            InvalidArgumentError: A str inside holds a lone surrogate.
+        """
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidArgumentError("value is not valid Unicode (lone surrogate)") from None
+
+    def from_bytes(self, data: bytes) -> Any:
+        """The decoded JSON document."""
+        try:
+            return json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise DecryptionError("plaintext is not a JSON document") from None
+
+    @property
+    def python_type(self) -> type[Any]:
+        """``object`` (any JSON value)."""
+        return object
+
+
+@event.listens_for(Column, "after_parent_attach")
+def _on_column_attach(column: Column[Any], table: Any) -> None:
+    # Types learn their table and column here, so the location binding needs no repetition in
+    # the model; Column objects only ever attach to a Table.
+    if isinstance(table, Table):
+        attach = getattr(column.type, "_attach", None)
+        if attach is not None and isinstance(column.type, TypeDecorator):
+            attach(table, column)

@@ -1,0 +1,129 @@
+"""V011: applied idempotently with and without the PII tables, then reverted."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine, make_url
+
+from greenlang_crypto.sqlalchemy.schema import (
+    apply_migrations,
+    available_migrations,
+    revert_migrations,
+)
+from tests.integration.sqlalchemy._jobs import run_cli
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def fresh_db(pg_url: str) -> Iterator[tuple[Engine, str]]:
+    """A database of its own: V011 touches fixed names (users, encryption.*)."""
+    base = make_url(pg_url)
+    name = f"glc_v011_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = base.set(database=name)
+    eng = create_engine(url)
+    try:
+        yield eng, url.render_as_string(hide_password=False)
+    finally:
+        eng.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _columns(engine: Engine, schema: str, table: str) -> set[str]:
+    with engine.connect() as conn:
+        return set(
+            conn.execute(
+                text(
+                    "SELECT column_name FROM information_schema.columns "
+                    "WHERE table_schema = :s AND table_name = :t"
+                ),
+                {"s": schema, "t": table},
+            ).scalars()
+        )
+
+
+def test_packaged() -> None:
+    assert ("V011", "V011__field_level_encryption.sql") in available_migrations()
+
+
+@pytest.mark.parametrize("with_pii_tables", [False, True])
+def test_apply_twice_then_down(fresh_db: tuple[Engine, str], with_pii_tables: bool) -> None:
+    engine, _ = fresh_db
+    if with_pii_tables:
+        with engine.begin() as conn:
+            conn.execute(text("CREATE SCHEMA security"))
+            conn.execute(
+                text(
+                    "CREATE TABLE security.login_attempts (id bigint PRIMARY KEY, ip_address text)"
+                )
+            )
+            conn.execute(text("CREATE TABLE users (id bigint PRIMARY KEY, email text, phone text)"))
+            conn.execute(text("CREATE TABLE api_keys (id bigint PRIMARY KEY, key_value text)"))
+    assert apply_migrations(engine) == ["V011"]
+    assert apply_migrations(engine) == []  # recorded: not applied again
+    with engine.begin() as conn:  # the script itself is idempotent as well
+        conn.execute(text("DELETE FROM public.glc_schema_migrations"))
+    assert apply_migrations(engine) == ["V011"]
+    for table in (
+        "glc_key_versions",
+        "glc_keyring",
+        "glc_deks",
+        "glc_index_keys",
+        "glc_audit_log",
+        "glc_job_ranges",
+        "glc_quarantine",
+    ):
+        assert _columns(engine, "encryption", table), table
+    assert {"version", "state", "provider", "wrapping_key_id", "created_at", "rotated_at"} == (
+        _columns(engine, "encryption", "glc_key_versions")
+    )
+    with engine.connect() as conn:
+        assert (
+            conn.execute(
+                text("SELECT count(*) FROM pg_extension WHERE extname = 'pgcrypto'")
+            ).scalar()
+            == 1
+        )
+    if with_pii_tables:
+        assert {"email_enc", "email_bidx", "email_key_version", "phone_enc", "phone_bidx"} <= (
+            _columns(engine, "public", "users")
+        )
+        assert {"ip_address_enc", "ip_address_bidx"} <= _columns(
+            engine, "security", "login_attempts"
+        )
+        assert {"key_value_enc", "key_value_bidx"} <= _columns(engine, "public", "api_keys")
+        with engine.connect() as conn:
+            assert (
+                conn.execute(
+                    text("SELECT count(*) FROM pg_indexes WHERE indexname LIKE 'glc_%_bidx'")
+                ).scalar()
+                == 4
+            )
+    assert revert_migrations(engine) == ["V011"]
+    assert revert_migrations(engine) == []
+    assert not _columns(engine, "encryption", "glc_deks")
+    if with_pii_tables:
+        assert _columns(engine, "public", "users") == {"id", "email", "phone"}
+        assert _columns(engine, "security", "login_attempts") == {"id", "ip_address"}
+
+
+def test_cli_migrate_up_and_down(fresh_db: tuple[Engine, str], tmp_path: object) -> None:
+    _, url = fresh_db
+    base = ["python", "-m", "greenlang_crypto", "db", "migrate", "--url", url]
+    import sys
+
+    base[0] = sys.executable
+    up = run_cli(base)
+    assert up.returncode == 0 and "applied: V011" in up.stdout, up.stderr
+    assert "up to date" in run_cli(base).stdout
+    down = run_cli([*base, "--down"])
+    assert down.returncode == 0 and "reverted: V011" in down.stdout
