@@ -84,12 +84,19 @@ def checks() -> list[Check]:
     from sqlalchemy_utils import StringEncryptedType
     from sqlalchemy_utils.types.encrypted.encrypted_type import AesGcmEngine
 
-    from greenlang_crypto.sqlalchemy import EMAIL, BlindIndex, EncryptedString
+    from greenlang_crypto.sqlalchemy import (
+        EMAIL,
+        BlindIndex,
+        EncryptedString,
+        psycopg_engine_options,
+    )
     from greenlang_crypto.sqlalchemy.migrate import ColumnJob, ColumnSpec
 
     url = os.environ["GLC_PG_URL"]
     svc = _service()
-    engine = create_engine(url)
+    # Binary result format (the configuration the README recommends for encrypted columns);
+    # ours and every peer run on this same engine, so the ratios compare like with like.
+    engine = create_engine(url, **psycopg_engine_options())
     dialect = engine.dialect
     suffix = uuid.uuid4().hex[:8]
     md = MetaData()

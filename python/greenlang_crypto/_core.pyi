@@ -1,6 +1,6 @@
 """Type stubs for the Rust extension module ``greenlang_crypto._core``."""
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, NoReturn, final
 
 from typing_extensions import Buffer
@@ -13,6 +13,7 @@ __all__ = [
     "MAX_MESSAGES_CAP",
     "OVERHEAD",
     "BlindIndexKey",
+    "CachedOpener",
     "DataKey",
     "DekCache",
     "EnvelopeHeader",
@@ -182,6 +183,20 @@ class DekCache:
     def stats(self) -> dict[str, int]: ...
     def usage(self) -> dict[str, float]: ...
     def __reduce__(self) -> NoReturn: ...
+
+@final
+class CachedOpener:
+    """Per-column decryptor: cached DEK in one Rust call, else ``fallback(value)``."""
+
+    def __new__(
+        cls,
+        cache: DekCache,
+        context: Buffer,
+        associated_data: Buffer | None,
+        fallback: Callable[[Any], Any],
+        text: bool = False,
+    ) -> CachedOpener: ...
+    def __call__(self, value: Any) -> Any: ...
 
 @final
 class AESGCM:

@@ -20,12 +20,13 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from greenlang_crypto._core import (
     BlindIndexKey,
+    CachedOpener,
     DataKey,
     DekCache,
     EnvelopeSealer,
@@ -653,6 +654,33 @@ class EncryptionService:
         return [
             self.decrypt(c, ctx, associated_data=a) for c, a in zip(ciphertexts, aads, strict=True)
         ]
+
+    def value_decryptor(
+        self,
+        context: ContextLike,
+        *,
+        associated_data: bytes | None = None,
+        text: bool = False,
+    ) -> Callable[[Any], Any]:
+        """A callable that decrypts one stored value under a fixed context and binding.
+
+        Made for database result processing (one call per row): ``None`` stays ``None``; a
+        value whose DEK is cached is opened (and UTF-8 decoded when ``text``) in a single Rust
+        call; anything else goes through :meth:`decrypt`, with its errors and accounting.
+        """
+        ctx = _as_context(context)
+        aad = _aad(associated_data)
+
+        def fallback(value: Any) -> Any:
+            data = self.decrypt(value, ctx, associated_data=aad)
+            if not text:
+                return data
+            try:
+                return data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DecryptionError("plaintext is not UTF-8") from None
+
+        return CachedOpener(self._dec_cache, ctx.canonical, aad, fallback, text)
 
     async def decrypt_async(self, ciphertext: bytes, context: ContextLike, **kwargs: Any) -> bytes:
         """:meth:`decrypt` on a worker thread."""

@@ -401,7 +401,7 @@ pub fn open_into(
 }
 
 /// Associated data up to this size is built on the stack when opening.
-const STACK_AAD: usize = 512;
+const STACK_AAD: usize = 256;
 
 /// Calls `f` with the cache id of the DEK an envelope refers to (see [`key_ref_id`]), built
 /// on the stack for stored references.

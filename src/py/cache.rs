@@ -330,3 +330,129 @@ impl PyDekCache {
         Err(PyTypeError::new_err("DekCache cannot be pickled"))
     }
 }
+
+/// Scratch buffers larger than this are released after use.
+const MAX_SCRATCH: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl PyDekCache {
+    /// Opens into a new `str` (UTF-8 checked) or `bytes`; `Ok(None)` on a cache miss.
+    fn open_value<'py>(
+        &self,
+        py: Python<'py>,
+        env: &[u8],
+        ctx: &[u8],
+        aad: &[u8],
+        text: bool,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let parsed = envelope::parse(env).py()?;
+        let Some(item) = envelope::with_key_ref_id(&parsed, |id| self.inner.get(id)) else {
+            return Ok(None);
+        };
+        let key = item.data_key();
+        let t0 = self.latency.start();
+        let out: PyResult<Bound<'py, PyAny>> = if text {
+            let n = parsed.plaintext_len();
+            // Decrypt into a per-thread scratch buffer (no allocation or zero-fill per row),
+            // build the str from it, then wipe the bytes that held plaintext.
+            SCRATCH.with(|cell| {
+                let mut scratch = cell.borrow_mut();
+                if scratch.len() < n {
+                    scratch.resize(n, 0);
+                }
+                let buf = &mut scratch[..n];
+                let r = envelope::open_into(key, &parsed, ctx, aad, buf)
+                    .py()
+                    .and_then(|()| {
+                        let s =
+                            std::str::from_utf8(buf).map_err(|_| to_py(Error::Authentication))?;
+                        Ok(pyo3::types::PyString::new(py, s).into_any())
+                    });
+                zeroize::Zeroize::zeroize(buf);
+                if scratch.len() > MAX_SCRATCH {
+                    // Do not keep a large buffer per thread after an unusually big value.
+                    *scratch = Vec::new();
+                }
+                r
+            })
+        } else {
+            new_bytes(py, parsed.plaintext_len(), |out| {
+                maybe_detach(py, env.len(), || {
+                    envelope::open_into(key, &parsed, ctx, aad, out)
+                })
+                .py()
+            })
+            .map(Bound::into_any)
+        };
+        self.latency.finish(t0);
+        let out = out?;
+        item.count_open(parsed.plaintext_len());
+        Ok(Some(out))
+    }
+}
+
+/// A per-column decryptor for database result processing: one call per value, with the
+/// context and associated data fixed.
+///
+/// `None` stays `None`. A cached DEK opens the value in one Rust call (and decodes UTF-8 when
+/// `text` is set); a cache miss or any failure goes to `fallback(value)`, the service's own
+/// decrypt, which fetches the DEK, accounts for failures and raises the typed error.
+#[pyclass(frozen, name = "CachedOpener", module = "greenlang_crypto._core")]
+pub struct PyCachedOpener {
+    cache: Py<PyDekCache>,
+    context: Vec<u8>,
+    aad: Vec<u8>,
+    text: bool,
+    fallback: Py<PyAny>,
+}
+
+#[pymethods]
+impl PyCachedOpener {
+    #[new]
+    #[pyo3(signature = (cache, context, associated_data, fallback, text=false))]
+    fn new(
+        cache: Py<PyDekCache>,
+        context: &Bound<'_, PyAny>,
+        associated_data: Option<&Bound<'_, PyAny>>,
+        fallback: Py<PyAny>,
+        text: bool,
+    ) -> PyResult<Self> {
+        let context = bytes_arg(context, "context")?.into_owned();
+        crate::core::context::validate(&context).py()?;
+        Ok(PyCachedOpener {
+            cache,
+            context,
+            aad: opt_bytes_arg(associated_data, "associated_data")?.into_owned(),
+            text,
+            fallback,
+        })
+    }
+
+    fn __call__<'py>(
+        &self,
+        py: Python<'py>,
+        value: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if value.is_none() {
+            return Ok(value.clone());
+        }
+        let fast = guard(|| {
+            let env = bytes_arg(value, "value")?;
+            self.cache
+                .get()
+                .open_value(py, &env, &self.context, &self.aad, self.text)
+        });
+        match fast {
+            Ok(Some(out)) => Ok(out),
+            // Misses and errors alike take the service's path, which reports them properly.
+            _ => self.fallback.bind(py).call1((value,)),
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<CachedOpener text={}>", self.text)
+    }
+}

@@ -22,6 +22,7 @@ from greenlang_crypto.sqlalchemy.blind_index import (
     nfkc,
     strip,
 )
+from greenlang_crypto.sqlalchemy.engine import psycopg_engine_options
 from greenlang_crypto.sqlalchemy.pgcrypto import PgcryptoString
 from greenlang_crypto.sqlalchemy.types import (
     EncryptedBytes,
@@ -52,5 +53,6 @@ __all__ = [
     "lookup",
     "nfc",
     "nfkc",
+    "psycopg_engine_options",
     "strip",
 ]
