@@ -52,7 +52,8 @@ test-py: ## The Python test suite (services must be running for integration test
 	$(PY) -m pytest tests benches --benchmark-disable -q -p no:cacheprovider; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 
-gate: ## Benchmark gate: ratios against peers measured in the same run
+gate: ## Benchmark gate: ratios against peers measured in the same run (PostgreSQL too)
+	@set -a; eval "$$(PYTHON=$(PY) bash scripts/services.sh start | sed 's/^export //')"; set +a; \
 	$(PY) benches/gate.py --json .benchmarks/gate.json
 
 bench: ## Full pytest-benchmark run with peers (reports, no gate)

@@ -24,16 +24,10 @@ from benches._measure import Ratio, time_ratio
 
 Check = Callable[[], Ratio]
 
-# Reported but not gating, until they are steady on a shared 2-core machine: the two-thread
-# check swings between 1.0x and 1.8x with allocator state and neighbours' load, and the cache
-# check sits at the target (1.39x-1.52x). A flaky gate would block every submission; both are
-# tracked in the issue, which stays open until they gate.
-WATCH_ONLY = frozenset(
-    {
-        "two threads on 1 MiB seals vs one thread (throughput)",
-        "DEK-cache lookup + envelope seal 64 B vs bare seal",
-    }
-)
+# Checks that get extra attempts before failing: thread scaling needs the second core, which
+# a neighbour on a shared 2-core VM takes now and then (one attempt in three measured ~1.1x
+# while the others measured ~1.8x). A miss on every attempt still fails the gate.
+EXTRA_RETRIES = {"two threads on 1 MiB seals vs one thread (throughput)": 3}
 
 
 def core_checks() -> list[Check]:
@@ -163,13 +157,14 @@ def core_checks() -> list[Check]:
             import os, resource, gc
             from greenlang_crypto import _core as core
             k = core.DataKey.generate()
-            data = os.urandom(64 << 20)
+            # One allocation, fully touched, with no transient copy (os.urandom would peak at
+            # twice the size and hide any copy the seal makes below that peak).
+            data = b"\x01" * (64 << 20)
             k.seal(b"warm")
             gc.collect()
             before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             out = k.seal(data)
             after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            back = None
             print((after - before) * 1024 / len(out))
             """
         )
@@ -217,14 +212,13 @@ def main() -> int:
     for check in checks:
         r = check()
         tries = 0
-        while not r.passed and tries < args.retries:
+        while not r.passed and tries < args.retries + EXTRA_RETRIES.get(r.name, 0):
             tries += 1
             print(f"retry {tries}: {r.line()}", flush=True)
             r = check()
-        watch = r.name in WATCH_ONLY and not r.passed
-        print(("WATCH (not gating) " if watch else "") + r.line(), flush=True)
+        print(r.line(), flush=True)
         results.append(r)
-        failed += not r.passed and not watch
+        failed += not r.passed
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(
