@@ -653,7 +653,12 @@ class PostgresAuditSink(_SqlAuditSink):
         return psycopg.connect(
             self._dsn,
             connect_timeout=max(1, int(self.timeout + 0.999)),
-            options=f"-c statement_timeout={ms} -c lock_timeout={ms}",
+            # The V011 migration creates the audit tables in the `encryption` schema; without
+            # it they are created in `public` (search_path skips a missing schema).
+            options=(
+                f"-c statement_timeout={ms} -c lock_timeout={ms} "
+                "-c search_path=encryption,public"
+            ),
         )
 
     def _begin_write(self, cur: Any) -> None:

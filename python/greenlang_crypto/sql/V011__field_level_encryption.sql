@@ -40,20 +40,29 @@ CREATE TABLE IF NOT EXISTS encryption.glc_index_keys (
     created_at DOUBLE PRECISION NOT NULL
 );
 
--- Audit log: append-only, hash-chained records (no plaintext, no key bytes).
-CREATE TABLE IF NOT EXISTS encryption.glc_audit_log (
-    seq BIGSERIAL PRIMARY KEY,
-    occurred_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-    event TEXT NOT NULL,
-    actor TEXT,
+-- Audit log: append-only records chained by HMAC (no plaintext, no key bytes). The same
+-- schema as greenlang_crypto.audit.PostgresAuditSink, which finds it through its search_path
+-- (encryption, public).
+CREATE TABLE IF NOT EXISTS encryption.glc_audit (
+    seq BIGINT PRIMARY KEY,
+    time TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    key_id TEXT,
     key_version INTEGER,
+    context_digest TEXT,
     data_class TEXT,
-    context_digest BYTEA,
-    details JSONB NOT NULL DEFAULT '{}'::jsonb,
-    prev_hash BYTEA,
-    record_hash BYTEA NOT NULL
+    request_id TEXT,
+    reason TEXT,
+    details TEXT NOT NULL,
+    hmac TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS glc_audit_log_time ON encryption.glc_audit_log (occurred_at);
+CREATE INDEX IF NOT EXISTS glc_audit_time ON encryption.glc_audit (time);
+CREATE TABLE IF NOT EXISTS encryption.glc_audit_meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 
 -- Column jobs (greenlang_crypto/sqlalchemy/migrate.py creates the same if missing).
 CREATE TABLE IF NOT EXISTS encryption.glc_job_ranges (

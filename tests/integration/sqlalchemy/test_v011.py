@@ -78,7 +78,8 @@ def test_apply_twice_then_down(fresh_db: tuple[Engine, str], with_pii_tables: bo
         "glc_keyring",
         "glc_deks",
         "glc_index_keys",
-        "glc_audit_log",
+        "glc_audit",
+        "glc_audit_meta",
         "glc_job_ranges",
         "glc_quarantine",
     ):
