@@ -4,7 +4,6 @@ master or audit root key, and no plaintext, in any encoding."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import logging
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from greenlang_crypto.api.routes import API_PREFIX
 from greenlang_crypto.audit import _ROOT_META, AUDIT_CONTEXT, _unwrap_root
 from greenlang_crypto.context import EncryptionContext
 from greenlang_crypto.hazmat import export_key_bytes
+from tests.logcapture import capture_debug_logs, encodings
 
 from .conftest import TENANT, TokenFactory, bearer
 
@@ -30,38 +30,10 @@ PLAINTEXTS = [
 ]
 
 
-def _encodings(secret: bytes) -> set[str]:
-    forms = {
-        secret.hex(),
-        secret.hex().upper(),
-        base64.b64encode(secret).decode(),
-        base64.urlsafe_b64encode(secret).decode().rstrip("="),
-        repr(secret)[2:-1],
-    }
-    with contextlib.suppress(UnicodeDecodeError):
-        forms.add(secret.decode())
-    # Also look for a long prefix, which catches truncated dumps.
-    forms.add(base64.b64encode(secret).decode()[:20])
-    return {f for f in forms if len(f) >= 8}
-
-
 @pytest.fixture
 def captured() -> Iterator[io.StringIO]:
-    buf = io.StringIO()
-    handler = logging.StreamHandler(buf)
-    handler.setLevel(logging.DEBUG)
-    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
-    root = logging.getLogger()
-    saved = {name: logging.getLogger(name).level for name in LOGGERS}
-    root.addHandler(handler)
-    for name in LOGGERS:
-        logging.getLogger(name).setLevel(logging.DEBUG)
-    try:
+    with capture_debug_logs(LOGGERS) as buf:
         yield buf
-    finally:
-        root.removeHandler(handler)
-        for name, level in saved.items():
-            logging.getLogger(name).setLevel(level)
 
 
 def _reachable_keys(stack: Stack, contexts: list[EncryptionContext]) -> list[bytes]:
@@ -142,7 +114,7 @@ def test_g3_debug_logs_hold_no_keys_or_plaintext(
     logs = captured.getvalue()
     assert "greenlang_crypto.api.auth" in logs  # the capture works: the bad token was logged
     secrets = [*keys, *PLAINTEXTS]
-    hits = [form for s in secrets for form in _encodings(s) if form in logs]
+    hits = [form for s in secrets for form in encodings(s) if form in logs]
     assert not hits, f"{len(hits)} secret form(s) found in the debug logs"
 
 
@@ -156,4 +128,4 @@ def test_g3_detector_finds_a_planted_key(captured: io.StringIO) -> None:
     key = export_key_bytes(DataKey.generate())
     logging.getLogger("greenlang_crypto.test").debug("leak %s", base64.b64encode(key).decode())
     logs = captured.getvalue()
-    assert any(form in logs for form in _encodings(key))
+    assert any(form in logs for form in encodings(key))

@@ -3,10 +3,7 @@
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import io
-import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +15,7 @@ from greenlang_crypto._core import EnvelopeSealer, stored_key_ref_id
 from greenlang_crypto.config import EncryptionServiceConfig
 from greenlang_crypto.hazmat import export_key_bytes
 from greenlang_crypto.service import EncryptionService
+from tests.logcapture import capture_debug_logs, encodings
 
 pytestmark = pytest.mark.integration
 LOGGERS = ["", "greenlang_crypto", "botocore", "boto3", "urllib3"]
@@ -29,35 +27,10 @@ PLAINTEXTS = [
 CTX = EncryptionContext("g3-tenant", "pii")
 
 
-def _forms(secret: bytes) -> set[str]:
-    forms = {
-        secret.hex(),
-        secret.hex().upper(),
-        base64.b64encode(secret).decode(),
-        base64.b64encode(secret).decode()[:20],
-        repr(secret)[2:-1],
-    }
-    with contextlib.suppress(UnicodeDecodeError):
-        forms.add(secret.decode())
-    return {f for f in forms if len(f) >= 8}
-
-
 @pytest.fixture
 def captured() -> Iterator[io.StringIO]:
-    buf = io.StringIO()
-    handler = logging.StreamHandler(buf)
-    handler.setLevel(logging.DEBUG)
-    root = logging.getLogger()
-    saved = {name: logging.getLogger(name).level for name in LOGGERS}
-    root.addHandler(handler)
-    for name in LOGGERS:
-        logging.getLogger(name).setLevel(logging.DEBUG)
-    try:
+    with capture_debug_logs(LOGGERS) as buf:
         yield buf
-    finally:
-        root.removeHandler(handler)
-        for name, level in saved.items():
-            logging.getLogger(name).setLevel(level)
 
 
 def test_g3_kms_debug_logs(
@@ -93,5 +66,5 @@ def test_g3_kms_debug_logs(
     assert "GenerateDataKey" in logs and "TrentService.Decrypt" in logs
     assert len(logs) > 5_000
     for secret in [*deks, *PLAINTEXTS]:
-        for form in _forms(secret):
+        for form in encodings(secret):
             assert form not in logs, "secret material found in DEBUG logs"
