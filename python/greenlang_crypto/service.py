@@ -56,6 +56,7 @@ from greenlang_crypto.providers.base import KeyLimits, KeyProvider
 __all__ = ["EncryptionService", "RotationResult", "ServiceStatus"]
 
 _log = logging.getLogger("greenlang_crypto.service")
+_FLIGHT_STRIPES = 256
 
 ContextLike = EncryptionContext | Mapping[str, str]
 
@@ -174,8 +175,9 @@ class EncryptionService:
         self._refresh_after = ttl * self.config.refresh_ahead_fraction
         self._max_plaintext = self.config.max_plaintext_bytes
         self._default_reference = self.config.key_reference
-        self._flight_guard = threading.Lock()
-        self._flights: dict[bytes, threading.Lock] = {}
+        # Single-flight locks, striped: a lock per cache key would grow without bound under
+        # many distinct contexts (TEST-MATRIX F7); two keys sharing a stripe only queue.
+        self._flights = [threading.Lock() for _ in range(_FLIGHT_STRIPES)]
         self._state_lock = threading.Lock()
         # Stored DEKs this process seals with, so their use counts reach the key store.
         self._usage_track: dict[int, DataKey] = {}
@@ -345,11 +347,7 @@ class EncryptionService:
     # -- encryption ----------------------------------------------------------------------
 
     def _single_flight(self, cache_id: bytes) -> threading.Lock:
-        with self._flight_guard:
-            lock = self._flights.get(cache_id)
-            if lock is None:
-                lock = self._flights[cache_id] = threading.Lock()
-            return lock
+        return self._flights[hash(cache_id) % _FLIGHT_STRIPES]
 
     def _new_sealer(
         self, version: KeyVersion, ctx: EncryptionContext, reference: str

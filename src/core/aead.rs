@@ -621,6 +621,13 @@ mod tests {
     }
 
     #[test]
+    fn gcm_maximum_is_enforced_before_any_work() {
+        let max = GCM_MAX_PLAINTEXT as usize;
+        assert_eq!(DataKey::sealed_len(max), Ok(max + OVERHEAD));
+        assert_eq!(DataKey::sealed_len(max + 1), Err(Error::PayloadTooLarge));
+    }
+
+    #[test]
     fn byte_cap_is_enforced() {
         let k = DataKey::generate(UsageLimits::new(100, 10).unwrap()).unwrap();
         assert!(k.seal(b"", &[0u8; 10]).is_ok());
