@@ -626,6 +626,10 @@ class SqliteAuditSink(_SqlAuditSink):
         cur.execute("BEGIN IMMEDIATE")
 
 
+#: Where the PostgreSQL sink finds its tables: the V011 migration's schema, else public.
+_SEARCH_PATH = "-c search_path=encryption,public"
+
+
 class PostgresAuditSink(_SqlAuditSink):
     """PostgreSQL sink (psycopg 3), for several service instances sharing one chain.
 
@@ -655,10 +659,7 @@ class PostgresAuditSink(_SqlAuditSink):
             connect_timeout=max(1, int(self.timeout + 0.999)),
             # The V011 migration creates the audit tables in the `encryption` schema; without
             # it they are created in `public` (search_path skips a missing schema).
-            options=(
-                f"-c statement_timeout={ms} -c lock_timeout={ms} "
-                "-c search_path=encryption,public"
-            ),
+            options=f"-c statement_timeout={ms} -c lock_timeout={ms} {_SEARCH_PATH}",
         )
 
     def _begin_write(self, cur: Any) -> None:
