@@ -112,40 +112,59 @@ def core_checks() -> list[Check]:
         # Measured in a fresh process: after the 1 MiB checks above, this process's allocator
         # state (glibc's dynamic mmap threshold) makes every 1 MiB output a contended heap
         # allocation, which measures malloc rather than our GIL release.
+        #
+        # The peer is hashlib.sha256 on the same 1 MiB buffers, which also runs without the
+        # GIL: its scaling, measured in the same rounds, is what this machine can give two
+        # threads right now. On a shared 2-core VM the second core is sometimes taken by a
+        # neighbour; then no code scales to 1.6x, and the check asks for 90% of the peer's
+        # scaling instead of failing on the machine.
         code = textwrap.dedent(
             """
-            import os, threading, time, statistics
+            import hashlib, os, statistics, threading, time
             from greenlang_crypto import _core as core
             k = core.DataKey.generate()
             mib = os.urandom(1 << 20)
-            n = 48
-            def work(count):
+
+            def ours(count):
                 for _ in range(count):
                     k.seal(mib)
-            def one():
-                t = time.perf_counter(); work(n); return time.perf_counter() - t
-            def two():
+
+            def peer(count):
+                for _ in range(count):
+                    hashlib.sha256(mib).digest()
+
+            def scaling(work, n):
+                t = time.perf_counter(); work(n); t1 = time.perf_counter() - t
                 ts = [threading.Thread(target=work, args=(n,)) for _ in range(2)]
                 t = time.perf_counter()
                 for th in ts: th.start()
                 for th in ts: th.join()
-                return time.perf_counter() - t
-            one(); two()
-            ratios, t1s, t2s = [], [], []
+                t2 = time.perf_counter() - t
+                return (2 * n / t2) / (n / t1), t1 / n, t2 / (2 * n)
+
+            scaling(ours, 8); scaling(peer, 4)
+            mine, theirs, t1s, t2s = [], [], [], []
             for _ in range(9):
-                t1, t2 = one(), two()
-                ratios.append((2 * n / t2) / (n / t1))
-                t1s.append(t1 / n); t2s.append(t2 / (2 * n))
-            print(statistics.median(ratios), statistics.median(t2s), statistics.median(t1s))
+                r, t1, t2 = scaling(ours, 48)
+                mine.append(r); t1s.append(t1); t2s.append(t2)
+                theirs.append(scaling(peer, 8)[0])
+            print(statistics.median(mine), statistics.median(theirs),
+                  statistics.median(t2s), statistics.median(t1s))
             """
         )
         res = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, check=True
         )
-        ratio, t_two, t_one = (float(x) for x in res.stdout.split())
-        return Ratio(
-            "two threads on 1 MiB seals vs one thread (throughput)", ratio, 1.6, True, t_two, t_one
-        )
+        ratio, peer_scaling, t_two, t_one = (float(x) for x in res.stdout.split())
+        target = 1.6 if peer_scaling >= 1.6 else round(0.9 * peer_scaling, 3)
+        name = "two threads on 1 MiB seals vs one thread (throughput)"
+        if target < 1.6:
+            print(
+                f"note: the machine gave a GIL-free peer only {peer_scaling:.2f}x with two "
+                f"threads; the target is 90% of that this round",
+                flush=True,
+            )
+        return Ratio(name, ratio, target, True, t_two, t_one)
 
     checks.append(two_threads)
 
