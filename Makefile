@@ -5,7 +5,7 @@ PY := .venv/bin/python
 export AWS_LC_SYS_CMAKE_BUILDER := 0
 
 .DEFAULT_GOAL := help
-.PHONY: help setup install build run services services-stop lint fmt test test-rust test-py gate bench ci
+.PHONY: help setup install build wheel run services services-stop lint fmt test test-rust test-py test-wheel test-flavours test-run coverage gate bench ci
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -22,7 +22,15 @@ setup: ## Install every dependency (apt + pip + infra tools) for the full test s
 	@bash scripts/setup.sh
 
 build: ## Rebuild the Rust extension in place (release)
+	@# An extension built before the abi3 switch would shadow the new one (import prefers it).
+	@rm -f python/greenlang_crypto/_core.cpython-*.so
 	@$(PY) -m maturin develop --release -q
+
+wheel: ## Build the abi3 manylinux wheel and the sdist into dist/ (checked for manylinux compliance)
+	@rm -rf dist
+	@$(PY) -m maturin build --release -q -o dist --auditwheel check
+	@$(PY) -m maturin sdist -o dist >/dev/null
+	@ls dist
 
 services: ## Start PostgreSQL and the moto KMS server
 	@PYTHON=$(PY) bash scripts/services.sh start

@@ -8,26 +8,102 @@ neither, the embedded local provider in ``~/.greenlang-crypto`` (or ``$GLC_DATA_
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import importlib.util
 import json
 import os
+import stat
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from greenlang_crypto.config import EncryptionServiceConfig
 from greenlang_crypto.context import EncryptionContext
-from greenlang_crypto.exceptions import GreenlangCryptoError
+from greenlang_crypto.exceptions import (
+    ConfigurationError,
+    GreenlangCryptoError,
+    PayloadTooLargeError,
+)
 
 __all__ = ["main"]
 
-#: Modules that contribute subcommands through ``register(subparsers, make_service, config)``.
+
+@dataclass(frozen=True, slots=True)
+class _Extension:
+    """A module contributing subcommands through ``register(subparsers, make_service, config)``.
+
+    Attributes:
+        module: The module to import; it must import its optional dependencies only when a
+            command runs, so that registering costs nothing.
+        requires: Per command name: the extra it needs and the top-level modules of that extra.
+        needs_init: Its commands work only on an initialized embedded default (they are given
+            a configuration only after that check).
+    """
+
+    module: str
+    requires: dict[str, tuple[str, tuple[str, ...]]]
+    needs_init: bool = False
+
+
+_API_MODULES = ("fastapi", "uvicorn", "jwt", "prometheus_client")
 _EXTENSIONS = (
-    "greenlang_crypto.api.commands",
-    "greenlang_crypto.sqlalchemy.commands",
-    "greenlang_crypto.compliance.commands",
+    _Extension(
+        "greenlang_crypto.api.commands",
+        {"serve": ("api", _API_MODULES), "token": ("api", ("jwt",)), "audit": ("", ())},
+        needs_init=True,
+    ),
+    _Extension("greenlang_crypto.sqlalchemy.commands", {"db": ("sqlalchemy", ("sqlalchemy",))}),
+    _Extension("greenlang_crypto.compliance.commands", {"verify": ("", ())}),
 )
+
+
+def _missing_extra(extra: str, modules: tuple[str, ...]) -> str | None:
+    """The extra to install when one of ``modules`` cannot be imported, else None."""
+    for name in modules:
+        if importlib.util.find_spec(name) is None:
+            return extra
+    return None
+
+
+def _needs_extra(extra: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        print(
+            f"error: `{args.command}` needs the {extra} extra: "
+            f'pip install "greenlang-crypto[{extra}]"',
+            file=sys.stderr,
+        )
+        return 2
+
+    return run
+
+
+class _GatedSubparsers:
+    """Passes ``add_parser`` through, except for commands whose extra is not installed.
+
+    Those get a placeholder that takes any arguments and says which extra to install; the
+    extension's own parser for them is built detached and thrown away, so argument errors of
+    a command the user cannot run never hide the real message.
+    """
+
+    def __init__(self, sub: Any, missing: dict[str, str]) -> None:
+        self._sub = sub
+        self._missing = missing
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        extra = self._missing.get(name)
+        if extra is None:
+            parser: argparse.ArgumentParser = self._sub.add_parser(name, **kwargs)
+            return parser
+        helptext = kwargs.get("help") or name
+        placeholder = self._sub.add_parser(
+            name, help=f"{helptext} (needs: pip install 'greenlang-crypto[{extra}]')"
+        )
+        placeholder.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        placeholder.set_defaults(func=_needs_extra(extra))
+        return argparse.ArgumentParser(prog=name, add_help=False)
 
 
 def _config(args: argparse.Namespace) -> EncryptionServiceConfig:
@@ -42,10 +118,34 @@ def _config(args: argparse.Namespace) -> EncryptionServiceConfig:
     return cfg
 
 
+def _require_initialized(cfg: EncryptionServiceConfig) -> None:
+    """Refuses, before anything is created, to work on an embedded default never initialized.
+
+    Without this check a command run before ``init`` would create an empty key store (and the
+    data directory) on its way to failing.
+    """
+    if cfg.provider != "local" or cfg.key_store_url is not None:
+        return
+    from greenlang_crypto.providers.local import LocalKeyProvider
+
+    if not LocalKeyProvider(cfg.data_dir).versions():
+        raise ConfigurationError(
+            f"{cfg.data_dir} is not initialized; run `greenlang-crypto init` first"
+        )
+
+
+def _initialized_config(args: argparse.Namespace) -> EncryptionServiceConfig:
+    cfg = _config(args)
+    _require_initialized(cfg)
+    return cfg
+
+
 def _service(args: argparse.Namespace) -> Any:
     from greenlang_crypto.service import EncryptionService
 
-    return EncryptionService(_config(args))
+    cfg = _config(args)
+    _require_initialized(cfg)
+    return EncryptionService(cfg)
 
 
 def _context(args: argparse.Namespace) -> EncryptionContext:
@@ -58,22 +158,63 @@ def _context(args: argparse.Namespace) -> EncryptionContext:
     return EncryptionContext(tenant_id=args.tenant, data_class=args.data_class, extra=extra)
 
 
-def _read_input(path: str | None) -> bytes:
+class _UsageError(Exception):
+    """A problem with the command line or the files it names (exit code 2, one line)."""
+
+
+def _read_input(path: str | None, limit: int) -> bytes:
+    """Reads the input, refusing more than ``limit`` bytes before reading them."""
     if path in (None, "-"):
-        return sys.stdin.buffer.read()
-    return Path(path).read_bytes()
+        # A pipe has no size: read one byte past the limit to tell "too large" apart.
+        data = sys.stdin.buffer.read(limit + 1)
+        if len(data) > limit:
+            raise PayloadTooLargeError(f"input is larger than {limit} bytes")
+        return data
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if stat.S_ISREG(os.fstat(f.fileno()).st_mode) and size > limit:
+                raise PayloadTooLargeError(f"input is {size} bytes, more than {limit}")
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise _UsageError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    if len(data) > limit:
+        raise PayloadTooLargeError(f"input is larger than {limit} bytes")
+    return data
 
 
 def _write_output(path: str | None, data: bytes) -> None:
+    """Writes stdout, or a file atomically: created 0600, or with the mode it had."""
     if path in (None, "-"):
         out: BinaryIO = sys.stdout.buffer
         out.write(data)
         out.flush()
         return
     target = Path(path)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(target)
+    try:
+        mode = stat.S_IMODE(target.stat().st_mode)
+    except FileNotFoundError:
+        mode = 0o600
+    except OSError as exc:
+        raise _UsageError(f"cannot write {path}: {exc.strerror or type(exc).__name__}") from None
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        # O_EXCL with mode 0600 from the start: the plaintext is never readable by others,
+        # whatever the umask, not even between create and chmod.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise _UsageError(f"cannot write {path}: {exc.strerror or type(exc).__name__}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        tmp.replace(target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def _progress(total: int, desc: str) -> Any:
@@ -86,25 +227,29 @@ def _progress(total: int, desc: str) -> Any:
 
 def cmd_init(args: argparse.Namespace) -> int:
     """Creates the data directory, the first master key and the keyring."""
+    from greenlang_crypto.service import EncryptionService
+
     cfg = _config(args)
     if cfg.provider == "local":
         from greenlang_crypto.providers.local import LocalKeyProvider
 
-        provider = LocalKeyProvider(cfg.data_dir)
-        if provider.versions():
+        existed = bool(LocalKeyProvider(cfg.data_dir).versions())
+        svc = EncryptionService.init_local(config=cfg)
+        if existed:
             print(f"already initialized: {cfg.data_dir}")
         else:
-            key_id = provider.create_master_key()
-            print(f"created master key {key_id} in {cfg.data_dir} (mode 0600)")
-    svc = _service(args)
+            print(f"created the master key in {cfg.data_dir} (mode 0600)")
+    else:
+        svc = EncryptionService(cfg)
     print(f"keyring ready: primary version {svc.primary_version}")
+    svc.close()
     return 0
 
 
 def cmd_encrypt(args: argparse.Namespace) -> int:
     """Encrypts a file or stdin to a file or stdout."""
     svc = _service(args)
-    data = _read_input(args.input)
+    data = _read_input(args.input, svc.config.max_plaintext_bytes)
     env = svc.encrypt(data, _context(args), key_reference=args.key_reference)
     _write_output(args.output, env)
     return 0
@@ -113,7 +258,9 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
 def cmd_decrypt(args: argparse.Namespace) -> int:
     """Decrypts a file or stdin to a file or stdout."""
     svc = _service(args)
-    data = svc.decrypt(_read_input(args.input), _context(args))
+    # An envelope adds a bounded header to its plaintext; 64 KiB covers the largest one.
+    limit = svc.config.max_plaintext_bytes + 65536
+    data = svc.decrypt(_read_input(args.input, limit), _context(args))
     _write_output(args.output, data)
     return 0
 
@@ -279,11 +426,18 @@ def build_parser() -> argparse.ArgumentParser:
     kt.add_argument("--delete-stored-deks", action="store_true")
     keys.set_defaults(func=cmd_keys)
     sub.add_parser("status", help="provider health, versions, cache").set_defaults(func=cmd_status)
-    for module_name in _EXTENSIONS:
+    for ext in _EXTENSIONS:
         # Front doors with optional dependencies add their own subcommands (serve, token,
-        # audit, db, verify); each module imports its heavy dependencies only when run.
-        module = importlib.import_module(module_name)
-        module.register(sub, _service, _config)
+        # audit, db, verify); each module imports its heavy dependencies only when run, and a
+        # command whose extra is missing says which one to install.
+        missing = {
+            name: extra
+            for name, (extra, modules) in ext.requires.items()
+            if _missing_extra(extra, modules) is not None
+        }
+        module = importlib.import_module(ext.module)
+        make_config = _initialized_config if ext.needs_init else _config
+        module.register(_GatedSubparsers(sub, missing), _service, make_config)
     return p
 
 
@@ -295,6 +449,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GreenlangCryptoError as exc:
         # Typed errors carry no secrets by construction; print the class and message only.
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    except _UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
 
 

@@ -11,9 +11,10 @@ their SHA-256 digest (hex) and their ``data_class`` only.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from typing import Protocol, runtime_checkable
 
-__all__ = ["EVENTS", "ServiceObserver"]
+__all__ = ["EVENTS", "KeyChangeGuard", "ServiceObserver"]
 
 #: Every event name the service emits.
 EVENTS = frozenset(
@@ -39,4 +40,25 @@ class ServiceObserver(Protocol):
 
     def on_event(self, event: str, fields: Mapping[str, object]) -> None:
         """Handles one event. ``fields`` are non-secret (see the module docstring)."""
+        ...
+
+
+@runtime_checkable
+class KeyChangeGuard(Protocol):
+    """An observer that must record a key-state change before the change happens.
+
+    The audit log implements it. The service wraps every method that changes key state
+    (rotate, rewrap, retire, index-key rotation and retirement, destroying a wrapping key) in
+    the context managers of all its guards, so no front door can skip the record.
+    """
+
+    def key_change(
+        self, action: str, details: Mapping[str, object]
+    ) -> AbstractContextManager[None]:
+        """Returns a context manager for one key-state change.
+
+        Entering it writes the intent record and raises (for example
+        ``AuditSinkUnavailableError``) when that record cannot be stored, so the change never
+        happens unaudited. Leaving it records success, or failure with the error type.
+        """
         ...

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from greenlang_crypto._core import (
@@ -185,12 +187,71 @@ class EncryptionService:
         self._index_keys: dict[tuple[int, str], BlindIndexKey] = {}
         self._load_keyring()
 
+    @classmethod
+    def init_local(
+        cls,
+        data_dir: str | os.PathLike[str] | None = None,
+        *,
+        config: EncryptionServiceConfig | None = None,
+    ) -> EncryptionService:
+        """Creates the embedded default if it does not exist yet, and returns a service on it.
+
+        Idempotent and safe to call from several processes at once: the first caller creates
+        the data directory (0700), the first master key (0600) and the keyring; later callers
+        find them. Nothing needs AWS or a server.
+
+        Args:
+            data_dir: The data directory (default: ``$GLC_DATA_DIR`` or ``~/.greenlang-crypto``).
+            config: A full configuration instead (its ``data_dir`` is used; its provider must
+                be ``local``).
+
+        Raises:
+            ConfigurationError: ``config`` names another provider, or both arguments are given.
+        """
+        import fcntl
+
+        from greenlang_crypto.providers.local import LocalKeyProvider
+
+        if config is not None and data_dir is not None:
+            raise ConfigurationError("pass data_dir or config, not both")
+        if config is None:
+            config = (
+                EncryptionServiceConfig(data_dir=Path(data_dir))
+                if data_dir is not None
+                else EncryptionServiceConfig()
+            )
+        if config.provider != "local":
+            raise ConfigurationError("init_local needs the local provider")
+        directory = Path(config.data_dir)
+        old_umask = os.umask(0o077)
+        try:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        finally:
+            os.umask(old_umask)
+        # One initializer at a time across processes: two first callers racing would otherwise
+        # both create "master key version 1".
+        lock_fd = os.open(directory / ".init.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            provider = LocalKeyProvider(directory)
+            if not provider.versions():
+                provider.create_master_key()
+            return cls(config, provider=provider)
+        finally:
+            os.close(lock_fd)
+
     def _build_provider(self) -> KeyProvider:
         if self.config.provider == "local":
             from greenlang_crypto.providers.local import LocalKeyProvider
 
             return LocalKeyProvider(self.config.data_dir)
-        from greenlang_crypto.providers.aws_kms import AwsKmsKeyProvider
+        try:
+            from greenlang_crypto.providers.aws_kms import AwsKmsKeyProvider
+        except ModuleNotFoundError as exc:
+            raise ConfigurationError(
+                f'the aws-kms provider needs the aws extra (missing {exc.name}): '
+                'pip install "greenlang-crypto[aws]"'
+            ) from None
 
         return AwsKmsKeyProvider(
             keys=self.config.kms_key_ids,

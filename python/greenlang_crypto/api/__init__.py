@@ -7,13 +7,44 @@ Mounting on a host app takes one call::
     stack = build_stack(config)
     mount_encryption_api(app, stack.service, stack.audit,
                          authorizer=JwtAuthorizer(AuthSettings(algorithms=("RS256",), key=pem)))
+
+Names are resolved lazily, so the CLI can register ``serve``/``token``/``audit`` without
+importing FastAPI.
 """
 
 from __future__ import annotations
 
-from greenlang_crypto.api.app import Stack, build_stack, create_app, mount_encryption_api
-from greenlang_crypto.api.auth import AuthSettings, JwtAuthorizer, Principal, mint_token
-from greenlang_crypto.api.routes import API_PREFIX, PERMISSION_ATTR, build_router
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from greenlang_crypto.api.app import Stack, build_stack, create_app, mount_encryption_api
+    from greenlang_crypto.api.auth import AuthSettings, JwtAuthorizer, Principal, mint_token
+    from greenlang_crypto.api.routes import API_PREFIX, PERMISSION_ATTR, build_router
+
+_EXPORTS = {
+    "Stack": "app",
+    "build_stack": "app",
+    "create_app": "app",
+    "mount_encryption_api": "app",
+    "AuthSettings": "auth",
+    "JwtAuthorizer": "auth",
+    "Principal": "auth",
+    "mint_token": "auth",
+    "API_PREFIX": "routes",
+    "PERMISSION_ATTR": "routes",
+    "build_router": "routes",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "API_PREFIX",

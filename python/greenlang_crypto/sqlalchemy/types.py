@@ -432,3 +432,8 @@ def _on_column_attach(column: Column[Any], table: Any) -> None:
         attach = getattr(column.type, "_attach", None)
         if attach is not None and isinstance(column.type, TypeDecorator):
             attach(table, column)
+
+# The ORM hooks (row binding, blind-index filling) must be in place before any mapper using
+# these types is configured, also when this module is imported directly rather than through
+# the package's lazy exports. Imported last: orm imports this module.
+from greenlang_crypto.sqlalchemy import orm as _orm  # noqa: E402, F401
