@@ -101,8 +101,7 @@ class _GatedSubparsers:
         placeholder = self._sub.add_parser(
             name, help=f"{helptext} (needs: pip install 'greenlang-crypto[{extra}]')"
         )
-        placeholder.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-        placeholder.set_defaults(func=_needs_extra(extra))
+        placeholder.set_defaults(func=_needs_extra(extra), accepts_any_arguments=True)
         return argparse.ArgumentParser(prog=name, add_help=False)
 
 
@@ -443,7 +442,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``greenlang-crypto`` command."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # A command whose extra is missing accepts whatever follows it, so that the user learns
+    # which extra to install rather than which of its arguments were wrong.
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "accepts_any_arguments", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return int(args.func(args))
     except GreenlangCryptoError as exc:
