@@ -5,7 +5,7 @@ PY := .venv/bin/python
 export AWS_LC_SYS_CMAKE_BUILDER := 0
 
 .DEFAULT_GOAL := help
-.PHONY: help setup install build wheel run services services-stop lint fmt test test-rust test-py test-wheel test-flavours test-run coverage gate bench ci
+.PHONY: help setup install build wheel run services services-stop lint fmt test-rust test-py test-install gate bench ci
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -55,9 +55,17 @@ lint: ## ruff, mypy --strict, stubtest, cargo fmt --check, cargo clippy -D warni
 test-rust: ## Rust core unit tests
 	cargo test --lib
 
-test-py: ## The Python test suite (services must be running for integration tests)
+test-py: ## The Python test suite with line coverage (fails under 90%; starts the services)
 	@set -a; eval "$$(PYTHON=$(PY) bash scripts/services.sh start | sed 's/^export //')"; set +a; \
-	$(PY) -m pytest tests benches --benchmark-disable -q -p no:cacheprovider; rc=$$?; \
+	rm -rf .coverage-data && mkdir -p .coverage-data; export GLC_COVERAGE_DIR=$(CURDIR)/.coverage-data; \
+	$(PY) -m coverage run -m pytest tests benches --ignore=tests/install --benchmark-disable -q \
+		-p no:cacheprovider; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; \
+	$(PY) -m coverage combine -q && $(PY) -m coverage report; cov=$$?; \
+	if [ $$rc -ne 0 ]; then exit $$rc; fi; exit $$cov
+
+test-install: wheel ## The wheel in a venv per install flavour, unit tests on it, `make run` from a clone
+	@GLC_WHEEL_DIR=$(CURDIR)/dist $(PY) -m pytest tests/install -q -p no:cacheprovider; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 
 gate: ## Benchmark gate: ratios against peers measured in the same run (PostgreSQL too)
@@ -69,4 +77,4 @@ bench: ## Full pytest-benchmark run with peers (reports, no gate)
 
 # The gate runs before the Python tests: right after them PostgreSQL keeps the second core busy
 # (autovacuum, checkpoints after bulk inserts), which the two-thread scaling check would see.
-ci: setup lint test-rust gate test-py ## Everything CI runs: set-up, lint, the gate, all tests
+ci: setup lint test-rust gate test-install test-py ## Everything CI runs: set-up, lint, gate, all tests
