@@ -52,8 +52,15 @@ lint: ## ruff, mypy --strict, stubtest, cargo fmt --check, cargo clippy -D warni
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --features python --all-targets -- -D warnings
 
-test-rust: ## Rust core unit tests
-	cargo test --lib
+test-rust: ## Rust core unit tests, with line coverage where rustc's LLVM tools are installed
+	@llvm=/usr/lib/llvm-$$(rustc --version --verbose | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')/bin; \
+	if [ -x "$$llvm/llvm-cov" ] && command -v cargo-llvm-cov >/dev/null; then \
+		LLVM_COV=$$llvm/llvm-cov LLVM_PROFDATA=$$llvm/llvm-profdata \
+			cargo llvm-cov --lib --summary-only --fail-under-lines 85; \
+	else \
+		echo "Rust coverage unavailable (no $$llvm/llvm-cov or cargo-llvm-cov): tests only"; \
+		cargo test --lib; \
+	fi
 
 test-py: ## The Python test suite with line coverage (fails under 90%; starts the services)
 	@set -a; eval "$$(PYTHON=$(PY) bash scripts/services.sh start | sed 's/^export //')"; set +a; \

@@ -13,6 +13,15 @@ if [ -n "$need_apt" ]; then
   # Debian starts a cluster on install; the tests run their own on another port.
   service postgresql stop >/dev/null 2>&1 || true
 fi
+# Rust line coverage: cargo-llvm-cov, with Debian's LLVM tools of rustc's own LLVM major version
+# (rustup's llvm-tools component cannot be downloaded here).
+llvm_major=$(rustc --version --verbose | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+if [ -n "$llvm_major" ] && [ ! -x "/usr/lib/llvm-$llvm_major/bin/llvm-cov" ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "llvm-$llvm_major" >/dev/null \
+    || echo "setup: no Debian package llvm-$llvm_major; Rust coverage will be skipped" >&2
+fi
+command -v cargo-llvm-cov >/dev/null 2>&1 || cargo install --locked -q cargo-llvm-cov
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "maturin>=1.9.4,<2"
