@@ -249,7 +249,7 @@ class EncryptionService:
             from greenlang_crypto.providers.aws_kms import AwsKmsKeyProvider
         except ModuleNotFoundError as exc:
             raise ConfigurationError(
-                f'the aws-kms provider needs the aws extra (missing {exc.name}): '
+                f"the aws-kms provider needs the aws extra (missing {exc.name}): "
                 'pip install "greenlang-crypto[aws]"'
             ) from None
 

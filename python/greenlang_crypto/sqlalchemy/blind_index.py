@@ -402,6 +402,7 @@ def _attr_key(entity: Any, column: Column[Any]) -> str:
     mapper = inspect(entity)
     return str(mapper.get_property_by_column(column).key)
 
+
 # The ORM hooks (row binding, blind-index filling) must be in place before any mapper using
 # these types is configured, also when this module is imported directly rather than through
 # the package's lazy exports. Imported last: orm imports this module.

@@ -433,6 +433,7 @@ def _on_column_attach(column: Column[Any], table: Any) -> None:
         if attach is not None and isinstance(column.type, TypeDecorator):
             attach(table, column)
 
+
 # The ORM hooks (row binding, blind-index filling) must be in place before any mapper using
 # these types is configured, also when this module is imported directly rather than through
 # the package's lazy exports. Imported last: orm imports this module.
