@@ -1,0 +1,355 @@
+"""SQL sinks: SQLite (the embedded default) and PostgreSQL."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from greenlang_crypto.audit.chain import _HEAD_META, ChainKey
+from greenlang_crypto.audit.records import AuditEntry, AuditRecord
+from greenlang_crypto.audit.sinks.base import AuditQuery
+from greenlang_crypto.exceptions import AuditSinkUnavailableError, ConfigurationError
+
+_COLUMNS = (
+    "seq, time, actor, action, outcome, key_id, key_version, context_digest, data_class, "
+    "request_id, reason, details, hmac"
+)
+
+
+def _row(record: AuditRecord) -> tuple[Any, ...]:
+    e = record.entry
+    details = json.dumps(dict(e.details), sort_keys=True, separators=(",", ":"))
+    return (
+        record.seq,
+        e.time,
+        e.actor,
+        e.action,
+        e.outcome,
+        e.key_id,
+        e.key_version,
+        e.context_digest,
+        e.data_class,
+        e.request_id,
+        e.reason,
+        details,
+        record.hmac,
+    )
+
+
+def _from_row(row: Sequence[Any]) -> AuditRecord:
+    try:
+        details = json.loads(row[11])
+    except (TypeError, ValueError):
+        # A corrupted details column must surface as a failed HMAC in verify(), not a crash.
+        details = {"_unparseable": str(row[11])}
+    if not isinstance(details, dict):
+        details = {"_unparseable": str(row[11])}
+    entry = AuditEntry(
+        action=row[3],
+        actor=row[2],
+        outcome=row[4],
+        time=row[1],
+        key_id=row[5],
+        key_version=None if row[6] is None else int(row[6]),
+        context_digest=row[7],
+        data_class=row[8],
+        request_id=row[9],
+        reason=row[10],
+        details=details,
+    )
+    return AuditRecord(int(row[0]), entry, str(row[12]))
+
+
+class _SqlAuditSink:
+    """Shared SQL implementation; subclasses provide connections, locking and placeholders."""
+
+    description = "sql"
+    _ph = "?"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._conn: Any = None
+
+    # subclass hooks
+    def _connect(self) -> Any:
+        raise NotImplementedError
+
+    def _begin_write(self, cur: Any) -> None:
+        raise NotImplementedError
+
+    def _schema(self) -> list[str]:
+        return [
+            "CREATE TABLE IF NOT EXISTS glc_audit (seq BIGINT PRIMARY KEY, time TEXT NOT NULL, "
+            "actor TEXT NOT NULL, action TEXT NOT NULL, outcome TEXT NOT NULL, key_id TEXT, "
+            "key_version INTEGER, context_digest TEXT, data_class TEXT, request_id TEXT, "
+            "reason TEXT, details TEXT NOT NULL, hmac TEXT NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS glc_audit_time ON glc_audit (time)",
+            "CREATE TABLE IF NOT EXISTS glc_audit_meta "
+            "(name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        ]
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", self._ph)
+
+    def _get_conn(self) -> Any:
+        if self._conn is None:
+            conn = self._connect()
+            cur = conn.cursor()
+            try:
+                for stmt in self._schema():
+                    cur.execute(stmt)
+                conn.commit()
+            finally:
+                cur.close()
+            self._conn = conn
+        return self._conn
+
+    def _reset(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _run(self, fn: Callable[[Any], Any], *, write: bool = False) -> Any:
+        with self._lock:
+            try:
+                conn = self._get_conn()
+                cur = conn.cursor()
+                try:
+                    if write:
+                        self._begin_write(cur)
+                    result = fn(cur)
+                    conn.commit()
+                    return result
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        conn.rollback()
+                    raise
+                finally:
+                    cur.close()
+            except AuditSinkUnavailableError:
+                raise
+            except Exception as exc:
+                # Locked, timed out, disk full, connection lost: the caller decides (fail
+                # closed for admin actions, buffer for data-path events).
+                self._reset()
+                raise AuditSinkUnavailableError(
+                    f"audit sink {self.description} unavailable ({type(exc).__name__})"
+                ) from None
+
+    def append(self, entries: Sequence[AuditEntry], chain: ChainKey) -> list[AuditRecord]:
+        """Seals and inserts ``entries`` in one transaction after the current tail."""
+
+        def work(cur: Any) -> list[AuditRecord]:
+            cur.execute("SELECT seq, hmac FROM glc_audit ORDER BY seq DESC LIMIT 1")
+            row = cur.fetchone()
+            last_seq, last_hmac = (int(row[0]), str(row[1])) if row else (0, None)
+            records = chain.seal(entries, last_seq, last_hmac)
+            placeholders = ", ".join([self._ph] * 13)
+            cur.executemany(
+                f"INSERT INTO glc_audit ({_COLUMNS}) VALUES ({placeholders})",  # noqa: S608
+                [_row(r) for r in records],
+            )
+            if records:
+                head = f"{records[-1].seq}:{records[-1].hmac}"
+                cur.execute(self._sql("DELETE FROM glc_audit_meta WHERE name = ?"), (_HEAD_META,))
+                cur.execute(
+                    self._sql("INSERT INTO glc_audit_meta (name, value) VALUES (?, ?)"),
+                    (_HEAD_META, head),
+                )
+            return records
+
+        if not entries:
+            return []
+        result: list[AuditRecord] = self._run(work, write=True)
+        return result
+
+    def records(self) -> Iterator[AuditRecord]:
+        """Every record in sequence order (read in pages so memory stays bounded)."""
+        last = -1
+        while True:
+
+            def page(cur: Any, after: int = last) -> list[AuditRecord]:
+                cur.execute(
+                    self._sql(
+                        f"SELECT {_COLUMNS} FROM glc_audit WHERE seq > ? "  # noqa: S608
+                        "ORDER BY seq LIMIT 1000"
+                    ),
+                    (after,),
+                )
+                return [_from_row(r) for r in cur.fetchall()]
+
+            rows: list[AuditRecord] = self._run(page)
+            if not rows:
+                return
+            yield from rows
+            last = rows[-1].seq
+
+    def query(self, q: AuditQuery) -> list[AuditRecord]:
+        """Filtered records (parameterized SQL)."""
+        where = ["seq > ?"]
+        params: list[Any] = [q.after_seq]
+        for column, value in (
+            ("action", q.action),
+            ("actor", q.actor),
+            ("outcome", q.outcome),
+            ("key_version", q.key_version),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if q.since is not None:
+            where.append("time >= ?")
+            params.append(q.since)
+        if q.until is not None:
+            where.append("time < ?")
+            params.append(q.until)
+        params.append(q.limit)
+        sql = self._sql(
+            f"SELECT {_COLUMNS} FROM glc_audit WHERE {' AND '.join(where)} "  # noqa: S608
+            "ORDER BY seq LIMIT ?"
+        )
+
+        def work(cur: Any) -> list[AuditRecord]:
+            cur.execute(sql, tuple(params))
+            return [_from_row(r) for r in cur.fetchall()]
+
+        result: list[AuditRecord] = self._run(work)
+        return result
+
+    def tail(self, n: int) -> list[AuditRecord]:
+        """The last ``n`` records, ascending."""
+
+        def work(cur: Any) -> list[AuditRecord]:
+            cur.execute(
+                self._sql(f"SELECT {_COLUMNS} FROM glc_audit ORDER BY seq DESC LIMIT ?"),  # noqa: S608
+                (n,),
+            )
+            return [_from_row(r) for r in reversed(cur.fetchall())]
+
+        result: list[AuditRecord] = self._run(work)
+        return result
+
+    def head(self) -> tuple[int, str] | None:
+        """The last written ``(seq, hmac)`` from the metadata table."""
+        value = self.get_meta(_HEAD_META)
+        if not value:
+            return None
+        seq, _, mac = value.partition(":")
+        return int(seq), mac
+
+    def get_meta(self, name: str) -> str | None:
+        """Reads a metadata value."""
+
+        def work(cur: Any) -> str | None:
+            cur.execute(self._sql("SELECT value FROM glc_audit_meta WHERE name = ?"), (name,))
+            row = cur.fetchone()
+            return None if row is None else str(row[0])
+
+        result: str | None = self._run(work)
+        return result
+
+    def put_meta_if_absent(self, name: str, value: str) -> str:
+        """Stores a metadata value unless present (first writer wins across processes)."""
+
+        def work(cur: Any) -> str:
+            cur.execute(self._sql("SELECT value FROM glc_audit_meta WHERE name = ?"), (name,))
+            row = cur.fetchone()
+            if row is not None:
+                return str(row[0])
+            cur.execute(
+                self._sql("INSERT INTO glc_audit_meta (name, value) VALUES (?, ?)"), (name, value)
+            )
+            return value
+
+        result: str = self._run(work, write=True)
+        return result
+
+    def ping(self) -> None:
+        """Takes the write lock and releases it (raises when it cannot within the timeout)."""
+        self._run(lambda cur: None, write=True)
+
+    def close(self) -> None:
+        """Closes the connection."""
+        with self._lock:
+            self._reset()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.description})"
+
+
+class SqliteAuditSink(_SqlAuditSink):
+    """The embedded default: ``<data_dir>/audit.db``.
+
+    Args:
+        path: The database file.
+        timeout: Seconds to wait for SQLite's write lock before the sink reports itself down.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 2.0) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.timeout = timeout
+        self.description = f"sqlite:///{self.path}"
+
+    def _connect(self) -> Any:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Autocommit mode: writes open their transaction explicitly (BEGIN IMMEDIATE).
+        conn = sqlite3.connect(
+            self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        return conn
+
+    def _begin_write(self, cur: Any) -> None:
+        # Take the write lock before reading the tail, so two processes never chain after the
+        # same record; SQLite's busy timeout bounds the wait.
+        cur.execute("BEGIN IMMEDIATE")
+
+
+#: Where the PostgreSQL sink finds its tables: the V011 migration's schema, else public.
+_SEARCH_PATH = "-c search_path=encryption,public"
+
+
+class PostgresAuditSink(_SqlAuditSink):
+    """PostgreSQL sink (psycopg 3), for several service instances sharing one chain.
+
+    Args:
+        url: ``postgresql://...`` (``postgresql+psycopg://`` is accepted too).
+        timeout: Connect, lock and statement timeout in seconds.
+    """
+
+    _ph = "%s"
+
+    def __init__(self, url: str, *, timeout: float = 2.0) -> None:
+        super().__init__()
+        self._dsn = url.replace("postgresql+psycopg://", "postgresql://", 1)
+        self.timeout = timeout
+        self.description = "postgresql://…@" + self._dsn.split("@")[-1]
+
+    def _connect(self) -> Any:
+        try:
+            import psycopg
+        except ImportError:  # pragma: no cover - depends on the install
+            raise ConfigurationError(
+                "PostgreSQL audit sink needs psycopg: pip install 'greenlang-crypto[sqlalchemy]'"
+            ) from None
+        ms = max(1, int(self.timeout * 1000))
+        return psycopg.connect(
+            self._dsn,
+            connect_timeout=max(1, int(self.timeout + 0.999)),
+            # The V011 migration creates the audit tables in the `encryption` schema; without
+            # it they are created in `public` (search_path skips a missing schema).
+            options=f"-c statement_timeout={ms} -c lock_timeout={ms} {_SEARCH_PATH}",
+        )
+
+    def _begin_write(self, cur: Any) -> None:
+        # One chain across instances: a transaction-scoped advisory lock serializes appends.
+        cur.execute("SELECT pg_advisory_xact_lock(7304118432)")
