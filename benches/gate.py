@@ -227,6 +227,11 @@ def service_checks() -> list[Check]:
         from benches import gate_sqlalchemy
 
         checks += gate_sqlalchemy.checks()
+    if os.environ.get("GLC_REDIS_URL"):
+        # Encrypted Redis values against a real redis-server (scripts/services.sh).
+        from benches import gate_redis
+
+        checks += gate_redis.checks()
     try:
         from benches import gate_observability
     except ImportError:  # prometheus_client is an optional dependency

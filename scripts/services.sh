@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Starts (or stops) what the tests need on this machine: PostgreSQL 15 with pgcrypto and the
-# moto KMS server. Everything listens on 127.0.0.1 only. State lives under .ci-state/.
+# Starts (or stops) what the tests need on this machine: PostgreSQL 15 with pgcrypto, the moto
+# server (KMS and S3) and Redis. Everything listens on 127.0.0.1 only. State lives under
+# .ci-state/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STATE="$PWD/.ci-state"
 PGPORT="${GLC_PG_PORT:-55432}"
 KMSPORT="${GLC_KMS_PORT:-5055}"
+REDISPORT="${GLC_REDIS_PORT:-6390}"
 PYTHON="${PYTHON:-.venv/bin/python}"
 PGBIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1 || true)"
 
@@ -38,7 +40,26 @@ start_kms() {
   echo "services: the moto KMS server did not start; log:" >&2; cat "$STATE/kms.log" >&2; return 1
 }
 
+start_redis() {
+  if ! command -v redis-server >/dev/null 2>&1; then
+    echo "services: redis-server is not installed" >&2; return 1
+  fi
+  if redis-cli -p "$REDISPORT" ping >/dev/null 2>&1; then return 0; fi
+  mkdir -p "$STATE/redis"
+  # Our own instance (Debian may run a system one on 6379): no persistence, loopback only.
+  redis-server --port "$REDISPORT" --bind 127.0.0.1 --daemonize yes --save '' --appendonly no \
+    --pidfile "$STATE/redis/redis.pid" --dir "$STATE/redis" --logfile "$STATE/redis/redis.log"
+  for _ in $(seq 1 50); do
+    if redis-cli -p "$REDISPORT" ping >/dev/null 2>&1; then return 0; fi
+    sleep 0.1
+  done
+  echo "services: redis did not start; log:" >&2; cat "$STATE/redis/redis.log" >&2; return 1
+}
+
 stop_all() {
+  if [ -f "$STATE/redis/redis.pid" ]; then
+    kill "$(cat "$STATE/redis/redis.pid")" 2>/dev/null || true; rm -f "$STATE/redis/redis.pid"
+  fi
   if [ -f "$STATE/kms.pid" ]; then kill "$(cat "$STATE/kms.pid")" 2>/dev/null || true; rm -f "$STATE/kms.pid"; fi
   if [ -n "$PGBIN" ] && [ -f "$STATE/pg/postmaster.pid" ]; then
     runuser -u postgres -- "$PGBIN/pg_ctl" -D "$STATE/pg" -m fast stop >/dev/null 2>&1 || true
@@ -46,9 +67,10 @@ stop_all() {
 }
 
 case "${1:-start}" in
-  start) start_pg; start_kms
+  start) start_pg; start_kms; start_redis
          echo "export GLC_PG_URL=postgresql+psycopg://postgres@127.0.0.1:$PGPORT/greenlang_test"
-         echo "export GLC_KMS_ENDPOINT=http://127.0.0.1:$KMSPORT" ;;
+         echo "export GLC_KMS_ENDPOINT=http://127.0.0.1:$KMSPORT"
+         echo "export GLC_REDIS_URL=redis://127.0.0.1:$REDISPORT/0" ;;
   stop) stop_all ;;
   *) echo "usage: $0 start|stop" >&2; exit 2 ;;
 esac
