@@ -64,6 +64,7 @@ __all__ = [
 ]
 
 KeyT = str | bytes
+_MEMO_LIMIT = 10_000
 _C = TypeVar("_C")
 
 #: Commands that read or change key names, expiry or membership only, never a value's bytes.
@@ -209,14 +210,26 @@ class RedisValueCodec:
         if not self._rules:
             raise ConfigurationError("give at least one KeyPattern")
         self._decode = decode_responses
+        # Hot keys are looked up again and again: remember their pattern (and the associated
+        # data of their string value) instead of matching globs on every command.
+        self._memo: dict[KeyT, tuple[str, _Rule | None, bytes]] = {}
+
+    def _lookup(self, key: KeyT) -> tuple[str, _Rule | None, bytes]:
+        hit = self._memo.get(key)
+        if hit is not None:
+            return hit
+        text = _key_text(key)
+        found = next((rule for rule in self._rules if rule.match(text)), None)
+        entry = (text, found, _bound(b"s", text, None) if found is not None else b"")
+        if len(self._memo) >= _MEMO_LIMIT:
+            self._memo.clear()  # bounded memory under many distinct keys
+        self._memo[key] = entry
+        return entry
 
     def rule_for(self, key: KeyT) -> tuple[str, _Rule | None]:
         """The key as text and the first pattern it matches (or None: not encrypted)."""
-        text = _key_text(key)
-        for rule in self._rules:
-            if rule.match(text):
-                return text, rule
-        return text, None
+        text, rule, _ = self._lookup(key)
+        return text, rule
 
     def encrypted(self, key: KeyT) -> bool:
         """Whether values under ``key`` are encrypted."""
@@ -224,12 +237,12 @@ class RedisValueCodec:
 
     def encode(self, key: KeyT, value: object, field: KeyT | None = None) -> object:
         """The value to send for ``key`` (and hash ``field``): an envelope, or ``value`` as is."""
-        text, rule = self.rule_for(key)
+        text, rule, string_aad = self._lookup(key)
         if rule is None:
             return value
-        kind = b"h" if field is not None else b"s"
+        aad = string_aad if field is None else _bound(b"h", text, field)
         return self._service.encrypt(
-            _value_bytes(value), rule.context_for(text), associated_data=_bound(kind, text, field)
+            _value_bytes(value), rule.context_for(text), associated_data=aad
         )
 
     def decode(self, key: KeyT, raw: Any, field: KeyT | None = None) -> Any:
@@ -240,7 +253,7 @@ class RedisValueCodec:
         """
         if raw is None:
             return None
-        text, rule = self.rule_for(key)
+        text, rule, string_aad = self._lookup(key)
         if rule is None:
             return raw
         if not isinstance(raw, bytes):
@@ -248,10 +261,8 @@ class RedisValueCodec:
                 "the wrapped Redis client must return bytes (create it with "
                 "decode_responses=False; pass decode_responses=True to the wrapper instead)"
             )
-        kind = b"h" if field is not None else b"s"
-        plain = self._service.decrypt(
-            raw, rule.context_for(text), associated_data=_bound(kind, text, field)
-        )
+        aad = string_aad if field is None else _bound(b"h", text, field)
+        plain = self._service.decrypt(raw, rule.context_for(text), associated_data=aad)
         return plain.decode("utf-8") if self._decode else plain
 
     def decode_hash(self, key: KeyT, raw: Mapping[Any, Any]) -> dict[Any, Any]:
