@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use crate::core::aead::DataKey;
@@ -87,6 +87,38 @@ struct Inner<V> {
     misses: u64,
 }
 
+/// Distinguishes cache instances, so a memo made for one cache is never served by another
+/// (an address could be reused after a cache is dropped; a counter is not).
+static NEXT_CACHE_UID: AtomicU64 = AtomicU64::new(1);
+
+/// The last hit of one thread on one cache, kept by the caller (typically in a thread-local)
+/// so a repeated lookup of the same id skips the mutex and the hash.
+///
+/// A memo is only served while the cache's epoch is the one it was stamped with. Every change
+/// that can remove or replace an entry (put, remove, clear, expiry, eviction, a fork) bumps the
+/// epoch under the lock, so a memo never outlives the entry it remembers. The TTL and usage
+/// budget are checked again on every memo hit. The memo holds a `Weak` handle: it never keeps a
+/// key alive (or unzeroized) after the cache has dropped it.
+pub struct Memo<V> {
+    cache_uid: u64,
+    epoch: u64,
+    fork_generation: u64,
+    inserted: Duration,
+    id: Vec<u8>,
+    key: Weak<V>,
+}
+
+impl<V> std::fmt::Debug for Memo<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key; the id is a context digest or key reference, not secret, but
+        // there is no reason to show it either.
+        f.debug_struct("Memo")
+            .field("cache_uid", &self.cache_uid)
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A thread-safe DEK cache. Safe to use with the GIL released.
 pub struct DekCache<V: Cached = DataKey> {
     inner: Mutex<Inner<V>>,
@@ -94,6 +126,11 @@ pub struct DekCache<V: Cached = DataKey> {
     ttl: Duration,
     evictions: AtomicU64,
     expirations: AtomicU64,
+    /// Bumped (under the lock) by every change that can make a memoized hit stale.
+    epoch: AtomicU64,
+    uid: u64,
+    /// Hits served by a memo, which does not take the lock.
+    memo_hits: AtomicU64,
 }
 
 impl<V: Cached> std::fmt::Debug for DekCache<V> {
@@ -130,6 +167,9 @@ impl<V: Cached> DekCache<V> {
             ttl,
             evictions: AtomicU64::new(0),
             expirations: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+            uid: NEXT_CACHE_UID.fetch_add(1, Ordering::Relaxed),
+            memo_hits: AtomicU64::new(0),
         })
     }
 
@@ -151,8 +191,15 @@ impl<V: Cached> DekCache<V> {
         if inner.generation != generation {
             inner.map.clear();
             inner.generation = generation;
+            self.bump();
         }
         inner
+    }
+
+    /// Invalidates every memo of this cache. Called with the lock held, so a memo stamped
+    /// under the lock with the previous epoch can never be taken for current.
+    fn bump(&self) {
+        self.epoch.fetch_add(1, Ordering::Release);
     }
 
     fn usable(&self, e: &Entry<V>, now: Duration) -> bool {
@@ -166,7 +213,70 @@ impl<V: Cached> DekCache<V> {
 
     /// Like [`DekCache::get`], also returning the entry's age (for refresh-ahead).
     pub fn get_with_age(&self, id: &[u8]) -> Option<(Arc<V>, Duration)> {
+        self.lookup(id, now()).map(|(k, age, _)| (k, age))
+    }
+
+    /// Like [`DekCache::get_with_age`], served from `memo` when it remembers a hit on `id`
+    /// that is still current (same cache, epoch and fork generation, within the TTL, budget
+    /// left); otherwise a locked lookup, whose hit (or miss) replaces the memo.
+    pub fn get_memoized(
+        &self,
+        memo: &mut Option<Memo<V>>,
+        id: &[u8],
+    ) -> Option<(Arc<V>, Duration)> {
         let now = now();
+        if let Some(m) = memo.as_ref() {
+            if m.cache_uid == self.uid
+                && m.epoch == self.epoch.load(Ordering::Acquire)
+                && m.fork_generation == fork::generation()
+                && m.id == id
+            {
+                let age = now.saturating_sub(m.inserted);
+                if age < self.ttl {
+                    if let Some(key) = m.key.upgrade() {
+                        if !key.data_key().exhausted() {
+                            self.memo_hits.fetch_add(1, Ordering::Relaxed);
+                            return Some((key, age));
+                        }
+                    }
+                }
+            }
+        }
+        match self.lookup(id, now) {
+            Some((key, age, epoch)) => {
+                match memo {
+                    // Reuse the id buffer: a memo is replaced on every context switch.
+                    Some(m) => {
+                        m.id.clear();
+                        m.id.extend_from_slice(id);
+                        m.cache_uid = self.uid;
+                        m.epoch = epoch;
+                        m.fork_generation = fork::generation();
+                        m.inserted = now.saturating_sub(age);
+                        m.key = Arc::downgrade(&key);
+                    }
+                    None => {
+                        *memo = Some(Memo {
+                            cache_uid: self.uid,
+                            epoch,
+                            fork_generation: fork::generation(),
+                            inserted: now.saturating_sub(age),
+                            id: id.to_vec(),
+                            key: Arc::downgrade(&key),
+                        })
+                    }
+                }
+                Some((key, age))
+            }
+            None => {
+                *memo = None;
+                None
+            }
+        }
+    }
+
+    /// The locked lookup: the key, its age and the epoch it was found under.
+    fn lookup(&self, id: &[u8], now: Duration) -> Option<(Arc<V>, Duration, u64)> {
         let mut inner = self.lock();
         inner.tick += 1;
         let tick = inner.tick;
@@ -177,6 +287,7 @@ impl<V: Cached> DekCache<V> {
             }
             Some(_) => {
                 inner.map.remove(id);
+                self.bump();
                 self.expirations.fetch_add(1, Ordering::Relaxed);
                 None
             }
@@ -189,7 +300,8 @@ impl<V: Cached> DekCache<V> {
         } else {
             inner.misses += 1;
         }
-        found
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        found.map(|(k, age)| (k, age, epoch))
     }
 
     /// Inserts or replaces the key under `id`, evicting expired entries first and then the
@@ -231,11 +343,16 @@ impl<V: Cached> DekCache<V> {
                 last_used: tick,
             },
         );
+        // A replaced entry (or one evicted above) must not be served from a memo.
+        self.bump();
     }
 
     /// Removes one entry; returns whether it was present.
     pub fn remove(&self, id: &[u8]) -> bool {
-        self.lock().map.remove(id).is_some()
+        let mut inner = self.lock();
+        let removed = inner.map.remove(id).is_some();
+        self.bump();
+        removed
     }
 
     /// Removes every entry whose id starts with `prefix` (for example one KMS key); returns
@@ -244,6 +361,7 @@ impl<V: Cached> DekCache<V> {
         let mut inner = self.lock();
         let before = inner.map.len();
         inner.map.retain(|k, _| !k.starts_with(prefix));
+        self.bump();
         before - inner.map.len()
     }
 
@@ -256,9 +374,30 @@ impl<V: Cached> DekCache<V> {
             .collect()
     }
 
+    /// Drops every entry past its TTL or out of budget; returns how many were dropped.
+    ///
+    /// Lookups notice expiry lazily, so a key nobody asks for again would otherwise stay in
+    /// memory until evicted; the service calls this periodically so that no key outlives its
+    /// TTL by more than one refresh period.
+    pub fn purge_expired(&self) -> usize {
+        let now = now();
+        let mut inner = self.lock();
+        let before = inner.map.len();
+        inner.map.retain(|_, e| self.usable(e, now));
+        let dropped = before - inner.map.len();
+        if dropped > 0 {
+            self.expirations
+                .fetch_add(dropped as u64, Ordering::Relaxed);
+            self.bump();
+        }
+        dropped
+    }
+
     /// Drops every entry.
     pub fn clear(&self) {
-        self.lock().map.clear();
+        let mut inner = self.lock();
+        inner.map.clear();
+        self.bump();
     }
 
     /// Number of entries held (expired ones included until they are noticed).
@@ -275,7 +414,7 @@ impl<V: Cached> DekCache<V> {
     pub fn stats(&self) -> CacheStats {
         let inner = self.lock();
         CacheStats {
-            hits: inner.hits,
+            hits: inner.hits + self.memo_hits.load(Ordering::Relaxed),
             misses: inner.misses,
             evictions: self.evictions.load(Ordering::Relaxed),
             expirations: self.expirations.load(Ordering::Relaxed),
@@ -384,6 +523,114 @@ mod tests {
         c.put(b"kms2/a", key());
         assert_eq!(c.remove_prefix(b"kms1/"), 2);
         assert_eq!(c.len(), 1);
+    }
+
+    fn memo_hit(c: &DekCache, memo: &mut Option<Memo<DataKey>>, id: &[u8]) -> Option<Arc<DataKey>> {
+        c.get_memoized(memo, id).map(|(k, _)| k)
+    }
+
+    #[test]
+    fn memo_serves_repeated_hits_without_the_lock() {
+        let c: DekCache = DekCache::new(10, Duration::from_secs(60)).unwrap();
+        let k = key();
+        c.put(b"a", Arc::clone(&k));
+        let mut memo = None;
+        assert!(Arc::ptr_eq(&memo_hit(&c, &mut memo, b"a").unwrap(), &k));
+        let locked_hits = c.lock().hits;
+        for _ in 0..5 {
+            assert!(Arc::ptr_eq(&memo_hit(&c, &mut memo, b"a").unwrap(), &k));
+        }
+        // The five repeats came from the memo (the lock's counter did not move), and the
+        // stats still count them.
+        assert_eq!(c.lock().hits, locked_hits);
+        assert_eq!(c.stats().hits, 6);
+        // Another id goes through the lock and replaces the memo.
+        assert!(memo_hit(&c, &mut memo, b"b").is_none());
+        assert!(memo.is_none());
+    }
+
+    #[test]
+    fn memo_never_serves_a_cleared_key() {
+        let c: DekCache = DekCache::new(10, Duration::from_secs(60)).unwrap();
+        c.put(b"a", key());
+        let mut memo = None;
+        assert!(memo_hit(&c, &mut memo, b"a").is_some());
+        c.clear();
+        assert!(memo_hit(&c, &mut memo, b"a").is_none());
+    }
+
+    #[test]
+    fn memo_never_serves_a_removed_or_retired_key() {
+        let c: DekCache = DekCache::new(10, Duration::from_secs(60)).unwrap();
+        c.put(b"kms1/a", key());
+        let mut memo = None;
+        assert!(memo_hit(&c, &mut memo, b"kms1/a").is_some());
+        c.remove(b"kms1/a");
+        assert!(memo_hit(&c, &mut memo, b"kms1/a").is_none());
+        c.put(b"kms1/a", key());
+        assert!(memo_hit(&c, &mut memo, b"kms1/a").is_some());
+        // Retiring a key version removes its entries by prefix.
+        assert_eq!(c.remove_prefix(b"kms1/"), 1);
+        assert!(memo_hit(&c, &mut memo, b"kms1/a").is_none());
+    }
+
+    #[test]
+    fn memo_never_serves_an_expired_key() {
+        let c: DekCache = DekCache::new(10, Duration::from_millis(30)).unwrap();
+        c.put(b"a", key());
+        let mut memo = None;
+        assert!(memo_hit(&c, &mut memo, b"a").is_some());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(memo_hit(&c, &mut memo, b"a").is_none());
+        assert_eq!(c.stats().expirations, 1);
+    }
+
+    #[test]
+    fn memo_follows_a_replaced_entry() {
+        let c: DekCache = DekCache::new(10, Duration::from_secs(60)).unwrap();
+        let (k1, k2) = (key(), key());
+        c.put(b"a", Arc::clone(&k1));
+        let mut memo = None;
+        assert!(Arc::ptr_eq(&memo_hit(&c, &mut memo, b"a").unwrap(), &k1));
+        c.put(b"a", Arc::clone(&k2));
+        assert!(Arc::ptr_eq(&memo_hit(&c, &mut memo, b"a").unwrap(), &k2));
+    }
+
+    #[test]
+    fn memo_never_serves_an_evicted_or_spent_key() {
+        let c: DekCache = DekCache::new(1, Duration::from_secs(60)).unwrap();
+        let k = Arc::new(DataKey::generate(UsageLimits::new(2, u64::MAX).unwrap()).unwrap());
+        c.put(b"a", Arc::clone(&k));
+        let mut memo = None;
+        assert!(memo_hit(&c, &mut memo, b"a").is_some());
+        k.seal(b"", b"1").unwrap();
+        k.seal(b"", b"2").unwrap();
+        assert!(memo_hit(&c, &mut memo, b"a").is_none(), "budget spent");
+        c.put(b"a", key());
+        assert!(memo_hit(&c, &mut memo, b"a").is_some());
+        c.put(b"b", key()); // evicts "a" (bound of one)
+        assert!(memo_hit(&c, &mut memo, b"a").is_none());
+    }
+
+    #[test]
+    fn memo_does_not_keep_a_dropped_key_alive_or_cross_caches() {
+        let c: DekCache = DekCache::new(10, Duration::from_secs(60)).unwrap();
+        let other: DekCache = DekCache::new(10, Duration::from_secs(60)).unwrap();
+        let k = key();
+        let weak = Arc::downgrade(&k);
+        c.put(b"a", k);
+        let mut memo = None;
+        drop(memo_hit(&c, &mut memo, b"a"));
+        c.clear();
+        assert!(
+            weak.upgrade().is_none(),
+            "the memo must not keep the key alive"
+        );
+        // A memo made on one cache is never served by another, even for the same id.
+        let k2 = key();
+        c.put(b"a", Arc::clone(&k2));
+        assert!(memo_hit(&c, &mut memo, b"a").is_some());
+        assert!(memo_hit(&other, &mut memo, b"a").is_none());
     }
 
     #[test]

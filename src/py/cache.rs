@@ -1,7 +1,7 @@
 //! `DekCache`: the Rust DEK cache exposed to Python, with one-call fast paths for sealing and
 //! opening on a hit.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
 use crate::core::aead::DataKey;
-use crate::core::cache::{Cached, DekCache};
+use crate::core::cache::{Cached, DekCache, Memo};
 use crate::core::envelope::{self, Sealer};
 use crate::core::stats::{LabelTotals, SampledHistogram, LATENCY_BUCKETS};
 use crate::core::Error;
@@ -84,6 +84,9 @@ pub struct PyDekCache {
     inner: DekCache<Item>,
     totals: Arc<LabelTotals>,
     latency: SampledHistogram,
+    /// Envelopes whose key version is below this are never opened from the cache: a hit is
+    /// reported as a miss, so the caller's slow path checks the keyring and refuses.
+    min_key_version: AtomicU32,
 }
 
 fn item_to_py(py: Python<'_>, item: &Item) -> PyResult<Py<PyAny>> {
@@ -116,7 +119,21 @@ impl PyDekCache {
             totals: Arc::new(LabelTotals::default()),
             // One call in 16 is timed (see SampledHistogram).
             latency: SampledHistogram::new(4),
+            min_key_version: AtomicU32::new(0),
         })
+    }
+
+    /// The lowest key version `open` serves from the cache (0: no limit).
+    #[getter]
+    fn min_key_version(&self) -> u32 {
+        self.min_key_version.load(Ordering::Acquire)
+    }
+
+    /// Raises the lowest key version `open` serves from the cache; it never goes down.
+    fn raise_min_key_version(&self, version: u32) -> u32 {
+        self.min_key_version
+            .fetch_max(version, Ordering::AcqRel)
+            .max(version)
     }
 
     /// Returns the DataKey or EnvelopeSealer under `id`, or None when absent, expired or spent.
@@ -207,7 +224,9 @@ impl PyDekCache {
         guard(|| {
             let pt = bytes_arg(plaintext, "plaintext")?;
             let aad = opt_bytes_arg(associated_data, "associated_data")?;
-            let Some((item, age)) = self.inner.get_with_age(&bytes_arg(id, "id")?) else {
+            let id = bytes_arg(id, "id")?;
+            let hit = SEAL_MEMO.with(|m| self.inner.get_memoized(&mut m.borrow_mut(), &id));
+            let Some((item, age)) = hit else {
                 return Ok(None);
             };
             if max_age.is_some_and(|m| age.as_secs_f64() >= m) {
@@ -243,7 +262,10 @@ impl PyDekCache {
             let ctx = bytes_arg(context, "context")?;
             let aad = opt_bytes_arg(associated_data, "associated_data")?;
             let parsed = envelope::parse(&env).py()?;
-            let Some(item) = envelope::with_key_ref_id(&parsed, |id| self.inner.get(id)) else {
+            if parsed.key_version < self.min_key_version.load(Ordering::Acquire) {
+                return Ok(None);
+            }
+            let Some(item) = self.get_for_open(&parsed) else {
                 return Ok(None);
             };
             // Open with the header parsed above instead of parsing the envelope a second time.
@@ -270,6 +292,11 @@ impl PyDekCache {
     /// Removes every entry whose id starts with `prefix`; returns the count.
     fn remove_prefix(&self, prefix: &Bound<'_, PyAny>) -> PyResult<usize> {
         Ok(self.inner.remove_prefix(&bytes_arg(prefix, "prefix")?))
+    }
+
+    /// Drops entries past their TTL or out of budget; returns how many were dropped.
+    fn purge_expired(&self) -> usize {
+        self.inner.purge_expired()
     }
 
     /// Drops every entry.
@@ -336,9 +363,25 @@ const MAX_SCRATCH: usize = 64 * 1024;
 
 thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    // The last hit of this thread, one memo for seals and one for opens: a service seals
+    // through its encryption cache and opens through its decryption cache, so keeping them
+    // apart lets a thread that alternates the two keep both memos. The memo never holds a
+    // key alive and is checked against the cache's epoch (see core::cache::Memo).
+    static SEAL_MEMO: std::cell::RefCell<Option<Memo<Item>>> =
+        const { std::cell::RefCell::new(None) };
+    static OPEN_MEMO: std::cell::RefCell<Option<Memo<Item>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 impl PyDekCache {
+    /// The cached key an envelope refers to, through this thread's open memo.
+    fn get_for_open(&self, parsed: &envelope::Parsed<'_>) -> Option<Arc<Item>> {
+        envelope::with_key_ref_id(parsed, |id| {
+            OPEN_MEMO.with(|m| self.inner.get_memoized(&mut m.borrow_mut(), id))
+        })
+        .map(|(item, _)| item)
+    }
+
     /// Opens into a new `str` (UTF-8 checked) or `bytes`; `Ok(None)` on a cache miss.
     fn open_value<'py>(
         &self,
@@ -349,7 +392,10 @@ impl PyDekCache {
         text: bool,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
         let parsed = envelope::parse(env).py()?;
-        let Some(item) = envelope::with_key_ref_id(&parsed, |id| self.inner.get(id)) else {
+        if parsed.key_version < self.min_key_version.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        let Some(item) = self.get_for_open(&parsed) else {
             return Ok(None);
         };
         let key = item.data_key();

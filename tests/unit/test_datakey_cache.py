@@ -185,6 +185,67 @@ def test_cache_seal_and_open_fast_paths() -> None:
         c.open(env, CTX, b"other-row")
 
 
+def test_repeated_hits_never_outlive_clear_remove_ttl_or_replacement() -> None:
+    # Repeated lookups of one id are served from a per-thread memo of the last hit; every
+    # change to the cache must invalidate it, on the seal and the open path alike.
+    c = core.DekCache(ttl_seconds=0.2)
+    k = core.DataKey.generate()
+    c.put(b"enc", core.EnvelopeSealer(k, key_version=1, context=CTX, dek_id=5))
+    c.put(core.stored_key_ref_id(5), k)
+    env = c.seal(b"enc", b"v")
+    assert env is not None
+    for _ in range(3):
+        assert c.seal(b"enc", b"v") is not None
+        assert c.open(env, CTX) == b"v"
+    assert c.stats()["hits"] == 7
+    c.clear()  # what disable_cached_keys() and a retirement do
+    assert c.seal(b"enc", b"v") is None
+    assert c.open(env, CTX) is None
+
+    k2 = core.DataKey.generate()
+    c.put(b"enc", core.EnvelopeSealer(k, key_version=1, context=CTX, dek_id=5))
+    assert c.seal(b"enc", b"v") is not None
+    c.remove(b"enc")
+    assert c.seal(b"enc", b"v") is None
+    # A replaced entry is served at once, not the memoized one.
+    c.put(b"enc", core.EnvelopeSealer(k, key_version=1, context=CTX, dek_id=5))
+    assert c.seal(b"enc", b"v") is not None
+    c.put(b"enc", core.EnvelopeSealer(k2, key_version=1, context=CTX, dek_id=6))
+    replaced = c.seal(b"enc", b"v")
+    assert replaced is not None and core.parse_envelope(replaced).dek_id == 6
+    time.sleep(0.25)
+    assert c.seal(b"enc", b"v") is None, "a memoized hit must not outlive the TTL"
+
+
+def test_memoized_hits_stay_per_cache_and_per_thread() -> None:
+    a, b = core.DekCache(), core.DekCache()
+    ka, kb = core.DataKey.generate(), core.DataKey.generate()
+    a.put(b"enc", core.EnvelopeSealer(ka, key_version=1, context=CTX, dek_id=1))
+    b.put(b"enc", core.EnvelopeSealer(kb, key_version=1, context=CTX, dek_id=2))
+    for _ in range(2):
+        env_a, env_b = a.seal(b"enc", b"v"), b.seal(b"enc", b"v")
+        assert env_a is not None and env_b is not None
+        assert core.parse_envelope(env_a).dek_id == 1 and core.parse_envelope(env_b).dek_id == 2
+    # Another thread's memo is cleared with the cache as well.
+    done = threading.Event()
+    go = threading.Event()
+    results: list[bytes | None] = []
+
+    def worker() -> None:
+        results.append(a.seal(b"enc", b"v"))
+        done.set()
+        go.wait(5)
+        results.append(a.seal(b"enc", b"v"))
+
+    t = threading.Thread(target=worker)
+    t.start()
+    assert done.wait(5)
+    a.clear()
+    go.set()
+    t.join(5)
+    assert results[0] is not None and results[1] is None
+
+
 def test_contexts_never_share_a_key() -> None:
     # F4: the cache id is chosen by the service; two ids never return each other's entries.
     c = core.DekCache()
