@@ -7,10 +7,17 @@ from typing_extensions import Buffer
 
 __all__ = [
     "AESGCM",
+    "ALG_AES_256_GCM",
     "DETACH_THRESHOLD",
+    "ENVELOPE_MAGIC",
     "FORMAT_VERSION",
     "GCM_MAX_PLAINTEXT",
+    "KIND_INLINE",
+    "KIND_STORED",
+    "MAX_KEY_ID_LEN",
     "MAX_MESSAGES_CAP",
+    "MAX_PROVIDER_LEN",
+    "MAX_WRAPPED_LEN",
     "OVERHEAD",
     "BlindIndexKey",
     "CachedOpener",
@@ -24,6 +31,7 @@ __all__ = [
     "core_stats",
     "export_key_bytes",
     "inline_key_ref_id",
+    "live_data_keys",
     "open_envelope",
     "parse_envelope",
     "random_bytes",
@@ -35,6 +43,20 @@ MAX_MESSAGES_CAP: Final[int]
 GCM_MAX_PLAINTEXT: Final[int]
 DETACH_THRESHOLD: Final[int]
 OVERHEAD: Final[int]
+#: First byte of every envelope (0xFA).
+ENVELOPE_MAGIC: Final[int]
+#: Algorithm id of AES-256-GCM in the envelope header.
+ALG_AES_256_GCM: Final[int]
+#: Key reference kind byte: the wrapped DEK travels in the envelope.
+KIND_INLINE: Final[int]
+#: Key reference kind byte: a DEK id pointing into the key store.
+KIND_STORED: Final[int]
+#: Longest provider name an inline envelope may carry.
+MAX_PROVIDER_LEN: Final[int]
+#: Longest wrapping key id an inline envelope may carry.
+MAX_KEY_ID_LEN: Final[int]
+#: Longest wrapped DEK an inline envelope may carry.
+MAX_WRAPPED_LEN: Final[int]
 
 _AssociatedData = Buffer | None
 
@@ -157,6 +179,11 @@ class DekCache:
     """Bounded LRU cache of data keys with a TTL and per-key usage limits."""
 
     def __new__(cls, max_entries: int = 1000, ttl_seconds: float = 300.0) -> DekCache: ...
+    @property
+    def min_key_version(self) -> int:
+        """The lowest key version :meth:`open` serves from the cache (0: no limit)."""
+    def raise_min_key_version(self, version: int) -> int:
+        """Raises :attr:`min_key_version` (never lowers it); returns the new value."""
     def get(self, id: Buffer) -> DataKey | EnvelopeSealer | None: ...
     def get_with_age(self, id: Buffer) -> tuple[DataKey | EnvelopeSealer, float] | None: ...
     def put(self, id: Buffer, item: DataKey | EnvelopeSealer, label: str | None = None) -> None: ...
@@ -174,6 +201,8 @@ class DekCache:
     ) -> bytes | None: ...
     def remove(self, id: Buffer) -> bool: ...
     def remove_prefix(self, prefix: Buffer) -> int: ...
+    def purge_expired(self) -> int:
+        """Drops entries past their TTL or out of budget; returns how many were dropped."""
     def clear(self) -> None: ...
     def __len__(self) -> int: ...
     @property
@@ -218,4 +247,6 @@ def inline_key_ref_id(provider: str, key_id: str, wrapped_dek: Buffer) -> bytes:
 def export_key_bytes(key: DataKey) -> bytes: ...
 def constant_time_eq(a: Buffer, b: Buffer) -> bool: ...
 def core_stats() -> dict[str, int]: ...
+def live_data_keys() -> int:
+    """Data keys (DEKs, master and index root keys) alive in this process, in any holder."""
 def random_bytes(n: int) -> bytes: ...

@@ -43,6 +43,12 @@ class EncryptionServiceConfig:
         max_messages_per_dek: Seals per DEK before a new one is fetched (<= 2**32).
         max_plaintext_bytes: Largest plaintext accepted; checked before any KMS call.
         refresh_ahead_fraction: Fraction of the TTL after which a DEK is replaced early.
+        keyring_refresh_seconds: Bound on how long a key change made by another process
+            (rotation, retirement, rewrap) takes to reach this one; never more than the
+            cache TTL. On PostgreSQL changes normally arrive at once (LISTEN/NOTIFY) and this
+            is the polling fallback. 0 turns the background refresh and the instance
+            heartbeat off (benchmarks and single-process tools only). A value above the
+            cache TTL is lowered to the TTL.
     """
 
     provider: str = "local"
@@ -57,6 +63,7 @@ class EncryptionServiceConfig:
     max_messages_per_dek: int = 2**24
     max_plaintext_bytes: int = 64 * 1024 * 1024
     refresh_ahead_fraction: float = 0.9
+    keyring_refresh_seconds: float = 5.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -77,6 +84,11 @@ class EncryptionServiceConfig:
             raise ConfigurationError("max_plaintext_bytes must be in 1..2**36-32")
         if not 0.1 <= self.refresh_ahead_fraction <= 1.0:
             raise ConfigurationError("refresh_ahead_fraction must be in [0.1, 1.0]")
+        if not 0 <= self.keyring_refresh_seconds <= 300:
+            raise ConfigurationError("keyring_refresh_seconds must be in [0, 300] (0: off)")
+        if self.keyring_refresh_seconds > self.cache_ttl_seconds:
+            # A cached key must not outlive the bound on seeing its retirement.
+            object.__setattr__(self, "keyring_refresh_seconds", self.cache_ttl_seconds)
         url = self.key_store_url
         if url is not None and not url.startswith(("sqlite:///", "postgresql", "postgres://")):
             raise ConfigurationError("key_store_url must be sqlite:/// or postgresql://")
@@ -103,7 +115,11 @@ class EncryptionServiceConfig:
                     if isinstance(raw, str):
                         raw = [s.strip() for s in raw.split(",") if s.strip()]
                     converted[f.name] = tuple(raw)
-                elif f.name in ("cache_ttl_seconds", "refresh_ahead_fraction"):
+                elif f.name in (
+                    "cache_ttl_seconds",
+                    "refresh_ahead_fraction",
+                    "keyring_refresh_seconds",
+                ):
                     converted[f.name] = float(raw)
                 elif f.name in ("cache_max_entries", "max_messages_per_dek", "max_plaintext_bytes"):
                     converted[f.name] = int(raw)

@@ -20,9 +20,11 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,7 @@ from greenlang_crypto._core import (
 )
 from greenlang_crypto.config import EncryptionServiceConfig
 from greenlang_crypto.context import EncryptionContext
-from greenlang_crypto.events import ServiceObserver
+from greenlang_crypto.events import KeyChangeGuard, ServiceObserver
 from greenlang_crypto.exceptions import (
     ConfigurationError,
     DecryptionError,
@@ -49,21 +51,39 @@ from greenlang_crypto.exceptions import (
     KeyNotFoundError,
     KeyRetiredError,
     KeyStateError,
+    KeyUsageExceededError,
     KeyVersionUnavailableError,
     PayloadTooLargeError,
 )
-from greenlang_crypto.keys.store import KeyStore, KeyVersion, open_key_store
-from greenlang_crypto.providers.base import KeyLimits, KeyProvider
+from greenlang_crypto.keys.index_keys import INDEX_ROOT_CONTEXT, IndexKeys
+from greenlang_crypto.keys.keyring import Keyring, KeyringSnapshot
+from greenlang_crypto.keys.store import (
+    IndexKeyRecord,
+    InstanceRecord,
+    KeyStore,
+    KeyVersion,
+    open_key_store,
+)
+from greenlang_crypto.providers.base import (
+    CreatesMasterKeys,
+    EnforcesKeyAllowList,
+    KeyLimits,
+    KeyProvider,
+    NamesCurrentKey,
+    RotatesKeyOnDemand,
+)
 
 __all__ = ["EncryptionService", "RotationResult", "ServiceStatus"]
 
 _log = logging.getLogger("greenlang_crypto.service")
 _FLIGHT_STRIPES = 256
+#: Stored DEK ids are 63-bit (the databases' signed BIGINT); headers may carry any 64 bits.
+_MAX_DEK_ID = 2**63
 
 ContextLike = EncryptionContext | Mapping[str, str]
 
-#: The context that binds blind-index root keys at the provider (KMS EncryptionContext).
-_INDEX_ROOT_CONTEXT = EncryptionContext(tenant_id="_system", data_class="blind-index-root")
+#: The context that binds blind-index root keys at the provider (kept for importers).
+_INDEX_ROOT_CONTEXT = INDEX_ROOT_CONTEXT
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +115,8 @@ class ServiceStatus:
         deks_by_version: Stored DEKs per version.
         usage_by_version: Per version: stored DEKs, messages and bytes sealed under them.
         cache: Encryption and decryption cache counters.
+        keyring_epoch: The key store change counter this instance has loaded.
+        instances: Instances registered in the key store, most recently seen first.
     """
 
     provider: str
@@ -106,6 +128,16 @@ class ServiceStatus:
     deks_by_version: dict[int, int]
     usage_by_version: dict[int, tuple[int, int, int]]
     cache: dict[str, dict[str, int]]
+    keyring_epoch: int = 0
+    instances: list[InstanceRecord] = field(default_factory=list)
+
+
+def _stop_keyring(keyring: Keyring) -> None:
+    # Runs at close() or when the service is collected (weakref.finalize), at most once.
+    try:
+        keyring.stop()
+    except Exception as exc:  # interpreter shutdown: the row expires by itself
+        _log.debug("keyring stop failed: %s", type(exc).__name__)
 
 
 def _as_context(context: ContextLike) -> EncryptionContext:
@@ -181,11 +213,35 @@ class EncryptionService:
         # many distinct contexts (TEST-MATRIX F7); two keys sharing a stripe only queue.
         self._flights = [threading.Lock() for _ in range(_FLIGHT_STRIPES)]
         self._state_lock = threading.Lock()
-        # Stored DEKs this process seals with, so their use counts reach the key store.
-        self._usage_track: dict[int, DataKey] = {}
-        self._index_roots: dict[int, DataKey] = {}
-        self._index_keys: dict[tuple[int, str], BlindIndexKey] = {}
-        self._load_keyring()
+        # Stored DEKs this process seals with (and when it started to), so their use counts
+        # reach the key store; entries leave after the TTL so no key outlives its cache.
+        self._usage_track: dict[int, tuple[DataKey, float]] = {}
+        self._index = IndexKeys(self._unwrap_index_root, ttl)
+        self._wrapping_keys: frozenset[tuple[str, str]] = frozenset()
+        self._keyring = Keyring(
+            self.store,
+            self._first_version,
+            refresh_seconds=self.config.keyring_refresh_seconds,
+        )
+        self._apply_snapshot(None, self._keyring.snapshot)
+        # The keyring (and its thread) must not keep the service alive: weak callbacks.
+        on_change = weakref.WeakMethod(self._apply_snapshot)
+        on_tick = weakref.WeakMethod(self._purge_expired)
+
+        def changed(old: KeyringSnapshot | None, new: KeyringSnapshot) -> None:
+            method = on_change()
+            if method is not None:
+                method(old, new)
+
+        def tick() -> None:
+            method = on_tick()
+            if method is not None:
+                method()
+
+        self._keyring.add_listener(changed)
+        self._keyring.add_tick_listener(tick)
+        self._keyring.start()
+        self._finalizer = weakref.finalize(self, _stop_keyring, self._keyring)
 
     @classmethod
     def init_local(
@@ -259,29 +315,55 @@ class EncryptionService:
             endpoint_url=self.config.kms_endpoint_url,
         )
 
+    def _first_version(self) -> tuple[str, str]:
+        return self.provider.name, self._initial_wrapping_key()
+
     def _load_keyring(self) -> None:
-        versions = self.store.versions()
-        if not versions:
-            self.store.add_primary_version(self.provider.name, self._initial_wrapping_key())
-            versions = self.store.versions()
-        primary = [v for v in versions if v.state == "primary"]
-        if len(primary) != 1:
-            raise ConfigurationError("the keyring must have exactly one primary version")
+        """Re-reads the keyring now (admin paths; the data path never calls this)."""
+        self._keyring.reload()
+
+    def _apply_snapshot(self, old: KeyringSnapshot | None, new: KeyringSnapshot) -> None:
+        """Makes a new keyring view current: caches follow it before anything else can.
+
+        Called by the keyring (under its lock) after every change it loads, whichever process
+        made the change.
+        """
         with self._state_lock:
-            self._versions = {v.version: v for v in versions}
-            self._primary = primary[0]
-            self._min_version = self.store.min_decryption_version()
-            epoch = (self._primary.version, self._primary.wrapping_key_id)
+            self._versions = dict(new.versions)
+            self._wrapping_keys = new.wrapping_keys
+            if new.min_decryption_version > self._dec_cache.min_key_version:
+                # Raise the floor inside the Rust cache first, so no hit below it is served
+                # from here on, then drop the keys of retired versions. Inserts of keys fetched
+                # concurrently check the minimum under this same lock (see _data_key_for).
+                self._dec_cache.raise_min_key_version(new.min_decryption_version)
+                self._dec_cache.clear()
+            self._min_version = new.min_decryption_version
+            self._primary = new.primary
+            epoch = (new.primary.version, new.primary.wrapping_key_id)
             if epoch != self._keyring_epoch:
                 self._keyring_epoch = epoch
                 self._replace_enc_caches()
+            if old is not None and old.wrapping_keys - new.wrapping_keys:
+                # A wrapping key was destroyed: DEKs unwrapped under it must go too.
+                self._dec_cache.clear()
+            if old is not None and old.index_keys != new.index_keys:
+                retired = {r.version for r in new.index_keys if r.state == "retired"}
+                for version in retired:
+                    self._index.forget(version)
+
+    def _purge_expired(self) -> None:
+        """Drops every cached key past its TTL (called by the keyring's background thread)."""
+        self._dec_cache.purge_expired()
+        for cache in self._enc_caches.values():
+            cache.purge_expired()
+        self._index.purge()
+        self._prune_usage()
 
     def _initial_wrapping_key(self) -> str:
         if self.config.provider == "aws-kms" and self.config.kms_key_ids:
             return self.config.kms_key_ids[0]
-        current = getattr(self.provider, "current_key_id", None)
-        if callable(current):
-            return str(current())
+        if isinstance(self.provider, NamesCurrentKey):
+            return str(self.provider.current_key_id())
         raise ConfigurationError("cannot determine the wrapping key id for version 1")
 
     def _replace_enc_caches(self) -> None:
@@ -306,7 +388,7 @@ class EncryptionService:
 
     def _track_usage(self, dek_id: int, key: DataKey) -> None:
         with self._state_lock:
-            self._usage_track[dek_id] = key
+            self._usage_track[dek_id] = (key, time.monotonic())
             if len(self._usage_track) > 4 * self.config.cache_max_entries:
                 # Write out and forget the oldest half; their counters are final or nearly so.
                 old = list(self._usage_track.items())[: len(self._usage_track) // 2]
@@ -315,13 +397,32 @@ class EncryptionService:
             else:
                 old = []
         if old:
-            self.store.record_usage({i: (k.messages_used, k.bytes_used) for i, k in old})
+            self.store.record_usage({i: (k.messages_used, k.bytes_used) for i, (k, _) in old})
+
+    def _prune_usage(self, *, everything: bool = False) -> None:
+        """Writes out and forgets tracked DEKs past the TTL (or all of them).
+
+        A DEK past the TTL is out of every cache, so its counters are final; holding it any
+        longer would keep the key itself alive.
+        """
+        cutoff = time.monotonic() - self._cache_ttl
+        with self._state_lock:
+            old = [
+                (i, entry)
+                for i, entry in self._usage_track.items()
+                if everything or entry[1] <= cutoff
+            ]
+            for i, _ in old:
+                del self._usage_track[i]
+        if old:
+            self.store.record_usage({i: (k.messages_used, k.bytes_used) for i, (k, _) in old})
 
     def flush_usage(self) -> None:
         """Writes the use counts (messages, bytes) of this process's stored DEKs to the store."""
         with self._state_lock:
             items = list(self._usage_track.items())
-        self.store.record_usage({i: (k.messages_used, k.bytes_used) for i, k in items})
+        self.store.record_usage({i: (k.messages_used, k.bytes_used) for i, (k, _) in items})
+        self._prune_usage()
 
     # -- events --------------------------------------------------------------------------
 
@@ -575,12 +676,29 @@ class EncryptionService:
             raise InvalidArgumentError("associated_data must have one entry per plaintext")
         if reference not in ("stored", "inline"):
             raise InvalidArgumentError("key_reference must be 'stored' or 'inline'")
-        for _ in range(3):
-            cache, sealer = self._sealer(ctx, reference)
-            if sealer.key.max_messages - sealer.key.messages_used >= len(values):
-                return sealer.seal_batch(values, aads)
-            cache.remove(ctx._canonical)
-        raise KeyStateError("batch is larger than one data key's message budget")
+        if len(values) > self._limits.max_messages:
+            raise KeyStateError("batch is larger than one data key's message budget")
+        cache, sealer = self._sealer(ctx, reference)
+        try:
+            # seal_batch reserves the whole batch's budget in one atomic step (Rust), so a
+            # concurrent writer can never take part of it between a check and the seals.
+            return sealer.seal_batch(values, aads)
+        except KeyUsageExceededError:
+            pass
+        # The cached DEK has less budget left than the batch needs: the batch gets a fresh DEK
+        # of its own and seals before any other writer can see that DEK, so its whole budget
+        # is free. The DEK then replaces the cached one for later writers when it has more
+        # budget left (another thread may have put a fresher one meanwhile).
+        fresh = self._new_sealer(self._primary, ctx, reference)
+        out = fresh.seal_batch(values, aads)
+        with self._single_flight(reference.encode() + b"|" + ctx._canonical):
+            current = cache.get(ctx._canonical)
+            left = fresh.key.max_messages - fresh.key.messages_used
+            if not isinstance(current, EnvelopeSealer) or (
+                current.key.max_messages - current.key.messages_used < left
+            ):
+                cache.put(ctx._canonical, fresh, ctx.data_class)
+        return out
 
     async def encrypt_async(self, plaintext: bytes, context: ContextLike, **kwargs: Any) -> bytes:
         """:meth:`encrypt` on a worker thread, so KMS calls never block the event loop."""
@@ -590,12 +708,23 @@ class EncryptionService:
 
     def _check_version(self, key_version: int) -> None:
         if key_version not in self._versions:
-            # Another instance may have rotated: reload once before reporting.
-            self._load_keyring()
+            # Another instance may have rotated before this one's next refresh: check the
+            # change counter once (a single-row read) before reporting.
+            self._keyring.refresh()
             if key_version not in self._versions:
                 raise KeyVersionUnavailableError(key_version)
         if key_version < self._min_version:
             raise KeyRetiredError(key_version, self._min_version)
+
+    def _cache_decryption_key(
+        self, ref_id: bytes, key: DataKey, key_version: int, data_class: str
+    ) -> None:
+        # Checked under the lock that retirement raises the minimum under, so a key fetched
+        # by a decrypt that started before a retirement never lands in the cache after it.
+        with self._state_lock:
+            if key_version < self._min_version:
+                raise KeyRetiredError(key_version, self._min_version)
+            self._dec_cache.put(ref_id, key, data_class)
 
     def _data_key_for(self, envelope: bytes, ctx: EncryptionContext) -> DataKey:
         header = parse_envelope(envelope)
@@ -607,6 +736,9 @@ class EncryptionService:
                 return cached
             if header.kind == "stored":
                 assert header.dek_id is not None
+                if header.dek_id >= _MAX_DEK_ID:
+                    # No stored DEK has such an id; the header is forged or corrupt.
+                    raise KeyNotFoundError("stored DEK is not in the key store")
                 record = self.store.get_dek(header.dek_id)
                 if record is None:
                     raise KeyNotFoundError(f"stored DEK {header.dek_id} is not in the key store")
@@ -621,20 +753,24 @@ class EncryptionService:
                 assert header.key_id is not None and header.wrapped_dek is not None
                 # Only wrapping keys of this keyring are used, so an envelope cannot make the
                 # service call an arbitrary KMS key.
-                allowed = {v.wrapping_key_id for v in self._versions.values()}
-                allowed.update(self.config.kms_key_ids)
+                # Every wrapping key a version ever had counts (until an operator destroys
+                # it), so inline envelopes made before a rewrap keep decrypting.
+                known = (header.provider, header.key_id) in self._wrapping_keys or (
+                    header.key_id in self.config.kms_key_ids
+                )
                 # The AWS provider enforces its own allow-list before any request, and it also
                 # knows which key ARNs an alias has resolved to (an alias re-pointed to a new
                 # key yields envelopes naming that key's ARN).
-                delegated = getattr(self.provider, "enforces_key_allow_list", False)
-                if header.provider != self.provider.name or (
-                    header.key_id not in allowed and not delegated
-                ):
+                delegated = (
+                    isinstance(self.provider, EnforcesKeyAllowList)
+                    and self.provider.enforces_key_allow_list
+                )
+                if header.provider != self.provider.name or not (known or delegated):
                     raise DecryptionError()
                 key = self.provider.decrypt_data_key(
                     header.key_id, header.wrapped_dek, ctx, self._limits
                 )
-            self._dec_cache.put(ref_id, key, ctx.data_class)
+            self._cache_decryption_key(ref_id, key, header.key_version, ctx.data_class)
             self._emit(
                 "key_cache_miss",
                 operation="decrypt",
@@ -758,15 +894,77 @@ class EncryptionService:
 
     # -- keys ----------------------------------------------------------------------------
 
+    @contextmanager
+    def _key_change(self, action: str, **details: object) -> Iterator[None]:
+        """Runs one key-state change inside the context of every :class:`KeyChangeGuard`.
+
+        A guard (the audit log) records the intent on entry and raises when it cannot, so the
+        change never happens unrecorded; on exit it records the outcome. Without guards this
+        is a no-op.
+        """
+        with ExitStack() as stack:
+            for observer in self._observers:
+                if isinstance(observer, KeyChangeGuard):
+                    stack.enter_context(observer.key_change(action, details))
+            yield
+
     @property
     def primary_version(self) -> int:
         """The key version new encryptions use."""
         return self._primary.version
 
+    @property
+    def min_decryption_version(self) -> int:
+        """Versions below this refuse to decrypt (only ever rises)."""
+        return self._min_version
+
+    @property
+    def keyring_epoch(self) -> int:
+        """The key store change counter this instance has loaded."""
+        return self._keyring.snapshot.epoch
+
+    @property
+    def instance_id(self) -> str:
+        """This instance's id in the key store's instance table."""
+        return self._keyring.instance_id
+
+    def refresh_keyring(self) -> bool:
+        """Loads key changes made elsewhere now, instead of at the next background refresh.
+
+        Returns whether anything changed.
+        """
+        return self._keyring.refresh()
+
+    def instances(self) -> list[InstanceRecord]:
+        """Instances registered in the key store (live or not), most recently seen first."""
+        return self.store.instances()
+
+    def live_instances(self) -> list[InstanceRecord]:
+        """Instances whose last heartbeat is within the liveness window."""
+        return self._keyring.live_instances()
+
     def versions(self) -> list[KeyVersion]:
         """All key versions (re-read from the key store)."""
         self._load_keyring()
         return list(self._versions.values())
+
+    def stored_dek_count(self) -> int:
+        """How many stored DEKs the key store holds (all versions)."""
+        return sum(self.store.count_deks_by_version().values())
+
+    def can_create_wrapping_key(self) -> bool:
+        """Whether the provider can create a wrapping key by itself (the local provider)."""
+        return isinstance(self.provider, CreatesMasterKeys)
+
+    def create_wrapping_key(self) -> str:
+        """Creates a new wrapping key at the provider (local provider) and returns its id.
+
+        Raises:
+            KeyStateError: The provider cannot create wrapping keys (use a KMS key id).
+        """
+        if not isinstance(self.provider, CreatesMasterKeys):
+            raise KeyStateError("this provider cannot create wrapping keys; name one")
+        return str(self.provider.create_master_key())
 
     def rotate(
         self, *, new_wrapping_key_id: str | None = None, rotate_kms_key: bool = False
@@ -775,21 +973,31 @@ class EncryptionService:
 
         With the local provider a new master key is created unless one is given. With AWS
         KMS the new version uses ``new_wrapping_key_id`` or the same CMK; with
-        ``rotate_kms_key`` KMS also rotates that CMK's key material on demand first.
+        ``rotate_kms_key`` KMS also rotates that CMK's key material on demand first. Every
+        instance encrypts under the new version within ``keyring_refresh_seconds``.
         """
-        old = self._primary.version
-        if rotate_kms_key:
-            # On-demand rotation of the CMK's key material; old material keeps decrypting.
-            on_demand = getattr(self.provider, "rotate_key_on_demand", None)
-            if not callable(on_demand):
-                raise KeyStateError("this provider has no on-demand key rotation")
-            on_demand(self._primary.wrapping_key_id)
-        wrapping = new_wrapping_key_id
-        if wrapping is None:
-            create = getattr(self.provider, "create_master_key", None)
-            wrapping = str(create()) if callable(create) else self._primary.wrapping_key_id
-        new = self.store.add_primary_version(self.provider.name, wrapping)
-        self._load_keyring()
+        with self._key_change(
+            "key_rotate",
+            old_version=self._primary.version,
+            wrapping_key_id=new_wrapping_key_id,
+            rotate_kms_key=rotate_kms_key,
+        ):
+            self._load_keyring()
+            old = self._primary.version
+            if rotate_kms_key:
+                # On-demand rotation of the CMK's key material; old material keeps decrypting.
+                if not isinstance(self.provider, RotatesKeyOnDemand):
+                    raise KeyStateError("this provider has no on-demand key rotation")
+                self.provider.rotate_key_on_demand(self._primary.wrapping_key_id)
+            wrapping = new_wrapping_key_id
+            if wrapping is None:
+                wrapping = (
+                    str(self.provider.create_master_key())
+                    if isinstance(self.provider, CreatesMasterKeys)
+                    else self._primary.wrapping_key_id
+                )
+            new = self.store.add_primary_version(self.provider.name, wrapping)
+            self._load_keyring()
         self._emit(
             "key_rotated",
             old_version=old,
@@ -803,76 +1011,141 @@ class EncryptionService:
         """Rewraps every stored DEK under ``new_wrapping_key_id`` without touching data.
 
         Each row is replaced by compare-and-swap, so concurrent rewraps never lose an update.
+        The previous wrapping keys stay in the keyring's history: inline envelopes that name
+        them keep decrypting until an operator destroys them (:meth:`destroy_wrapping_key`).
         Returns the number of rows rewrapped.
         """
-        done = 0
-        for batch in self.store.iter_deks():
-            for record in batch:
-                if record.wrapping_key_id == new_wrapping_key_id:
+        with self._key_change("key_rewrap", wrapping_key_id=new_wrapping_key_id):
+            done = 0
+            for batch in self.store.iter_deks():
+                for record in batch:
+                    if record.wrapping_key_id == new_wrapping_key_id:
+                        continue
+                    ctx = EncryptionContext.from_mapping(record.context)
+                    new_blob = self.provider.reencrypt_data_key(
+                        record.wrapping_key_id, record.wrapped, new_wrapping_key_id, ctx
+                    )
+                    if self.store.replace_wrapped(
+                        record.dek_id, record.wrapped, new_blob, new_wrapping_key_id
+                    ):
+                        done += 1
+                    if progress is not None:
+                        progress(1)
+            for index_record in self.store.index_keys():
+                if index_record.wrapping_key_id == new_wrapping_key_id:
                     continue
-                ctx = EncryptionContext.from_mapping(record.context)
                 new_blob = self.provider.reencrypt_data_key(
-                    record.wrapping_key_id, record.wrapped, new_wrapping_key_id, ctx
+                    index_record.wrapping_key_id,
+                    index_record.wrapped,
+                    new_wrapping_key_id,
+                    INDEX_ROOT_CONTEXT,
                 )
-                if self.store.replace_wrapped(
-                    record.dek_id, record.wrapped, new_blob, new_wrapping_key_id
-                ):
-                    done += 1
-                if progress is not None:
-                    progress(1)
-        for index_record in self.store.index_keys():
-            if index_record.wrapping_key_id == new_wrapping_key_id:
-                continue
-            new_blob = self.provider.reencrypt_data_key(
-                index_record.wrapping_key_id,
-                index_record.wrapped,
-                new_wrapping_key_id,
-                _INDEX_ROOT_CONTEXT,
-            )
-            self.store.replace_index_wrapped(
-                index_record.version, index_record.wrapped, new_blob, new_wrapping_key_id
-            )
-        for version in self.store.versions():
-            if version.provider == self.provider.name:
-                self.store.set_wrapping_key(version.version, new_wrapping_key_id)
-        self._replace_enc_caches()
-        self._dec_cache.clear()
-        self._load_keyring()
+                self.store.replace_index_wrapped(
+                    index_record.version, index_record.wrapped, new_blob, new_wrapping_key_id
+                )
+            for version in self.store.versions():
+                if version.provider == self.provider.name:
+                    self.store.set_wrapping_key(version.version, new_wrapping_key_id)
+            self._load_keyring()
         self._emit("key_rewrapped", key_id=new_wrapping_key_id, count=done)
         return done
 
-    def retire_versions_below(self, min_version: int, *, delete_stored_deks: bool = False) -> None:
-        """Raises the minimum decryption version.
+    def destroy_wrapping_key(self, wrapping_key_id: str) -> int:
+        """Removes a former wrapping key from the keyring's history.
 
-        Refused while stored DEKs of older versions exist, unless ``delete_stored_deks`` is
-        set, which an operator does only after a re-encryption dry run counted 0 rows under
-        those versions.
+        Inline envelopes whose DEK is wrapped under it stop decrypting (in every instance
+        within the refresh bound). Returns the number of history rows marked destroyed.
 
         Raises:
-            KeyStateError: Stored DEKs still depend on a version being retired.
+            KeyStateError: A version, stored DEK or index key still uses the key.
         """
-        counts = self.store.count_deks_by_version()
-        remaining = sum(n for v, n in counts.items() if v < min_version)
-        if remaining and not delete_stored_deks:
-            raise KeyStateError(
-                f"{remaining} stored DEK(s) still belong to versions below {min_version}"
-            )
-        if remaining:
-            self.store.delete_deks_below(min_version)
-        self.store.retire_below(min_version)
-        self._dec_cache.clear()
+        with self._key_change("key_destroy", wrapping_key_id=wrapping_key_id):
+            marked = self.store.destroy_wrapping_key(wrapping_key_id)
+            self._load_keyring()
+        self._emit("key_retired", purpose="wrapping-key", key_id=wrapping_key_id)
+        return marked
+
+    def retirement_blockers(self, min_version: int) -> list[str]:
+        """Why retiring versions below ``min_version`` is unsafe now (empty: it is safe).
+
+        Lists live instances that still encrypt under a version below it (they have not
+        loaded the rotation yet) and unfinished re-encryption job ranges.
+        """
         self._load_keyring()
+        reasons = [
+            f"instance {i.host}:{i.pid} ({i.instance_id[:8]}) still encrypts under "
+            f"v{i.primary_version} (epoch {i.epoch})"
+            for i in self._keyring.live_instances()
+            if i.instance_id != self._keyring.instance_id and i.primary_version < min_version
+        ]
+        ranges = self.store.unfinished_job_ranges()
+        if ranges:
+            reasons.append(f"{ranges} re-encryption job range(s) are not done")
+        return reasons
+
+    def retire_versions_below(
+        self, min_version: int, *, delete_stored_deks: bool = False, force: bool = False
+    ) -> None:
+        """Raises the minimum decryption version (it never goes down).
+
+        Refused while a live instance still encrypts under a version below ``min_version``
+        or re-encryption job ranges are unfinished (``force`` overrides both, and the guards
+        record it), and while stored DEKs of older versions exist unless
+        ``delete_stored_deks`` is set, which an operator does only after a re-encryption dry
+        run counted 0 rows under those versions.
+
+        Raises:
+            KeyStateError: The retirement is unsafe (see above).
+        """
+        with self._key_change(
+            "key_retire",
+            min_version=min_version,
+            delete_stored_deks=delete_stored_deks,
+            force=force,
+        ):
+            self._load_keyring()
+            if min_version <= self._min_version:
+                return  # the minimum only ever rises
+            if min_version > self._primary.version:
+                raise KeyStateError("cannot retire the primary key version")
+            if not force:
+                blockers = self.retirement_blockers(min_version)
+                if blockers:
+                    raise KeyStateError(
+                        f"retiring versions below {min_version} is unsafe now: "
+                        + "; ".join(blockers)
+                    )
+            counts = self.store.count_deks_by_version()
+            remaining = sum(n for v, n in counts.items() if v < min_version)
+            if remaining and not delete_stored_deks:
+                raise KeyStateError(
+                    f"{remaining} stored DEK(s) still belong to versions below {min_version}"
+                )
+            # Raise the minimum first, then delete: a decrypt racing the deletion is refused
+            # as retired rather than reported as a missing DEK.
+            self.store.retire_below(min_version)
+            self._load_keyring()
+            if remaining:
+                self.store.delete_deks_below(min_version)
         self._emit("key_retired", min_version=min_version, deleted_stored_deks=remaining)
 
     # -- blind-index keys ---------------------------------------------------------------
 
-    def index_key_versions(self) -> list[tuple[int, str]]:
-        """Index key versions and states; creates version 1 on first use."""
-        records = self.store.index_keys()
+    def _unwrap_index_root(self, record: IndexKeyRecord) -> DataKey:
+        return self.provider.decrypt_data_key(
+            record.wrapping_key_id, record.wrapped, INDEX_ROOT_CONTEXT, KeyLimits()
+        )
+
+    def _index_records(self) -> tuple[IndexKeyRecord, ...]:
+        records = self._keyring.snapshot.index_keys
         if not records:
             self.rotate_index_key()
-            records = self.store.index_keys()
-        return [(r.version, r.state) for r in records]
+            records = self._keyring.snapshot.index_keys
+        return records
+
+    def index_key_versions(self) -> list[tuple[int, str]]:
+        """Index key versions and states; creates version 1 on first use."""
+        return [(r.version, r.state) for r in self._index_records()]
 
     def rotate_index_key(self) -> int:
         """Adds a new primary blind-index root key.
@@ -880,19 +1153,23 @@ class EncryptionService:
         Older versions keep serving lookups until they are retired (the dual-index window of
         a rotation).
         """
-        wrapping = self._primary.wrapping_key_id
-        generated = self.provider.generate_data_key(wrapping, _INDEX_ROOT_CONTEXT, KeyLimits())
-        version = self.store.add_index_key(self.provider.name, generated.key_id, generated.wrapped)
-        with self._state_lock:
-            self._index_roots[version] = generated.key
+        with self._key_change("index_key_rotate"):
+            wrapping = self._primary.wrapping_key_id
+            generated = self.provider.generate_data_key(wrapping, INDEX_ROOT_CONTEXT, KeyLimits())
+            version = self.store.add_index_key(
+                self.provider.name, generated.key_id, generated.wrapped
+            )
+            self._index.remember_root(version, generated.key)
+            self._load_keyring()
         self._emit("key_generated", key_id=generated.key_id, purpose="blind-index", version=version)
         return version
 
     def retire_index_key(self, version: int) -> None:
         """Stops matching lookups against index key ``version`` (after a re-index)."""
-        self.store.set_index_key_state(version, "retired")
-        with self._state_lock:
-            self._index_keys = {k: v for k, v in self._index_keys.items() if k[0] != version}
+        with self._key_change("index_key_retire", version=version):
+            self.store.set_index_key_state(version, "retired")
+            self._index.forget(version)
+            self._load_keyring()
         self._emit("key_retired", purpose="blind-index", version=version)
 
     def blind_index_key(self, purpose: str, version: int | None = None) -> BlindIndexKey:
@@ -906,28 +1183,13 @@ class EncryptionService:
         """
         if not isinstance(purpose, str) or not purpose:
             raise InvalidArgumentError("purpose must be a non-empty str")
-        records = {r.version: r for r in self.store.index_keys()}
-        if not records:
-            self.index_key_versions()
-            records = {r.version: r for r in self.store.index_keys()}
+        records = {r.version: r for r in self._index_records()}
         if version is None:
             version = next(v for v, r in records.items() if r.state == "primary")
-        cached = self._index_keys.get((version, purpose))
-        if cached is not None:
-            return cached
         record = records.get(version)
-        if record is None or record.state == "retired":
+        if record is None:
             raise KeyStateError(f"index key version {version} is not usable")
-        root = self._index_roots.get(version)
-        if root is None:
-            root = self.provider.decrypt_data_key(
-                record.wrapping_key_id, record.wrapped, _INDEX_ROOT_CONTEXT, KeyLimits()
-            )
-            self._index_roots[version] = root
-        key = root.derive_index_key(f"v{version}|{purpose}".encode())
-        with self._state_lock:
-            self._index_keys[(version, purpose)] = key
-        return key
+        return self._index.key(record, purpose)
 
     def active_index_versions(self) -> list[int]:
         """Index versions a lookup must match: the primary first, then the active ones."""
@@ -936,9 +1198,16 @@ class EncryptionService:
         return primary + [v for v, st in versions if st == "active"]
 
     def disable_cached_keys(self) -> None:
-        """Drops every cached DEK (for example after KMS reported the key disabled)."""
-        self._replace_enc_caches()
-        self._dec_cache.clear()
+        """Drops every cached key: DEKs, index keys, and DEKs kept for use counting.
+
+        For example after KMS reported the key disabled. No key handle this service held
+        stays reachable through it afterwards.
+        """
+        self._prune_usage(everything=True)
+        with self._state_lock:
+            self._replace_enc_caches()
+            self._dec_cache.clear()
+        self._index.clear()
 
     def status(self) -> ServiceStatus:
         """A snapshot of keys, cache counters and provider health."""
@@ -955,6 +1224,8 @@ class EncryptionService:
             deks_by_version=self.store.count_deks_by_version(),
             usage_by_version=self.store.usage_by_version(),
             cache=self.cache_stats(),
+            keyring_epoch=self._keyring.snapshot.epoch,
+            instances=self.store.instances(),
         )
 
     def _enc_stats(self) -> dict[str, int]:
@@ -969,9 +1240,14 @@ class EncryptionService:
         return {k: max(u[k] for u in usages) for k in usages[0]}
 
     def close(self) -> None:
-        """Flushes DEK use counts, drops cached DEKs and closes the key store's connections."""
+        """Flushes use counts, drops every cached key and closes the service.
+
+        Also stops the keyring refresh, deregisters this instance and closes the key store's
+        connections.
+        """
         self.flush_usage()
         self.disable_cached_keys()
+        self._finalizer()
         self.store.close()
 
     def __enter__(self) -> EncryptionService:

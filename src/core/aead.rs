@@ -86,6 +86,13 @@ pub struct DataKey {
     created: Instant,
 }
 
+impl Drop for DataKey {
+    fn drop(&mut self) {
+        // Counted so that tests can prove no key outlives the caches that held it.
+        stats::data_key_dropped();
+    }
+}
+
 impl std::fmt::Debug for DataKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DataKey")
@@ -123,6 +130,7 @@ impl DataKey {
     fn from_secret(secret: Zeroizing<[u8; KEY_LEN]>, limits: UsageLimits) -> Result<Self> {
         let unbound = UnboundKey::new(&AES_256_GCM, &secret[..])
             .map_err(|_| Error::InvalidKey("key rejected"))?;
+        stats::data_key_created();
         Ok(DataKey {
             key: LessSafeKey::new(unbound),
             secret,

@@ -31,6 +31,20 @@ static OPENED_BYTES: AtomicU64 = AtomicU64::new(0);
 static OPEN_AUTH_FAILURES: AtomicU64 = AtomicU64::new(0);
 static OPEN_FORMAT_FAILURES: AtomicU64 = AtomicU64::new(0);
 static USAGE_REFUSALS: AtomicU64 = AtomicU64::new(0);
+static LIVE_DATA_KEYS: AtomicU64 = AtomicU64::new(0);
+
+pub(crate) fn data_key_created() {
+    LIVE_DATA_KEYS.fetch_add(1, Ordering::Relaxed);
+}
+
+pub(crate) fn data_key_dropped() {
+    LIVE_DATA_KEYS.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Data keys alive in this process (created and not yet dropped, hence not yet zeroized).
+pub fn live_data_keys() -> u64 {
+    LIVE_DATA_KEYS.load(Ordering::Relaxed)
+}
 
 pub(crate) fn record_seal(messages: u64, bytes: u64) {
     SEALS.fetch_add(messages, Ordering::Relaxed);

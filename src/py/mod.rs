@@ -38,6 +38,12 @@ fn core_stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     Ok(d)
 }
 
+/// Data keys (DEKs, master and index root keys) alive in this process, in any holder.
+#[pyfunction]
+fn live_data_keys() -> u64 {
+    crate::core::stats::live_data_keys()
+}
+
 /// Random bytes from AWS-LC's generator (for ids and salts; never for nonces of this library,
 /// which are drawn inside the seal call).
 #[pyfunction]
@@ -59,6 +65,13 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("GCM_MAX_PLAINTEXT", crate::core::aead::GCM_MAX_PLAINTEXT)?;
     m.add("DETACH_THRESHOLD", bufs::DETACH_THRESHOLD)?;
     m.add("OVERHEAD", crate::core::aead::OVERHEAD)?;
+    m.add("ENVELOPE_MAGIC", crate::core::envelope::MAGIC)?;
+    m.add("ALG_AES_256_GCM", crate::core::envelope::ALG_AES_256_GCM)?;
+    m.add("KIND_INLINE", crate::core::envelope::KIND_INLINE)?;
+    m.add("KIND_STORED", crate::core::envelope::KIND_STORED)?;
+    m.add("MAX_PROVIDER_LEN", crate::core::envelope::MAX_PROVIDER_LEN)?;
+    m.add("MAX_KEY_ID_LEN", crate::core::envelope::MAX_KEY_ID_LEN)?;
+    m.add("MAX_WRAPPED_LEN", crate::core::envelope::MAX_WRAPPED_LEN)?;
     m.add_class::<keys::PyDataKey>()?;
     m.add_class::<keys::PyBlindIndexKey>()?;
     m.add_class::<envelope::PyEnvelopeHeader>()?;
@@ -75,6 +88,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(hazmat::export_key_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(constant_time_eq, m)?)?;
     m.add_function(wrap_pyfunction!(core_stats, m)?)?;
+    m.add_function(wrap_pyfunction!(live_data_keys, m)?)?;
     m.add_function(wrap_pyfunction!(random_bytes, m)?)?;
     Ok(())
 }

@@ -23,10 +23,13 @@ from greenlang_crypto.exceptions import ConfigurationError, KeyStateError
 
 __all__ = [
     "KEY_STATES",
+    "NOTIFY_CHANNEL",
     "DekRecord",
     "IndexKeyRecord",
+    "InstanceRecord",
     "KeyStore",
     "KeyVersion",
+    "WrappingKeyRecord",
     "open_key_store",
 ]
 
@@ -69,7 +72,35 @@ _SCHEMA = [
         wrapped {blob} NOT NULL,
         created_at DOUBLE PRECISION NOT NULL
     )""",
+    """CREATE TABLE IF NOT EXISTS glc_keyring_changes (
+        id INTEGER PRIMARY KEY,
+        epoch BIGINT NOT NULL,
+        changed_at DOUBLE PRECISION NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS glc_wrapping_keys (
+        version INTEGER NOT NULL,
+        provider TEXT NOT NULL,
+        wrapping_key_id TEXT NOT NULL,
+        added_at DOUBLE PRECISION NOT NULL,
+        destroyed_at DOUBLE PRECISION,
+        PRIMARY KEY (version, wrapping_key_id)
+    )""",
+    """CREATE TABLE IF NOT EXISTS glc_instances (
+        instance_id TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        epoch BIGINT NOT NULL,
+        primary_version INTEGER NOT NULL,
+        min_version INTEGER NOT NULL,
+        started_at DOUBLE PRECISION NOT NULL,
+        last_seen DOUBLE PRECISION NOT NULL
+    )""",
+    "INSERT INTO glc_keyring_changes (id, epoch, changed_at) VALUES (1, 0, 0) "
+    "ON CONFLICT (id) DO NOTHING",
 ]
+
+#: The PostgreSQL channel on which every key-state change is announced (LISTEN/NOTIFY).
+NOTIFY_CHANNEL = "glc_keyring"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +163,8 @@ class KeyStore:
         # Every connection opened by any thread, so close() can release them all.
         self._all_conns: list[Any] = []
         self._conns_lock = threading.Lock()
+        #: PostgreSQL only: the DSN a keyring uses for its LISTEN connection.
+        self.listen_dsn: str | None = None
         self._migrate()
 
     def __repr__(self) -> str:
@@ -172,6 +205,13 @@ class KeyStore:
         with self._tx() as cur:
             for stmt in _SCHEMA:
                 cur.execute(stmt.format(blob=blob))
+            # Stores created before the wrapping-key history existed: every current wrapping
+            # key is history too (rewraps done before then cannot be recovered).
+            cur.execute(
+                "INSERT INTO glc_wrapping_keys (version, provider, wrapping_key_id, added_at) "
+                "SELECT version, provider, wrapping_key_id, created_at FROM glc_key_versions "
+                "WHERE 1 = 1 ON CONFLICT DO NOTHING"
+            )
         # Stores created before the use counters existed get the columns added in place.
         for column in ("messages", "bytes"):
             try:
@@ -190,6 +230,31 @@ class KeyStore:
         for conn in conns:
             conn.close()
         self._local = threading.local()
+
+    # -- change counter (epoch) -------------------------------------------------------
+
+    def _bump(self, cur: Any) -> None:
+        """Counts one key-state change, in the transaction that makes it.
+
+        Every instance polls this counter (one indexed single-row read), and on PostgreSQL
+        the NOTIFY wakes its listeners at commit, so no instance has to re-read the keyring
+        to find out that nothing changed.
+        """
+        cur.execute(
+            self._sql(
+                "UPDATE glc_keyring_changes SET epoch = epoch + 1, changed_at = ? WHERE id = 1"
+            ),
+            (time.time(),),
+        )
+        if self._dialect == "postgresql":
+            cur.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+
+    def epoch(self) -> int:
+        """The key-state change counter (rises with every rotation, retirement, rewrap...)."""
+        with self._tx() as cur:
+            cur.execute("SELECT epoch FROM glc_keyring_changes WHERE id = 1")
+            row = cur.fetchone()
+            return int(row[0]) if row else 0
 
     # -- key versions -------------------------------------------------------------------
 
@@ -234,18 +299,87 @@ class KeyStore:
                 cur.execute(
                     self._sql("INSERT INTO glc_keyring (id, min_decryption_version) VALUES (1, 1)")
                 )
+            self._add_wrapping_history(cur, version, provider, wrapping_key_id, now)
+            self._bump(cur)
         return KeyVersion(version, "primary", provider, wrapping_key_id, now, None)
 
+    def _add_wrapping_history(
+        self, cur: Any, version: int, provider: str, wrapping_key_id: str, now: float
+    ) -> None:
+        cur.execute(
+            self._sql(
+                "INSERT INTO glc_wrapping_keys (version, provider, wrapping_key_id, added_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
+            ),
+            (version, provider, wrapping_key_id, now),
+        )
+
     def set_wrapping_key(self, version: int, wrapping_key_id: str) -> None:
-        """Points a version at a new wrapping key (after all its DEKs were rewrapped)."""
+        """Points a version at a new wrapping key (after all its DEKs were rewrapped).
+
+        The previous wrapping key stays in the history: inline envelopes made before the
+        rewrap carry their DEK wrapped under it and keep decrypting until an operator destroys
+        it (:meth:`destroy_wrapping_key`).
+        """
         with self._tx() as cur:
+            cur.execute(
+                self._sql("SELECT provider FROM glc_key_versions WHERE version = ?"), (version,)
+            )
+            row = cur.fetchone()
+            if row is None:
+                raise KeyStateError(f"key version {version} does not exist")
             cur.execute(
                 self._sql("UPDATE glc_key_versions SET wrapping_key_id = ? WHERE version = ?"),
                 (wrapping_key_id, version),
             )
+            self._add_wrapping_history(cur, version, str(row[0]), wrapping_key_id, time.time())
+            self._bump(cur)
 
-    def retire_below(self, min_version: int) -> None:
+    def wrapping_keys(self) -> list[WrappingKeyRecord]:
+        """Every wrapping key any version ever had (destroyed ones included), by version."""
+        with self._tx() as cur:
+            cur.execute(
+                "SELECT version, provider, wrapping_key_id, added_at, destroyed_at "
+                "FROM glc_wrapping_keys ORDER BY version, added_at"
+            )
+            return [
+                WrappingKeyRecord(int(v), p, k, float(a), None if d is None else float(d))
+                for v, p, k, a, d in cur.fetchall()
+            ]
+
+    def destroy_wrapping_key(self, wrapping_key_id: str) -> int:
+        """Marks a wrapping key destroyed: inline envelopes naming it stop decrypting.
+
+        Returns the number of history rows marked.
+
+        Raises:
+            KeyStateError: A key version, stored DEK or index key still uses it.
+        """
+        with self._tx() as cur:
+            for table in ("glc_key_versions", "glc_deks", "glc_index_keys"):
+                cur.execute(
+                    self._sql(f"SELECT 1 FROM {table} WHERE wrapping_key_id = ? LIMIT 1"),  # noqa: S608
+                    (wrapping_key_id,),
+                )
+                if cur.fetchone() is not None:
+                    raise KeyStateError(f"the wrapping key is still in use ({table})")
+            cur.execute(
+                self._sql(
+                    "UPDATE glc_wrapping_keys SET destroyed_at = ? "
+                    "WHERE wrapping_key_id = ? AND destroyed_at IS NULL"
+                ),
+                (time.time(), wrapping_key_id),
+            )
+            marked = int(cur.rowcount)
+            if marked:
+                self._bump(cur)
+            return marked
+
+    def retire_below(self, min_version: int) -> int:
         """Raises the minimum decryption version and marks older versions ``retired``.
+
+        The minimum only ever rises: a lower ``min_version`` than the current one changes
+        nothing. Returns the minimum in force afterwards.
 
         Raises:
             KeyStateError: ``min_version`` would retire the primary version.
@@ -255,14 +389,24 @@ class KeyStore:
             row = cur.fetchone()
             if row is None or min_version > int(row[0]):
                 raise KeyStateError("cannot retire the primary key version")
+            cur.execute("SELECT min_decryption_version FROM glc_keyring WHERE id = 1")
+            current = cur.fetchone()
+            current_min = int(current[0]) if current else 1
+            if min_version <= current_min:
+                return current_min
             cur.execute(
-                self._sql("UPDATE glc_keyring SET min_decryption_version = ? WHERE id = 1"),
-                (min_version,),
+                self._sql(
+                    "UPDATE glc_keyring SET min_decryption_version = ? "
+                    "WHERE id = 1 AND min_decryption_version < ?"
+                ),
+                (min_version, min_version),
             )
+            self._bump(cur)
             cur.execute(
                 self._sql("UPDATE glc_key_versions SET state = 'retired' WHERE version < ?"),
                 (min_version,),
             )
+        return min_version
 
     # -- stored DEKs --------------------------------------------------------------------
 
@@ -330,7 +474,13 @@ class KeyStore:
             return {int(v): (int(n), int(m), int(b)) for v, n, m, b in cur.fetchall()}
 
     def get_dek(self, dek_id: int) -> DekRecord | None:
-        """Loads one stored DEK row."""
+        """Loads one stored DEK row (None when absent).
+
+        ``dek_id`` comes from an envelope header, so any 64-bit value can arrive here; ids
+        are 63-bit (see :meth:`insert_dek`), and the databases' signed BIGINT would overflow.
+        """
+        if not 0 <= dek_id < 2**63:
+            return None
         with self._tx() as cur:
             cur.execute(
                 self._sql(
@@ -415,6 +565,7 @@ class KeyStore:
                 ),
                 (version, provider, wrapping_key_id, wrapped, time.time()),
             )
+            self._bump(cur)
         return version
 
     def set_index_key_state(self, version: int, state: str) -> None:
@@ -432,6 +583,7 @@ class KeyStore:
                 self._sql("UPDATE glc_index_keys SET state = ? WHERE version = ?"),
                 (state, version),
             )
+            self._bump(cur)
 
     def replace_index_wrapped(
         self, version: int, old_wrapped: bytes, new_wrapped: bytes, wrapping_key_id: str
@@ -445,13 +597,135 @@ class KeyStore:
                 ),
                 (new_wrapped, wrapping_key_id, version, old_wrapped),
             )
-            return bool(cur.rowcount == 1)
+            changed = bool(cur.rowcount == 1)
+            if changed:
+                self._bump(cur)
+            return changed
+
+    # -- instances (fleet) ----------------------------------------------------------------
+
+    def heartbeat(
+        self,
+        instance_id: str,
+        *,
+        host: str,
+        pid: int,
+        epoch: int,
+        primary_version: int,
+        min_version: int,
+        started_at: float,
+    ) -> None:
+        """Registers an instance or refreshes its row (keyring epoch, last seen)."""
+        now = time.time()
+        with self._tx() as cur:
+            cur.execute(
+                self._sql(
+                    "INSERT INTO glc_instances (instance_id, host, pid, epoch, primary_version, "
+                    "min_version, started_at, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (instance_id) DO UPDATE SET epoch = excluded.epoch, "
+                    "primary_version = excluded.primary_version, "
+                    "min_version = excluded.min_version, last_seen = excluded.last_seen"
+                ),
+                (instance_id, host, pid, epoch, primary_version, min_version, started_at, now),
+            )
+
+    def remove_instance(self, instance_id: str) -> None:
+        """Deletes an instance's row (on a clean shutdown)."""
+        with self._tx() as cur:
+            cur.execute(
+                self._sql("DELETE FROM glc_instances WHERE instance_id = ?"), (instance_id,)
+            )
+
+    def instances(self) -> list[InstanceRecord]:
+        """Every registered instance, most recently seen first."""
+        with self._tx() as cur:
+            cur.execute(
+                "SELECT instance_id, host, pid, epoch, primary_version, min_version, "
+                "started_at, last_seen FROM glc_instances ORDER BY last_seen DESC"
+            )
+            return [
+                InstanceRecord(str(i), str(h), int(p), int(e), int(pv), int(mv), float(s), float(t))
+                for i, h, p, e, pv, mv, s, t in cur.fetchall()
+            ]
+
+    def prune_instances(self, older_than: float) -> int:
+        """Deletes rows of instances not seen since ``older_than`` (UNIX seconds)."""
+        with self._tx() as cur:
+            cur.execute(self._sql("DELETE FROM glc_instances WHERE last_seen < ?"), (older_than,))
+            return int(cur.rowcount)
+
+    def unfinished_job_ranges(self) -> int:
+        """Ranges of re-encryption jobs not yet done (0 when no job table exists)."""
+        with self._tx() as cur:
+            if self._dialect == "sqlite":
+                cur.execute(
+                    "SELECT name FROM sqlite_master "
+                    "WHERE type = 'table' AND name = 'glc_job_ranges'"
+                )
+                tables = ["glc_job_ranges"] if cur.fetchone() else []
+            else:
+                tables = []
+                for name in ("encryption.glc_job_ranges", "glc_job_ranges"):
+                    cur.execute("SELECT to_regclass(%s)::text", (name,))
+                    found = cur.fetchone()[0]
+                    if found is not None and found not in tables:
+                        tables.append(found)
+            total = 0
+            for table in tables:
+                cur.execute(f"SELECT COUNT(*) FROM {table} WHERE state <> 'done'")  # noqa: S608
+                total += int(cur.fetchone()[0])
+            return total
 
     def delete_deks_below(self, min_version: int) -> int:
         """Deletes stored DEKs of versions below ``min_version``; returns the count."""
         with self._tx() as cur:
             cur.execute(self._sql("DELETE FROM glc_deks WHERE key_version < ?"), (min_version,))
             return int(cur.rowcount)
+
+
+@dataclass(frozen=True, slots=True)
+class WrappingKeyRecord:
+    """A wrapping key that a key version had at some time.
+
+    Attributes:
+        version: The key version.
+        provider: Provider of the wrapping key.
+        wrapping_key_id: The wrapping key id.
+        added_at: When the version started using it.
+        destroyed_at: When an operator destroyed it (inline envelopes naming it stop
+            decrypting), or None.
+    """
+
+    version: int
+    provider: str
+    wrapping_key_id: str
+    added_at: float
+    destroyed_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRecord:
+    """A service instance registered in the key store.
+
+    Attributes:
+        instance_id: Random id chosen by the instance at start.
+        host: Host name.
+        pid: Process id.
+        epoch: The keyring change counter the instance last loaded.
+        primary_version: The version it encrypts under.
+        min_version: The minimum decryption version it enforces.
+        started_at: Start time (UNIX seconds).
+        last_seen: Last heartbeat (UNIX seconds).
+    """
+
+    instance_id: str
+    host: str
+    pid: int
+    epoch: int
+    primary_version: int
+    min_version: int
+    started_at: float
+    last_seen: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -508,5 +782,7 @@ def open_key_store(url: str) -> KeyStore:
             return psycopg.connect(dsn, connect_timeout=10)
 
         host = dsn.split("@")[-1]
-        return KeyStore(connect_pg, "postgresql", f"postgresql://…@{host}")
+        store = KeyStore(connect_pg, "postgresql", f"postgresql://…@{host}")
+        store.listen_dsn = dsn
+        return store
     raise ConfigurationError("key store URL must start with sqlite:/// or postgresql://")

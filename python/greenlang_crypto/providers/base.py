@@ -8,12 +8,22 @@ an opaque :class:`~greenlang_crypto._core.DataKey` handle.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from greenlang_crypto._core import DataKey
 from greenlang_crypto.context import EncryptionContext
 
-__all__ = ["GeneratedDataKey", "KeyLimits", "KeyProvider", "ProviderHealth"]
+__all__ = [
+    "CreatesMasterKeys",
+    "EnforcesKeyAllowList",
+    "GeneratedDataKey",
+    "KeyLimits",
+    "KeyProvider",
+    "NamesCurrentKey",
+    "ProviderHealth",
+    "ReportsRotationStatus",
+    "RotatesKeyOnDemand",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,3 +95,56 @@ class KeyProvider(Protocol):
     def health(self) -> ProviderHealth:
         """Checks that the provider is reachable (never raises)."""
         ...
+
+
+# -- optional capabilities ------------------------------------------------------------------
+#
+# A provider declares an optional feature by implementing the method; callers test for it with
+# isinstance() against these runtime-checkable protocols instead of probing names.
+
+
+@runtime_checkable
+class NamesCurrentKey(Protocol):
+    """A provider that knows its current wrapping key (the local provider's newest master)."""
+
+    def current_key_id(self) -> str:
+        """The wrapping key id new key versions should use."""
+        ...
+
+
+@runtime_checkable
+class CreatesMasterKeys(Protocol):
+    """A provider that can create a new wrapping key by itself (the local provider)."""
+
+    def create_master_key(self) -> str:
+        """Creates a new wrapping key and returns its id."""
+        ...
+
+
+@runtime_checkable
+class RotatesKeyOnDemand(Protocol):
+    """A provider whose wrapping keys can rotate their key material on demand (AWS KMS)."""
+
+    def rotate_key_on_demand(self, key_id: str) -> None:
+        """Rotates the key material of ``key_id``; older material keeps decrypting."""
+        ...
+
+
+@runtime_checkable
+class ReportsRotationStatus(Protocol):
+    """A provider that reports the automatic rotation status of a wrapping key (AWS KMS)."""
+
+    def rotation_status(self, key_id: str) -> dict[str, Any]:
+        """Rotation facts of ``key_id`` (enabled, period, last rotations)."""
+        ...
+
+
+@runtime_checkable
+class EnforcesKeyAllowList(Protocol):
+    """A provider that checks every key id against its own allow-list before any request.
+
+    The service may then hand it key ids read from inline envelopes that the keyring does not
+    list (for example the ARN an alias resolved to).
+    """
+
+    enforces_key_allow_list: bool

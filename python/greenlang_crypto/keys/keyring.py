@@ -1,0 +1,313 @@
+"""The keyring, and how a key change made by any process reaches every instance.
+
+The keyring holds the key versions, the primary, the minimum decryption version and the
+wrapping-key history.
+
+Every key-state change (rotation, retirement, rewrap, index-key change, destroying a wrapping
+key) is made in one key-store transaction that also increments a change counter, the
+*epoch*. Each instance keeps an immutable :class:`KeyringSnapshot` in memory; the data path
+reads it (in fact, the caches built from it) and never queries the database per operation.
+
+Staleness is bounded: a background thread reads the epoch (one single-row read) every
+``refresh_seconds`` and reloads the keyring when it moved. On PostgreSQL the same thread also
+listens (``LISTEN``) on :data:`~greenlang_crypto.keys.store.NOTIFY_CHANNEL`, so a change normally
+arrives within milliseconds; polling is the fallback when a notification is lost. The same
+thread writes the instance's heartbeat (host, pid, epoch, primary version, last seen), which
+is what makes retirement safe: a version is retired only when no live instance still
+encrypts under it.
+
+The minimum decryption version only ever rises, in the store and in every snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from greenlang_crypto.exceptions import ConfigurationError
+from greenlang_crypto.keys.store import (
+    NOTIFY_CHANNEL,
+    IndexKeyRecord,
+    InstanceRecord,
+    KeyStore,
+    KeyVersion,
+)
+
+__all__ = ["Keyring", "KeyringSnapshot", "liveness_seconds"]
+
+_log = logging.getLogger("greenlang_crypto.keyring")
+
+
+def liveness_seconds(refresh_seconds: float) -> float:
+    """How long after its last heartbeat an instance still counts as live.
+
+    Three missed heartbeats plus a margin for a busy machine. A process suspended for longer
+    (SIGSTOP, a frozen VM) no longer blocks a retirement; see docs/KEYRING.md.
+    """
+    return 3.0 * refresh_seconds + 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class KeyringSnapshot:
+    """One consistent view of the keyring, replaced as a whole when anything changes.
+
+    Attributes:
+        epoch: The key store's change counter when this view was read.
+        versions: Key versions by number.
+        primary: The version new encryptions use.
+        min_decryption_version: Versions below it refuse to decrypt (only ever rises).
+        wrapping_keys: ``(provider, key id)`` of every wrapping key a version has had and an
+            operator has not destroyed: inline envelopes may name any of them.
+        index_keys: Blind-index root key versions (wrapped), ascending.
+    """
+
+    epoch: int
+    versions: Mapping[int, KeyVersion]
+    primary: KeyVersion
+    min_decryption_version: int
+    wrapping_keys: frozenset[tuple[str, str]]
+    index_keys: tuple[IndexKeyRecord, ...] = field(default=())
+
+
+class Keyring:
+    """Loads the keyring from a key store and keeps it current in this process.
+
+    Args:
+        store: The key store shared by the fleet.
+        create_first_version: Called (once, by whichever instance starts first) to obtain
+            the provider name and wrapping key of version 1 when the store is empty.
+        refresh_seconds: Bound on how stale this instance's view may get; 0 disables the
+            background thread (and the heartbeat): tests and benchmarks only.
+
+    Raises:
+        ConfigurationError: The store does not have exactly one primary version.
+    """
+
+    def __init__(
+        self,
+        store: KeyStore,
+        create_first_version: Callable[[], tuple[str, str]],
+        *,
+        refresh_seconds: float = 5.0,
+    ) -> None:
+        self._store = store
+        self._create_first = create_first_version
+        self.refresh_seconds = refresh_seconds
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[KeyringSnapshot | None, KeyringSnapshot], None]] = []
+        self._tick_listeners: list[Callable[[], None]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.instance_id = uuid.uuid4().hex
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.started_at = time.time()
+        self.refreshes = 0
+        self.snapshot: KeyringSnapshot = self._read(None)
+
+    # -- loading -------------------------------------------------------------------------
+
+    def _read(self, previous: KeyringSnapshot | None) -> KeyringSnapshot:
+        # Read the counter first: a change committed after this read bumps it again, so the
+        # next poll reloads; the other order could miss a change for good.
+        epoch = self._store.epoch()
+        versions = self._store.versions()
+        if not versions:
+            provider_name, first_key = self._create_first()
+            self._store.add_primary_version(provider_name, first_key)
+            epoch = self._store.epoch()
+            versions = self._store.versions()
+        primary = [v for v in versions if v.state == "primary"]
+        if len(primary) != 1:
+            raise ConfigurationError("the keyring must have exactly one primary version")
+        minimum = self._store.min_decryption_version()
+        if previous is not None:
+            minimum = max(minimum, previous.min_decryption_version)
+        wrapping = frozenset(
+            (w.provider, w.wrapping_key_id)
+            for w in self._store.wrapping_keys()
+            if w.destroyed_at is None
+        ) | {(v.provider, v.wrapping_key_id) for v in versions}
+        return KeyringSnapshot(
+            epoch=epoch,
+            versions={v.version: v for v in versions},
+            primary=primary[0],
+            min_decryption_version=minimum,
+            wrapping_keys=wrapping,
+            index_keys=tuple(self._store.index_keys()),
+        )
+
+    def reload(self) -> KeyringSnapshot:
+        """Reads the whole keyring now and tells the listeners if anything changed."""
+        with self._lock:
+            old = self.snapshot
+            new = self._read(old)
+            self.snapshot = new
+            self.refreshes += 1
+            if new != old:
+                for listener in list(self._listeners):
+                    listener(old, new)
+        return new
+
+    def refresh(self) -> bool:
+        """Reloads when the store's change counter moved; returns whether it did."""
+        if self._store.epoch() == self.snapshot.epoch:
+            return False
+        self.reload()
+        return True
+
+    def add_listener(
+        self, listener: Callable[[KeyringSnapshot | None, KeyringSnapshot], None]
+    ) -> None:
+        """Calls ``listener(old, new)`` (under the keyring lock) after every change."""
+        self._listeners.append(listener)
+
+    def add_tick_listener(self, listener: Callable[[], None]) -> None:
+        """Calls ``listener()`` on every background tick (for periodic cache purges)."""
+        self._tick_listeners.append(listener)
+
+    # -- fleet ---------------------------------------------------------------------------
+
+    def heartbeat(self) -> None:
+        """Writes this instance's row: host, pid, keyring epoch, primary version, last seen."""
+        snap = self.snapshot
+        self._store.heartbeat(
+            self.instance_id,
+            host=self.host,
+            pid=self.pid,
+            epoch=snap.epoch,
+            primary_version=snap.primary.version,
+            min_version=snap.min_decryption_version,
+            started_at=self.started_at,
+        )
+
+    def live_instances(self) -> list[InstanceRecord]:
+        """Instances whose last heartbeat is within the liveness window of this keyring."""
+        cutoff = time.time() - liveness_seconds(self.refresh_seconds)
+        return [i for i in self._store.instances() if i.last_seen >= cutoff]
+
+    # -- background refresh --------------------------------------------------------------
+
+    def start(self) -> None:
+        """Registers this instance and starts the refresh thread (no-op when disabled)."""
+        if self.refresh_seconds <= 0 or self._thread is not None:
+            return
+        self.heartbeat()
+        # The thread holds only a weak reference to this keyring, so an owner that is never
+        # closed still gets collected, and the thread then ends on its own.
+        ref = weakref.ref(self)
+        stop = self._stop
+        listen_dsn = getattr(self._store, "listen_dsn", None)
+        self._thread = threading.Thread(
+            target=_refresh_loop,
+            args=(ref, stop, self.refresh_seconds, listen_dsn),
+            name=f"glc-keyring-{self.instance_id[:8]}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _tick(self) -> None:
+        try:
+            self.refresh()
+        except Exception as exc:  # a store outage must not kill the thread; retried next tick
+            _log.warning("keyring refresh failed: %s", type(exc).__name__)
+        for listener in list(self._tick_listeners):
+            try:
+                listener()
+            except Exception as exc:
+                _log.warning("keyring tick listener failed: %s", type(exc).__name__)
+        try:
+            self.heartbeat()
+        except Exception as exc:
+            _log.warning("keyring heartbeat failed: %s", type(exc).__name__)
+
+    def stop(self, *, deregister: bool = True) -> None:
+        """Stops the refresh thread and removes this instance's row."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=2.0)
+        if deregister and self.refresh_seconds > 0:
+            try:
+                self._store.remove_instance(self.instance_id)
+            except Exception as exc:  # the row expires on its own after the liveness window
+                _log.warning("could not deregister instance: %s", type(exc).__name__)
+
+    def __repr__(self) -> str:
+        snap = self.snapshot
+        return (
+            f"Keyring(epoch={snap.epoch}, primary={snap.primary.version}, "
+            f"min={snap.min_decryption_version}, instance={self.instance_id[:8]})"
+        )
+
+
+def _refresh_loop(
+    ref: weakref.ReferenceType[Keyring],
+    stop: threading.Event,
+    period: float,
+    listen_dsn: str | None,
+) -> None:
+    """Body of the refresh thread: wait for a notification or the period, then tick."""
+    listener = _Listener(listen_dsn) if listen_dsn else None
+    try:
+        while not stop.is_set():
+            if listener is not None:
+                listener.wait(period, stop)
+            else:
+                stop.wait(period)
+            if stop.is_set():
+                return
+            keyring = ref()
+            if keyring is None:
+                return
+            keyring._tick()
+            del keyring
+    finally:
+        if listener is not None:
+            listener.close()
+
+
+class _Listener:
+    """A dedicated PostgreSQL connection in autocommit mode that LISTENs for key changes.
+
+    Any failure falls back to plain polling for that round and reconnects on the next one.
+    """
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._conn: Any = None
+
+    def _connect(self) -> Any:
+        import psycopg
+
+        conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=5)
+        conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        return conn
+
+    def wait(self, period: float, stop: threading.Event) -> None:
+        try:
+            if self._conn is None:
+                self._conn = self._connect()
+            # Wake at the first notification or after the period, whichever comes first.
+            for _ in self._conn.notifies(timeout=period, stop_after=1):
+                pass
+        except Exception as exc:
+            _log.warning("keyring LISTEN failed, polling instead: %s", type(exc).__name__)
+            self.close()
+            stop.wait(period)
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception as exc:  # closing a broken connection: nothing left to do
+                _log.debug("closing the LISTEN connection failed: %s", type(exc).__name__)
