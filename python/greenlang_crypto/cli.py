@@ -338,11 +338,10 @@ def cmd_keys(args: argparse.Namespace) -> int:
     if args.keys_command == "rewrap":
         target = args.wrapping_key_id
         if target is None:
-            create = getattr(svc.provider, "create_master_key", None)
-            if not callable(create):
+            if not svc.can_create_wrapping_key():
                 raise GreenlangCryptoError("--wrapping-key-id is required for this provider")
-            target = create()
-        total = sum(svc.store.count_deks_by_version().values())
+            target = svc.create_wrapping_key()
+        total = svc.stored_dek_count()
         bar = _progress(total, "rewrap")
         done = _audited(
             args,
@@ -360,12 +359,57 @@ def cmd_keys(args: argparse.Namespace) -> int:
             svc,
             "key_retire",
             lambda: svc.retire_versions_below(
-                args.below, delete_stored_deks=args.delete_stored_deks
+                args.below, delete_stored_deks=args.delete_stored_deks, force=args.force
             ),
         )
-        print(f"minimum decryption version is now {args.below}")
+        print(f"minimum decryption version is now {svc.min_decryption_version}")
         return 0
+    if args.keys_command == "status":
+        return _keys_status(args, svc)
     raise AssertionError(args.keys_command)
+
+
+def _keys_status(args: argparse.Namespace, svc: Any) -> int:
+    """Prints the keyring (epoch, primary, minimum) and which instance runs which epoch."""
+    import time
+
+    svc.refresh_keyring()
+    live = {i.instance_id for i in svc.live_instances()}
+    doc = {
+        "epoch": svc.keyring_epoch,
+        "primary_version": svc.primary_version,
+        "min_decryption_version": svc.min_decryption_version,
+        "instances": [
+            {
+                "instance_id": i.instance_id,
+                "host": i.host,
+                "pid": i.pid,
+                "epoch": i.epoch,
+                "primary_version": i.primary_version,
+                "min_version": i.min_version,
+                "last_seen_seconds_ago": round(max(0.0, time.time() - i.last_seen), 1),
+                "live": i.instance_id in live,
+                "current": i.epoch == svc.keyring_epoch,
+            }
+            for i in svc.instances()
+            if i.instance_id != svc.instance_id
+        ],
+    }
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    print(
+        f"keyring epoch {doc['epoch']}: primary v{doc['primary_version']}, "
+        f"minimum decryption version {doc['min_decryption_version']}"
+    )
+    for row in doc["instances"]:
+        assert isinstance(row, dict)
+        state = ("live" if row["live"] else "stale") + ("" if row["current"] else ", behind")
+        print(
+            f"{row['host']}:{row['pid']:<8} epoch {row['epoch']:<6} primary "
+            f"v{row['primary_version']:<4} seen {row['last_seen_seconds_ago']}s ago ({state})"
+        )
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -384,6 +428,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             for v, (n, m, b) in st.usage_by_version.items()
         },
         "cache": st.cache,
+        "keyring_epoch": st.keyring_epoch,
+        "instances": [
+            {"host": i.host, "pid": i.pid, "epoch": i.epoch, "primary_version": i.primary_version}
+            for i in st.instances
+        ],
     }
     print(json.dumps(doc, indent=2))
     return 0 if st.provider_ok else 1
@@ -423,6 +472,13 @@ def build_parser() -> argparse.ArgumentParser:
     kt = ks.add_parser("retire", help="raise the minimum decryption version")
     kt.add_argument("--below", type=int, required=True)
     kt.add_argument("--delete-stored-deks", action="store_true")
+    kt.add_argument(
+        "--force",
+        action="store_true",
+        help="retire even while live instances or job ranges still use the versions (audited)",
+    )
+    kss = ks.add_parser("status", help="keyring epoch and the epoch each instance runs")
+    kss.add_argument("--json", action="store_true")
     keys.set_defaults(func=cmd_keys)
     sub.add_parser("status", help="provider health, versions, cache").set_defaults(func=cmd_status)
     for ext in _EXTENSIONS:
