@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from greenlang_crypto import EncryptionContext
+from greenlang_crypto.audit import AuditLog, SqliteAuditSink
 from greenlang_crypto.compliance.verify import ColumnSpec, run_verification
 from greenlang_crypto.config import EncryptionServiceConfig
 from greenlang_crypto.providers.local import LocalKeyProvider
@@ -123,8 +124,11 @@ def test_verify_rotation_off_in_kms_fails(
 def test_verify_cli_exit_codes(tmp_path: Path, pg_url: str, users_table: Any) -> None:
     data = tmp_path / "data"
     LocalKeyProvider(data).create_master_key()
-    with EncryptionService(EncryptionServiceConfig(data_dir=data)) as svc:
+    audit = AuditLog(SqliteAuditSink(data / "audit.db"), start_thread=False)
+    with EncryptionService(EncryptionServiceConfig(data_dir=data), observers=[audit]) as svc:
+        audit.attach(svc)
         _fill(pg_url, svc, plaintext_ids=[])
+        audit.close()
     env = dict(os.environ, GLC_DATA_DIR=str(data))
     base = [sys.executable, "-m", "greenlang_crypto", "verify", "--db", pg_url]
     base += ["--terraform", str(ROOT / "terraform" / "modules" / "kms"), "--json"]
@@ -153,3 +157,27 @@ def test_verify_cli_exit_codes(tmp_path: Path, pg_url: str, users_table: Any) ->
     )
     assert b"[FAIL   ] data.columns_encrypted" in text_run.stdout
     assert b"leak@example.com" not in text_run.stdout
+
+
+def test_verify_fails_when_the_audit_log_is_absent(tmp_path: Path) -> None:
+    # A deleted audit log is missing evidence: the control fails, it is not skipped.
+    data = tmp_path / "data"
+    LocalKeyProvider(data).create_master_key()
+    audit = AuditLog(SqliteAuditSink(data / "audit.db"), start_thread=False)
+    with EncryptionService(EncryptionServiceConfig(data_dir=data), observers=[audit]) as svc:
+        audit.attach(svc)
+        svc.encrypt(b"x", {"tenant_id": "t", "data_class": "pii"})
+        audit.close()
+    env = dict(os.environ, GLC_DATA_DIR=str(data))
+    env.pop("GLC_AUDIT_URL", None)
+    cmd = [sys.executable, "-m", "greenlang_crypto", "verify", "--json"]
+    before = subprocess.run(cmd, capture_output=True, env=env, check=False)
+    by = {c["control"]: c for c in json.loads(before.stdout)["controls"]}
+    assert by["audit.chain"]["status"] == "pass", by["audit.chain"]
+    (data / "audit.db").unlink()
+    after = subprocess.run(cmd, capture_output=True, env=env, check=False)
+    assert after.returncode == 1
+    by = {c["control"]: c for c in json.loads(after.stdout)["controls"]}
+    assert by["audit.chain"]["status"] == "fail"
+    assert "missing" in by["audit.chain"]["detail"]
+    assert not (data / "audit.db").exists()  # verifying must not recreate an empty log

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from greenlang_crypto._core import parse_envelope
 from greenlang_crypto.api.auth import Principal
-from greenlang_crypto.audit import AuditLog, AuditQuery
+from greenlang_crypto.audit import AuditLog, AuditQuery, acting_as
 from greenlang_crypto.context import EncryptionContext
 from greenlang_crypto.exceptions import (
     AuditSinkUnavailableError,
@@ -393,41 +393,25 @@ def build_router(
         reason = body.reason if body is not None else None
         old = service.primary_version
         try:
-            # Fail closed: the intent is on record before anything changes (J6).
-            audit.record(
-                "key_rotate",
-                actor=principal.subject,
-                outcome="intent",
-                key_version=old,
-                request_id=rid,
-                reason=reason,
-            )
-        except AuditSinkUnavailableError as exc:
-            raise _error(exc) from None
-        try:
-            result = service.rotate()
+            # One audited path: the intent is on record before anything changes (fail closed
+            # with 503 when it cannot be), the outcome after. The service's own key-change
+            # guard sees the open block and adds no second pair of records.
+            with (
+                acting_as(principal.subject),
+                audit.audited(
+                    "key_rotate",
+                    principal.subject,
+                    key_version=old,
+                    request_id=rid,
+                    reason=reason,
+                ) as outcome,
+            ):
+                result = service.rotate()
+                outcome["old_version"] = result.old_version
+                outcome["key_version"] = result.new_version
+                outcome["key_id"] = result.wrapping_key_id
         except GreenlangCryptoError as exc:
-            audit.record(
-                "key_rotate",
-                actor=principal.subject,
-                outcome="failure",
-                key_version=old,
-                request_id=rid,
-                details={"error_type": type(exc).__name__},
-                required=False,
-            )
             raise _error(exc) from None
-        audit.record(
-            "key_rotate",
-            actor=principal.subject,
-            outcome="success",
-            key_id=result.wrapping_key_id,
-            key_version=result.new_version,
-            request_id=rid,
-            reason=reason,
-            details={"old_version": result.old_version},
-            required=False,
-        )
         return RotateResponse(old_version=result.old_version, new_version=result.new_version)
 
     @router.post("/rewrap", response_model=EnvelopeResponse)
@@ -438,6 +422,9 @@ def build_router(
     ) -> EnvelopeResponse:
         """Re-encrypts an envelope under the primary version; never returns plaintext."""
         ctx = _context(body.context)
+        # An admin of one tenant must not rewrap another tenant's data, nor probe its
+        # contexts (a wrong data_class guess would otherwise answer differently).
+        _same_tenant(principal, ctx, audit, rid)
         envelope = _b64(body.ciphertext)
         aad = _b64(body.associated_data) if body.associated_data is not None else None
         common: dict[str, Any] = {

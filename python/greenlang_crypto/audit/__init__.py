@@ -26,9 +26,16 @@ buffer keeps (and, when full, counts dropped) events and :attr:`AuditLog.sink_up
 
 from __future__ import annotations
 
+from greenlang_crypto.audit.anchors import (
+    AuditAnchor,
+    FileAnchor,
+    S3Anchor,
+    StreamAnchor,
+    open_anchor,
+)
 from greenlang_crypto.audit.chain import _ROOT_META, AUDIT_CONTEXT, ChainKey, _unwrap_root
-from greenlang_crypto.audit.log import AuditLog
-from greenlang_crypto.audit.records import AuditEntry, AuditRecord, canonical_bytes
+from greenlang_crypto.audit.log import AuditLog, acting_as, current_actor
+from greenlang_crypto.audit.records import AuditEntry, AuditRecord, Checkpoint, canonical_bytes
 from greenlang_crypto.audit.sinks import (
     AuditQuery,
     AuditSink,
@@ -37,22 +44,32 @@ from greenlang_crypto.audit.sinks import (
     SqliteAuditSink,
     open_audit_sink,
 )
+from greenlang_crypto.audit.sinks.base import AuditRecordRejectedError
 from greenlang_crypto.audit.verifier import VerifyProblem, VerifyResult
 
 __all__ = [
     "AUDIT_CONTEXT",
+    "AuditAnchor",
     "AuditEntry",
     "AuditLog",
     "AuditQuery",
     "AuditRecord",
+    "AuditRecordRejectedError",
     "AuditSink",
     "ChainKey",
+    "Checkpoint",
+    "FileAnchor",
     "JsonLinesAuditSink",
     "PostgresAuditSink",
+    "S3Anchor",
     "SqliteAuditSink",
+    "StreamAnchor",
     "VerifyProblem",
     "VerifyResult",
+    "acting_as",
     "canonical_bytes",
+    "current_actor",
+    "open_anchor",
     "open_audit_sink",
 ]
 

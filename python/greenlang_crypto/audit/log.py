@@ -3,23 +3,38 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import contextvars
 import json
 import logging
+import os
 import threading
+import time
 from collections import Counter, deque
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from greenlang_crypto._files import open_private_append
+from greenlang_crypto.audit.anchors import AuditAnchor, default_anchor
 from greenlang_crypto.audit.chain import (
-    _CHAIN_LABEL,
     _ROOT_LIMITS,
     _ROOT_META,
     AUDIT_CONTEXT,
     ChainKey,
     _unwrap_root,
 )
-from greenlang_crypto.audit.records import AuditEntry, AuditRecord, Scalar, _now_iso, _scalar
-from greenlang_crypto.audit.sinks.base import AuditQuery, AuditSink
+from greenlang_crypto.audit.records import (
+    AuditEntry,
+    AuditRecord,
+    Checkpoint,
+    Scalar,
+    _now_iso,
+    _scalar,
+    entry_from_dict,
+    entry_to_dict,
+)
+from greenlang_crypto.audit.sinks.base import AuditQuery, AuditRecordRejectedError, AuditSink
 from greenlang_crypto.audit.verifier import VerifyProblem, VerifyResult, _verify
 from greenlang_crypto.exceptions import AuditSinkUnavailableError
 
@@ -50,6 +65,36 @@ _DATA_EVENTS = frozenset(
     {"encryption_performed", "decryption_performed", "key_cache_hit", "key_cache_miss"}
 )
 
+#: The actor a front door is acting for (token subject, ``cli:<user>``); the key-change guard
+#: records it, since the service itself does not know who called it.
+_ACTOR: contextvars.ContextVar[str | None] = contextvars.ContextVar("glc_audit_actor", default=None)
+
+
+@contextlib.contextmanager
+def acting_as(actor: str) -> Iterator[None]:
+    """Names the actor for the audit records written inside the block (per thread/task).
+
+    Front doors wrap service calls in it, so the records the service's key-change guard writes
+    carry the caller, not ``service``.
+    """
+    token = _ACTOR.set(actor)
+    try:
+        yield
+    finally:
+        _ACTOR.reset(token)
+
+
+#: Depth of :meth:`AuditLog.audited` blocks open in this thread/task. A key-change guard
+#: inside one writes nothing: the enclosing block's intent is already stored (fail-closed
+#: holds) and its outcome covers the change, so a front door that audits its command and a
+#: service that audits its method never produce two records for one action.
+_OPEN: contextvars.ContextVar[int] = contextvars.ContextVar("glc_audit_open", default=0)
+
+
+def current_actor(default: str) -> str:
+    """The actor set by :func:`acting_as`, else ``default``."""
+    return _ACTOR.get() or default
+
 
 class AuditLog:
     """The audit log: a :class:`~greenlang_crypto.events.ServiceObserver` and admin recorder.
@@ -68,6 +113,12 @@ class AuditLog:
             dropped and counted (:attr:`dropped`).
         actor: Actor recorded for data-path events that carry none.
         start_thread: Start the background flusher in :meth:`attach`.
+        anchors: Where checkpoints of the chain head go. Default: ``<log file>.anchor`` beside
+            a SQLite or JSON-lines log; PostgreSQL has no default. Pass ``[]`` for none.
+        checkpoint_interval: Seconds between checkpoints (also taken at :meth:`close`).
+        dead_letter: File for records the sink rejects and for what shutdown cannot flush.
+            Default: ``<log file>.deadletter`` beside a file log, else
+            ``<data_dir>/audit-deadletter.jsonl`` of the attached service.
     """
 
     def __init__(
@@ -78,8 +129,25 @@ class AuditLog:
         max_buffer: int = 10_000,
         actor: str = "service",
         start_thread: bool = True,
+        anchors: Sequence[AuditAnchor] | None = None,
+        checkpoint_interval: float = 60.0,
+        dead_letter: str | os.PathLike[str] | None = None,
     ) -> None:
         self.sink = sink
+        if anchors is None:
+            default = default_anchor(sink)
+            anchors = [default] if default is not None else []
+        self.anchors: list[AuditAnchor] = list(anchors)
+        self.checkpoint_interval = checkpoint_interval
+        sink_path = getattr(sink, "path", None)
+        if dead_letter is None and isinstance(sink_path, Path):
+            dead_letter = sink_path.with_name(sink_path.name + ".deadletter")
+        self.dead_letter: Path | None = None if dead_letter is None else Path(dead_letter)
+        self._last_written: tuple[int, str] | None = None
+        self._last_anchored: int | None = None
+        self._last_checkpoint_at = time.monotonic()
+        self._anchor_up = True
+        self._rejected = 0
         self.flush_interval = flush_interval
         self.actor = actor
         self._start_thread = start_thread
@@ -109,6 +177,10 @@ class AuditLog:
         self._service = service
         self._per_op = bool(getattr(service, "per_operation_events", False))
         self._last_ops = self._read_ops()
+        if self.dead_letter is None:
+            data_dir = getattr(getattr(service, "config", None), "data_dir", None)
+            if data_dir is not None:
+                self.dead_letter = Path(data_dir) / "audit-deadletter.jsonl"
 
     def attach(self, service: EncryptionService) -> None:
         """Binds the service, loads or creates the chain key, and starts the flusher.
@@ -117,6 +189,7 @@ class AuditLog:
         meanwhile.
         """
         self.bind(service)
+        self._load_pending()
         try:
             self._ensure_chain()
         except AuditSinkUnavailableError:
@@ -148,7 +221,7 @@ class AuditLog:
                 }
             )
             stored = self.sink.put_meta_if_absent(_ROOT_META, candidate)
-        self._chain = ChainKey(_unwrap_root(provider, stored).derive_index_key(_CHAIN_LABEL))
+        self._chain = ChainKey.from_root(_unwrap_root(provider, stored))
         return self._chain
 
     def _chain_key(self) -> ChainKey:
@@ -246,6 +319,88 @@ class AuditLog:
         records = self._write([entry])
         return records[-1]
 
+    @contextlib.contextmanager
+    def audited(
+        self,
+        action: str,
+        actor: str | None = None,
+        *,
+        key_id: str | None = None,
+        key_version: int | None = None,
+        request_id: str | None = None,
+        reason: str | None = None,
+        details: Mapping[str, object] | None = None,
+    ) -> Iterator[dict[str, Scalar]]:
+        """The one audited path for a security-relevant change: intent, act, outcome.
+
+        Entering writes the ``intent`` record synchronously; if the sink does not store it,
+        :class:`AuditSinkUnavailableError` is raised and the block never runs, so nothing
+        changes. Leaving writes ``success`` (with whatever the block put in the yielded dict,
+        for example a job summary; its ``key_version`` and ``key_id`` entries replace those
+        fields) or, on an exception, ``failure`` with the error type, then
+        re-raises. The outcome record is written at once when the sink takes it, else buffered
+        (the change has happened; it must not be reported as failed because of the audit).
+
+        Args:
+            action: The action name (for example ``key_retire``).
+            actor: Who acts; default the :func:`acting_as` actor, else this log's actor.
+            key_id: Wrapping key id.
+            key_version: Key version concerned.
+            request_id: Request id.
+            reason: The stated reason.
+            details: Non-secret scalars for the intent record (kept in the outcome too).
+
+        Yields:
+            A dict of further details for the outcome record.
+        """
+        who = actor or current_actor(self.actor)
+        base = {str(k): _scalar(v) for k, v in (details or {}).items()}
+        common: dict[str, Any] = {
+            "actor": who,
+            "key_id": key_id,
+            "key_version": key_version,
+            "request_id": request_id,
+            "reason": reason,
+        }
+        self.record(action, outcome="intent", details=base, **common)
+        extra: dict[str, Scalar] = {}
+        token = _OPEN.set(_OPEN.get() + 1)
+        try:
+            yield extra
+        except BaseException as exc:
+            _OPEN.reset(token)
+            failed = {**base, **extra, "error_type": type(exc).__name__}
+            self._record_outcome(action, "failure", failed, common)
+            raise
+        _OPEN.reset(token)
+        # The block may name the key the change produced (for example the new version).
+        done = dict(common)
+        for name in ("key_version", "key_id"):
+            if name in extra:
+                done[name] = extra.pop(name)
+        self._record_outcome(action, "success", {**base, **extra}, done)
+
+    def _record_outcome(
+        self, action: str, outcome: str, details: Mapping[str, Scalar], common: Mapping[str, Any]
+    ) -> None:
+        try:
+            self.record(action, outcome=outcome, details=details, **common)
+        except AuditSinkUnavailableError:
+            self.record(action, outcome=outcome, details=details, required=False, **common)
+
+    def key_change(
+        self, action: str, details: Mapping[str, object]
+    ) -> contextlib.AbstractContextManager[None]:
+        """:class:`~greenlang_crypto.events.KeyChangeGuard`: :meth:`audited` for the service.
+
+        The actor is the one a front door set with :func:`acting_as`, else this log's actor.
+        Inside an open :meth:`audited` block (a front door auditing the whole command) it
+        writes nothing: that block's records already cover the change.
+        """
+        if _OPEN.get() > 0:
+            return contextlib.nullcontext()
+        return _discard_yield(self.audited(action, details=details))
+
     def note_operation(self, operation: str, data_class: str, actor: str) -> None:
         """Attributes one successful encrypt or decrypt to ``actor`` in the next aggregate.
 
@@ -256,7 +411,10 @@ class AuditLog:
                 self._attributed[(operation, data_class, actor)] += 1
 
     def require_available(self) -> None:
-        """Raises unless the sink takes writes right now.
+        """Raises unless the sink takes a write right now (the probe writes; see ``ping``).
+
+        Also the health check: a sink that can be read but not written is down, and
+        :attr:`sink_up` (the sink-down gauge) stays false.
 
         Raises:
             AuditSinkUnavailableError: The sink is down.
@@ -267,7 +425,14 @@ class AuditLog:
         except AuditSinkUnavailableError:
             self._sink_up = False
             raise
+        except Exception as exc:
+            self._sink_up = False
+            raise AuditSinkUnavailableError(
+                f"audit log unavailable ({type(exc).__name__})"
+            ) from None
         self._sink_up = True
+
+    probe = require_available
 
     # -- flushing ----------------------------------------------------------------------
 
@@ -276,6 +441,9 @@ class AuditLog:
             try:
                 chain = self._chain_key()
                 records = self.sink.append(entries, chain)
+            except AuditRecordRejectedError:
+                # The sink is up; these values are refused. Not an outage.
+                raise
             except AuditSinkUnavailableError:
                 self._sink_up = False
                 raise
@@ -286,6 +454,8 @@ class AuditLog:
                     f"audit log unavailable ({type(exc).__name__})"
                 ) from None
             self._sink_up = True
+            if records:
+                self._last_written = (records[-1].seq, records[-1].hmac)
             return records
 
     def _read_ops(self) -> dict[tuple[str, str], int]:
@@ -360,6 +530,9 @@ class AuditLog:
             return 0
         try:
             written = self._write(entries)
+        except AuditRecordRejectedError:
+            self._dropped_reported += dropped
+            return self._write_one_by_one(entries)
         except AuditSinkUnavailableError:
             with self._buffer_lock:
                 keep = [e for e in entries if e.action != "audit_events_dropped"]
@@ -377,23 +550,163 @@ class AuditLog:
         self._dropped_reported += dropped
         return len(written)
 
+    def _write_one_by_one(self, entries: Sequence[AuditEntry]) -> int:
+        """Stores each entry alone; a refused one goes to the dead-letter, the rest go on."""
+        written = 0
+        for entry in entries:
+            try:
+                written += len(self._write([entry]))
+                continue
+            except AuditRecordRejectedError as exc:
+                error = str(exc)
+            except AuditSinkUnavailableError:
+                # The sink went down meanwhile: keep the rest for the next flush.
+                rest = list(entries[entries.index(entry) :])
+                with self._buffer_lock:
+                    self._buffer = deque(rest + list(self._buffer))
+                return written
+            self._rejected += 1
+            stored = self._dead_letter([entry], "rejected")
+            failure = AuditEntry(
+                action="audit_record_rejected",
+                actor="audit",
+                outcome="failure",
+                details={
+                    "rejected_action": entry.action,
+                    "rejected_time": entry.time,
+                    "error": error,
+                    "dead_letter": stored,
+                },
+            )
+            try:
+                written += len(self._write([failure]))
+            except AuditSinkUnavailableError:
+                self._enqueue(failure)
+        return written
+
+    def _dead_letter(self, entries: Sequence[AuditEntry], why: str) -> bool:
+        """Appends ``entries`` to the dead-letter file (0600); whether they were stored."""
+        if self.dead_letter is None or not entries:
+            return False
+        lines = b"".join(
+            (json.dumps({"why": why, **entry_to_dict(e)}, sort_keys=True) + "\n").encode()
+            for e in entries
+        )
+        try:
+            fd = open_private_append(self.dead_letter)
+            try:
+                os.write(fd, lines)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            _log.error("audit dead-letter %s unwritable (%s)", self.dead_letter, type(exc).__name__)
+            return False
+        return True
+
+    def _load_pending(self) -> None:
+        """Re-queues what an earlier shutdown could not flush (``why = pending``)."""
+        if self.dead_letter is None:
+            return
+        path = self.dead_letter.with_name(self.dead_letter.name + ".pending")
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return
+        pending: list[AuditEntry] = []
+        for line in data.splitlines():
+            try:
+                pending.append(entry_from_dict(json.loads(line)))
+            except (ValueError, KeyError, TypeError):
+                continue
+        with self._buffer_lock:
+            self._buffer = deque(pending + list(self._buffer))
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+    def _persist_pending(self) -> int:
+        """At shutdown with the sink down: writes the buffer where :meth:`attach` finds it."""
+        with self._buffer_lock:
+            entries = list(self._buffer)
+            self._buffer.clear()
+        if not entries or self.dead_letter is None:
+            return 0
+        saved = self.dead_letter
+        self.dead_letter = saved.with_name(saved.name + ".pending")
+        try:
+            ok = self._dead_letter(entries, "pending")
+        finally:
+            self.dead_letter = saved
+        return len(entries) if ok else 0
+
+    # -- checkpoints -------------------------------------------------------------------
+
+    def checkpoint(self) -> Checkpoint | None:
+        """Publishes a signed checkpoint of the head this log last wrote to every anchor.
+
+        Returns the checkpoint, or None when there was nothing new to anchor. An anchor that
+        fails is logged and reported by :attr:`anchor_up`; the others still get it.
+        """
+        head = self._last_written
+        if head is None or not self.anchors or head[0] == self._last_anchored:
+            return None
+        chain = self._chain
+        if chain is None:
+            return None
+        cp = chain.sign_checkpoint(head[0], head[1], _now_iso())
+        ok = True
+        for anchor in self.anchors:
+            try:
+                anchor.publish(cp)
+            except AuditSinkUnavailableError:
+                ok = False
+                _log.error("audit anchor %s unavailable", anchor.description)
+        self._anchor_up = ok
+        self._last_anchored = head[0]
+        self._last_checkpoint_at = time.monotonic()
+        return cp
+
+    @property
+    def anchor_up(self) -> bool:
+        """Whether the last checkpoint reached every anchor."""
+        return self._anchor_up
+
+    @property
+    def rejected(self) -> int:
+        """Records the sink refused (sent to the dead-letter)."""
+        return self._rejected
+
     def _run(self) -> None:
         while not self._stop.is_set():
             self._wake.wait(self.flush_interval)
             self._wake.clear()
             try:
                 self.flush()
+                if time.monotonic() - self._last_checkpoint_at >= self.checkpoint_interval:
+                    self.checkpoint()
             except Exception as exc:  # the flusher must survive anything
                 _log.warning("audit flush failed: %s", type(exc).__name__)
 
     def close(self) -> None:
-        """Stops the flusher, flushes what is buffered and closes the sink."""
+        """Stops the flusher, flushes, anchors the head, and closes the sink.
+
+        What cannot be flushed (the sink is down) is written to ``<dead_letter>.pending`` and
+        re-queued by the next :meth:`attach`, instead of being lost.
+        """
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=max(5.0, self.flush_interval))
             self._thread = None
         self.flush()
+        if self._buffer:
+            kept = self._persist_pending()
+            if kept:
+                _log.error("audit sink down at shutdown; %d event(s) saved to be replayed", kept)
+        try:
+            self.checkpoint()
+        except Exception as exc:  # closing must finish
+            _log.error("audit checkpoint at shutdown failed: %s", type(exc).__name__)
         self.sink.close()
 
     # -- reading -----------------------------------------------------------------------
@@ -421,21 +734,88 @@ class AuditLog:
         """The last ``n`` records."""
         return self.sink.tail(n)
 
-    def verify(self) -> VerifyResult:
-        """Checks the whole chain; names each edited, deleted, inserted or reordered record.
+    def verify(self, checkpoint: Checkpoint | str | None = None) -> VerifyResult:
+        """Checks the whole chain, and checks it against the anchored checkpoints.
+
+        Names each edited, deleted, inserted or reordered record, and fails when the log is
+        missing or empty, ends before an anchored checkpoint (truncated), or holds another
+        record at a checkpoint's sequence number (rewritten).
+
+        Args:
+            checkpoint: A further checkpoint to check against, for example the last line a
+                :class:`~greenlang_crypto.audit.anchors.StreamAnchor` shipped (object or
+                line).
 
         Raises:
             AuditSinkUnavailableError: The sink or the chain key cannot be read.
         """
+        extra: list[Checkpoint] = []
+        problems: list[VerifyProblem] = []
+        if isinstance(checkpoint, str):
+            from greenlang_crypto.audit.anchors import StreamAnchor
+
+            try:
+                extra.append(StreamAnchor.parse(checkpoint))
+            except ValueError:
+                problems.append(VerifyProblem(0, "anchor", "the given checkpoint is unreadable"))
+        elif checkpoint is not None:
+            extra.append(checkpoint)
+        anchored = self._anchored(problems) + extra
+        sink_path = getattr(self.sink, "path", None)
+        if isinstance(sink_path, Path) and not sink_path.exists():
+            # Do not let the sink create an empty log here: a missing log is the finding.
+            where = f"; anchored up to seq {max(c.seq for c in anchored)}" if anchored else ""
+            problems.append(
+                VerifyProblem(1, "missing", f"the audit log {sink_path} is missing{where}")
+            )
+            return VerifyResult(0, problems)
         chain = self._ensure_chain(create=False)
         if chain is None:
             count = sum(1 for _ in self.sink.records())
-            if not count:
-                return VerifyResult(0, [])
-            missing = VerifyProblem(1, "unverifiable", "the audit root key is missing")
-            return VerifyResult(count, [missing])
-        return _verify(self.sink.records(), chain, self.sink.head())
+            if count:
+                problems.append(VerifyProblem(1, "unverifiable", "the audit root key is missing"))
+            else:
+                where = f" (anchored up to seq {max(c.seq for c in anchored)})" if anchored else ""
+                problems.append(
+                    VerifyProblem(
+                        1, "missing", f"the audit log is empty and has no chain key{where}"
+                    )
+                )
+            return VerifyResult(count, problems)
+        good: dict[int, str] = {}
+        for cp in anchored:
+            if chain.check_checkpoint(cp):
+                good[cp.seq] = cp.hmac
+            else:
+                problems.append(
+                    VerifyProblem(cp.seq, "anchor", f"checkpoint at seq {cp.seq} has a bad MAC")
+                )
+        result = _verify(self.sink.records(), chain, self.sink.head(), good)
+        problems.extend(result.problems)
+        if result.records == 0 and not problems:
+            problems.append(VerifyProblem(1, "missing", "the audit log holds no records"))
+        return VerifyResult(result.records, problems)
+
+    def _anchored(self, problems: list[VerifyProblem]) -> list[Checkpoint]:
+        out: list[Checkpoint] = []
+        for anchor in self.anchors:
+            try:
+                found = anchor.checkpoints()
+            except AuditSinkUnavailableError:
+                problems.append(
+                    VerifyProblem(0, "unverifiable", f"anchor {anchor.description} unreadable")
+                )
+                continue
+            if found is not None:
+                out.extend(found)
+        return out
 
 
 def _opt_str(value: object) -> str | None:
     return None if value is None else str(value)
+
+
+@contextlib.contextmanager
+def _discard_yield(cm: contextlib.AbstractContextManager[Any]) -> Iterator[None]:
+    with cm:
+        yield

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hmac
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from greenlang_crypto.audit.chain import ChainKey
@@ -15,8 +16,9 @@ class VerifyProblem:
 
     Attributes:
         seq: The sequence number of the record concerned (for a deletion: the missing one).
-        kind: ``edited``, ``deleted``, ``inserted``, ``reordered``, ``truncated`` or
-            ``unverifiable``.
+        kind: ``edited``, ``deleted``, ``inserted``, ``reordered``, ``truncated``,
+            ``rewritten`` (differs from an anchored checkpoint), ``missing`` (no log),
+            ``anchor`` (a checkpoint with a bad MAC) or ``unverifiable``.
         detail: A human-readable explanation.
     """
 
@@ -44,14 +46,21 @@ class VerifyResult:
 
 
 def _verify(
-    records: Iterator[AuditRecord], chain: ChainKey, head: tuple[int, str] | None
+    records: Iterator[AuditRecord],
+    chain: ChainKey,
+    head: tuple[int, str] | None,
+    anchored: Mapping[int, str] | None = None,
 ) -> VerifyResult:
+    anchored = anchored or {}
+    seen_anchor: dict[int, str] = {}
     problems: list[VerifyProblem] = []
     prev_seq, prev_hmac = 0, None
     before_prev: str | None = None
     count = 0
     for r in records:
         count += 1
+        if r.seq in anchored and r.seq not in seen_anchor:
+            seen_anchor[r.seq] = r.hmac
         if r.seq == prev_seq and r.seq > 0 and chain.check(r, before_prev):
             # Two records claim this seq and this one chains correctly: either an exact
             # replayed copy, or the one before it was a forged insertion.
@@ -104,6 +113,22 @@ def _verify(
         problems.append(
             VerifyProblem(
                 prev_seq + 1, "truncated", f"records after seq {prev_seq} missing (head {head[0]})"
+            )
+        )
+    for seq, mac in sorted(anchored.items()):
+        if seq in seen_anchor and not hmac.compare_digest(seen_anchor[seq], mac):
+            problems.append(
+                VerifyProblem(
+                    seq, "rewritten", f"record seq {seq} differs from the anchored checkpoint"
+                )
+            )
+    top = max(anchored, default=0)
+    if top > prev_seq:
+        problems.append(
+            VerifyProblem(
+                prev_seq + 1,
+                "truncated",
+                f"the log ends at seq {prev_seq} but a checkpoint anchors seq {top}",
             )
         )
     return VerifyResult(count, problems)

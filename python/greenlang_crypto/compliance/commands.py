@@ -48,10 +48,11 @@ def register(
 
 
 def _audit_verifier(service: Any) -> Callable[[], Any] | None:
-    """Verifies the audit chain of this data directory (or ``$GLC_AUDIT_URL``), if one exists."""
+    """Verifies the audit chain of this data directory (or ``$GLC_AUDIT_URL``).
+
+    Always: an absent audit log is a failed control (evidence that is gone), never a skip.
+    """
     url = os.environ.get("GLC_AUDIT_URL") or None
-    if url is None and not (Path(service.config.data_dir) / "audit.db").exists():
-        return None
 
     def verify() -> Any:
         from greenlang_crypto.audit import AuditLog, open_audit_sink
@@ -67,7 +68,7 @@ def _audit_verifier(service: Any) -> Callable[[], Any] | None:
             detail=(
                 f"{result.records} record(s), HMAC chain intact"
                 if result.ok
-                else "; ".join(f"seq {p.seq}: {p.kind}" for p in result.problems[:10])
+                else "; ".join(f"seq {p.seq}: {p.kind} ({p.detail})" for p in result.problems[:10])
             ),
         )
 

@@ -11,9 +11,17 @@ One machinery serves both jobs (:class:`ColumnJob`, ``mode="encrypt"`` or ``"ree
   transaction that writes the rows *and* advances the range's checkpoint, so a killed job
   resumes exactly after the last committed batch and never commits part of a batch.
 * **Compare-and-swap writes.** One ``UPDATE ... FROM (VALUES ...) WHERE t.pk = v.pk AND
-  t.col = v.old RETURNING ...`` per batch writes ciphertext, key-version column and blind
-  index together. A row the application changed meanwhile does not match; it is re-read and
-  processed again (at most three rounds), so an application write is never lost.
+  t.xmin = v.xmin RETURNING ...`` per batch writes ciphertext, key-version column and blind
+  index together. A row the application changed meanwhile has another ``xmin`` and does not
+  match; it is re-read and processed again (at most three rounds), so an application write
+  is never lost. The old value is never a bound parameter: a phase-1 plaintext would
+  otherwise reach any statement log or exception that shows parameters.
+* **Runs.** A job's identity is its mode, column, target versions, phase and a run id
+  (``<name>@<run id>``). A worker joins the newest run that still has unfinished ranges, else
+  starts a new run that rescans the whole table, so a rerun after a failure or after rows
+  were quarantined processes those rows again. A worker that fails releases its ranges at
+  once (no waiting for the lease), and :attr:`JobReport.remaining` counts the rows still not
+  in the target state when the run ends.
 * **Verify after write.** Every value returned by that UPDATE is decrypted and compared with
   the plaintext before the transaction commits; a mismatch rolls the batch back.
 * **Quarantine.** A row that cannot be processed (undecryptable, missing key version,
@@ -47,6 +55,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import secrets
 import socket
 import time
 from collections import Counter
@@ -233,6 +242,9 @@ class JobReport:
         contended: CAS misses that were re-read and processed again.
         retries: Batches retried after a lost connection or failed commit.
         seconds: Wall time.
+        remaining: Rows of the whole column still not in the target state after the run
+            (plaintext; in re-encryption also envelopes below the target version); -1 when
+            not counted.
     """
 
     job: str
@@ -243,11 +255,30 @@ class JobReport:
     contended: int = 0
     retries: int = 0
     seconds: float = 0.0
+    remaining: int = -1
 
     @property
     def rows_per_second(self) -> float:
         """Rows read per second."""
         return self.scanned / self.seconds if self.seconds else 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True only when nothing was quarantined and no row is left to process."""
+        return not self.quarantined and self.remaining == 0
+
+    def summary(self) -> dict[str, Any]:
+        """The figures an operator and the audit record need (no row values)."""
+        return {
+            "job": self.job,
+            "scanned": self.scanned,
+            "written": self.written,
+            "skipped": self.skipped,
+            "quarantined": len(self.quarantined),
+            "remaining": self.remaining,
+            "contended": self.contended,
+            "retries": self.retries,
+        }
 
 
 @dataclass
@@ -257,6 +288,7 @@ class _Row:
     value: bytes | None
     tenant: str
     index: bytes | None
+    xmin: str = ""
 
 
 @dataclass
@@ -286,8 +318,10 @@ class ColumnJob:
         mode: ``encrypt`` (phase 1 migration) or ``reencrypt`` (move to the primary version).
         forbid_plaintext: Phase 2: quarantine plaintext instead of encrypting it.
         batch_size: Rows per transaction.
-        job_name: Job id in the job table (default from mode, table, column and, for
-            re-encryption, the target key and index versions).
+        job_name: Job name (default from mode, table, column, phase and, for re-encryption,
+            the target key and index versions); the job table holds ``<name>@<run id>``.
+        run_id: Join this run (default: the newest unfinished run of the job, else a new
+            one). Workers of one run share its ranges.
         worker: This worker's name (a restarted worker of the same name resumes its ranges).
         ranges: Number of pk ranges the job is split into when first planned.
         lease_seconds: How long a claimed range stays with a silent worker.
@@ -307,6 +341,7 @@ class ColumnJob:
         forbid_plaintext: bool = False,
         batch_size: int = 500,
         job_name: str | None = None,
+        run_id: str | None = None,
         worker: str | None = None,
         ranges: int = 1,
         lease_seconds: float = 60.0,
@@ -356,7 +391,14 @@ class ColumnJob:
                 job_name += f":v{self._target_version}"
                 if self._target_index_version is not None:
                     job_name += f":i{self._target_index_version}"
-        self.job_name = job_name
+            else:
+                job_name += ":p2" if forbid_plaintext else ":p1"
+        if "@" in job_name:
+            raise InvalidArgumentError("job_name must not contain '@'")
+        self.job_base = job_name
+        self.run_id = run_id
+        #: ``<job name>@<run id>`` once :meth:`run` has chosen the run.
+        self.job_name = job_name if run_id is None else f"{job_name}@{run_id}"
         self._pk_type: str | None = None
 
     # -- SQL helpers ---------------------------------------------------------------------
@@ -400,16 +442,36 @@ class ColumnJob:
             conn.execute(text(_QUARANTINE_DDL.format(quarantine=n["quarantine"])))
 
     def reset(self) -> None:
-        """Forgets this job's ranges and checkpoints (a later run starts over)."""
+        """Forgets every run of this job (ranges and checkpoints; a later run starts over)."""
         self.ensure_tables()
         with self.engine.begin() as conn:
             n = self._names(conn)
-            conn.execute(text(f"DELETE FROM {n['ranges']} WHERE job = :j"), {"j": self.job_name})
+            conn.execute(
+                text(f"DELETE FROM {n['ranges']} WHERE job = :b OR starts_with(job, :p)"),
+                {"b": self.job_base, "p": self.job_base + "@"},
+            )
 
     def _plan(self) -> None:
         with self.engine.begin() as conn:
             n = self._names(conn)
-            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:j))"), {"j": self.job_name})
+            # One planner at a time per job, so concurrent workers join one run.
+            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:j))"), {"j": self.job_base})
+            if self.run_id is None:
+                # The newest run that still has unfinished ranges, if any: resume it.
+                found = conn.execute(
+                    text(
+                        f"SELECT job FROM {n['ranges']} WHERE starts_with(job, :p) "
+                        "AND state <> 'done' ORDER BY job DESC LIMIT 1"
+                    ),
+                    {"p": self.job_base + "@"},
+                ).scalar()
+                if found is not None:
+                    self.job_name = str(found)
+                    self.run_id = self.job_name.rpartition("@")[2]
+                    return
+                # Run ids sort by start time, so "newest" is the largest.
+                self.run_id = f"{time.time_ns():020d}-{secrets.token_hex(3)}"
+            self.job_name = f"{self.job_base}@{self.run_id}"
             exists = conn.execute(
                 text(f"SELECT 1 FROM {n['ranges']} WHERE job = :j LIMIT 1"), {"j": self.job_name}
             ).first()
@@ -551,8 +613,8 @@ class ColumnJob:
         tenant = f"t.{n['tenant']}" if self.spec.tenant_column else "NULL"
         index = f"t.{n['idx']}" if self.spec.index_column else "NULL"
         sql = (
-            f"SELECT t.{n['pk']}, t.{n['pk']}::text, t.{n['col']}, {tenant}, {index} "
-            f"FROM {n['t']} AS t WHERE {where} ORDER BY t.{n['pk']}"
+            f"SELECT t.{n['pk']}, t.{n['pk']}::text, t.{n['col']}, {tenant}, {index}, "
+            f"t.xmin::text FROM {n['t']} AS t WHERE {where} ORDER BY t.{n['pk']}"
         )
         if limit:
             sql += f" LIMIT {int(self.batch_size)}"
@@ -564,8 +626,11 @@ class ColumnJob:
                 None if value is None else bytes(value),
                 fixed if fixed is not None else str(tenant_value),
                 None if index_value is None else bytes(index_value),
+                str(xmin),
             )
-            for pk, pk_text, value, tenant_value, index_value in conn.execute(text(sql), params)
+            for pk, pk_text, value, tenant_value, index_value, xmin in conn.execute(
+                text(sql), params
+            )
         ]
 
     def _write(self, conn: Connection, writes: Sequence[_Write]) -> list[_Write]:
@@ -578,15 +643,21 @@ class ColumnJob:
         values = []
         for i, w in enumerate(writes):
             params[f"p{i}"] = w.row.pk_text
-            params[f"o{i}"] = w.row.value
-            params[f"n{i}"] = w.new_value if w.new_value is not None else w.row.value
+            # Compare on the row version (xmin), never on the old value: in phase 1 that is
+            # the plaintext, and bound values end up in statement logs and exceptions.
+            params[f"o{i}"] = w.row.xmin
             params[f"k{i}"] = w.key_version
             params[f"x{i}"] = w.index
+            if w.new_value is not None:
+                params[f"n{i}"] = w.new_value
+                new = f"CAST(:n{i} AS bytea)"
+            else:
+                new = "NULL"  # only the index changes; the column keeps its value
             values.append(
-                f"(CAST(:p{i} AS {pk_type}), CAST(:o{i} AS bytea), CAST(:n{i} AS bytea), "
+                f"(CAST(:p{i} AS {pk_type}), CAST(:o{i} AS xid), {new}::bytea, "
                 f"CAST(:k{i} AS integer), CAST(:x{i} AS bytea))"
             )
-        sets = [f"{n['col']} = v.new_value"]
+        sets = [f"{n['col']} = COALESCE(v.new_value, t.{n['col']})"]
         if self.spec.version_column:
             sets.append(f"{n['ver']} = v.key_version")
         if self.spec.index_column:
@@ -595,7 +666,7 @@ class ColumnJob:
         sql = (
             f"UPDATE {n['t']} AS t SET {', '.join(sets)} "
             f"FROM (VALUES {', '.join(values)}) AS v(pk, old, new_value, key_version, idx) "
-            f"WHERE t.{n['pk']} = v.pk AND t.{n['col']} = v.old "
+            f"WHERE t.{n['pk']} = v.pk AND t.xmin = v.old "
             f"RETURNING t.{n['pk']}::text, t.{n['col']}, {returned_index}"
         )
         by_pk = {w.row.pk_text: w for w in writes}
@@ -733,9 +804,52 @@ class ColumnJob:
             KeyStateError: Verification after write failed (the batch was rolled back).
         """
         started = time.perf_counter()
-        report = JobReport(self.job_name)
         self.ensure_tables()
         self._plan()
+        report = JobReport(self.job_name)
+        try:
+            self._work(report)
+        except BaseException:
+            self._release()
+            raise
+        report.remaining = self.count_remaining()
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _release(self) -> None:
+        """Gives this worker's unfinished ranges back at once (after a failure)."""
+        try:
+            with self.engine.begin() as conn:
+                n = self._names(conn)
+                conn.execute(
+                    text(
+                        f"UPDATE {n['ranges']} SET state = 'pending', owner = NULL, "
+                        "lease_until = NULL WHERE job = :j AND owner = :w AND state = 'running'"
+                    ),
+                    {"j": self.job_name, "w": self.worker},
+                )
+        except Exception as exc:  # the original failure matters more; the lease still expires
+            _log.warning(
+                "could not release the ranges of %s (%s)", self.job_name, type(exc).__name__
+            )
+
+    def count_remaining(self) -> int:
+        """Rows of the column not in the target state (a scan of the column).
+
+        Plaintext rows, and in re-encryption also envelopes below the target key version.
+        """
+        if self.mode == "encrypt":
+            with self.engine.connect() as conn:
+                t, col = _quote(conn, self.spec.table), _quote(conn, self.spec.column)
+                envelope = f"octet_length({col}) > 0 AND get_byte({col}, 0) = 250"
+                found = conn.execute(
+                    text(f"SELECT count(*) FROM {t} WHERE {col} IS NOT NULL AND NOT ({envelope})")
+                ).scalar()
+            return int(found or 0)
+        dry = self.dry_run(verify=False)
+        return dry.plaintext + dry.rows_below(self._target_version)
+
+    def _work(self, report: JobReport) -> None:
         from greenlang_crypto.metrics import reencryption_progress
 
         metrics = reencryption_progress()
@@ -783,8 +897,6 @@ class ColumnJob:
                 counted = (report.written, report.skipped, len(report.quarantined))
                 if self.progress is not None:
                     self.progress(report.scanned, remaining)
-        report.seconds = time.perf_counter() - started
-        return report
 
     # -- reporting -----------------------------------------------------------------------
 

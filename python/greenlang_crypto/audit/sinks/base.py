@@ -8,6 +8,15 @@ from typing import Protocol
 
 from greenlang_crypto.audit.chain import ChainKey
 from greenlang_crypto.audit.records import AuditEntry, AuditRecord
+from greenlang_crypto.exceptions import AuditSinkUnavailableError
+
+
+class AuditRecordRejectedError(AuditSinkUnavailableError):
+    """The sink is up but refused these records (a data error, not an outage).
+
+    The log then stores the records one by one and sends each refused one to its dead-letter
+    file, instead of retrying the batch forever.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +91,7 @@ class AuditSink(Protocol):
         ...
 
     def ping(self) -> None:
-        """Checks that a write could succeed now (takes and releases the write lock)."""
+        """Writes a probe value outside the chain (a read-only or full store fails here)."""
         ...
 
     def close(self) -> None:

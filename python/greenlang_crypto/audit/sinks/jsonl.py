@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from greenlang_crypto._files import open_private_append
 from greenlang_crypto.audit.chain import _HEAD_META, ChainKey
 from greenlang_crypto.audit.records import AuditEntry, AuditRecord
 from greenlang_crypto.audit.sinks.base import AuditQuery
@@ -42,7 +43,8 @@ class JsonLinesAuditSink:
             raise AuditSinkUnavailableError(f"audit sink {self.description} busy")
         try:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                # 0600 whatever the umask; O_APPEND kept, reads still work through "a+b".
+                os.close(open_private_append(self.path))
                 f = open(self.path, "a+b")  # noqa: SIM115 - closed below
             except OSError as exc:
                 raise AuditSinkUnavailableError(
@@ -191,7 +193,7 @@ class JsonLinesAuditSink:
             return value
 
     def ping(self) -> None:
-        """Takes the file lock and releases it."""
+        """Opens the log for appending under its lock (a read-only file or directory fails)."""
         with self._locked():
             pass
 

@@ -7,14 +7,28 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from greenlang_crypto._files import ensure_private_file
 from greenlang_crypto.audit.chain import _HEAD_META, ChainKey
 from greenlang_crypto.audit.records import AuditEntry, AuditRecord
-from greenlang_crypto.audit.sinks.base import AuditQuery
+from greenlang_crypto.audit.sinks.base import AuditQuery, AuditRecordRejectedError
 from greenlang_crypto.exceptions import AuditSinkUnavailableError, ConfigurationError
+
+_PROBE_META = "probe"
+
+
+def _is_data_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is about the values written, not about the store being reachable."""
+    if isinstance(exc, UnicodeError | ValueError | TypeError):
+        return True
+    if isinstance(exc, sqlite3.DataError | sqlite3.InterfaceError):
+        return True
+    return type(exc).__module__.startswith("psycopg") and type(exc).__name__ == "DataError"
+
 
 _COLUMNS = (
     "seq, time, actor, action, outcome, key_id, key_version, context_digest, data_class, "
@@ -136,8 +150,14 @@ class _SqlAuditSink:
             except AuditSinkUnavailableError:
                 raise
             except Exception as exc:
-                # Locked, timed out, disk full, connection lost: the caller decides (fail
-                # closed for admin actions, buffer for data-path events).
+                if write and _is_data_error(exc):
+                    # The store is fine; these values are not. Retrying cannot help.
+                    raise AuditRecordRejectedError(
+                        f"audit sink {self.description} rejected the record(s) "
+                        f"({type(exc).__name__})"
+                    ) from None
+                # Locked, timed out, disk full, read-only, connection lost: the caller decides
+                # (fail closed for admin actions, buffer for data-path events).
                 self._reset()
                 raise AuditSinkUnavailableError(
                     f"audit sink {self.description} unavailable ({type(exc).__name__})"
@@ -272,8 +292,20 @@ class _SqlAuditSink:
         return result
 
     def ping(self) -> None:
-        """Takes the write lock and releases it (raises when it cannot within the timeout)."""
-        self._run(lambda cur: None, write=True)
+        """Writes a probe row in the metadata table (a read-only or full database fails).
+
+        Taking the lock alone is not enough: SQLite grants ``BEGIN IMMEDIATE`` on a read-only
+        file, and the health check would then report a sink that cannot store anything as up.
+        """
+
+        def work(cur: Any) -> None:
+            cur.execute(self._sql("DELETE FROM glc_audit_meta WHERE name = ?"), (_PROBE_META,))
+            cur.execute(
+                self._sql("INSERT INTO glc_audit_meta (name, value) VALUES (?, ?)"),
+                (_PROBE_META, str(time.time())),
+            )
+
+        self._run(work, write=True)
 
     def close(self) -> None:
         """Closes the connection."""
@@ -299,7 +331,9 @@ class SqliteAuditSink(_SqlAuditSink):
         self.description = f"sqlite:///{self.path}"
 
     def _connect(self) -> Any:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Created 0600 (in a 0700 directory) before SQLite opens it: SQLite would create it
+        # 0666 & ~umask, and gives its -wal and -shm files the database file's mode.
+        ensure_private_file(self.path)
         # Autocommit mode: writes open their transaction explicitly (BEGIN IMMEDIATE).
         conn = sqlite3.connect(
             self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False

@@ -1,0 +1,302 @@
+"""Anchors: where signed checkpoints of the chain head are kept, outside the audit database.
+
+The chain HMAC proves that the records present were written by a holder of the chain key, but
+not that none are missing after the last one: whoever can write the audit database can cut its
+tail, or empty it. A checkpoint ``(seq, hmac, time)`` MAC'd with a key derived from the chain
+root, published at a fixed interval and at shutdown to a place that database access does not
+reach, makes such a cut visible: :meth:`AuditLog.verify` fails when the log no longer reaches
+an anchored checkpoint, or holds another record at its sequence number.
+
+Anchors:
+
+* :class:`FileAnchor`: an append-only JSON-lines file (0600). The embedded default is
+  ``<audit file>.anchor`` beside the SQLite or JSON-lines log.
+* :class:`S3Anchor`: one object per checkpoint in a bucket with S3 Object Lock (COMPLIANCE
+  mode), so nobody can delete or overwrite it before the retention date.
+* :class:`StreamAnchor`: one line per checkpoint to a stream (stdout) or a logger (syslog) for
+  log shipping; it cannot be read back, so the verifier takes such a checkpoint as an
+  argument (:meth:`AuditLog.verify`'s ``checkpoint``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+from greenlang_crypto._files import open_private_append
+from greenlang_crypto.audit.records import Checkpoint
+from greenlang_crypto.exceptions import AuditSinkUnavailableError, ConfigurationError
+
+__all__ = [
+    "AuditAnchor",
+    "FileAnchor",
+    "S3Anchor",
+    "StreamAnchor",
+    "default_anchor",
+    "open_anchor",
+]
+
+_log = logging.getLogger("greenlang_crypto.audit")
+_LINE_PREFIX = "glc-audit-checkpoint "
+
+
+class AuditAnchor(Protocol):
+    """A place for checkpoints outside the audit database."""
+
+    description: str
+
+    def publish(self, cp: Checkpoint) -> None:
+        """Stores one checkpoint durably.
+
+        Raises:
+            AuditSinkUnavailableError: It was not stored.
+        """
+        ...
+
+    def checkpoints(self) -> Iterator[Checkpoint] | None:
+        """Every stored checkpoint, or None when this anchor cannot be read back.
+
+        Raises:
+            AuditSinkUnavailableError: The anchor is readable in principle but not now.
+        """
+        ...
+
+
+class FileAnchor:
+    """An append-only local file, one JSON checkpoint per line (0600, fsync'd).
+
+    Args:
+        path: The anchor file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.description = f"file://{self.path}"
+
+    def publish(self, cp: Checkpoint) -> None:
+        """Appends ``cp`` (one ``write`` with O_APPEND, then fsync)."""
+        try:
+            fd = open_private_append(self.path)
+            try:
+                os.write(fd, (cp.to_json() + "\n").encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise AuditSinkUnavailableError(
+                f"audit anchor {self.description} unavailable ({type(exc).__name__})"
+            ) from None
+
+    def checkpoints(self) -> Iterator[Checkpoint] | None:
+        """Every parseable line (a torn last line is skipped)."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return iter(())
+        except OSError as exc:
+            raise AuditSinkUnavailableError(
+                f"audit anchor {self.description} unreadable ({type(exc).__name__})"
+            ) from None
+        out: list[Checkpoint] = []
+        for line in data.splitlines():
+            if line.strip():
+                try:
+                    out.append(Checkpoint.from_json(line))
+                except ValueError:
+                    continue
+        return iter(out)
+
+    def __repr__(self) -> str:
+        return f"FileAnchor({self.description})"
+
+
+class S3Anchor:
+    """One object per checkpoint in an S3 bucket with Object Lock enabled.
+
+    Objects are named ``<prefix><seq, 20 digits>-<time>.json`` so a listing is in chain order,
+    and are put with ``ObjectLockMode=COMPLIANCE`` and a retain-until date: until then nobody,
+    the bucket owner included, can delete or overwrite them.
+
+    Args:
+        bucket: The bucket (created with Object Lock enabled).
+        prefix: Key prefix for the checkpoints.
+        client: A boto3 S3 client (default: ``boto3.client("s3")``).
+        retention_days: Days each checkpoint is locked.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "glc-audit-checkpoints/",
+        *,
+        client: Any = None,
+        retention_days: int = 2555,
+    ) -> None:
+        if not bucket:
+            raise ConfigurationError("S3 anchor needs a bucket")
+        if client is None:
+            try:
+                import boto3
+            except ImportError:  # pragma: no cover - depends on the install
+                raise ConfigurationError(
+                    "the S3 audit anchor needs boto3: pip install 'greenlang-crypto[aws]'"
+                ) from None
+            client = boto3.client("s3")
+        self.bucket = bucket
+        self.prefix = prefix
+        self.retention_days = retention_days
+        self._client = client
+        self.description = f"s3://{bucket}/{prefix}"
+
+    def publish(self, cp: Checkpoint) -> None:
+        """Puts ``cp`` as a new object under COMPLIANCE-mode retention."""
+        until = _dt.datetime.now(_dt.UTC) + _dt.timedelta(days=self.retention_days)
+        body = cp.to_json().encode()
+        try:
+            self._client.put_object(
+                Bucket=self.bucket,
+                Key=f"{self.prefix}{cp.seq:020d}-{cp.time}.json",
+                Body=body,
+                ContentType="application/json",
+                ContentMD5=_content_md5(body),
+                ObjectLockMode="COMPLIANCE",
+                ObjectLockRetainUntilDate=until,
+            )
+        except Exception as exc:
+            raise AuditSinkUnavailableError(
+                f"audit anchor {self.description} unavailable ({type(exc).__name__})"
+            ) from None
+
+    def _last_key(self) -> str | None:
+        last: str | None = None
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix}
+        while True:
+            page = self._client.list_objects_v2(**kwargs)
+            for obj in page.get("Contents", []):
+                key = str(obj["Key"])
+                if last is None or key > last:
+                    last = key
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return last
+            kwargs["ContinuationToken"] = token
+
+    def checkpoints(self) -> Iterator[Checkpoint] | None:
+        """The latest checkpoint (the highest sequence number in the listing)."""
+        try:
+            key = self._last_key()
+            if key is None:
+                return iter(())
+            body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except Exception as exc:
+            raise AuditSinkUnavailableError(
+                f"audit anchor {self.description} unreadable ({type(exc).__name__})"
+            ) from None
+        try:
+            return iter([Checkpoint.from_json(body)])
+        except ValueError:
+            return iter(())
+
+    def __repr__(self) -> str:
+        return f"S3Anchor({self.description})"
+
+
+def _content_md5(body: bytes) -> str:
+    import base64
+
+    # S3 requires Content-MD5 on puts with Object Lock retention (an integrity check, not a
+    # security control).
+    return base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
+
+
+class StreamAnchor:
+    """Writes each checkpoint as one line to a stream or a logger, for log shipping.
+
+    Args:
+        stream: A text stream (default ``sys.stdout``); ignored when ``logger`` is given.
+        logger: A logger to send the line to at INFO (for example one with a
+            ``SysLogHandler``).
+    """
+
+    def __init__(self, stream: TextIO | None = None, *, logger: logging.Logger | None = None):
+        self._stream = stream
+        self._logger = logger
+        self.description = f"logger:{logger.name}" if logger is not None else "stdout"
+
+    def publish(self, cp: Checkpoint) -> None:
+        """Writes ``glc-audit-checkpoint {json}``."""
+        line = _LINE_PREFIX + cp.to_json()
+        try:
+            if self._logger is not None:
+                self._logger.info("%s", line)
+            else:
+                stream = self._stream if self._stream is not None else sys.stdout
+                stream.write(line + "\n")
+                stream.flush()
+        except (OSError, ValueError) as exc:
+            raise AuditSinkUnavailableError(
+                f"audit anchor {self.description} unavailable ({type(exc).__name__})"
+            ) from None
+
+    def checkpoints(self) -> Iterator[Checkpoint] | None:
+        """None: a stream cannot be read back (pass the shipped line to verify instead)."""
+        return None
+
+    @staticmethod
+    def parse(line: str) -> Checkpoint:
+        """Parses a line this anchor wrote (with or without its prefix or a log header).
+
+        Raises:
+            ValueError: No checkpoint in ``line``.
+        """
+        _, sep, rest = line.partition(_LINE_PREFIX)
+        return Checkpoint.from_json(rest if sep else line)
+
+    def __repr__(self) -> str:
+        return f"StreamAnchor({self.description})"
+
+
+def default_anchor(sink: object) -> AuditAnchor | None:
+    """The embedded default for ``sink``: ``<log file>.anchor`` beside a file-backed log.
+
+    A PostgreSQL sink has no default (configure an anchor; see :func:`open_anchor`).
+    """
+    path = getattr(sink, "path", None)
+    if isinstance(path, Path):
+        return FileAnchor(path.with_name(path.name + ".anchor"))
+    return None
+
+
+def open_anchor(url: str) -> AuditAnchor:
+    """Opens an anchor from a URL.
+
+    ``file:///path``, ``s3://bucket/prefix`` (boto3's default client and credentials),
+    ``stdout`` or ``syslog`` (the local syslog socket, facility AUTHPRIV).
+
+    Raises:
+        ConfigurationError: Unknown scheme.
+    """
+    if url.startswith("file://"):
+        return FileAnchor(url.removeprefix("file://"))
+    if url.startswith("s3://"):
+        bucket, _, prefix = url.removeprefix("s3://").partition("/")
+        return S3Anchor(bucket, prefix or "glc-audit-checkpoints/")
+    if url == "stdout":
+        return StreamAnchor()
+    if url == "syslog":
+        from logging.handlers import SysLogHandler
+
+        logger = logging.getLogger("greenlang_crypto.audit.anchor")
+        if not logger.handlers:
+            address = "/dev/log" if os.path.exists("/dev/log") else ("localhost", 514)
+            logger.addHandler(SysLogHandler(address, facility=SysLogHandler.LOG_AUTHPRIV))
+            logger.setLevel(logging.INFO)
+            logger.propagate = False
+        return StreamAnchor(logger=logger)
+    raise ConfigurationError("audit anchor URL must be file://, s3://, stdout or syslog")
