@@ -11,5 +11,6 @@ pub mod error;
 pub mod fork;
 pub mod index;
 pub mod stats;
+pub mod stream;
 
 pub use error::{Error, Result};
