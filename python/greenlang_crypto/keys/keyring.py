@@ -122,7 +122,7 @@ class Keyring:
         versions = self._store.versions()
         if not versions:
             provider_name, first_key = self._create_first()
-            self._store.add_primary_version(provider_name, first_key)
+            self._store.add_first_version(provider_name, first_key)
             epoch = self._store.epoch()
             versions = self._store.versions()
         primary = [v for v in versions if v.state == "primary"]

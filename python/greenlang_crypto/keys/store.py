@@ -188,10 +188,23 @@ class KeyStore:
         return sql if self._dialect == "sqlite" else sql.replace("?", "%s")
 
     @contextmanager
-    def _tx(self) -> Iterator[Any]:
+    def _tx(self, *, serialized: bool = False) -> Iterator[Any]:
+        """One transaction.
+
+        ``serialized`` ones (key-state changes, schema creation) run one at a time across
+        every process sharing the store, so read-then-write steps such as "next version =
+        max + 1" cannot interleave.
+        """
         conn = self._conn()
         cur = conn.cursor()
         try:
+            if serialized:
+                if self._dialect == "sqlite":
+                    # Take the write lock up front (waiting up to the busy timeout) instead of
+                    # upgrading a read lock later, which fails at once under contention.
+                    cur.execute("BEGIN IMMEDIATE")
+                else:
+                    cur.execute("SELECT pg_advisory_xact_lock(7304118433)")
             yield cur
             conn.commit()
         except BaseException:
@@ -202,7 +215,8 @@ class KeyStore:
 
     def _migrate(self) -> None:
         blob = "BLOB" if self._dialect == "sqlite" else "BYTEA"
-        with self._tx() as cur:
+        # Serialized: concurrent CREATE TABLE IF NOT EXISTS race on PostgreSQL's catalog.
+        with self._tx(serialized=True) as cur:
             for stmt in _SCHEMA:
                 cur.execute(stmt.format(blob=blob))
             # Stores created before the wrapping-key history existed: every current wrapping
@@ -276,10 +290,26 @@ class KeyStore:
 
     def add_primary_version(self, provider: str, wrapping_key_id: str) -> KeyVersion:
         """Adds version N+1 as primary; the previous primary becomes ``active``."""
+        added = self._add_version(provider, wrapping_key_id, only_if_empty=False)
+        assert added is not None
+        return added
+
+    def add_first_version(self, provider: str, wrapping_key_id: str) -> bool:
+        """Adds version 1 unless a version exists (instances of a new fleet may race here).
+
+        Returns whether this call added it.
+        """
+        return self._add_version(provider, wrapping_key_id, only_if_empty=True) is not None
+
+    def _add_version(
+        self, provider: str, wrapping_key_id: str, *, only_if_empty: bool
+    ) -> KeyVersion | None:
         now = time.time()
-        with self._tx() as cur:
+        with self._tx(serialized=True) as cur:
             cur.execute("SELECT COALESCE(MAX(version), 0) FROM glc_key_versions")
             version = int(cur.fetchone()[0]) + 1
+            if only_if_empty and version > 1:
+                return None
             cur.execute(
                 self._sql(
                     "UPDATE glc_key_versions SET state = 'active', rotated_at = ? "
@@ -321,7 +351,7 @@ class KeyStore:
         rewrap carry their DEK wrapped under it and keep decrypting until an operator destroys
         it (:meth:`destroy_wrapping_key`).
         """
-        with self._tx() as cur:
+        with self._tx(serialized=True) as cur:
             cur.execute(
                 self._sql("SELECT provider FROM glc_key_versions WHERE version = ?"), (version,)
             )
@@ -355,7 +385,7 @@ class KeyStore:
         Raises:
             KeyStateError: A key version, stored DEK or index key still uses it.
         """
-        with self._tx() as cur:
+        with self._tx(serialized=True) as cur:
             for table in ("glc_key_versions", "glc_deks", "glc_index_keys"):
                 cur.execute(
                     self._sql(f"SELECT 1 FROM {table} WHERE wrapping_key_id = ? LIMIT 1"),  # noqa: S608
@@ -384,7 +414,7 @@ class KeyStore:
         Raises:
             KeyStateError: ``min_version`` would retire the primary version.
         """
-        with self._tx() as cur:
+        with self._tx(serialized=True) as cur:
             cur.execute("SELECT version FROM glc_key_versions WHERE state = 'primary'")
             row = cur.fetchone()
             if row is None or min_version > int(row[0]):
@@ -554,7 +584,7 @@ class KeyStore:
 
     def add_index_key(self, provider: str, wrapping_key_id: str, wrapped: bytes) -> int:
         """Adds index key version N+1 as primary; the previous primary becomes ``active``."""
-        with self._tx() as cur:
+        with self._tx(serialized=True) as cur:
             cur.execute("SELECT COALESCE(MAX(version), 0) FROM glc_index_keys")
             version = int(cur.fetchone()[0]) + 1
             cur.execute("UPDATE glc_index_keys SET state = 'active' WHERE state = 'primary'")
@@ -572,7 +602,7 @@ class KeyStore:
         """Sets the state of an index key version (``active`` or ``retired``)."""
         if state not in ("active", "retired"):
             raise KeyStateError("index key state must be active or retired")
-        with self._tx() as cur:
+        with self._tx(serialized=True) as cur:
             cur.execute(self._sql("SELECT state FROM glc_index_keys WHERE version = ?"), (version,))
             row = cur.fetchone()
             if row is None:
