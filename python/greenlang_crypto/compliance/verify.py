@@ -209,7 +209,9 @@ def check_columns(db_url: str, columns: Sequence[ColumnSpec], limit: int = 100) 
         return _result("data.columns_encrypted", None, "no columns declared (use --column)")
     from sqlalchemy import create_engine, text
 
-    engine = create_engine(db_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    engine = create_engine(
+        db_url.replace("postgresql://", "postgresql+psycopg://", 1), hide_parameters=True
+    )
     plaintext: dict[str, list[str]] = {}
     scanned = 0
     try:

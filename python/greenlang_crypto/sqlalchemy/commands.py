@@ -94,7 +94,30 @@ def _url(args: argparse.Namespace) -> str:
 def _engine(args: argparse.Namespace) -> Any:
     from sqlalchemy import create_engine
 
-    return create_engine(_url(args))
+    # hide_parameters: a failing statement's exception (printed on stderr) must not carry
+    # bound values; in a column job those are plaintexts and ciphertexts.
+    return create_engine(_url(args), hide_parameters=True)
+
+
+def _cli_actor() -> str:
+    return f"cli:{os.environ.get('USER') or os.getuid()}"
+
+
+def _open_audit(service: Any) -> Any:
+    """The audit log of the service's data directory (or ``$GLC_AUDIT_URL``)."""
+    from greenlang_crypto.audit import AuditLog, open_audit_sink
+
+    audit = AuditLog(
+        open_audit_sink(os.environ.get("GLC_AUDIT_URL") or None, service.config.data_dir),
+        start_thread=False,
+        actor=_cli_actor(),
+    )
+    audit.attach(service)
+    return audit
+
+
+class _JobIncompleteError(Exception):
+    """Rows remain or were quarantined: the job's audit outcome is a failure (exit 1)."""
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
@@ -140,7 +163,13 @@ def _normalizer(name: str) -> tuple[Any, ...]:
 def _cmd_job(args: argparse.Namespace, mode: str, make_service: Callable[..., Any]) -> int:
     if args.workers > 1 and not args.dry_run:
         return _spawn_workers(args)
-    from greenlang_crypto.sqlalchemy.migrate import ColumnJob, ColumnSpec, retire_if_clear
+    from greenlang_crypto.audit import acting_as
+    from greenlang_crypto.sqlalchemy.migrate import (
+        ColumnJob,
+        ColumnSpec,
+        enforce_ciphertext,
+        retire_if_clear,
+    )
 
     spec = ColumnSpec(
         table=args.table,
@@ -189,30 +218,67 @@ def _cmd_job(args: argparse.Namespace, mode: str, make_service: Callable[..., An
             return 0
         if args.restart:
             job.reset()
-        report = job.run()
-        if bar is not None:
-            bar.close()
-            bar = None
-        print(
-            json.dumps(
-                {
-                    "job": report.job,
-                    "scanned": report.scanned,
-                    "written": report.written,
-                    "skipped": report.skipped,
-                    "contended": report.contended,
-                    "retries": report.retries,
-                    "quarantined": report.quarantined,
-                    "rows_per_second": round(report.rows_per_second, 1),
-                }
+        phase = getattr(args, "phase", 1)
+        retire = mode == "reencrypt" and getattr(args, "retire", False)
+        audit = _open_audit(service)
+        summary: dict[str, Any] = {}
+        try:
+            # One audited path: the intent is stored before any row changes (fail closed with
+            # the sink down), the summary is the outcome record.
+            with (
+                acting_as(_cli_actor()),
+                audit.audited(
+                    f"db_{mode}",
+                    details={
+                        "table": args.table,
+                        "column": args.column,
+                        "phase": phase if mode == "encrypt" else None,
+                        "retire": retire,
+                        "delete_stored_deks": bool(getattr(args, "delete_stored_deks", False)),
+                    },
+                ) as outcome,
+            ):
+                report = job.run()
+                if bar is not None:
+                    bar.close()
+                    bar = None
+                summary = report.summary()
+                outcome.update({k: v for k, v in summary.items() if k != "job"})
+                outcome["job"] = report.job
+                if not report.ok:
+                    raise _JobIncompleteError
+                if mode == "encrypt" and phase == 2:
+                    # Phase 2 means no plaintext, now and later: check and add the constraint.
+                    enforce_ciphertext(engine, spec)
+                    outcome["ciphertext_enforced"] = True
+                if retire:
+                    min_version = service.primary_version
+                    with audit.audited(
+                        "key_retire",
+                        key_version=min_version,
+                        details={
+                            "min_version": min_version,
+                            "delete_stored_deks": bool(args.delete_stored_deks),
+                            "via": f"db_{mode}",
+                        },
+                    ):
+                        retire_if_clear(
+                            [job], min_version, delete_stored_deks=args.delete_stored_deks
+                        )
+        except _JobIncompleteError:
+            print(json.dumps(summary))
+            print(
+                f"error: {summary['remaining']} row(s) remain and "
+                f"{summary['quarantined']} were quarantined",
+                file=sys.stderr,
             )
-        )
-        if mode == "reencrypt" and getattr(args, "retire", False):
-            retire_if_clear(
-                [job], service.primary_version, delete_stored_deks=args.delete_stored_deks
-            )
+            return 1
+        finally:
+            audit.close()
+        print(json.dumps({**summary, "rows_per_second": round(report.rows_per_second, 1)}))
+        if retire:
             print(f"minimum decryption version is now {service.primary_version}")
-        return 1 if report.quarantined else 0
+        return 0
     finally:
         if bar is not None:
             bar.close()

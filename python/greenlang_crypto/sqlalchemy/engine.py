@@ -31,4 +31,5 @@ def psycopg_engine_options() -> dict[str, Any]:
             super().__init__(connection, row_factory=row_factory)
             self.format = psycopg.pq.Format.BINARY
 
-    return {"connect_args": {"cursor_factory": BinaryResultCursor}}
+    # hide_parameters: statement errors must not show bound values (plaintexts, keys).
+    return {"connect_args": {"cursor_factory": BinaryResultCursor}, "hide_parameters": True}

@@ -244,7 +244,7 @@ class JobReport:
         seconds: Wall time.
         remaining: Rows of the whole column still not in the target state after the run
             (plaintext; in re-encryption also envelopes below the target version); -1 when
-            not counted.
+            other workers still hold ranges of this run (the last one to finish counts).
     """
 
     job: str
@@ -264,8 +264,8 @@ class JobReport:
 
     @property
     def ok(self) -> bool:
-        """True only when nothing was quarantined and no row is left to process."""
-        return not self.quarantined and self.remaining == 0
+        """False when rows were quarantined or are left to process."""
+        return not self.quarantined and self.remaining <= 0
 
     def summary(self) -> dict[str, Any]:
         """The figures an operator and the audit record need (no row values)."""
@@ -812,7 +812,9 @@ class ColumnJob:
         except BaseException:
             self._release()
             raise
-        report.remaining = self.count_remaining()
+        # Only the worker that finds the whole run finished counts what is left; while other
+        # workers still hold ranges of this run, the count would report their work as missing.
+        report.remaining = self.count_remaining() if self._run_finished() else -1
         report.seconds = time.perf_counter() - started
         return report
 
@@ -832,6 +834,15 @@ class ColumnJob:
             _log.warning(
                 "could not release the ranges of %s (%s)", self.job_name, type(exc).__name__
             )
+
+    def _run_finished(self) -> bool:
+        with self.engine.connect() as conn:
+            n = self._names(conn)
+            open_ranges = conn.execute(
+                text(f"SELECT count(*) FROM {n['ranges']} WHERE job = :j AND state <> 'done'"),
+                {"j": self.job_name},
+            ).scalar()
+        return not open_ranges
 
     def count_remaining(self) -> int:
         """Rows of the column not in the target state (a scan of the column).
