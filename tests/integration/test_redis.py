@@ -178,9 +178,7 @@ def test_bad_values_and_configuration(service: EncryptionService) -> None:
     client.close()
 
 
-def test_scan_and_dump_of_the_whole_database_hold_no_plaintext(
-    r: EncryptedRedis, raw: Any
-) -> None:
+def test_scan_and_dump_of_the_whole_database_hold_no_plaintext(r: EncryptedRedis, raw: Any) -> None:
     secrets = [f"secret-{uuid.uuid4()}".encode() for _ in range(20)]
     for i, s in enumerate(secrets):
         r.set(f"session:{i}", s, ex=600)
