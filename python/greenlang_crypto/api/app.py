@@ -17,7 +17,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from greenlang_crypto.api.routes import build_router
+from greenlang_crypto.api.guard import BodyGuard, default_body_limit
+from greenlang_crypto.api.routes import API_PREFIX, build_router
 from greenlang_crypto.audit import AuditLog, open_audit_sink
 from greenlang_crypto.config import EncryptionServiceConfig
 from greenlang_crypto.metrics import EncryptionMetrics, exposition
@@ -47,15 +48,31 @@ def mount_encryption_api(
     audit: AuditLog,
     *,
     authorizer: Callable[..., Any],
+    max_body_bytes: int | None = None,
 ) -> None:
     """Mounts ``/api/v1/encryption/*`` on a host app, with handlers that never echo requests.
+
+    Requests with a body are authenticated before the body is read, and bodies over
+    ``max_body_bytes`` get 413 unread (see :mod:`greenlang_crypto.api.guard`).
 
     Args:
         app: The host application.
         service: The encryption service.
         audit: The audit log attached to ``service``.
-        authorizer: A dependency returning a :class:`~greenlang_crypto.api.auth.Principal`.
+        authorizer: A dependency returning a :class:`~greenlang_crypto.api.auth.Principal`;
+            if it has ``authenticate(token)`` (as :class:`JwtAuthorizer` does), that runs
+            before the body is read.
+        max_body_bytes: Largest request body; default a little over the service's
+            ``max_plaintext_bytes`` in base64 (:func:`~greenlang_crypto.api.guard.
+            default_body_limit`).
     """
+    limit = max_body_bytes or default_body_limit(service.config.max_plaintext_bytes)
+    app.add_middleware(
+        BodyGuard,
+        authenticate=getattr(authorizer, "authenticate", None),
+        max_body_bytes=limit,
+        prefix=API_PREFIX,
+    )
     app.include_router(build_router(service, audit, authorizer=authorizer))
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _internal_error)
@@ -137,6 +154,7 @@ def create_app(
     *,
     authorizer: Callable[..., Any],
     registry: CollectorRegistry | None = None,
+    max_body_bytes: int | None = None,
 ) -> FastAPI:
     """The served app: the API router, ``/metrics`` and ``/healthz``.
 
@@ -145,6 +163,7 @@ def create_app(
         audit: The audit log attached to ``service``.
         authorizer: A dependency returning a :class:`~greenlang_crypto.api.auth.Principal`.
         registry: The Prometheus registry to expose (default: the global one).
+        max_body_bytes: Largest request body (see :func:`mount_encryption_api`).
     """
     from greenlang_crypto import __version__
 
@@ -155,7 +174,7 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
-    mount_encryption_api(app, service, audit, authorizer=authorizer)
+    mount_encryption_api(app, service, audit, authorizer=authorizer, max_body_bytes=max_body_bytes)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
