@@ -21,6 +21,7 @@ __all__ = [
     "OVERHEAD",
     "BlindIndexKey",
     "CachedOpener",
+    "CachedSealer",
     "DataKey",
     "DekCache",
     "EnvelopeHeader",
@@ -111,6 +112,7 @@ class BlindIndexKey:
     """An HMAC-SHA256 key for one blind-index purpose."""
 
     def compute(self, value: Buffer, length: int = 32) -> bytes: ...
+    def compute_batch(self, values: list[Buffer], length: int, prefix: int) -> list[bytes]: ...
     def verify(self, value: Buffer, index: Buffer) -> bool: ...
     def __reduce__(self) -> NoReturn: ...
 
@@ -225,6 +227,30 @@ class CachedOpener:
         fallback: Callable[[Any], Any],
         text: bool = False,
     ) -> CachedOpener: ...
+    def __call__(self, value: Any) -> Any: ...
+
+@final
+class CachedSealer:
+    """Per-column encryptor: cached sealer in one Rust call, else ``fallback(value)``.
+
+    The encryption cache is read from ``owner.<cache_attr>`` on every call (the owner replaces
+    it when its primary key version changes). ``None`` stays ``None``; a ``str`` (``text``) or
+    ``bytes`` value up to ``max_plaintext`` bytes is sealed when its sealer is cached and
+    younger than ``max_age`` seconds; anything else goes to ``fallback``.
+    """
+
+    def __new__(
+        cls,
+        owner: object,
+        cache_attr: str,
+        context: Buffer,
+        associated_data: Buffer | None,
+        fallback: Callable[[Any], Any],
+        *,
+        text: bool = False,
+        max_age: float | None = None,
+        max_plaintext: int = ...,
+    ) -> CachedSealer: ...
     def __call__(self, value: Any) -> Any: ...
 
 @final

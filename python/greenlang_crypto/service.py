@@ -31,6 +31,7 @@ from typing import Any
 from greenlang_crypto._core import (
     BlindIndexKey,
     CachedOpener,
+    CachedSealer,
     DataKey,
     DekCache,
     EnvelopeSealer,
@@ -861,12 +862,13 @@ class EncryptionService:
 
         Made for database result processing (one call per row): ``None`` stays ``None``; a
         value whose DEK is cached is opened (and UTF-8 decoded when ``text``) in a single Rust
-        call; anything else goes through :meth:`decrypt`, with its errors and accounting.
+        call; anything else goes to ``fallback`` (default: :meth:`decrypt`, with its errors and
+        accounting), which must return what the fast path would.
         """
         ctx = _as_context(context)
         aad = _aad(associated_data)
 
-        def fallback(value: Any) -> Any:
+        def decrypt_one(value: Any) -> Any:
             data = self.decrypt(value, ctx, associated_data=aad)
             if not text:
                 return data
@@ -875,7 +877,50 @@ class EncryptionService:
             except UnicodeDecodeError:
                 raise DecryptionError("plaintext is not UTF-8") from None
 
-        return CachedOpener(self._dec_cache, ctx.canonical, aad, fallback, text)
+        return CachedOpener(self._dec_cache, ctx.canonical, aad, fallback or decrypt_one, text)
+
+    def value_encryptor(
+        self,
+        context: ContextLike,
+        *,
+        associated_data: bytes | None = None,
+        text: bool = False,
+        fallback: Callable[[Any], Any] | None = None,
+    ) -> Callable[[Any], Any]:
+        """A callable that encrypts one value under a fixed context and binding.
+
+        The counterpart of :meth:`value_decryptor`, for database parameters: ``None`` stays
+        ``None``; a ``str`` (``text``) or ``bytes`` value whose sealer is cached is sealed in a
+        single Rust call, through the current encryption cache; anything else goes to
+        ``fallback`` (default: :meth:`encrypt`, ``text`` values as UTF-8, with its errors and
+        accounting).
+        """
+        ctx = _as_context(context)
+        aad = _aad(associated_data)
+
+        def encrypt_one(value: Any) -> Any:
+            if value is None:
+                return None
+            if text:
+                return self.encrypt_str(value, ctx, associated_data=aad)
+            return self.encrypt(value, ctx, associated_data=aad)
+
+        if fallback is None:
+            fallback = encrypt_one
+
+        if self._per_op or self._default_reference not in self._enc_caches:
+            # Per-operation events are emitted by encrypt() itself.
+            return fallback
+        return CachedSealer(
+            self,
+            "_enc_cache",
+            ctx.canonical,
+            aad,
+            fallback,
+            text=text,
+            max_age=self._refresh_after,
+            max_plaintext=self._max_plaintext,
+        )
 
     async def decrypt_async(self, ciphertext: bytes, context: ContextLike, **kwargs: Any) -> bytes:
         """:meth:`decrypt` on a worker thread."""

@@ -224,27 +224,7 @@ impl PyDekCache {
         guard(|| {
             let pt = bytes_arg(plaintext, "plaintext")?;
             let aad = opt_bytes_arg(associated_data, "associated_data")?;
-            let id = bytes_arg(id, "id")?;
-            let hit = SEAL_MEMO.with(|m| self.inner.get_memoized(&mut m.borrow_mut(), &id));
-            let Some((item, age)) = hit else {
-                return Ok(None);
-            };
-            if max_age.is_some_and(|m| age.as_secs_f64() >= m) {
-                return Ok(None);
-            }
-            let ItemKind::Sealer(sealer) = &item.kind else {
-                return Err(PyTypeError::new_err("cache entry is not an EnvelopeSealer"));
-            };
-            let t0 = self.latency.start();
-            let sealed = seal_with(py, sealer, &pt, &aad);
-            self.latency.finish(t0);
-            match sealed {
-                Ok(b) => Ok(Some(b)),
-                Err(e) if e.is_instance_of::<crate::py::errors::KeyUsageExceededError>(py) => {
-                    Ok(None)
-                }
-                Err(e) => Err(e),
-            }
+            self.seal_hit(py, &bytes_arg(id, "id")?, &pt, &aad, max_age)
         })
     }
 
@@ -374,6 +354,36 @@ thread_local! {
 }
 
 impl PyDekCache {
+    /// Seals on a hit through this thread's seal memo; `Ok(None)` on a miss, an entry older
+    /// than `max_age`, or a key whose budget just ran out.
+    fn seal_hit<'py>(
+        &self,
+        py: Python<'py>,
+        id: &[u8],
+        pt: &[u8],
+        aad: &[u8],
+        max_age: Option<f64>,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let hit = SEAL_MEMO.with(|m| self.inner.get_memoized(&mut m.borrow_mut(), id));
+        let Some((item, age)) = hit else {
+            return Ok(None);
+        };
+        if max_age.is_some_and(|m| age.as_secs_f64() >= m) {
+            return Ok(None);
+        }
+        let ItemKind::Sealer(sealer) = &item.kind else {
+            return Err(PyTypeError::new_err("cache entry is not an EnvelopeSealer"));
+        };
+        let t0 = self.latency.start();
+        let sealed = seal_with(py, sealer, pt, aad);
+        self.latency.finish(t0);
+        match sealed {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.is_instance_of::<crate::py::errors::KeyUsageExceededError>(py) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The cached key an envelope refers to, through this thread's open memo.
     fn get_for_open(&self, parsed: &envelope::Parsed<'_>) -> Option<Arc<Item>> {
         envelope::with_key_ref_id(parsed, |id| {
@@ -500,5 +510,100 @@ impl PyCachedOpener {
 
     fn __repr__(&self) -> String {
         format!("<CachedOpener text={}>", self.text)
+    }
+}
+
+/// A per-column encryptor for database parameters: one call per value, with the context and
+/// associated data fixed.
+///
+/// `None` stays `None`. A `str` (when `text`) or `bytes` value whose sealer is cached is
+/// sealed in one Rust call; anything else (a cache miss, another type, a value over
+/// `max_plaintext`, any failure) goes to `fallback(value)`, the service's own encrypt, which
+/// fetches a DEK, accounts for failures and raises the typed error.
+///
+/// The encryption cache is read from `owner.<cache_attr>` on every call, not kept: the service
+/// replaces that cache when its primary key version changes, and a value sealed after that
+/// must use the new version.
+#[pyclass(frozen, name = "CachedSealer", module = "greenlang_crypto._core")]
+pub struct PyCachedSealer {
+    owner: Py<PyAny>,
+    cache_attr: Py<pyo3::types::PyString>,
+    context: Vec<u8>,
+    aad: Vec<u8>,
+    text: bool,
+    max_age: Option<f64>,
+    max_plaintext: usize,
+    fallback: Py<PyAny>,
+}
+
+#[pymethods]
+impl PyCachedSealer {
+    #[new]
+    #[pyo3(signature = (owner, cache_attr, context, associated_data, fallback, *, text=false,
+                        max_age=None, max_plaintext=usize::MAX))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        owner: Py<PyAny>,
+        cache_attr: &Bound<'_, pyo3::types::PyString>,
+        context: &Bound<'_, PyAny>,
+        associated_data: Option<&Bound<'_, PyAny>>,
+        fallback: Py<PyAny>,
+        text: bool,
+        max_age: Option<f64>,
+        max_plaintext: usize,
+    ) -> PyResult<Self> {
+        let context = bytes_arg(context, "context")?.into_owned();
+        crate::core::context::validate(&context).py()?;
+        Ok(PyCachedSealer {
+            owner,
+            cache_attr: cache_attr.clone().unbind(),
+            context,
+            aad: opt_bytes_arg(associated_data, "associated_data")?.into_owned(),
+            text,
+            max_age,
+            max_plaintext,
+            fallback,
+        })
+    }
+
+    fn __call__<'py>(
+        &self,
+        py: Python<'py>,
+        value: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if value.is_none() {
+            return Ok(value.clone());
+        }
+        let fast = guard(|| {
+            let cache = self.owner.bind(py).getattr(self.cache_attr.bind(py))?;
+            let cache = cache.cast::<PyDekCache>()?;
+            // Exact types only: subclasses (a pre-sealed value, for example) and every other
+            // type take the fallback, which knows what they mean.
+            let utf8;
+            let pt: &[u8] = if self.text && value.is_exact_instance_of::<pyo3::types::PyString>() {
+                // A lone surrogate fails here and takes the fallback, which reports it.
+                utf8 = value.cast::<pyo3::types::PyString>()?.to_str()?;
+                utf8.as_bytes()
+            } else if !self.text && value.is_exact_instance_of::<PyBytes>() {
+                value.cast::<PyBytes>()?.as_bytes()
+            } else {
+                return Ok(None);
+            };
+            if pt.len() > self.max_plaintext {
+                return Ok(None);
+            }
+            cache
+                .get()
+                .seal_hit(py, &self.context, pt, &self.aad, self.max_age)
+        });
+        match fast {
+            Ok(Some(out)) => Ok(out.into_any()),
+            // Misses and errors alike take the service's path, which reports them properly.
+            _ => self.fallback.bind(py).call1((value,)),
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<CachedSealer text={}>", self.text)
     }
 }

@@ -304,6 +304,37 @@ impl PyBlindIndexKey {
         })
     }
 
+    /// Index values of many inputs in one call (a blind-index column of a whole flush):
+    /// each is `prefix` (the index key version) followed by the first `length` bytes (1-32)
+    /// of the input's MAC. Inputs are bytes-like.
+    fn compute_batch<'py>(
+        &self,
+        py: Python<'py>,
+        values: &Bound<'py, PyList>,
+        length: usize,
+        prefix: u8,
+    ) -> PyResult<Bound<'py, PyList>> {
+        guard(|| {
+            if !(1..=32).contains(&length) {
+                return Err(crate::py::errors::to_py(
+                    crate::core::Error::InvalidArgument("length must be in 1..32"),
+                ));
+            }
+            let out = PyList::empty(py);
+            for value in values.iter() {
+                let v = bytes_arg(&value, "value")?;
+                // The core computes 4..32 bytes; a shorter index is a prefix of the 4-byte MAC
+                // (truncating HMAC output is sound, RFC 2104 section 5).
+                let mac = self.inner.compute(&v, length.max(4)).py()?;
+                let mut item = Vec::with_capacity(1 + length);
+                item.push(prefix);
+                item.extend_from_slice(&mac[..length]);
+                out.append(PyBytes::new(py, &item))?;
+            }
+            Ok(out)
+        })
+    }
+
     /// Constant-time check that `index` is the index of `value`.
     fn verify(&self, value: &Bound<'_, PyAny>, index: &Bound<'_, PyAny>) -> PyResult<bool> {
         guard(|| {

@@ -78,6 +78,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<envelope::PyEnvelopeSealer>()?;
     m.add_class::<cache::PyDekCache>()?;
     m.add_class::<cache::PyCachedOpener>()?;
+    m.add_class::<cache::PyCachedSealer>()?;
     m.add_class::<hazmat::PyAesGcm>()?;
     m.add_function(wrap_pyfunction!(envelope::canonical_context, m)?)?;
     m.add_function(wrap_pyfunction!(envelope::context_digest, m)?)?;

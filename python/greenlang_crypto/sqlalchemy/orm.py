@@ -4,12 +4,16 @@ Installed automatically (through ``mapper_configured``) on every mapped class th
 row-bound encrypted column or a blind index; nothing to call. See :mod:`.types` for why row
 binding needs a client-side primary key.
 
-Per flushed object:
+Per flush:
 
-* ``before_insert`` / ``before_update``: compute blind indexes from the plaintext attributes,
-  then replace each row-bound plaintext by a :class:`~.types.SealedValue` encrypted with the
-  row's primary key and tenant. On update only changed values are re-encrypted, or all of
-  them when the primary key or the tenant changed (their binding changed).
+* ``before_flush`` (the session): over ``session.new`` and ``session.dirty``, compute every
+  pending blind index of a column in one Rust call (per key purpose), and encrypt every pending
+  row-bound value of a column in one Rust call per context, then replace each row-bound
+  plaintext by a :class:`~.types.SealedValue` bound to the row's primary key and tenant. On
+  update only changed values are re-encrypted, or all of them when the primary key or the
+  tenant changed (their binding changed).
+* ``before_insert`` / ``before_update``: the same, one object at a time, for an object the
+  session hook did not see (for example one added by another ``before_flush`` listener).
 * ``after_insert`` / ``after_update``: put the plaintext back as the committed value, so the
   object never exposes ciphertext and is not marked dirty again.
 * ``load`` / ``refresh``: decrypt row-bound values with the loaded primary key and tenant.
@@ -18,11 +22,13 @@ Per flushed object:
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import event, inspect
-from sqlalchemy.orm import Mapper, attributes
+from sqlalchemy.orm import Mapper, Session, attributes
+from sqlalchemy.orm.base import instance_state
 
 from greenlang_crypto.exceptions import InvalidArgumentError
 from greenlang_crypto.sqlalchemy._common import FromRow
@@ -32,10 +38,13 @@ from greenlang_crypto.sqlalchemy.types import EncryptedType, SealedValue
 __all__ = ["install"]
 
 _STASH = "_glc_plaintexts"
+#: Set on an object's state by the session hook; the per-object hooks then skip it.
+_PREPARED = "_glc_prepared"
 _installed: weakref.WeakSet[Mapper[Any]] = weakref.WeakSet()
+_binders: weakref.WeakKeyDictionary[Mapper[Any], _Binder] = weakref.WeakKeyDictionary()
 
 
-@dataclass
+@dataclass(eq=False)
 class _Binder:
     mapper: Mapper[Any]
     sealed: list[tuple[str, EncryptedType]] = field(default_factory=list)
@@ -90,8 +99,61 @@ class _Binder:
 
     # -- flush ---------------------------------------------------------------------------
 
+    def prepare(self, targets: list[Any]) -> list[Any]:
+        """The flush's work for many objects of this mapper, batched per column and context."""
+        states = [instance_state(t) for t in targets]
+        inserts = [st.key is None for st in states]
+        rebinds = [
+            not ins and self._identity_changed(t) for t, ins in zip(targets, inserts, strict=True)
+        ]
+        for index_key, index, source_key, source_type in self.indexes:
+            rows: list[Any] = []
+            values: list[Any] = []
+            tenants: list[str | None] = []
+            for t, st, ins, rebind in zip(targets, states, inserts, rebinds, strict=True):
+                if not (ins or rebind or st.attrs[source_key].history.has_changes()):
+                    continue
+                plaintext = getattr(t, source_key)
+                if plaintext is None:
+                    setattr(t, index_key, None)  # NULL is not indexed
+                    continue
+                rows.append(t)
+                values.append(plaintext)
+                tenants.append(self._tenant(t, source_type) if index.per_tenant else None)
+            if rows:
+                computed = index.compute_many(values, tenants if index.per_tenant else None)
+                for t, value in zip(rows, computed, strict=True):
+                    setattr(t, index_key, value)
+        if self.sealed:
+            pks = [self._pk(t, fill_defaults=ins) for t, ins in zip(targets, inserts, strict=True)]
+            stashes: list[dict[str, Any]] = [{} for _ in targets]
+            for key, typ in self.sealed:
+                # (tenant) -> positions; one batch per column and context.
+                groups: dict[str | None, list[int]] = {}
+                for i, (t, st) in enumerate(zip(targets, states, strict=True)):
+                    if not (inserts[i] or rebinds[i] or st.attrs[key].history.has_changes()):
+                        continue
+                    plaintext = getattr(t, key)
+                    if plaintext is None or isinstance(plaintext, SealedValue):
+                        continue
+                    groups.setdefault(self._tenant(t, typ), []).append(i)
+                for tenant, positions in groups.items():
+                    plaintexts = [getattr(targets[i], key) for i in positions]
+                    sealed = typ.encrypt_many(plaintexts, [pks[i] for i in positions], tenant)
+                    for i, plaintext, ct in zip(positions, plaintexts, sealed, strict=True):
+                        stashes[i][key] = plaintext
+                        setattr(targets[i], key, SealedValue(ct))
+            for st, stash in zip(states, stashes, strict=True):
+                if stash:
+                    st.info[_STASH] = stash
+        for st in states:
+            st.info[_PREPARED] = True
+        return states
+
     def before_write(self, target: Any, *, insert: bool) -> None:
         state = inspect(target)
+        if state.info.pop(_PREPARED, False):
+            return
         rebind = not insert and self._identity_changed(target)
         for index_key, index, source_key, source_type in self.indexes:
             changed = insert or rebind or state.attrs[source_key].history.has_changes()
@@ -171,6 +233,7 @@ def install(mapper: Mapper[Any]) -> None:
     if binder is None or mapper in _installed:
         return
     _installed.add(mapper)
+    _binders[mapper] = binder
     event.listen(mapper, "before_insert", lambda m, c, t: binder.before_write(t, insert=True))
     event.listen(mapper, "before_update", lambda m, c, t: binder.before_write(t, insert=False))
     if binder.sealed:
@@ -193,6 +256,31 @@ def install(mapper: Mapper[Any]) -> None:
 
 def _keep_old(target: Any, value: Any, oldvalue: Any, initiator: Any) -> None:
     """No-op "set" listener whose only job is to request active history."""
+
+
+@event.listens_for(Session, "before_flush")
+def _before_flush(session: Session, flush_context: Any, instances: Iterable[Any] | None) -> None:
+    if not _binders:
+        return
+    only = None if instances is None else {id(o) for o in instances}
+    groups: dict[_Binder, list[Any]] = {}
+    for objs in (session.new, session.dirty):
+        for obj in objs:
+            if only is not None and id(obj) not in only:
+                continue
+            binder = _binders.get(instance_state(obj).mapper)
+            if binder is not None:
+                groups.setdefault(binder, []).append(obj)
+    prepared = session.info.setdefault(_PREPARED, [])
+    for binder, targets in groups.items():
+        prepared.extend(binder.prepare(targets))
+
+
+@event.listens_for(Session, "after_flush_postexec")
+def _after_flush(session: Session, flush_context: Any) -> None:
+    # An object prepared but not written (no net change) must not skip its hooks next time.
+    for state in session.info.pop(_PREPARED, ()):
+        state.info.pop(_PREPARED, None)
 
 
 @event.listens_for(Mapper, "mapper_configured")

@@ -24,6 +24,7 @@ ciphertexts never compare equal, so a plain comparison would silently match noth
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import Column, LargeBinary, Table, event
@@ -164,22 +165,152 @@ class EncryptedType(TypeDecorator[Any]):
         raise NotImplementedError
 
     # -- encryption ----------------------------------------------------------------------
+    #
+    # One encrypt path and one decrypt path: _encrypt_one / _decrypt_one below. Everything
+    # else (the ORM hooks, process_bind_param, the per-dialect processors, the jobs) goes
+    # through them; the processors only put a Rust fast path in front (a cached DEK, one call
+    # per value, see EncryptionService.value_encryptor / value_decryptor), which hands every
+    # value it does not take to the same two functions.
+
+    def _encrypt_one(self, value: Any, ctx: EncryptionContext, aad: bytes | None) -> Any:
+        if value is None:
+            return None
+        if type(value) is SealedValue:
+            return bytes(value)
+        return resolve_service(self.service).encrypt(self.to_bytes(value), ctx, associated_data=aad)
+
+    def _decrypt_raw(self, stored: Any, ctx: EncryptionContext, aad: bytes | None) -> bytes:
+        """Plaintext bytes of a stored value (a phase-1 plaintext is returned as stored)."""
+        if type(stored) is not bytes:
+            stored = bytes(stored)
+        if self.allow_plaintext and not is_envelope(stored):
+            return stored  # type: ignore[no-any-return]
+        return resolve_service(self.service).decrypt(stored, ctx, associated_data=aad)
+
+    def _decrypt_one(self, stored: Any, ctx: EncryptionContext, aad: bytes | None) -> Any:
+        if stored is None:
+            return None
+        return self.from_bytes(self._decrypt_raw(stored, ctx, aad))
 
     def encrypt_value(self, value: Any, pk: object = None, tenant_id: str | None = None) -> bytes:
         """Encrypts one Python value for this column (used by the ORM hooks and jobs)."""
         ctx = self.context_for(tenant_id)
-        aad = self.associated_data_for(pk, ctx.tenant_id)
-        return resolve_service(self.service).encrypt(self.to_bytes(value), ctx, associated_data=aad)
+        return self._encrypt_one(value, ctx, self.associated_data_for(pk, ctx.tenant_id))  # type: ignore[no-any-return]
+
+    def encrypt_many(
+        self, values: Sequence[Any], pks: Sequence[object], tenant_id: str | None = None
+    ) -> list[bytes]:
+        """Encrypts the values of many rows under one context in one service call.
+
+        One Rust call for the whole batch; ``pks`` gives each row's primary key for row-bound
+        columns.
+        """
+        if not values:
+            return []
+        ctx = self.context_for(tenant_id)
+        if self.bind_row:
+            aads: list[bytes | None] = [self.associated_data_for(pk, ctx.tenant_id) for pk in pks]
+        else:
+            aads = [self.associated_data_for()] * len(values)
+        to_bytes = self.to_bytes
+        return resolve_service(self.service).encrypt_batch(
+            [to_bytes(v) for v in values], ctx, associated_data=aads
+        )
 
     def decrypt_value(self, stored: bytes, pk: object = None, tenant_id: str | None = None) -> Any:
         """Decrypts one stored value of this column (plaintext passes in phase 1 only)."""
-        if self.allow_plaintext and not is_envelope(stored):
-            return self.from_bytes(bytes(stored))
         ctx = self.context_for(tenant_id)
-        aad = self.associated_data_for(pk, ctx.tenant_id)
-        return self.from_bytes(
-            resolve_service(self.service).decrypt(stored, ctx, associated_data=aad)
-        )
+        return self._decrypt_one(stored, ctx, self.associated_data_for(pk, ctx.tenant_id))
+
+    def _check_writable(self) -> None:
+        if self.bind_row:
+            raise InvalidArgumentError(
+                "a row-bound encrypted column can only be written through an ORM flush"
+            )
+        if self._aad is None:
+            self.table_column  # noqa: B018 - raises the explanatory error
+
+    def _tenant_now(self) -> str:
+        tenant = self.tenant_id
+        return tenant if isinstance(tenant, str) else tenant()  # type: ignore[operator]
+
+    def _encryptor(self, tenant_id: str) -> Callable[[Any], Any]:
+        """The per-value encrypt callable of a table-bound column for one tenant."""
+        ctx = self._contexts.get(tenant_id)
+        aad = self._aad
+        svc = resolve_service(self.service)
+        is_str = isinstance(self, EncryptedString)
+        encrypt_one = self._encrypt_one
+
+        def fallback(value: Any) -> Any:
+            return encrypt_one(value, ctx, aad)
+
+        if not (is_str or type(self) is EncryptedBytes):
+            # Other types serialize in Python first; only the sealing is fast.
+            to_bytes = self.to_bytes
+            # Its fallback is the service's own encrypt: the value is serialized already.
+            fast = svc.value_encryptor(ctx, associated_data=aad)
+
+            def process(value: Any) -> Any:
+                if value is None or type(value) is SealedValue:
+                    return fallback(value)
+                return fast(to_bytes(value))
+
+            return process
+        return svc.value_encryptor(ctx, associated_data=aad, text=is_str, fallback=fallback)
+
+    def _decryptor(self, tenant_id: str) -> Callable[[Any], Any]:
+        """The per-value decrypt callable of a table-bound column for one tenant."""
+        ctx = self._contexts.get(tenant_id)
+        aad = self._aad
+        svc = resolve_service(self.service)
+        is_str = isinstance(self, EncryptedString)
+        decrypt_one, decrypt_raw = self._decrypt_one, self._decrypt_raw
+        if self.allow_plaintext:
+            # Phase 1 of a migration: a stored plaintext must not reach the opener.
+            def phase1(value: Any) -> Any:
+                return decrypt_one(value, ctx, aad)
+
+            return phase1
+        if is_str or type(self) is EncryptedBytes:
+
+            def fallback(value: Any) -> Any:
+                return decrypt_one(value, ctx, aad)
+
+            return svc.value_decryptor(ctx, associated_data=aad, text=is_str, fallback=fallback)
+
+        def raw(value: Any) -> Any:
+            return decrypt_raw(value, ctx, aad)
+
+        opener = svc.value_decryptor(ctx, associated_data=aad, fallback=raw)
+        from_bytes = self.from_bytes
+
+        def process(value: Any) -> Any:
+            return None if value is None else from_bytes(opener(value))
+
+        return process
+
+    def _per_tenant(self, make: Callable[[str], Callable[[Any], Any]]) -> Callable[[Any], Any]:
+        """A callable for the current tenant: fixed, or chosen per value (callable tenant)."""
+        if isinstance(self.tenant_id, str) and hasattr(self.service, "encrypt"):
+            return make(self.tenant_id)
+        cache: dict[tuple[int, str], Callable[[Any], Any]] = {}
+        tenant_now = self._tenant_now
+        service = self.service
+
+        def process(value: Any) -> Any:
+            if value is None:
+                return None
+            # Keyed by the service too: a service callable may return another service.
+            key = (id(resolve_service(service)), tenant_now())
+            fn = cache.get(key)
+            if fn is None:
+                if len(cache) > 10_000:
+                    cache.clear()
+                fn = cache[key] = make(key[1])
+            return fn(value)
+
+        return process
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> bytes | None:
         """Encrypts a value on its way to the database (``None`` stays NULL)."""
@@ -187,115 +318,50 @@ class EncryptedType(TypeDecorator[Any]):
             return None
         if type(value) is SealedValue:
             return bytes(value)
-        if self.bind_row:
-            raise InvalidArgumentError(
-                "a row-bound encrypted column can only be written through an ORM flush"
-            )
-        if self._aad is None:
-            self.table_column  # noqa: B018 - raises the explanatory error
-        tenant = self.tenant_id
-        ctx = self._contexts.get(tenant if type(tenant) is str else tenant())  # type: ignore[operator]
-        return resolve_service(self.service).encrypt(
-            self.to_bytes(value), ctx, associated_data=self._aad
-        )
+        self._check_writable()
+        return self._encrypt_one(value, self._contexts.get(self._tenant_now()), self._aad)  # type: ignore[no-any-return]
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Any:
         """Decrypts a stored value (``None`` stays ``None``)."""
         if value is None:
             return None
-        if type(value) is not bytes:
-            value = bytes(value)
         if self.bind_row:
             # Decrypted by the ORM load hook, which knows the primary key and tenant.
             return SealedValue(value)
-        if self.allow_plaintext and not is_envelope(value):
-            return self.from_bytes(value)
-        tenant = self.tenant_id
-        ctx = self._contexts.get(tenant if type(tenant) is str else tenant())  # type: ignore[operator]
-        return self.from_bytes(
-            resolve_service(self.service).decrypt(value, ctx, associated_data=self._aad)
-        )
+        return self._decrypt_one(value, self._contexts.get(self._tenant_now()), self._aad)
 
     # SQLAlchemy recommends overriding only process_bind_param/process_result_value; these
-    # two overrides keep the impl's processing but fold the per-value work into one closure,
-    # because at ~1 us per encryption each extra Python call is a visible share of a
-    # 10,000-row insert or select (benches/gate_sqlalchemy.py).
+    # two overrides return the Rust per-value callables directly, because at ~1 us per
+    # encryption each extra Python call is a visible share of a 10,000-row insert or select
+    # (benches/gate_sqlalchemy.py).
     def bind_processor(self, dialect: Dialect) -> Any:
-        """One closure per dialect: encrypt, then the impl's DBAPI binary wrapping."""
+        """Encrypt, then the impl's DBAPI binary wrapping (none for psycopg and pysqlite)."""
         if self.bind_row or self._aad is None:
             return super().bind_processor(dialect)
         impl = self.impl_instance.bind_processor(dialect)
-        if dialect.driver in ("psycopg", "pysqlite"):
+        encrypt = self._per_tenant(self._encryptor)
+        if impl is None or dialect.driver in ("psycopg", "pysqlite"):
             # Both drivers bind plain bytes natively as bytea / BLOB; skipping the per-value
             # DBAPI Binary() wrapper object saves a Python allocation per row.
-            impl = None
-        ref, direct = self.service, hasattr(self.service, "encrypt")
-        tenant, contexts, aad = self.tenant_id, self._contexts, self._aad
-        fixed = contexts.get(tenant) if isinstance(tenant, str) else None
-        to_bytes, is_str = self.to_bytes, isinstance(self, EncryptedString)
+            return encrypt
 
         def process(value: Any) -> Any:
-            if value is None:
-                return None
-            if type(value) is SealedValue:
-                out = bytes(value)
-            else:
-                if is_str and type(value) is str:
-                    try:
-                        data = value.encode("utf-8")
-                    except UnicodeEncodeError:
-                        raise InvalidArgumentError(
-                            "value is not valid Unicode (lone surrogate)"
-                        ) from None
-                else:
-                    data = to_bytes(value)
-                ctx = fixed if fixed is not None else contexts.get(tenant())  # type: ignore[operator]
-                svc = ref if direct else resolve_service(ref)
-                out = svc.encrypt(data, ctx, associated_data=aad)
-            return out if impl is None else impl(out)
+            out = encrypt(value)
+            return None if out is None else impl(out)
 
         return process
 
     def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
-        """One closure per dialect: the impl's conversion, then decrypt."""
+        """The impl's conversion (if any), then decrypt."""
         if self.bind_row or self._aad is None:
             return super().result_processor(dialect, coltype)
         impl = self.impl_instance.result_processor(dialect, coltype)
-        ref, direct = self.service, hasattr(self.service, "encrypt")
-        tenant, contexts, aad = self.tenant_id, self._contexts, self._aad
-        fixed = contexts.get(tenant) if isinstance(tenant, str) else None
-        from_bytes, is_str = self.from_bytes, isinstance(self, EncryptedString)
-        allow_plaintext = self.allow_plaintext
-        if impl is None and direct and fixed is not None and not allow_plaintext:
-            # The common case (fixed tenant, no phase-1 plaintext): a Rust callable opens each
-            # value with the cached DEK and decodes it, with no Python frame per row.
-            opener = ref.value_decryptor(fixed, associated_data=aad, text=is_str)
-            if is_str or type(self) is EncryptedBytes:
-                return opener
-
-            def process_opened(value: Any) -> Any:
-                return None if value is None else from_bytes(opener(value))
-
-            return process_opened
+        decrypt = self._per_tenant(self._decryptor)
+        if impl is None:
+            return decrypt
 
         def process(value: Any) -> Any:
-            if value is None:
-                return None
-            if impl is not None:
-                value = impl(value)
-            if type(value) is not bytes:
-                value = bytes(value)
-            if allow_plaintext and not is_envelope(value):
-                return from_bytes(value)
-            ctx = fixed if fixed is not None else contexts.get(tenant())  # type: ignore[operator]
-            svc = ref if direct else resolve_service(ref)
-            data = svc.decrypt(value, ctx, associated_data=aad)
-            if is_str:
-                try:
-                    return data.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise DecryptionError("plaintext is not UTF-8") from None
-            return from_bytes(data)
+            return None if value is None else decrypt(impl(value))
 
         return process
 
