@@ -1117,31 +1117,40 @@ class EncryptionService:
         loaded the rotation yet) and unfinished re-encryption job ranges.
         """
         self._load_keyring()
-        reasons = [
+        ranges = self.store.unfinished_job_ranges()
+        jobs = [f"{ranges} re-encryption job range(s) are not done"] if ranges else []
+        return self._instance_blockers(min_version) + jobs
+
+    def _instance_blockers(self, min_version: int) -> list[str]:
+        return [
             f"instance {i.host}:{i.pid} ({i.instance_id[:8]}) still encrypts under "
             f"v{i.primary_version} (epoch {i.epoch})"
             for i in self._keyring.live_instances()
             if i.instance_id != self._keyring.instance_id and i.primary_version < min_version
         ]
-        ranges = self.store.unfinished_job_ranges()
-        if ranges:
-            reasons.append(f"{ranges} re-encryption job range(s) are not done")
-        return reasons
 
     def retire_versions_below(
-        self, min_version: int, *, delete_stored_deks: bool = False, force: bool = False
+        self,
+        min_version: int,
+        *,
+        delete_stored_deks: bool = False,
+        force: bool = False,
+        wait_seconds: float | None = None,
     ) -> None:
         """Raises the minimum decryption version (it never goes down).
 
         Refused while a live instance still encrypts under a version below ``min_version``
-        or re-encryption job ranges are unfinished (``force`` overrides both, and the guards
-        record it), and while stored DEKs of older versions exist unless
-        ``delete_stored_deks`` is set, which an operator does only after a re-encryption dry
-        run counted 0 rows under those versions.
+        (after waiting up to ``wait_seconds``, default the refresh bound plus one second, for
+        instances to load a recent rotation) or re-encryption job ranges are unfinished
+        (``force`` overrides both, and the guards record it), and while stored DEKs of older
+        versions exist unless ``delete_stored_deks`` is set, which an operator does only after
+        a re-encryption dry run counted 0 rows under those versions.
 
         Raises:
             KeyStateError: The retirement is unsafe (see above).
         """
+        if wait_seconds is None:
+            wait_seconds = self.config.keyring_refresh_seconds + 1.0
         with self._key_change(
             "key_retire",
             min_version=min_version,
@@ -1154,6 +1163,11 @@ class EncryptionService:
             if min_version > self._primary.version:
                 raise KeyStateError("cannot retire the primary key version")
             if not force:
+                # Instances converge on their own within the refresh bound: give them that
+                # long. Unfinished jobs take longer; they are refused at once.
+                deadline = time.monotonic() + wait_seconds
+                while self._instance_blockers(min_version) and time.monotonic() < deadline:
+                    time.sleep(0.05)
                 blockers = self.retirement_blockers(min_version)
                 if blockers:
                     raise KeyStateError(

@@ -155,6 +155,13 @@ class Keyring:
             if new != old:
                 for listener in list(self._listeners):
                     listener(old, new)
+        if new.epoch != old.epoch and self._thread is not None:
+            # Report the new epoch at once: a retirement waiting on this instance need not
+            # wait for the next periodic heartbeat.
+            try:
+                self.heartbeat()
+            except Exception as exc:  # the periodic heartbeat retries
+                _log.warning("keyring heartbeat failed: %s", type(exc).__name__)
         return new
 
     def refresh(self) -> bool:

@@ -9,6 +9,7 @@ Rows hold only wrapped DEKs, key ids, the (non-secret) encryption context and co
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -20,6 +21,7 @@ from typing import Any
 
 from greenlang_crypto._core import random_bytes
 from greenlang_crypto.exceptions import ConfigurationError, KeyStateError
+from greenlang_crypto.sql import statements
 
 __all__ = [
     "KEY_STATES",
@@ -36,68 +38,6 @@ __all__ = [
 #: Key version states. ``primary`` encrypts; ``active`` and ``decrypt_only`` decrypt;
 #: ``retired`` versions are below the minimum decryption version and refuse to decrypt.
 KEY_STATES = ("primary", "active", "decrypt_only", "retired")
-
-_SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS glc_key_versions (
-        version INTEGER PRIMARY KEY,
-        state TEXT NOT NULL,
-        provider TEXT NOT NULL,
-        wrapping_key_id TEXT NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL,
-        rotated_at DOUBLE PRECISION
-    )""",
-    """CREATE TABLE IF NOT EXISTS glc_keyring (
-        id INTEGER PRIMARY KEY,
-        min_decryption_version INTEGER NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS glc_deks (
-        dek_id BIGINT PRIMARY KEY,
-        key_version INTEGER NOT NULL,
-        provider TEXT NOT NULL,
-        wrapping_key_id TEXT NOT NULL,
-        wrapped {blob} NOT NULL,
-        context_json TEXT NOT NULL,
-        context_digest {blob} NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL,
-        rewrapped_at DOUBLE PRECISION,
-        messages BIGINT NOT NULL DEFAULT 0,
-        bytes BIGINT NOT NULL DEFAULT 0
-    )""",
-    "CREATE INDEX IF NOT EXISTS glc_deks_version ON glc_deks (key_version)",
-    """CREATE TABLE IF NOT EXISTS glc_index_keys (
-        version INTEGER PRIMARY KEY,
-        state TEXT NOT NULL,
-        provider TEXT NOT NULL,
-        wrapping_key_id TEXT NOT NULL,
-        wrapped {blob} NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS glc_keyring_changes (
-        id INTEGER PRIMARY KEY,
-        epoch BIGINT NOT NULL,
-        changed_at DOUBLE PRECISION NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS glc_wrapping_keys (
-        version INTEGER NOT NULL,
-        provider TEXT NOT NULL,
-        wrapping_key_id TEXT NOT NULL,
-        added_at DOUBLE PRECISION NOT NULL,
-        destroyed_at DOUBLE PRECISION,
-        PRIMARY KEY (version, wrapping_key_id)
-    )""",
-    """CREATE TABLE IF NOT EXISTS glc_instances (
-        instance_id TEXT PRIMARY KEY,
-        host TEXT NOT NULL,
-        pid INTEGER NOT NULL,
-        epoch BIGINT NOT NULL,
-        primary_version INTEGER NOT NULL,
-        min_version INTEGER NOT NULL,
-        started_at DOUBLE PRECISION NOT NULL,
-        last_seen DOUBLE PRECISION NOT NULL
-    )""",
-    "INSERT INTO glc_keyring_changes (id, epoch, changed_at) VALUES (1, 0, 0) "
-    "ON CONFLICT (id) DO NOTHING",
-]
 
 #: The PostgreSQL channel on which every key-state change is announced (LISTEN/NOTIFY).
 NOTIFY_CHANNEL = "glc_keyring"
@@ -155,9 +95,12 @@ class KeyStore:
     Use :func:`open_key_store` to build one from a URL.
     """
 
-    def __init__(self, connect: Any, dialect: str, description: str) -> None:
+    def __init__(
+        self, connect: Any, dialect: str, description: str, *, schema: str = "encryption"
+    ) -> None:
         self._connect = connect
         self._dialect = dialect
+        self._schema = schema
         self._description = description
         self._local = threading.local()
         # Every connection opened by any thread, so close() can release them all.
@@ -214,28 +157,16 @@ class KeyStore:
             cur.close()
 
     def _migrate(self) -> None:
-        blob = "BLOB" if self._dialect == "sqlite" else "BYTEA"
+        """Creates or upgrades the key store tables from the packaged migrations' DDL."""
         # Serialized: concurrent CREATE TABLE IF NOT EXISTS race on PostgreSQL's catalog.
         with self._tx(serialized=True) as cur:
-            for stmt in _SCHEMA:
-                cur.execute(stmt.format(blob=blob))
-            # Stores created before the wrapping-key history existed: every current wrapping
-            # key is history too (rewraps done before then cannot be recovered).
-            cur.execute(
-                "INSERT INTO glc_wrapping_keys (version, provider, wrapping_key_id, added_at) "
-                "SELECT version, provider, wrapping_key_id, created_at FROM glc_key_versions "
-                "WHERE 1 = 1 ON CONFLICT DO NOTHING"
-            )
-        # Stores created before the use counters existed get the columns added in place.
-        for column in ("messages", "bytes"):
-            try:
-                with self._tx() as cur:
-                    cur.execute(f"SELECT {column} FROM glc_deks WHERE 1 = 0")  # noqa: S608
-            except Exception:  # the column is missing: add it
-                with self._tx() as cur:
-                    cur.execute(
-                        f"ALTER TABLE glc_deks ADD COLUMN {column} BIGINT NOT NULL DEFAULT 0"
-                    )
+            for statement in statements("keystore", self._dialect, schema=self._schema):
+                try:
+                    cur.execute(statement)
+                except sqlite3.OperationalError as exc:
+                    # SQLite has no ADD COLUMN IF NOT EXISTS; the column is there already.
+                    if "duplicate column" not in str(exc):
+                        raise
 
     def close(self) -> None:
         """Closes every connection this store opened (in any thread)."""
@@ -695,7 +626,10 @@ class KeyStore:
                 tables = ["glc_job_ranges"] if cur.fetchone() else []
             else:
                 tables = []
-                for name in ("encryption.glc_job_ranges", "glc_job_ranges"):
+                # Jobs keep their ranges in their state schema: the migrations' own by
+                # default, the key store's, or public for jobs of older releases.
+                candidates = {f"{self._schema}.glc_job_ranges", "encryption.glc_job_ranges"}
+                for name in [*sorted(candidates), "public.glc_job_ranges"]:
                     cur.execute("SELECT to_regclass(%s)::text", (name,))
                     found = cur.fetchone()[0]
                     if found is not None and found not in tables:
@@ -777,8 +711,12 @@ class IndexKeyRecord:
     wrapped: bytes
 
 
-def open_key_store(url: str) -> KeyStore:
+def open_key_store(url: str, *, schema: str = "encryption") -> KeyStore:
     """Opens a key store from ``sqlite:///path`` or ``postgresql://...``.
+
+    On PostgreSQL the tables live in ``schema`` (default ``encryption``, where the V011 and
+    V012 migrations create them); a store an older release created in ``public`` is moved
+    there on first open. SQLite has no schemas.
 
     Raises:
         ConfigurationError: Unknown scheme, or the PostgreSQL driver is not installed.
@@ -808,11 +746,16 @@ def open_key_store(url: str) -> KeyStore:
             ) from None
         dsn = url.replace("postgresql+psycopg://", "postgresql://", 1)
 
+        if not re.match(r"^[a-z_][a-z0-9_]*$", schema):
+            raise ConfigurationError("key store schema must be a lowercase SQL identifier")
+
         def connect_pg() -> Any:
-            return psycopg.connect(dsn, connect_timeout=10)
+            # Unqualified table names resolve in the key store's schema only, never in a
+            # stale copy elsewhere on the search path.
+            return psycopg.connect(dsn, connect_timeout=10, options=f"-c search_path={schema}")
 
         host = dsn.split("@")[-1]
-        store = KeyStore(connect_pg, "postgresql", f"postgresql://…@{host}")
+        store = KeyStore(connect_pg, "postgresql", f"postgresql://…@{host}", schema=schema)
         store.listen_dsn = dsn
         return store
     raise ConfigurationError("key store URL must start with sqlite:/// or postgresql://")

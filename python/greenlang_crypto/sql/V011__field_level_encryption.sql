@@ -1,12 +1,16 @@
 -- V011: field-level encryption (greenlang-crypto).
 -- Idempotent: every statement is IF NOT EXISTS / guarded, so it can run again safely.
 -- Applied by `greenlang-crypto db migrate`, which records it in public.glc_schema_migrations.
+-- The `-- group:` lines mark which part of the package creates the tables that follow at run
+-- time (greenlang_crypto.sql.statements): these files are the only DDL of the project.
 
 CREATE EXTENSION IF NOT EXISTS pgcrypto;
 
 CREATE SCHEMA IF NOT EXISTS encryption;
 
--- Key store (mirrors greenlang_crypto/keys/store.py _SCHEMA; wrapped keys only).
+-- group: keystore
+-- Key store (greenlang_crypto/keys/store.py; wrapped keys only).
+CREATE SCHEMA IF NOT EXISTS encryption;
 CREATE TABLE IF NOT EXISTS encryption.glc_key_versions (
     version INTEGER PRIMARY KEY,
     state TEXT NOT NULL,
@@ -28,7 +32,9 @@ CREATE TABLE IF NOT EXISTS encryption.glc_deks (
     context_json TEXT NOT NULL,
     context_digest BYTEA NOT NULL,
     created_at DOUBLE PRECISION NOT NULL,
-    rewrapped_at DOUBLE PRECISION
+    rewrapped_at DOUBLE PRECISION,
+    messages BIGINT NOT NULL DEFAULT 0,
+    bytes BIGINT NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS glc_deks_version ON encryption.glc_deks (key_version);
 CREATE TABLE IF NOT EXISTS encryption.glc_index_keys (
@@ -40,6 +46,7 @@ CREATE TABLE IF NOT EXISTS encryption.glc_index_keys (
     created_at DOUBLE PRECISION NOT NULL
 );
 
+-- group: audit
 -- Audit log: append-only records chained by HMAC (no plaintext, no key bytes). The same
 -- schema as greenlang_crypto.audit.PostgresAuditSink, which finds it through its search_path
 -- (encryption, public).
@@ -64,7 +71,8 @@ CREATE TABLE IF NOT EXISTS encryption.glc_audit_meta (
     value TEXT NOT NULL
 );
 
--- Column jobs (greenlang_crypto/sqlalchemy/migrate.py creates the same if missing).
+-- group: jobs
+-- Column jobs (greenlang_crypto/sqlalchemy/migrate.py).
 CREATE TABLE IF NOT EXISTS encryption.glc_job_ranges (
     job TEXT NOT NULL,
     range_id INTEGER NOT NULL,
@@ -88,6 +96,7 @@ CREATE TABLE IF NOT EXISTS encryption.glc_quarantine (
     PRIMARY KEY (job, pk)
 );
 
+-- group: columns
 -- Encrypted and blind-index columns beside the usual PII columns, only where the tables
 -- exist. `<col>_enc` holds the envelope, `<col>_key_version` mirrors its key version (written
 -- in the same UPDATE), `<col>_bidx` the blind index (first byte = index key version).

@@ -1,1 +1,115 @@
-"""Packaged SQL migrations (applied by ``greenlang-crypto db migrate``)."""
+"""Packaged SQL: the migrations, and the one source of every table the package creates.
+
+``greenlang-crypto db migrate`` applies the migrations; the key store, the audit sinks and the
+column jobs create their tables at run time from the same files.
+
+The ``V*.sql`` files are written for PostgreSQL and mark their parts with ``-- group: NAME``
+lines. :func:`statements` returns the statements of one group, in migration order, for
+PostgreSQL (in a schema of the caller's choice) or translated for SQLite, so the key store,
+the audit sinks and the column jobs create exactly what the migrations create.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from importlib import resources
+
+__all__ = ["GROUPS", "migration_files", "statements"]
+
+#: The groups the migrations are divided into.
+GROUPS = ("keystore", "audit", "jobs", "columns")
+
+_FILE = re.compile(r"^V\d{3}__[a-z0-9_]+\.sql$")
+_GROUP = re.compile(r"^--\s*group:\s*([a-z_]+)\s*$")
+_IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
+_DEFAULT_SCHEMA = "encryption"
+
+
+def migration_files() -> list[str]:
+    """Names of the up-migrations, in order."""
+    names = [e.name for e in resources.files(__name__).iterdir() if _FILE.match(e.name)]
+    return sorted(names)
+
+
+def _split(script: str) -> list[tuple[str, str]]:
+    """``(group, statement)`` pairs of one script; ``$$`` blocks stay whole."""
+    out: list[tuple[str, str]] = []
+    group = "setup"
+    buf: list[str] = []
+    in_dollar = False
+    for line in script.splitlines():
+        marker = _GROUP.match(line.strip())
+        if marker and not in_dollar:
+            group = marker.group(1)
+            continue
+        stripped = line.strip()
+        if not in_dollar and (not stripped or stripped.startswith("--")):
+            continue
+        buf.append(line)
+        if line.count("$$") % 2:
+            in_dollar = not in_dollar
+        if not in_dollar and stripped.endswith(";"):
+            statement = "\n".join(buf).strip().removesuffix(";").strip()
+            out.append((group, statement))
+            buf = []
+    if buf:
+        raise ValueError("unterminated SQL statement in a migration")
+    return out
+
+
+@cache
+def _all() -> tuple[tuple[str, str], ...]:
+    pairs: list[tuple[str, str]] = []
+    for name in migration_files():
+        pairs.extend(_split(resources.files(__name__).joinpath(name).read_text(encoding="utf-8")))
+    return tuple(pairs)
+
+
+def _to_sqlite(statement: str) -> str | None:
+    upper = statement.upper()
+    if upper.startswith(("DO ", "DO\n", "DO$$", "CREATE SCHEMA", "CREATE EXTENSION")):
+        return None  # PostgreSQL only (schemas, extensions, PL/pgSQL)
+    out = re.sub(r"\bencryption\.", "", statement)
+    out = re.sub(r"\bBYTEA\b", "BLOB", out)
+    out = re.sub(r"\bTIMESTAMPTZ\b", "TEXT", out)
+    out = re.sub(r"DEFAULT now\(\)", "DEFAULT CURRENT_TIMESTAMP", out)
+    # SQLite has no ADD COLUMN IF NOT EXISTS: callers treat "duplicate column" as done.
+    return out.replace("ADD COLUMN IF NOT EXISTS", "ADD COLUMN")
+
+
+def statements(group: str, dialect: str, *, schema: str = _DEFAULT_SCHEMA) -> list[str]:
+    """The DDL of one group, in migration order, ready to execute one statement at a time.
+
+    Args:
+        group: One of :data:`GROUPS` (``keystore``, ``audit``, ``jobs``, ``columns``).
+        dialect: ``postgresql`` or ``sqlite``.
+        schema: PostgreSQL schema for the tables (default ``encryption``, the migrations'
+            own); a lowercase SQL identifier. Ignored for SQLite, which has no schemas.
+
+    Every statement is idempotent (``IF NOT EXISTS``, ``ON CONFLICT DO NOTHING``), except that
+    on SQLite an ``ALTER TABLE ... ADD COLUMN`` fails with "duplicate column" when the column
+    exists, which the caller treats as done.
+
+    Raises:
+        ValueError: Unknown group or dialect, or a schema that is not a plain identifier.
+    """
+    if group not in GROUPS:
+        raise ValueError(f"unknown SQL group {group!r}")
+    if dialect not in ("postgresql", "sqlite"):
+        raise ValueError(f"unknown SQL dialect {dialect!r}")
+    if not _IDENT.match(schema):
+        raise ValueError("schema must be a lowercase SQL identifier")
+    out = []
+    for g, statement in _all():
+        if g != group:
+            continue
+        if dialect == "sqlite":
+            converted = _to_sqlite(statement)
+            if converted is not None:
+                out.append(converted)
+        elif schema == _DEFAULT_SCHEMA:
+            out.append(statement)
+        else:
+            out.append(re.sub(r"\bencryption\b", schema, statement))
+    return out
