@@ -82,9 +82,7 @@ def test_key_store_lives_in_the_encryption_schema(database: str) -> None:
     store.add_primary_version("local", "local:master-v1")
     store.close()
     tables = _columns(database, "encryption")
-    assert {"glc_key_versions", "glc_deks", "glc_instances", "glc_keyring_changes"} <= set(
-        tables
-    )
+    assert {"glc_key_versions", "glc_deks", "glc_instances", "glc_keyring_changes"} <= set(tables)
     assert {"messages", "bytes"} <= tables["glc_deks"]
     assert _columns(database, "public") == {}
 
