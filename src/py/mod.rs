@@ -6,6 +6,7 @@ mod envelope;
 pub(crate) mod errors;
 mod hazmat;
 mod keys;
+mod stream;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
@@ -80,6 +81,23 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<cache::PyCachedOpener>()?;
     m.add_class::<cache::PyCachedSealer>()?;
     m.add_class::<hazmat::PyAesGcm>()?;
+    m.add_class::<stream::PyStreamEncryptor>()?;
+    m.add_class::<stream::PyStreamDecryptor>()?;
+    m.add_class::<stream::PyStreamHeader>()?;
+    m.add_function(wrap_pyfunction!(stream::stream_header_len, m)?)?;
+    m.add_function(wrap_pyfunction!(stream::parse_stream_header, m)?)?;
+    m.add_function(wrap_pyfunction!(stream::stream_plaintext_len, m)?)?;
+    m.add_function(wrap_pyfunction!(stream::stream_len, m)?)?;
+    m.add_function(wrap_pyfunction!(stream::hazmat_stream_encryptor, m)?)?;
+    m.add("STREAM_MAGIC", crate::core::stream::MAGIC)?;
+    m.add("STREAM_FORMAT_VERSION", crate::core::stream::VERSION_1)?;
+    m.add("STREAM_MIN_SEGMENT", crate::core::stream::MIN_SEGMENT)?;
+    m.add("STREAM_MAX_SEGMENT", crate::core::stream::MAX_SEGMENT)?;
+    m.add(
+        "STREAM_DEFAULT_SEGMENT",
+        crate::core::stream::DEFAULT_SEGMENT,
+    )?;
+    m.add("STREAM_FIXED_LEN", crate::core::stream::FIXED_LEN)?;
     m.add_function(wrap_pyfunction!(envelope::canonical_context, m)?)?;
     m.add_function(wrap_pyfunction!(envelope::context_digest, m)?)?;
     m.add_function(wrap_pyfunction!(envelope::parse_envelope, m)?)?;
