@@ -857,6 +857,7 @@ class EncryptionService:
         *,
         associated_data: bytes | None = None,
         text: bool = False,
+        fallback: Callable[[Any], Any] | None = None,
     ) -> Callable[[Any], Any]:
         """A callable that decrypts one stored value under a fixed context and binding.
 
