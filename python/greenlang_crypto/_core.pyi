@@ -6,6 +6,20 @@ from typing import Any, Final, NoReturn, final
 from typing_extensions import Buffer
 
 __all__ = [
+    "STREAM_DEFAULT_SEGMENT",
+    "STREAM_FIXED_LEN",
+    "STREAM_FORMAT_VERSION",
+    "STREAM_MAGIC",
+    "STREAM_MAX_SEGMENT",
+    "STREAM_MIN_SEGMENT",
+    "StreamDecryptor",
+    "StreamEncryptor",
+    "StreamHeader",
+    "hazmat_stream_encryptor",
+    "parse_stream_header",
+    "stream_header_len",
+    "stream_len",
+    "stream_plaintext_len",
     "AESGCM",
     "ALG_AES_256_GCM",
     "DETACH_THRESHOLD",
@@ -275,4 +289,120 @@ def constant_time_eq(a: Buffer, b: Buffer) -> bool: ...
 def core_stats() -> dict[str, int]: ...
 def live_data_keys() -> int:
     """Data keys (DEKs, master and index root keys) alive in this process, in any holder."""
+
 def random_bytes(n: int) -> bytes: ...
+
+# -- Stream format v1 (segmented AEAD for large objects) ----------------------------------
+
+STREAM_MAGIC: Final[int]
+"""First byte of every stream (envelopes start with ``ENVELOPE_MAGIC`` instead)."""
+STREAM_FORMAT_VERSION: Final[int]
+"""The stream format version this module writes."""
+STREAM_MIN_SEGMENT: Final[int]
+"""Smallest segment size (64 KiB)."""
+STREAM_MAX_SEGMENT: Final[int]
+"""Largest segment size (16 MiB)."""
+STREAM_DEFAULT_SEGMENT: Final[int]
+"""Default segment size (1 MiB)."""
+STREAM_FIXED_LEN: Final[int]
+"""Bytes of a stream header before its key reference."""
+
+@final
+class StreamEncryptor:
+    """Seals a stream segment by segment under one DEK (per-stream key from HKDF).
+
+    Raises:
+        ValueError: A segment size outside 64 KiB..16 MiB.
+    """
+
+    def __new__(
+        cls,
+        key: DataKey,
+        key_ref: bytes,
+        context: bytes,
+        associated_data: bytes | None = None,
+        *,
+        segment_size: int = ...,
+    ) -> StreamEncryptor: ...
+    @property
+    def header(self) -> bytes:
+        """The stream header, written before the first segment."""
+    @property
+    def segment_size(self) -> int:
+        """Plaintext bytes per segment."""
+    @property
+    def finished(self) -> bool:
+        """Whether the final segment was sealed."""
+    def sealed_len(self, plaintext_len: int, last: bool) -> int:
+        """Bytes that sealing ``plaintext_len`` bytes as the next run produces."""
+    def seal_into(self, plaintext: Buffer, out: Buffer, last: bool, threads: int = 1) -> int:
+        """Seals the next run of whole segments into ``out``; returns the bytes written."""
+    def seal(self, plaintext: Buffer, last: bool, threads: int = 1) -> bytes:
+        """Seals the next run of whole segments into a new ``bytes``."""
+
+@final
+class StreamDecryptor:
+    """Opens any segment of a stream whose header verified under the DEK and context.
+
+    Raises:
+        DecryptionError: The header does not verify (opaque).
+    """
+
+    def __new__(
+        cls,
+        key: DataKey,
+        header: bytes,
+        context: bytes,
+        associated_data: bytes | None = None,
+    ) -> StreamDecryptor: ...
+    @property
+    def segment_size(self) -> int:
+        """Plaintext bytes per segment."""
+    @property
+    def header_len(self) -> int:
+        """Length of the stream header."""
+    def opened_len(self, sealed_len: int, last: bool) -> int:
+        """Plaintext bytes in a run of ``sealed_len`` sealed bytes."""
+    def open_into(
+        self, first: int, sealed: Buffer, out: Buffer, last: bool, threads: int = 1
+    ) -> int:
+        """Opens the run of segments starting at segment ``first`` into ``out``."""
+    def open(self, first: int, sealed: Buffer, last: bool, threads: int = 1) -> bytes:
+        """Opens the run of segments starting at segment ``first`` into a new ``bytes``."""
+
+@final
+class StreamHeader:
+    """The public fields of a stream header (parsed, not yet verified)."""
+
+    @property
+    def segment_size(self) -> int:
+        """Plaintext bytes per segment."""
+    @property
+    def header_len(self) -> int:
+        """Length of the header."""
+    @property
+    def key_envelope(self) -> bytes:
+        """The key reference as an empty-bodied envelope, for key resolution."""
+
+def stream_header_len(prefix: bytes) -> int:
+    """Header length announced by the first bytes of a stream."""
+
+def parse_stream_header(data: bytes) -> StreamHeader:
+    """Parses the header at the start of ``data`` (without verifying it)."""
+
+def stream_plaintext_len(header_len: int, segment_size: int, total_len: int) -> tuple[int, int]:
+    """``(plaintext length, segment count)`` of a stream of ``total_len`` bytes."""
+
+def stream_len(header_len: int, segment_size: int, plaintext_len: int) -> int:
+    """Total length of a stream of ``plaintext_len`` bytes."""
+
+def hazmat_stream_encryptor(
+    key: DataKey,
+    key_ref: bytes,
+    context: bytes,
+    associated_data: bytes,
+    segment_size: int,
+    salt: bytes,
+    prefix: bytes,
+) -> StreamEncryptor:
+    """Known-answer vectors only: an encryptor with a fixed salt and nonce prefix."""
