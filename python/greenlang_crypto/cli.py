@@ -288,22 +288,14 @@ def _audited(args: argparse.Namespace, svc: Any, action: str, run: Any) -> Any:
     The intent is written first and must succeed: if the audit sink is down the operation
     fails closed (AuditSinkUnavailableError) and nothing changes.
     """
+    from greenlang_crypto.audit import acting_as
+
     audit = _open_audit(args, svc)
     try:
-        audit.record(action, actor=_cli_actor(), outcome="intent")
-        try:
-            result = run()
-        except GreenlangCryptoError as exc:
-            audit.record(
-                action,
-                actor=_cli_actor(),
-                outcome="failure",
-                details={"error_type": type(exc).__name__},
-                required=False,
-            )
-            raise
-        audit.record(action, actor=_cli_actor(), outcome="success", required=False)
-        return result
+        # One intent and one outcome per action: the service's key-change guard (the audit
+        # log) writes nothing more inside an open audited block.
+        with acting_as(_cli_actor()), audit.audited(action, _cli_actor()):
+            return run()
     finally:
         audit.close()
 
