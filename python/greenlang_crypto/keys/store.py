@@ -724,7 +724,11 @@ def open_key_store(url: str, *, schema: str = "encryption") -> KeyStore:
     if url.startswith("sqlite:///"):
         path = url.removeprefix("sqlite:///")
         if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            from greenlang_crypto._files import ensure_private_file
+
+            # 0700 directory and a 0600 database whatever the umask (SQLite gives its -wal
+            # and -shm files the database file's mode).
+            ensure_private_file(path)
 
         def connect_sqlite() -> sqlite3.Connection:
             # Each thread uses its own connection (threading.local); close() may run on another

@@ -101,6 +101,11 @@ class LocalKeyProvider:
             if cached is not None:
                 return cached
             path = self._dir / f"master-v{version}.key"
+            # Whoever can write the directory can swap the key file, whatever its own mode.
+            from greenlang_crypto._files import check_private_dir
+
+            if self._dir.is_dir():
+                check_private_dir(self._dir, "master-key directory")
             try:
                 mode = path.stat().st_mode & 0o777
                 if mode & 0o077:
