@@ -41,7 +41,10 @@ class EncryptionServiceConfig:
         cache_ttl_seconds: DEK cache TTL; at most 300 s by policy.
         cache_max_entries: DEK cache entry bound.
         max_messages_per_dek: Seals per DEK before a new one is fetched (<= 2**32).
-        max_plaintext_bytes: Largest plaintext accepted; checked before any KMS call.
+        max_plaintext_bytes: Largest plaintext accepted; checked before any KMS call. Streams
+            (``encrypt_stream``, ``encrypt_file``) are not bound by it.
+        stream_max_bytes: Largest plaintext of one stream (default 2**36 bytes); a regular
+            file above it is refused before any KMS call, any other source once it passes it.
         refresh_ahead_fraction: Fraction of the TTL after which a DEK is replaced early.
         keyring_refresh_seconds: Bound on how long a key change made by another process
             (rotation, retirement, rewrap) takes to reach this one; never more than the
@@ -62,6 +65,7 @@ class EncryptionServiceConfig:
     cache_max_entries: int = 1000
     max_messages_per_dek: int = 2**24
     max_plaintext_bytes: int = 64 * 1024 * 1024
+    stream_max_bytes: int = 2**36
     refresh_ahead_fraction: float = 0.9
     keyring_refresh_seconds: float = 5.0
 
@@ -82,6 +86,9 @@ class EncryptionServiceConfig:
             raise ConfigurationError("max_messages_per_dek must be in 1..2**32 (SP 800-38D)")
         if not 1 <= self.max_plaintext_bytes <= 2**36 - 32:
             raise ConfigurationError("max_plaintext_bytes must be in 1..2**36-32")
+        # 2**48 bytes is far inside the format's limit (2**32 segments of at least 64 KiB).
+        if not 0 <= self.stream_max_bytes <= 2**48:
+            raise ConfigurationError("stream_max_bytes must be in 0..2**48")
         if not 0.1 <= self.refresh_ahead_fraction <= 1.0:
             raise ConfigurationError("refresh_ahead_fraction must be in [0.1, 1.0]")
         if not 0 <= self.keyring_refresh_seconds <= 300:
@@ -121,7 +128,12 @@ class EncryptionServiceConfig:
                     "keyring_refresh_seconds",
                 ):
                     converted[f.name] = float(raw)
-                elif f.name in ("cache_max_entries", "max_messages_per_dek", "max_plaintext_bytes"):
+                elif f.name in (
+                    "cache_max_entries",
+                    "max_messages_per_dek",
+                    "max_plaintext_bytes",
+                    "stream_max_bytes",
+                ):
                     converted[f.name] = int(raw)
                 elif f.name == "data_dir":
                     converted[f.name] = Path(raw)

@@ -28,15 +28,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from greenlang_crypto import streams as _streams
 from greenlang_crypto._core import (
+    STREAM_DEFAULT_SEGMENT,
+    STREAM_MAX_SEGMENT,
+    STREAM_MIN_SEGMENT,
     BlindIndexKey,
     CachedOpener,
     CachedSealer,
     DataKey,
     DekCache,
     EnvelopeSealer,
+    StreamDecryptor,
+    StreamEncryptor,
     open_envelope,
     parse_envelope,
+    parse_stream_header,
     stored_key_ref_id,
 )
 from greenlang_crypto.config import EncryptionServiceConfig
@@ -198,6 +205,8 @@ class EncryptionService:
         self._per_op = per_operation_events and bool(self._observers)
         self._failures: Counter[tuple[str, str]] = Counter()
         self._slow_counts: Counter[tuple[str, str]] = Counter()
+        # Streams, counted once each when they finish: (operation, data class) -> [ops, bytes].
+        self._stream_counts: dict[tuple[str, str], list[int]] = {}
         self.provider: KeyProvider = provider or self._build_provider()
         self.store = key_store or open_key_store(self.config.resolved_key_store_url)
         self._limits = KeyLimits(max_messages=self.config.max_messages_per_dek)
@@ -470,6 +479,12 @@ class EncryptionService:
             if op == "decrypt":
                 ops, nbytes = dec.get(label, (0, 0))
                 dec[label] = (ops + n, nbytes)
+        with self._state_lock:
+            streamed = [(k, tuple(v)) for k, v in self._stream_counts.items()]
+        for (op, label), (n, nbytes) in streamed:
+            into = enc if op == "encrypt" else dec
+            ops, total = into.get(label, (0, 0))
+            into[label] = (ops + n, total + nbytes)
         return {"encrypt": enc, "decrypt": dec}
 
     def latency(self) -> dict[str, tuple[list[float], list[int], float, int, int]]:
@@ -926,6 +941,227 @@ class EncryptionService:
     async def decrypt_async(self, ciphertext: bytes, context: ContextLike, **kwargs: Any) -> bytes:
         """:meth:`decrypt` on a worker thread."""
         return await asyncio.to_thread(self.decrypt, ciphertext, context, **kwargs)
+
+    # -- streams (large objects; the I/O lives in greenlang_crypto.streams) ---------------
+
+    def _count_stream(self, operation: str, ctx: EncryptionContext, nbytes: int) -> None:
+        # Once per stream, never per segment: streams add no cost to the hot path. An
+        # encrypted stream's operation is already counted in Rust (it reserves one message of
+        # its cached DEK, which the cache counts by data class); only its bytes are added here.
+        with self._state_lock:
+            slot = self._stream_counts.setdefault((operation, ctx.data_class), [0, 0])
+            slot[0] += operation != "encrypt"
+            slot[1] += nbytes
+        if self._per_op:
+            self._emit(f"{operation}ion_performed", data_class=ctx.data_class, size=nbytes)
+
+    def _stream_encryptor(
+        self, ctx: EncryptionContext, aad: bytes, segment_size: int, key_reference: str | None
+    ) -> StreamEncryptor:
+        reference = key_reference or self._default_reference
+        if reference not in ("stored", "inline"):
+            raise InvalidArgumentError("key_reference must be 'stored' or 'inline'")
+        if not STREAM_MIN_SEGMENT <= segment_size <= STREAM_MAX_SEGMENT:
+            raise InvalidArgumentError("segment_size must be in 65536..16777216")
+        try:
+            for _ in range(3):
+                _cache, sealer = self._sealer(ctx, reference)
+                try:
+                    # The stream reserves one message of the cached DEK's budget.
+                    return StreamEncryptor(
+                        sealer.key, sealer.header, ctx._canonical, aad, segment_size=segment_size
+                    )
+                except KeyUsageExceededError:
+                    fresh = self._new_sealer(self._primary, ctx, reference)
+                    with self._single_flight(reference.encode() + b"|" + ctx._canonical):
+                        self._enc_caches[reference].put(ctx._canonical, fresh, ctx.data_class)
+            raise KeyStateError("could not obtain a data key with budget left")
+        except GreenlangCryptoError as exc:
+            self._failed("encryption_failed", "encrypt", exc, ctx)
+            raise
+
+    def _stream_decryptor(
+        self, header: bytes, ctx: EncryptionContext, aad: bytes
+    ) -> StreamDecryptor:
+        try:
+            key = self._data_key_for(parse_stream_header(header).key_envelope, ctx)
+            return StreamDecryptor(key, header, ctx._canonical, aad)
+        except GreenlangCryptoError as exc:
+            self._failed("decryption_failed", "decrypt", exc, ctx)
+            raise
+
+    def encrypt_stream(
+        self,
+        src: Any,
+        dst: Any,
+        context: ContextLike,
+        associated_data: bytes | None = b"",
+        *,
+        segment_size: int = STREAM_DEFAULT_SEGMENT,
+        key_reference: str | None = None,
+        threads: int = 1,
+        progress: Callable[[int], object] | None = None,
+    ) -> int:
+        """Encrypts ``src`` into ``dst`` as a stream (docs/FORMAT.md, "Stream format v1").
+
+        Memory stays constant (a few segments) whatever the size. One DEK per stream, from
+        the same cache and providers as :meth:`encrypt`; ``max_plaintext_bytes`` does not
+        apply, ``stream_max_bytes`` does.
+
+        Args:
+            src: A binary file object (anything with ``readinto`` or ``read``) or an iterable
+                of bytes chunks.
+            dst: A binary file object (anything with ``write``).
+            context: Tenant and data class; required again to decrypt.
+            associated_data: A binding (for example an object's location), required again.
+            segment_size: Plaintext bytes per segment, 64 KiB to 16 MiB.
+            key_reference: ``stored`` or ``inline``; default from the configuration.
+            threads: Threads sealing the segments of one run in parallel.
+            progress: Called with the plaintext bytes of each run as it is written.
+
+        Returns:
+            The plaintext bytes encrypted.
+
+        Raises:
+            PayloadTooLargeError: The source passed ``stream_max_bytes`` (a regular file is
+                refused before any KMS call; otherwise ``dst`` holds an incomplete stream,
+                which never decrypts).
+            InvalidArgumentError: A bad segment size, key reference or thread count.
+            KmsError: The provider failed (typed by cause).
+        """
+        ctx = _as_context(context)
+        aad = _aad(associated_data) or b""
+        limit = self.config.stream_max_bytes
+        known = _streams.regular_file_size(src)
+        if known is not None and known > limit:
+            raise PayloadTooLargeError(f"input is {known} bytes, more than {limit}")
+        enc = self._stream_encryptor(ctx, aad, segment_size, key_reference)
+        try:
+            n = _streams.encrypt_to(
+                enc, src, dst, max_bytes=limit, threads=threads, progress=progress
+            )
+        except GreenlangCryptoError as exc:
+            self._failed("encryption_failed", "encrypt", exc, ctx)
+            raise
+        self._count_stream("encrypt", ctx, n)
+        return n
+
+    def open_decrypting(
+        self,
+        src: Any,
+        context: ContextLike,
+        associated_data: bytes | None = b"",
+        *,
+        threads: int = 1,
+        close_source: bool = False,
+    ) -> _streams.DecryptingReader:
+        """Opens a stream for reading its plaintext: a read-only ``io.RawIOBase``.
+
+        The header is read and verified here (the DEK comes from the cache or the provider).
+        The reader is seekable when ``src`` is, and then any byte range opens only the
+        segments that cover it. It never returns plaintext that did not authenticate.
+
+        Raises:
+            DecryptionError: The header does not verify under this context and binding, or
+                is malformed (opaque).
+            KeyVersionUnavailableError: The stream's key version is not in the keyring.
+            KeyRetiredError: The key version is below the minimum decryption version.
+        """
+        ctx = _as_context(context)
+        aad = _aad(associated_data) or b""
+        reader = _streams.as_reader(src)
+        seekable = bool(getattr(reader, "seekable", lambda: False)())
+        start = reader.tell() if seekable else 0  # type: ignore[attr-defined]
+        try:
+            header = _streams.read_header(reader)
+        except GreenlangCryptoError as exc:
+            self._failed("decryption_failed", "decrypt", exc, ctx)
+            raise
+        dec = self._stream_decryptor(header, ctx, aad)
+        return _streams.DecryptingReader(
+            reader,
+            dec,
+            start=start,
+            on_close=lambda n: self._count_stream("decrypt", ctx, n),
+            close_source=close_source,
+            threads=threads,
+        )
+
+    def decrypt_stream(
+        self,
+        src: Any,
+        dst: Any,
+        context: ContextLike,
+        associated_data: bytes | None = b"",
+        *,
+        start: int = 0,
+        end: int | None = None,
+        threads: int = 1,
+        progress: Callable[[int], object] | None = None,
+    ) -> int:
+        """Decrypts the plaintext bytes ``[start, end)`` of a stream into ``dst``.
+
+        Returns:
+            The plaintext bytes written.
+
+        Raises:
+            DecryptionError: As :meth:`open_decrypting`, or a segment fails (what was written
+                before it authenticated; use :meth:`decrypt_file` for all-or-nothing).
+        """
+        with self.open_decrypting(src, context, associated_data, threads=threads) as reader:
+            try:
+                return _streams.decrypt_to(reader, dst, start=start, end=end, progress=progress)
+            except DecryptionError as exc:
+                self._failed("decryption_failed", "decrypt", exc, _as_context(context))
+                raise
+
+    def encrypt_file(
+        self,
+        src_path: str | os.PathLike[str],
+        dst_path: str | os.PathLike[str],
+        context: ContextLike,
+        associated_data: bytes | None = b"",
+        **kwargs: Any,
+    ) -> int:
+        """Encrypts a file into a stream file written atomically.
+
+        The output is a temporary file (mode 0600) renamed into place only when complete.
+        Keyword arguments as :meth:`encrypt_stream`.
+        """
+        with open(src_path, "rb", buffering=0) as src, _streams.atomic_output(dst_path) as dst:
+            return self.encrypt_stream(src, dst, context, associated_data, **kwargs)
+
+    def decrypt_file(
+        self,
+        src_path: str | os.PathLike[str],
+        dst_path: str | os.PathLike[str],
+        context: ContextLike,
+        associated_data: bytes | None = b"",
+        **kwargs: Any,
+    ) -> int:
+        """Decrypts a stream file into a file written atomically (mode 0600).
+
+        On any failure nothing is left at ``dst_path``. Keyword arguments as
+        :meth:`decrypt_stream`.
+        """
+        with open(src_path, "rb", buffering=0) as src, _streams.atomic_output(dst_path) as dst:
+            return self.decrypt_stream(src, dst, context, associated_data, **kwargs)
+
+    async def encrypt_stream_async(self, *args: Any, **kwargs: Any) -> int:
+        """:meth:`encrypt_stream` on a worker thread (the event loop never blocks)."""
+        return await asyncio.to_thread(self.encrypt_stream, *args, **kwargs)
+
+    async def decrypt_stream_async(self, *args: Any, **kwargs: Any) -> int:
+        """:meth:`decrypt_stream` on a worker thread."""
+        return await asyncio.to_thread(self.decrypt_stream, *args, **kwargs)
+
+    async def encrypt_file_async(self, *args: Any, **kwargs: Any) -> int:
+        """:meth:`encrypt_file` on a worker thread."""
+        return await asyncio.to_thread(self.encrypt_file, *args, **kwargs)
+
+    async def decrypt_file_async(self, *args: Any, **kwargs: Any) -> int:
+        """:meth:`decrypt_file` on a worker thread."""
+        return await asyncio.to_thread(self.decrypt_file, *args, **kwargs)
 
     def reencrypt(
         self,

@@ -1,0 +1,561 @@
+"""Large objects: stream format v1 (segmented AES-256-GCM) over files, pipes and iterables.
+
+The format is specified in docs/FORMAT.md ("Stream format v1"); the cryptography lives in the
+Rust core (``StreamEncryptor`` and ``StreamDecryptor``). This module only moves bytes: it reads
+runs of whole segments into reused buffers, has Rust seal or open them in place with the GIL
+released, and writes them out. Memory stays constant whatever the size of the object.
+
+The :class:`~greenlang_crypto.service.EncryptionService` methods ``encrypt_stream``,
+``open_decrypting``, ``decrypt_stream``, ``encrypt_file`` and ``decrypt_file`` are the public
+entry points; they supply the keys (one DEK per stream, from the same cache and providers as
+envelopes) and count the operation once per stream.
+
+Decryption never hands out plaintext that did not authenticate: a run of segments is opened
+into a buffer and copied to the caller only after every tag in it verified, and the final
+segment carries a flag in its nonce, so a stream cut at a segment boundary fails when its
+(apparent) last segment is read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import stat
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+from greenlang_crypto._core import (
+    STREAM_FIXED_LEN,
+    STREAM_MAGIC,
+    StreamDecryptor,
+    StreamEncryptor,
+    stream_header_len,
+    stream_plaintext_len,
+)
+from greenlang_crypto.exceptions import (
+    DecryptionError,
+    InvalidArgumentError,
+    InvalidEnvelopeError,
+    PayloadTooLargeError,
+)
+
+__all__ = [
+    "DecryptingReader",
+    "atomic_output",
+    "decrypt_to",
+    "encrypt_to",
+    "is_stream",
+    "read_header",
+]
+
+#: Plaintext bytes sealed per Rust call when encrypting (a few segments amortize the call and
+#: the write; more would only grow the buffers).
+RUN_BYTES = 1 << 20
+#: SEGMENT_OVERHEAD: the GCM tag every segment adds.
+TAG_LEN = 16
+
+
+class _Readable(Protocol):
+    def readinto(self, buffer: Any, /) -> int | None: ...
+
+
+class _Writable(Protocol):
+    def write(self, data: Any, /) -> int | None: ...
+
+
+def is_stream(prefix: bytes) -> bool:
+    """Whether ``prefix`` (the first bytes of a ciphertext) starts a stream, not an envelope."""
+    return len(prefix) > 0 and prefix[0] == STREAM_MAGIC
+
+
+class _IterReader(io.RawIOBase):
+    """A read-only raw file over an iterable of byte chunks (no copy of the whole)."""
+
+    def __init__(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
+        self._it: Iterator[bytes | bytearray | memoryview] = iter(chunks)
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        out = memoryview(buffer).cast("B")
+        while not len(self._pending):
+            try:
+                chunk = next(self._it)
+            except StopIteration:
+                return 0
+            if not isinstance(chunk, bytes | bytearray | memoryview):
+                raise TypeError("an iterable source must yield bytes-like chunks")
+            self._pending = memoryview(chunk).cast("B")
+        n = min(len(out), len(self._pending))
+        out[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+
+def as_reader(src: object) -> _Readable:
+    """``src`` as something with ``readinto``: a binary file object or an iterable of bytes.
+
+    Raises:
+        TypeError: ``src`` is a text file, bytes itself, or neither kind.
+    """
+    if isinstance(src, io.TextIOBase):
+        raise TypeError("src must be a binary file object, not a text file")
+    if hasattr(src, "readinto"):
+        return src
+    if hasattr(src, "read"):
+        return _ReadAdapter(src)
+    if isinstance(src, bytes | bytearray | memoryview | str):
+        raise TypeError("src must be a binary file object or an iterable of bytes chunks")
+    if isinstance(src, Iterable):
+        return _IterReader(src)
+    raise TypeError("src must be a binary file object or an iterable of bytes chunks")
+
+
+class _ReadAdapter:
+    """``readinto`` for objects that only have ``read`` (such as botocore's StreamingBody)."""
+
+    def __init__(self, src: Any) -> None:
+        self._src = src
+
+    def readinto(self, buffer: Any) -> int:
+        out = memoryview(buffer).cast("B")
+        data = self._src.read(len(out))
+        if not data:
+            return 0
+        out[: len(data)] = data
+        return len(data)
+
+
+def _fill(src: _Readable, view: memoryview) -> int:
+    """Reads until ``view`` is full or the source ends; returns the bytes read."""
+    got = 0
+    size = len(view)
+    while got < size:
+        n = src.readinto(view[got:])
+        if n is None:
+            raise InvalidArgumentError("non-blocking sources are not supported")
+        if n == 0:
+            break
+        got += n
+    return got
+
+
+def _write_all(dst: _Writable, view: memoryview) -> None:
+    # A raw file may write less than asked; buffered files and most others write everything.
+    while len(view):
+        n = dst.write(view)
+        if n is None:
+            raise InvalidArgumentError("non-blocking destinations are not supported")
+        if n >= len(view):
+            return
+        view = view[n:]
+
+
+def encrypt_to(
+    encryptor: StreamEncryptor,
+    src: object,
+    dst: _Writable,
+    *,
+    max_bytes: int,
+    threads: int = 1,
+    progress: Callable[[int], object] | None = None,
+) -> int:
+    """Writes the stream of ``src`` sealed by ``encryptor`` to ``dst``; returns plaintext bytes.
+
+    Two plaintext buffers alternate: a run is sealed only once the next read shows whether
+    more follows, since the final segment is sealed differently (its nonce flag).
+
+    Raises:
+        PayloadTooLargeError: More than ``max_bytes`` of plaintext (what was written so far is
+            an incomplete stream that does not decrypt).
+    """
+    reader = as_reader(src)
+    seg = encryptor.segment_size
+    run = max(seg, RUN_BYTES - RUN_BYTES % seg)
+    bufs = (bytearray(run), bytearray(run))
+    out = bytearray(encryptor.sealed_len(run, False) + TAG_LEN)
+    out_view = memoryview(out)
+    _write_all(dst, memoryview(encryptor.header))
+    cur = 0
+    have = _fill(reader, memoryview(bufs[cur]))
+    total = 0
+    while True:
+        nxt = 1 - cur
+        more = _fill(reader, memoryview(bufs[nxt])) if have == run else 0
+        last = more == 0
+        total += have
+        if total > max_bytes:
+            raise PayloadTooLargeError(f"stream exceeds the maximum of {max_bytes} bytes")
+        n = encryptor.sealed_len(have, last)
+        encryptor.seal_into(memoryview(bufs[cur])[:have], out_view[:n], last, threads)
+        _write_all(dst, out_view[:n])
+        if progress is not None:
+            progress(have)
+        if last:
+            return total
+        cur, have = nxt, more
+
+
+def read_header(src: _Readable) -> bytes:
+    """Reads a stream header from the start of ``src``.
+
+    Raises:
+        InvalidEnvelopeError: Not a stream, or a truncated or malformed header.
+        UnsupportedFormatError: A stream format version or algorithm this library lacks.
+    """
+    fixed = bytearray(STREAM_FIXED_LEN)
+    if _fill(src, memoryview(fixed)) < STREAM_FIXED_LEN:
+        raise InvalidEnvelopeError("truncated stream header")
+    hlen = stream_header_len(bytes(fixed))
+    header = bytearray(hlen)
+    header[:STREAM_FIXED_LEN] = fixed
+    if _fill(src, memoryview(header)[STREAM_FIXED_LEN:]) < hlen - STREAM_FIXED_LEN:
+        raise InvalidEnvelopeError("truncated stream header")
+    return bytes(header)
+
+
+class DecryptingReader(io.RawIOBase):
+    """A read-only raw file of the plaintext of a stream; seekable when its source is.
+
+    Made by :meth:`EncryptionService.open_decrypting`. Reads open whole runs of segments and
+    copy out only plaintext that authenticated; a failure raises the opaque
+    :class:`DecryptionError` (every later read fails too). On a seekable source, any byte range
+    opens only the segments that cover it. Closing the reader does not close the source unless
+    ``close_source`` was given.
+
+    Args:
+        src: The source, positioned just after the header.
+        decryptor: The decryptor whose header verified.
+        start: The source offset of the header (segments follow it).
+        on_close: Called once, with the plaintext bytes returned, when the reader closes.
+        close_source: Close ``src`` with the reader.
+        threads: Threads opening the segments of one run.
+    """
+
+    def __init__(
+        self,
+        src: Any,
+        decryptor: StreamDecryptor,
+        *,
+        start: int = 0,
+        on_close: Callable[[int], object] | None = None,
+        close_source: bool = False,
+        threads: int = 1,
+    ) -> None:
+        super().__init__()
+        self._src = src
+        self._reader = as_reader(src)
+        self._dec = decryptor
+        self._seg = decryptor.segment_size
+        self._sealed_seg = self._seg + TAG_LEN
+        self._body = start + decryptor.header_len
+        self._threads = threads
+        self._on_close = on_close
+        self._close_source = close_source
+        self._delivered = 0
+        self._failed = False
+        self._seekable = bool(getattr(src, "seekable", lambda: False)())
+        self._pos = 0
+        # Decrypted plaintext of segments [_buf_first, _buf_first + _buf_segs): _buf[:_buf_len].
+        self._run_segs = max(1, RUN_BYTES // self._seg)
+        self._plain = bytearray(self._run_segs * self._seg)
+        self._sealed = bytearray(self._run_segs * self._sealed_seg + 1)
+        self._buf_first = -1
+        self._buf_len = 0
+        self._size: int | None = None
+        self._segments: int | None = None
+        self._next_seg = 0  # sequential mode: the next segment the source delivers
+        self._ahead = 0  # sequential mode: bytes read ahead at the start of _sealed
+        self._eof = False
+        if self._seekable:
+            end = src.seek(0, os.SEEK_END)
+            size, segments = stream_plaintext_len(decryptor.header_len, self._seg, end - start)
+            self._size, self._segments = size, segments
+
+    # -- io.RawIOBase --------------------------------------------------------------------
+
+    def readable(self) -> bool:
+        """Always true."""
+        return True
+
+    def seekable(self) -> bool:
+        """True when the source is seekable."""
+        return self._seekable
+
+    def writable(self) -> bool:
+        """Always false."""
+        return False
+
+    def tell(self) -> int:
+        """The plaintext position."""
+        self._check_open()
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        """Moves the plaintext position; ``SEEK_END`` counts from the plaintext length.
+
+        Raises:
+            io.UnsupportedOperation: The source is not seekable.
+            ValueError: A negative position or an unknown ``whence``.
+        """
+        self._check_open()
+        if not self._seekable:
+            raise io.UnsupportedOperation("the source is not seekable")
+        assert self._size is not None
+        if whence == os.SEEK_SET:
+            pos = offset
+        elif whence == os.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == os.SEEK_END:
+            pos = self._size + offset
+        else:
+            raise ValueError(f"invalid whence ({whence})")
+        if pos < 0:
+            raise ValueError("negative seek position")
+        self._pos = pos
+        return pos
+
+    @property
+    def size(self) -> int | None:
+        """Plaintext length from the source length (seekable sources), else ``None``.
+
+        The length is proven only once the final segment has been read: a stream cut at a
+        segment boundary shows a shorter size and fails when its end is read.
+        """
+        return self._size
+
+    def readinto(self, buffer: Any) -> int:
+        """Reads plaintext into ``buffer``; returns the bytes read (0 at the end).
+
+        Raises:
+            DecryptionError: A segment does not authenticate, or the stream was cut or
+                extended (opaque; the reader is unusable afterwards).
+        """
+        self._check_open()
+        out = memoryview(buffer).cast("B")
+        if not len(out):
+            return 0
+        if self._failed:
+            raise DecryptionError()
+        try:
+            n = self._read(out)
+        except DecryptionError:
+            self._failed = True
+            self._buf_first, self._buf_len = -1, 0
+            raise DecryptionError() from None
+        self._delivered += n
+        return n
+
+    def readall(self) -> bytes:
+        """Reads to the end in runs of segments."""
+        parts: list[bytes] = []
+        while True:
+            chunk = self.read(len(self._plain))
+            if not chunk:
+                return b"".join(parts)
+            parts.append(chunk)
+
+    def close(self) -> None:
+        """Closes the reader (and the source with ``close_source``); reports the count once."""
+        if self.closed:
+            return
+        try:
+            if self._on_close is not None:
+                on_close, self._on_close = self._on_close, None
+                on_close(self._delivered)
+            if self._close_source:
+                self._src.close()
+        finally:
+            # Drop the plaintext buffers with the reader.
+            self._plain = bytearray()
+            super().close()
+
+    def __repr__(self) -> str:
+        return f"<DecryptingReader segment_size={self._seg} position={self._pos}>"
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+
+    def _read(self, out: memoryview) -> int:
+        view = self._next_view(len(out))
+        n = len(view)
+        out[:n] = view
+        return n
+
+    def _next_view(self, limit: int) -> memoryview:
+        """Up to ``limit`` plaintext bytes at the position, as a view of the run buffer."""
+        seg = self._seg
+        index = self._pos // seg
+        loaded = self._buf_first <= index < self._buf_first + self._run_segs_loaded()
+        if not loaded and not self._load(index):
+            return memoryview(b"")
+        offset = self._pos - self._buf_first * seg
+        if offset >= self._buf_len:
+            return memoryview(b"")
+        n = min(limit, self._buf_len - offset)
+        self._pos += n
+        return memoryview(self._plain)[offset : offset + n]
+
+    def read_view(self, limit: int) -> memoryview:
+        """Like :meth:`read`, without a copy: a view valid until the next read or seek.
+
+        Raises:
+            DecryptionError: As :meth:`readinto`.
+        """
+        self._check_open()
+        if self._failed:
+            raise DecryptionError()
+        try:
+            view = self._next_view(limit)
+        except DecryptionError:
+            self._failed = True
+            self._buf_first, self._buf_len = -1, 0
+            raise DecryptionError() from None
+        self._delivered += len(view)
+        return view
+
+    def _run_segs_loaded(self) -> int:
+        return -(-self._buf_len // self._seg) if self._buf_len else 0
+
+    def _load(self, index: int) -> bool:
+        """Opens the run of segments starting at ``index``; False past the end."""
+        if self._seekable:
+            return self._load_at(index)
+        return self._load_next(index)
+
+    def _load_at(self, index: int) -> bool:
+        assert self._segments is not None
+        if index >= self._segments:
+            return False
+        count = min(self._run_segs, self._segments - index)
+        last = index + count == self._segments
+        self._src.seek(self._body + index * self._sealed_seg)
+        want = count * self._sealed_seg
+        if last:
+            assert self._size is not None
+            want = self._size - index * self._seg + count * TAG_LEN
+        sealed = memoryview(self._sealed)[:want]
+        if _fill(self._reader, sealed) != want:
+            # The source shrank under us; what remains cannot be the stream that was opened.
+            raise DecryptionError()
+        self._open(index, sealed, last)
+        return True
+
+    def _load_next(self, index: int) -> bool:
+        if index < self._next_seg:
+            raise io.UnsupportedOperation("the source is not seekable")
+        while True:
+            if self._eof:
+                return False
+            sealed_run = self._run_segs * self._sealed_seg
+            view = memoryview(self._sealed)
+            # One byte more than a run tells whether another segment follows this run.
+            got = self._ahead + _fill(self._reader, view[self._ahead : sealed_run + 1])
+            last = got <= sealed_run
+            n = got if last else sealed_run
+            first = self._next_seg
+            self._open(first, view[:n], last)
+            count = -(-n // self._sealed_seg) if n else 1
+            self._next_seg = first + count
+            if last:
+                self._eof = True
+                self._ahead = 0
+            else:
+                view[0] = view[sealed_run]
+                self._ahead = 1
+            if index < self._next_seg:
+                return True
+
+    def _open(self, first: int, sealed: memoryview, last: bool) -> None:
+        n = self._dec.opened_len(len(sealed), last)
+        self._dec.open_into(first, sealed, memoryview(self._plain)[:n], last, self._threads)
+        self._buf_first = first
+        self._buf_len = n
+
+
+def decrypt_to(
+    reader: DecryptingReader,
+    dst: _Writable,
+    *,
+    start: int = 0,
+    end: int | None = None,
+    progress: Callable[[int], object] | None = None,
+) -> int:
+    """Copies the plaintext ``[start, end)`` of ``reader`` to ``dst``; returns bytes written.
+
+    On a source that cannot seek, the bytes before ``start`` are opened and discarded.
+    """
+    if start < 0 or (end is not None and end < start):
+        raise InvalidArgumentError("the range must satisfy 0 <= start <= end")
+    if start:
+        if reader.seekable():
+            reader.seek(start)
+        else:
+            skip = start
+            scratch = bytearray(min(skip, RUN_BYTES))
+            while skip:
+                n = reader.readinto(memoryview(scratch)[: min(skip, len(scratch))])
+                if not n:
+                    break
+                skip -= n
+    written = 0
+    while end is None or start + written < end:
+        want = RUN_BYTES if end is None else min(RUN_BYTES, end - start - written)
+        view = reader.read_view(want)
+        n = len(view)
+        if not n:
+            break
+        _write_all(dst, view)
+        written += n
+        if progress is not None:
+            progress(n)
+    return written
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """A file that replaces ``path`` only when the block succeeds; mode 0600 from the start.
+
+    The temporary file sits beside ``path`` (same file system, so the rename is atomic), is
+    created with ``O_EXCL`` and mode 0600 whatever the umask, and is removed on any error; an
+    existing ``path`` is left as it was until the rename.
+    """
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb", buffering=0) as f:
+            yield f
+            os.fsync(f.fileno())
+        tmp.replace(target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def regular_file_size(src: object) -> int | None:
+    """The size of ``src`` when it is a regular file (known before reading), else ``None``."""
+    fileno = getattr(src, "fileno", None)
+    if fileno is None:
+        return None
+    try:
+        st = os.fstat(fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    tell = getattr(src, "tell", None)
+    try:
+        pos = tell() if tell is not None else 0
+    except (OSError, io.UnsupportedOperation):
+        pos = 0
+    return max(0, st.st_size - pos)
