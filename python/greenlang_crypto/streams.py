@@ -290,6 +290,10 @@ class DecryptingReader(io.RawIOBase):
         """Always false."""
         return False
 
+    def write(self, data: Any, /) -> int:
+        """Always raises ``io.UnsupportedOperation``: the reader is read-only."""
+        raise io.UnsupportedOperation("the reader is read-only")
+
     def tell(self) -> int:
         """The plaintext position."""
         self._check_open()
@@ -384,17 +388,27 @@ class DecryptingReader(io.RawIOBase):
             raise ValueError("I/O operation on closed file")
 
     def _read(self, out: memoryview) -> int:
-        view = self._next_view(len(out))
-        n = len(view)
-        out[:n] = view
-        return n
+        # Fill the whole buffer unless the stream ends, as a regular file does: callers of
+        # ``read(n)`` rarely expect a short read before the end.
+        got = 0
+        while got < len(out):
+            view = self._next_view(len(out) - got)
+            n = len(view)
+            if not n:
+                break
+            out[got : got + n] = view
+            got += n
+        return got
 
     def _next_view(self, limit: int) -> memoryview:
         """Up to ``limit`` plaintext bytes at the position, as a view of the run buffer."""
         seg = self._seg
         index = self._pos // seg
         loaded = self._buf_first <= index < self._buf_first + self._run_segs_loaded()
-        if not loaded and not self._load(index):
+        # A seekable source gives only the segments this read covers (a ranged read touches
+        # nothing else); a pipe gives whole runs.
+        wanted = -(-(self._pos - index * seg + limit) // seg)
+        if not loaded and not self._load(index, wanted):
             return memoryview(b"")
         offset = self._pos - self._buf_first * seg
         if offset >= self._buf_len:
@@ -424,17 +438,17 @@ class DecryptingReader(io.RawIOBase):
     def _run_segs_loaded(self) -> int:
         return -(-self._buf_len // self._seg) if self._buf_len else 0
 
-    def _load(self, index: int) -> bool:
+    def _load(self, index: int, wanted: int) -> bool:
         """Opens the run of segments starting at ``index``; False past the end."""
         if self._seekable:
-            return self._load_at(index)
+            return self._load_at(index, wanted)
         return self._load_next(index)
 
-    def _load_at(self, index: int) -> bool:
+    def _load_at(self, index: int, wanted: int) -> bool:
         assert self._segments is not None
         if index >= self._segments:
             return False
-        count = min(self._run_segs, self._segments - index)
+        count = max(1, min(wanted, self._run_segs, self._segments - index))
         last = index + count == self._segments
         self._src.seek(self._body + index * self._sealed_seg)
         want = count * self._sealed_seg
