@@ -11,15 +11,17 @@ import argparse
 import contextlib
 import importlib
 import importlib.util
+import io
 import json
 import os
 import stat
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from greenlang_crypto._core import STREAM_DEFAULT_SEGMENT, STREAM_MAGIC
 from greenlang_crypto.config import EncryptionServiceConfig
 from greenlang_crypto.context import EncryptionContext
 from greenlang_crypto.exceptions import (
@@ -245,22 +247,167 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Prefixed:
+    """A source whose first bytes were already read (to tell a stream from an envelope)."""
+
+    def __init__(self, head: bytes, rest: Any) -> None:
+        self._head = memoryview(head)
+        self._rest = rest
+
+    def readinto(self, buffer: Any) -> int:
+        if len(self._head):
+            n = min(len(buffer), len(self._head))
+            buffer[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        return self._rest.readinto(buffer) or 0
+
+
+@contextlib.contextmanager
+def _input(path: str | None) -> Iterator[BinaryIO]:
+    """stdin, or the file at ``path`` opened unbuffered (the stream code reads big runs)."""
+    if path in (None, "-"):
+        yield sys.stdin.buffer
+        return
+    try:
+        f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below, errors are usage errors
+    except OSError as exc:
+        raise _UsageError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    with f:
+        yield f
+
+
+@contextlib.contextmanager
+def _output(path: str | None) -> Iterator[BinaryIO]:
+    """stdout, or a file replaced atomically when the block succeeds.
+
+    The file is written to a temporary file beside it, created 0600 (it ends with the mode
+    the replaced file had), and removed on any error.
+    """
+    if path in (None, "-"):
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    target = Path(path)
+    try:
+        mode = stat.S_IMODE(target.stat().st_mode)
+    except FileNotFoundError:
+        mode = 0o600
+    except OSError as exc:
+        raise _UsageError(f"cannot write {path}: {exc.strerror or type(exc).__name__}") from None
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        # O_EXCL with mode 0600 from the start: the plaintext is never readable by others.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise _UsageError(f"cannot write {path}: {exc.strerror or type(exc).__name__}") from None
+    try:
+        with os.fdopen(fd, "wb", buffering=0) as f:
+            yield f
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        tmp.replace(target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def _byte_progress(total: int | None, desc: str) -> Iterator[Callable[[int], object] | None]:
+    """A tqdm bar (bytes, rate, ETA) on a terminal; nothing when stderr is piped."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    try:
+        from tqdm import tqdm
+    except ImportError:  # the cli extra is not installed: no bar
+        yield None
+        return
+    bar = tqdm(
+        total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr
+    )
+    try:
+        yield bar.update
+    finally:
+        bar.close()
+
+
+def _input_size(src: BinaryIO) -> int | None:
+    try:
+        st = os.fstat(src.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
+def _parse_range(text: str | None) -> tuple[int, int | None]:
+    """``START:END`` (either side may be empty) as plaintext byte offsets, END exclusive."""
+    if text is None:
+        return 0, None
+    start_s, sep, end_s = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        start = int(start_s) if start_s else 0
+        end = int(end_s) if end_s else None
+    except ValueError:
+        raise _UsageError(f"--range expects START:END in bytes, got {text!r}") from None
+    if start < 0 or (end is not None and end < start):
+        raise _UsageError("--range needs 0 <= START <= END")
+    return start, end
+
+
 def cmd_encrypt(args: argparse.Namespace) -> int:
-    """Encrypts a file or stdin to a file or stdout."""
+    """Encrypts a file or stdin to a file or stdout: a stream, in constant memory."""
     svc = _service(args)
-    data = _read_input(args.input, svc.config.max_plaintext_bytes)
-    env = svc.encrypt(data, _context(args), key_reference=args.key_reference)
-    _write_output(args.output, env)
+    if args.envelope:
+        data = _read_input(args.input, svc.config.max_plaintext_bytes)
+        env = svc.encrypt(data, _context(args), key_reference=args.key_reference)
+        _write_output(args.output, env)
+        return 0
+    ctx = _context(args)
+    with (
+        _input(args.input) as src,
+        _output(args.output) as dst,
+        _byte_progress(_input_size(src), "encrypt") as progress,
+    ):
+        svc.encrypt_stream(
+            src,
+            dst,
+            ctx,
+            segment_size=args.segment_size,
+            key_reference=args.key_reference,
+            progress=progress,
+        )
     return 0
 
 
 def cmd_decrypt(args: argparse.Namespace) -> int:
-    """Decrypts a file or stdin to a file or stdout."""
+    """Decrypts a stream (any size, constant memory) or an envelope to a file or stdout."""
     svc = _service(args)
-    # An envelope adds a bounded header to its plaintext; 64 KiB covers the largest one.
-    limit = svc.config.max_plaintext_bytes + 65536
-    data = svc.decrypt(_read_input(args.input, limit), _context(args))
-    _write_output(args.output, data)
+    ctx = _context(args)
+    start, end = _parse_range(args.range)
+    with _input(args.input) as src:
+        seekable = src.seekable()
+        head = src.read(1) or b""
+        if seekable:
+            src.seek(0)
+        if head[:1] == bytes([STREAM_MAGIC]):
+            source: Any = src if seekable else _Prefixed(head, src)
+            with _output(args.output) as dst:
+                size = _input_size(src) if end is None else end - start
+                with _byte_progress(size, "decrypt") as progress:
+                    svc.decrypt_stream(source, dst, ctx, start=start, end=end, progress=progress)
+            return 0
+        # A single-shot envelope (what encrypt wrote before streams, or --envelope).
+        # An envelope adds a bounded header to its plaintext; 64 KiB covers the largest one.
+        limit = svc.config.max_plaintext_bytes + 65536
+        data = src.read(limit + 1) if seekable else head + src.read(limit + 1 - len(head))
+        if len(data) > limit:
+            raise PayloadTooLargeError(f"input is larger than {limit} bytes")
+    plaintext = svc.decrypt(data, ctx)
+    _write_output(args.output, plaintext[start:end])
     return 0
 
 
@@ -445,12 +592,28 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("-i", "--input", help="input file (default stdin)")
         sp.add_argument("-o", "--output", help="output file (default stdout)")
 
-    enc = sub.add_parser("encrypt", help="encrypt a file or stdin")
+    enc = sub.add_parser("encrypt", help="encrypt a file or stdin (any size, as a stream)")
     with_context(enc)
     enc.add_argument("--key-reference", choices=["stored", "inline"], default=None)
+    enc.add_argument(
+        "--segment-size",
+        type=int,
+        default=STREAM_DEFAULT_SEGMENT,
+        help="plaintext bytes per stream segment (65536..16777216; default 1 MiB)",
+    )
+    enc.add_argument(
+        "--envelope",
+        action="store_true",
+        help="write one single-shot envelope instead (inputs up to max_plaintext_bytes)",
+    )
     enc.set_defaults(func=cmd_encrypt)
-    dec = sub.add_parser("decrypt", help="decrypt a file or stdin")
+    dec = sub.add_parser("decrypt", help="decrypt a stream or an envelope from a file or stdin")
     with_context(dec)
+    dec.add_argument(
+        "--range",
+        metavar="START:END",
+        help="decrypt only the plaintext bytes START..END-1 (a stream opens only their segments)",
+    )
     dec.set_defaults(func=cmd_decrypt)
 
     keys = sub.add_parser("keys", help="manage key versions")

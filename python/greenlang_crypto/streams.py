@@ -166,8 +166,9 @@ def encrypt_to(
 ) -> int:
     """Writes the stream of ``src`` sealed by ``encryptor`` to ``dst``; returns plaintext bytes.
 
-    Two plaintext buffers alternate: a run is sealed only once the next read shows whether
-    more follows, since the final segment is sealed differently (its nonce flag).
+    One plaintext buffer (a run and one byte more) and one output buffer: a run is sealed
+    only once one byte beyond it shows whether more follows, since the final segment is sealed
+    differently (its nonce flag); that byte then starts the next run.
 
     Raises:
         PayloadTooLargeError: More than ``max_bytes`` of plaintext (what was written so far is
@@ -176,28 +177,29 @@ def encrypt_to(
     reader = as_reader(src)
     seg = encryptor.segment_size
     run = max(seg, RUN_BYTES - RUN_BYTES % seg)
-    bufs = (bytearray(run), bytearray(run))
+    buf = bytearray(run + 1)
+    view = memoryview(buf)
     out = bytearray(encryptor.sealed_len(run, False) + TAG_LEN)
     out_view = memoryview(out)
     _write_all(dst, memoryview(encryptor.header))
-    cur = 0
-    have = _fill(reader, memoryview(bufs[cur]))
+    ahead = 0
     total = 0
     while True:
-        nxt = 1 - cur
-        more = _fill(reader, memoryview(bufs[nxt])) if have == run else 0
-        last = more == 0
+        got = ahead + _fill(reader, view[ahead:])
+        last = got <= run
+        have = got if last else run
         total += have
         if total > max_bytes:
             raise PayloadTooLargeError(f"stream exceeds the maximum of {max_bytes} bytes")
         n = encryptor.sealed_len(have, last)
-        encryptor.seal_into(memoryview(bufs[cur])[:have], out_view[:n], last, threads)
+        encryptor.seal_into(view[:have], out_view[:n], last, threads)
         _write_all(dst, out_view[:n])
         if progress is not None:
             progress(have)
         if last:
             return total
-        cur, have = nxt, more
+        buf[0] = buf[run]
+        ahead = 1
 
 
 def read_header(src: _Readable) -> bytes:

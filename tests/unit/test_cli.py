@@ -25,7 +25,8 @@ def test_cli_round_trip_rotate_and_status(tmp_path: Path) -> None:
     assert run(tmp_path, "init").returncode == 0
     ctx = ["--tenant", "acme", "--data-class", "pii"]
     enc = run(tmp_path, "encrypt", *ctx, stdin=b"alice@example.com")
-    assert enc.returncode == 0 and enc.stdout[:1] == b"\xfa"
+    # A stream (0xFB) by default; `--envelope` writes a single-shot envelope (0xFA).
+    assert enc.returncode == 0 and enc.stdout[:1] == b"\xfb"
     assert run(tmp_path, "keys", "rotate").returncode == 0
     dec = run(tmp_path, "decrypt", *ctx, stdin=enc.stdout)
     assert dec.returncode == 0 and dec.stdout == b"alice@example.com"

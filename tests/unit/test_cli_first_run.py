@@ -133,12 +133,14 @@ def test_oversized_input_is_refused_before_it_is_read(tmp_path: Path) -> None:
     huge = tmp_path / "huge.bin"
     with huge.open("wb") as f:
         f.truncate(1 << 40)  # sparse: reading it all would take far longer than the timeout
-    res = run(data, "encrypt", *CTX, "-i", str(huge), GLC_MAX_PLAINTEXT_BYTES="1000")
-    assert "PayloadTooLargeError" in one_line_error(res)
-    piped = run(data, "encrypt", *CTX, stdin=b"x" * 1001, GLC_MAX_PLAINTEXT_BYTES="1000")
-    assert "PayloadTooLargeError" in one_line_error(piped)
-    exact = run(data, "encrypt", *CTX, stdin=b"x" * 1000, GLC_MAX_PLAINTEXT_BYTES="1000")
-    assert exact.returncode == 0
+    # encrypt writes a stream, bounded by stream_max_bytes; --envelope by max_plaintext_bytes.
+    for flag, var in (([], "GLC_STREAM_MAX_BYTES"), (["--envelope"], "GLC_MAX_PLAINTEXT_BYTES")):
+        res = run(data, "encrypt", *CTX, *flag, "-i", str(huge), **{var: "1000"})
+        assert "PayloadTooLargeError" in one_line_error(res)
+        piped = run(data, "encrypt", *CTX, *flag, stdin=b"x" * 1001, **{var: "1000"})
+        assert "PayloadTooLargeError" in one_line_error(piped)
+        exact = run(data, "encrypt", *CTX, *flag, stdin=b"x" * 1000, **{var: "1000"})
+        assert exact.returncode == 0
 
 
 def test_init_local_is_idempotent_across_processes(tmp_path: Path) -> None:
