@@ -423,8 +423,8 @@ def test_postgres_sink_chain_and_tamper(data_dir: Path) -> None:
     import psycopg
 
     dsn = url.replace("postgresql+psycopg://", "postgresql://", 1)
-    # The sink resolves its tables through search_path=encryption,public (V011 puts them in
-    # the encryption schema); start from a clean slate in both.
+    # The sink keeps its tables in the encryption schema (where V011 puts them) and moves a
+    # log an older release left in public there; start from a clean slate in both.
     with psycopg.connect(dsn, autocommit=True) as conn:
         for schema in ("encryption", "public"):
             conn.execute(f"DROP TABLE IF EXISTS {schema}.glc_audit")
@@ -435,7 +435,7 @@ def test_postgres_sink_chain_and_tamper(data_dir: Path) -> None:
     assert audit.verify().ok
     page = audit.query(AuditQuery(actor="op3"))
     assert [r.seq for r in page] == [4]
-    with psycopg.connect(dsn, autocommit=True, options="-c search_path=encryption,public") as conn:
+    with psycopg.connect(dsn, autocommit=True, options="-c search_path=encryption") as conn:
         conn.execute("UPDATE glc_audit SET actor = 'mallory' WHERE seq = 2")
     result = audit.verify()
     assert [(p.seq, p.kind) for p in result.problems] == [(2, "edited")]

@@ -1,7 +1,8 @@
 -- V012: key lifecycle across a fleet (greenlang-crypto).
 -- Idempotent, like V011. Adds the keyring change counter, the wrapping-key history and the
 -- instance table; adds the DEK use counters to stores created by V011 before it had them; and
--- moves a key store that an older release created in `public` into the `encryption` schema.
+-- moves a key store and an audit log that an older release created in `public` into the
+-- `encryption` schema.
 
 -- group: keystore
 CREATE SCHEMA IF NOT EXISTS encryption;
@@ -71,3 +72,31 @@ CREATE TABLE IF NOT EXISTS encryption.glc_instances (
     started_at DOUBLE PRECISION NOT NULL,
     last_seen DOUBLE PRECISION NOT NULL
 );
+
+-- group: audit
+-- Older audit sinks created their tables in `public` when the `encryption` schema was missing.
+-- Move them beside the key store, under the same rule: only when the `encryption` twin is
+-- missing or empty, so a chain is never split or merged silently.
+CREATE SCHEMA IF NOT EXISTS encryption;
+DO $$
+DECLARE
+    t TEXT;
+    has_rows BOOLEAN;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['glc_audit', 'glc_audit_meta']
+    LOOP
+        IF to_regclass('public.' || t) IS NULL THEN
+            CONTINUE;
+        END IF;
+        IF to_regclass('encryption.' || t) IS NOT NULL THEN
+            EXECUTE format('SELECT EXISTS (SELECT 1 FROM encryption.%I)', t) INTO has_rows;
+            IF has_rows THEN
+                RAISE WARNING 'public.% and encryption.% both hold rows; merge by hand', t, t;
+                CONTINUE;
+            END IF;
+            EXECUTE format('DROP TABLE encryption.%I', t);
+        END IF;
+        EXECUTE format('ALTER TABLE public.%I SET SCHEMA encryption', t);
+    END LOOP;
+END
+$$;

@@ -87,9 +87,10 @@ def statements(group: str, dialect: str, *, schema: str = _DEFAULT_SCHEMA) -> li
         schema: PostgreSQL schema for the tables (default ``encryption``, the migrations'
             own); a lowercase SQL identifier. Ignored for SQLite, which has no schemas.
 
-    Every statement is idempotent (``IF NOT EXISTS``, ``ON CONFLICT DO NOTHING``), except that
-    on SQLite an ``ALTER TABLE ... ADD COLUMN`` fails with "duplicate column" when the column
-    exists, which the caller treats as done.
+    With ``schema="public"`` the blocks that move tables an older release left in ``public``
+    are left out (there is nothing to move). Every statement is idempotent (``IF NOT EXISTS``,
+    ``ON CONFLICT DO NOTHING``), except that on SQLite an ``ALTER TABLE ... ADD COLUMN`` fails
+    with "duplicate column" when the column exists, which the caller treats as done.
 
     Raises:
         ValueError: Unknown group or dialect, or a schema that is not a plain identifier.
@@ -110,6 +111,9 @@ def statements(group: str, dialect: str, *, schema: str = _DEFAULT_SCHEMA) -> li
                 out.append(converted)
         elif schema == _DEFAULT_SCHEMA:
             out.append(statement)
+        elif schema == "public" and statement.upper().startswith("DO") and "'public." in statement:
+            # The blocks that move tables out of `public` would move them onto themselves.
+            continue
         else:
             out.append(re.sub(r"\bencryption\b", schema, statement))
     return out

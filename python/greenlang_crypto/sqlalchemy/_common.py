@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from greenlang_crypto._core import ENVELOPE_MAGIC
 from greenlang_crypto.context import EncryptionContext
 from greenlang_crypto.exceptions import InvalidArgumentError
 
@@ -28,9 +29,9 @@ __all__ = [
     "row_aad",
 ]
 
-#: First byte of every envelope (docs/FORMAT.md). It never occurs in UTF-8, so a stored text
-#: value and an envelope cannot be confused.
-ENVELOPE_MAGIC = 0xFA
+# ENVELOPE_MAGIC, the first byte of every envelope (docs/FORMAT.md), comes from the Rust core,
+# its one home. It never occurs in UTF-8, so a stored text value and an envelope cannot be
+# confused.
 
 #: An EncryptionService, or a zero-argument callable returning one (so that models can be
 #: declared at import time, before the application has built its service).

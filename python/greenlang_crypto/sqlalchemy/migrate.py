@@ -55,6 +55,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import re
 import secrets
 import socket
 import time
@@ -68,11 +69,13 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from greenlang_crypto import parse_envelope
+from greenlang_crypto._core import ENVELOPE_MAGIC
 from greenlang_crypto.exceptions import (
     GreenlangCryptoError,
     InvalidArgumentError,
     KeyStateError,
 )
+from greenlang_crypto.sql import statements
 from greenlang_crypto.sqlalchemy._common import ContextCache, is_envelope, location_aad, row_aad
 from greenlang_crypto.sqlalchemy.blind_index import BlindIndex, Normalizer
 
@@ -356,6 +359,9 @@ class ColumnJob:
             raise InvalidArgumentError("column jobs run on PostgreSQL")
         if not 1 <= batch_size <= 10_000:
             raise InvalidArgumentError("batch_size must be in 1..10000")
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", state_schema):
+            # The job tables come from the packaged DDL, which names its schema unquoted.
+            raise InvalidArgumentError("state_schema must be a lowercase SQL identifier")
         self.engine = engine
         self.service = service
         self.spec = spec
@@ -432,14 +438,17 @@ class ColumnJob:
         return self._pk_type
 
     def ensure_tables(self) -> None:
-        """Creates the job and quarantine tables if missing (V011 creates them too)."""
+        """Creates the job and quarantine tables if missing, from the packaged migrations.
+
+        The DDL is the ``jobs`` group of the ``sql/`` files (what ``db migrate`` creates), in
+        ``state_schema``.
+        """
         with self.engine.begin() as conn:
-            n = self._names(conn)
             # Concurrent workers would race on CREATE ... IF NOT EXISTS (catalog unique index).
             conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('glc_job_tables'))"))
             conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {_quote(conn, self.state_schema)}"))
-            conn.execute(text(_RANGES_DDL.format(ranges=n["ranges"])))
-            conn.execute(text(_QUARANTINE_DDL.format(quarantine=n["quarantine"])))
+            for statement in statements("jobs", "postgresql", schema=self.state_schema):
+                conn.execute(text(statement))
 
     def reset(self) -> None:
         """Forgets every run of this job (ranges and checkpoints; a later run starts over)."""
@@ -852,7 +861,7 @@ class ColumnJob:
         if self.mode == "encrypt":
             with self.engine.connect() as conn:
                 t, col = _quote(conn, self.spec.table), _quote(conn, self.spec.column)
-                envelope = f"octet_length({col}) > 0 AND get_byte({col}, 0) = 250"
+                envelope = f"octet_length({col}) > 0 AND get_byte({col}, 0) = {ENVELOPE_MAGIC:d}"
                 found = conn.execute(
                     text(f"SELECT count(*) FROM {t} WHERE {col} IS NOT NULL AND NOT ({envelope})")
                 ).scalar()
@@ -979,7 +988,7 @@ def _version_byte(value: bytes) -> int:
 def enforce_ciphertext(engine: Engine, spec: ColumnSpec, *, add_constraint: bool = True) -> None:
     """Phase 2: fails if any value is not an envelope, then keeps new plaintext out.
 
-    The check is ``col IS NULL OR get_byte(col, 0) = 250`` (0xFA, the envelope magic byte);
+    The check is ``col IS NULL OR get_byte(col, 0) = 250`` (``ENVELOPE_MAGIC``, 0xFA);
     with ``add_constraint`` it becomes a CHECK constraint ``glc_<column>_is_envelope``.
 
     Raises:
@@ -987,7 +996,8 @@ def enforce_ciphertext(engine: Engine, spec: ColumnSpec, *, add_constraint: bool
     """
     with engine.begin() as conn:
         t, col = _quote(conn, spec.table), _quote(conn, spec.column)
-        predicate = f"{col} IS NULL OR (octet_length({col}) > 0 AND get_byte({col}, 0) = 250)"
+        magic = f"get_byte({col}, 0) = {ENVELOPE_MAGIC:d}"
+        predicate = f"{col} IS NULL OR (octet_length({col}) > 0 AND {magic})"
         bad = conn.execute(text(f"SELECT count(*) FROM {t} WHERE NOT ({predicate})")).scalar()
         if bad:
             raise PlaintextFoundError(f"{bad} row(s) of {spec.table}.{spec.column} hold plaintext")
@@ -1022,28 +1032,3 @@ def retire_if_clear(
         raise KeyStateError(f"rows remain below version {min_version}: {counts}")
     jobs[0].service.retire_versions_below(min_version, delete_stored_deks=delete_stored_deks)
     return counts
-
-
-_RANGES_DDL = """CREATE TABLE IF NOT EXISTS {ranges} (
-    job TEXT NOT NULL,
-    range_id INTEGER NOT NULL,
-    lo TEXT,
-    hi TEXT,
-    last_pk TEXT,
-    state TEXT NOT NULL DEFAULT 'pending',
-    owner TEXT,
-    lease_until TIMESTAMPTZ,
-    processed BIGINT NOT NULL DEFAULT 0,
-    PRIMARY KEY (job, range_id)
-)"""
-
-_QUARANTINE_DDL = """CREATE TABLE IF NOT EXISTS {quarantine} (
-    job TEXT NOT NULL,
-    table_name TEXT NOT NULL,
-    column_name TEXT NOT NULL,
-    pk TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    key_version INTEGER,
-    detected_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-    PRIMARY KEY (job, pk)
-)"""

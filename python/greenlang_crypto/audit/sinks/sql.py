@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -17,6 +18,7 @@ from greenlang_crypto.audit.chain import _HEAD_META, ChainKey
 from greenlang_crypto.audit.records import AuditEntry, AuditRecord
 from greenlang_crypto.audit.sinks.base import AuditQuery, AuditRecordRejectedError
 from greenlang_crypto.exceptions import AuditSinkUnavailableError, ConfigurationError
+from greenlang_crypto.sql import statements
 
 _PROBE_META = "probe"
 
@@ -98,15 +100,8 @@ class _SqlAuditSink:
         raise NotImplementedError
 
     def _schema(self) -> list[str]:
-        return [
-            "CREATE TABLE IF NOT EXISTS glc_audit (seq BIGINT PRIMARY KEY, time TEXT NOT NULL, "
-            "actor TEXT NOT NULL, action TEXT NOT NULL, outcome TEXT NOT NULL, key_id TEXT, "
-            "key_version INTEGER, context_digest TEXT, data_class TEXT, request_id TEXT, "
-            "reason TEXT, details TEXT NOT NULL, hmac TEXT NOT NULL)",
-            "CREATE INDEX IF NOT EXISTS glc_audit_time ON glc_audit (time)",
-            "CREATE TABLE IF NOT EXISTS glc_audit_meta "
-            "(name TEXT PRIMARY KEY, value TEXT NOT NULL)",
-        ]
+        """The DDL run once per connection: the ``audit`` group of the packaged migrations."""
+        raise NotImplementedError
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", self._ph)
@@ -342,14 +337,17 @@ class SqliteAuditSink(_SqlAuditSink):
         conn.execute("PRAGMA synchronous=FULL")
         return conn
 
+    def _schema(self) -> list[str]:
+        return statements("audit", "sqlite")
+
     def _begin_write(self, cur: Any) -> None:
         # Take the write lock before reading the tail, so two processes never chain after the
         # same record; SQLite's busy timeout bounds the wait.
         cur.execute("BEGIN IMMEDIATE")
 
 
-#: Where the PostgreSQL sink finds its tables: the V011 migration's schema, else public.
-_SEARCH_PATH = "-c search_path=encryption,public"
+#: Advisory lock id serializing appends (and the DDL at connect) across instances.
+_PG_LOCK = 7304118432
 
 
 class PostgresAuditSink(_SqlAuditSink):
@@ -362,8 +360,11 @@ class PostgresAuditSink(_SqlAuditSink):
 
     _ph = "%s"
 
-    def __init__(self, url: str, *, timeout: float = 2.0) -> None:
+    def __init__(self, url: str, *, timeout: float = 2.0, schema: str = "encryption") -> None:
         super().__init__()
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", schema):
+            raise ConfigurationError("audit schema must be a lowercase SQL identifier")
+        self.schema = schema
         self._dsn = url.replace("postgresql+psycopg://", "postgresql://", 1)
         self.timeout = timeout
         self.description = "postgresql://…@" + self._dsn.split("@")[-1]
@@ -379,11 +380,21 @@ class PostgresAuditSink(_SqlAuditSink):
         return psycopg.connect(
             self._dsn,
             connect_timeout=max(1, int(self.timeout + 0.999)),
-            # The V011 migration creates the audit tables in the `encryption` schema; without
-            # it they are created in `public` (search_path skips a missing schema).
-            options=f"-c statement_timeout={ms} -c lock_timeout={ms} {_SEARCH_PATH}",
+            # Unqualified names resolve in the audit schema only (where the V011 migration and
+            # _schema() create the tables), never in a stale copy elsewhere on the path.
+            options=f"-c statement_timeout={ms} -c lock_timeout={ms} -c search_path={self.schema}",
         )
+
+    def _schema(self) -> list[str]:
+        # Serialized: instances connecting at once would race on CREATE TABLE IF NOT EXISTS
+        # (PostgreSQL's catalog unique index). Tables an older release left in `public` move
+        # here (the V012 migration's audit part).
+        return [
+            f"SELECT pg_advisory_xact_lock({_PG_LOCK})",
+            f"CREATE SCHEMA IF NOT EXISTS {self.schema}",
+            *statements("audit", "postgresql", schema=self.schema),
+        ]
 
     def _begin_write(self, cur: Any) -> None:
         # One chain across instances: a transaction-scoped advisory lock serializes appends.
-        cur.execute("SELECT pg_advisory_xact_lock(7304118432)")
+        cur.execute(f"SELECT pg_advisory_xact_lock({_PG_LOCK})")
