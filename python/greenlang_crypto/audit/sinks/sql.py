@@ -328,7 +328,21 @@ class SqliteAuditSink(_SqlAuditSink):
     def _connect(self) -> Any:
         # Created 0600 (in a 0700 directory) before SQLite opens it: SQLite would create it
         # 0666 & ~umask, and gives its -wal and -shm files the database file's mode.
-        ensure_private_file(self.path)
+        try:
+            ensure_private_file(self.path)
+        except PermissionError:
+            if not self.path.is_file():
+                raise
+            # A log this process may read but not write (a read-only mount, an immutable
+            # evidence copy): open it read-only, so verify and tail still work and every
+            # write fails as an outage, instead of the log being unreadable.
+            return sqlite3.connect(
+                self.path.resolve().as_uri() + "?mode=ro",
+                uri=True,
+                timeout=self.timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
         # Autocommit mode: writes open their transaction explicitly (BEGIN IMMEDIATE).
         conn = sqlite3.connect(
             self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
