@@ -232,6 +232,10 @@ def service_checks() -> list[Check]:
         from benches import gate_redis
 
         checks += gate_redis.checks()
+    # Streams: file to file on 256 MiB (tmpfs when there is one), buffers, threads, memory.
+    from benches import gate_streams
+
+    checks += gate_streams.checks()
     try:
         from benches import gate_observability
     except ImportError:  # prometheus_client is an optional dependency

@@ -182,12 +182,22 @@ def encrypt_to(
     out = bytearray(encryptor.sealed_len(run, False) + TAG_LEN)
     out_view = memoryview(out)
     _write_all(dst, memoryview(encryptor.header))
+    # A regular file says how much follows, so most runs need no look-ahead byte and reads
+    # stay aligned to whole runs (which the page cache and tmpfs copy fastest). Should the file
+    # shrink meanwhile, the next run is an empty final segment, which is valid.
+    expected = regular_file_size(src)
     ahead = 0
     total = 0
     while True:
-        got = ahead + _fill(reader, view[ahead:])
-        last = got <= run
-        have = got if last else run
+        carry = False
+        if expected is not None and total + run < expected:
+            have = ahead + _fill(reader, view[ahead:run])
+            last = have < run
+        else:
+            got = ahead + _fill(reader, view[ahead:])
+            last = got <= run
+            have = got if last else run
+            carry = not last
         total += have
         if total > max_bytes:
             raise PayloadTooLargeError(f"stream exceeds the maximum of {max_bytes} bytes")
@@ -198,8 +208,9 @@ def encrypt_to(
             progress(have)
         if last:
             return total
-        buf[0] = buf[run]
-        ahead = 1
+        if carry:
+            buf[0] = buf[run]
+        ahead = int(carry)
 
 
 def read_header(src: _Readable) -> bytes:

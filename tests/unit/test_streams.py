@@ -606,3 +606,54 @@ def test_async_variants_do_not_block_the_loop(svc: EncryptionService, tmp_path: 
     assert (tmp_path / "dec").read_bytes() == pt
     # The loop kept running while the work happened on worker threads.
     assert ticks > 4
+
+
+@pytest.mark.parametrize("size", [(1 << 20) - 1, 1 << 20, 2 << 20, (3 << 20) + 5])
+def test_files_over_several_runs(svc: EncryptionService, tmp_path: Path, size: int) -> None:
+    # A regular file's size spares the look-ahead byte between runs (of 1 MiB).
+    pt = data(size, size)
+    src, enc, out = tmp_path / "in", tmp_path / "enc", tmp_path / "out"
+    src.write_bytes(pt)
+    assert svc.encrypt_file(src, enc, CTX, segment_size=SEG) == size
+    header = parse_stream_header(enc.read_bytes()[:4096])
+    assert enc.stat().st_size == header.header_len + size + 16 * max(1, -(-size // SEG))
+    svc.decrypt_file(enc, out, CTX)
+    assert out.read_bytes() == pt
+
+
+def test_a_file_that_shrinks_or_grows_while_read(svc: EncryptionService, tmp_path: Path) -> None:
+    class Changing(io.RawIOBase):
+        """A regular file that changes length after its first read (as a log file might)."""
+
+        def __init__(self, path: Path, change: Any) -> None:
+            self._f = path.open("r+b", buffering=0)
+            self._change = change
+
+        def readable(self) -> bool:
+            return True
+
+        def fileno(self) -> int:
+            return self._f.fileno()
+
+        def readinto(self, b: Any) -> int:
+            n = self._f.readinto(b) or 0
+            if self._change is not None:
+                self._change(self._f)
+                self._change = None
+            return n
+
+        def close(self) -> None:
+            self._f.close()
+            super().close()
+
+    path = tmp_path / "log"
+    for change, expect in [
+        (lambda f: f.truncate(1 << 20), data(1 << 20, 5)),
+        (lambda f: os.pwrite(f.fileno(), b"more", 3 << 20), data(3 << 20, 5) + b"more"),
+    ]:
+        path.write_bytes(data(3 << 20, 5))
+        out = io.BytesIO()
+        with Changing(path, change) as src:
+            assert svc.encrypt_stream(src, out, CTX, segment_size=SEG) == len(expect)
+        with svc.open_decrypting(io.BytesIO(out.getvalue()), CTX) as r:
+            assert r.read() == expect
