@@ -8,10 +8,12 @@ from typing_extensions import Buffer
 __all__ = [
     "AESGCM",
     "ALG_AES_256_GCM",
+    "BRANCH_SALT_LEN",
     "DETACH_THRESHOLD",
     "ENVELOPE_MAGIC",
     "FORMAT_VERSION",
     "GCM_MAX_PLAINTEXT",
+    "KIND_BRANCH",
     "KIND_INLINE",
     "KIND_STORED",
     "MAX_KEY_ID_LEN",
@@ -35,10 +37,15 @@ __all__ = [
     "StreamDecryptor",
     "StreamEncryptor",
     "StreamHeader",
+    "branch_cache_prefix",
+    "branch_data_key",
+    "branch_sealer",
+    "branch_stats",
     "canonical_context",
     "constant_time_eq",
     "context_digest",
     "core_stats",
+    "dek_cache_id",
     "export_key_bytes",
     "hazmat_stream_encryptor",
     "inline_key_ref_id",
@@ -66,6 +73,10 @@ ALG_AES_256_GCM: Final[int]
 KIND_INLINE: Final[int]
 #: Key reference kind byte: a DEK id pointing into the key store.
 KIND_STORED: Final[int]
+#: Key reference kind byte: a branch key id and salt; the DEK is derived from the branch key.
+KIND_BRANCH: Final[int]
+#: Length of the random salt in a branch key reference.
+BRANCH_SALT_LEN: Final[int]
 #: Longest provider name an inline envelope may carry.
 MAX_PROVIDER_LEN: Final[int]
 #: Longest wrapping key id an inline envelope may carry.
@@ -150,6 +161,10 @@ class EnvelopeHeader:
     def wrapped_dek(self) -> bytes | None: ...
     @property
     def dek_id(self) -> int | None: ...
+    @property
+    def branch_id(self) -> int | None:
+        """Key-store branch key id (branch references only)."""
+
     @property
     def context_digest(self) -> bytes | None: ...
     @property
@@ -291,6 +306,50 @@ def live_data_keys() -> int:
     """Data keys (DEKs, master and index root keys) alive in this process, in any holder."""
 
 def random_bytes(n: int) -> bytes: ...
+
+# -- Branch keys (DEKs derived from a branch key with HKDF-SHA256) -------------------------
+
+def branch_sealer(
+    branch_key: DataKey,
+    *,
+    branch_id: int,
+    key_version: int,
+    context: Buffer,
+    max_messages: int | None = None,
+    max_bytes: int | None = None,
+) -> EnvelopeSealer:
+    """A sealer for ``context`` under a DEK freshly derived from ``branch_key`` (new salt).
+
+    Its envelopes carry the branch key reference (``branch_id`` and the salt) and
+    ``key_version``.
+    """
+
+def branch_data_key(
+    branch_key: DataKey,
+    envelope: Buffer,
+    context: Buffer,
+    *,
+    max_messages: int | None = None,
+    max_bytes: int | None = None,
+) -> DataKey:
+    """The DEK a branch envelope was sealed with, derived again from its branch key.
+
+    Raises:
+        InvalidArgumentError: The envelope has no branch key reference.
+    """
+
+def dek_cache_id(envelope: Buffer, context: Buffer) -> bytes:
+    """The decryption-cache id of the DEK ``envelope`` refers to under ``context``.
+
+    Equal to ``EnvelopeHeader.key_ref_id`` for stored and inline references; for branch
+    references it also covers the context, because the derived DEK depends on it.
+    """
+
+def branch_cache_prefix(branch_id: int) -> bytes:
+    """The cache-id prefix of every DEK derived from branch key ``branch_id``."""
+
+def branch_stats() -> dict[str, int]:
+    """Branch-key counters kept in Rust atomics: ``{"derivations": n}``."""
 
 # -- Stream format v1 (segmented AEAD for large objects) ----------------------------------
 

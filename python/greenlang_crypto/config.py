@@ -18,7 +18,8 @@ from greenlang_crypto.exceptions import ConfigurationError
 __all__ = ["EncryptionServiceConfig", "default_data_dir"]
 
 _PROVIDERS = ("local", "aws-kms")
-_REFERENCES = ("stored", "inline")
+_REFERENCES = ("stored", "inline", "branch")
+_BRANCH_SCOPES = ("service", "tenant")
 
 
 def default_data_dir() -> Path:
@@ -37,7 +38,13 @@ class EncryptionServiceConfig:
         kms_key_ids: KMS key ARNs, primary first, then multi-region replicas.
         kms_region: Region for a bare key id or alias.
         kms_endpoint_url: Endpoint override (tests, VPC endpoints).
-        key_reference: ``stored`` (compact envelopes, DEK in the key store) or ``inline``.
+        key_reference: ``stored`` (compact envelopes, DEK in the key store), ``inline``, or
+            ``branch`` (DEKs derived from branch keys: KMS calls independent of the tenant
+            count; see :mod:`greenlang_crypto.keys.branch`).
+        branch_key_scope: With branch keys, ``tenant`` (one branch key per tenant; deleting
+            it crypto-shreds the tenant) or ``service`` (one shared branch key).
+        key_cache_url: ``redis://...`` of a shared cache of wrapped key records for a fleet
+            (optional; never holds a plaintext key).
         cache_ttl_seconds: DEK cache TTL; at most 300 s by policy.
         cache_max_entries: DEK cache entry bound.
         max_messages_per_dek: Seals per DEK before a new one is fetched (<= 2**32).
@@ -61,6 +68,8 @@ class EncryptionServiceConfig:
     kms_region: str | None = None
     kms_endpoint_url: str | None = None
     key_reference: str = "stored"
+    branch_key_scope: str = "tenant"
+    key_cache_url: str | None = None
     cache_ttl_seconds: float = 300.0
     cache_max_entries: int = 1000
     max_messages_per_dek: int = 2**24
@@ -78,6 +87,11 @@ class EncryptionServiceConfig:
             raise ConfigurationError("provider aws-kms needs at least one kms_key_ids entry")
         if self.key_reference not in _REFERENCES:
             raise ConfigurationError(f"key_reference must be one of {_REFERENCES}")
+        if self.branch_key_scope not in _BRANCH_SCOPES:
+            raise ConfigurationError(f"branch_key_scope must be one of {_BRANCH_SCOPES}")
+        cache_url = self.key_cache_url
+        if cache_url is not None and not cache_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigurationError("key_cache_url must be redis://, rediss:// or unix://")
         if not 0 < self.cache_ttl_seconds <= 300:
             raise ConfigurationError("cache_ttl_seconds must be in (0, 300]")
         if not 1 <= self.cache_max_entries <= 1_000_000:

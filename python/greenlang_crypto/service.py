@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from greenlang_crypto import streams as _streams
 from greenlang_crypto._core import (
@@ -63,6 +63,12 @@ from greenlang_crypto.exceptions import (
     KeyVersionUnavailableError,
     PayloadTooLargeError,
 )
+from greenlang_crypto.keys.branch import (
+    BRANCH_DEK_PREFIX,
+    BranchKeys,
+    ScopeMapper,
+    dek_cache_id,
+)
 from greenlang_crypto.keys.index_keys import INDEX_ROOT_CONTEXT, IndexKeys
 from greenlang_crypto.keys.keyring import Keyring, KeyringSnapshot
 from greenlang_crypto.keys.store import (
@@ -81,12 +87,19 @@ from greenlang_crypto.providers.base import (
     RotatesKeyOnDemand,
 )
 
+if TYPE_CHECKING:
+    from greenlang_crypto._core import EnvelopeHeader
+    from greenlang_crypto.redis_cache import RedisKeyCache
+
 __all__ = ["EncryptionService", "RotationResult", "ServiceStatus"]
 
 _log = logging.getLogger("greenlang_crypto.service")
 _FLIGHT_STRIPES = 256
 #: Stored DEK ids are 63-bit (the databases' signed BIGINT); headers may carry any 64 bits.
 _MAX_DEK_ID = 2**63
+#: Key-reference kinds: a DEK id in the key store, the wrapped DEK in the envelope, or a
+#: branch key id and salt (the DEK derived from a branch key).
+_REFERENCES = ("stored", "inline", "branch")
 
 ContextLike = EncryptionContext | Mapping[str, str]
 
@@ -184,6 +197,11 @@ class EncryptionService:
         key_store: A key store to use instead of the one the config describes.
         observers: Receivers of service events (audit, metrics); see :mod:`.events`.
         per_operation_events: Also emit an event for every encrypt and decrypt.
+        branch_scope: Which branch key a context uses with ``key_reference="branch"``:
+            ``service``, ``tenant`` or a callable mapping a context to a scope name
+            (default: ``config.branch_key_scope``); see :mod:`.keys.branch`.
+        key_cache: A shared Redis cache of wrapped key records (default: built from
+            ``config.key_cache_url`` when set); see :mod:`.redis_cache`.
 
     Raises:
         ConfigurationError: The configuration is unusable (for example no master key yet).
@@ -197,6 +215,8 @@ class EncryptionService:
         key_store: KeyStore | None = None,
         observers: Iterable[ServiceObserver] = (),
         per_operation_events: bool = False,
+        branch_scope: str | ScopeMapper | None = None,
+        key_cache: RedisKeyCache | None = None,
     ) -> None:
         self.config = config or EncryptionServiceConfig()
         self._observers: tuple[ServiceObserver, ...] = tuple(observers)
@@ -233,6 +253,7 @@ class EncryptionService:
             self._first_version,
             refresh_seconds=self.config.keyring_refresh_seconds,
         )
+        self._branches = self._build_branch_keys(branch_scope, key_cache)
         self._apply_snapshot(None, self._keyring.snapshot)
         # The keyring (and its thread) must not keep the service alive: weak callbacks.
         on_change = weakref.WeakMethod(self._apply_snapshot)
@@ -325,6 +346,27 @@ class EncryptionService:
             endpoint_url=self.config.kms_endpoint_url,
         )
 
+    def _build_branch_keys(
+        self, scope: str | ScopeMapper | None, key_cache: RedisKeyCache | None
+    ) -> BranchKeys:
+        if key_cache is None and self.config.key_cache_url:
+            from greenlang_crypto.redis_cache import RedisKeyCache
+
+            key_cache = RedisKeyCache.from_url(
+                self.config.key_cache_url, ttl_seconds=self.config.cache_ttl_seconds
+            )
+        keyring = self._keyring
+        return BranchKeys(
+            self.store,
+            self.provider,
+            scope or self.config.branch_key_scope,
+            ttl=self.config.cache_ttl_seconds,
+            max_entries=self.config.cache_max_entries,
+            epoch=lambda: keyring.snapshot.epoch,
+            shared_cache=key_cache,
+            emit=self._emit,
+        )
+
     def _first_version(self) -> tuple[str, str]:
         return self.provider.name, self._initial_wrapping_key()
 
@@ -360,6 +402,24 @@ class EncryptionService:
                 retired = {r.version for r in new.index_keys if r.state == "retired"}
                 for version in retired:
                     self._index.forget(version)
+            if old is not None and old.epoch != new.epoch:
+                self._apply_branch_changes()
+
+    def _apply_branch_changes(self) -> None:
+        """Follows branch-key rotations and deletions made by any instance.
+
+        New DEKs are derived from the current branch keys (the branch encryption cache starts
+        over: a derivation costs no KMS call); after a deletion or rewrap, DEKs derived from
+        branch keys are dropped from the decryption cache too.
+        """
+        try:
+            dropped = self._branches.apply_changes()
+        except Exception as exc:  # the store is down: the next epoch change retries
+            _log.warning("branch key changes not loaded: %s", type(exc).__name__)
+            return
+        self._replace_enc_caches(only="branch")
+        if dropped:
+            self._dec_cache.remove_prefix(BRANCH_DEK_PREFIX)
 
     def _purge_expired(self) -> None:
         """Drops every cached key past its TTL (called by the keyring's background thread)."""
@@ -367,6 +427,7 @@ class EncryptionService:
         for cache in self._enc_caches.values():
             cache.purge_expired()
         self._index.purge()
+        self._branches.purge()
         self._prune_usage()
 
     def _initial_wrapping_key(self) -> str:
@@ -376,22 +437,27 @@ class EncryptionService:
             return str(self.provider.current_key_id())
         raise ConfigurationError("cannot determine the wrapping key id for version 1")
 
-    def _replace_enc_caches(self) -> None:
+    def _replace_enc_caches(self, only: str | None = None) -> None:
         """Starts new encryption caches (one per key-reference kind), keyed by canonical context.
 
         Caches are replaced rather than cleared when the primary version changes: a thread
         that was fetching a DEK for the old version puts it into the old, unreachable cache,
-        so new writes can never pick up a stale version.
+        so new writes can never pick up a stale version. ``only`` replaces one kind's cache
+        (``branch`` after a branch-key rotation).
         """
         old = getattr(self, "_enc_caches", None)
         if old is not None:
-            for cache in old.values():
+            for ref, cache in old.items():
+                if only is not None and ref != only:
+                    continue
                 for label, (ops, nbytes) in cache.counts().items():
                     self._retired_enc_counts[label] += ops
                     self._retired_enc_bytes[label] += nbytes
         caches = {
             ref: DekCache(self.config.cache_max_entries, self._cache_ttl)
-            for ref in ("stored", "inline")
+            if old is None or only is None or ref == only
+            else old[ref]
+            for ref in _REFERENCES
         }
         self._enc_caches = caches
         self._enc_cache = caches[self._default_reference]
@@ -530,6 +596,10 @@ class EncryptionService:
     def _new_sealer(
         self, version: KeyVersion, ctx: EncryptionContext, reference: str
     ) -> EnvelopeSealer:
+        if reference == "branch":
+            # Derived in Rust from the scope's branch key: no KMS call unless the branch key
+            # is not unwrapped in this process yet (once per TTL).
+            return self._branches.sealer(version, ctx, self._limits)
         started = time.perf_counter()
         generated = self.provider.generate_data_key(version.wrapping_key_id, ctx, self._limits)
         self._emit(
@@ -634,8 +704,8 @@ class EncryptionService:
             reference = self._default_reference
             out = self._enc_cache.seal(ctx._canonical, data, aad, self._refresh_after)
         else:
-            if key_reference not in ("stored", "inline"):
-                raise InvalidArgumentError("key_reference must be 'stored' or 'inline'")
+            if key_reference not in _REFERENCES:
+                raise InvalidArgumentError("key_reference must be 'stored', 'inline' or 'branch'")
             reference = key_reference
             out = self._enc_caches[reference].seal(ctx._canonical, data, aad, self._refresh_after)
         if out is None:
@@ -690,8 +760,8 @@ class EncryptionService:
         aads = list(associated_data) if associated_data is not None else None
         if aads is not None and len(aads) != len(values):
             raise InvalidArgumentError("associated_data must have one entry per plaintext")
-        if reference not in ("stored", "inline"):
-            raise InvalidArgumentError("key_reference must be 'stored' or 'inline'")
+        if reference not in _REFERENCES:
+            raise InvalidArgumentError("key_reference must be 'stored', 'inline' or 'branch'")
         if len(values) > self._limits.max_messages:
             raise KeyStateError("batch is larger than one data key's message budget")
         cache, sealer = self._sealer(ctx, reference)
@@ -745,6 +815,8 @@ class EncryptionService:
     def _data_key_for(self, envelope: bytes, ctx: EncryptionContext) -> DataKey:
         header = parse_envelope(envelope)
         self._check_version(header.key_version)
+        if header.kind == "branch":
+            return self._branch_data_key(header, envelope, ctx)
         ref_id = header.key_ref_id
         with self._single_flight(b"dec|" + ref_id):
             cached = self._dec_cache.get(ref_id)
@@ -786,6 +858,7 @@ class EncryptionService:
                 key = self.provider.decrypt_data_key(
                     header.key_id, header.wrapped_dek, ctx, self._limits
                 )
+
             self._cache_decryption_key(ref_id, key, header.key_version, ctx.data_class)
             self._emit(
                 "key_cache_miss",
@@ -802,6 +875,19 @@ class EncryptionService:
                 context_digest=ctx.digest.hex(),
                 fingerprint=key.fingerprint,
             )
+            return key
+
+    def _branch_data_key(
+        self, header: EnvelopeHeader, envelope: bytes, ctx: EncryptionContext
+    ) -> DataKey:
+        # The cache id covers the context: the derived DEK depends on it.
+        ref_id = dek_cache_id(envelope, ctx.canonical)
+        with self._single_flight(b"dec|" + ref_id):
+            cached = self._dec_cache.get(ref_id)
+            if isinstance(cached, DataKey):
+                return cached
+            key = self._branches.data_key(header, envelope, ctx, self._limits, self.provider.name)
+            self._cache_decryption_key(ref_id, key, header.key_version, ctx.data_class)
             return key
 
     def decrypt(
@@ -1325,12 +1411,81 @@ class EncryptionService:
                 self.store.replace_index_wrapped(
                     index_record.version, index_record.wrapped, new_blob, new_wrapping_key_id
                 )
+            done += self._rewrap_branch_keys(new_wrapping_key_id)
             for version in self.store.versions():
                 if version.provider == self.provider.name:
                     self.store.set_wrapping_key(version.version, new_wrapping_key_id)
             self._load_keyring()
         self._emit("key_rewrapped", key_id=new_wrapping_key_id, count=done)
         return done
+
+    def _rewrap_branch_keys(self, new_wrapping_key_id: str) -> int:
+        from greenlang_crypto.keys.branch import branch_key_context
+
+        done = 0
+        for batch in self._branches.rows.iter_all():
+            for record in batch:
+                if record.wrapping_key_id == new_wrapping_key_id:
+                    continue
+                new_blob = self.provider.reencrypt_data_key(
+                    record.wrapping_key_id,
+                    record.wrapped,
+                    new_wrapping_key_id,
+                    branch_key_context(record.scope, record.branch_id),
+                )
+                if self._branches.rows.replace_wrapped(
+                    record.branch_id, record.wrapped, new_blob, new_wrapping_key_id
+                ):
+                    done += 1
+        if done:
+            self._branches.rows.rewrapped()
+        return done
+
+    # -- branch keys ------------------------------------------------------------------------
+
+    def branch_scope(self, context: ContextLike) -> str:
+        """The branch-key scope a context maps to (``service``, ``tenant:<id>``, ...)."""
+        return self._branches.scope_of(_as_context(context))
+
+    def rotate_branch_key(self, scope: str) -> int:
+        """Makes a new branch key active for ``scope``; returns its id.
+
+        Envelopes made under older branch keys of the scope keep decrypting. Every instance
+        derives new DEKs from the new key within ``keyring_refresh_seconds``.
+        """
+        with self._key_change("branch_key_rotate", scope=scope):
+            record = self._branches.rotate(scope, self._primary)
+            self._load_keyring()
+        self._emit(
+            "key_rotated",
+            purpose="branch-key",
+            branch_id=record.branch_id,
+            new_version=record.branch_version,
+        )
+        return record.branch_id
+
+    def delete_branch_keys(self, scope: str) -> int:
+        """Deletes every branch key of ``scope``: its data can never be decrypted again.
+
+        With per-tenant scopes (``tenant:<id>``) this crypto-shreds one tenant and leaves
+        everyone else's data untouched. Every instance drops the keys (and the DEKs derived
+        from them) within ``keyring_refresh_seconds``; an encryption for the scope afterwards
+        creates a new branch key. Returns the number of branch keys deleted.
+        """
+        with self._key_change("branch_key_delete", scope=scope):
+            ids = self._branches.delete_scope(scope)
+            self._load_keyring()
+        self._emit("key_retired", purpose="branch-key", count=len(ids))
+        return len(ids)
+
+    def branch_key_stats(self) -> dict[str, int]:
+        """Branch-key counters: unwraps, created, store_reads, derivations, cached_keys."""
+        return self._branches.stats()
+
+    def key_cache_stats(self) -> dict[str, int]:
+        """Outcomes of the shared Redis key cache (empty when none is configured)."""
+        cache = self._branches.shared_cache
+        return {} if cache is None else cache.stats()
 
     def destroy_wrapping_key(self, wrapping_key_id: str) -> int:
         """Removes a former wrapping key from the keyring's history.
@@ -1411,7 +1566,9 @@ class EncryptionService:
                         f"retiring versions below {min_version} is unsafe now: "
                         + "; ".join(blockers)
                     )
-            counts = self.store.count_deks_by_version()
+            counts = Counter(self.store.count_deks_by_version())
+            # Branch keys of retired versions go with their stored DEKs.
+            counts.update(self._branches.rows.count_by_version())
             remaining = sum(n for v, n in counts.items() if v < min_version)
             if remaining and not delete_stored_deks:
                 raise KeyStateError(
@@ -1423,6 +1580,8 @@ class EncryptionService:
             self._load_keyring()
             if remaining:
                 self.store.delete_deks_below(min_version)
+                self._branches.rows.delete_below(min_version)
+                self._load_keyring()
         self._emit("key_retired", min_version=min_version, deleted_stored_deks=remaining)
 
     # -- blind-index keys ---------------------------------------------------------------
@@ -1504,6 +1663,7 @@ class EncryptionService:
             self._replace_enc_caches()
             self._dec_cache.clear()
         self._index.clear()
+        self._branches.clear()
 
     def status(self) -> ServiceStatus:
         """A snapshot of keys, cache counters and provider health."""

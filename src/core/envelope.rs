@@ -5,11 +5,13 @@
 //! 0   1    magic 0xFA (never valid in UTF-8, so a stored text value and an envelope differ)
 //! 1   1    format version (0x01)
 //! 2   1    algorithm (0x01 = AES-256-GCM, random 96-bit nonce, 128-bit tag)
-//! 3   1    flags: bits 0-1 key reference kind (1 inline, 2 stored), bit 4 context digest
-//!          present, bit 5 key commitment present; every other bit must be 0
+//! 3   1    flags: bits 0-1 key reference kind (1 inline, 2 stored, 3 branch), bit 4 context
+//!          digest present, bit 5 key commitment present; every other bit must be 0
 //! 4   4    key version, u32 big-endian
 //! 8   ..   key reference
 //!          stored: DEK id, u64 big-endian (8 bytes)
+//!          branch: branch key id, u32 big-endian, + 8-byte random salt (12 bytes); the DEK
+//!                  is HKDF(branch key, salt, context), see crate::core::branch
 //!          inline: u8 provider length (1..=32) + provider (printable ASCII),
 //!                  u16 key id length (1..=2048) + key id (UTF-8),
 //!                  u16 wrapped DEK length (1..=4096) + wrapped DEK
@@ -38,6 +40,10 @@ pub const ALG_AES_256_GCM: u8 = 0x01;
 pub const KIND_INLINE: u8 = 1;
 /// Key reference kind: a DEK id pointing into the key store.
 pub const KIND_STORED: u8 = 2;
+/// Key reference kind: a branch key id and a salt; the DEK is derived from the branch key.
+pub const KIND_BRANCH: u8 = 3;
+/// Length of the salt of a branch key reference.
+pub const BRANCH_SALT_LEN: usize = 8;
 const FLAG_KIND_MASK: u8 = 0b0000_0011;
 const FLAG_CONTEXT_DIGEST: u8 = 0b0001_0000;
 const FLAG_COMMITMENT: u8 = 0b0010_0000;
@@ -66,6 +72,13 @@ pub enum KeyRef<'a> {
     Stored {
         /// The key-store id.
         dek_id: u64,
+    },
+    /// A DEK derived from a branch key in the key store (see [`crate::core::branch`]).
+    Branch {
+        /// The key-store id of the branch key version.
+        branch_id: u32,
+        /// The random salt the DEK was derived with.
+        salt: [u8; BRANCH_SALT_LEN],
     },
 }
 
@@ -129,6 +142,15 @@ pub fn encode_header(
         KeyRef::Stored { dek_id } => {
             flags |= KIND_STORED;
             out.extend_from_slice(&dek_id.to_be_bytes());
+            spec.commitment
+        }
+        KeyRef::Branch { branch_id, salt } => {
+            // The DEK is a function of the branch key, this salt and the context, all of which
+            // the reader must reproduce, so one header cannot name two keys: no commitment
+            // needed unless asked for.
+            flags |= KIND_BRANCH;
+            out.extend_from_slice(&branch_id.to_be_bytes());
+            out.extend_from_slice(&salt);
             spec.commitment
         }
         KeyRef::Inline {
@@ -283,6 +305,15 @@ pub fn parse(envelope: &[u8]) -> Result<Parsed<'_>> {
                 dek_id: u64::from_be_bytes(id),
             }
         }
+        KIND_BRANCH => {
+            let b = r.take(4 + BRANCH_SALT_LEN)?;
+            let mut salt = [0u8; BRANCH_SALT_LEN];
+            salt.copy_from_slice(&b[4..]);
+            KeyRef::Branch {
+                branch_id: u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+                salt,
+            }
+        }
         KIND_INLINE => {
             if flags & FLAG_COMMITMENT == 0 {
                 return Err(Error::Malformed("inline envelope without key commitment"));
@@ -403,9 +434,14 @@ pub fn open_into(
 /// Associated data up to this size is built on the stack when opening.
 const STACK_AAD: usize = 256;
 
-/// Calls `f` with the cache id of the DEK an envelope refers to (see [`key_ref_id`]), built
-/// on the stack for stored references.
-pub fn with_key_ref_id<R>(parsed: &Parsed<'_>, f: impl FnOnce(&[u8]) -> R) -> R {
+/// Calls `f` with the cache id of the DEK an envelope refers to when opened under
+/// `canonical_context` (see [`key_ref_id`] and [`branch_dek_id`]), built on the stack for
+/// stored and short branch references.
+pub fn with_key_ref_id<R>(
+    parsed: &Parsed<'_>,
+    canonical_context: &[u8],
+    f: impl FnOnce(&[u8]) -> R,
+) -> R {
     match parsed.key_ref {
         KeyRef::Stored { dek_id } => {
             let mut id = [0u8; 9];
@@ -413,8 +449,62 @@ pub fn with_key_ref_id<R>(parsed: &Parsed<'_>, f: impl FnOnce(&[u8]) -> R) -> R 
             id[1..].copy_from_slice(&dek_id.to_be_bytes());
             f(&id)
         }
+        KeyRef::Branch { branch_id, salt } => {
+            if canonical_context.len() <= BRANCH_ID_INLINE_CONTEXT {
+                let mut id = [0u8; BRANCH_ID_PREFIX + 1 + BRANCH_ID_INLINE_CONTEXT];
+                let n = write_branch_dek_id(&mut id, branch_id, &salt, canonical_context);
+                f(&id[..n])
+            } else {
+                f(&branch_dek_id(branch_id, &salt, canonical_context))
+            }
+        }
         KeyRef::Inline { .. } => f(&key_ref_id(parsed)),
     }
+}
+
+/// Kind byte, branch id and salt: the part of a branch DEK's cache id that names the branch
+/// key (a shredded branch key's DEKs are dropped by this prefix).
+const BRANCH_ID_PREFIX: usize = 1 + 4 + BRANCH_SALT_LEN;
+/// Contexts up to this length are part of a branch DEK's cache id as they are; longer ones
+/// are replaced by their SHA-256, so an id stays small whatever the context.
+const BRANCH_ID_INLINE_CONTEXT: usize = 192;
+
+fn write_branch_dek_id(out: &mut [u8], branch_id: u32, salt: &[u8; 8], ctx: &[u8]) -> usize {
+    out[0] = KIND_BRANCH;
+    out[1..5].copy_from_slice(&branch_id.to_be_bytes());
+    out[5..BRANCH_ID_PREFIX].copy_from_slice(salt);
+    // A tag byte keeps the two forms apart: 0 = the context itself, 1 = its digest.
+    if ctx.len() <= BRANCH_ID_INLINE_CONTEXT {
+        out[BRANCH_ID_PREFIX] = 0;
+        out[BRANCH_ID_PREFIX + 1..BRANCH_ID_PREFIX + 1 + ctx.len()].copy_from_slice(ctx);
+        BRANCH_ID_PREFIX + 1 + ctx.len()
+    } else {
+        out[BRANCH_ID_PREFIX] = 1;
+        out[BRANCH_ID_PREFIX + 1..BRANCH_ID_PREFIX + 33].copy_from_slice(&context::digest(ctx));
+        BRANCH_ID_PREFIX + 33
+    }
+}
+
+/// The cache id of a DEK derived from branch key `branch_id` with `salt` for a context.
+///
+/// The context is part of the id because the DEK depends on it: an envelope opened under
+/// another context derives another key, which must never replace (or be served as) the
+/// first one.
+pub fn branch_dek_id(
+    branch_id: u32,
+    salt: &[u8; BRANCH_SALT_LEN],
+    canonical_context: &[u8],
+) -> Vec<u8> {
+    let mut id = [0u8; BRANCH_ID_PREFIX + 1 + BRANCH_ID_INLINE_CONTEXT];
+    let n = write_branch_dek_id(&mut id, branch_id, salt, canonical_context);
+    id[..n].to_vec()
+}
+
+/// The cache-id prefix shared by every DEK derived from branch key `branch_id`.
+pub fn branch_id_prefix(branch_id: u32) -> [u8; 5] {
+    let mut p = [KIND_BRANCH, 0, 0, 0, 0];
+    p[1..].copy_from_slice(&branch_id.to_be_bytes());
+    p
 }
 
 /// Seals into a new vector (for the core's tests and Rust callers).
@@ -562,6 +652,14 @@ impl Sealer {
 pub fn key_ref_id(parsed: &Parsed<'_>) -> Vec<u8> {
     match parsed.key_ref {
         KeyRef::Stored { dek_id } => stored_id(dek_id),
+        KeyRef::Branch { branch_id, salt } => {
+            // Without a context this is only the prefix of the cache id (see branch_dek_id).
+            let mut id = Vec::with_capacity(BRANCH_ID_PREFIX);
+            id.push(KIND_BRANCH);
+            id.extend_from_slice(&branch_id.to_be_bytes());
+            id.extend_from_slice(&salt);
+            id
+        }
         KeyRef::Inline {
             provider,
             key_id,
@@ -734,7 +832,10 @@ mod tests {
             let env = seal(&k, &stored_spec(), &ctx(), extra, b"v").unwrap();
             assert_eq!(open(&k, &env, &ctx(), extra).unwrap(), b"v");
             let p = parse(&env).unwrap();
-            assert_eq!(with_key_ref_id(&p, |id| id.to_vec()), key_ref_id(&p));
+            assert_eq!(
+                with_key_ref_id(&p, &ctx(), |id| id.to_vec()),
+                key_ref_id(&p)
+            );
         }
     }
 

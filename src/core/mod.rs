@@ -4,6 +4,7 @@
 //! PyO3 layer in `crate::py` is a thin adapter over it.
 
 pub mod aead;
+pub mod branch;
 pub mod cache;
 pub mod context;
 pub mod envelope;

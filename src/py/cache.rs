@@ -245,7 +245,7 @@ impl PyDekCache {
             if parsed.key_version < self.min_key_version.load(Ordering::Acquire) {
                 return Ok(None);
             }
-            let Some(item) = self.get_for_open(&parsed) else {
+            let Some(item) = self.get_for_open(&parsed, &ctx) else {
                 return Ok(None);
             };
             // Open with the header parsed above instead of parsing the envelope a second time.
@@ -384,9 +384,9 @@ impl PyDekCache {
         }
     }
 
-    /// The cached key an envelope refers to, through this thread's open memo.
-    fn get_for_open(&self, parsed: &envelope::Parsed<'_>) -> Option<Arc<Item>> {
-        envelope::with_key_ref_id(parsed, |id| {
+    /// The cached key an envelope refers to under `ctx`, through this thread's open memo.
+    fn get_for_open(&self, parsed: &envelope::Parsed<'_>, ctx: &[u8]) -> Option<Arc<Item>> {
+        envelope::with_key_ref_id(parsed, ctx, |id| {
             OPEN_MEMO.with(|m| self.inner.get_memoized(&mut m.borrow_mut(), id))
         })
         .map(|(item, _)| item)
@@ -405,7 +405,7 @@ impl PyDekCache {
         if parsed.key_version < self.min_key_version.load(Ordering::Acquire) {
             return Ok(None);
         }
-        let Some(item) = self.get_for_open(&parsed) else {
+        let Some(item) = self.get_for_open(&parsed, ctx) else {
             return Ok(None);
         };
         let key = item.data_key();

@@ -77,7 +77,7 @@ pub struct PyEnvelopeHeader {
     algorithm: u8,
     /// Key version of the keyring.
     key_version: u32,
-    /// "inline" or "stored".
+    /// "inline", "stored" or "branch".
     kind: &'static str,
     /// Provider name (inline only).
     provider: Option<String>,
@@ -87,6 +87,8 @@ pub struct PyEnvelopeHeader {
     wrapped_dek: Option<Py<PyBytes>>,
     /// Key-store DEK id (stored only).
     dek_id: Option<u64>,
+    /// Key-store branch key id (branch only).
+    branch_id: Option<u32>,
     /// SHA-256 of the canonical context, if present.
     context_digest: Option<Py<PyBytes>>,
     /// Whether the header carries a key commitment.
@@ -115,6 +117,10 @@ pub fn parse_envelope(py: Python<'_>, envelope: &Bound<'_, PyAny>) -> PyResult<P
     guard(|| {
         let env = bytes_arg(envelope, "envelope")?;
         let p = envelope::parse(&env).py()?;
+        let branch_id = match p.key_ref {
+            KeyRef::Branch { branch_id, .. } => Some(branch_id),
+            _ => None,
+        };
         let (kind, provider, key_id, wrapped_dek, dek_id) = match p.key_ref {
             KeyRef::Inline {
                 provider,
@@ -128,6 +134,7 @@ pub fn parse_envelope(py: Python<'_>, envelope: &Bound<'_, PyAny>) -> PyResult<P
                 None,
             ),
             KeyRef::Stored { dek_id } => ("stored", None, None, None, Some(dek_id)),
+            KeyRef::Branch { .. } => ("branch", None, None, None, None),
         };
         Ok(PyEnvelopeHeader {
             version: p.version,
@@ -138,6 +145,7 @@ pub fn parse_envelope(py: Python<'_>, envelope: &Bound<'_, PyAny>) -> PyResult<P
             key_id,
             wrapped_dek,
             dek_id,
+            branch_id,
             context_digest: p.context_digest.map(|d| PyBytes::new(py, d).unbind()),
             has_commitment: p.commitment.is_some(),
             header_len: p.header.len(),

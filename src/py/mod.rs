@@ -1,5 +1,6 @@
 //! PyO3 bindings: thin wrappers over `crate::core`, compiled only with the `python` feature.
 
+mod branch;
 mod bufs;
 mod cache;
 mod envelope;
@@ -70,6 +71,13 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ALG_AES_256_GCM", crate::core::envelope::ALG_AES_256_GCM)?;
     m.add("KIND_INLINE", crate::core::envelope::KIND_INLINE)?;
     m.add("KIND_STORED", crate::core::envelope::KIND_STORED)?;
+    m.add("KIND_BRANCH", crate::core::envelope::KIND_BRANCH)?;
+    m.add("BRANCH_SALT_LEN", crate::core::envelope::BRANCH_SALT_LEN)?;
+    m.add_function(wrap_pyfunction!(branch::branch_sealer, m)?)?;
+    m.add_function(wrap_pyfunction!(branch::branch_data_key, m)?)?;
+    m.add_function(wrap_pyfunction!(branch::dek_cache_id, m)?)?;
+    m.add_function(wrap_pyfunction!(branch::branch_cache_prefix, m)?)?;
+    m.add_function(wrap_pyfunction!(branch::branch_stats, m)?)?;
     m.add("MAX_PROVIDER_LEN", crate::core::envelope::MAX_PROVIDER_LEN)?;
     m.add("MAX_KEY_ID_LEN", crate::core::envelope::MAX_KEY_ID_LEN)?;
     m.add("MAX_WRAPPED_LEN", crate::core::envelope::MAX_WRAPPED_LEN)?;

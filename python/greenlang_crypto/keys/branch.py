@@ -1,0 +1,753 @@
+"""Branch keys: one KMS unwrap per branch key per TTL, DEKs derived locally in Rust.
+
+With per-context DEKs, every context (tenant, data class) costs one KMS call per cache TTL
+per process. With branch keys the key store holds a few wrapped 256-bit *branch keys*; a
+process unwraps one once per TTL and derives each DEK from it with HKDF-SHA256 over the branch
+key, a random salt that the envelope carries, and the canonical context (``src/core/branch.rs``).
+KMS cost then depends on the number of branch keys, not on the number of tenants.
+
+Scope (which branch key a context uses) is configurable:
+
+- ``service``: one branch key for the whole service (cheapest);
+- ``tenant``: one per tenant (``tenant:<id>``): a tenant's data depends only on its own branch
+  key, and deleting it (:meth:`BranchKeys.delete_scope`) crypto-shreds the tenant;
+- a callable mapping a context to a scope name.
+
+Branch keys belong to a key version of the keyring and are wrapped by that version's wrapping
+key, so rotation, rewrap and retirement of the keyring apply to them. A rotation of one scope's
+branch key, or its deletion, bumps the keyring epoch and writes a change row: every instance
+learns about it through the keyring's propagation (LISTEN/NOTIFY, polling) and drops exactly
+the keys of that scope.
+
+The KMS ``EncryptionContext`` of a branch key names its scope and id (``branch_scope``,
+``branch_id``), so CloudTrail shows whose key was unwrapped, and a wrapped key copied into
+another row does not unwrap.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from greenlang_crypto._core import (
+    KIND_BRANCH,
+    DataKey,
+    DekCache,
+    EnvelopeHeader,
+    EnvelopeSealer,
+    branch_data_key,
+    branch_sealer,
+    branch_stats,
+    dek_cache_id,
+    random_bytes,
+)
+from greenlang_crypto.context import EncryptionContext
+from greenlang_crypto.exceptions import (
+    ConfigurationError,
+    DecryptionError,
+    KeyNotFoundError,
+    KeyStateError,
+)
+from greenlang_crypto.keys.store import KeyStore, KeyVersion
+from greenlang_crypto.providers.base import KeyLimits, KeyProvider
+
+if TYPE_CHECKING:
+    from greenlang_crypto.redis_cache import RedisKeyCache
+
+__all__ = [
+    "BRANCH_DEK_PREFIX",
+    "BRANCH_SCOPES",
+    "BranchKeyRecord",
+    "BranchKeyStore",
+    "BranchKeys",
+    "ScopeMapper",
+    "branch_key_context",
+    "dek_cache_id",
+    "scope_mapper",
+]
+
+#: Decryption-cache ids of every DEK derived from a branch key start with this byte.
+BRANCH_DEK_PREFIX = bytes([KIND_BRANCH])
+#: Built-in scope policies: one branch key for the service, or one per tenant.
+BRANCH_SCOPES = ("service", "tenant")
+#: Longest scope name (it is also sent to KMS as EncryptionContext).
+MAX_SCOPE_LEN = 256
+_STRIPES = 64
+
+ScopeMapper = Callable[[EncryptionContext], str]
+
+
+def scope_mapper(policy: str | ScopeMapper) -> ScopeMapper:
+    """The context-to-scope function of a policy name, or ``policy`` itself if callable.
+
+    Raises:
+        ConfigurationError: Unknown policy name.
+    """
+    if callable(policy):
+        return policy
+    if policy == "service":
+        return lambda ctx: "service"
+    if policy == "tenant":
+        return lambda ctx: "tenant:" + ctx.tenant_id
+    raise ConfigurationError(f"branch key scope must be one of {BRANCH_SCOPES} or a callable")
+
+
+def branch_key_context(scope: str, branch_id: int) -> EncryptionContext:
+    """The context a branch key is wrapped under (the KMS ``EncryptionContext``).
+
+    It names the scope, so CloudTrail shows which tenant's branch key was used, and the id, so
+    a wrapped key moved to another row or scope fails to unwrap.
+    """
+    return EncryptionContext(
+        tenant_id="_branch",
+        data_class="branch-key",
+        extra={"branch_scope": scope, "branch_id": str(branch_id)},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BranchKeyRecord:
+    """A branch key row (the key itself only in wrapped form).
+
+    Attributes:
+        branch_id: Random 32-bit id written into envelopes.
+        scope: The scope (``service``, ``tenant:<id>``, or a mapper's name).
+        branch_version: Version within the scope and key version (rotation adds one).
+        key_version: Keyring version whose wrapping key wraps it.
+        state: ``active`` (new DEKs) or ``decrypt_only`` (rotated away).
+        provider: Provider that wrapped it.
+        wrapping_key_id: The wrapping key id.
+        wrapped: The wrapped branch key.
+        created_at: Creation time (UNIX seconds).
+    """
+
+    branch_id: int
+    scope: str
+    branch_version: int
+    key_version: int
+    state: str
+    provider: str
+    wrapping_key_id: str
+    wrapped: bytes = field(repr=False)
+    created_at: float
+
+    def as_json(self) -> dict[str, Any]:
+        """A JSON-able form (the wrapped key as hex) for a shared cache."""
+        return {
+            "branch_id": self.branch_id,
+            "scope": self.scope,
+            "branch_version": self.branch_version,
+            "key_version": self.key_version,
+            "state": self.state,
+            "provider": self.provider,
+            "wrapping_key_id": self.wrapping_key_id,
+            "wrapped": self.wrapped.hex(),
+            "created_at": self.created_at,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BranchKeyRecord:
+        """The inverse of :meth:`as_json`.
+
+        Raises:
+            KeyError, ValueError, TypeError: The data is not such a record.
+        """
+        return cls(
+            int(data["branch_id"]),
+            str(data["scope"]),
+            int(data["branch_version"]),
+            int(data["key_version"]),
+            str(data["state"]),
+            str(data["provider"]),
+            str(data["wrapping_key_id"]),
+            bytes.fromhex(str(data["wrapped"])),
+            float(data["created_at"]),
+        )
+
+
+_COLUMNS = (
+    "branch_id, scope, branch_version, key_version, state, provider, wrapping_key_id, wrapped, "
+    "created_at"
+)
+
+
+def _record(row: Any) -> BranchKeyRecord:
+    return BranchKeyRecord(
+        int(row[0]),
+        str(row[1]),
+        int(row[2]),
+        int(row[3]),
+        str(row[4]),
+        str(row[5]),
+        str(row[6]),
+        bytes(row[7]),
+        float(row[8]),
+    )
+
+
+class BranchKeyStore:
+    """Branch key rows in the key store's database (tables from the V013 migration).
+
+    Every change (creation excepted) bumps the keyring epoch in its own transaction and
+    records a change row numbered by the new epoch.
+    """
+
+    def __init__(self, store: KeyStore) -> None:
+        self._store = store
+
+    def _changed(self, cur: Any, scope: str, action: str) -> int:
+        self._store._bump(cur)
+        cur.execute("SELECT epoch FROM glc_keyring_changes WHERE id = 1")
+        epoch = int(cur.fetchone()[0])
+        cur.execute(
+            self._store._sql(
+                "INSERT INTO glc_branch_key_changes (epoch, scope, action, changed_at) "
+                "VALUES (?, ?, ?, ?)"
+            ),
+            (epoch, scope, action, time.time()),
+        )
+        return epoch
+
+    def current(self, scope: str, key_version: int) -> BranchKeyRecord | None:
+        """The active branch key of ``scope`` under ``key_version`` (None if there is none)."""
+        with self._store._tx() as cur:
+            cur.execute(
+                self._store._sql(
+                    f"SELECT {_COLUMNS} FROM glc_branch_keys WHERE scope = ? "  # noqa: S608
+                    "AND key_version = ? AND state = 'active' "
+                    "ORDER BY branch_version DESC LIMIT 1"
+                ),
+                (scope, key_version),
+            )
+            row = cur.fetchone()
+        return None if row is None else _record(row)
+
+    def get(self, branch_id: int) -> BranchKeyRecord | None:
+        """One branch key row by id (None when absent, for example deleted)."""
+        if not 0 <= branch_id < 2**32:
+            return None
+        with self._store._tx() as cur:
+            cur.execute(
+                self._store._sql(
+                    f"SELECT {_COLUMNS} FROM glc_branch_keys WHERE branch_id = ?"  # noqa: S608
+                ),
+                (branch_id,),
+            )
+            row = cur.fetchone()
+        return None if row is None else _record(row)
+
+    def new_id(self) -> int:
+        """A random 32-bit id not in use yet (ids reveal neither volume nor order)."""
+        for _ in range(16):
+            candidate = int.from_bytes(random_bytes(4), "big")
+            if candidate and self.get(candidate) is None:
+                return candidate
+        raise KeyStateError("could not allocate a branch key id")
+
+    def insert(self, record: BranchKeyRecord, *, rotate: bool) -> BranchKeyRecord:
+        """Stores a new branch key.
+
+        Without ``rotate`` it becomes the scope's first active key, unless another process
+        created one first, which is then returned instead (``record`` is discarded). With
+        ``rotate`` it replaces the active key, which turns ``decrypt_only``, and the change
+        reaches every instance through the keyring.
+        """
+        with self._store._tx(serialized=True) as cur:
+            sql = self._store._sql
+            cur.execute(
+                sql(
+                    f"SELECT {_COLUMNS} FROM glc_branch_keys WHERE scope = ? "  # noqa: S608
+                    "AND key_version = ? ORDER BY branch_version DESC LIMIT 1"
+                ),
+                (record.scope, record.key_version),
+            )
+            row = cur.fetchone()
+            latest = None if row is None else _record(row)
+            if latest is not None and latest.state == "active" and not rotate:
+                return latest
+            version = 1 if latest is None else latest.branch_version + 1
+            if rotate:
+                cur.execute(
+                    sql(
+                        "UPDATE glc_branch_keys SET state = 'decrypt_only' "
+                        "WHERE scope = ? AND state = 'active'"
+                    ),
+                    (record.scope,),
+                )
+            cur.execute(
+                sql(
+                    f"INSERT INTO glc_branch_keys ({_COLUMNS}) "  # noqa: S608
+                    "VALUES (?, ?, ?, ?, 'active', ?, ?, ?, ?)"
+                ),
+                (
+                    record.branch_id,
+                    record.scope,
+                    version,
+                    record.key_version,
+                    record.provider,
+                    record.wrapping_key_id,
+                    record.wrapped,
+                    record.created_at,
+                ),
+            )
+            if rotate:
+                self._changed(cur, record.scope, "rotate")
+        return BranchKeyRecord(
+            record.branch_id,
+            record.scope,
+            version,
+            record.key_version,
+            "active",
+            record.provider,
+            record.wrapping_key_id,
+            record.wrapped,
+            record.created_at,
+        )
+
+    def delete_scope(self, scope: str) -> list[tuple[int, int]]:
+        """Deletes every branch key of ``scope``; returns their ``(id, key version)``."""
+        with self._store._tx(serialized=True) as cur:
+            sql = self._store._sql
+            cur.execute(
+                sql("SELECT branch_id, key_version FROM glc_branch_keys WHERE scope = ?"),
+                (scope,),
+            )
+            ids = [(int(r[0]), int(r[1])) for r in cur.fetchall()]
+            if ids:
+                cur.execute(sql("DELETE FROM glc_branch_keys WHERE scope = ?"), (scope,))
+                self._changed(cur, scope, "delete")
+            return ids
+
+    def delete_below(self, min_version: int) -> int:
+        """Deletes branch keys of key versions below ``min_version`` (retirement)."""
+        with self._store._tx(serialized=True) as cur:
+            cur.execute(
+                self._store._sql("DELETE FROM glc_branch_keys WHERE key_version < ?"),
+                (min_version,),
+            )
+            n = int(cur.rowcount)
+            if n:
+                self._changed(cur, "*", "delete")
+            return n
+
+    def count_by_version(self) -> dict[int, int]:
+        """Branch keys per key version."""
+        with self._store._tx() as cur:
+            cur.execute("SELECT key_version, COUNT(*) FROM glc_branch_keys GROUP BY key_version")
+            return {int(v): int(n) for v, n in cur.fetchall()}
+
+    def iter_all(self, batch_size: int = 500) -> Iterator[list[BranchKeyRecord]]:
+        """Every branch key, in batches ordered by id (keyset pagination)."""
+        last = -1
+        while True:
+            with self._store._tx() as cur:
+                cur.execute(
+                    self._store._sql(
+                        f"SELECT {_COLUMNS} FROM glc_branch_keys "  # noqa: S608
+                        "WHERE branch_id > ? ORDER BY branch_id LIMIT ?"
+                    ),
+                    (last, batch_size),
+                )
+                rows = [_record(r) for r in cur.fetchall()]
+            if not rows:
+                return
+            yield rows
+            last = rows[-1].branch_id
+
+    def replace_wrapped(
+        self, branch_id: int, old_wrapped: bytes, new_wrapped: bytes, wrapping_key_id: str
+    ) -> bool:
+        """Compare-and-swap of a branch key's wrapped form (rewrap)."""
+        with self._store._tx() as cur:
+            cur.execute(
+                self._store._sql(
+                    "UPDATE glc_branch_keys SET wrapped = ?, wrapping_key_id = ?, "
+                    "rewrapped_at = ? WHERE branch_id = ? AND wrapped = ?"
+                ),
+                (new_wrapped, wrapping_key_id, time.time(), branch_id, old_wrapped),
+            )
+            return bool(cur.rowcount == 1)
+
+    def rewrapped(self) -> None:
+        """Announces a completed rewrap (one change row for every scope)."""
+        with self._store._tx(serialized=True) as cur:
+            self._changed(cur, "*", "rewrap")
+
+    def changes_since(self, epoch: int) -> list[tuple[int, str, str]]:
+        """``(epoch, scope, action)`` of every change after ``epoch``, oldest first."""
+        with self._store._tx() as cur:
+            cur.execute(
+                self._store._sql(
+                    "SELECT epoch, scope, action FROM glc_branch_key_changes "
+                    "WHERE epoch > ? ORDER BY epoch"
+                ),
+                (epoch,),
+            )
+            return [(int(e), str(s), str(a)) for e, s, a in cur.fetchall()]
+
+
+class BranchObserver(Protocol):
+    """What :class:`BranchKeys` reports to (the service relays it to its observers)."""
+
+    def __call__(self, event: str, **fields: object) -> None:
+        """Receives one event with non-secret fields."""
+        ...
+
+
+class BranchKeys:
+    """This process's view of the branch keys: records, unwrapped keys, derivations.
+
+    Unwrapped branch keys live in a Rust :class:`DekCache` for at most ``ttl`` seconds
+    (zeroized when dropped, emptied in a forked child); records for the same time in memory.
+    The data path touches neither: derived DEKs are cached as sealers by the service, so only a
+    cache miss reaches here, and only a miss here reaches the key store or KMS.
+
+    Args:
+        store: The key store (branch keys live in its database).
+        provider: Wraps and unwraps branch keys.
+        scope: ``service``, ``tenant`` or a callable mapping a context to a scope name.
+        ttl: Seconds an unwrapped branch key or a record stays in memory.
+        max_entries: Bound on unwrapped branch keys held.
+        epoch: Returns the keyring epoch this instance has loaded.
+        shared_cache: Optional Redis cache of wrapped records, shared by a fleet.
+        emit: Receives events (``branch_key_created``, ``branch_key_unwrapped``...).
+    """
+
+    def __init__(
+        self,
+        store: KeyStore,
+        provider: KeyProvider,
+        scope: str | ScopeMapper,
+        *,
+        ttl: float,
+        max_entries: int,
+        epoch: Callable[[], int],
+        shared_cache: RedisKeyCache | None = None,
+        emit: BranchObserver | None = None,
+    ) -> None:
+        self.rows = BranchKeyStore(store)
+        self._provider = provider
+        self._scope_of = scope_mapper(scope)
+        self._ttl = ttl
+        self._epoch = epoch
+        self._seen_epoch = epoch()
+        self.shared_cache = shared_cache
+        self._emit = emit
+        self._keys = DekCache(max_entries, ttl)
+        self._lock = threading.Lock()
+        self._stripes = [threading.Lock() for _ in range(_STRIPES)]
+        self._current: dict[tuple[str, int], tuple[BranchKeyRecord, float]] = {}
+        self._records: dict[int, tuple[BranchKeyRecord, float]] = {}
+        #: Counters: unwraps (KMS Decrypt), created (GenerateDataKey), store_reads...
+        self.counts: Counter[str] = Counter()
+
+    # -- scope ---------------------------------------------------------------------------
+
+    def scope_of(self, ctx: EncryptionContext) -> str:
+        """The scope name of a context.
+
+        Raises:
+            ConfigurationError: A mapping callable returned something unusable.
+        """
+        scope = self._scope_of(ctx)
+        if not isinstance(scope, str) or not scope or len(scope) > MAX_SCOPE_LEN:
+            raise ConfigurationError("a branch key scope must be a str of 1-256 characters")
+        return scope
+
+    # -- records -------------------------------------------------------------------------
+
+    def _fresh(self, entry: tuple[BranchKeyRecord, float] | None) -> BranchKeyRecord | None:
+        if entry is None or time.monotonic() - entry[1] >= self._ttl:
+            return None
+        return entry[0]
+
+    def _remember(self, record: BranchKeyRecord) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._records[record.branch_id] = (record, now)
+            if record.state == "active":
+                self._current[(record.scope, record.key_version)] = (record, now)
+
+    def _current_record(
+        self, scope: str, version: KeyVersion
+    ) -> tuple[BranchKeyRecord, DataKey | None]:
+        """The active record of a scope, and its key when this call created it."""
+        slot = (scope, version.version)
+        record = self._fresh(self._current.get(slot))
+        if record is not None:
+            return record, None
+        with self._stripes[hash(scope) % _STRIPES]:
+            record = self._fresh(self._current.get(slot))
+            if record is not None:
+                return record, None
+            created = None
+            record = self._shared_current(scope, version.version)
+            if record is None:
+                self.counts["store_reads"] += 1
+                record = self.rows.current(scope, version.version)
+                if record is None:
+                    record, created = self._create(scope, version, rotate=False)
+                self._share(record, current=True)
+            self._remember(record)
+            return record, created
+
+    def _record(self, branch_id: int) -> BranchKeyRecord | None:
+        record = self._fresh(self._records.get(branch_id))
+        if record is not None:
+            return record
+        record = self._shared_by_id(branch_id)
+        if record is None:
+            self.counts["store_reads"] += 1
+            record = self.rows.get(branch_id)
+            if record is None:
+                return None
+            self._share(record, current=False)
+        now = time.monotonic()
+        with self._lock:
+            self._records[branch_id] = (record, now)
+        return record
+
+    def _shared_current(self, scope: str, key_version: int) -> BranchKeyRecord | None:
+        if self.shared_cache is None:
+            return None
+        data = self.shared_cache.get(f"branch:current:{key_version}:{scope}", self._epoch())
+        return _from_shared(data)
+
+    def _shared_by_id(self, branch_id: int) -> BranchKeyRecord | None:
+        if self.shared_cache is None:
+            return None
+        return _from_shared(self.shared_cache.get(f"branch:id:{branch_id}", self._epoch()))
+
+    def _share(self, record: BranchKeyRecord, *, current: bool) -> None:
+        if self.shared_cache is None:
+            return
+        epoch = self._epoch()
+        data = record.as_json()
+        self.shared_cache.put(f"branch:id:{record.branch_id}", data, epoch)
+        if current and record.state == "active":
+            self.shared_cache.put(
+                f"branch:current:{record.key_version}:{record.scope}", data, epoch
+            )
+
+    # -- keys ----------------------------------------------------------------------------
+
+    def _create(
+        self, scope: str, version: KeyVersion, *, rotate: bool
+    ) -> tuple[BranchKeyRecord, DataKey | None]:
+        branch_id = self.rows.new_id()
+        generated = self._provider.generate_data_key(
+            version.wrapping_key_id, branch_key_context(scope, branch_id), KeyLimits()
+        )
+        self.counts["created"] += 1
+        record = self.rows.insert(
+            BranchKeyRecord(
+                branch_id,
+                scope,
+                0,
+                version.version,
+                "active",
+                self._provider.name,
+                generated.key_id,
+                generated.wrapped,
+                time.time(),
+            ),
+            rotate=rotate,
+        )
+        if record.branch_id != branch_id:
+            # Another process created the scope's key first: use that one (ours is dropped).
+            return record, None
+        self._keys.put(_key_id(branch_id), generated.key)
+        if self._emit is not None:
+            self._emit(
+                "branch_key_created",
+                branch_id=branch_id,
+                scope=scope,
+                key_version=version.version,
+                key_id=generated.key_id,
+                fingerprint=generated.key.fingerprint,
+            )
+        return record, generated.key
+
+    def _unwrapped(self, record: BranchKeyRecord) -> DataKey:
+        kid = _key_id(record.branch_id)
+        key = self._keys.get(kid)
+        if isinstance(key, DataKey):
+            return key
+        with self._stripes[record.branch_id % _STRIPES]:
+            key = self._keys.get(kid)
+            if isinstance(key, DataKey):
+                return key
+            started = time.perf_counter()
+            key = self._provider.decrypt_data_key(
+                record.wrapping_key_id,
+                record.wrapped,
+                branch_key_context(record.scope, record.branch_id),
+                KeyLimits(),
+            )
+            self.counts["unwraps"] += 1
+            self._keys.put(kid, key)
+        if self._emit is not None:
+            self._emit(
+                "branch_key_unwrapped",
+                branch_id=record.branch_id,
+                scope=record.scope,
+                key_version=record.key_version,
+                fingerprint=key.fingerprint,
+                seconds=time.perf_counter() - started,
+            )
+        return key
+
+    def sealer(
+        self, version: KeyVersion, ctx: EncryptionContext, limits: KeyLimits
+    ) -> EnvelopeSealer:
+        """A sealer under a DEK freshly derived for ``ctx`` from its scope's branch key.
+
+        Creates the scope's branch key under ``version`` on first use (one KMS
+        GenerateDataKey); otherwise unwraps it at most once per TTL (one KMS Decrypt).
+        """
+        record, created = self._current_record(self.scope_of(ctx), version)
+        key = created if created is not None else self._unwrapped(record)
+        return branch_sealer(
+            key,
+            branch_id=record.branch_id,
+            key_version=record.key_version,
+            context=ctx.canonical,
+            max_messages=limits.max_messages,
+            max_bytes=limits.max_bytes,
+        )
+
+    def data_key(
+        self,
+        header: EnvelopeHeader,
+        envelope: bytes,
+        ctx: EncryptionContext,
+        limits: KeyLimits,
+        provider_name: str,
+    ) -> DataKey:
+        """The DEK of a branch envelope, derived again from its branch key.
+
+        Raises:
+            KeyNotFoundError: The branch key does not exist (deleted: crypto-shredded).
+            DecryptionError: The branch key belongs to another tenant, key version or
+                provider than the envelope and context claim (opaque).
+        """
+        branch_id = header.branch_id
+        assert branch_id is not None
+        record = self._record(branch_id)
+        if record is None:
+            raise KeyNotFoundError(f"branch key {branch_id} is not in the key store")
+        if record.key_version != header.key_version or record.provider != provider_name:
+            raise DecryptionError()
+        if record.scope.startswith("tenant:") and record.scope != "tenant:" + ctx.tenant_id:
+            # A tenant's branch key serves only that tenant's contexts; refusing here also
+            # keeps one tenant's request from unwrapping another tenant's key at KMS.
+            raise DecryptionError()
+        key = self._unwrapped(record)
+        return branch_data_key(
+            key,
+            envelope,
+            ctx.canonical,
+            max_messages=limits.max_messages,
+            max_bytes=limits.max_bytes,
+        )
+
+    # -- administration ------------------------------------------------------------------
+
+    def rotate(self, scope: str, version: KeyVersion) -> BranchKeyRecord:
+        """Makes a new branch key active for ``scope``; older ones keep decrypting."""
+        record, _key = self._create(scope, version, rotate=True)
+        self._forget_scope(scope, drop_keys=False)
+        self._remember(record)
+        return record
+
+    def delete_scope(self, scope: str) -> list[int]:
+        """Deletes every branch key of ``scope`` (crypto-shredding its data).
+
+        Returns the deleted ids. Every instance drops them within the keyring's propagation
+        bound; the shared cache forgets them at once.
+        """
+        deleted = self.rows.delete_scope(scope)
+        ids = [i for i, _ in deleted]
+        if self.shared_cache is not None:
+            # Entries written before the deletion are refused anyway (their epoch is older);
+            # removing them keeps shredded wrapped keys from lingering until they expire.
+            self.shared_cache.delete(
+                [f"branch:id:{i}" for i in ids]
+                + [f"branch:current:{v}:{scope}" for v in {v for _, v in deleted}]
+            )
+        self._forget_scope(scope, drop_keys=True, ids=ids)
+        return ids
+
+    def _forget_scope(self, scope: str, *, drop_keys: bool, ids: list[int] | None = None) -> None:
+        with self._lock:
+            self._current = {k: v for k, v in self._current.items() if k[0] != scope}
+            if not drop_keys:
+                return
+            gone = set(ids or ()) | {i for i, (r, _) in self._records.items() if r.scope == scope}
+            for i in gone:
+                self._records.pop(i, None)
+        for i in gone:
+            self._keys.remove(_key_id(i))
+
+    def apply_changes(self) -> bool:
+        """Reads the branch-key changes made since the last call and drops what they name.
+
+        Called when the keyring epoch moved. Returns whether a branch key was deleted or
+        rewrapped (the caller then drops the DEKs derived from branch keys).
+        """
+        rows = self.rows.changes_since(self._seen_epoch)
+        dropped = False
+        for epoch, scope, action in rows:
+            self._seen_epoch = max(self._seen_epoch, epoch)
+            if scope == "*":
+                self.clear()
+                dropped = True
+                continue
+            self._forget_scope(scope, drop_keys=action == "delete")
+            dropped = dropped or action == "delete"
+        return dropped
+
+    def purge(self) -> None:
+        """Drops records and unwrapped keys older than the TTL."""
+        self._keys.purge_expired()
+        cutoff = time.monotonic() - self._ttl
+        with self._lock:
+            self._current = {k: v for k, v in self._current.items() if v[1] > cutoff}
+            self._records = {k: v for k, v in self._records.items() if v[1] > cutoff}
+
+    def clear(self) -> None:
+        """Drops every record and unwrapped branch key held by this process."""
+        self._keys.clear()
+        with self._lock:
+            self._current = {}
+            self._records = {}
+
+    def stats(self) -> dict[str, int]:
+        """Counters: unwraps, created, store_reads, derivations (Rust), cached keys."""
+        out = dict(self.counts)
+        out.setdefault("unwraps", 0)
+        out.setdefault("created", 0)
+        out.setdefault("store_reads", 0)
+        out["derivations"] = int(branch_stats()["derivations"])
+        out["cached_keys"] = len(self._keys)
+        return out
+
+    def __repr__(self) -> str:
+        return f"BranchKeys(cached={len(self._keys)}, unwraps={self.counts['unwraps']})"
+
+
+def _key_id(branch_id: int) -> bytes:
+    return branch_id.to_bytes(4, "big")
+
+
+def _from_shared(data: dict[str, Any] | None) -> BranchKeyRecord | None:
+    if data is None:
+        return None
+    try:
+        return BranchKeyRecord.from_json(data)
+    except (KeyError, ValueError, TypeError):
+        return None  # a foreign or damaged entry: read the key store instead
