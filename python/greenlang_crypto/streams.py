@@ -43,11 +43,13 @@ from greenlang_crypto.exceptions import (
 
 __all__ = [
     "DecryptingReader",
+    "EncryptingReader",
     "atomic_output",
     "decrypt_to",
     "encrypt_to",
     "is_stream",
     "read_header",
+    "sealed_runs",
 ]
 
 #: Plaintext bytes sealed per Rust call when encrypting (a few segments amortize the call and
@@ -155,23 +157,25 @@ def _write_all(dst: _Writable, view: memoryview) -> None:
         view = view[n:]
 
 
-def encrypt_to(
+def sealed_runs(
     encryptor: StreamEncryptor,
     src: object,
-    dst: _Writable,
     *,
     max_bytes: int,
     threads: int = 1,
     progress: Callable[[int], object] | None = None,
-) -> int:
-    """Writes the stream of ``src`` sealed by ``encryptor`` to ``dst``; returns plaintext bytes.
+    on_done: Callable[[int], object] | None = None,
+) -> Iterator[memoryview]:
+    """The stream of ``src`` sealed by ``encryptor``: the header, then one view per run.
 
-    One plaintext buffer (a run and one byte more) and one output buffer: a run is sealed
-    only once one byte beyond it shows whether more follows, since the final segment is sealed
-    differently (its nonce flag); that byte then starts the next run.
+    Each view is valid until the next one is requested (the buffers are reused). One
+    plaintext buffer (a run and one byte more) and one output buffer: a run is sealed only
+    once one byte beyond it shows whether more follows, since the final segment is sealed
+    differently (its nonce flag); that byte then starts the next run. ``on_done`` gets the
+    plaintext length once the final segment is out.
 
     Raises:
-        PayloadTooLargeError: More than ``max_bytes`` of plaintext (what was written so far is
+        PayloadTooLargeError: More than ``max_bytes`` of plaintext (what was produced so far is
             an incomplete stream that does not decrypt).
     """
     reader = as_reader(src)
@@ -181,7 +185,7 @@ def encrypt_to(
     view = memoryview(buf)
     out = bytearray(encryptor.sealed_len(run, False) + TAG_LEN)
     out_view = memoryview(out)
-    _write_all(dst, memoryview(encryptor.header))
+    yield memoryview(encryptor.header)
     # A regular file says how much follows, so most runs need no look-ahead byte and reads
     # stay aligned to whole runs (which the page cache and tmpfs copy fastest). Should the file
     # shrink meanwhile, the next run is an empty final segment, which is valid.
@@ -203,14 +207,92 @@ def encrypt_to(
             raise PayloadTooLargeError(f"stream exceeds the maximum of {max_bytes} bytes")
         n = encryptor.sealed_len(have, last)
         encryptor.seal_into(view[:have], out_view[:n], last, threads)
-        _write_all(dst, out_view[:n])
+        yield out_view[:n]
         if progress is not None:
             progress(have)
         if last:
-            return total
+            if on_done is not None:
+                on_done(total)
+            return
         if carry:
             buf[0] = buf[run]
         ahead = int(carry)
+
+
+def encrypt_to(
+    encryptor: StreamEncryptor,
+    src: object,
+    dst: _Writable,
+    *,
+    max_bytes: int,
+    threads: int = 1,
+    progress: Callable[[int], object] | None = None,
+) -> int:
+    """Writes the stream of ``src`` sealed by ``encryptor`` to ``dst``; returns plaintext bytes.
+
+    Raises:
+        PayloadTooLargeError: As :func:`sealed_runs`.
+    """
+    total = [0]
+    for view in sealed_runs(
+        encryptor,
+        src,
+        max_bytes=max_bytes,
+        threads=threads,
+        progress=progress,
+        on_done=lambda n: total.__setitem__(0, n),
+    ):
+        _write_all(dst, view)
+    return total[0]
+
+
+class EncryptingReader(io.RawIOBase):
+    """A read-only raw file of the stream (ciphertext) of a source, sealed as it is read.
+
+    Made by :meth:`EncryptionService.open_encrypting` for consumers that pull bytes, such as
+    s3transfer's multipart upload. Memory stays constant: one run of segments at a time.
+    """
+
+    def __init__(self, runs: Iterator[memoryview]) -> None:
+        super().__init__()
+        self._runs = runs
+        self._pending = memoryview(b"")
+        self._done = False
+
+    def readable(self) -> bool:
+        """Always true."""
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        """Reads the next ciphertext bytes into ``buffer``; 0 once the stream is complete."""
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+        out = memoryview(buffer).cast("B")
+        got = 0
+        while got < len(out):
+            if not len(self._pending):
+                if self._done:
+                    break
+                try:
+                    self._pending = next(self._runs)
+                except StopIteration:
+                    self._done = True
+                    break
+            n = min(len(out) - got, len(self._pending))
+            out[got : got + n] = self._pending[:n]
+            self._pending = self._pending[n:]
+            got += n
+        return got
+
+    def readall(self) -> bytes:
+        """Reads the rest of the stream."""
+        parts: list[bytes] = []
+        while chunk := self.read(RUN_BYTES):
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def __repr__(self) -> str:
+        return "<EncryptingReader>"
 
 
 def read_header(src: _Readable) -> bytes:
@@ -335,6 +417,16 @@ class DecryptingReader(io.RawIOBase):
             raise ValueError("negative seek position")
         self._pos = pos
         return pos
+
+    @property
+    def segment_size(self) -> int:
+        """Plaintext bytes per segment."""
+        return self._seg
+
+    @property
+    def header_len(self) -> int:
+        """Length of the stream header."""
+        return self._dec.header_len
 
     @property
     def size(self) -> int | None:
