@@ -39,6 +39,8 @@ def pg_database() -> Iterator[str]:
     """A database of its own (so LISTEN/NOTIFY and the key store tables are this test's)."""
     base = os.environ.get("GLC_PG_URL")
     if not base:
+        if os.environ.get("CI"):
+            pytest.fail("GLC_PG_URL is not set (CI must start PostgreSQL: scripts/services.sh)")
         pytest.skip("GLC_PG_URL not set; start services with scripts/services.sh")
     import psycopg
 
