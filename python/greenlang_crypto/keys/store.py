@@ -316,7 +316,7 @@ class KeyStore:
             KeyStateError: A key version, stored DEK or index key still uses it.
         """
         with self._tx(serialized=True) as cur:
-            for table in ("glc_key_versions", "glc_deks", "glc_index_keys"):
+            for table in ("glc_key_versions", "glc_deks", "glc_index_keys", "glc_branch_keys"):
                 cur.execute(
                     self._sql(f"SELECT 1 FROM {table} WHERE wrapping_key_id = ? LIMIT 1"),  # noqa: S608
                     (wrapping_key_id,),
