@@ -17,6 +17,10 @@ Per flush:
 * ``after_insert`` / ``after_update``: put the plaintext back as the committed value, so the
   object never exposes ciphertext and is not marked dirty again.
 * ``load`` / ``refresh``: decrypt row-bound values with the loaded primary key and tenant.
+
+Before a mapper is configured, its blind-index columns are made deferred (unless declared with
+``BlindIndex(..., orm_deferred=False)``): entity loads leave them out, since nothing in Python
+needs them (lookups compare them in SQL, flushes only write them).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import event, inspect
-from sqlalchemy.orm import Mapper, Session, attributes
+from sqlalchemy.orm import ColumnProperty, InstanceState, Mapper, Session, attributes
 from sqlalchemy.orm.base import instance_state
 
 from greenlang_crypto.exceptions import InvalidArgumentError
@@ -38,8 +42,12 @@ from greenlang_crypto.sqlalchemy.types import EncryptedType, SealedValue
 __all__ = ["install"]
 
 _STASH = "_glc_plaintexts"
-#: Set on an object's state by the session hook; the per-object hooks then skip it.
+#: Session info key: the states the session hook prepared in the current flush.
 _PREPARED = "_glc_prepared"
+#: States prepared by a session hook whose flush has not ended; the per-object hooks skip
+#: them. A set shared by every session (states belong to one session each); membership and
+#: removal are single operations under the GIL.
+_prepared: set[InstanceState[Any]] = set()
 _installed: weakref.WeakSet[Mapper[Any]] = weakref.WeakSet()
 _binders: weakref.WeakKeyDictionary[Mapper[Any], _Binder] = weakref.WeakKeyDictionary()
 
@@ -107,23 +115,27 @@ class _Binder:
             not ins and self._identity_changed(t) for t, ins in zip(targets, inserts, strict=True)
         ]
         for index_key, index, source_key, source_type in self.indexes:
-            rows: list[Any] = []
+            rows: list[int] = []
             values: list[Any] = []
             tenants: list[str | None] = []
-            for t, st, ins, rebind in zip(targets, states, inserts, rebinds, strict=True):
-                if not (ins or rebind or st.attrs[source_key].history.has_changes()):
+            for i, (t, st, ins) in enumerate(zip(targets, states, inserts, strict=True)):
+                if ins:
+                    # A pending object's attributes are all in its dict (unset ones are absent).
+                    plaintext = st.dict.get(source_key)
+                elif rebinds[i] or st.attrs[source_key].history.has_changes():
+                    plaintext = getattr(t, source_key)
+                else:
                     continue
-                plaintext = getattr(t, source_key)
                 if plaintext is None:
-                    setattr(t, index_key, None)  # NULL is not indexed
+                    _assign(t, st, ins, index_key, None)  # NULL is not indexed
                     continue
-                rows.append(t)
+                rows.append(i)
                 values.append(plaintext)
                 tenants.append(self._tenant(t, source_type) if index.per_tenant else None)
             if rows:
                 computed = index.compute_many(values, tenants if index.per_tenant else None)
-                for t, value in zip(rows, computed, strict=True):
-                    setattr(t, index_key, value)
+                for i, value in zip(rows, computed, strict=True):
+                    _assign(targets[i], states[i], inserts[i], index_key, value)
         if self.sealed:
             pks = [self._pk(t, fill_defaults=ins) for t, ins in zip(targets, inserts, strict=True)]
             stashes: list[dict[str, Any]] = [{} for _ in targets]
@@ -146,14 +158,25 @@ class _Binder:
             for st, stash in zip(states, stashes, strict=True):
                 if stash:
                     st.info[_STASH] = stash
-        for st in states:
-            st.info[_PREPARED] = True
+        _prepared.update(states)
         return states
+
+    def before_insert(self, mapper: Mapper[Any], conn: Any, state: InstanceState[Any]) -> None:
+        """Mapper hook (raw): the flush work of an object the session hook did not prepare."""
+        if state in _prepared:
+            _prepared.discard(state)
+        else:
+            self.before_write(state.obj(), insert=True)
+
+    def before_update(self, mapper: Mapper[Any], conn: Any, state: InstanceState[Any]) -> None:
+        """Mapper hook (raw): as :meth:`before_insert`, for an update."""
+        if state in _prepared:
+            _prepared.discard(state)
+        else:
+            self.before_write(state.obj(), insert=False)
 
     def before_write(self, target: Any, *, insert: bool) -> None:
         state = inspect(target)
-        if state.info.pop(_PREPARED, False):
-            return
         rebind = not insert and self._identity_changed(target)
         for index_key, index, source_key, source_type in self.indexes:
             changed = insert or rebind or state.attrs[source_key].history.has_changes()
@@ -207,6 +230,19 @@ class _Binder:
             attributes.set_committed_value(target, key, typ.decrypt_value(value, pk, tenant))
 
 
+def _assign(target: Any, state: InstanceState[Any], insert: bool, key: str, value: Any) -> None:
+    """Sets an attribute during a flush.
+
+    A pending object is inserted from its dict as it is, so its value is written there
+    directly, which skips the attribute events and history bookkeeping of a set; a persistent
+    object needs them for the UPDATE to include the change.
+    """
+    if insert:
+        state.dict[key] = value
+    else:
+        setattr(target, key, value)
+
+
 def _build(mapper: Mapper[Any]) -> _Binder | None:
     binder = _Binder(mapper)
     for prop in mapper.column_attrs:
@@ -234,8 +270,10 @@ def install(mapper: Mapper[Any]) -> None:
         return
     _installed.add(mapper)
     _binders[mapper] = binder
-    event.listen(mapper, "before_insert", lambda m, c, t: binder.before_write(t, insert=True))
-    event.listen(mapper, "before_update", lambda m, c, t: binder.before_write(t, insert=False))
+    # raw=True: SQLAlchemy passes the state itself and skips its per-object wrapper; these run
+    # once per row of every flush.
+    event.listen(mapper, "before_insert", binder.before_insert, raw=True)
+    event.listen(mapper, "before_update", binder.before_update, raw=True)
     if binder.sealed:
         event.listen(mapper, "after_insert", lambda m, c, t: binder.after_write(t))
         event.listen(mapper, "after_update", lambda m, c, t: binder.after_write(t))
@@ -279,8 +317,43 @@ def _before_flush(session: Session, flush_context: Any, instances: Iterable[Any]
 @event.listens_for(Session, "after_flush_postexec")
 def _after_flush(session: Session, flush_context: Any) -> None:
     # An object prepared but not written (no net change) must not skip its hooks next time.
-    for state in session.info.pop(_PREPARED, ()):
-        state.info.pop(_PREPARED, None)
+    prepared = session.info.pop(_PREPARED, None)
+    if prepared:
+        _prepared.difference_update(prepared)
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _after_rollback(session: Session, previous_transaction: Any) -> None:
+    # A flush that failed never reaches after_flush_postexec; its objects are prepared again
+    # (from their current values) by the next flush.
+    _after_flush(session, None)
+
+
+@event.listens_for(Mapper, "before_mapper_configured")
+def _defer_blind_indexes(mapper: Mapper[Any], class_: type) -> None:
+    # Runs before the mapper's properties choose their loader strategies, so setting
+    # ``deferred`` here has the effect of ``mapped_column(..., deferred=True)``.
+    for prop in list(mapper._props.values()):
+        if not isinstance(prop, ColumnProperty) or len(prop.columns) != 1:
+            continue
+        column = prop.columns[0]
+        typ = getattr(column, "type", None)
+        if (
+            isinstance(typ, BlindIndex)
+            and typ.orm_deferred
+            and not prop.deferred
+            and not getattr(column, "primary_key", False)
+            and not prop._configure_started
+        ):
+            prop.deferred = True
+            # The key ColumnProperty builds from its arguments (see its constructor).
+            key: tuple[tuple[str, bool], ...] = (
+                ("deferred", True),
+                ("instrument", prop.instrument),
+            )
+            if prop.raiseload:
+                key += (("raiseload", True),)
+            prop.strategy_key = key
 
 
 @event.listens_for(Mapper, "mapper_configured")
