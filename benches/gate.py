@@ -222,6 +222,10 @@ def service_checks() -> list[Check]:
     except ImportError:
         return []
     checks = gate_service.checks()
+    # Keeping the keyring current (background refresh every 5 s) must not slow the data path.
+    from benches import gate_refresh
+
+    checks += gate_refresh.checks()
     if os.environ.get("GLC_PG_URL"):
         # The SQLAlchemy-layer checks measure against PostgreSQL (scripts/services.sh).
         from benches import gate_sqlalchemy
