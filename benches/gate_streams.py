@@ -381,7 +381,7 @@ def _peak_rss(work: Path) -> Ratio:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
         idle = status("VmRSS")
-        svc.encrypt_file(work / "big.bin", work / "big.glc", ctx)
+        svc.encrypt_file(work / "big.bin", work / "rss.glc", ctx)
         print(status("VmHWM") - idle)
         """
     )
@@ -428,7 +428,7 @@ class _CountingFile(io.RawIOBase):
 
 
 def _ranged_read(work: Path, svc: Any, ctx: Any) -> Ratio:
-    big_enc = work / "big.glc"
+    big_enc = work / "ranged.glc"
     if not big_enc.exists():
         big = work / "big.bin"
         if not big.exists():
