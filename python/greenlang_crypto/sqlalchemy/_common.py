@@ -7,35 +7,106 @@ value written by one could not be read by the other; both build them here.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast
 
-from greenlang_crypto._core import ENVELOPE_MAGIC
 from greenlang_crypto.context import EncryptionContext
 from greenlang_crypto.exceptions import InvalidArgumentError
 
 if TYPE_CHECKING:
+    from greenlang_crypto._core import BlindIndexKey
     from greenlang_crypto.service import EncryptionService
 
 __all__ = [
     "ENVELOPE_MAGIC",
+    "ColumnService",
     "FromRow",
     "ServiceRef",
     "TenantSpec",
     "is_envelope",
+    "is_service",
     "location_aad",
     "resolve_service",
     "row_aad",
 ]
 
-# ENVELOPE_MAGIC, the first byte of every envelope (docs/FORMAT.md), comes from the Rust core,
-# its one home. It never occurs in UTF-8, so a stored text value and an envelope cannot be
-# confused.
+#: First byte of every envelope (docs/FORMAT.md). It never occurs in UTF-8, so a stored text
+#: value and an envelope cannot be confused.
+ENVELOPE_MAGIC = 0xFA
 
-#: An EncryptionService, or a zero-argument callable returning one (so that models can be
-#: declared at import time, before the application has built its service).
-ServiceRef = Any
+
+class ColumnService(Protocol):
+    """What the column types and blind indexes use of the service.
+
+    :class:`~greenlang_crypto.service.EncryptionService` satisfies it. Written out so that the
+    layer is type-checked against the service, and so that the front door's dependency on the
+    service is this list and nothing more.
+    """
+
+    def encrypt(
+        self, plaintext: bytes, context: EncryptionContext, *, associated_data: bytes | None = ...
+    ) -> bytes:
+        """Encrypts one value (see ``EncryptionService.encrypt``)."""
+        ...
+
+    def decrypt(
+        self, ciphertext: bytes, context: EncryptionContext, *, associated_data: bytes | None = ...
+    ) -> bytes:
+        """Decrypts one value (see ``EncryptionService.decrypt``)."""
+        ...
+
+    def encrypt_batch(
+        self,
+        plaintexts: Sequence[bytes],
+        context: EncryptionContext,
+        *,
+        associated_data: Sequence[bytes | None] | None = ...,
+    ) -> list[bytes]:
+        """Encrypts many values under one context in one call."""
+        ...
+
+    def value_encryptor(
+        self,
+        context: EncryptionContext,
+        *,
+        associated_data: bytes | None = ...,
+        text: bool = ...,
+        fallback: Callable[[Any], Any] | None = ...,
+    ) -> Callable[[Any], Any]:
+        """A per-value encrypt callable for database parameters."""
+        ...
+
+    def value_decryptor(
+        self,
+        context: EncryptionContext,
+        *,
+        associated_data: bytes | None = ...,
+        text: bool = ...,
+        fallback: Callable[[Any], Any] | None = ...,
+    ) -> Callable[[Any], Any]:
+        """A per-value decrypt callable for database results."""
+        ...
+
+    def blind_index_key(self, purpose: str, version: int | None = ...) -> BlindIndexKey:
+        """The HMAC key of one blind index and key version."""
+        ...
+
+    def active_index_versions(self) -> list[int]:
+        """Index key versions a lookup must match, the primary first."""
+        ...
+
+
+if TYPE_CHECKING:
+
+    def _service_satisfies_protocol(svc: EncryptionService) -> ColumnService:
+        # mypy fails here if the service's signatures drift from what this layer calls.
+        return svc
+
+
+#: A service, or a zero-argument callable returning one (so that models can be declared at
+#: import time, before the application has built its service).
+ServiceRef: TypeAlias = ColumnService | Callable[[], ColumnService]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,15 +125,24 @@ class FromRow:
 TenantSpec = str | Callable[[], str] | FromRow
 
 
-def resolve_service(ref: ServiceRef) -> EncryptionService:
+def is_service(obj: object) -> bool:
+    """Whether ``obj`` is a service rather than a callable returning one.
+
+    Checked by the two methods every path uses, not with ``isinstance`` against the Protocol:
+    this runs per value for columns whose tenant is chosen per call.
+    """
+    return hasattr(obj, "encrypt") and hasattr(obj, "decrypt")
+
+
+def resolve_service(ref: ServiceRef) -> ColumnService:
     """Returns the service behind ``ref`` (the object itself or what the callable returns)."""
-    if hasattr(ref, "encrypt") and hasattr(ref, "decrypt"):
-        return ref  # type: ignore[no-any-return]
+    if is_service(ref):
+        return cast(ColumnService, ref)
     if callable(ref):
         svc = ref()
-        if not (hasattr(svc, "encrypt") and hasattr(svc, "decrypt")):
+        if not is_service(svc):
             raise InvalidArgumentError("the service callable did not return an EncryptionService")
-        return svc  # type: ignore[no-any-return]
+        return svc
     raise InvalidArgumentError("service must be an EncryptionService or a callable returning one")
 
 

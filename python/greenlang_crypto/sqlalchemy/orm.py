@@ -200,7 +200,9 @@ class _Binder:
                 continue
             tenant = self._tenant(target, typ)
             stash[key] = plaintext
-            setattr(target, key, SealedValue(typ.encrypt_value(plaintext, pk, tenant)))
+            sealed = typ.encrypt_value(plaintext, pk, tenant)
+            assert sealed is not None  # only None encrypts to None
+            setattr(target, key, SealedValue(sealed))
         if stash:
             state.info[_STASH] = stash
 

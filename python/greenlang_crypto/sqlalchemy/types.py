@@ -172,7 +172,7 @@ class EncryptedType(TypeDecorator[Any]):
     # per value, see EncryptionService.value_encryptor / value_decryptor), which hands every
     # value it does not take to the same two functions.
 
-    def _encrypt_one(self, value: Any, ctx: EncryptionContext, aad: bytes | None) -> Any:
+    def _encrypt_one(self, value: Any, ctx: EncryptionContext, aad: bytes | None) -> bytes | None:
         if value is None:
             return None
         if type(value) is SealedValue:
@@ -192,10 +192,12 @@ class EncryptedType(TypeDecorator[Any]):
             return None
         return self.from_bytes(self._decrypt_raw(stored, ctx, aad))
 
-    def encrypt_value(self, value: Any, pk: object = None, tenant_id: str | None = None) -> bytes:
-        """Encrypts one Python value for this column (used by the ORM hooks and jobs)."""
+    def encrypt_value(
+        self, value: Any, pk: object = None, tenant_id: str | None = None
+    ) -> bytes | None:
+        """Encrypts one Python value for this column (``None`` stays ``None``)."""
         ctx = self.context_for(tenant_id)
-        return self._encrypt_one(value, ctx, self.associated_data_for(pk, ctx.tenant_id))  # type: ignore[no-any-return]
+        return self._encrypt_one(value, ctx, self.associated_data_for(pk, ctx.tenant_id))
 
     def encrypt_many(
         self, values: Sequence[Any], pks: Sequence[object], tenant_id: str | None = None
@@ -319,7 +321,7 @@ class EncryptedType(TypeDecorator[Any]):
         if type(value) is SealedValue:
             return bytes(value)
         self._check_writable()
-        return self._encrypt_one(value, self._contexts.get(self._tenant_now()), self._aad)  # type: ignore[no-any-return]
+        return self._encrypt_one(value, self._contexts.get(self._tenant_now()), self._aad)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Any:
         """Decrypts a stored value (``None`` stays ``None``)."""
