@@ -30,6 +30,8 @@ EVENTS = frozenset(
         "key_rotated",
         "key_rewrapped",
         "key_retired",
+        "branch_key_created",  # a new branch key from the provider (GenerateDataKey)
+        "branch_key_unwrapped",  # a branch key unwrapped through the provider (Decrypt)
     }
 )
 

@@ -27,6 +27,12 @@ Exported families (names are used by ``monitoring/dashboards`` and ``monitoring/
   cached DEK and the largest fraction of a DEK's message budget used.
 * ``gl_encryption_reencryption_rows_total{status}``, ``gl_encryption_reencryption_remaining_rows``.
 * ``gl_encryption_audit_sink_up``: 1 when the audit sink took the last write, else 0.
+* ``gl_encryption_branch_key_unwraps_total``, ``gl_encryption_branch_key_created_total``:
+  branch keys unwrapped (one KMS Decrypt each, at most once per TTL) and created;
+  ``gl_encryption_branch_key_derivations_total``: DEKs derived from branch keys, counted in
+  Rust (process-wide); ``gl_encryption_branch_keys_cached``: unwrapped branch keys held.
+* ``gl_encryption_key_cache_redis_total{outcome}``: the shared Redis cache of wrapped keys
+  (``hit``, ``miss``, ``stale``, ``error``, ``skipped``, ``write``).
 
 Counters stay monotonic across cache replacement (a rotation starts new Rust caches): a drop
 in a raw reading is treated as a reset and the previous value is carried forward.
@@ -74,7 +80,12 @@ _DECRYPT_REASONS = {
     "KmsKeyDisabledError": "kms",
     "KmsAccessDeniedError": "kms",
 }
-_LOCAL_KMS_EVENTS = {"key_generated": "GenerateDataKey", "key_accessed": "Decrypt"}
+_LOCAL_KMS_EVENTS = {
+    "key_generated": "GenerateDataKey",
+    "key_accessed": "Decrypt",
+    "branch_key_created": "GenerateDataKey",
+    "branch_key_unwrapped": "Decrypt",
+}
 
 
 class ReencryptionProgress:
@@ -267,6 +278,7 @@ class EncryptionMetrics:
             if svc is not None:
                 out.extend(self._service_families(svc, CounterMetricFamily, GaugeMetricFamily))
                 out.append(self._duration_family(svc, HistogramMetricFamily))
+                out.extend(_branch_families(svc, CounterMetricFamily, GaugeMetricFamily))
             out.extend(self._kms_families(CounterMetricFamily, HistogramMetricFamily))
         rows, remaining = self._progress.snapshot()
         reenc = CounterMetricFamily(
@@ -388,6 +400,42 @@ class EncryptionMetrics:
             buckets.append(("+Inf", cum[-1]))
             lat.add_metric([op], buckets, hist.total)
         return [calls, lat]
+
+
+def _branch_families(svc: EncryptionService, counter: Any, gauge: Any) -> list[Metric]:
+    """Branch keys and the shared Redis key cache (counters kept by the service and Rust)."""
+    stats = svc.branch_key_stats()
+    out = [
+        counter(
+            "gl_encryption_branch_key_unwraps",
+            "Branch keys unwrapped through the key provider (one KMS Decrypt each).",
+            value=stats.get("unwraps", 0),
+        ),
+        counter(
+            "gl_encryption_branch_key_created",
+            "Branch keys created (one KMS GenerateDataKey each).",
+            value=stats.get("created", 0),
+        ),
+        counter(
+            "gl_encryption_branch_key_derivations",
+            "DEKs derived from branch keys in this process (counted in Rust).",
+            value=stats.get("derivations", 0),
+        ),
+        gauge(
+            "gl_encryption_branch_keys_cached",
+            "Unwrapped branch keys held in memory.",
+            value=stats.get("cached_keys", 0),
+        ),
+    ]
+    redis = counter(
+        "gl_encryption_key_cache_redis",
+        "Lookups and writes of the shared Redis cache of wrapped keys, by outcome.",
+        labels=["outcome"],
+    )
+    for outcome, n in sorted(svc.key_cache_stats().items()):
+        redis.add_metric([outcome], n)
+    out.append(redis)
+    return out
 
 
 def _le(bound: float) -> str:

@@ -37,6 +37,11 @@ METRICS = {
     "gl_encryption_reencryption_remaining_rows": "gauge",
     "gl_encryption_audit_sink_up": "gauge",
     "gl_encryption_decrypt_failures_total": "counter",
+    "gl_encryption_branch_key_unwraps_total": "counter",
+    "gl_encryption_branch_key_created_total": "counter",
+    "gl_encryption_branch_key_derivations_total": "counter",
+    "gl_encryption_branch_keys_cached": "gauge",
+    "gl_encryption_key_cache_redis_total": "counter",
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
@@ -52,6 +57,8 @@ REQUIRED_ALERTS = {
     "GreenlangCryptoKmsErrors": ("gl_kms_calls_total",),
     "GreenlangCryptoNonceBudgetHigh": ("gl_encryption_nonce_budget_used_ratio", "> 0.8"),
     "GreenlangCryptoAuditSinkDown": ("gl_encryption_audit_sink_up", "== 0"),
+    "GreenlangCryptoBranchKeyUnwrapsHigh": ("gl_encryption_branch_key_unwraps_total", "> 5"),
+    "GreenlangCryptoRedisKeyCacheErrors": ('gl_encryption_key_cache_redis_total{outcome="error"}',),
 }
 
 # Dashboard topics: a panel whose title matches must query these metrics.
@@ -72,6 +79,15 @@ REQUIRED_PANELS = {
     r"nonce budget": ("gl_encryption_nonce_budget_used_ratio",),
     r"rotation progress": ("gl_encryption_reencryption_remaining_rows",),
     r"audit sink": ("gl_encryption_audit_sink_up",),
+    r"branch key unwraps": (
+        "gl_encryption_branch_key_unwraps_total",
+        "gl_encryption_branch_key_created_total",
+    ),
+    r"branch key derivations": (
+        "gl_encryption_branch_key_derivations_total",
+        "gl_encryption_branch_keys_cached",
+    ),
+    r"redis key cache": ("gl_encryption_key_cache_redis_total",),
 }
 
 # Grafana's built-in interval variables, replaced by a fixed duration for promtool.

@@ -59,6 +59,8 @@ _DETAIL_FIELDS = frozenset(
         "count",
         "kms_on_demand",
         "size",
+        "branch_id",
+        "purpose",
     }
 )
 _DATA_EVENTS = frozenset(
