@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from greenlang_crypto.api.guard import BodyGuard, default_body_limit
 from greenlang_crypto.api.routes import API_PREFIX, build_router
 from greenlang_crypto.audit import AuditLog, open_audit_sink
+from greenlang_crypto.audit.anchors import default_anchor, open_anchor
 from greenlang_crypto.config import EncryptionServiceConfig
 from greenlang_crypto.metrics import EncryptionMetrics, exposition
 from greenlang_crypto.service import EncryptionService
@@ -113,18 +114,24 @@ def build_stack(
     per_operation_events: bool = False,
     flush_interval: float = 10.0,
     audit_timeout: float = 2.0,
+    anchors: Sequence[str] = (),
 ) -> Stack:
     """Builds the service with an audit log and a metrics collector as observers.
 
     With ``provider = "aws-kms"`` the KMS provider reports each call to the collector.
+    ``anchors`` are URLs of further checkpoint anchors (see
+    :func:`~greenlang_crypto.audit.anchors.open_anchor`), besides the default file beside a
+    SQLite or JSON-lines log; a PostgreSQL log has no anchor unless one is named here.
     """
     from prometheus_client import CollectorRegistry
 
     metrics = EncryptionMetrics()
-    audit = AuditLog(
-        open_audit_sink(audit_url, config.data_dir, timeout=audit_timeout),
-        flush_interval=flush_interval,
-    )
+    sink = open_audit_sink(audit_url, config.data_dir, timeout=audit_timeout)
+    chosen = None
+    if anchors:
+        default = default_anchor(sink)
+        chosen = ([default] if default is not None else []) + [open_anchor(u) for u in anchors]
+    audit = AuditLog(sink, flush_interval=flush_interval, anchors=chosen)
     provider = None
     if config.provider == "aws-kms":
         from greenlang_crypto.providers.aws_kms import AwsKmsKeyProvider

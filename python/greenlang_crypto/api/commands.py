@@ -21,6 +21,25 @@ def _audit_url(args: argparse.Namespace) -> str | None:
     return url
 
 
+def _anchor_urls(args: argparse.Namespace) -> list[str]:
+    """Anchors named with ``--anchor``/``--audit-anchor``, else in ``$GLC_AUDIT_ANCHORS``."""
+    given: list[str] = list(getattr(args, "anchor", None) or [])
+    if not given:
+        env = os.environ.get("GLC_AUDIT_ANCHORS", "")
+        given = [u.strip() for u in env.split(",") if u.strip()]
+    return given
+
+
+def _anchors(sink: Any, urls: list[str]) -> list[Any] | None:
+    """The default anchor beside a file log plus the named ones; None: the default alone."""
+    from greenlang_crypto.audit.anchors import default_anchor, open_anchor
+
+    if not urls:
+        return None
+    default = default_anchor(sink)
+    return ([default] if default is not None else []) + [open_anchor(u) for u in urls]
+
+
 def cmd_serve(args: argparse.Namespace, make_config: Callable[[argparse.Namespace], Any]) -> int:
     """Runs the admin API with uvicorn (embedded default: local keys, SQLite audit log)."""
     import uvicorn
@@ -42,7 +61,10 @@ def cmd_serve(args: argparse.Namespace, make_config: Callable[[argparse.Namespac
         # Development mode: tokens minted by `greenlang-crypto token` for this data directory.
         settings = dev_settings(config.data_dir)
     stack = build_stack(
-        config, audit_url=_audit_url(args), flush_interval=args.audit_flush_interval
+        config,
+        audit_url=_audit_url(args),
+        flush_interval=args.audit_flush_interval,
+        anchors=_anchor_urls(args),
     )
     app = create_app(
         stack.service, stack.audit, authorizer=JwtAuthorizer(settings), registry=stack.registry
@@ -85,9 +107,24 @@ def _open_audit(
     from greenlang_crypto.audit import AuditLog, open_audit_sink
 
     config = make_config(args)
-    audit = AuditLog(open_audit_sink(_audit_url(args), config.data_dir), start_thread=False)
+    sink = open_audit_sink(_audit_url(args), config.data_dir)
+    audit = AuditLog(sink, start_thread=False, anchors=_anchors(sink, _anchor_urls(args)))
     audit.bind(make_service(args))
     return audit
+
+
+def _given_checkpoints(args: argparse.Namespace) -> list[str]:
+    """``--checkpoint`` lines, plus every checkpoint line of each ``--checkpoint-file``."""
+    from greenlang_crypto.audit.anchors import StreamAnchor
+
+    lines = list(args.checkpoint or [])
+    for path in args.checkpoint_file or []:
+        # A shipped log holds other lines too; the checkpoint lines carry the anchor's prefix.
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines += [ln for ln in f if "glc-audit-checkpoint" in ln]
+    for line in lines:
+        StreamAnchor.parse(line)  # unreadable: refused before verifying anything
+    return lines
 
 
 def cmd_audit(
@@ -96,9 +133,22 @@ def cmd_audit(
     make_config: Callable[[argparse.Namespace], Any],
 ) -> int:
     """``audit verify`` checks the HMAC chain; ``audit tail`` prints the last records."""
-    audit = _open_audit(args, make_service, make_config)
     if args.audit_command == "verify":
-        result = audit.verify()
+        try:
+            given = _given_checkpoints(args)
+        except (OSError, ValueError) as exc:
+            print(f"error: unreadable checkpoint ({type(exc).__name__})", file=sys.stderr)
+            return 2
+        audit = _open_audit(args, make_service, make_config)
+        if not audit.anchors and not given:
+            # Without an anchor nothing outside the database vouches for the head, so a log
+            # cut short and re-chained by someone holding the key store cannot be told apart.
+            print(
+                "warning: no audit anchor configured; a truncated log cannot be detected "
+                "(use --anchor or --checkpoint)",
+                file=sys.stderr,
+            )
+        result = audit.verify(given or None)
         for p in result.problems:
             print(f"BAD record seq {p.seq}: {p.kind}: {p.detail}")
         if result.ok:
@@ -106,6 +156,7 @@ def cmd_audit(
             return 0
         print(f"FAILED: {len(result.problems)} problem(s) in {result.records} record(s)")
         return 1
+    audit = _open_audit(args, make_service, make_config)
     for record in audit.tail(args.n):
         print(json.dumps(record.to_dict(), sort_keys=True))
     return 0
@@ -122,6 +173,14 @@ def register(
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--audit-url", default=None, help="sqlite:///, postgresql://, jsonl://")
     serve.add_argument("--audit-flush-interval", type=float, default=10.0)
+    serve.add_argument(
+        "--audit-anchor",
+        dest="anchor",
+        action="append",
+        metavar="URL",
+        help="where checkpoints go besides the default (file:///, s3://bucket/prefix, stdout, "
+        "syslog; repeatable; default $GLC_AUDIT_ANCHORS)",
+    )
     serve.add_argument("--jwt-key-file", default=None, help="verification key (PEM or secret)")
     serve.add_argument("--jwt-algorithms", default="RS256", help="pinned allow-list, comma list")
     serve.add_argument("--jwt-issuer", default=None)
@@ -141,7 +200,26 @@ def register(
     audit = subparsers.add_parser("audit", help="verify or show the audit log")
     audit.add_argument("--audit-url", default=None, help="sqlite:///, postgresql://, jsonl://")
     sub = audit.add_subparsers(dest="audit_command", required=True)
-    sub.add_parser("verify", help="check the HMAC chain; exit 1 naming bad records")
+    verify = sub.add_parser("verify", help="check the HMAC chain; exit 1 naming bad records")
+    verify.add_argument(
+        "--anchor",
+        action="append",
+        metavar="URL",
+        help="also check against this anchor's checkpoints (file:///, s3://bucket/prefix; "
+        "repeatable; default $GLC_AUDIT_ANCHORS)",
+    )
+    verify.add_argument(
+        "--checkpoint",
+        action="append",
+        metavar="LINE",
+        help="a checkpoint line shipped by the stdout or syslog anchor (repeatable)",
+    )
+    verify.add_argument(
+        "--checkpoint-file",
+        action="append",
+        metavar="PATH",
+        help="a shipped log: every checkpoint line in it is checked (repeatable)",
+    )
     tail = sub.add_parser("tail", help="print the last records as JSON lines")
     tail.add_argument("-n", type=int, default=20)
     audit.set_defaults(func=lambda a: cmd_audit(a, make_service, make_config))

@@ -736,7 +736,9 @@ class AuditLog:
         """The last ``n`` records."""
         return self.sink.tail(n)
 
-    def verify(self, checkpoint: Checkpoint | str | None = None) -> VerifyResult:
+    def verify(
+        self, checkpoint: Checkpoint | str | Sequence[Checkpoint | str] | None = None
+    ) -> VerifyResult:
         """Checks the whole chain, and checks it against the anchored checkpoints.
 
         Names each edited, deleted, inserted or reordered record, and fails when the log is
@@ -744,24 +746,32 @@ class AuditLog:
         record at a checkpoint's sequence number (rewritten).
 
         Args:
-            checkpoint: A further checkpoint to check against, for example the last line a
-                :class:`~greenlang_crypto.audit.anchors.StreamAnchor` shipped (object or
-                line).
+            checkpoint: Further checkpoints to check against, for example the lines a
+                :class:`~greenlang_crypto.audit.anchors.StreamAnchor` shipped (objects or
+                lines; one or several).
 
         Raises:
             AuditSinkUnavailableError: The sink or the chain key cannot be read.
         """
+        from greenlang_crypto.audit.anchors import StreamAnchor
+
         extra: list[Checkpoint] = []
         problems: list[VerifyProblem] = []
-        if isinstance(checkpoint, str):
-            from greenlang_crypto.audit.anchors import StreamAnchor
-
+        given: Sequence[Checkpoint | str] = (
+            []
+            if checkpoint is None
+            else [checkpoint]
+            if isinstance(checkpoint, str | Checkpoint)
+            else checkpoint
+        )
+        for item in given:
+            if isinstance(item, Checkpoint):
+                extra.append(item)
+                continue
             try:
-                extra.append(StreamAnchor.parse(checkpoint))
+                extra.append(StreamAnchor.parse(item))
             except ValueError:
-                problems.append(VerifyProblem(0, "anchor", "the given checkpoint is unreadable"))
-        elif checkpoint is not None:
-            extra.append(checkpoint)
+                problems.append(VerifyProblem(0, "anchor", "a given checkpoint is unreadable"))
         anchored = self._anchored(problems) + extra
         sink_path = getattr(self.sink, "path", None)
         if isinstance(sink_path, Path) and not sink_path.exists():
