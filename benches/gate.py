@@ -226,6 +226,10 @@ def service_checks() -> list[Check]:
     from benches import gate_refresh
 
     checks += gate_refresh.checks()
+    # Branch keys: a warm derived DEK costs what a cached per-context DEK costs.
+    from benches import gate_branch
+
+    checks += gate_branch.checks()
     if os.environ.get("GLC_PG_URL"):
         # The SQLAlchemy-layer checks measure against PostgreSQL (scripts/services.sh).
         from benches import gate_sqlalchemy
