@@ -24,9 +24,12 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["RedisKeyCache"]
+if TYPE_CHECKING:
+    from greenlang_crypto.keys.store import DekRecord
+
+__all__ = ["RedisKeyCache", "dek_record_from_json", "dek_record_to_json"]
 
 _log = logging.getLogger("greenlang_crypto.redis_cache")
 
@@ -149,3 +152,41 @@ class RedisKeyCache:
 
     def __repr__(self) -> str:
         return f"RedisKeyCache(prefix={self._prefix!r}, outcomes={dict(self.outcomes)})"
+
+
+def dek_record_to_json(record: DekRecord) -> dict[str, Any]:
+    """A stored DEK row as a JSON-able dict (the DEK itself only wrapped, as hex)."""
+    return {
+        "dek_id": record.dek_id,
+        "key_version": record.key_version,
+        "provider": record.provider,
+        "wrapping_key_id": record.wrapping_key_id,
+        "wrapped": record.wrapped.hex(),
+        "context": dict(record.context),
+        "context_digest": record.context_digest.hex(),
+        "created_at": record.created_at,
+    }
+
+
+def dek_record_from_json(data: dict[str, Any] | None) -> DekRecord | None:
+    """The inverse of :func:`dek_record_to_json`; None for a missing or damaged entry."""
+    from greenlang_crypto.keys.store import DekRecord
+
+    if data is None:
+        return None
+    try:
+        context = data["context"]
+        if not isinstance(context, dict):
+            raise TypeError("context")
+        return DekRecord(
+            int(data["dek_id"]),
+            int(data["key_version"]),
+            str(data["provider"]),
+            str(data["wrapping_key_id"]),
+            bytes.fromhex(str(data["wrapped"])),
+            {str(k): str(v) for k, v in context.items()},
+            bytes.fromhex(str(data["context_digest"])),
+            float(data["created_at"]),
+        )
+    except (KeyError, ValueError, TypeError):
+        return None  # read the key store instead

@@ -89,6 +89,7 @@ from greenlang_crypto.providers.base import (
 
 if TYPE_CHECKING:
     from greenlang_crypto._core import EnvelopeHeader
+    from greenlang_crypto.keys.store import DekRecord
     from greenlang_crypto.redis_cache import RedisKeyCache
 
 __all__ = ["EncryptionService", "RotationResult", "ServiceStatus"]
@@ -827,7 +828,7 @@ class EncryptionService:
                 if header.dek_id >= _MAX_DEK_ID:
                     # No stored DEK has such an id; the header is forged or corrupt.
                     raise KeyNotFoundError("stored DEK is not in the key store")
-                record = self.store.get_dek(header.dek_id)
+                record = self._stored_dek(header.dek_id)
                 if record is None:
                     raise KeyNotFoundError(f"stored DEK {header.dek_id} is not in the key store")
                 if record.key_version != header.key_version or record.provider != (
@@ -876,6 +877,21 @@ class EncryptionService:
                 fingerprint=key.fingerprint,
             )
             return key
+
+    def _stored_dek(self, dek_id: int) -> DekRecord | None:
+        """A stored DEK row, from the shared Redis key cache when one is configured."""
+        cache = self._branches.shared_cache
+        if cache is None:
+            return self.store.get_dek(dek_id)
+        from greenlang_crypto.redis_cache import dek_record_from_json, dek_record_to_json
+
+        epoch = self._keyring.snapshot.epoch
+        record = dek_record_from_json(cache.get(f"dek:{dek_id}", epoch))
+        if record is None:
+            record = self.store.get_dek(dek_id)
+            if record is not None:
+                cache.put(f"dek:{dek_id}", dek_record_to_json(record), epoch)
+        return record
 
     def _branch_data_key(
         self, header: EnvelopeHeader, envelope: bytes, ctx: EncryptionContext

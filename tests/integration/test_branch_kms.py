@@ -152,7 +152,7 @@ def _env(config: EncryptionServiceConfig) -> dict[str, str]:
             "GLC_KMS_ENDPOINT_URL": config.kms_endpoint_url or "",
             "GLC_KMS_REGION": "us-east-1",
             "GLC_KEY_STORE_URL": config.resolved_key_store_url,
-            "GLC_KEY_REFERENCE": "branch",
+            "GLC_KEY_REFERENCE": config.key_reference,
             "GLC_BRANCH_KEY_SCOPE": config.branch_key_scope,
             "GLC_KEYRING_REFRESH_SECONDS": str(config.keyring_refresh_seconds),
             "GLC_DATA_DIR": str(config.data_dir),
@@ -260,6 +260,20 @@ def test_a_branch_key_per_tenant_one_kms_call_per_tenant(
     assert summary["branch"]["unwraps"] == TENANTS
 
 
+def test_per_context_deks_for_comparison(
+    tmp_path: Path, pg_database: str, kms_endpoint: str, kms_arn: str
+) -> None:
+    # The baseline the README compares against: a stored DEK per context.
+    config = _config(pg_database, kms_endpoint, kms_arn, tmp_path, key_reference="stored")
+    svc, sent = _service(config)
+    _encrypt_all(svc, tmp_path / "envs.jsonl")
+    assert [t for t, _ in sent] == ["TrentService.GenerateDataKey"] * TENANTS
+    svc.close()
+    summary = _decrypt_in_fresh_process(config, tmp_path / "envs.jsonl")
+    assert summary["ok"] == TENANTS * PER_TENANT
+    assert summary["sent"] == ["TrentService.Decrypt"] * TENANTS
+
+
 def test_isolation_and_crypto_shredding_over_kms(
     tmp_path: Path, pg_database: str, kms_endpoint: str, kms_arn: str
 ) -> None:
@@ -357,6 +371,31 @@ def test_cold_processes_read_redis_which_holds_no_secrets(
     for data in (*dumps, *values):
         for needle in forbidden:
             assert needle not in data
+
+
+def test_stored_dek_rows_are_shared_through_redis(
+    tmp_path: Path, pg_database: str, kms_endpoint: str, kms_arn: str, redis_url: str
+) -> None:
+    config = _config(
+        pg_database,
+        kms_endpoint,
+        kms_arn,
+        tmp_path,
+        key_reference="stored",
+        key_cache_url=redis_url,
+    )
+    svc, _ = _service(config)
+    path = tmp_path / "envs.jsonl"
+    _encrypt_all(svc, path, tenants=5)
+    svc.close()
+    first = _decrypt_in_fresh_process(config, path)
+    second = _decrypt_in_fresh_process(config, path)
+    assert first["ok"] == second["ok"] == 5 * PER_TENANT
+    # The first cold process reads the rows from PostgreSQL and shares them; the second one
+    # finds all five in Redis. Both still unwrap each DEK at KMS.
+    assert (first["redis"]["miss"], first["redis"]["write"]) == (5, 5)
+    assert second["redis"]["hit"] == 5 and "miss" not in second["redis"]
+    assert first["sent"] == second["sent"] == ["TrentService.Decrypt"] * 5
 
 
 def test_redis_outage_never_fails_an_encrypt(

@@ -506,3 +506,20 @@ def test_redis_outcomes_are_exported(tmp_path: Path) -> None:
     text = generate_latest(registry).decode()
     assert 'gl_encryption_key_cache_redis_total{outcome="error"} 1.0' in text
     svc.close()
+
+
+def test_stored_dek_records_round_trip_through_json(tmp_path: Path) -> None:
+    from greenlang_crypto.redis_cache import dek_record_from_json, dek_record_to_json
+
+    svc = _service(tmp_path, key_reference="stored")
+    env = svc.encrypt(b"v", A)
+    dek_id = parse_envelope(env).dek_id
+    assert dek_id is not None
+    record = svc.store.get_dek(dek_id)
+    assert record is not None
+    data = dek_record_to_json(record)
+    assert dek_record_from_json(json.loads(json.dumps(data))) == record
+    assert dek_record_from_json(None) is None
+    assert dek_record_from_json({**data, "wrapped": "not hex"}) is None
+    assert dek_record_from_json({**data, "context": "x"}) is None
+    svc.close()
