@@ -525,3 +525,34 @@ def test_fleet_follows_a_branch_key_rotation(
     # The workers started cold and found the scope's wrapped key in Redis.
     assert sum(s["redis"].get("hit", 0) for s in stats) >= 3
     admin.close()
+
+
+def test_damaged_stale_and_foreign_redis_entries_fall_back_to_the_key_store(
+    tmp_path: Path, pg_database: str, kms_endpoint: str, kms_arn: str, redis_url: str
+) -> None:
+    import redis
+
+    cache = RedisKeyCache.from_url(redis_url)
+    config = _config(pg_database, kms_endpoint, kms_arn, tmp_path, branch_key_scope="tenant")
+    writer, _ = _service(config, key_cache=cache)
+    env = writer.encrypt(b"v", EncryptionContext("t0", "pii"))
+    branch_id = parse_envelope(env).branch_id
+    writer.close()
+    client = redis.Redis.from_url(redis_url)
+    name = f"glc:keys:branch:id:{branch_id}"
+    good = json.loads(client.get(name) or b"{}")
+    assert good["record"]["branch_id"] == branch_id
+    for damaged in (
+        b"not json",
+        json.dumps({"epoch": good["epoch"], "record": "x"}).encode(),
+        json.dumps({"epoch": good["epoch"], "record": {"branch_id": branch_id}}).encode(),
+        json.dumps({"epoch": good["epoch"] - 1, "record": good["record"]}).encode(),
+    ):
+        client.set(name, damaged)
+        reader, _ = _service(config, key_cache=RedisKeyCache.from_url(redis_url))
+        assert reader.decrypt(env, EncryptionContext("t0", "pii")) == b"v"
+        # Whatever Redis held, the reader took the row from PostgreSQL (and shared it again).
+        assert reader.branch_key_stats()["store_reads"] == 1
+        assert reader.key_cache_stats()["write"] >= 1
+        reader.close()
+    client.close()

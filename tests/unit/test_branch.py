@@ -523,3 +523,21 @@ def test_stored_dek_records_round_trip_through_json(tmp_path: Path) -> None:
     assert dek_record_from_json({**data, "wrapped": "not hex"}) is None
     assert dek_record_from_json({**data, "context": "x"}) is None
     svc.close()
+
+
+def test_key_cache_failures_on_write_and_delete_are_contained() -> None:
+    import redis
+
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, socket_timeout=0.2)
+    cache = RedisKeyCache(dead, backoff_seconds=0)
+    cache.put("a", {"x": 1}, 1)
+    cache.delete(["a", "b"])
+    cache.delete([])
+    assert cache.get("a", 0) is None
+    assert cache.stats()["error"] == 3
+    # In backoff nothing is sent at all.
+    waiting = RedisKeyCache(dead, backoff_seconds=60)
+    assert waiting.get("a", 0) is None
+    waiting.put("a", {"x": 1}, 1)
+    waiting.delete(["a"])
+    assert waiting.stats() == {"error": 1, "skipped": 2}
