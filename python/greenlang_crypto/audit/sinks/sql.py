@@ -29,7 +29,13 @@ def _is_data_error(exc: BaseException) -> bool:
         return True
     if isinstance(exc, sqlite3.DataError | sqlite3.InterfaceError):
         return True
-    return type(exc).__module__.startswith("psycopg") and type(exc).__name__ == "DataError"
+    # psycopg raises subclasses of DataError (NumericValueOutOfRange for a key version over
+    # INTEGER, StringDataRightTruncation...): an exact-class test would take them for an
+    # outage and re-queue the record forever, wedging every record behind it.
+    return any(
+        c.__module__.startswith("psycopg") and c.__name__ == "DataError"
+        for c in type(exc).__mro__
+    )
 
 
 _COLUMNS = (
