@@ -323,3 +323,52 @@ def test_retire_with_the_audit_sink_down_after_the_job_retires_nothing(
     # The outcome the sink could not take was kept to be replayed, not lost.
     pending = list(data_dir.glob("audit.db.deadletter.pending"))
     assert pending and b"db_reencrypt" in pending[0].read_bytes()
+
+
+def test_a_failing_batch_never_prints_its_parameters(
+    pg_url: str, data_dir: Path, table: str
+) -> None:
+    # A constraint the ciphertext violates makes the job's UPDATE fail after rows were read
+    # and encrypted: the error the CLI prints must not carry the statement's parameters.
+    _fill(pg_url, table, 0, 10)
+    _sql(pg_url, f"ALTER TABLE {table} ADD CONSTRAINT short CHECK (octet_length(email) < 40)")
+    run = _cli(data_dir, pg_url, "encrypt-column", *_job(table))
+    assert run.returncode != 0
+    assert "CheckViolation" in run.stderr or "check constraint" in run.stderr
+    assert "parameters hidden" in run.stderr
+    # (PostgreSQL's own DETAIL shows the failing row, which holds the new ciphertext only.)
+    assert not [i for i in range(10) if f"user{i}@example.com" in run.stderr]
+    assert len(_plaintext_ids(pg_url, table)) == 10  # the batch rolled back
+
+
+def test_retire_through_a_job_is_audited_once_with_intent_and_outcome(
+    pg_url: str, data_dir: Path, table: str
+) -> None:
+    _fill(pg_url, table, 0, 20)
+    assert _cli(data_dir, pg_url, "encrypt-column", *_job(table)).returncode == 0
+    svc = _service(data_dir)
+    svc.rotate()
+    svc.close()
+    run = _cli(data_dir, pg_url, "reencrypt", *_job(table, "--retire", "--delete-stored-deks"))
+    assert run.returncode == 0, run.stderr
+    assert _keystore(data_dir, "SELECT min_decryption_version FROM glc_keyring") == [(2,)]
+    db = sqlite3.connect(data_dir / "audit.db")
+    try:
+        rows = db.execute(
+            "SELECT action, outcome, key_version, details FROM glc_audit "
+            "WHERE action IN ('db_reencrypt', 'key_retire') ORDER BY seq"
+        ).fetchall()
+    finally:
+        db.close()
+    assert [(a, o) for a, o, _, _ in rows] == [
+        ("db_reencrypt", "intent"),
+        ("key_retire", "intent"),
+        ("key_retire", "success"),
+        ("db_reencrypt", "success"),
+    ]
+    retire = json.loads(rows[2][3])
+    assert rows[2][2] == 2 and retire["via"] == "db_reencrypt"
+    assert retire["delete_stored_deks"] is True
+    summary = json.loads(rows[3][3])
+    assert summary["written"] == 20 and summary["remaining"] == 0
+    assert _cli(data_dir, pg_url, "encrypt-column", *_job(table, "--dry-run")).returncode == 0
