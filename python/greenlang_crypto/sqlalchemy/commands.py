@@ -77,7 +77,13 @@ def register(
             p.add_argument("--phase", type=int, choices=[1, 2], default=1)
         else:
             p.add_argument("--retire", action="store_true", help="retire older versions at 0")
-            p.add_argument("--delete-stored-deks", action="store_true")
+            p.add_argument(
+                "--delete-stored-deks",
+                action="store_true",
+                help="with --retire, also delete the older versions' stored DEKs: only when "
+                "every column and store encrypted under them is re-encrypted (this job counts "
+                "its own column only), since values under a deleted DEK cannot be decrypted",
+            )
         p.set_defaults(
             func=lambda a, mode=mode: _cmd_job(a, mode, make_service),
             job_mode=mode,
