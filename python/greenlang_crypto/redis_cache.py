@@ -62,24 +62,29 @@ class RedisKeyCache:
         self.outcomes: Counter[str] = Counter()
 
     @classmethod
-    def from_url(cls, url: str, *, ttl_seconds: float = 300.0) -> RedisKeyCache:
-        """Connects lazily to ``redis://...`` with 0.2 s connect and socket timeouts.
+    def from_url(
+        cls, url: str, *, ttl_seconds: float = 300.0, backoff_seconds: float = 5.0
+    ) -> RedisKeyCache:
+        """Connects lazily to ``redis://...``: 0.2 s connect and socket timeouts, no retries.
 
         Raises:
             ConfigurationError: redis-py is not installed.
         """
         try:
             import redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
         except ModuleNotFoundError:
             from greenlang_crypto.exceptions import ConfigurationError
 
             raise ConfigurationError(
                 'the Redis key cache needs the redis extra: pip install "greenlang-crypto[redis]"'
             ) from None
+        # One attempt: the key store is the fallback, so retrying Redis only adds latency.
         client = redis.Redis.from_url(
-            url, socket_timeout=0.2, socket_connect_timeout=0.2, retry_on_timeout=False
+            url, socket_timeout=0.2, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)
         )
-        return cls(client, ttl_seconds=ttl_seconds)
+        return cls(client, ttl_seconds=ttl_seconds, backoff_seconds=backoff_seconds)
 
     def _count(self, outcome: str) -> None:
         with self._lock:

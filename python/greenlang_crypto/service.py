@@ -414,11 +414,12 @@ class EncryptionService:
         branch keys are dropped from the decryption cache too.
         """
         try:
-            dropped = self._branches.apply_changes()
+            changed, dropped = self._branches.apply_changes()
         except Exception as exc:  # the store is down: the next epoch change retries
             _log.warning("branch key changes not loaded: %s", type(exc).__name__)
             return
-        self._replace_enc_caches(only="branch")
+        if changed:
+            self._replace_enc_caches(only="branch")
         if dropped:
             self._dec_cache.remove_prefix(BRANCH_DEK_PREFIX)
 

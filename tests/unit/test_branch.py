@@ -34,6 +34,8 @@ from greenlang_crypto.service import EncryptionService
 
 GOLDEN = Path(__file__).parent.parent / "vectors" / "golden_branch_v1.json"
 A = EncryptionContext(tenant_id="tenant-a", data_class="pii")
+#: A port nothing listens on: a Redis outage (connections refused at once).
+DEAD_REDIS = "redis://127.0.0.1:1/0"
 B = EncryptionContext(tenant_id="tenant-b", data_class="pii")
 
 
@@ -420,10 +422,7 @@ def test_unknown_branch_id_is_reported_as_missing_key(tmp_path: Path) -> None:
 
 
 def test_unreachable_redis_never_fails_an_encrypt(tmp_path: Path) -> None:
-    import redis
-
-    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, socket_timeout=0.2)
-    cache = RedisKeyCache(dead, backoff_seconds=60)
+    cache = RedisKeyCache.from_url(DEAD_REDIS, backoff_seconds=60)
     svc = _service(tmp_path, key_cache=cache)
     envs = [svc.encrypt(b"v", EncryptionContext(f"t{i}", "pii")) for i in range(5)]
     cold = _service(tmp_path, key_cache=cache)
@@ -439,7 +438,7 @@ def test_unreachable_redis_never_fails_an_encrypt(tmp_path: Path) -> None:
 
 
 def test_key_cache_from_url_and_bad_entries() -> None:
-    cache = RedisKeyCache.from_url("redis://127.0.0.1:1/0", ttl_seconds=1)
+    cache = RedisKeyCache.from_url(DEAD_REDIS, ttl_seconds=1)
     assert cache.get("x", 0) is None
     assert cache.stats()["error"] == 1
     assert "RedisKeyCache" in repr(cache)
@@ -493,13 +492,11 @@ def test_branch_metrics_and_audit_records(tmp_path: Path) -> None:
 
 
 def test_redis_outcomes_are_exported(tmp_path: Path) -> None:
-    import redis
     from prometheus_client import CollectorRegistry, generate_latest
 
     from greenlang_crypto.metrics import register_metrics
 
-    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, socket_timeout=0.2)
-    svc = _service(tmp_path, key_cache=RedisKeyCache(dead))
+    svc = _service(tmp_path, key_cache=RedisKeyCache.from_url(DEAD_REDIS))
     svc.encrypt(b"v", A)
     registry = CollectorRegistry(auto_describe=False)
     register_metrics(svc, registry=registry)
@@ -526,17 +523,14 @@ def test_stored_dek_records_round_trip_through_json(tmp_path: Path) -> None:
 
 
 def test_key_cache_failures_on_write_and_delete_are_contained() -> None:
-    import redis
-
-    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, socket_timeout=0.2)
-    cache = RedisKeyCache(dead, backoff_seconds=0)
+    cache = RedisKeyCache.from_url(DEAD_REDIS, backoff_seconds=0)
     cache.put("a", {"x": 1}, 1)
     cache.delete(["a", "b"])
     cache.delete([])
     assert cache.get("a", 0) is None
     assert cache.stats()["error"] == 3
     # In backoff nothing is sent at all.
-    waiting = RedisKeyCache(dead, backoff_seconds=60)
+    waiting = RedisKeyCache.from_url(DEAD_REDIS, backoff_seconds=60)
     assert waiting.get("a", 0) is None
     waiting.put("a", {"x": 1}, 1)
     waiting.delete(["a"])

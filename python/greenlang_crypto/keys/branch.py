@@ -693,11 +693,12 @@ class BranchKeys:
         for i in gone:
             self._keys.remove(_key_id(i))
 
-    def apply_changes(self) -> bool:
+    def apply_changes(self) -> tuple[bool, bool]:
         """Reads the branch-key changes made since the last call and drops what they name.
 
-        Called when the keyring epoch moved. Returns whether a branch key was deleted or
-        rewrapped (the caller then drops the DEKs derived from branch keys).
+        Called when the keyring epoch moved. Returns whether any branch key changed (the
+        caller then derives new DEKs from the current keys) and whether one was deleted or
+        rewrapped (the caller then also drops the DEKs derived from branch keys).
         """
         rows = self.rows.changes_since(self._seen_epoch)
         dropped = False
@@ -709,7 +710,7 @@ class BranchKeys:
                 continue
             self._forget_scope(scope, drop_keys=action == "delete")
             dropped = dropped or action == "delete"
-        return dropped
+        return bool(rows), dropped
 
     def purge(self) -> None:
         """Drops records and unwrapped keys older than the TTL."""
