@@ -33,8 +33,7 @@ def _is_data_error(exc: BaseException) -> bool:
     # INTEGER, StringDataRightTruncation...): an exact-class test would take them for an
     # outage and re-queue the record forever, wedging every record behind it.
     return any(
-        c.__module__.startswith("psycopg") and c.__name__ == "DataError"
-        for c in type(exc).__mro__
+        c.__module__.startswith("psycopg") and c.__name__ == "DataError" for c in type(exc).__mro__
     )
 
 
