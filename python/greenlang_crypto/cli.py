@@ -505,7 +505,26 @@ def cmd_keys(args: argparse.Namespace) -> int:
         return 0
     if args.keys_command == "status":
         return _keys_status(args, svc)
+    if args.keys_command in ("branch-rotate", "branch-delete"):
+        return _keys_branch(args, svc)
     raise AssertionError(args.keys_command)
+
+
+def _keys_branch(args: argparse.Namespace, svc: Any) -> int:
+    """Rotates or deletes the branch keys of one scope (``--scope`` or ``--tenant``)."""
+    # argparse requires exactly one of the two.
+    scope = args.scope or "tenant:" + args.tenant
+    if args.keys_command == "branch-rotate":
+        branch_id = _audited(args, svc, "branch_key_rotate", lambda: svc.rotate_branch_key(scope))
+        print(f"branch key of {scope} rotated: new id {branch_id}")
+        return 0
+    if not args.yes:
+        raise GreenlangCryptoError(
+            f"deleting the branch keys of {scope} makes its data unreadable forever; add --yes"
+        )
+    deleted = _audited(args, svc, "branch_key_delete", lambda: svc.delete_branch_keys(scope))
+    print(f"deleted {deleted} branch key(s) of {scope}")
+    return 0
 
 
 def _keys_status(args: argparse.Namespace, svc: Any) -> int:
@@ -634,6 +653,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     kss = ks.add_parser("status", help="keyring epoch and the epoch each instance runs")
     kss.add_argument("--json", action="store_true")
+    for name, text in (
+        ("branch-rotate", "make a new branch key active for one scope"),
+        ("branch-delete", "delete one scope's branch keys (crypto-shreds its data)"),
+    ):
+        kb = ks.add_parser(name, help=text)
+        target = kb.add_mutually_exclusive_group(required=True)
+        target.add_argument("--scope", help="branch key scope (service, tenant:<id>, ...)")
+        target.add_argument("--tenant", help="shorthand for --scope tenant:<id>")
+        if name == "branch-delete":
+            kb.add_argument("--yes", action="store_true", help="confirm the deletion")
     keys.set_defaults(func=cmd_keys)
     sub.add_parser("status", help="provider health, versions, cache").set_defaults(func=cmd_status)
     for ext in _EXTENSIONS:
