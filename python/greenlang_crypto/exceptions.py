@@ -11,6 +11,8 @@ single hierarchy across the Rust/Python boundary.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 __all__ = [
     "AuditSinkUnavailableError",
     "ConfigurationError",
@@ -36,11 +38,20 @@ __all__ = [
 
 
 class GreenlangCryptoError(Exception):
-    """Root of every exception raised by greenlang-crypto."""
+    """Root of every exception raised by greenlang-crypto.
+
+    Attributes:
+        reason: A short, stable, non-secret category for metrics and audit records
+            (``authentication``, ``malformed``, ``kms``...); subclasses set their own.
+    """
+
+    reason: ClassVar[str] = "other"
 
 
 class InternalError(GreenlangCryptoError):
     """An internal invariant failed (for example a Rust panic caught at the boundary)."""
+
+    reason = "internal"
 
 
 class InvalidArgumentError(GreenlangCryptoError, ValueError):
@@ -62,6 +73,8 @@ class PayloadTooLargeError(GreenlangCryptoError, ValueError):
 class DecryptionError(GreenlangCryptoError):
     """Decryption failed. Deliberately carries no detail about why."""
 
+    reason = "authentication"
+
     def __init__(self, message: str = "decryption failed") -> None:
         super().__init__(message)
 
@@ -73,13 +86,19 @@ class InvalidEnvelopeError(DecryptionError):
     the authentication tag.
     """
 
+    reason = "malformed"
+
 
 class UnsupportedFormatError(InvalidEnvelopeError):
     """The envelope uses a format version or algorithm outside the allow-list."""
 
+    reason = "unsupported_format"
+
 
 class KeyUsageExceededError(GreenlangCryptoError):
     """A data key reached its message or byte budget (NIST SP 800-38D, 8.3)."""
+
+    reason = "key_usage_exceeded"
 
 
 class KeyVersionUnavailableError(GreenlangCryptoError):
@@ -89,6 +108,8 @@ class KeyVersionUnavailableError(GreenlangCryptoError):
     the version number comes from the envelope's public header, so it reveals nothing secret.
     """
 
+    reason = "key_version_unavailable"
+
     def __init__(self, key_version: int) -> None:
         super().__init__(f"key version {key_version} is not available in this keyring")
         self.key_version = key_version
@@ -96,6 +117,8 @@ class KeyVersionUnavailableError(GreenlangCryptoError):
 
 class KeyRetiredError(GreenlangCryptoError):
     """The envelope's key version is below the minimum decryption version."""
+
+    reason = "key_retired"
 
     def __init__(self, key_version: int, min_version: int) -> None:
         super().__init__(
@@ -108,9 +131,13 @@ class KeyRetiredError(GreenlangCryptoError):
 class KeyNotFoundError(GreenlangCryptoError):
     """A stored data key referenced by an envelope is missing from the key store."""
 
+    reason = "key_not_found"
+
 
 class KeyStateError(GreenlangCryptoError):
     """A key operation is not allowed in the key's current state."""
+
+    reason = "key_state"
 
 
 class ConfigurationError(GreenlangCryptoError, ValueError):
@@ -119,6 +146,8 @@ class ConfigurationError(GreenlangCryptoError, ValueError):
 
 class KmsError(GreenlangCryptoError):
     """A key-management call failed in a way that retrying will not fix."""
+
+    reason = "kms"
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
@@ -139,3 +168,5 @@ class KmsAccessDeniedError(KmsError):
 
 class AuditSinkUnavailableError(GreenlangCryptoError):
     """The audit sink could not record an event; security-relevant actions fail closed."""
+
+    reason = "audit_unavailable"
