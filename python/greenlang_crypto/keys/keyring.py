@@ -212,7 +212,7 @@ class Keyring:
         # closed still gets collected, and the thread then ends on its own.
         ref = weakref.ref(self)
         stop = self._stop
-        listen_dsn = getattr(self._store, "listen_dsn", None)
+        listen_dsn = self._store.listen_dsn
         self._thread = threading.Thread(
             target=_refresh_loop,
             args=(ref, stop, self.refresh_seconds, listen_dsn),
