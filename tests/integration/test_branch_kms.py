@@ -497,6 +497,10 @@ def test_fleet_follows_a_branch_key_rotation(
         rotated_at = time.time()
         second = admin.rotate_branch_key("tenant:fleet")
         time.sleep(REFRESH + SLACK + 1.0)
+        # Every worker has reported the rotation's epoch in its heartbeat.
+        workers = [i for i in admin.live_instances() if i.instance_id != admin.instance_id]
+        assert len(workers) == 3
+        assert {i.epoch for i in workers} == {admin.keyring_epoch}
     finally:
         (out / "stop").touch()
         for proc in procs:
