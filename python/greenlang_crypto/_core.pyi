@@ -37,7 +37,6 @@ __all__ = [
     "StreamDecryptor",
     "StreamEncryptor",
     "StreamHeader",
-    "branch_cache_prefix",
     "branch_data_key",
     "branch_sealer",
     "branch_stats",
@@ -344,9 +343,6 @@ def dek_cache_id(envelope: Buffer, context: Buffer) -> bytes:
     Equal to ``EnvelopeHeader.key_ref_id`` for stored and inline references; for branch
     references it also covers the context, because the derived DEK depends on it.
     """
-
-def branch_cache_prefix(branch_id: int) -> bytes:
-    """The cache-id prefix of every DEK derived from branch key ``branch_id``."""
 
 def branch_stats() -> dict[str, int]:
     """Branch-key counters kept in Rust atomics: ``{"derivations": n}``."""

@@ -88,12 +88,6 @@ pub fn dek_cache_id<'py>(
     })
 }
 
-/// The cache-id prefix of every DEK derived from branch key `branch_id` (for removal).
-#[pyfunction]
-pub fn branch_cache_prefix(py: Python<'_>, branch_id: u32) -> Bound<'_, PyBytes> {
-    PyBytes::new(py, &envelope::branch_id_prefix(branch_id))
-}
-
 /// Branch-key counters kept in Rust atomics: ``{"derivations": n}``.
 #[pyfunction]
 pub fn branch_stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {

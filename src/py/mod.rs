@@ -76,7 +76,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(branch::branch_sealer, m)?)?;
     m.add_function(wrap_pyfunction!(branch::branch_data_key, m)?)?;
     m.add_function(wrap_pyfunction!(branch::dek_cache_id, m)?)?;
-    m.add_function(wrap_pyfunction!(branch::branch_cache_prefix, m)?)?;
     m.add_function(wrap_pyfunction!(branch::branch_stats, m)?)?;
     m.add("MAX_PROVIDER_LEN", crate::core::envelope::MAX_PROVIDER_LEN)?;
     m.add("MAX_KEY_ID_LEN", crate::core::envelope::MAX_KEY_ID_LEN)?;

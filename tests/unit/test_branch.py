@@ -155,7 +155,9 @@ def test_header_fields_and_compact_size() -> None:
     assert not h.has_commitment and h.context_digest is None
     # The decryption-cache id covers the context (the derived DEK depends on it).
     assert core.dek_cache_id(env, ctx) != core.dek_cache_id(env, B.canonical)
-    assert core.dek_cache_id(env, ctx).startswith(core.branch_cache_prefix(77))
+    assert core.dek_cache_id(env, ctx).startswith(
+        bytes([core.KIND_BRANCH]) + (77).to_bytes(4, "big")
+    )
     assert h.key_ref_id == core.dek_cache_id(env, ctx)[: len(h.key_ref_id)]
     # For other kinds the id is the header's key reference id.
     stored = core.EnvelopeSealer(key, key_version=1, context=ctx, dek_id=9).seal(b"x")
