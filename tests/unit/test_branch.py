@@ -537,3 +537,35 @@ def test_key_cache_failures_on_write_and_delete_are_contained() -> None:
     waiting.put("a", {"x": 1}, 1)
     waiting.delete(["a"])
     assert waiting.stats() == {"error": 1, "skipped": 2}
+
+
+def test_mutated_branch_envelopes_only_raise_typed_errors(tmp_path: Path) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from greenlang_crypto.exceptions import GreenlangCryptoError
+
+    svc = _service(tmp_path)
+    env = svc.encrypt(b"secret value", A)
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=4),
+        st.integers(0, 80),
+        st.binary(max_size=16),
+    )
+    def check(edits: list[tuple[int, int]], cut: int, tail: bytes) -> None:
+        data = bytearray(env)
+        for pos, value in edits:
+            if pos < len(data):
+                data[pos] = value
+        mutated = bytes(data[: len(data) - cut] if cut < len(data) else b"") + tail
+        try:
+            out = svc.decrypt(mutated, A)
+        except GreenlangCryptoError:
+            return
+        # Only the untouched envelope may decrypt.
+        assert mutated == env and out == b"secret value"
+
+    check()
+    svc.close()
