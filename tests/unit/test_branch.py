@@ -569,3 +569,16 @@ def test_mutated_branch_envelopes_only_raise_typed_errors(tmp_path: Path) -> Non
 
     check()
     svc.close()
+
+
+def test_records_and_keys_stay_bounded_under_many_scopes(tmp_path: Path) -> None:
+    svc = _service(tmp_path, cache_max_entries=2)
+    contexts = [EncryptionContext(f"t{i}", "pii") for i in range(50)]
+    envs = [svc.encrypt(b"v", c) for c in contexts]
+    branches = svc._branches
+    assert len(branches._records) <= 8 and len(branches._current) <= 8
+    assert branches.stats()["cached_keys"] <= 2
+    # Everything still decrypts: records and keys come back from the key store.
+    assert all(svc.decrypt(e, c) == b"v" for e, c in zip(envs, contexts, strict=True))
+    assert len(branches._records) <= 8
+    svc.close()

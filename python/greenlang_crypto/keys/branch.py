@@ -438,6 +438,8 @@ class BranchKeys:
         self.shared_cache = shared_cache
         self._emit = emit
         self._keys = DekCache(max_entries, ttl)
+        # Records are small, but one per scope a process has seen: bounded like the keys.
+        self._max_records = 4 * max_entries
         self._lock = threading.Lock()
         self._stripes = [threading.Lock() for _ in range(_STRIPES)]
         self._current: dict[tuple[str, int], tuple[BranchKeyRecord, float]] = {}
@@ -465,12 +467,17 @@ class BranchKeys:
             return None
         return entry[0]
 
-    def _remember(self, record: BranchKeyRecord) -> None:
+    def _remember(self, record: BranchKeyRecord, *, current: bool = True) -> None:
         now = time.monotonic()
         with self._lock:
             self._records[record.branch_id] = (record, now)
-            if record.state == "active":
+            if current and record.state == "active":
                 self._current[(record.scope, record.key_version)] = (record, now)
+            # Dicts keep insertion order: past the bound, forget the oldest half.
+            if len(self._records) > self._max_records:
+                self._records = dict(list(self._records.items())[len(self._records) // 2 :])
+            if len(self._current) > self._max_records:
+                self._current = dict(list(self._current.items())[len(self._current) // 2 :])
 
     def _current_record(
         self, scope: str, version: KeyVersion
@@ -506,9 +513,7 @@ class BranchKeys:
             if record is None:
                 return None
             self._share(record, current=False)
-        now = time.monotonic()
-        with self._lock:
-            self._records[branch_id] = (record, now)
+        self._remember(record, current=False)
         return record
 
     def _shared_current(self, scope: str, key_version: int) -> BranchKeyRecord | None:
