@@ -9,7 +9,6 @@ Rows hold only wrapped DEKs, key ids, the (non-secret) encryption context and co
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import threading
 import time
@@ -19,8 +18,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from greenlang_crypto._core import random_bytes
+from greenlang_crypto._db import (
+    open_postgres,
+    open_sqlite,
+    pg_dsn,
+    placeholders,
+    run_ddl,
+    schema_name,
+)
 from greenlang_crypto.exceptions import ConfigurationError, KeyStateError
-from greenlang_crypto.sql import statements
 
 __all__ = [
     "KEY_STATES",
@@ -37,6 +43,9 @@ __all__ = [
 #: Key version states. ``primary`` encrypts; ``active`` and ``decrypt_only`` decrypt;
 #: ``retired`` versions are below the minimum decryption version and refuse to decrypt.
 KEY_STATES = ("primary", "active", "decrypt_only", "retired")
+
+#: Advisory lock id serializing key-state changes and schema creation across processes.
+_PG_LOCK = 7304118433
 
 #: The PostgreSQL channel on which every key-state change is announced (LISTEN/NOTIFY).
 NOTIFY_CHANNEL = "glc_keyring"
@@ -127,7 +136,7 @@ class KeyStore:
         return conn
 
     def _sql(self, sql: str) -> str:
-        return sql if self._dialect == "sqlite" else sql.replace("?", "%s")
+        return placeholders(sql, self._dialect)
 
     @contextmanager
     def _tx(self, *, serialized: bool = False) -> Iterator[Any]:
@@ -146,7 +155,7 @@ class KeyStore:
                     # upgrading a read lock later, which fails at once under contention.
                     cur.execute("BEGIN IMMEDIATE")
                 else:
-                    cur.execute("SELECT pg_advisory_xact_lock(7304118433)")
+                    cur.execute(f"SELECT pg_advisory_xact_lock({_PG_LOCK})")
             yield cur
             conn.commit()
         except BaseException:
@@ -159,13 +168,7 @@ class KeyStore:
         """Creates or upgrades the key store tables from the packaged migrations' DDL."""
         # Serialized: concurrent CREATE TABLE IF NOT EXISTS race on PostgreSQL's catalog.
         with self._tx(serialized=True) as cur:
-            for statement in statements("keystore", self._dialect, schema=self._schema):
-                try:
-                    cur.execute(statement)
-                except sqlite3.OperationalError as exc:
-                    # SQLite has no ADD COLUMN IF NOT EXISTS; the column is there already.
-                    if "duplicate column" not in str(exc):
-                        raise
+            run_ddl(cur, "keystore", self._dialect, schema=self._schema, lock_id=_PG_LOCK)
 
     def close(self) -> None:
         """Closes every connection this store opened (in any thread)."""
@@ -722,40 +725,26 @@ def open_key_store(url: str, *, schema: str = "encryption") -> KeyStore:
     """
     if url.startswith("sqlite:///"):
         path = url.removeprefix("sqlite:///")
-        if path != ":memory:":
-            from greenlang_crypto._files import ensure_private_file
-
-            # 0700 directory and a 0600 database whatever the umask (SQLite gives its -wal
-            # and -shm files the database file's mode).
-            ensure_private_file(path)
 
         def connect_sqlite() -> sqlite3.Connection:
             # Each thread uses its own connection (threading.local); close() may run on another
             # thread, which sqlite3's same-thread check would refuse.
-            conn = sqlite3.connect(
-                path, timeout=30, isolation_level="DEFERRED", check_same_thread=False
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            return conn
+            if path == ":memory:":
+                return sqlite3.connect(path, timeout=30, check_same_thread=False)
+            # 0600 in a 0700 directory whatever the umask (see greenlang_crypto._db).
+            return open_sqlite(path, timeout=30, autocommit=False)
 
+        if path != ":memory:":
+            connect_sqlite().close()  # the file exists with its mode before anything else
         return KeyStore(connect_sqlite, "sqlite", f"sqlite:///{path}")
     if url.startswith(("postgresql://", "postgresql+psycopg://", "postgres://")):
-        try:
-            import psycopg
-        except ImportError:  # pragma: no cover - depends on the install
-            raise ConfigurationError(
-                "PostgreSQL key store needs psycopg: pip install 'greenlang-crypto[sqlalchemy]'"
-            ) from None
-        dsn = url.replace("postgresql+psycopg://", "postgresql://", 1)
-
-        if not re.match(r"^[a-z_][a-z0-9_]*$", schema):
-            raise ConfigurationError("key store schema must be a lowercase SQL identifier")
+        dsn = pg_dsn(url)
+        schema = schema_name(schema, "key store")
 
         def connect_pg() -> Any:
             # Unqualified table names resolve in the key store's schema only, never in a
             # stale copy elsewhere on the search path.
-            return psycopg.connect(dsn, connect_timeout=10, options=f"-c search_path={schema}")
+            return open_postgres(dsn, schema=schema, connect_timeout=10, what="the key store")
 
         host = dsn.split("@")[-1]
         store = KeyStore(connect_pg, "postgresql", f"postgresql://…@{host}", schema=schema)

@@ -5,36 +5,26 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from greenlang_crypto._files import ensure_private_file
+from greenlang_crypto._db import (
+    is_data_error,
+    open_postgres,
+    open_sqlite,
+    pg_dsn,
+    run_ddl,
+    schema_name,
+)
 from greenlang_crypto.audit.chain import _HEAD_META, ChainKey
 from greenlang_crypto.audit.records import AuditEntry, AuditRecord
 from greenlang_crypto.audit.sinks.base import AuditQuery, AuditRecordRejectedError
-from greenlang_crypto.exceptions import AuditSinkUnavailableError, ConfigurationError
-from greenlang_crypto.sql import statements
+from greenlang_crypto.exceptions import AuditSinkUnavailableError
 
 _PROBE_META = "probe"
-
-
-def _is_data_error(exc: BaseException) -> bool:
-    """Whether ``exc`` is about the values written, not about the store being reachable."""
-    if isinstance(exc, UnicodeError | ValueError | TypeError):
-        return True
-    if isinstance(exc, sqlite3.DataError | sqlite3.InterfaceError):
-        return True
-    # psycopg raises subclasses of DataError (NumericValueOutOfRange for a key version over
-    # INTEGER, StringDataRightTruncation...): an exact-class test would take them for an
-    # outage and re-queue the record forever, wedging every record behind it.
-    return any(
-        c.__module__.startswith("psycopg") and c.__name__ == "DataError" for c in type(exc).__mro__
-    )
 
 
 _COLUMNS = (
@@ -104,8 +94,8 @@ class _SqlAuditSink:
     def _begin_write(self, cur: Any) -> None:
         raise NotImplementedError
 
-    def _schema(self) -> list[str]:
-        """The DDL run once per connection: the ``audit`` group of the packaged migrations."""
+    def _ddl(self, cur: Any) -> None:
+        """Creates the tables once per connection: the ``audit`` group of the migrations."""
         raise NotImplementedError
 
     def _sql(self, sql: str) -> str:
@@ -116,8 +106,7 @@ class _SqlAuditSink:
             conn = self._connect()
             cur = conn.cursor()
             try:
-                for stmt in self._schema():
-                    cur.execute(stmt)
+                self._ddl(cur)
                 conn.commit()
             finally:
                 cur.close()
@@ -150,7 +139,7 @@ class _SqlAuditSink:
             except AuditSinkUnavailableError:
                 raise
             except Exception as exc:
-                if write and _is_data_error(exc):
+                if write and is_data_error(exc):
                     # The store is fine; these values are not. Retrying cannot help.
                     raise AuditRecordRejectedError(
                         f"audit sink {self.description} rejected the record(s) "
@@ -331,33 +320,15 @@ class SqliteAuditSink(_SqlAuditSink):
         self.description = f"sqlite:///{self.path}"
 
     def _connect(self) -> Any:
-        # Created 0600 (in a 0700 directory) before SQLite opens it: SQLite would create it
-        # 0666 & ~umask, and gives its -wal and -shm files the database file's mode.
-        try:
-            ensure_private_file(self.path)
-        except PermissionError:
-            if not self.path.is_file():
-                raise
-            # A log this process may read but not write (a read-only mount, an immutable
-            # evidence copy): open it read-only, so verify and tail still work and every
-            # write fails as an outage, instead of the log being unreadable.
-            return sqlite3.connect(
-                self.path.resolve().as_uri() + "?mode=ro",
-                uri=True,
-                timeout=self.timeout,
-                isolation_level=None,
-                check_same_thread=False,
-            )
+        # A log this process may read but not write (a read-only mount, an immutable evidence
+        # copy) opens read-only, so verify and tail still work and every write is an outage.
         # Autocommit mode: writes open their transaction explicitly (BEGIN IMMEDIATE).
-        conn = sqlite3.connect(
-            self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
+        return open_sqlite(
+            self.path, timeout=self.timeout, autocommit=True, read_only_fallback=True
         )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        return conn
 
-    def _schema(self) -> list[str]:
-        return statements("audit", "sqlite")
+    def _ddl(self, cur: Any) -> None:
+        run_ddl(cur, "audit", "sqlite", schema="encryption", lock_id=_PG_LOCK)
 
     def _begin_write(self, cur: Any) -> None:
         # Take the write lock before reading the tail, so two processes never chain after the
@@ -381,38 +352,24 @@ class PostgresAuditSink(_SqlAuditSink):
 
     def __init__(self, url: str, *, timeout: float = 2.0, schema: str = "encryption") -> None:
         super().__init__()
-        if not re.fullmatch(r"[a-z_][a-z0-9_]*", schema):
-            raise ConfigurationError("audit schema must be a lowercase SQL identifier")
-        self.schema = schema
-        self._dsn = url.replace("postgresql+psycopg://", "postgresql://", 1)
+        self.schema = schema_name(schema, "audit")
+        self._dsn = pg_dsn(url)
         self.timeout = timeout
         self.description = "postgresql://…@" + self._dsn.split("@")[-1]
 
     def _connect(self) -> Any:
-        try:
-            import psycopg
-        except ImportError:  # pragma: no cover - depends on the install
-            raise ConfigurationError(
-                "PostgreSQL audit sink needs psycopg: pip install 'greenlang-crypto[sqlalchemy]'"
-            ) from None
-        ms = max(1, int(self.timeout * 1000))
-        return psycopg.connect(
+        return open_postgres(
             self._dsn,
-            connect_timeout=max(1, int(self.timeout + 0.999)),
-            # Unqualified names resolve in the audit schema only (where the V011 migration and
-            # _schema() create the tables), never in a stale copy elsewhere on the path.
-            options=f"-c statement_timeout={ms} -c lock_timeout={ms} -c search_path={self.schema}",
+            schema=self.schema,
+            connect_timeout=self.timeout,
+            statement_timeout=self.timeout,
+            what="the PostgreSQL audit sink",
         )
 
-    def _schema(self) -> list[str]:
-        # Serialized: instances connecting at once would race on CREATE TABLE IF NOT EXISTS
-        # (PostgreSQL's catalog unique index). Tables an older release left in `public` move
-        # here (the V012 migration's audit part).
-        return [
-            f"SELECT pg_advisory_xact_lock({_PG_LOCK})",
-            f"CREATE SCHEMA IF NOT EXISTS {self.schema}",
-            *statements("audit", "postgresql", schema=self.schema),
-        ]
+    def _ddl(self, cur: Any) -> None:
+        # Tables an older release left in `public` move here (the V012 migration's audit
+        # part); the advisory lock serializes instances connecting at once.
+        run_ddl(cur, "audit", "postgresql", schema=self.schema, lock_id=_PG_LOCK)
 
     def _begin_write(self, cur: Any) -> None:
         # One chain across instances: a transaction-scoped advisory lock serializes appends.
