@@ -84,6 +84,9 @@ _KEY_ID_RE: Final = re.compile(
     r"^(?:mrk-[0-9a-f]{32}|(?:mrk-)?[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$",
     re.IGNORECASE,
 )
+#: How often a configured alias may be asked (DescribeKey) where it points, when an envelope
+#: names a key ARN this provider has not seen it resolve to.
+_ALIAS_RECHECK_SECONDS: Final = 1.0
 _ALIAS_RE: Final = re.compile(r"^alias/[A-Za-z0-9/_-]{1,250}$")
 _REGION_RE: Final = re.compile(r"^[a-z]{2}(?:-[a-z0-9]+)+-\d+$")
 
@@ -550,6 +553,8 @@ class AwsKmsKeyProvider:
         self._stats_lock = threading.Lock()
         self._alias_targets: dict[tuple[str, str], set[str]] = {}
         self._alias_lock = threading.Lock()
+        # When each alias was last asked about a key it did not vouch for (monotonic).
+        self._alias_asked: dict[tuple[str, str], float] = {}
 
         regions = list(dict.fromkeys(k.region for k in self._keys))
         self._breakers = {
@@ -697,6 +702,10 @@ class AwsKmsKeyProvider:
             if ref.raw in self._alias_seen(alias):
                 return alias
         for alias in (k for k in self._keys if k.is_alias and k.region == ref.region):
+            if not self._may_ask_alias(alias):
+                # Key ids come from envelopes: without this bound, every forged envelope
+                # naming an unknown key would cost a KMS request.
+                continue
             try:
                 resp = self._call("DescribeKey", [alias], lambda c, t: c.describe_key(KeyId=t.raw))
             except (KmsAccessDeniedError, KmsKeyDisabledError):
@@ -708,6 +717,16 @@ class AwsKmsKeyProvider:
                 if arn == ref.raw:
                     return alias
         return None
+
+    def _may_ask_alias(self, alias: _KeyRef) -> bool:
+        """Whether KMS may be asked where ``alias`` points now: once per second at most."""
+        now = time.monotonic()
+        with self._alias_lock:
+            last = self._alias_asked.get((alias.region, alias.resource))
+            if last is not None and now - last < _ALIAS_RECHECK_SECONDS:
+                return False
+            self._alias_asked[(alias.region, alias.resource)] = now
+            return True
 
     def _alias_seen(self, alias: _KeyRef) -> set[str]:
         with self._alias_lock:
