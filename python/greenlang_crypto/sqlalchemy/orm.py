@@ -305,15 +305,25 @@ def _before_flush(session: Session, flush_context: Any, instances: Iterable[Any]
     only = None if instances is None else {id(o) for o in instances}
     groups: dict[_Binder, list[Any]] = {}
     for objs in (session.new, session.dirty):
+        # Classes first (one C-level pass): a flush of models without encrypted columns or
+        # blind indexes then costs no Python work per object.
+        by_class = {cls: _binder_of(cls) for cls in set(map(type, objs))}
+        if not any(by_class.values()):
+            continue
         for obj in objs:
-            if only is not None and id(obj) not in only:
+            binder = by_class[type(obj)]
+            if binder is None or (only is not None and id(obj) not in only):
                 continue
-            binder = _binders.get(instance_state(obj).mapper)
-            if binder is not None:
-                groups.setdefault(binder, []).append(obj)
+            groups.setdefault(binder, []).append(obj)
     prepared = session.info.setdefault(_PREPARED, [])
     for binder, targets in groups.items():
         prepared.extend(binder.prepare(targets))
+
+
+def _binder_of(cls: type) -> _Binder | None:
+    """The binder of a mapped class (None for classes without encrypted or index columns)."""
+    mapper: Any = inspect(cls, raiseerr=False)
+    return _binders.get(mapper) if isinstance(mapper, Mapper) else None
 
 
 @event.listens_for(Session, "after_flush_postexec")
