@@ -180,7 +180,8 @@ def sealed_runs(
     """
     reader = as_reader(src)
     seg = encryptor.segment_size
-    run = max(seg, RUN_BYTES - RUN_BYTES % seg)
+    # A run holds at least one segment per sealing thread, or the extra threads idle.
+    run = max(seg * max(1, threads), RUN_BYTES - RUN_BYTES % seg)
     buf = bytearray(run + 1)
     view = memoryview(buf)
     out = bytearray(encryptor.sealed_len(run, False) + TAG_LEN)
@@ -256,7 +257,10 @@ class EncryptingReader(io.RawIOBase):
     def __init__(self, runs: Iterator[memoryview]) -> None:
         super().__init__()
         self._runs = runs
-        self._pending = memoryview(b"")
+        # The first item is the header (known before any plaintext is read).
+        self._pending = next(runs)
+        #: The stream header (public; for example to record its key reference elsewhere).
+        self.header = bytes(self._pending)
         self._done = False
 
     def readable(self) -> bool:
@@ -326,7 +330,10 @@ class DecryptingReader(io.RawIOBase):
         src: The source, positioned just after the header.
         decryptor: The decryptor whose header verified.
         start: The source offset of the header (segments follow it).
-        on_close: Called once, with the plaintext bytes returned, when the reader closes.
+        on_close: Called once when the reader closes after no authentication failure, with
+            the plaintext bytes returned.
+        on_failure: Called once when the reader closes after an authentication failure, with
+            that failure (instead of ``on_close``).
         close_source: Close ``src`` with the reader.
         threads: Threads opening the segments of one run.
     """
@@ -338,6 +345,7 @@ class DecryptingReader(io.RawIOBase):
         *,
         start: int = 0,
         on_close: Callable[[int], object] | None = None,
+        on_failure: Callable[[DecryptionError], object] | None = None,
         close_source: bool = False,
         threads: int = 1,
     ) -> None:
@@ -350,13 +358,15 @@ class DecryptingReader(io.RawIOBase):
         self._body = start + decryptor.header_len
         self._threads = threads
         self._on_close = on_close
+        self._on_failure = on_failure
         self._close_source = close_source
         self._delivered = 0
         self._failed = False
+        self._failure: DecryptionError | None = None
         self._seekable = bool(getattr(src, "seekable", lambda: False)())
         self._pos = 0
         # Decrypted plaintext of segments [_buf_first, _buf_first + _buf_segs): _buf[:_buf_len].
-        self._run_segs = max(1, RUN_BYTES // self._seg)
+        self._run_segs = max(1, threads, RUN_BYTES // self._seg)
         self._plain = bytearray(self._run_segs * self._seg)
         self._sealed = bytearray(self._run_segs * self._sealed_seg + 1)
         self._buf_first = -1
@@ -424,6 +434,11 @@ class DecryptingReader(io.RawIOBase):
         return self._seg
 
     @property
+    def run_bytes(self) -> int:
+        """Plaintext bytes opened by one Rust call at most (whole segments, one per thread)."""
+        return self._run_segs * self._seg
+
+    @property
     def header_len(self) -> int:
         """Length of the stream header."""
         return self._dec.header_len
@@ -454,6 +469,7 @@ class DecryptingReader(io.RawIOBase):
             n = self._read(out)
         except DecryptionError:
             self._failed = True
+            self._failure = DecryptionError()
             self._buf_first, self._buf_len = -1, 0
             raise DecryptionError() from None
         self._delivered += n
@@ -473,9 +489,13 @@ class DecryptingReader(io.RawIOBase):
         if self.closed:
             return
         try:
-            if self._on_close is not None:
-                on_close, self._on_close = self._on_close, None
-                on_close(self._delivered)
+            on_close, on_failure = self._on_close, self._on_failure
+            self._on_close = self._on_failure = None
+            if self._failure is None:
+                if on_close is not None:
+                    on_close(self._delivered)
+            elif on_failure is not None:
+                on_failure(self._failure)
             if self._close_source:
                 self._src.close()
         finally:
@@ -535,6 +555,7 @@ class DecryptingReader(io.RawIOBase):
             view = self._next_view(limit)
         except DecryptionError:
             self._failed = True
+            self._failure = DecryptionError()
             self._buf_first, self._buf_len = -1, 0
             raise DecryptionError() from None
         self._delivered += len(view)
@@ -625,8 +646,9 @@ def decrypt_to(
                     break
                 skip -= n
     written = 0
+    chunk = max(RUN_BYTES, reader.run_bytes)
     while end is None or start + written < end:
-        want = RUN_BYTES if end is None else min(RUN_BYTES, end - start - written)
+        want = chunk if end is None else min(chunk, end - start - written)
         view = reader.read_view(want)
         n = len(view)
         if not n:

@@ -657,3 +657,90 @@ def test_a_file_that_shrinks_or_grows_while_read(svc: EncryptionService, tmp_pat
             assert svc.encrypt_stream(src, out, CTX, segment_size=SEG) == len(expect)
         with svc.open_decrypting(io.BytesIO(out.getvalue()), CTX) as r:
             assert r.read() == expect
+
+
+def test_readme_streams_snippet_runs(tmp_path: Path) -> None:
+    import re
+    import subprocess
+    import sys
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Large objects: files, streams and S3") :]
+    match = re.search(r"```python\n(.*?)```", section, re.S)
+    assert match is not None
+    res = subprocess.run(
+        [sys.executable, "-c", match.group(1)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=dict(os.environ, GLC_DATA_DIR=str(tmp_path / "data")),
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    plain = b"".join(b"chunk %d\n" % i for i in range(1000))
+    assert res.stdout.strip() == repr(plain[4000:4009])
+    assert (tmp_path / "report-copy.csv").read_bytes() == b"id,amount\n" * 100_000
+    assert stat.S_IMODE((tmp_path / "report.csv.glc").stat().st_mode) == 0o600
+
+
+def test_odd_sources_and_destinations(svc: EncryptionService, tmp_path: Path) -> None:
+    class NonBlocking(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, b: Any) -> None:  # type: ignore[override]
+            return None  # what a non-blocking pipe returns when it has nothing
+
+    class Trickle(io.RawIOBase):
+        """Writes at most 1000 bytes per call, as a raw file may."""
+
+        def __init__(self) -> None:
+            self.data = bytearray()
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b: Any) -> int:
+            n = min(len(b), 1000)
+            self.data += bytes(b[:n])
+            return n
+
+    class Full:
+        def write(self, b: Any) -> None:
+            return None
+
+    with pytest.raises(InvalidArgumentError):
+        svc.encrypt_stream(NonBlocking(), io.BytesIO(), CTX)
+    with pytest.raises(InvalidArgumentError):
+        svc.encrypt_stream(io.BytesIO(b"x"), Full(), CTX)
+    pt = data(SEG + 5)
+    trickle = Trickle()
+    svc.encrypt_stream(io.BytesIO(pt), trickle, CTX, segment_size=SEG)
+    seen: list[int] = []
+    back = io.BytesIO()
+    chunks = iter([bytes(trickle.data)])
+    assert svc.decrypt_stream(chunks, back, CTX, progress=seen.append) == len(pt)
+    assert back.getvalue() == pt and sum(seen) == len(pt)
+    # A range that starts past the end of a pipe gives nothing.
+    assert svc.decrypt_stream(OneWay(bytes(trickle.data)), io.BytesIO(), CTX, start=10**7) == 0
+    # A seekable source that shrinks after the header was verified.
+    path = tmp_path / "shrinks"
+    path.write_bytes(bytes(trickle.data))
+    with path.open("r+b") as f, svc.open_decrypting(f, CTX) as r:
+        f.truncate(200)
+        with pytest.raises(DecryptionError):
+            r.read()
+
+
+def test_several_threads_per_run(svc: EncryptionService, tmp_path: Path) -> None:
+    # With 1 MiB segments a run holds one segment per thread, so each thread has one to seal.
+    pt = data((3 << 20) + 5, 11)
+    src, enc, out = tmp_path / "in", tmp_path / "enc", tmp_path / "out"
+    src.write_bytes(pt)
+    assert svc.encrypt_file(src, enc, CTX, threads=2) == len(pt)
+    assert svc.decrypt_file(enc, out, CTX, threads=2) == len(pt)
+    assert out.read_bytes() == pt
+    with enc.open("rb") as f, svc.open_decrypting(OneWay(f.read()), CTX, threads=3) as r:
+        assert r.run_bytes == 3 << 20
+        assert r.read() == pt
