@@ -268,3 +268,25 @@ def test_index_bind_processor_passes_index_values_and_macs_plaintexts(
     with Session(engine) as s:
         assert s.scalars(select(User.id).where(User.email == "core@example.com")).all() == [5]
     assert isinstance(computed, IndexValue)
+
+
+def test_equality_predicate_compiles_like_a_comparison_and_negates(
+    engine: Engine, service: EncryptionService
+) -> None:
+    Base, User = _models(service)
+    Base.metadata.create_all(engine)
+    with Session(engine) as s:
+        s.add_all(User(id=i, tenant="t1", email=f"u{i}@example.com") for i in range(3))
+        s.commit()
+    predicate = User.email == "U1@example.com"
+    sql = str(predicate.compile(engine))
+    assert sql.endswith("email_bidx = ?"), sql
+    assert str((~predicate).compile(engine)).endswith("email_bidx != ?")
+    with Session(engine) as s:
+        assert s.scalars(select(User.id).where(predicate)).all() == [1]
+        assert sorted(s.scalars(select(User.id).where(~predicate)).all()) == [0, 2]
+        # Through the index attribute itself, as lookup() builds it.
+        index = User.__table__.c.email_bidx.type
+        assert s.scalars(
+            select(User.id).where(index.where(User.email_bidx, "u2@example.com"))
+        ).all() == [2]

@@ -34,9 +34,10 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Column, LargeBinary, Table, bindparam, select
+from sqlalchemy import Boolean, Column, LargeBinary, Table, bindparam, select
 from sqlalchemy.engine import Dialect
-from sqlalchemy.sql.elements import ClauseElement, ColumnElement
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.elements import BinaryExpression, ClauseElement, ColumnElement
 from sqlalchemy.types import TypeDecorator
 
 from greenlang_crypto.exceptions import InvalidArgumentError
@@ -64,6 +65,10 @@ __all__ = [
 ]
 
 Normalizer = Callable[[str], str]
+
+# Shared by every lookup's parameters and predicates (types hold no per-statement state).
+_BYTES = LargeBinary()
+_BOOL = Boolean()
 
 
 def strip(value: str) -> str:
@@ -384,11 +389,15 @@ class BlindIndex(TypeDecorator[Any]):
         if value is None:
             return column.is_(None)
         params = [
-            bindparam(None, c, type_=LargeBinary(), unique=True)
+            bindparam(None, c, type_=_BYTES, unique=True)
             for c in self.candidates(value, tenant_id=tenant_id)
         ]
         if len(params) == 1:
-            return column == params[0]
+            # What ``column == param`` builds, built directly: going through the comparators
+            # (the index type's, then SQLAlchemy's) costs more than the MAC of a point lookup.
+            clause = getattr(column, "__clause_element__", None)
+            expr = clause() if clause is not None else column
+            return BinaryExpression(expr, params[0], operators.eq, type_=_BOOL, negate=operators.ne)
         return column.in_(params)
 
     # -- SQLAlchemy ----------------------------------------------------------------------
@@ -456,10 +465,21 @@ def index_for_source(expr: Any) -> Any:
     name = getattr(expr, "name", None)
     if table is None or name is None:
         return None
-    for col in table.c:
-        if isinstance(col.type, BlindIndex) and col.type.source == name:
-            return col
-    return None
+    key = (table, name)
+    found = _index_columns.get(key)
+    if found is None:
+        for col in table.c:
+            if isinstance(col.type, BlindIndex) and col.type.source == name:
+                if len(_index_columns) > 4096:
+                    _index_columns.clear()
+                found = _index_columns[key] = col
+                break
+    return found
+
+
+# (table, encrypted column name) -> its blind-index column: every ``encrypted_col == value``
+# looks it up. Only found columns are kept (a column added to a table later is still found).
+_index_columns: dict[tuple[Any, str], Any] = {}
 
 
 def lookup(
