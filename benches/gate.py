@@ -115,6 +115,10 @@ def core_checks() -> list[Check]:
             rounds=41,
         )
     )
+    # The same ratio taken apart: the envelope's own cost and the lookup's (benches/gate_cache).
+    from benches import gate_cache
+
+    checks += gate_cache.checks()
 
     def two_threads() -> Ratio:
         # Measured in a fresh process: after the 1 MiB checks above, this process's allocator

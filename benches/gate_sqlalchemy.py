@@ -35,8 +35,12 @@ def _service() -> Any:
     return EncryptionService(EncryptionServiceConfig(data_dir=data_dir))
 
 
-# The users-model checks measure the goals of the bulk-ORM work, which are not reached yet
-# (about 1.2-1.4x on this machine): they are printed on every run and do not fail the gate.
+# The users-model checks measure goals of the bulk-ORM work that this machine does not meet
+# steadily yet: they are printed on every run and do not fail the gate. Measured on the 2-core
+# machine over several runs (medians of 14 interleaved rounds each): insert 1.12-1.16x (an
+# indexed 17-byte bytea column alone, with no encryption, costs about 1.13x), select 1.19-1.27x
+# with psycopg's text results (hex-encoded bytea), 1.12-1.17x with binary results, 200 point
+# lookups 1.08x.
 _REPORTED = float("inf")
 
 
@@ -289,16 +293,16 @@ def checks() -> list[Check]:
 
     return [
         speedup(
-            "column type encrypt per value vs sqlalchemy-utils (speed-up; goal 25x)",
+            "column type encrypt per value vs sqlalchemy-utils (speed-up)",
             lambda: our_bind(value),
             lambda: peer_bind(value),
-            10.0,
+            25.0,
         ),
         speedup(
-            "column type decrypt per value vs sqlalchemy-utils (speed-up; goal 50x)",
+            "column type decrypt per value vs sqlalchemy-utils (speed-up)",
             lambda: our_result(our_ct),
             lambda: peer_result(peer_ct),
-            10.0,
+            50.0,
         ),
         lambda: _db_ratio(
             "insert 10,000 rows: encrypted vs plain String",
