@@ -290,3 +290,27 @@ def test_equality_predicate_compiles_like_a_comparison_and_negates(
         assert s.scalars(
             select(User.id).where(index.where(User.email_bidx, "u2@example.com"))
         ).all() == [2]
+
+
+def test_object_changed_by_a_later_before_flush_listener_is_reindexed(
+    engine: Engine, service: EncryptionService
+) -> None:
+    Base, User = _models(service)
+    Base.metadata.create_all(engine)
+    with Session(engine) as s:
+        s.add_all([User(id=1, tenant="t1", email="one@example.com"), User(id=2, tenant="t1")])
+        s.commit()
+
+    def rename(session: Session, flush_context: Any, instances: Any) -> None:
+        other = session.get(User, 2)
+        if other is not None and other.email is None:
+            other.email = "Two@Example.com"
+
+    with Session(engine) as s:
+        event.listen(s, "before_flush", rename)
+        one = s.get(User, 1)
+        assert one is not None
+        one.tenant = "t1b"  # something to flush, so the listeners run
+        s.commit()
+    with Session(engine) as s:
+        assert s.scalars(select(User.id).where(User.email == "two@example.com")).all() == [2]
