@@ -38,9 +38,9 @@ def _service() -> Any:
 # The users-model checks measure goals of the bulk-ORM work that this machine does not meet
 # steadily yet: they are printed on every run and do not fail the gate. Measured on the 2-core
 # machine over several runs (medians of 14 interleaved rounds each): insert 1.12-1.16x (an
-# indexed 17-byte bytea column alone, with no encryption, costs about 1.13x), select 1.19-1.27x
+# indexed 17-byte bytea column alone, with no encryption, costs about 1.13x), select 1.13-1.27x
 # with psycopg's text results (hex-encoded bytea), 1.12-1.17x with binary results, 200 point
-# lookups 1.08x.
+# lookups 1.08-1.09x.
 _REPORTED = float("inf")
 
 
