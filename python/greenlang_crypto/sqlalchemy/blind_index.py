@@ -66,8 +66,26 @@ __all__ = [
 
 Normalizer = Callable[[str], str]
 
+
+class _IndexParam(TypeDecorator[bytes]):
+    """The type of a lookup's index-value parameters: ``bytes`` bound as they are.
+
+    psycopg and sqlite3 bind ``bytes`` as bytea / BLOB themselves, so the DBAPI ``Binary()``
+    wrapper of ``LargeBinary`` is skipped for them, as the column types do.
+    """
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        """None for psycopg and pysqlite; the impl's wrapper for other drivers."""
+        if dialect.driver in ("psycopg", "pysqlite"):
+            return None
+        return self.impl_instance.bind_processor(dialect)
+
+
 # Shared by every lookup's parameters and predicates (types hold no per-statement state).
-_BYTES = LargeBinary()
+_BYTES = _IndexParam()
 _BOOL = Boolean()
 
 

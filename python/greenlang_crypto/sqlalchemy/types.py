@@ -376,9 +376,7 @@ class EncryptedType(TypeDecorator[Any]):
         def __eq__(self, other: Any) -> ColumnElement[bool]:  # type: ignore[override]
             if other is None:
                 return self.expr.is_(None)
-            from greenlang_crypto.sqlalchemy.blind_index import index_for_source
-
-            index_col = index_for_source(self.expr)
+            index_col = _blind_index.index_for_source(self.expr)
             if index_col is None:
                 raise InvalidArgumentError(
                     "an encrypted column can only be compared through a blind index; "
@@ -504,5 +502,7 @@ def _on_column_attach(column: Column[Any], table: Any) -> None:
 
 # The ORM hooks (row binding, blind-index filling) must be in place before any mapper using
 # these types is configured, also when this module is imported directly rather than through
-# the package's lazy exports. Imported last: orm imports this module.
+# the package's lazy exports. Imported last: orm imports this module. The comparator above
+# reads blind_index per comparison, so it is imported here rather than in the function.
+from greenlang_crypto.sqlalchemy import blind_index as _blind_index  # noqa: E402
 from greenlang_crypto.sqlalchemy import orm as _orm  # noqa: E402, F401
