@@ -40,7 +40,7 @@ def _service() -> Any:
 # machine over several runs (medians of 14 interleaved rounds each): insert 1.12-1.16x (an
 # indexed 17-byte bytea column alone, with no encryption, costs about 1.13x), select 1.13-1.27x
 # with psycopg's text results (hex-encoded bytea), 1.12-1.17x with binary results, 200 point
-# lookups 1.08-1.09x.
+# lookups 1.08-1.10x.
 _REPORTED = float("inf")
 
 
