@@ -341,6 +341,9 @@ impl PyDekCache {
 /// Scratch buffers larger than this are released after use.
 const MAX_SCRATCH: usize = 64 * 1024;
 
+/// Text plaintexts up to this size are opened into a stack buffer.
+const STACK_PLAINTEXT: usize = 128;
+
 thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     // The last hit of this thread, one memo for seals and one for opens: a service seals
@@ -412,14 +415,9 @@ impl PyDekCache {
         let t0 = self.latency.start();
         let out: PyResult<Bound<'py, PyAny>> = if text {
             let n = parsed.plaintext_len();
-            // Decrypt into a per-thread scratch buffer (no allocation or zero-fill per row),
-            // build the str from it, then wipe the bytes that held plaintext.
-            SCRATCH.with(|cell| {
-                let mut scratch = cell.borrow_mut();
-                if scratch.len() < n {
-                    scratch.resize(n, 0);
-                }
-                let buf = &mut scratch[..n];
+            // Decrypt into a buffer, build the str from it, then wipe the bytes that held
+            // plaintext (the str is the only copy the caller asked for).
+            let open_str = |buf: &mut [u8]| {
                 let r = envelope::open_into(key, &parsed, ctx, aad, buf)
                     .py()
                     .and_then(|()| {
@@ -428,12 +426,26 @@ impl PyDekCache {
                         Ok(pyo3::types::PyString::new(py, s).into_any())
                     });
                 zeroize::Zeroize::zeroize(buf);
-                if scratch.len() > MAX_SCRATCH {
-                    // Do not keep a large buffer per thread after an unusually big value.
-                    *scratch = Vec::new();
-                }
                 r
-            })
+            };
+            if n <= STACK_PLAINTEXT {
+                // Short values (the PII case): a stack buffer, no thread-local lookup per row.
+                open_str(&mut [0u8; STACK_PLAINTEXT][..n])
+            } else {
+                // A per-thread scratch buffer: no allocation or zero-fill per row.
+                SCRATCH.with(|cell| {
+                    let mut scratch = cell.borrow_mut();
+                    if scratch.len() < n {
+                        scratch.resize(n, 0);
+                    }
+                    let r = open_str(&mut scratch[..n]);
+                    if scratch.len() > MAX_SCRATCH {
+                        // Do not keep a large buffer per thread after an unusually big value.
+                        *scratch = Vec::new();
+                    }
+                    r
+                })
+            }
         } else {
             new_bytes(py, parsed.plaintext_len(), |out| {
                 maybe_detach(py, env.len(), || {

@@ -109,3 +109,25 @@ def test_ttl_reaches_the_memoized_paths(tmp_path: Path) -> None:
         assert _misses(svc, "decrypt") > dec_misses, "an expired key is fetched again"
     finally:
         svc.close()
+
+
+@pytest.mark.parametrize("length", [0, 1, 127, 128, 129, 5000])
+def test_text_values_of_every_size_round_trip(service: EncryptionService, length: int) -> None:
+    # Short values are opened into a stack buffer, longer ones into a per-thread scratch
+    # buffer: both sides of the boundary, with multi-byte characters straddling it.
+    encrypt, decrypt = _processors(service)
+    value = ("é" * length)[:length] if length % 2 else "a" * length
+    assert decrypt(encrypt(value)) == value
+    assert decrypt(encrypt(value)) == value  # memoized hit
+
+
+@pytest.mark.parametrize("length", [1, 128, 129, 300])
+def test_non_utf8_plaintext_fails_opaquely(service: EncryptionService, length: int) -> None:
+    from greenlang_crypto.context import EncryptionContext
+    from greenlang_crypto.exceptions import DecryptionError
+
+    _, decrypt = _processors(service)
+    ctx = EncryptionContext(tenant_id="t1", data_class="pii")
+    bad = service.encrypt(b"\xff" * length, ctx, associated_data=b"memo_users|email")
+    with pytest.raises(DecryptionError):
+        decrypt(bad)
