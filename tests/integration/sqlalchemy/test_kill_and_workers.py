@@ -89,6 +89,12 @@ def test_several_workers_split_ranges_with_skip_locked(
 ) -> None:
     fill_plaintext(pg_engine, people.name, ROWS)
     env = dict(os.environ, PYTHONPATH=str(REPO / "python"))
+    job_base = f"encrypt:{people.name}.email:p1"
+    # Hold the planner's lock until all three workers wait on it, so that none can start late,
+    # find the job finished and (rightly) begin a new run: the test is about sharing one run.
+    gate = pg_engine.connect()
+    gate.execute(text("SELECT pg_advisory_lock(hashtext(:j))"), {"j": job_base})
+    gate.commit()
     procs = [
         subprocess.Popen(
             cli(
@@ -104,6 +110,27 @@ def test_several_workers_split_ranges_with_skip_locked(
         )
         for i in range(3)
     ]
+    try:
+        deadline = time.monotonic() + 60
+        waiting = 0
+        while time.monotonic() < deadline and all(p.poll() is None for p in procs):
+            waiting = gate.execute(
+                text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                    "AND NOT granted AND database = (SELECT oid FROM pg_database "
+                    "WHERE datname = current_database())"
+                )
+            ).scalar_one()
+            gate.commit()
+            if waiting >= 3:
+                break
+            time.sleep(0.05)
+        if all(p.poll() is None for p in procs):  # a worker that died is reported below
+            assert waiting >= 3, "the workers never reached the planner"
+    finally:
+        gate.execute(text("SELECT pg_advisory_unlock(hashtext(:j))"), {"j": job_base})
+        gate.commit()
+        gate.close()
     outs = [p.communicate(timeout=60) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
     _check_all_rows(pg_engine, people, service, done=True)
