@@ -1,7 +1,8 @@
 //! Process-wide hot-path counters kept in atomics.
 //!
 //! Prometheus reads them at scrape time through a custom collector, so counting an operation
-//! costs one relaxed atomic add instead of a Python call (ARCHITECTURE.md, rule 5).
+//! costs one relaxed atomic add instead of a Python call: a metric must not cost more than 10%
+//! of the operation it counts.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -213,7 +213,8 @@ def _error(exc: Exception) -> HTTPException:
     if isinstance(exc, InvalidContextError | InvalidArgumentError | TypeError):
         return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "invalid request")
     if isinstance(exc, KeyVersionUnavailableError | KeyRetiredError):
-        # The version comes from the envelope's public header: naming it is no oracle (H8).
+        # The version comes from the envelope's public header: naming it adds no decryption
+        # oracle, and it lets operators tell a missing key version from a failed tag.
         return HTTPException(status.HTTP_409_CONFLICT, str(exc))
     if isinstance(exc, DecryptionError | KeyNotFoundError):
         return HTTPException(status.HTTP_400_BAD_REQUEST, "decryption failed")
@@ -349,7 +350,8 @@ def build_router(
             "request_id": rid,
             "reason": body.reason,
             "details": {"via": "api"},
-            # Data path: buffered, never blocking; a sink outage shows on the gauge (J6).
+            # Data path: buffered, never blocking; a sink outage shows on the gauge (only
+            # security-relevant admin actions fail closed when the audit sink is down).
             "required": False,
         }
         try:

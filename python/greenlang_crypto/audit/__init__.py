@@ -16,9 +16,10 @@ Tamper evidence: every record carries a sequence number and
 only the wrapped root key is stored, in the sink itself. :meth:`AuditLog.verify` names every
 edited, deleted, inserted or reordered record.
 
-Availability policy (TEST-MATRIX J6): a security-relevant admin action writes its intent record
-synchronously first, and :meth:`AuditLog.record` raises :class:`AuditSinkUnavailableError` when
-the sink cannot take it, so the action fails closed before anything happens. Data-path events
+Availability policy when the audit sink is unavailable: a security-relevant admin action
+writes its intent record synchronously first, and :meth:`AuditLog.record` raises
+:class:`AuditSinkUnavailableError` when the sink cannot take it, so the action fails closed
+before anything happens. Data-path events
 go to a bounded in-memory buffer that a background thread flushes; while the sink is down the
 buffer keeps (and, when full, counts dropped) events and :attr:`AuditLog.sink_up` is false
 (exported as ``gl_encryption_audit_sink_up``). Every sink write has a timeout.

@@ -123,7 +123,7 @@ _DENIED_CODES: Final = frozenset(
 _INVALID_CIPHERTEXT_CODES: Final = frozenset({"InvalidCiphertextException"})
 
 # ---------------------------------------------------------------------------------------------
-# Log redaction (E8)
+# Log redaction: no DEK or plaintext in botocore's DEBUG logs
 # ---------------------------------------------------------------------------------------------
 
 # A Plaintext field as JSON ("Plaintext": "...") or in a Python dict repr ('Plaintext': b'...'),

@@ -577,7 +577,8 @@ class ColumnJob:
             try:
                 plaintext = svc.decrypt(value, ctx, associated_data=self._aad(row))
             except GreenlangCryptoError as exc:
-                # The error type tells a missing or retired key version from a failed tag (H8).
+                # The error type tells operators a missing or retired key version from a
+                # failed tag, using only the key version in the public header.
                 bad.append((row, type(exc).__name__, version))
                 continue
             new_value = (
@@ -682,7 +683,8 @@ class ColumnJob:
         done: set[str] = set()
         for pk_text, stored, index in conn.execute(text(sql), params):
             w = by_pk[pk_text]
-            # Verify after write (H5): what the database now holds decrypts to the plaintext.
+            # Verify after write, before the batch commits: what the database now holds
+            # decrypts to the plaintext.
             ctx = self._contexts.get(w.row.tenant)
             back = self.service.decrypt(bytes(stored), ctx, associated_data=self._aad(w.row))
             if not hmac.compare_digest(back, w.plaintext):

@@ -184,7 +184,7 @@ class _Binder:
                 continue
             plaintext = getattr(target, source_key)
             if plaintext is None:
-                setattr(target, index_key, None)  # NULL is not indexed (I5)
+                setattr(target, index_key, None)  # NULL is not indexed
                 continue
             tenant = self._tenant(target, source_type) if index.per_tenant else None
             setattr(target, index_key, index.compute(plaintext, tenant_id=tenant))

@@ -2,11 +2,12 @@
 
 Use it only for interoperability or server-side needs (SQL that must decrypt in the server,
 another client reading the column with pgcrypto). Prefer :class:`~.types.EncryptedString`:
-measured in PEERS.md, pgcrypto with ``cipher-algo=aes256`` and its default iterated-SHA-1 S2K
-costs about 16x a plain column on insert and 100-240x on select, uses OpenPGP CFB rather than
-GCM (no binding to table, column or tenant), and sends the key to the server with every
-statement (it can surface in server logs with ``log_statement``/``auto_explain`` of bound
-values, in ``pg_stat_activity`` of failing statements, and to anyone who can trace the server).
+measured in ``benches/bench_sqlalchemy.py``, pgcrypto with ``cipher-algo=aes256`` and its
+default iterated-SHA-1 S2K costs about 16x a plain column on insert and 100-240x on select, uses
+OpenPGP CFB rather than GCM (no binding to table, column or tenant), and sends the key to the
+server with every statement (it can surface in server logs with
+``log_statement``/``auto_explain`` of bound values, in ``pg_stat_activity`` of failing
+statements, and to anyone who can trace the server).
 
 The key never appears in SQL text: it is a bound parameter whose value is computed at
 execution time. It is a per-column secret derived from the service: the hex of

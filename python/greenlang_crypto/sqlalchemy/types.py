@@ -7,7 +7,7 @@ Each value is encrypted under an :class:`~greenlang_crypto.context.EncryptionCon
   table or column, or under another tenant, fails to decrypt. Works with Core and the ORM, on
   SQLite and PostgreSQL.
 * **row binding** (``bind_row=True``, ORM only): also the primary key and tenant, so a
-  ciphertext copied into another row of the same column fails too (TEST-MATRIX A10). The value
+  ciphertext copied into another row of the same column fails too. The value
   is encrypted in the mapper's ``before_insert``/``before_update`` events, when the row's primary
   key is known, and decrypted in the ``load``/``refresh`` events. An autoincrement key is
   assigned by the database *during* the INSERT, too late for the ciphertext in that INSERT, so
