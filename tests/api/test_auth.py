@@ -1,4 +1,4 @@
-"""J1-J4: bearer-token authentication and permissions."""
+"""Bearer-token authentication (malformed, forged, expired tokens) and permissions."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def test_valid_token_is_accepted(client: TestClient, make_token: TokenFactory) -
         "non-ascii",
     ],
 )
-def test_j1_malformed_tokens_get_uniform_401(client: TestClient, header: str | None) -> None:
+def test_malformed_tokens_get_uniform_401(client: TestClient, header: str | None) -> None:
     # Header values travel as latin-1 bytes, so the non-ASCII case is sent as such.
     headers: dict[str, Any] = {} if header is None else {"Authorization": header.encode("latin-1")}
     r = client.get(STATUS, headers=headers)
@@ -92,7 +92,7 @@ def test_j1_malformed_tokens_get_uniform_401(client: TestClient, header: str | N
     assert r.json() == UNAUTHORIZED
 
 
-def test_j1_token_over_8kb_is_refused(client: TestClient, make_token: TokenFactory) -> None:
+def test_token_over_8kb_is_refused(client: TestClient, make_token: TokenFactory) -> None:
     token = make_token(["encryption:read"], padding="x" * 9000)
     assert len(token) > 8192
     r = client.get(STATUS, headers=bearer(token))
@@ -100,7 +100,7 @@ def test_j1_token_over_8kb_is_refused(client: TestClient, make_token: TokenFacto
     assert r.json() == UNAUTHORIZED
 
 
-def test_j2_alg_none_and_unlisted_alg(client: TestClient, secret: str) -> None:
+def test_alg_none_and_unlisted_alg(client: TestClient, secret: str) -> None:
     none_token = _raw_token({"alg": "none", "typ": "JWT"}, _claims())
     r = client.get(STATUS, headers=bearer(none_token))
     assert (r.status_code, r.json()) == (401, UNAUTHORIZED)
@@ -123,7 +123,7 @@ def rs_client(stack: Stack, rsa_keys: RsaKeys) -> Any:
         yield c
 
 
-def test_j2_rs256_with_pinned_kid(rs_client: TestClient, rsa_keys: RsaKeys) -> None:
+def test_rs256_with_pinned_kid(rs_client: TestClient, rsa_keys: RsaKeys) -> None:
     good = jwt.encode(_claims(), rsa_keys.private_pem, algorithm="RS256", headers={"kid": "k1"})
     assert rs_client.get(STATUS, headers=bearer(good)).status_code == 200
     unknown = jwt.encode(_claims(), rsa_keys.private_pem, algorithm="RS256", headers={"kid": "k2"})
@@ -133,7 +133,7 @@ def test_j2_rs256_with_pinned_kid(rs_client: TestClient, rsa_keys: RsaKeys) -> N
     assert rs_client.get(STATUS, headers=bearer(no_kid)).status_code == 401
 
 
-def test_j2_hs256_signed_with_the_rsa_public_key(rs_client: TestClient, rsa_keys: RsaKeys) -> None:
+def test_hs256_signed_with_the_rsa_public_key(rs_client: TestClient, rsa_keys: RsaKeys) -> None:
     # The classic key-confusion forgery: HMAC keyed with the server's public key bytes.
     def sign(data: bytes) -> bytes:
         return hmac.new(rsa_keys.public_pem, data, hashlib.sha256).digest()
@@ -165,15 +165,15 @@ def test_settings_refuse_none_and_mixed_algorithms(rsa_keys: RsaKeys) -> None:
     ],
     ids=["expired", "nbf-future", "wrong-aud", "wrong-iss", "no-exp", "no-sub", "no-iss"],
 )
-def test_j3_claims(client: TestClient, make_token: TokenFactory, overrides: dict[str, Any]) -> None:
+def test_bad_or_missing_claims_get_401(
+    client: TestClient, make_token: TokenFactory, overrides: dict[str, Any]
+) -> None:
     token = make_token(["encryption:read"], **overrides)
     r = client.get(STATUS, headers=bearer(token))
     assert (r.status_code, r.json()) == (401, UNAUTHORIZED)
 
 
-def test_j3_small_skew_within_leeway_is_accepted(
-    client: TestClient, make_token: TokenFactory
-) -> None:
+def test_small_skew_within_leeway_is_accepted(client: TestClient, make_token: TokenFactory) -> None:
     token = make_token(["encryption:read"], nbf=int(time.time()) + 2)
     assert client.get(STATUS, headers=bearer(token)).status_code == 200
 
@@ -187,7 +187,7 @@ def test_j3_small_skew_within_leeway_is_accepted(
         ("get", "/api/v1/encryption/status", "encryption:read"),
     ],
 )
-def test_j4_missing_permission_is_403_and_audited(
+def test_missing_permission_is_403_and_audited(
     client: TestClient,
     stack: Stack,
     make_token: TokenFactory,

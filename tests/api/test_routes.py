@@ -1,4 +1,5 @@
-"""The routes in-process: round trips, tenant checks, strict base64, G5, J5, J6, J7."""
+"""The routes in-process: round trips, tenant checks, strict base64, no request echo in error
+bodies, a permission on every admin route, audit sink outages, audit record content."""
 
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def test_encrypt_decrypt_round_trip_is_audited(
     assert aggregated and aggregated[0].entry.details["count"] == 1
     enc = stack.audit.query(AuditQuery(action="encryption_performed", actor="alice"))
     assert enc[0].entry.details["count"] == 1
-    # J7: no plaintext or raw context values anywhere in the records.
+    # Audit record content: no plaintext or raw context values anywhere in the records.
     dump = repr([x.to_dict() for x in stack.audit.tail(100)])
     assert "do-not-echo-me" not in dump and TENANT not in dump
 
@@ -133,7 +134,7 @@ def test_strict_base64_422_never_echoes(
     assert r.json() == {"detail": "invalid request"}
 
 
-def test_g5_validation_and_500_bodies_never_echo(
+def test_validation_and_500_bodies_never_echo(
     client: TestClient, stack: Stack, make_token: TokenFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     secret = b64(SECRET_TEXT)
@@ -183,7 +184,7 @@ def _walk(routes: list[Any]) -> list[Any]:
     return out
 
 
-def test_j5_every_api_route_requires_a_permission(app: FastAPI) -> None:
+def test_every_api_route_requires_a_permission(app: FastAPI) -> None:
     api_routes = [r for r in _walk(list(app.routes)) if r.path.startswith(API_PREFIX)]
     # The walk must see every API operation the schema publishes.
     published = {p for p in app.openapi()["paths"] if p.startswith(API_PREFIX)}
@@ -266,7 +267,7 @@ def test_rewrap_moves_to_primary_without_returning_plaintext(
 
 
 class _DownSink:
-    """Wraps a sink and fails every call while ``down`` is set (J6)."""
+    """Wraps a sink and fails every call while ``down`` is set (an audit sink outage)."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
@@ -288,7 +289,7 @@ class _DownSink:
         return call
 
 
-def test_j6_sink_down_rotate_is_503_and_nothing_changes(
+def test_sink_down_rotate_is_503_and_nothing_changes(
     stack: Stack, settings: Any, make_token: TokenFactory
 ) -> None:
     flaky = _DownSink(stack.audit.sink)
@@ -332,7 +333,7 @@ def test_j6_sink_down_rotate_is_503_and_nothing_changes(
     assert stack.audit.verify().ok
 
 
-def test_j6_locked_sqlite_sink_times_out_instead_of_blocking(
+def test_locked_sqlite_sink_times_out_instead_of_blocking(
     stack: Stack, make_token: TokenFactory, client: TestClient
 ) -> None:
     sink: Any = stack.audit.sink

@@ -1,4 +1,5 @@
-"""Blind indexes: I1-I5, H6 (index-key rotation), lookups through the B-tree index."""
+"""Blind indexes: normalization, per-column keys, truncation, constant-time compares, NULL and
+the empty string, index-key rotation, lookups through the B-tree index."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def _ids(engine: Engine, stmt: Any) -> list[int]:
         return sorted(conn.execute(stmt).scalars())
 
 
-def test_i1_normalization_per_column(engine: Engine, users: Table) -> None:
+def test_normalization_per_column(engine: Engine, users: Table) -> None:
     nfd = unicodedata.normalize("NFD", "José  Müller")
     with engine.begin() as conn:
         for row in (
@@ -80,7 +81,7 @@ def test_i1_normalization_per_column(engine: Engine, users: Table) -> None:
     assert _ids(engine, select(users.c.id).where(users.c.name == "jose muller")) == []
 
 
-def test_i2_equal_plaintexts_in_two_columns_get_different_indexes(
+def test_equal_plaintexts_in_two_columns_get_different_indexes(
     engine: Engine, users: Table
 ) -> None:
     with engine.begin() as conn:
@@ -100,7 +101,7 @@ def test_i2_equal_plaintexts_in_two_columns_get_different_indexes(
     assert a[1:] != b[1:]
 
 
-def test_i3_truncated_index_returns_superset_and_lookup_filters(
+def test_truncated_index_returns_superset_and_lookup_filters(
     engine: Engine, service: EncryptionService, unique: Any
 ) -> None:
     class Base(DeclarativeBase):
@@ -149,7 +150,7 @@ def _operand_name(node: ast.expr) -> str:
     return ""
 
 
-def test_i4_no_equality_operator_on_macs() -> None:
+def test_no_equality_operator_on_macs() -> None:
     """A lint: the blind-index code compares MACs only with hmac.compare_digest."""
     suspicious = ("mac", "digest", "tag", "index", "stored")
     for path in PKG.glob("*.py"):
@@ -164,7 +165,7 @@ def test_i4_no_equality_operator_on_macs() -> None:
     assert "compare_digest" in (PKG / "blind_index.py").read_text()
 
 
-def test_i5_null_not_indexed_empty_has_an_index(engine: Engine, users: Table) -> None:
+def test_null_not_indexed_empty_has_an_index(engine: Engine, users: Table) -> None:
     with engine.begin() as conn:
         conn.execute(
             insert(users),
@@ -211,7 +212,7 @@ def test_per_tenant_index_keys(engine: Engine, service: EncryptionService, uniqu
         Base.metadata.drop_all(engine)
 
 
-def test_h6_index_key_rotation_window_and_backfill(
+def test_index_key_rotation_window_and_backfill(
     pg_engine: Engine, service: EncryptionService, table_name: str
 ) -> None:
     md = MetaData()

@@ -1,4 +1,4 @@
-"""H1 (SIGKILL at random points, then rerun) and several workers with SKIP LOCKED."""
+"""SIGKILL at random points, then rerun; and several workers with SKIP LOCKED."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def _check_all_rows(engine: Engine, people: Any, svc: EncryptionService, *, done
             assert parse_envelope(raw[i]).key_version == svc.primary_version
 
 
-def test_h1_sigkill_at_random_points_then_rerun(
+def test_sigkill_at_random_points_then_rerun(
     pg_engine: Engine, pg_url: str, data_dir: Path, service: EncryptionService, people: Any
 ) -> None:
     fill_plaintext(pg_engine, people.name, ROWS)

@@ -1,4 +1,5 @@
-"""Column jobs: H2-H5, H7, phase 2, quarantine, re-encryption and retirement."""
+"""Column jobs: lost connections, concurrent app writes, quarantine, verify after write, dry
+runs, phase 2, re-encryption and retirement."""
 
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ def test_encrypt_job_dry_run_run_and_idempotent_rerun(
     assert _raw(pg_engine, people) == raw
 
 
-def test_h4_undecryptable_rows_are_quarantined_and_reported(
+def test_undecryptable_rows_are_quarantined_and_reported(
     pg_engine: Engine, service: EncryptionService, people: Any
 ) -> None:
     fill_plaintext(pg_engine, people.name, 30)
@@ -120,7 +121,7 @@ def test_h4_undecryptable_rows_are_quarantined_and_reported(
     assert job.dry_run().by_key_version == {2: 28, 1: 1}
 
 
-def test_h5_verify_after_write_rolls_back(
+def test_verify_after_write_rolls_back(
     pg_engine: Engine, service: EncryptionService, people: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fill_plaintext(pg_engine, people.name, 20)
@@ -137,7 +138,7 @@ def test_h5_verify_after_write_rolls_back(
     assert job.dry_run().plaintext == 20  # the whole batch rolled back
 
 
-def test_h7_and_retire_only_at_zero(
+def test_dry_run_counts_and_retire_only_at_zero(
     pg_engine: Engine, service: EncryptionService, people: Any
 ) -> None:
     fill_plaintext(pg_engine, people.name, 40)
@@ -180,7 +181,7 @@ def test_phase_2_forbids_plaintext(
         conn.execute(text(f"INSERT INTO {people.name} (id, email) VALUES (99, 'plain'::bytea)"))
 
 
-def test_h2_injected_commit_failure_rolls_back_and_retries(
+def test_injected_commit_failure_rolls_back_and_retries(
     pg_engine: Engine, service: EncryptionService, people: Any
 ) -> None:
     fill_plaintext(pg_engine, people.name, 100)
@@ -201,7 +202,7 @@ def test_h2_injected_commit_failure_rolls_back_and_retries(
     assert job.dry_run().by_key_version == {1: 100}
 
 
-def test_h2_retries_are_bounded(pg_engine: Engine, service: EncryptionService, people: Any) -> None:
+def test_retries_are_bounded(pg_engine: Engine, service: EncryptionService, people: Any) -> None:
     fill_plaintext(pg_engine, people.name, 30)
 
     def always(conn: Any) -> None:
@@ -220,7 +221,7 @@ def test_h2_retries_are_bounded(pg_engine: Engine, service: EncryptionService, p
     assert job.dry_run().plaintext == 30  # no partial batch
 
 
-def test_h2_backend_terminated_mid_batch(
+def test_backend_terminated_mid_batch(
     pg_engine: Engine, pg_url: str, service: EncryptionService, people: Any
 ) -> None:
     fill_plaintext(pg_engine, people.name, 60)
@@ -247,7 +248,7 @@ def test_h2_backend_terminated_mid_batch(
     assert dry.plaintext == 0 and dry.by_key_version == {1: 60} and not dry.undecryptable
 
 
-def test_h3_concurrent_app_writes_are_never_lost(
+def test_concurrent_app_writes_are_never_lost(
     pg_engine: Engine, pg_url: str, service: EncryptionService, people: Any
 ) -> None:
     fill_plaintext(pg_engine, people.name, 200)

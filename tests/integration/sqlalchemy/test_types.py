@@ -1,4 +1,5 @@
-"""Encrypted column types on SQLite and PostgreSQL: C1-C3, A10, H8, ORM row binding."""
+"""Encrypted column types on SQLite and PostgreSQL: None, empty and Unicode values, copies into
+another column, table or tenant, missing key version vs tag mismatch, ORM row binding."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def table(engine: Engine, service: EncryptionService, table_name: str) -> Any:
     md.drop_all(engine)
 
 
-def test_c1_none_is_null_in_and_out(engine: Engine, table: Table) -> None:
+def test_none_is_null_in_and_out(engine: Engine, table: Table) -> None:
     with engine.begin() as conn:
         conn.execute(insert(table), [{"id": 1, "s": None, "t": None, "b": None, "j": None}])
         raw = conn.execute(text(f"SELECT s, t, b, j FROM {table.name}")).one()
@@ -72,7 +73,7 @@ def test_c1_none_is_null_in_and_out(engine: Engine, table: Table) -> None:
         assert conn.execute(select(table.c.id).where(table.c.s == None)).scalar() == 1  # noqa: E711
 
 
-def test_c2_empty_values_are_distinct_from_null(engine: Engine, table: Table) -> None:
+def test_empty_values_are_distinct_from_null(engine: Engine, table: Table) -> None:
     with engine.begin() as conn:
         conn.execute(insert(table), [{"id": 1, "s": "", "b": b"", "j": ""}])
         raw_s, raw_b = conn.execute(text(f"SELECT s, b FROM {table.name}")).one()
@@ -81,7 +82,7 @@ def test_c2_empty_values_are_distinct_from_null(engine: Engine, table: Table) ->
         assert conn.execute(select(table.c.s, table.c.b, table.c.j)).one() == ("", b"", "")
 
 
-def test_c3_unicode_round_trips_byte_exact(engine: Engine, table: Table) -> None:
+def test_unicode_round_trips_byte_exact(engine: Engine, table: Table) -> None:
     with engine.begin() as conn:
         conn.execute(insert(table), [{"id": i, "s": v, "t": v} for i, v in enumerate(UNICODE)])
         got = dict(conn.execute(select(table.c.id, table.c.s)).all())
@@ -90,7 +91,7 @@ def test_c3_unicode_round_trips_byte_exact(engine: Engine, table: Table) -> None
     assert got[4] != got[5]  # NFD and NFC stay distinct
 
 
-def test_c3_lone_surrogate_is_a_typed_value_error(engine: Engine, table: Table) -> None:
+def test_lone_surrogate_is_a_typed_value_error(engine: Engine, table: Table) -> None:
     with pytest.raises(StatementError) as err, engine.begin() as conn:
         conn.execute(insert(table), [{"id": 1, "s": "\ud800"}])
     assert isinstance(err.value.orig, InvalidArgumentError)
@@ -125,7 +126,7 @@ def _set_raw(engine: Engine, table: Table, col: str, pk: int, value: bytes) -> N
         conn.execute(update(table).where(table.c.id == pk).values({col: SealedValue(value)}))
 
 
-def test_a10_copy_into_another_column_or_table_fails(
+def test_copy_into_another_column_or_table_fails(
     engine: Engine, table: Table, service: EncryptionService, table_name: str
 ) -> None:
     with engine.begin() as conn:
@@ -146,7 +147,7 @@ def test_a10_copy_into_another_column_or_table_fails(
         md.drop_all(engine)
 
 
-def test_a10_another_tenant_cannot_decrypt(
+def test_another_tenant_cannot_decrypt(
     engine: Engine, service: EncryptionService, table_name: str
 ) -> None:
     md = MetaData()
@@ -173,7 +174,7 @@ def test_a10_another_tenant_cannot_decrypt(
         md.drop_all(engine)
 
 
-def test_h8_missing_key_version_vs_tag_mismatch(
+def test_missing_key_version_vs_tag_mismatch(
     engine: Engine, table: Table, service: EncryptionService
 ) -> None:
     with engine.begin() as conn:
@@ -226,7 +227,7 @@ def _models(svc: Any, suffix: str) -> tuple[type[DeclarativeBase], Any, Any]:
     return Base, Account, Counter
 
 
-def test_a10_row_binding_rejects_a_copy_into_another_row_or_tenant(
+def test_row_binding_rejects_a_copy_into_another_row_or_tenant(
     engine: Engine, service: EncryptionService, unique: Any
 ) -> None:
     Base, Account, _ = _models(service, unique("x"))
