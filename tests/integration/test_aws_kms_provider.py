@@ -1,4 +1,4 @@
-"""AwsKmsKeyProvider against a moto KMS server over HTTP (TEST-MATRIX rows E1-E10).
+"""AwsKmsKeyProvider against a moto KMS server over HTTP: retries, faults, log redaction.
 
 Faults are injected with botocore ``before-send`` hooks on the provider's real clients, so
 every attempt goes through botocore's request, parsing and error paths (unlike ``Stubber``).
@@ -215,7 +215,7 @@ def test_corrupted_blob_is_decryption_error(
 
 
 def test_fake_enforces_encryption_context(kms_keys: Any) -> None:
-    """E10 meta-test: the wrong-context tests mean something only if moto checks the context."""
+    """Meta-test: the wrong-context tests mean something only if moto checks the context."""
     client = kms_keys.client()
     resp = client.generate_data_key(
         KeyId=kms_keys.single_arn, KeySpec="AES_256", EncryptionContext=CTX.as_dict()
@@ -387,7 +387,7 @@ def test_open_circuit_fails_fast_when_no_region_left(
     assert provider.health().ok is False
 
 
-# --- E1 / E3: transient errors are retried within the deadline -----------------------------
+# --- transient errors (throttling, timeouts, 5xx) are retried within the deadline -----------
 
 
 def test_throttling_once_then_success(
@@ -520,7 +520,7 @@ def test_decrypt_fails_over_on_real_read_timeout(
     assert provider.stats["failovers"] == 1
 
 
-# --- E4 / E5 / E6: permanent errors are not retried -----------------------------------------
+# --- permanent errors are not retried -------------------------------------------------------
 
 PERMANENT = [
     ("DisabledException", KmsKeyDisabledError),
@@ -580,7 +580,7 @@ def test_disabled_key_health(
     assert not health.ok and "Disabled" in health.detail
 
 
-# --- E7: defensive checks on KMS answers ---------------------------------------------------
+# --- defensive checks on KMS answers --------------------------------------------------------
 
 
 def _generate_answer(key_id: str, plaintext: bytes) -> Callable[[Any], AWSResponse]:
@@ -650,7 +650,7 @@ def test_decrypt_rejects_bad_answer(
     assert_chain_clean(info.value, secrets_of(secret, generated.key))
 
 
-# --- E8: no DEK in botocore's DEBUG logs ----------------------------------------------------
+# --- no DEK in botocore's DEBUG logs --------------------------------------------------------
 
 
 def _all_botocore_debug(caplog: pytest.LogCaptureFixture) -> None:
@@ -683,7 +683,7 @@ def test_debug_logs_contain_no_dek(
 def test_without_the_filter_botocore_would_leak(
     kms_keys: Any, make_provider: Callable[..., AwsKmsKeyProvider], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Meta-test for E8: the redaction is what keeps the DEK out, not luck."""
+    """Meta-test for the log redaction: it is what keeps the DEK out, not luck."""
     provider = make_provider()
     parsers = logging.getLogger("botocore.parsers")
     removed = [f for f in parsers.filters if isinstance(f, PlaintextRedactingFilter)]
@@ -729,7 +729,7 @@ def test_redaction_installed_idempotently(make_provider: Callable[..., Any]) -> 
         assert sum(isinstance(f, PlaintextRedactingFilter) for f in flts) == 1
 
 
-# --- E9: unreachable KMS at start -----------------------------------------------------------
+# --- unreachable KMS at start ---------------------------------------------------------------
 
 
 def test_unreachable_kms_at_start() -> None:

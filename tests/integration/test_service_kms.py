@@ -122,7 +122,7 @@ def test_rotation_on_demand_through_kms(
 def test_alias_repointing_is_picked_up_within_ttl(
     tmp_path: Path, kms_keys: Any, make_provider: Callable[..., Any]
 ) -> None:
-    # F6: after an alias is re-pointed, new encryptions use the new key within the cache TTL.
+    # After an alias is re-pointed, new encryptions use the new key within the cache TTL.
     _reset_pg(_store_url(tmp_path))
     client = kms_keys.client()
     client.create_alias(AliasName="alias/glc-app", TargetKeyId=kms_keys.single_arn)
