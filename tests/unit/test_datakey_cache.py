@@ -1,4 +1,5 @@
-"""DataKey budgets and nonces (D1-D4), the DEK cache (F2-F4, F7, F8), secret hygiene (G1, G2)."""
+"""DataKey budgets and nonces, the DEK cache (expiry, isolation, bounds, fork, pickling), and
+secret hygiene (reprs and exception chains)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def nonce_of(sealed: bytes) -> bytes:
 
 
 def test_million_seals_no_repeated_nonce() -> None:
-    # D1: 10^6 seals under one key, every nonce distinct; equal plaintexts never repeat.
+    # 10^6 seals under one key, every nonce distinct; equal plaintexts never repeat.
     k = core.DataKey.generate()
     seen = {nonce_of(k.seal(b"same")) for _ in range(1_000_000)}
     assert len(seen) == 1_000_000
@@ -40,7 +41,7 @@ def test_million_seals_no_repeated_nonce() -> None:
 
 
 def test_usage_limit_is_hard() -> None:
-    # D2: at the limit the key refuses; it never goes past it.
+    # At the usage limit the key refuses; it never goes past it.
     k = core.DataKey.generate(max_messages=1000)
     for _ in range(1000):
         k.seal(b"x")
@@ -69,7 +70,8 @@ def test_limit_bounds(limit: int) -> None:
 
 
 def test_threads_exact_counters_and_unique_nonces() -> None:
-    # F3 and the threads test: many threads under one cached key; counters exact, no repeats.
+    # Use counters under contention: many threads under one cached key; counters exact, no
+    # repeated nonces.
     k = core.DataKey.generate(max_messages=40_000)
     results: list[list[bytes]] = []
     lock = threading.Lock()
@@ -105,7 +107,7 @@ def test_large_inputs_release_the_gil_and_round_trip() -> None:
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX fork only")
 def test_fork_child_gets_fresh_nonces_and_empty_cache() -> None:
-    # D3/F8: the per-thread nonce pool and the cache must not be shared with a forked child.
+    # Fork safety: the per-thread nonce pool and the cache must not be shared with a forked child.
     k = core.DataKey.generate()
     cache = core.DekCache()
     cache.put(b"id", k)
@@ -133,7 +135,7 @@ def test_fork_child_gets_fresh_nonces_and_empty_cache() -> None:
 
 
 def test_no_public_api_takes_a_nonce() -> None:
-    # D4: only hazmat.AESGCM takes a nonce.
+    # No public API takes a nonce except hazmat.AESGCM.
     public = [core.DataKey.seal, core.DataKey.seal_batch, core.EnvelopeSealer.seal]
     for fn in public:
         sig = getattr(fn, "__text_signature__", "") or ""
@@ -156,7 +158,7 @@ def test_cache_hit_miss_stats_and_ttl() -> None:
     hit = c.get(b"a")
     assert isinstance(hit, core.DataKey) and hit.fingerprint == k.fingerprint
     time.sleep(0.08)
-    assert c.get(b"a") is None  # F2: no use after expiry
+    assert c.get(b"a") is None  # no use after expiry
     s = c.stats()
     assert (s["hits"], s["misses"], s["expirations"], s["size"]) == (1, 2, 1, 0)
 
@@ -247,7 +249,7 @@ def test_memoized_hits_stay_per_cache_and_per_thread() -> None:
 
 
 def test_contexts_never_share_a_key() -> None:
-    # F4: the cache id is chosen by the service; two ids never return each other's entries.
+    # The cache id is chosen by the service; two ids never return each other's entries.
     c = core.DekCache()
     ka, kb = core.DataKey.generate(), core.DataKey.generate()
     c.put(b"kms|arn|1|" + core.context_digest(CTX), ka)
@@ -259,7 +261,7 @@ def test_contexts_never_share_a_key() -> None:
 
 
 def test_cache_bounded_under_many_contexts() -> None:
-    # F7: 10^5 distinct ids stay within the entry bound (LRU).
+    # 10^5 distinct ids stay within the entry bound (LRU).
     c = core.DekCache(max_entries=256)
     k = core.DataKey.generate()
     for i in range(100_000):
@@ -311,7 +313,7 @@ def test_secret_objects_cannot_be_pickled(obj_factory: object) -> None:
 
 
 def test_reprs_never_show_key_bytes() -> None:
-    # G1: repr, str, format and __dict__ of key handles.
+    # No key bytes in repr, str, format and __dict__ of key handles.
     raw = bytes(range(32))
     k = core.DataKey.from_bytes(raw)
     sealer = core.EnvelopeSealer(k, key_version=1, context=CTX, dek_id=1)
@@ -330,7 +332,7 @@ def test_reprs_never_show_key_bytes() -> None:
 
 
 def test_errors_carry_no_secrets() -> None:
-    # G2: the exception chain never holds key or plaintext bytes.
+    # The exception chain never holds key or plaintext bytes.
     raw = os.urandom(32)
     secret = b"TOP-SECRET-PLAINTEXT"
     k = core.DataKey.from_bytes(raw)

@@ -1,4 +1,4 @@
-"""Wire format v1: golden envelopes, tampering (A1-A8, A11), contexts (B4-B6), inputs (C2-C5)."""
+"""Wire format v1: golden envelopes, truncation and tampering, contexts, plaintext inputs."""
 
 from __future__ import annotations
 
@@ -136,7 +136,7 @@ def test_header_edits_rejected(key: core.DataKey) -> None:
 
 
 def test_wrapped_dek_swap_rejected(key: core.DataKey) -> None:
-    # A9: the same key under a header naming another wrapped DEK fails (header is AAD).
+    # The same key under a header naming another wrapped DEK fails (header is AAD).
     a = inline(key).seal(b"value")
     other = core.EnvelopeSealer(
         key, key_version=4, context=CTX, provider="aws-kms", key_id="k", wrapped_dek=b"z" * 180
@@ -180,7 +180,7 @@ def test_context_nfc_nfd_and_order() -> None:
     assert core.canonical_context({"a": "1", "b": "2"}) == core.canonical_context(
         {"b": "2", "a": "1"}
     )
-    # B5: delimiter injection.
+    # Delimiter injection: a value holding separators cannot pose as two keys.
     assert core.canonical_context({"a": "b,c=d"}) != core.canonical_context({"a": "b", "c": "d"})
 
 

@@ -89,7 +89,7 @@ def test_interop_both_directions(size: int) -> None:
 
 
 def test_dropping_aad_is_caught() -> None:
-    # B7: a decrypt path that forgot the AAD must fail against an AAD-bearing ciphertext.
+    # A decrypt path that forgot the AAD must fail against an AAD-bearing ciphertext.
     key, nonce = os.urandom(32), os.urandom(12)
     ct = AESGCM(key).encrypt(nonce, b"data", b"bound")
     with pytest.raises(DecryptionError):

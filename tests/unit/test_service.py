@@ -1,4 +1,5 @@
-"""EncryptionService on the embedded local provider: B1-B3, B6, C1-C5, F1, F5, KMS economy."""
+"""EncryptionService on the embedded local provider: key versions, empty contexts, plaintext
+inputs, single-flight cache fills, uncached failures, KMS economy."""
 
 from __future__ import annotations
 
@@ -112,14 +113,14 @@ def test_rotation_dual_key_window_and_retire(tmp_path: Path) -> None:
     result = svc.rotate()
     assert result.new_version == 2 == svc.primary_version
     new = svc.encrypt(b"v2 data", CTX)
-    assert parse_envelope(new).key_version == 2  # B3: new writes use only the primary
+    assert parse_envelope(new).key_version == 2  # new writes use only the primary
     assert svc.decrypt(old, CTX) == b"v1 data" and svc.decrypt(new, CTX) == b"v2 data"
     moved = svc.reencrypt(old, CTX)
     assert parse_envelope(moved).key_version == 2
     with pytest.raises(KeyStateError):
         svc.retire_versions_below(2)  # stored DEKs of v1 still exist
     svc.retire_versions_below(2, delete_stored_deks=True)
-    with pytest.raises(KeyRetiredError):  # B2
+    with pytest.raises(KeyRetiredError):  # a retired version is refused
         svc.decrypt(old, CTX)
     assert svc.decrypt(moved, CTX) == b"v1 data"
     with pytest.raises(KeyStateError):
@@ -209,7 +210,7 @@ def test_bad_contexts(tmp_path: Path, bad: Any) -> None:
 
 
 def test_single_flight_cold_cache(tmp_path: Path) -> None:
-    # F1: 64 threads on a cold cache make exactly one provider call.
+    # 64 threads on a cold cache make exactly one provider call.
     svc, provider = make(tmp_path)
     provider.delay = 0.05
     barrier = threading.Barrier(64)
@@ -237,7 +238,7 @@ def test_single_flight_asyncio(tmp_path: Path) -> None:
 
 
 def test_failures_are_not_cached(tmp_path: Path) -> None:
-    # F5 / E1 at the service: a provider failure raises typed, writes nothing, and the next
+    # At the service, a provider failure raises typed, writes nothing, and the next
     # call tries again.
     svc, provider = make(tmp_path)
     provider.fail_next = 1
@@ -341,7 +342,7 @@ def test_repr_has_no_secrets(tmp_path: Path) -> None:
 
 
 def test_outage_cached_keys_keep_working_until_ttl(tmp_path: Path) -> None:
-    # E2 and the outage policy: during a provider outage, envelopes whose DEK is cached still
+    # The outage policy: during a provider outage, envelopes whose DEK is cached still
     # decrypt; a cache miss fails with a typed error; after the TTL everything fails closed.
     svc, provider = make(tmp_path, cache_ttl_seconds=1.5)
     warm = svc.encrypt(b"warm", CTX)
