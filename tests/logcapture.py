@@ -1,5 +1,5 @@
-"""Shared helpers of the G3 tests: capture every logger at DEBUG, and the encodings under
-which a secret could appear in a log line."""
+"""Shared helpers of the DEBUG-log tests (no key or plaintext in any log line): capture every
+logger at DEBUG, and the encodings under which a secret could appear in a log line."""
 
 from __future__ import annotations
 

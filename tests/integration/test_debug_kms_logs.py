@@ -1,5 +1,6 @@
-"""G3 over real KMS traffic: the service against the moto server with every logger at DEBUG
-(library, botocore, urllib3); the captured logs hold no DEK and no plaintext in any encoding."""
+"""No key or plaintext in DEBUG logs over real KMS traffic: the service against the moto server
+with every logger at DEBUG (library, botocore, urllib3); the captured logs hold no DEK and no
+plaintext in any encoding."""
 
 from __future__ import annotations
 
@@ -20,11 +21,11 @@ from tests.logcapture import capture_debug_logs, encodings
 pytestmark = pytest.mark.integration
 LOGGERS = ["", "greenlang_crypto", "botocore", "boto3", "urllib3"]
 PLAINTEXTS = [
-    b"G3-kms-alpha-4f2a9d",
-    b"G3 kms beta \x00\xfe binary",
+    b"debuglog-kms-alpha-4f2a9d",
+    b"debuglog kms beta \x00\xfe binary",
     "geheim \u00e4\u00f6".encode(),
 ]
-CTX = EncryptionContext("g3-tenant", "pii")
+CTX = EncryptionContext("debuglog-tenant", "pii")
 
 
 @pytest.fixture
@@ -33,7 +34,7 @@ def captured() -> Iterator[io.StringIO]:
         yield buf
 
 
-def test_g3_kms_debug_logs(
+def test_kms_debug_logs_hold_no_keys_or_plaintext(
     tmp_path: Path, captured: io.StringIO, kms_keys: Any, make_provider: Callable[..., Any]
 ) -> None:
     keys = (kms_keys.single_arn,)
