@@ -244,3 +244,11 @@ def _idle_rss(data: Path) -> int:
         [sys.executable, "-c", code], capture_output=True, env=env_for(data), check=True
     )
     return int(out.stdout)
+
+
+def test_unreadable_input_and_oversized_envelope(data: Path, tmp_path: Path) -> None:
+    r = run(data, "decrypt", *CTX, "-i", str(tmp_path / "absent.glc"))
+    assert r.returncode == 2 and b"cannot read" in r.stderr
+    # Not a stream: read as an envelope, which max_plaintext_bytes bounds (plus its header).
+    r = run(data, "decrypt", *CTX, stdin=b"\xfa" + b"x" * 70_000, GLC_MAX_PLAINTEXT_BYTES="1000")
+    assert r.returncode == 2 and b"PayloadTooLargeError" in r.stderr
