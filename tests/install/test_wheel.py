@@ -16,6 +16,7 @@ TEST_DEPS = (
     "hypothesis>=6.100",
     "cryptography>=42",
     "cryptography-vectors>=42",
+    "httpx>=0.27",
 )
 
 
