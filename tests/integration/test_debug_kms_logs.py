@@ -48,8 +48,8 @@ def test_kms_debug_logs_hold_no_keys_or_plaintext(
     with EncryptionService(cfg, provider=make_provider(keys=list(keys))) as svc:
         envs = [svc.encrypt(pt, CTX) for pt in PLAINTEXTS]
         envs += [svc.encrypt(pt, CTX, key_reference="inline") for pt in PLAINTEXTS]
-        for cache in svc._enc_caches.values():
-            item = cache.get(CTX.canonical)
+        for reference in ("stored", "inline"):
+            item = svc._enc_caches[reference].get(CTX.canonical)
             assert isinstance(item, EnvelopeSealer)
             deks.append(export_key_bytes(item.key))
     with EncryptionService(cfg, provider=make_provider(keys=list(keys))) as cold:
