@@ -8,11 +8,10 @@ so lazily: :class:`ReencryptionProgress` can be updated by a job that never impo
 Exported families (names are used by ``monitoring/dashboards`` and ``monitoring/alerts``):
 
 * ``gl_encryption_operations_total{operation,status,data_class}``: ``status`` is ``success``
-  (from :meth:`EncryptionService.operation_counts`) or ``failure`` (from
-  :meth:`EncryptionService.failure_counts`; split by data class through service events when
-  this object observes the service, else ``data_class="unknown"``). Only the data class is a
-  label, never a tenant id, and at most :data:`MAX_DATA_CLASSES` distinct values (the rest
-  become ``other``).
+  (from :meth:`EncryptionService.stats`, ``operations``) or ``failure`` (its ``failures``;
+  split by data class through service events when this object observes the service, else
+  ``data_class="unknown"``). Only the data class is a label, never a tenant id, and at most
+  :data:`MAX_DATA_CLASSES` distinct values (the rest become ``other``).
 * ``gl_encryption_duration_seconds{operation}``: histogram of cached encrypts and decrypts
   measured in Rust. **Sampled**: one call in 16 is timed (reading the clock costs about as
   much as a 64-byte seal), so ``_count`` counts timed calls only; use
@@ -46,12 +45,15 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from greenlang_crypto.events import DecryptionFailed, EncryptionFailed, ServiceEvent, make_event
+
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
     from prometheus_client.registry import CollectorRegistry
 
     from greenlang_crypto.audit import AuditLog
     from greenlang_crypto.service import EncryptionService
+    from greenlang_crypto.stats import ServiceStats
 
 __all__ = [
     "KMS_BUCKETS",
@@ -68,18 +70,6 @@ MAX_DATA_CLASSES = 64
 #: Buckets (seconds) of ``gl_kms_latency_seconds``: KMS targets are 30-50 ms, alerts at 200 ms.
 KMS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0)
 
-_DECRYPT_REASONS = {
-    "DecryptionError": "authentication",
-    "InvalidEnvelopeError": "malformed",
-    "UnsupportedFormatError": "unsupported_format",
-    "KeyVersionUnavailableError": "key_version_unavailable",
-    "KeyRetiredError": "key_retired",
-    "KeyNotFoundError": "key_not_found",
-    "KmsError": "kms",
-    "KmsUnavailableError": "kms",
-    "KmsKeyDisabledError": "kms",
-    "KmsAccessDeniedError": "kms",
-}
 _LOCAL_KMS_EVENTS = {
     "key_generated": "GenerateDataKey",
     "key_accessed": "Decrypt",
@@ -234,16 +224,20 @@ class EncryptionMetrics:
                 hist.observe(seconds)
 
     def on_event(self, event: str, fields: Mapping[str, object]) -> None:
-        """Service observer: failures by data class, and local-provider calls."""
-        if event in ("encryption_failed", "decryption_failed"):
-            op = "encrypt" if event == "encryption_failed" else "decrypt"
-            dc = fields.get("data_class")
+        """:meth:`on_service_event` for an event given by name and fields."""
+        self.on_service_event(make_event(event, fields))
+
+    def on_service_event(self, event: ServiceEvent) -> None:
+        """Typed service observer: failures by data class, and local-provider calls."""
+        name = event.event_name
+        if isinstance(event, EncryptionFailed):
+            op = "decrypt" if isinstance(event, DecryptionFailed) else "encrypt"
             with self._lock:
-                self._failed_by_class[(op, self._class_label(dc))] += 1
-        elif event in _LOCAL_KMS_EVENTS and not self._kms_direct:
-            seconds = fields.get("seconds")
+                self._failed_by_class[(op, self._class_label(event.data_class))] += 1
+        elif name in _LOCAL_KMS_EVENTS and not self._kms_direct:
+            seconds = event.fields().get("seconds")
             self.observe_kms_call(
-                _LOCAL_KMS_EVENTS[event],
+                _LOCAL_KMS_EVENTS[name],
                 "success",
                 float(seconds) if isinstance(seconds, int | float) else None,
             )
@@ -276,8 +270,10 @@ class EncryptionMetrics:
         svc = self._service
         with self._lock:
             if svc is not None:
-                out.extend(self._service_families(svc, CounterMetricFamily, GaugeMetricFamily))
-                out.append(self._duration_family(svc, HistogramMetricFamily))
+                # One typed snapshot per scrape (reading it calls no provider or store).
+                stats = svc.stats()
+                out.extend(self._service_families(stats, CounterMetricFamily, GaugeMetricFamily))
+                out.append(self._duration_family(stats, HistogramMetricFamily))
                 out.extend(_branch_families(svc, CounterMetricFamily, GaugeMetricFamily))
             out.extend(self._kms_families(CounterMetricFamily, HistogramMetricFamily))
         rows, remaining = self._progress.snapshot()
@@ -306,19 +302,19 @@ class EncryptionMetrics:
             )
         return out
 
-    def _service_families(self, svc: EncryptionService, counter: Any, gauge: Any) -> list[Metric]:
+    def _service_families(self, stats: ServiceStats, counter: Any, gauge: Any) -> list[Metric]:
         ops = counter(
             "gl_encryption_operations",
             "Encrypt and decrypt operations by operation, status and data class.",
             labels=["operation", "status", "data_class"],
         )
         success: Counter[tuple[str, str]] = Counter()
-        for op, by_class in svc.operation_counts().items():
-            for dc, (n, _bytes) in by_class.items():
-                success[(op, self._class_label(dc))] += n
+        for op, by_class in stats.operations.items():
+            for dc, count in by_class.items():
+                success[(op, self._class_label(dc))] += count.count
         for (op, dc), n in sorted(success.items()):
             ops.add_metric([op, "success", dc], self._mono(("ok", op, dc), n))
-        failures = svc.failure_counts()
+        failures = stats.failures
         fail_total: Counter[str] = Counter()
         by_error: Counter[str] = Counter()
         by_reason: Counter[str] = Counter()
@@ -326,7 +322,7 @@ class EncryptionMetrics:
             fail_total[op] += n
             by_error[error_type] += n
             if op == "decrypt":
-                by_reason[_DECRYPT_REASONS.get(error_type, "other")] += n
+                by_reason[_reason(error_type)] += n
         for op in sorted(fail_total):
             split = {dc: n for (o, dc), n in self._failed_by_class.items() if o == op}
             rest = fail_total[op] - sum(split.values())
@@ -347,39 +343,37 @@ class EncryptionMetrics:
         for reason, n in sorted(by_reason.items()):
             dec_f.add_metric([reason], n)
 
-        stats = _cache_stats(svc)
         hits = counter("gl_encryption_key_cache_hits", "DEK cache hits.", labels=["key_type"])
         misses = counter("gl_encryption_key_cache_misses", "DEK cache misses.", labels=["key_type"])
         size = gauge("gl_encryption_key_cache_size", "DEKs in the cache.", labels=["key_type"])
-        for key_type in ("encrypt", "decrypt"):
-            s = stats.get(key_type, {})
-            hits.add_metric([key_type], self._mono(("hit", key_type), s.get("hits", 0)))
-            misses.add_metric([key_type], self._mono(("miss", key_type), s.get("misses", 0)))
-            size.add_metric([key_type], s.get("size", 0))
-        usage = svc.cache_usage()
+        for key_type, c in (("encrypt", stats.encrypt_cache), ("decrypt", stats.decrypt_cache)):
+            hits.add_metric([key_type], self._mono(("hit", key_type), c.hits))
+            misses.add_metric([key_type], self._mono(("miss", key_type), c.misses))
+            size.add_metric([key_type], c.size)
+
         age = gauge(
             "gl_encryption_dek_age_seconds",
             "Age of the oldest cached encryption DEK.",
-            value=usage.get("max_age_seconds", 0.0),
+            value=stats.oldest_dek_age_seconds,
         )
         budget = gauge(
             "gl_encryption_nonce_budget_used_ratio",
             "Largest fraction of a cached DEK's message (nonce) budget used.",
-            value=usage.get("max_budget_used", 0.0),
+            value=stats.max_budget_used,
         )
         return [ops, failures_f, dec_f, hits, misses, size, age, budget]
 
-    def _duration_family(self, svc: EncryptionService, histogram: Any) -> Metric:
+    def _duration_family(self, stats: ServiceStats, histogram: Any) -> Metric:
         fam = histogram(
             "gl_encryption_duration_seconds",
             "Latency of cached encrypts and decrypts, sampled 1 call in 16 (see module docs).",
             labels=["operation"],
         )
-        for op, (bounds, cumulative, total, _sampled, _calls) in sorted(svc.latency().items()):
-            counts = [self._mono(("lat", op, i), c) for i, c in enumerate(cumulative)]
-            buckets = [(_le(b), c) for b, c in zip(bounds, counts, strict=False)]
+        for op, hist in sorted(stats.latency.items()):
+            counts = [self._mono(("lat", op, i), c) for i, c in enumerate(hist.cumulative)]
+            buckets = [(_le(b), c) for b, c in zip(hist.bounds, counts, strict=False)]
             buckets.append(("+Inf", counts[-1]))
-            fam.add_metric([op], buckets, self._mono(("lat_sum", op), total))
+            fam.add_metric([op], buckets, self._mono(("lat_sum", op), hist.sum_seconds))
         result: Metric = fam
         return result
 
@@ -438,13 +432,18 @@ def _branch_families(svc: EncryptionService, counter: Any, gauge: Any) -> list[M
     return out
 
 
+def _reason(error_type: str) -> str:
+    """The ``reason`` the exception class named ``error_type`` declares (else ``other``)."""
+    from greenlang_crypto import exceptions
+
+    cls = getattr(exceptions, error_type, None)
+    if isinstance(cls, type) and issubclass(cls, exceptions.GreenlangCryptoError):
+        return cls.reason
+    return "other"
+
+
 def _le(bound: float) -> str:
     return repr(float(bound))
-
-
-def _cache_stats(svc: EncryptionService) -> dict[str, dict[str, int]]:
-    """Cache counters without the provider health check that ``status()`` performs."""
-    return svc.cache_stats()
 
 
 def register_metrics(

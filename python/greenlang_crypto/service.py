@@ -48,7 +48,13 @@ from greenlang_crypto._core import (
 )
 from greenlang_crypto.config import EncryptionServiceConfig
 from greenlang_crypto.context import EncryptionContext
-from greenlang_crypto.events import KeyChangeGuard, ServiceObserver
+from greenlang_crypto.events import (
+    KeyChangeGuard,
+    ServiceEvent,
+    ServiceObserver,
+    TypedServiceObserver,
+    make_event,
+)
 from greenlang_crypto.exceptions import (
     ConfigurationError,
     DecryptionError,
@@ -61,6 +67,7 @@ from greenlang_crypto.exceptions import (
     KeyStateError,
     KeyUsageExceededError,
     KeyVersionUnavailableError,
+    KmsAccessDeniedError,
     PayloadTooLargeError,
 )
 from greenlang_crypto.keys.branch import (
@@ -81,18 +88,22 @@ from greenlang_crypto.keys.store import (
 from greenlang_crypto.providers.base import (
     CreatesMasterKeys,
     EnforcesKeyAllowList,
+    GeneratedDataKey,
     KeyLimits,
     KeyProvider,
     NamesCurrentKey,
+    ProviderHealth,
+    ReportsRotationStatus,
     RotatesKeyOnDemand,
 )
+from greenlang_crypto.stats import CacheCounters, LatencyHistogram, OperationCount, ServiceStats
 
 if TYPE_CHECKING:
     from greenlang_crypto._core import EnvelopeHeader
     from greenlang_crypto.keys.store import DekRecord
     from greenlang_crypto.redis_cache import RedisKeyCache
 
-__all__ = ["EncryptionService", "RotationResult", "ServiceStatus"]
+__all__ = ["EncryptionService", "RotationResult", "ServiceStats", "ServiceStatus"]
 
 _log = logging.getLogger("greenlang_crypto.service")
 _FLIGHT_STRIPES = 256
@@ -214,13 +225,13 @@ class EncryptionService:
         *,
         provider: KeyProvider | None = None,
         key_store: KeyStore | None = None,
-        observers: Iterable[ServiceObserver] = (),
+        observers: Iterable[ServiceObserver | TypedServiceObserver] = (),
         per_operation_events: bool = False,
         branch_scope: str | ScopeMapper | None = None,
         key_cache: RedisKeyCache | None = None,
     ) -> None:
         self.config = config or EncryptionServiceConfig()
-        self._observers: tuple[ServiceObserver, ...] = tuple(observers)
+        self._observers: tuple[ServiceObserver | TypedServiceObserver, ...] = tuple(observers)
         # Per-operation events cost a Python call per encrypt/decrypt; by default operations
         # are counted in Rust atomics instead (see operation_counts()).
         self._per_op = per_operation_events and bool(self._observers)
@@ -241,7 +252,7 @@ class EncryptionService:
         self._max_plaintext = self.config.max_plaintext_bytes
         self._default_reference = self.config.key_reference
         # Single-flight locks, striped: a lock per cache key would grow without bound under
-        # many distinct contexts (TEST-MATRIX F7); two keys sharing a stripe only queue.
+        # many distinct contexts (a denial of service); two keys sharing a stripe only queue.
         self._flights = [threading.Lock() for _ in range(_FLIGHT_STRIPES)]
         self._state_lock = threading.Lock()
         # Stored DEKs this process seals with (and when it started to), so their use counts
@@ -505,9 +516,16 @@ class EncryptionService:
     # -- events --------------------------------------------------------------------------
 
     def _emit(self, event: str, **fields: object) -> None:
+        typed: ServiceEvent | None = None
         for observer in self._observers:
             try:
-                observer.on_event(event, fields)
+                if isinstance(observer, TypedServiceObserver):
+                    # One frozen event object per emission, shared by the typed observers.
+                    if typed is None:
+                        typed = make_event(event, fields)
+                    observer.on_service_event(typed)
+                else:
+                    observer.on_event(event, fields)
             except Exception as exc:  # an observer must never break the data path
                 _log.warning("observer %r failed on %s: %s", observer, event, type(exc).__name__)
 
@@ -520,6 +538,7 @@ class EncryptionService:
             self._emit(
                 event,
                 error_type=error_type,
+                reason=getattr(exc, "reason", "other"),
                 data_class=ctx.data_class if ctx is not None else None,
                 context_digest=ctx.digest.hex() if ctx is not None else None,
                 key_version=getattr(exc, "key_version", None),
@@ -586,9 +605,87 @@ class EncryptionService:
         """Whether every encrypt and decrypt emits an event to the observers."""
         return self._per_op
 
-    def add_observer(self, observer: ServiceObserver) -> None:
+    def add_observer(self, observer: ServiceObserver | TypedServiceObserver) -> None:
         """Adds an observer (for example an audit log created after the service)."""
         self._observers = (*self._observers, observer)
+
+    def stats(self) -> ServiceStats:
+        """One typed snapshot of the data-path statistics (no provider or key store call).
+
+        Observers (metrics, the audit log's aggregates) are given this method and call it at
+        scrape or flush time.
+        """
+        usage = self.cache_usage()
+        return ServiceStats(
+            operations={
+                op: {dc: OperationCount(n, b) for dc, (n, b) in by_class.items()}
+                for op, by_class in self.operation_counts().items()
+            },
+            failures=self.failure_counts(),
+            encrypt_cache=CacheCounters.from_mapping(self._enc_stats()),
+            decrypt_cache=CacheCounters.from_mapping(self._dec_cache.stats()),
+            oldest_dek_age_seconds=float(usage.get("max_age_seconds", 0.0)),
+            max_budget_used=float(usage.get("max_budget_used", 0.0)),
+            latency={
+                op: LatencyHistogram(tuple(b), tuple(c), total, sampled, rate)
+                for op, (b, c, total, sampled, rate) in self.latency().items()
+            },
+        )
+
+    # -- health and provider facts, for the front doors ---------------------------------
+
+    @property
+    def provider_name(self) -> str:
+        """The key provider's name (``local``, ``aws-kms``)."""
+        return self.provider.name
+
+    def provider_health(self) -> ProviderHealth:
+        """The key provider's health check (a KMS request with AWS KMS; never raises)."""
+        try:
+            return self.provider.health()
+        except Exception as exc:  # health checks report, never raise
+            return ProviderHealth(False, f"health check failed ({type(exc).__name__})")
+
+    def key_store_health(self) -> bool:
+        """Whether the key store answers a read now (one single-row query; never raises)."""
+        try:
+            self.store.epoch()
+        except Exception:  # health checks report, never raise
+            return False
+        return True
+
+    def rotation_status(self, key_id: str) -> dict[str, Any] | None:
+        """The provider's automatic-rotation facts of wrapping key ``key_id``.
+
+        None when the provider keeps no such record (the local provider: the keyring's own
+        versions are the rotation history).
+
+        Raises:
+            KmsError: The provider could not report it.
+        """
+        if not isinstance(self.provider, ReportsRotationStatus):
+            return None
+        return dict(self.provider.rotation_status(key_id))
+
+    def generate_system_key(self, context: EncryptionContext) -> GeneratedDataKey:
+        """A new key for the library's own use (the audit chain root).
+
+        Wrapped by the provider under the primary version's wrapping key, bound to
+        ``context``.
+        """
+        return self.provider.generate_data_key(self._primary.wrapping_key_id, context, KeyLimits())
+
+    def unwrap_system_key(
+        self, provider: str, key_id: str, wrapped: bytes, context: EncryptionContext
+    ) -> DataKey:
+        """Unwraps a key made by :meth:`generate_system_key`.
+
+        Raises:
+            DecryptionError: It was wrapped by another provider, or does not unwrap.
+        """
+        if provider != self.provider.name:
+            raise DecryptionError()
+        return self.provider.decrypt_data_key(key_id, wrapped, context, KeyLimits())
 
     # -- encryption ----------------------------------------------------------------------
 
@@ -857,10 +954,16 @@ class EncryptionService:
                 )
                 if header.provider != self.provider.name or not (known or delegated):
                     raise DecryptionError()
-                key = self.provider.decrypt_data_key(
-                    header.key_id, header.wrapped_dek, ctx, self._limits
-                )
-
+                try:
+                    key = self.provider.decrypt_data_key(
+                        header.key_id, header.wrapped_dek, ctx, self._limits
+                    )
+                except KmsAccessDeniedError as exc:
+                    if known or exc.code != "KeyNotAllowed":
+                        raise
+                    # The provider refused, before any request, a key id that only the
+                    # envelope names: a forged or foreign envelope, reported like any other.
+                    raise DecryptionError() from None
             self._cache_decryption_key(ref_id, key, header.key_version, ctx.data_class)
             self._emit(
                 "key_cache_miss",
@@ -933,8 +1036,8 @@ class EncryptionService:
                 self._slow_counts[("decrypt", ctx.data_class)] += 1
         except DecryptionError as exc:
             self._failed("decryption_failed", "decrypt", exc, ctx)
-            # Report a missing or retired key version as such (B1, H8): the version comes from
-            # the public header, so naming it is no decryption oracle.
+            # Report a missing or retired key version as such, not as tampering: the version
+            # comes from the public header, so naming it is no decryption oracle.
             if not isinstance(exc, InvalidEnvelopeError):
                 self._check_version(parse_envelope(envelope).key_version)
             raise
@@ -1186,6 +1289,7 @@ class EncryptionService:
             dec,
             start=start,
             on_close=lambda n: self._count_stream("decrypt", ctx, n),
+            on_failure=lambda exc: self._failed("decryption_failed", "decrypt", exc, ctx),
             close_source=close_source,
             threads=threads,
         )
@@ -1212,11 +1316,7 @@ class EncryptionService:
                 before it authenticated; use :meth:`decrypt_file` for all-or-nothing).
         """
         with self.open_decrypting(src, context, associated_data, threads=threads) as reader:
-            try:
-                return _streams.decrypt_to(reader, dst, start=start, end=end, progress=progress)
-            except DecryptionError as exc:
-                self._failed("decryption_failed", "decrypt", exc, _as_context(context))
-                raise
+            return _streams.decrypt_to(reader, dst, start=start, end=end, progress=progress)
 
     def encrypt_file(
         self,

@@ -48,7 +48,7 @@ def _reachable_keys(stack: Stack, contexts: list[EncryptionContext]) -> list[byt
         keys.append(path.read_bytes())
     root = stack.audit.sink.get_meta(_ROOT_META)
     assert root is not None
-    keys.append(export_key_bytes(_unwrap_root(svc.provider, root)))
+    keys.append(export_key_bytes(_unwrap_root(svc.unwrap_system_key, root)))
     return keys
 
 

@@ -162,3 +162,57 @@ def test_healthz_over_http_reports_a_read_only_audit_database(
         assert svc.primary_version == 1
     finally:
         svc.close()
+
+
+@pytest.mark.integration
+def test_a_healthz_flood_costs_one_round_of_checks_per_interval(tmp_path: Path) -> None:
+    # /healthz needs no token, and each check costs a request elsewhere (KMS, the key store,
+    # an audit probe write): a flood must not become KMS throttling or an audit write load.
+    import threading
+
+    uvicorn = pytest.importorskip("uvicorn")  # the api extra
+
+    from greenlang_crypto.api.app import create_app
+    from greenlang_crypto.api.auth import JwtAuthorizer, dev_settings
+    from greenlang_crypto.providers.base import ProviderHealth
+
+    class CountingHealth(LocalKeyProvider):
+        def __init__(self, data_dir: Path) -> None:
+            super().__init__(data_dir)
+            self.health_calls = 0
+
+        def health(self) -> ProviderHealth:
+            self.health_calls += 1
+            return super().health()
+
+    data_dir = tmp_path / "data"
+    provider = CountingHealth(data_dir)
+    provider.create_master_key()
+    svc = EncryptionService(
+        EncryptionServiceConfig(data_dir=data_dir, keyring_refresh_seconds=0), provider=provider
+    )
+    audit = AuditLog(SqliteAuditSink(data_dir / "audit.db"), start_thread=False)
+    audit.attach(svc)
+    app = create_app(svc, audit, authorizer=JwtAuthorizer(dev_settings(data_dir)))
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.05)
+        probes_before = provider.health_calls
+        started = time.monotonic()
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+            codes = [http.get("/healthz").status_code for _ in range(60)]
+        elapsed = time.monotonic() - started
+        assert codes == [200] * 60
+        # One round per 2 s interval (plus the one in flight at a boundary).
+        assert provider.health_calls - probes_before <= int(elapsed / 2.0) + 2
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        audit.close()
+        svc.close()

@@ -253,7 +253,7 @@ def test_dek_id_beyond_63_bits_is_a_typed_error(tmp_path: Path, dek_id: int) -> 
         svc.decrypt(forged, CTX)
     assert svc.store.get_dek(dek_id) is None
     assert provider.decrypt_calls == 0
-    assert svc.failure_counts() == {("decrypt", "KeyNotFoundError"): 1}
+    assert svc.stats().failures == {("decrypt", "KeyNotFoundError"): 1}
 
 
 # -- the decrypt path's refusals happen before any provider call ----------------------------
@@ -528,3 +528,104 @@ def test_closed_instances_leave_the_instance_table(tmp_path: Path) -> None:
     other.close()
     _OPEN.remove(other)
     assert other.instance_id not in {i.instance_id for i in admin.instances()}
+
+
+# -- typed statistics and the front doors -----------------------------------------------------
+
+
+def test_stats_is_one_typed_snapshot(tmp_path: Path) -> None:
+    import dataclasses
+
+    from greenlang_crypto.stats import CacheCounters, ServiceStats
+
+    svc, provider = make(tmp_path, keyring_refresh_seconds=0)
+    envs = [svc.encrypt(b"x" * n, CTX) for n in (10, 20, 30)]
+    assert svc.decrypt(envs[0], CTX) == b"x" * 10
+    with pytest.raises(DecryptionError):
+        svc.decrypt(envs[1][:-1] + bytes([envs[1][-1] ^ 1]), CTX)
+    st = svc.stats()
+    assert isinstance(st, ServiceStats)
+    enc = st.operations["encrypt"]["pii"]
+    assert (enc.count, enc.bytes) == (3, 60)
+    assert st.operation_total("decrypt") == 1 and st.operation_total("nothing") == 0
+    assert st.failures == {("decrypt", "DecryptionError"): 1}
+    assert isinstance(st.encrypt_cache, CacheCounters) and st.encrypt_cache.size == 1
+    assert st.encrypt_cache.misses >= 1 and st.encrypt_cache.hits >= 2
+    assert st.decrypt_cache.size >= 1
+    assert 0.0 < st.max_budget_used < 1.0 and st.oldest_dek_age_seconds >= 0.0
+    assert set(st.latency) == {"encrypt", "decrypt"}
+    hist = st.latency["encrypt"]
+    assert hist.sample_rate >= 1 and list(hist.bounds) == sorted(hist.bounds)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        st.max_budget_used = 0.0  # type: ignore[misc]
+    # Reading statistics never reaches the provider.
+    before = (provider.decrypt_calls, provider.generate_calls)
+    svc.stats()
+    assert (provider.decrypt_calls, provider.generate_calls) == before
+
+
+def test_health_and_rotation_facts_come_from_service_methods(tmp_path: Path) -> None:
+    svc, _ = make(tmp_path, keyring_refresh_seconds=0)
+    assert svc.provider_name == "local"
+    assert svc.provider_health().ok and svc.key_store_health()
+    # The local provider keeps no KMS rotation record: the keyring is the history.
+    assert svc.rotation_status(svc.versions()[0].wrapping_key_id) is None
+    svc.store.close()
+    svc.store._connect = lambda: (_ for _ in ()).throw(sqlite3.OperationalError("gone"))
+    assert svc.key_store_health() is False
+
+
+def test_system_keys_unwrap_only_under_this_provider(tmp_path: Path) -> None:
+    from greenlang_crypto.audit import AUDIT_CONTEXT
+    from greenlang_crypto.hazmat import export_key_bytes
+
+    svc, _ = make(tmp_path, keyring_refresh_seconds=0)
+    made = svc.generate_system_key(AUDIT_CONTEXT)
+    key = svc.unwrap_system_key("local", made.key_id, made.wrapped, AUDIT_CONTEXT)
+    assert export_key_bytes(key) == export_key_bytes(made.key)
+    with pytest.raises(DecryptionError):
+        svc.unwrap_system_key("aws-kms", made.key_id, made.wrapped, AUDIT_CONTEXT)
+    with pytest.raises(DecryptionError):
+        svc.unwrap_system_key("local", made.key_id, made.wrapped, CTX)
+
+
+_FRONT_DOORS = (
+    "api",
+    "cli.py",
+    "compliance",
+    "sqlalchemy",
+    "redis.py",
+    "s3.py",
+    "audit",
+    "metrics.py",
+)
+
+
+def test_front_doors_and_observers_never_reach_into_the_service() -> None:
+    # Front doors call only the service; observers are given what they read. No module of
+    # theirs touches a service's provider or key store attributes.
+    import ast
+
+    import greenlang_crypto
+
+    root = Path(greenlang_crypto.__file__).parent
+    offenders: list[str] = []
+    for name in _FRONT_DOORS:
+        path = root / name
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        for file in files:
+            if not file.exists():
+                continue
+            tree = ast.parse(file.read_text(), str(file))
+            for node in ast.walk(tree):
+                if (
+                    isinstance(node, ast.Attribute)
+                    and node.attr in ("provider", "store")
+                    and isinstance(node.value, ast.Name | ast.Attribute)
+                    and (
+                        node.value.id if isinstance(node.value, ast.Name) else node.value.attr
+                    ).lstrip("_")
+                    in ("service", "svc")
+                ):
+                    offenders.append(f"{file.relative_to(root)}:{node.lineno}")
+    assert offenders == []

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -34,7 +36,8 @@ _log = logging.getLogger("greenlang_crypto.api")
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
-    # FastAPI's default 422 body echoes the offending input (which may be plaintext): G5.
+    # FastAPI's default 422 body echoes the offending input (which may be plaintext), so the
+    # body here is a fixed message.
     return JSONResponse(status_code=422, content={"detail": "invalid request"})
 
 
@@ -188,13 +191,11 @@ def create_app(
         body, content_type = exposition(registry)
         return Response(content=body, media_type=content_type)
 
+    health = _HealthCache(service, audit)
+
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> JSONResponse:
-        checks = {
-            "kms": service.provider.health().ok,
-            "key_store": _store_ok(service),
-            "audit_sink": _audit_ok(audit),
-        }
+        checks = health.checks()
         ok = all(checks.values())
         return JSONResponse(
             status_code=200 if ok else 503,
@@ -204,12 +205,36 @@ def create_app(
     return app
 
 
-def _store_ok(service: EncryptionService) -> bool:
-    try:
-        service.store.versions()
-    except Exception:  # health checks report, never raise
-        return False
-    return True
+class _HealthCache:
+    """The health checks, run at most once per ``ttl`` seconds whatever the request rate.
+
+    ``/healthz`` is unauthenticated, and each check costs a request elsewhere (a KMS call, a
+    key store read, an audit probe write): without this bound anyone who can reach the port
+    could turn a request flood into KMS throttling for the data path and a write load on the
+    audit database. Concurrent requests wait for one run instead of starting their own.
+    """
+
+    def __init__(self, service: EncryptionService, audit: AuditLog, ttl: float = 2.0) -> None:
+        self._service = service
+        self._audit = audit
+        self._ttl = ttl
+        self._lock = threading.Lock()
+        self._at = float("-inf")
+        self._last: dict[str, bool] = {}
+
+    def checks(self) -> dict[str, bool]:
+        with self._lock:
+            # A write the log made meanwhile may have found its sink up or down: that news
+            # is fresher than the cached probe.
+            stale = self._last.get("audit_sink") != self._audit.sink_up
+            if stale or time.monotonic() - self._at >= self._ttl:
+                self._last = {
+                    "kms": self._service.provider_health().ok,
+                    "key_store": self._service.key_store_health(),
+                    "audit_sink": _audit_ok(self._audit),
+                }
+                self._at = time.monotonic()
+            return dict(self._last)
 
 
 def _audit_ok(audit: AuditLog) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from greenlang_crypto._core import BlindIndexKey, DataKey
 from greenlang_crypto.audit.records import (
@@ -16,7 +16,6 @@ from greenlang_crypto.audit.records import (
 )
 from greenlang_crypto.context import EncryptionContext
 from greenlang_crypto.exceptions import AuditSinkUnavailableError
-from greenlang_crypto.providers.base import KeyLimits, KeyProvider
 
 #: The fixed encryption context that binds the wrapped audit root key.
 AUDIT_CONTEXT = EncryptionContext(tenant_id="_system", data_class="audit")
@@ -27,7 +26,6 @@ _ANCHOR_LABEL = b"audit-anchor/v1"
 _GENESIS = bytes(32)
 _ROOT_META = "chain_root_v1"
 _HEAD_META = "head"
-_ROOT_LIMITS = KeyLimits()
 
 
 class ChainKey:
@@ -93,11 +91,17 @@ class ChainKey:
         return self._key.verify(prev + record.canonical_bytes(), mac)
 
 
-def _unwrap_root(provider: KeyProvider, stored: str) -> DataKey:
+#: Unwraps a system key: ``(provider name, key id, wrapped, context) -> DataKey`` (the
+#: service's :meth:`~greenlang_crypto.service.EncryptionService.unwrap_system_key`).
+Unwrap = Callable[[str, str, bytes, EncryptionContext], DataKey]
+
+
+def _unwrap_root(unwrap: Unwrap, stored: str) -> DataKey:
     try:
         doc = json.loads(stored)
         wrapped = base64.b64decode(doc["wrapped"], validate=True)
         key_id = str(doc["key_id"])
+        provider = str(doc["provider"])
     except (ValueError, KeyError, TypeError):
         raise AuditSinkUnavailableError("the stored audit root key is malformed") from None
-    return provider.decrypt_data_key(key_id, wrapped, AUDIT_CONTEXT, _ROOT_LIMITS)
+    return unwrap(provider, key_id, wrapped, AUDIT_CONTEXT)

@@ -11,14 +11,13 @@ import os
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from greenlang_crypto._files import open_private_append
 from greenlang_crypto.audit.anchors import AuditAnchor, default_anchor
 from greenlang_crypto.audit.chain import (
-    _ROOT_LIMITS,
     _ROOT_META,
     AUDIT_CONTEXT,
     ChainKey,
@@ -36,10 +35,17 @@ from greenlang_crypto.audit.records import (
 )
 from greenlang_crypto.audit.sinks.base import AuditQuery, AuditRecordRejectedError, AuditSink
 from greenlang_crypto.audit.verifier import VerifyProblem, VerifyResult, _verify
+from greenlang_crypto.events import (
+    EncryptionFailed,
+    KeyCacheHit,
+    ServiceEvent,
+    make_event,
+)
 from greenlang_crypto.exceptions import AuditSinkUnavailableError
 
 if TYPE_CHECKING:
     from greenlang_crypto.service import EncryptionService
+    from greenlang_crypto.stats import ServiceStats
 
 _log = logging.getLogger("greenlang_crypto.audit")
 
@@ -49,6 +55,7 @@ _log = logging.getLogger("greenlang_crypto.audit")
 _DETAIL_FIELDS = frozenset(
     {
         "error_type",
+        "reason",
         "key_reference",
         "dek_id",
         "operation",
@@ -160,6 +167,7 @@ class AuditLog:
         self._flush_lock = threading.Lock()
         self._chain: ChainKey | None = None
         self._service: EncryptionService | None = None
+        self._stats: Callable[[], ServiceStats] | None = None
         self._per_op = False
         self._last_ops: dict[tuple[str, str], int] = {}
         self._attributed: Counter[tuple[str, str, str]] = Counter()
@@ -175,14 +183,18 @@ class AuditLog:
     # -- wiring ------------------------------------------------------------------------
 
     def bind(self, service: EncryptionService) -> None:
-        """Binds the service (counters, provider) without writing or starting anything."""
+        """Binds the service without writing or starting anything.
+
+        The log keeps the service's ``stats`` callable (read at each flush for the aggregated
+        records) and uses its system-key methods for the chain's root key; it never reaches
+        into the service's provider or key store.
+        """
         self._service = service
-        self._per_op = bool(getattr(service, "per_operation_events", False))
+        self._stats = service.stats
+        self._per_op = service.per_operation_events
         self._last_ops = self._read_ops()
         if self.dead_letter is None:
-            data_dir = getattr(getattr(service, "config", None), "data_dir", None)
-            if data_dir is not None:
-                self.dead_letter = Path(data_dir) / "audit-deadletter.jsonl"
+            self.dead_letter = Path(service.config.data_dir) / "audit-deadletter.jsonl"
 
     def attach(self, service: EncryptionService) -> None:
         """Binds the service, loads or creates the chain key, and starts the flusher.
@@ -204,26 +216,23 @@ class AuditLog:
     def _ensure_chain(self, *, create: bool = True) -> ChainKey | None:
         if self._chain is not None:
             return self._chain
-        if self._service is None:
+        service = self._service
+        if service is None:
             raise AuditSinkUnavailableError("audit log is not attached to a service")
-        provider = self._service.provider
         stored = self.sink.get_meta(_ROOT_META)
         if stored is None:
             if not create:
                 return None
-            versions = self._service.versions()
-            primary = [v for v in versions if v.state == "primary"] or versions[-1:]
-            key_id = primary[0].wrapping_key_id
-            generated = provider.generate_data_key(key_id, AUDIT_CONTEXT, _ROOT_LIMITS)
+            generated = service.generate_system_key(AUDIT_CONTEXT)
             candidate = json.dumps(
                 {
-                    "provider": provider.name,
+                    "provider": service.provider_name,
                     "key_id": generated.key_id,
                     "wrapped": base64.b64encode(generated.wrapped).decode(),
                 }
             )
             stored = self.sink.put_meta_if_absent(_ROOT_META, candidate)
-        self._chain = ChainKey.from_root(_unwrap_root(provider, stored))
+        self._chain = ChainKey.from_root(_unwrap_root(service.unwrap_system_key, stored))
         return self._chain
 
     def _chain_key(self) -> ChainKey:
@@ -234,11 +243,17 @@ class AuditLog:
     # -- ServiceObserver ---------------------------------------------------------------
 
     def on_event(self, event: str, fields: Mapping[str, object]) -> None:
+        """:meth:`on_service_event` for an event given by name and fields."""
+        self.on_service_event(make_event(event, fields))
+
+    def on_service_event(self, ev: ServiceEvent) -> None:
         """Turns a service event into a buffered record (never blocks, never raises)."""
-        if event == "key_cache_hit" and not self._per_op:
+        event = ev.event_name
+        if isinstance(ev, KeyCacheHit) and event == "key_cache_hit" and not self._per_op:
             return
+        fields = ev.fields()
         details = {k: _scalar(v) for k, v in fields.items() if k in _DETAIL_FIELDS}
-        outcome = "failure" if event.endswith("_failed") else "success"
+        outcome = "failure" if isinstance(ev, EncryptionFailed) else "success"
         key_version = fields.get("key_version", fields.get("new_version"))
         entry = AuditEntry(
             action=event,
@@ -461,13 +476,13 @@ class AuditLog:
             return records
 
     def _read_ops(self) -> dict[tuple[str, str], int]:
-        if self._service is None:
+        if self._stats is None:
             return {}
-        counts = self._service.operation_counts()
-        return {(op, dc): n for op, by_dc in counts.items() for dc, (n, _b) in by_dc.items()}
+        ops = self._stats().operations
+        return {(op, dc): c.count for op, by_dc in ops.items() for dc, c in by_dc.items()}
 
     def _aggregates(self) -> list[AuditEntry]:
-        if self._service is None or self._per_op:
+        if self._stats is None or self._per_op:
             return []
         # Snapshot the API attributions before the service counters: an operation the API
         # noted has always been counted by the service already.
