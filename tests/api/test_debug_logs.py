@@ -1,5 +1,5 @@
-"""G3: a whole API flow with every logger at DEBUG; the captured logs must contain no DEK, no
-master or audit root key, and no plaintext, in any encoding."""
+"""No key or plaintext in DEBUG logs: a whole API flow with every logger at DEBUG; the captured
+logs must contain no DEK, no master or audit root key, and no plaintext, in any encoding."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ from .conftest import TENANT, TokenFactory, bearer
 
 LOGGERS = ["", "greenlang_crypto", "botocore", "urllib3", "httpx", "httpcore", "fastapi", "uvicorn"]
 PLAINTEXTS = [
-    b"G3-plaintext-alpha-7c1e",
-    b"G3 plaintext beta \x00\xff binary",
+    b"debuglog-plaintext-alpha-7c1e",
+    b"debuglog plaintext beta \x00\xff binary",
     "sehr geheim \u00e4".encode(),
 ]
 
@@ -52,10 +52,10 @@ def _reachable_keys(stack: Stack, contexts: list[EncryptionContext]) -> list[byt
     return keys
 
 
-def test_g3_debug_logs_hold_no_keys_or_plaintext(
+def test_debug_logs_hold_no_keys_or_plaintext(
     captured: io.StringIO, stack: Stack, app: Any, make_token: TokenFactory
 ) -> None:
-    token = make_token(subject="g3")
+    token = make_token(subject="debuglog")
     ctx = {"tenant_id": TENANT, "data_class": "pii"}
     decrypt_keys: list[DataKey] = []
     with TestClient(app, raise_server_exceptions=False) as client:
@@ -71,7 +71,7 @@ def test_g3_debug_logs_hold_no_keys_or_plaintext(
         for env in envelopes:
             r = client.post(
                 f"{API_PREFIX}/decrypt",
-                json={"ciphertext": env, "context": ctx, "reason": "g3"},
+                json={"ciphertext": env, "context": ctx, "reason": "debuglog"},
                 headers=bearer(token),
             )
             assert r.status_code == 200
@@ -79,7 +79,7 @@ def test_g3_debug_logs_hold_no_keys_or_plaintext(
         bad = base64.b64encode(bad[:-2] + b"\x00\x00").decode()
         r = client.post(
             f"{API_PREFIX}/decrypt",
-            json={"ciphertext": bad, "context": ctx, "reason": "g3"},
+            json={"ciphertext": bad, "context": ctx, "reason": "debuglog"},
             headers=bearer(token),
         )
         assert r.status_code == 400
@@ -124,7 +124,7 @@ def svc_header_ref(envelope: bytes) -> bytes:
     return parse_envelope(envelope).key_ref_id
 
 
-def test_g3_detector_finds_a_planted_key(captured: io.StringIO) -> None:
+def test_log_detector_finds_a_planted_key(captured: io.StringIO) -> None:
     key = export_key_bytes(DataKey.generate())
     logging.getLogger("greenlang_crypto.test").debug("leak %s", base64.b64encode(key).decode())
     logs = captured.getvalue()
