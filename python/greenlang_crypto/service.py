@@ -1164,9 +1164,13 @@ class EncryptionService:
     def _stream_encryptor(
         self, ctx: EncryptionContext, aad: bytes, segment_size: int, key_reference: str | None
     ) -> StreamEncryptor:
-        reference = key_reference or self._default_reference
+        # A stream carries one DEK for all its segments, so a branch-derived key saves nothing:
+        # a service whose envelopes use branch keys gives its streams a stored DEK.
+        reference = key_reference or (
+            "stored" if self._default_reference == "branch" else self._default_reference
+        )
         if reference not in ("stored", "inline"):
-            raise InvalidArgumentError("key_reference must be 'stored' or 'inline'")
+            raise InvalidArgumentError("a stream's key_reference must be 'stored' or 'inline'")
         if not STREAM_MIN_SEGMENT <= segment_size <= STREAM_MAX_SEGMENT:
             raise InvalidArgumentError("segment_size must be in 65536..16777216")
         try:

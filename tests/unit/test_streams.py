@@ -744,3 +744,19 @@ def test_several_threads_per_run(svc: EncryptionService, tmp_path: Path) -> None
     with enc.open("rb") as f, svc.open_decrypting(OneWay(f.read()), CTX, threads=3) as r:
         assert r.run_bytes == 3 << 20
         assert r.read() == pt
+
+
+def test_a_service_whose_envelopes_use_branch_keys_streams_under_a_stored_dek(
+    tmp_path: Path,
+) -> None:
+    branchy, _ = make(tmp_path / "branch", key_reference="branch")
+    with branchy:
+        pt = data(3 * SEG + 5, seed=9)
+        blob = seal(branchy, pt)
+        assert parse_stream_header(blob).key_envelope[:1] == bytes([0xFA])
+        assert b"".join(branchy.open_decrypting(io.BytesIO(blob), CTX, AD)) == pt
+        # Envelopes still use the branch key; only streams fall back.
+        assert branchy.decrypt(branchy.encrypt(b"v", CTX), CTX) == b"v"
+        # Asked for explicitly, a branch reference is refused with a typed error.
+        with pytest.raises(InvalidArgumentError, match="stored' or 'inline"):
+            seal(branchy, pt, key_reference="branch")
