@@ -186,36 +186,10 @@ def _read_input(path: str | None, limit: int) -> bytes:
 
 def _write_output(path: str | None, data: bytes) -> None:
     """Writes stdout, or a file atomically: created 0600, or with the mode it had."""
-    if path in (None, "-"):
-        out: BinaryIO = sys.stdout.buffer
-        out.write(data)
-        out.flush()
-        return
-    target = Path(path)
-    try:
-        mode = stat.S_IMODE(target.stat().st_mode)
-    except FileNotFoundError:
-        mode = 0o600
-    except OSError as exc:
-        raise _UsageError(f"cannot write {path}: {exc.strerror or type(exc).__name__}") from None
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        # O_EXCL with mode 0600 from the start: the plaintext is never readable by others,
-        # whatever the umask, not even between create and chmod.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except OSError as exc:
-        raise _UsageError(f"cannot write {path}: {exc.strerror or type(exc).__name__}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        tmp.replace(target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    with _output(path) as out:
+        view = memoryview(data)
+        while view:  # the file is unbuffered: a write may take only part of the data
+            view = view[out.write(view) :]
 
 
 def _progress(total: int, desc: str) -> Any:
