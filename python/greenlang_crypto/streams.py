@@ -23,6 +23,7 @@ import io
 import os
 import stat
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -179,21 +180,44 @@ def sealed_runs(
         PayloadTooLargeError: More than ``max_bytes`` of plaintext (what was produced so far is
             an incomplete stream that does not decrypt).
     """
+    yield memoryview(encryptor.header)
+    for view, have in _seal_runs(
+        encryptor, src, max_bytes=max_bytes, threads=threads, buffers=1, on_done=on_done
+    ):
+        yield view
+        if progress is not None:
+            progress(have)
+
+
+def _seal_runs(
+    encryptor: StreamEncryptor,
+    src: object,
+    *,
+    max_bytes: int,
+    threads: int,
+    buffers: int,
+    on_done: Callable[[int], object] | None,
+) -> Iterator[tuple[memoryview, int]]:
+    """The sealed runs of ``src`` (no header), each with its plaintext length.
+
+    The runs rotate over ``buffers`` output buffers, so a view stays valid until ``buffers``
+    more have been requested; a second buffer is allocated only when a second run comes.
+    """
     reader = as_reader(src)
     seg = encryptor.segment_size
     # A run holds at least one segment per sealing thread, or the extra threads idle.
     run = max(seg * max(1, threads), RUN_BYTES - RUN_BYTES % seg)
     buf = bytearray(run + 1)
     view = memoryview(buf)
-    out = bytearray(encryptor.sealed_len(run, False) + TAG_LEN)
-    out_view = memoryview(out)
-    yield memoryview(encryptor.header)
+    out_len = encryptor.sealed_len(run, False) + TAG_LEN
+    outs = [memoryview(bytearray(out_len))]
     # A regular file says how much follows, so most runs need no look-ahead byte and reads
     # stay aligned to whole runs (which the page cache and tmpfs copy fastest). Should the file
     # shrink meanwhile, the next run is an empty final segment, which is valid.
     expected = regular_file_size(src)
     ahead = 0
     total = 0
+    turn = 0
     while True:
         carry = False
         if expected is not None and total + run < expected:
@@ -208,10 +232,13 @@ def sealed_runs(
         if total > max_bytes:
             raise PayloadTooLargeError(f"stream exceeds the maximum of {max_bytes} bytes")
         n = encryptor.sealed_len(have, last)
+        slot = turn % buffers
+        if slot == len(outs):
+            outs.append(memoryview(bytearray(out_len)))
+        out_view = outs[slot]
         encryptor.seal_into(view[:have], out_view[:n], last, threads)
-        yield out_view[:n]
-        if progress is not None:
-            progress(have)
+        turn += 1
+        yield out_view[:n], have
         if last:
             if on_done is not None:
                 on_done(total)
@@ -219,6 +246,126 @@ def sealed_runs(
         if carry:
             buf[0] = buf[run]
         ahead = int(carry)
+
+
+class _Writer:
+    """Writes views to a destination on its own thread, in order, while the caller makes more.
+
+    The caller seals (or opens) run N+1 while this thread writes run N: file reads and writes
+    and the Rust calls all release the GIL, so the seal overlaps the I/O on a second core. The
+    caller owns the buffers and reuses one only after :meth:`wait` says the views in it were
+    written. An error of the destination is raised to the caller at its next
+    :meth:`submit`, :meth:`wait` or :meth:`finish`; :meth:`abort` stops the thread after the
+    write in progress. ``progress`` runs on the caller's thread, once a write completed.
+    """
+
+    def __init__(self, dst: _Writable, progress: Callable[[int], object] | None) -> None:
+        self._dst = dst
+        self._progress = progress
+        self._cond = threading.Condition()
+        self._queue: deque[tuple[memoryview, int]] = deque()
+        self._written: list[int] = []
+        self._error: BaseException | None = None
+        self._closing = False
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="glc-stream-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while not self._queue and not self._closing and not self._stop:
+                        self._cond.wait()
+                    if self._stop or not self._queue:
+                        return
+                    view, count = self._queue[0]
+                _write_all(self._dst, view)
+                with self._cond:
+                    self._queue.popleft()
+                    self._written.append(count)
+                    self._cond.notify_all()
+        except BaseException as exc:  # raised to the caller, which stops feeding this thread
+            with self._cond:
+                self._error = exc
+                self._queue.clear()
+                self._cond.notify_all()
+
+    def _settle(self) -> None:
+        # Called with the lock held: raise the writer's error, else report finished writes.
+        if self._error is not None:
+            raise self._error
+        done, self._written = self._written, []
+        if self._progress is not None:
+            for count in done:
+                self._progress(count)
+
+    def submit(self, view: memoryview, count: int) -> None:
+        """Queues ``view`` (``count`` bytes of progress); raises the writer's error, if any."""
+        with self._cond:
+            self._settle()
+            self._queue.append((view, count))
+            self._cond.notify_all()
+
+    def wait(self, pending: int) -> None:
+        """Waits until at most ``pending`` views remain to be written."""
+        with self._cond:
+            while len(self._queue) > pending and self._error is None:
+                self._cond.wait()
+            self._settle()
+
+    def finish(self) -> None:
+        """Writes what is queued, stops the thread and raises its error, if any."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join()
+        with self._cond:
+            self._settle()
+
+    def abort(self) -> None:
+        """Stops the thread after the write in progress, dropping what is queued."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join()
+
+
+def _write_runs(
+    views: Iterator[tuple[memoryview, int]],
+    dst: _Writable,
+    progress: Callable[[int], object] | None,
+) -> None:
+    """Writes ``views`` (rotating over two buffers) to ``dst``, overlapped when it pays.
+
+    With a single view everything stays on the caller's thread. From the second on, a
+    :class:`_Writer` writes view N while the caller makes view N+1; before asking for the
+    next view (which reuses the buffer of view N-1) the caller waits until at most one view,
+    the latest, is left to write, so memory stays two buffers and writes stay in order.
+    """
+    first = next(views, None)
+    if first is None:
+        return
+    second = next(views, None)
+    if second is None:
+        _write_all(dst, first[0])
+        if progress is not None:
+            progress(first[1])
+        return
+    writer = _Writer(dst, progress)
+    try:
+        writer.submit(*first)
+        writer.submit(*second)
+        while True:
+            writer.wait(1)
+            item = next(views, None)
+            if item is None:
+                break
+            writer.submit(*item)
+        writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
 
 
 def encrypt_to(
@@ -232,19 +379,24 @@ def encrypt_to(
 ) -> int:
     """Writes the stream of ``src`` sealed by ``encryptor`` to ``dst``; returns plaintext bytes.
 
+    A stream of more than one run is written by a second thread while the next run is read
+    and sealed (see :class:`_Writer`); the writes stay in order and in the caller's memory
+    budget (two output runs), and an error of ``dst`` or ``src`` stops both threads.
+
     Raises:
         PayloadTooLargeError: As :func:`sealed_runs`.
     """
     total = [0]
-    for view in sealed_runs(
+    _write_all(dst, memoryview(encryptor.header))
+    runs = _seal_runs(
         encryptor,
         src,
         max_bytes=max_bytes,
         threads=threads,
-        progress=progress,
+        buffers=2,
         on_done=lambda n: total.__setitem__(0, n),
-    ):
-        _write_all(dst, view)
+    )
+    _write_runs(runs, dst, progress)
     return total[0]
 
 
@@ -441,6 +593,11 @@ class DecryptingReader(io.RawIOBase):
         # Decrypted plaintext of segments [_buf_first, _buf_first + _buf_segs): _buf[:_buf_len].
         self._run_segs = max(1, threads, RUN_BYTES // self._seg)
         self._plain = bytearray(self._run_segs * self._seg)
+        # With two plaintext buffers (see _double_buffer), each run opens into the buffer the
+        # previous run did not use, so a view of that run stays valid while the next opens.
+        self._spare: bytearray | None = None
+        self._double = False
+        self._opens = 0
         self._sealed = bytearray(self._run_segs * self._sealed_seg + 1)
         self._buf_first = -1
         self._buf_len = 0
@@ -574,6 +731,7 @@ class DecryptingReader(io.RawIOBase):
         finally:
             # Drop the plaintext buffers with the reader.
             self._plain = bytearray()
+            self._spare = None
             super().close()
 
     def __repr__(self) -> str:
@@ -686,8 +844,17 @@ class DecryptingReader(io.RawIOBase):
             if index < self._next_seg:
                 return True
 
+    def _double_buffer(self) -> None:
+        """From now on, views of a run stay valid until two more runs have been opened."""
+        self._double = True
+
     def _open(self, first: int, sealed: memoryview, last: bool) -> None:
         n = self._dec.opened_len(len(sealed), last)
+        if self._double and self._opens:
+            if self._spare is None:
+                self._spare = bytearray(len(self._plain))
+            self._plain, self._spare = self._spare, self._plain
+        self._opens += 1
         self._dec.open_into(first, sealed, memoryview(self._plain)[:n], last, self._threads)
         self._buf_first = first
         self._buf_len = n
@@ -703,7 +870,10 @@ def decrypt_to(
 ) -> int:
     """Copies the plaintext ``[start, end)`` of ``reader`` to ``dst``; returns bytes written.
 
-    On a source that cannot seek, the bytes before ``start`` are opened and discarded.
+    On a source that cannot seek, the bytes before ``start`` are opened and discarded. A range
+    of more than one run is written by a second thread while the next run is read and opened
+    (see :class:`_Writer`); only runs whose every tag verified are handed to it, and a failure
+    stops it before the error is raised.
     """
     if start < 0 or (end is not None and end < start):
         raise InvalidArgumentError("the range must satisfy 0 <= start <= end")
@@ -718,18 +888,25 @@ def decrypt_to(
                 if not n:
                     break
                 skip -= n
-    written = 0
+    # A view never spans two runs and asks for at least a run, so each view after the first
+    # opens one new run: with two plaintext buffers, views alternate between them as
+    # _write_runs expects.
+    reader._double_buffer()
     chunk = max(RUN_BYTES, reader.run_bytes)
-    while end is None or start + written < end:
-        want = chunk if end is None else min(chunk, end - start - written)
-        view = reader.read_view(want)
-        n = len(view)
-        if not n:
-            break
-        _write_all(dst, view)
-        written += n
-        if progress is not None:
-            progress(n)
+    written = 0
+
+    def views() -> Iterator[tuple[memoryview, int]]:
+        nonlocal written
+        while end is None or start + written < end:
+            want = chunk if end is None else min(chunk, end - start - written)
+            view = reader.read_view(want)
+            n = len(view)
+            if not n:
+                return
+            written += n
+            yield view, n
+
+    _write_runs(views(), dst, progress)
     return written
 
 
