@@ -11,6 +11,7 @@ pub mod envelope;
 pub mod error;
 pub mod fork;
 pub mod index;
+pub mod pool;
 pub mod stats;
 pub mod stream;
 

@@ -39,7 +39,8 @@
 //! segment or past 2^32 segments. So `LessSafeKey` is used with nonces unique by construction;
 //! no caller can pass a nonce.
 
-use std::thread;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Mutex, PoisonError};
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use aws_lc_rs::{digest, hkdf, rand};
@@ -50,6 +51,7 @@ use crate::core::aead::{DataKey, NONCE_LEN, OVERHEAD, TAG_LEN};
 use crate::core::context;
 use crate::core::envelope;
 use crate::core::error::{Error, Result};
+use crate::core::pool;
 
 /// First byte of every stream.
 pub const MAGIC: u8 = 0xFB;
@@ -295,8 +297,8 @@ where
 }
 
 /// Runs `work(index within the run, output chunk)` over `count` chunks of `out`, each `chunk`
-/// bytes long except the last, which takes the rest; on up to `threads` threads, each taking a
-/// contiguous block of chunks.
+/// bytes long except the last, which takes the rest; on up to `threads` threads (the caller
+/// and pool workers, see `crate::core::pool`), each taking a contiguous block of chunks.
 fn for_chunks<F>(out: &mut [u8], chunk: usize, count: usize, threads: usize, work: &F) -> Result<()>
 where
     F: Fn(usize, &mut [u8]) -> Result<()> + Sync,
@@ -306,32 +308,35 @@ where
         return for_chunks_seq(out, chunk, count, 0, work);
     }
     let per = count.div_ceil(threads);
-    thread::scope(|scope| {
-        let mut handles = Vec::with_capacity(threads);
-        let mut rest: &mut [u8] = out;
-        let mut first = 0;
-        while first < count {
-            let n = per.min(count - first);
-            let (a, r) = if first + n == count {
-                (std::mem::take(&mut rest), &mut [][..])
-            } else {
-                std::mem::take(&mut rest).split_at_mut(n * chunk)
-            };
-            rest = r;
-            let start = first;
-            handles.push(scope.spawn(move || for_chunks_seq(a, chunk, n, start, work)));
-            first += n;
-        }
-        // Join every thread (a panicking one included) before reporting the first error.
-        let mut result = Ok(());
-        for h in handles {
-            let r = h.join().unwrap_or(Err(Error::Crypto));
-            if result.is_ok() {
-                result = r;
-            }
-        }
-        result
-    })
+    // One block per task: (first chunk index, chunk count, bytes); each task locks only its
+    // own block, so the mutexes are never contended.
+    let mut blocks = Vec::with_capacity(threads);
+    let mut rest: &mut [u8] = out;
+    let mut first = 0;
+    while first < count {
+        let n = per.min(count - first);
+        let (a, r) = if first + n == count {
+            (std::mem::take(&mut rest), &mut [][..])
+        } else {
+            std::mem::take(&mut rest).split_at_mut(n * chunk)
+        };
+        rest = r;
+        blocks.push(Mutex::new((first, n, a, Ok(()))));
+        first += n;
+    }
+    let ran = catch_unwind(AssertUnwindSafe(|| {
+        pool::run(blocks.len(), &|t| {
+            let mut guard = blocks[t].lock().unwrap_or_else(PoisonError::into_inner);
+            let (start, n, ref mut block, ref mut result) = *guard;
+            *result = for_chunks_seq(block, chunk, n, start, work);
+        });
+    }));
+    if ran.is_err() {
+        return Err(Error::Crypto);
+    }
+    blocks
+        .into_iter()
+        .try_for_each(|b| b.into_inner().unwrap_or_else(PoisonError::into_inner).3)
 }
 
 /// Seals a stream segment by segment; only ever moves forward.

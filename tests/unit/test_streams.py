@@ -760,3 +760,35 @@ def test_a_service_whose_envelopes_use_branch_keys_streams_under_a_stored_dek(
         # Asked for explicitly, a branch reference is refused with a typed error.
         with pytest.raises(InvalidArgumentError, match="stored' or 'inline"):
             seal(branchy, pt, key_reference="branch")
+
+
+def _child_seals_with_threads(conn: Any) -> None:
+    from greenlang_crypto import _core as core
+
+    key = core.DataKey.generate()
+    ctx = core.canonical_context({"tenant_id": "t", "data_class": "d"})
+    ref = core.EnvelopeSealer(key, key_version=1, context=ctx, dek_id=1).header
+    enc = core.StreamEncryptor(key, ref, ctx, b"", segment_size=SEG)
+    pt = data(4 * SEG + 3, 5)
+    out = enc.seal(pt, True, threads=3)
+    dec = core.StreamDecryptor(key, enc.header, ctx, b"")
+    conn.send(dec.open(0, out, True, threads=3) == pt)
+
+
+def test_worker_threads_are_rebuilt_in_a_forked_child(svc: EncryptionService) -> None:
+    # The parent's sealing workers do not exist in a forked child: a child that splits a run
+    # across threads must start its own instead of waiting forever on the parent's.
+    import multiprocessing
+
+    blob = seal(svc, data(4 * SEG, 3), threads=3)
+    assert b"".join(svc.open_decrypting(io.BytesIO(blob), CTX, AD, threads=3)) == data(4 * SEG, 3)
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_child_seals_with_threads, args=(child,))
+    proc.start()
+    proc.join(timeout=60)
+    if proc.is_alive():
+        proc.kill()
+        pytest.fail("a forked child hung sealing with several threads")
+    assert proc.exitcode == 0
+    assert parent.recv() is True
