@@ -312,9 +312,9 @@ def _buffers(which: str) -> Ratio:
     ``encrypt_into``/``decrypt_into`` on the same segments, in a fresh process.
 
     A fresh process, because the gate's earlier modules leave services with background
-    threads (keyring refresh, audit flusher) running: our call releases the GIL and must win
-    it back afterwards, cryptography's keeps it, so any thread waking meanwhile was charged to
-    us alone (seen as 0.5-0.7x on one CI run, 1.0x in isolation).
+    threads (keyring refresh, audit flusher) and a grown heap behind: our call releases the GIL
+    and must win it back, cryptography's keeps it, so a thread waking meanwhile is charged to
+    our side only.
     """
     res = subprocess.run(
         [sys.executable, "-c", _BUFFERS_CODE, which], capture_output=True, text=True, check=True
