@@ -86,7 +86,8 @@ fn senders(n: usize) -> Vec<Sender<Job>> {
 
 /// Runs `task(0)` .. `task(count - 1)`: task 0 on the calling thread, the others on pool
 /// workers, and returns when all have finished. A panic in any task is re-raised here, after
-/// every task has finished.
+/// every task has finished. A task must not call `run` itself: it could wait on its own
+/// worker. Concurrent callers share the workers and queue behind each other.
 pub fn run<F>(count: usize, task: &F)
 where
     F: Fn(usize) + Sync,
