@@ -35,20 +35,22 @@ Check = Callable[[], Ratio]
 MIB = 1 << 20
 FILE_BYTES = 256 * MIB
 BIG_BYTES = 1 << 30
-# Higher-is-better checks whose goal is printed on every run but not gated: the peers
-# comparisons (file to file is bound by tmpfs copies, which neighbours on this shared 2-core VM
-# slow down unevenly between rounds; measured 1.2-1.6x Tink and 1.6-1.9x pyrage while loaded)
-# and two-thread scaling (see _two_threads).
+# Higher-is-better checks whose goal is printed on every run but not gated: the peer
+# comparisons and two-thread scaling (see _two_threads). Each peer line also prints its
+# copy-bound ceiling (see _bounded_check): with Tink at 0.78x of a plain copy, as on one CI run,
+# no writer that cannot beat the copy reaches more than 1.28x Tink, so the 1.4x goal depends on
+# how slow the peer runs that day.
 _REPORTED = 0.0
-# File to file, one thread, is read + seal + write in turn: on a quiet machine the AES time
-# (about a quarter of a tmpfs copy) shows in full, 0.77x a plain copy. The goal (0.8x) needs the
-# seal overlapped with the I/O; until then the gate holds what has landed, with margin for noise.
+# File to file: the writer thread overlaps the seal and the next read with the write, measured
+# 0.82-0.85x encrypt and 0.78-0.82x decrypt on a quiet machine, against the 0.8x goal. The
+# overlap needs both cores: with a build running beside it, the same check measured 0.46x while
+# the single-threaded copy it is compared with lost nothing. The gate holds 0.7x.
 _FILE_LANDED = 0.7
 # Opening into buffers is AES-GCM decryption and nothing else (profiled: the call's own work is
 # under 1%), so the ratio is AWS-LC's AVX-512 GCM decrypt kernel against the OpenSSL bundled
-# with cryptography. On this EPYC the former takes 25-35% more cycles per byte (perf, same
-# buffers), while sealing is at parity: measured 0.70-0.86x in a fresh process. The goal (0.9x)
-# is printed; the gate holds the landed level with margin for this VM's noise.
+# with cryptography. On this EPYC the former took 25-35% more cycles per byte in some runs
+# (perf, same buffers), while sealing is at parity: measured 0.70-0.97x in a fresh process.
+# The goal (0.9x) is printed; the gate holds the landed level with margin for this VM's noise.
 _OPEN_LANDED = 0.55
 
 
@@ -93,6 +95,48 @@ def _interleaved(
         t_ours.append(a)
         t_peer.append(b)
     return statistics.median(ratios), statistics.median(t_ours), statistics.median(t_peer)
+
+
+def _bounded_check(
+    name: str,
+    ours: Callable[[], object],
+    peer: Callable[[], object],
+    floor: Callable[[], object],
+    rounds: int = 9,
+) -> Check:
+    """A reported peer ratio, printed with the best any writer could reach in the same rounds.
+
+    Every file-to-file writer writes the same bytes, and a plain copy does nothing else, so
+    time(peer)/time(copy) bounds time(peer)/time(ours) for anyone who cannot write faster than
+    the copy does (on tmpfs the write, allocating pages, is most of the copy's time).
+    """
+
+    def run() -> Ratio:
+        fns = [ours, peer, floor]
+        for fn in fns:
+            fn()
+        ratios, bounds, t_ours, t_peer = [], [], [], []
+        for i in range(rounds):
+            times = {}
+            for fn in fns[i % 3 :] + fns[: i % 3]:
+                start = time.perf_counter()
+                fn()
+                times[fn] = time.perf_counter() - start
+            ratios.append(times[peer] / times[ours])
+            bounds.append(times[peer] / times[floor])
+            t_ours.append(times[ours])
+            t_peer.append(times[peer])
+        bound = statistics.median(bounds)
+        return Ratio(
+            f"{name}; copy-bound ceiling {bound:.2f}x",
+            statistics.median(ratios),
+            _REPORTED,
+            True,
+            statistics.median(t_ours),
+            statistics.median(t_peer),
+        )
+
+    return run
 
 
 def checks() -> list[Check]:
@@ -145,7 +189,7 @@ def checks() -> list[Check]:
             _FILE_LANDED,
         ),
     ]
-    result += _peer_checks(work, src, file_check, ours_encrypt, ours_decrypt)
+    result += _peer_checks(work, src, plain_copy, ours_encrypt, ours_decrypt)
 
     # -- into caller buffers, no I/O: in a fresh process (see _buffers) -------------------
     result += [
@@ -168,7 +212,7 @@ def checks() -> list[Check]:
 def _peer_checks(
     work: Path,
     src: Path,
-    file_check: Callable[[str, Callable[[], object], Callable[[], object], float], Check],
+    plain_copy: Callable[[], object],
     ours_encrypt: Callable[[], object],
     ours_decrypt: Callable[[], object],
 ) -> list[Check]:
@@ -206,17 +250,17 @@ def _peer_checks(
 
         tink_encrypt()
         out += [
-            file_check(
+            _bounded_check(
                 "stream encrypt vs Tink AES256_GCM_HKDF_1MB (goal 1.4x; reported)",
                 ours_encrypt,
                 tink_encrypt,
-                _REPORTED,
+                plain_copy,
             ),
-            file_check(
+            _bounded_check(
                 "stream decrypt vs Tink AES256_GCM_HKDF_1MB (goal 1.4x; reported)",
                 ours_decrypt,
                 tink_decrypt,
-                _REPORTED,
+                plain_copy,
             ),
         ]
     try:
@@ -236,17 +280,17 @@ def _peer_checks(
 
         age_encrypt()
         out += [
-            file_check(
+            _bounded_check(
                 "stream encrypt vs pyrage encrypt_file (goal 2.0x; reported)",
                 ours_encrypt,
                 age_encrypt,
-                _REPORTED,
+                plain_copy,
             ),
-            file_check(
+            _bounded_check(
                 "stream decrypt vs pyrage decrypt_file (goal 2.0x; reported)",
                 ours_decrypt,
                 age_decrypt,
-                _REPORTED,
+                plain_copy,
             ),
         ]
     return out
