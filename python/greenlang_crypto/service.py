@@ -1099,7 +1099,10 @@ class EncryptionService:
             except UnicodeDecodeError:
                 raise DecryptionError("plaintext is not UTF-8") from None
 
-        return CachedOpener(self._dec_cache, ctx.canonical, aad, fallback or decrypt_one, text)
+        opener = CachedOpener(self._dec_cache, ctx.canonical, aad, fallback or decrypt_one, text)
+        # The bound method, not the object: it is called through vectorcall, without the
+        # argument tuple a __call__ needs per value.
+        return opener.open
 
     def value_encryptor(
         self,
