@@ -603,6 +603,13 @@ impl PyCachedSealer {
         py: Python<'py>,
         value: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        self.seal(py, value)
+    }
+
+    /// The same as calling the sealer. As a bound method it is called through vectorcall,
+    /// without the one-element argument tuple that `__call__` needs, so bind processors use
+    /// `sealer.seal`.
+    fn seal<'py>(&self, py: Python<'py>, value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         if value.is_none() {
             return Ok(value.clone());
         }
