@@ -35,12 +35,15 @@ def _service() -> Any:
     return EncryptionService(EncryptionServiceConfig(data_dir=data_dir))
 
 
-# The users-model checks measure goals of the bulk-ORM work that this machine does not meet
-# steadily yet: they are printed on every run and do not fail the gate. Measured on the 2-core
-# machine over several runs (medians of 14 interleaved rounds each): insert 1.12-1.16x (an
-# indexed 17-byte bytea column alone, with no encryption, costs about 1.13x), select 1.13-1.27x
-# with psycopg's text results (hex-encoded bytea), 1.12-1.17x with binary results, 200 point
-# lookups 1.08-1.10x.
+# The users-model checks measure goals of the bulk-ORM work. Those this machine does not meet
+# steadily yet are printed on every run and do not fail the gate. Measured on the 2-core machine
+# over several runs (medians of 14 interleaved rounds each): insert 1.08-1.19x (an indexed
+# 17-byte bytea column alone, with no encryption, costs about 1.13x), select 1.16-1.27x with
+# psycopg's text results (hex-encoded bytea), 1.09-1.22x with binary results. On select, any
+# per-value result processor costs about that much: the same table read with the built-in
+# bytes.hex as its processor instead of the decrypt measured 1.18x against the plain model, and
+# 1.08x with no processor. 200 point lookups measured 0.95-1.08x over ten runs, two of them
+# above the goal (1.052x, 1.081x, while a neighbour doubled both sides' times): not steady yet.
 _REPORTED = float("inf")
 
 
@@ -299,12 +302,13 @@ def checks() -> list[Check]:
             25.0,
         ),
         speedup(
-            # Goal 50x, measured 45-55x: the peer's time varies from run to run (10-16 us), so
-            # the goal is printed and the landed limit gated until the goal holds steadily.
+            # Goal 50x, measured 35-40x on the 2-core machine in four runs (ours 0.36-0.38 us,
+            # the peer 14-15 us, and the peer's time varies from run to run, 10-16 us): the goal
+            # is printed and 25x, the encrypt side's limit, gated until the goal holds steadily.
             "column type decrypt per value vs sqlalchemy-utils (speed-up; goal 50x)",
             lambda: our_result(our_ct),
             lambda: peer_result(peer_ct),
-            10.0,
+            25.0,
         ),
         lambda: _db_ratio(
             "insert 10,000 rows: encrypted vs plain String",

@@ -256,6 +256,8 @@ class CachedOpener:
         text: bool = False,
     ) -> CachedOpener: ...
     def __call__(self, value: Any) -> Any: ...
+    def open(self, value: Any) -> Any:
+        """The same as calling the opener (cheaper per call as a bound method)."""
 
 @final
 class CachedSealer:
@@ -280,6 +282,8 @@ class CachedSealer:
         max_plaintext: int = ...,
     ) -> CachedSealer: ...
     def __call__(self, value: Any) -> Any: ...
+    def seal(self, value: Any) -> Any:
+        """The same as calling the sealer (cheaper per call as a bound method)."""
 
 @final
 class AESGCM:

@@ -1099,7 +1099,10 @@ class EncryptionService:
             except UnicodeDecodeError:
                 raise DecryptionError("plaintext is not UTF-8") from None
 
-        return CachedOpener(self._dec_cache, ctx.canonical, aad, fallback or decrypt_one, text)
+        opener = CachedOpener(self._dec_cache, ctx.canonical, aad, fallback or decrypt_one, text)
+        # The bound method, not the object: it is called through vectorcall, without the
+        # argument tuple a __call__ needs per value.
+        return opener.open
 
     def value_encryptor(
         self,
@@ -1133,7 +1136,7 @@ class EncryptionService:
         if self._per_op or self._default_reference not in self._enc_caches:
             # Per-operation events are emitted by encrypt() itself.
             return fallback
-        return CachedSealer(
+        sealer = CachedSealer(
             self,
             "_enc_cache",
             ctx.canonical,
@@ -1143,6 +1146,8 @@ class EncryptionService:
             max_age=self._refresh_after,
             max_plaintext=self._max_plaintext,
         )
+        # The bound method, as for value_decryptor: no argument tuple per value.
+        return sealer.seal
 
     async def decrypt_async(self, ciphertext: bytes, context: ContextLike, **kwargs: Any) -> bytes:
         """:meth:`decrypt` on a worker thread."""

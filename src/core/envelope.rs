@@ -405,29 +405,73 @@ pub fn open_into(
     extra_aad: &[u8],
     out: &mut [u8],
 ) -> Result<()> {
+    let ctx_len = (canonical_context.len() as u32).to_be_bytes();
+    let extra_len = (extra_aad.len() as u32).to_be_bytes();
+    open_with_aad_parts(
+        key,
+        parsed,
+        canonical_context,
+        &[&ctx_len, canonical_context, &extra_len, extra_aad],
+        out,
+    )
+}
+
+/// The associated data of an envelope after its header: `u32 len || canonical context || u32
+/// len || extra`. It is the same for every value of a column, so a per-column opener builds it
+/// once and passes it to [`open_into_with_suffix`].
+pub fn aad_suffix(canonical_context: &[u8], extra_aad: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(canonical_context.len() + extra_aad.len() + 8);
+    out.extend_from_slice(&(canonical_context.len() as u32).to_be_bytes());
+    out.extend_from_slice(canonical_context);
+    out.extend_from_slice(&(extra_aad.len() as u32).to_be_bytes());
+    out.extend_from_slice(extra_aad);
+    out
+}
+
+/// [`open_into`] with the associated data after the header prebuilt by [`aad_suffix`] from
+/// the same `canonical_context`.
+///
+/// # Errors
+/// As [`open_into`].
+pub fn open_into_with_suffix(
+    key: &DataKey,
+    parsed: &Parsed<'_>,
+    canonical_context: &[u8],
+    suffix: &[u8],
+    out: &mut [u8],
+) -> Result<()> {
+    open_with_aad_parts(key, parsed, canonical_context, &[suffix], out)
+}
+
+fn open_with_aad_parts(
+    key: &DataKey,
+    parsed: &Parsed<'_>,
+    canonical_context: &[u8],
+    parts: &[&[u8]],
+    out: &mut [u8],
+) -> Result<()> {
     if let Err(e) = check_bindings(parsed, key, canonical_context) {
         crate::core::stats::record_open_failure(&e);
         return Err(e);
     }
-    let total = parsed.header.len() + canonical_context.len() + extra_aad.len() + 8;
+    let total = parts.iter().fold(parsed.header.len(), |n, p| n + p.len());
     if total <= STACK_AAD {
         // Short values (the PII case) build their associated data on the stack: a heap
         // allocation here is a visible share of a 64-byte open.
         let mut buf = [0u8; STACK_AAD];
-        let mut pos = 0;
-        for part in [
-            parsed.header,
-            &(canonical_context.len() as u32).to_be_bytes()[..],
-            canonical_context,
-            &(extra_aad.len() as u32).to_be_bytes()[..],
-            extra_aad,
-        ] {
+        buf[..parsed.header.len()].copy_from_slice(parsed.header);
+        let mut pos = parsed.header.len();
+        for part in parts {
             buf[pos..pos + part.len()].copy_from_slice(part);
             pos += part.len();
         }
         return key.open_into(&buf[..pos], parsed.body, out);
     }
-    let aad = associated_data(parsed.header, canonical_context, extra_aad);
+    let mut aad = Vec::with_capacity(total);
+    aad.extend_from_slice(parsed.header);
+    for part in parts {
+        aad.extend_from_slice(part);
+    }
     key.open_into(&aad, parsed.body, out)
 }
 
@@ -720,6 +764,36 @@ mod tests {
             key_ref: KeyRef::Stored { dek_id: 42 },
             context_digest: false,
             commitment: false,
+        }
+    }
+
+    #[test]
+    fn prebuilt_aad_suffix_opens_what_open_into_opens() {
+        let k = dek();
+        for (extra, pt) in [
+            (&b"users|email"[..], &[5u8; 64][..]),
+            (&[b'x'; 300][..], b""),
+        ] {
+            let env = seal(&k, &stored_spec(), &ctx(), extra, pt).unwrap();
+            let p = parse(&env).unwrap();
+            let mut out = vec![0u8; p.plaintext_len()];
+            open_into_with_suffix(&k, &p, &ctx(), &aad_suffix(&ctx(), extra), &mut out).unwrap();
+            assert_eq!(out, pt);
+            // Another binding, or the same bytes split differently between context and
+            // extra, is another suffix and fails like open_into does.
+            let mut out = vec![0u8; p.plaintext_len()];
+            assert_eq!(
+                open_into_with_suffix(&k, &p, &ctx(), &aad_suffix(&ctx(), b"other"), &mut out),
+                Err(Error::Authentication)
+            );
+            let moved = aad_suffix(
+                &ctx()[..ctx().len() - 1],
+                &[&ctx()[ctx().len() - 1..], extra].concat(),
+            );
+            assert_eq!(
+                open_into_with_suffix(&k, &p, &ctx(), &moved, &mut out),
+                Err(Error::Authentication)
+            );
         }
     }
 
