@@ -76,25 +76,32 @@ def _write_random(path: Path, size: int) -> None:
             f.write(block)
 
 
+def _rounds(fns: list[Callable[[], object]], rounds: int) -> list[dict[Any, float]]:
+    """Times every function once per round, the order rotating from round to round, after
+    one untimed warm-up call each; returns each round's times by function."""
+    for fn in fns:
+        fn()
+    out = []
+    for i in range(rounds):
+        times: dict[Any, float] = {}
+        for fn in fns[i % len(fns) :] + fns[: i % len(fns)]:
+            start = time.perf_counter()
+            fn()
+            times[fn] = time.perf_counter() - start
+        out.append(times)
+    return out
+
+
 def _interleaved(
     ours: Callable[[], object], peer: Callable[[], object], rounds: int
 ) -> tuple[float, float, float]:
     """Median of time(peer)/time(ours) (a throughput ratio) and both median times."""
-    ours()
-    peer()
-    ratios, t_ours, t_peer = [], [], []
-    for i in range(rounds):
-        pair = []
-        for fn in (ours, peer) if i % 2 else (peer, ours):
-            start = time.perf_counter()
-            fn()
-            pair.append((fn, time.perf_counter() - start))
-        a = next(t for fn, t in pair if fn is ours)
-        b = next(t for fn, t in pair if fn is peer)
-        ratios.append(b / a)
-        t_ours.append(a)
-        t_peer.append(b)
-    return statistics.median(ratios), statistics.median(t_ours), statistics.median(t_peer)
+    times = _rounds([peer, ours], rounds)
+    return (
+        statistics.median(t[peer] / t[ours] for t in times),
+        statistics.median(t[ours] for t in times),
+        statistics.median(t[peer] for t in times),
+    )
 
 
 def _bounded_check(
@@ -112,20 +119,11 @@ def _bounded_check(
     """
 
     def run() -> Ratio:
-        fns = [ours, peer, floor]
-        for fn in fns:
-            fn()
-        ratios, bounds, t_ours, t_peer = [], [], [], []
-        for i in range(rounds):
-            times = {}
-            for fn in fns[i % 3 :] + fns[: i % 3]:
-                start = time.perf_counter()
-                fn()
-                times[fn] = time.perf_counter() - start
-            ratios.append(times[peer] / times[ours])
-            bounds.append(times[peer] / times[floor])
-            t_ours.append(times[ours])
-            t_peer.append(times[peer])
+        times = _rounds([ours, peer, floor], rounds)
+        ratios = [t[peer] / t[ours] for t in times]
+        bounds = [t[peer] / t[floor] for t in times]
+        t_ours = [t[ours] for t in times]
+        t_peer = [t[peer] for t in times]
         bound = statistics.median(bounds)
         return Ratio(
             f"{name}; copy-bound ceiling {bound:.2f}x",
@@ -297,7 +295,9 @@ def _peer_checks(
 
 
 _BUFFERS_CODE = """
-import os, statistics, sys, time
+import os, sys
+sys.path.insert(0, sys.argv[2])
+from benches.gate_streams import _interleaved
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from greenlang_crypto import _core as core
 
@@ -339,15 +339,7 @@ def peer_open():
         peer.decrypt_into(nonce, peer_view[c], None, opened_view[p])
 
 ours, other = (ours_seal, peer_seal) if which == "seal" else (ours_open, peer_open)
-ours(); other()
-ratios, t_ours, t_peer = [], [], []
-for i in range(ROUNDS):
-    times = {}
-    for fn in ((ours, other) if i % 2 else (other, ours)):
-        t = time.perf_counter(); fn(); times[fn] = time.perf_counter() - t
-    ratios.append(times[other] / times[ours])
-    t_ours.append(times[ours]); t_peer.append(times[other])
-print(statistics.median(ratios), statistics.median(t_ours), statistics.median(t_peer))
+print(*_interleaved(ours, other, ROUNDS))
 """
 
 
@@ -361,7 +353,10 @@ def _buffers(which: str) -> Ratio:
     our side only.
     """
     res = subprocess.run(
-        [sys.executable, "-c", _BUFFERS_CODE, which], capture_output=True, text=True, check=True
+        [sys.executable, "-c", _BUFFERS_CODE, which, str(Path(__file__).resolve().parent.parent)],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     ratio, t_ours, t_peer = (float(x) for x in res.stdout.split())
     verb = "seal_into" if which == "seal" else "open_into"

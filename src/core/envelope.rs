@@ -199,11 +199,17 @@ pub fn encode_header(
 pub fn associated_data(header: &[u8], canonical_context: &[u8], extra: &[u8]) -> Vec<u8> {
     let mut aad = Vec::with_capacity(header.len() + canonical_context.len() + extra.len() + 8);
     aad.extend_from_slice(header);
-    aad.extend_from_slice(&(canonical_context.len() as u32).to_be_bytes());
-    aad.extend_from_slice(canonical_context);
-    aad.extend_from_slice(&(extra.len() as u32).to_be_bytes());
-    aad.extend_from_slice(extra);
+    push_aad_suffix(&mut aad, canonical_context, extra);
     aad
+}
+
+/// Appends what follows the header in the associated data: `u32 len || canonical context ||
+/// u32 len || extra`.
+fn push_aad_suffix(out: &mut Vec<u8>, canonical_context: &[u8], extra: &[u8]) {
+    out.extend_from_slice(&(canonical_context.len() as u32).to_be_bytes());
+    out.extend_from_slice(canonical_context);
+    out.extend_from_slice(&(extra.len() as u32).to_be_bytes());
+    out.extend_from_slice(extra);
 }
 
 /// Length of an envelope with `header_len` header bytes around `plaintext_len` bytes.
@@ -421,10 +427,7 @@ pub fn open_into(
 /// once and passes it to [`open_into_with_suffix`].
 pub fn aad_suffix(canonical_context: &[u8], extra_aad: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(canonical_context.len() + extra_aad.len() + 8);
-    out.extend_from_slice(&(canonical_context.len() as u32).to_be_bytes());
-    out.extend_from_slice(canonical_context);
-    out.extend_from_slice(&(extra_aad.len() as u32).to_be_bytes());
-    out.extend_from_slice(extra_aad);
+    push_aad_suffix(&mut out, canonical_context, extra_aad);
     out
 }
 
