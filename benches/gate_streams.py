@@ -368,53 +368,63 @@ def _buffers(which: str) -> Ratio:
 
 def _two_threads() -> Ratio:
     # In a fresh process, as the core gate's thread check: the allocator state left by the
-    # checks above would otherwise be measured too. hashlib.sha256 on the same buffers (also
-    # GIL-free) shows what two threads can get from this machine in the same rounds.
+    # checks above would otherwise be measured too. The same kernel on two independent Python
+    # threads, each sealing its own cache-resident 4 MiB over and over (no split, no hand-off
+    # per call), shows what two threads of AES-GCM get from this machine in the same rounds.
     code = textwrap.dedent(
         """
-        import hashlib, os, statistics, threading, time
+        import os, statistics, threading, time
         from greenlang_crypto import _core as core
         ctx = core.canonical_context({"tenant_id": "t", "data_class": "d"})
         key = core.DataKey.generate()
         ref = core.EnvelopeSealer(key, key_version=1, context=ctx, dek_id=1).header
-        enc = core.StreamEncryptor(key, ref, ctx, b"", segment_size=1 << 20)
+
+        def encryptor():
+            return core.StreamEncryptor(key, ref, ctx, b"", segment_size=1 << 20)
+
+        enc = encryptor()
         plain = os.urandom(32 << 20)
         out = bytearray(enc.sealed_len(len(plain), False))
-        mib = os.urandom(1 << 20)
+        own = [(encryptor(), os.urandom(4 << 20)) for _ in range(2)]
+        own_out = [bytearray(enc.sealed_len(4 << 20, False)) for _ in range(2)]
 
         def timed(fn):
             t = time.perf_counter(); fn(); return time.perf_counter() - t
 
-        def peer_two():
-            def work():
-                for _ in range(16):
-                    hashlib.sha256(mib).digest()
-            ts = [threading.Thread(target=work) for _ in range(2)]
+        def alone(i, n):
+            e, p = own[i]
+            for _ in range(n):
+                e.seal_into(p, own_out[i], False, 1)
+
+        def apart_one():
+            alone(0, 32)
+
+        def apart_two():
+            ts = [threading.Thread(target=alone, args=(i, 16)) for i in range(2)]
             for t in ts: t.start()
             for t in ts: t.join()
 
-        def peer_one():
-            for _ in range(32):
-                hashlib.sha256(mib).digest()
-
-        ours, theirs = [], []
-        for i in range(15):
+        ours, apart = [], []
+        for i in range(31):
             one = timed(lambda: enc.seal_into(plain, out, False, 1))
             two = timed(lambda: enc.seal_into(plain, out, False, 2))
             ours.append(one / two)
-            theirs.append(timed(peer_one) / timed(peer_two))
-        print(statistics.median(ours), statistics.median(theirs))
+            apart.append(timed(apart_one) / timed(apart_two))
+        print(statistics.median(ours), statistics.median(apart))
         """
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    ratio, peer = (float(x) for x in res.stdout.split())
-    # Goal 1.7x, not gated. The split costs no spawn (pool workers, see src/core/pool.rs), but
-    # one thread already seals at 10-16 GB/s, which with the 32 MiB read and the 32 MiB written
-    # is most of what this VM's memory gives (measured 1.04-1.37x; the same two threads on 4 MiB
-    # each, cache-resident, reach 1.7x). hashlib.sha256 on a cache-resident 1 MiB shows what
-    # the two cores give to compute-bound work in the same rounds; cryptography's AESGCM on
-    # 16 MiB from two threads measured 1.04x here.
-    name = f"stream seal 2 threads vs 1, 32 MiB in memory (goal 1.7x; peer {peer:.2f}x; reported)"
+    ratio, apart = (float(x) for x in res.stdout.split())
+    # Goal 1.7x, not gated. The split costs no spawn and no up-front partition: pool workers
+    # claim segments as they wake (see src/core/pool.rs), so a late wake-up costs a share of one
+    # segment, not half the run. What stays is the machine: two threads of the same AES-GCM
+    # kernel on their own buffers, with nothing shared, scale 1.5-1.6x on this VM (SHA-256 from
+    # two threads scales 1.85x, so it is the vector units the two vCPUs share, not the cores
+    # being busy elsewhere), and 32 MiB in and out at 8-18 GB/s is most of its memory bandwidth.
+    name = (
+        "stream seal 2 threads vs 1, 32 MiB in memory (goal 1.7x; same kernel on two "
+        f"independent threads {apart:.2f}x; reported)"
+    )
     return Ratio(name, ratio, _REPORTED, True, 0, 0)
 
 

@@ -1,22 +1,37 @@
-//! A small pool of persistent worker threads, to split one call's segments across cores.
+//! A small pool of persistent worker threads, to split one call's work across cores.
 //!
 //! Spawning a thread per call costs tens of microseconds on a VM (a stack mapping and its
-//! first-touch page faults, then the clone), as much as sealing a few hundred KiB; a parked
-//! worker wakes in a few microseconds. Workers are started on first use and kept.
+//! first-touch page faults, then the clone), as much as sealing a few hundred KiB. Waking a
+//! parked worker costs as much again on this kind of VM (the idle vCPU must be woken by the
+//! hypervisor), so the work is not split up front: the caller starts on it at once and
+//! workers claim what is left when they arrive, one task at a time. A worker that arrives
+//! after the last task was claimed never touches the call. Workers are started on first use
+//! and kept; after a job a worker polls for the next one briefly before parking, so runs
+//! issued back to back do not pay the wake-up each time.
 //!
 //! Fork: a child process inherits the pool's bookkeeping but none of its threads, so the pool
 //! records the fork generation it was built under and a child builds its own (the parent's
 //! channel ends are forgotten, never joined).
 
-use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::mpsc::{channel, Sender};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::thread;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
 
 use crate::core::fork;
 
 /// Upper bound on the workers (the Python layer accepts 1..=64 threads per call).
 const MAX_WORKERS: usize = 63;
+
+/// How long an idle worker polls for its next job before parking.
+/// How long an idle worker polls for its next job before parking.
+const WORKER_SPIN: Duration = Duration::from_micros(50);
+
+/// How long the caller spins for workers still on their last task before parking: about a
+/// 1 MiB segment's seal, shorter than a park and wake-up round trip here.
+const CALLER_SPIN: Duration = Duration::from_micros(200);
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
@@ -27,29 +42,101 @@ struct Workers {
 
 static POOL: Mutex<Option<Workers>> = Mutex::new(None);
 
-/// Counts the tasks still running and whether one of them panicked.
-struct Latch {
-    state: Mutex<(usize, bool)>,
-    done: Condvar,
+/// The caller's task, as a pointer: it is borrowed from the caller's frame, and a worker may
+/// hold this after the call returned (it then never dereferences it, see [`Call::enter`]).
+#[derive(Clone, Copy)]
+struct TaskPtr(*const (dyn Fn(usize) + Sync));
+
+// SAFETY: the pointee is `Sync`, and it is only dereferenced while the caller waits in `run`.
+unsafe impl Send for TaskPtr {}
+// SAFETY: as above; sharing the pointer only shares `&` access to a `Sync` pointee.
+unsafe impl Sync for TaskPtr {}
+
+/// One call of [`run`], shared by the caller and the workers it asked for.
+struct Call {
+    count: usize,
+    /// The next task index to claim.
+    next: AtomicUsize,
+    /// Workers inside the call (between `enter` and `leave`).
+    active: AtomicUsize,
+    /// Set by the caller once every task is claimed: workers arriving later stay out.
+    closed: AtomicBool,
+    panicked: AtomicBool,
+    caller: Thread,
+    task: TaskPtr,
 }
 
-impl Latch {
-    fn finish(&self, panicked: bool) {
-        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        s.0 -= 1;
-        s.1 |= panicked;
-        if s.0 == 0 {
-            self.done.notify_all();
+impl Call {
+    /// Claims and runs tasks until none is left.
+    fn work(&self, task: &(dyn Fn(usize) + Sync)) {
+        loop {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            if i >= self.count {
+                return;
+            }
+            if catch_unwind(AssertUnwindSafe(|| task(i))).is_err() {
+                self.panicked.store(true, Ordering::Relaxed);
+            }
         }
     }
 
-    /// Blocks until every task finished; returns whether one panicked.
-    fn wait(&self) -> bool {
-        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        while s.0 > 0 {
-            s = self.done.wait(s).unwrap_or_else(PoisonError::into_inner);
+    /// A worker's share: nothing if the caller already closed the call.
+    fn enter(&self) {
+        // SeqCst pairs with `close`: either this worker sees `closed` and stays out, or the
+        // caller sees it active and waits for it to leave.
+        self.active.fetch_add(1, Ordering::SeqCst);
+        if !self.closed.load(Ordering::SeqCst) {
+            // SAFETY: the call is open, so the caller is still in `run` and the task alive.
+            self.work(unsafe { &*self.task.0 });
         }
-        s.1
+        if self.active.fetch_sub(1, Ordering::SeqCst) == 1 && self.closed.load(Ordering::SeqCst) {
+            self.caller.unpark();
+        }
+    }
+
+    /// Called by the caller once its own work is done: waits for workers still inside.
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        let start = Instant::now();
+        while self.active.load(Ordering::SeqCst) != 0 {
+            if start.elapsed() < CALLER_SPIN {
+                std::hint::spin_loop();
+            } else {
+                // Woken by the last worker to leave; a spurious wake-up just loops.
+                thread::park();
+            }
+        }
+    }
+}
+
+fn worker_loop(rx: &Receiver<Job>) {
+    loop {
+        let job = match rx.try_recv() {
+            Ok(job) => job,
+            Err(TryRecvError::Disconnected) => return,
+            Err(TryRecvError::Empty) => {
+                let start = Instant::now();
+                let mut polled = None;
+                while start.elapsed() < WORKER_SPIN {
+                    match rx.try_recv() {
+                        Ok(job) => {
+                            polled = Some(job);
+                            break;
+                        }
+                        Err(TryRecvError::Disconnected) => return,
+                        Err(TryRecvError::Empty) => std::hint::spin_loop(),
+                    }
+                }
+                match polled {
+                    Some(job) => job,
+                    None => match rx.recv() {
+                        Ok(job) => job,
+                        Err(_) => return,
+                    },
+                }
+            }
+        };
+        job();
     }
 }
 
@@ -71,73 +158,53 @@ fn senders(n: usize) -> Vec<Sender<Job>> {
         let (tx, rx) = channel::<Job>();
         let spawned = thread::Builder::new()
             .name(format!("glc-seal-{}", workers.senders.len()))
-            .spawn(move || {
-                while let Ok(job) = rx.recv() {
-                    job();
-                }
-            });
+            .spawn(move || worker_loop(&rx));
         if spawned.is_err() {
-            break; // out of threads: the caller runs the remaining tasks itself
+            break; // out of threads: the caller and the workers it has share the tasks
         }
         workers.senders.push(tx);
     }
     workers.senders.iter().take(n).cloned().collect()
 }
 
-/// Runs `task(0)` .. `task(count - 1)`: task 0 on the calling thread, the others on pool
-/// workers, and returns when all have finished. A panic in any task is re-raised here, after
-/// every task has finished. A task must not call `run` itself: it could wait on its own
-/// worker. Concurrent callers share the workers and queue behind each other.
-pub fn run<F>(count: usize, task: &F)
+/// Runs `task(0)` .. `task(count - 1)` on the calling thread and up to `threads - 1` pool
+/// workers, each claiming the next unclaimed index, and returns when all have finished. A
+/// panic in any task is re-raised here (as a new panic), after every task has finished. A
+/// task must not call `run` itself: it could wait on its own worker. Concurrent callers share
+/// the workers and queue behind each other.
+pub fn run<F>(count: usize, threads: usize, task: &F)
 where
     F: Fn(usize) + Sync,
 {
-    if count <= 1 {
-        if count == 1 {
-            task(0);
-        }
-        return;
-    }
-    let latch = Arc::new(Latch {
-        state: Mutex::new((count - 1, false)),
-        done: Condvar::new(),
-    });
+    let helpers = threads.min(count).saturating_sub(1);
     let dyn_task: &(dyn Fn(usize) + Sync) = task;
-    // SAFETY: this function does not return, nor unwind, before the latch says every task
-    // handed to a worker has finished (the caller's own tasks run under `catch_unwind`), so
-    // the borrow outlives every use; the channel's job type demands `'static`.
-    let shared: &'static (dyn Fn(usize) + Sync) = unsafe {
-        std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static (dyn Fn(usize) + Sync)>(dyn_task)
-    };
-    let senders = senders(count - 1);
-    let mut inline = Vec::new();
-    for i in 1..count {
-        let sent = senders.get(i - 1).is_some_and(|tx| {
-            let latch = Arc::clone(&latch);
-            tx.send(Box::new(move || {
-                let panicked = catch_unwind(AssertUnwindSafe(|| shared(i))).is_err();
-                latch.finish(panicked);
-            }))
-            .is_ok()
-        });
-        if !sent {
-            inline.push(i);
+    let erased: *const (dyn Fn(usize) + Sync) = dyn_task;
+    // SAFETY: only the lifetime bound of the trait object is erased (both sides are fat
+    // pointers of the same trait); `Call::close` below keeps this frame alive until no worker
+    // can dereference it any more.
+    let erased: *const (dyn Fn(usize) + Sync + 'static) = unsafe { std::mem::transmute(erased) };
+    let call = Arc::new(Call {
+        count,
+        next: AtomicUsize::new(0),
+        active: AtomicUsize::new(0),
+        closed: AtomicBool::new(false),
+        panicked: AtomicBool::new(false),
+        caller: thread::current(),
+        task: TaskPtr(erased),
+    });
+    if helpers > 0 {
+        for tx in senders(helpers) {
+            let call = Arc::clone(&call);
+            // A worker whose channel is gone just leaves the tasks to the others.
+            let _ = tx.send(Box::new(move || call.enter()));
         }
     }
-    let own = catch_unwind(AssertUnwindSafe(|| {
-        task(0);
-        for &i in &inline {
-            task(i);
-        }
-    }));
-    for _ in &inline {
-        latch.finish(false);
-    }
-    let worker_panicked = latch.wait();
-    if let Err(payload) = own {
-        resume_unwind(payload);
-    }
-    assert!(!worker_panicked, "a pool task panicked");
+    call.work(dyn_task);
+    call.close();
+    assert!(
+        !call.panicked.load(Ordering::Relaxed),
+        "a pool task panicked"
+    );
 }
 
 #[cfg(test)]
@@ -149,7 +216,7 @@ mod tests {
     fn runs_every_task_once() {
         for count in [0, 1, 2, 3, 8, 70] {
             let hits: Vec<AtomicUsize> = (0..count).map(|_| AtomicUsize::new(0)).collect();
-            run(count, &|i| {
+            run(count, 3, &|i| {
                 hits[i].fetch_add(1, Ordering::SeqCst);
             });
             assert!(
@@ -163,7 +230,7 @@ mod tests {
     fn a_worker_panic_reaches_the_caller_after_all_tasks() {
         let done = AtomicUsize::new(0);
         let r = catch_unwind(AssertUnwindSafe(|| {
-            run(4, &|i| {
+            run(4, 2, &|i| {
                 assert!(i != 2, "boom");
                 done.fetch_add(1, Ordering::SeqCst);
             });
@@ -172,9 +239,53 @@ mod tests {
         assert_eq!(done.load(Ordering::SeqCst), 3);
         // The pool still works afterwards.
         let n = AtomicUsize::new(0);
-        run(3, &|_| {
+        run(3, 3, &|_| {
             n.fetch_add(1, Ordering::SeqCst);
         });
         assert_eq!(n.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn more_threads_than_tasks_and_concurrent_callers() {
+        // Callers on several threads at once, with tasks short enough that workers often
+        // arrive after the caller has closed the call: every task still runs exactly once and
+        // no call returns while a worker is inside it (the counters are on the caller's stack).
+        let callers: Vec<_> = (0..4)
+            .map(|c| {
+                thread::spawn(move || {
+                    for round in 0..300 {
+                        let count = (round + c) % 5;
+                        let hits: Vec<AtomicUsize> =
+                            (0..count).map(|_| AtomicUsize::new(0)).collect();
+                        run(count, 1 + (round % 4), &|i| {
+                            hits[i].fetch_add(1, Ordering::SeqCst);
+                        });
+                        assert!(hits.iter().all(|h| h.load(Ordering::SeqCst) == 1));
+                    }
+                })
+            })
+            .collect();
+        for c in callers {
+            c.join().expect("caller thread");
+        }
+    }
+
+    #[test]
+    fn a_late_worker_takes_the_tasks_left() {
+        // The caller's first task outlasts a worker's wake-up, so the worker claims the rest.
+        let seen = Mutex::new(Vec::new());
+        run(4, 2, &|i| {
+            if i == 0 {
+                thread::sleep(Duration::from_millis(50));
+            }
+            seen.lock().unwrap().push((i, thread::current().id()));
+        });
+        let seen = seen.into_inner().unwrap();
+        assert_eq!(seen.len(), 4);
+        let me = thread::current().id();
+        assert!(
+            seen.iter().any(|&(_, t)| t != me),
+            "no worker took a task: {seen:?}"
+        );
     }
 }

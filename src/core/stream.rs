@@ -298,7 +298,8 @@ where
 
 /// Runs `work(index within the run, output chunk)` over `count` chunks of `out`, each `chunk`
 /// bytes long except the last, which takes the rest; on up to `threads` threads (the caller
-/// and pool workers, see `crate::core::pool`), each taking a contiguous block of chunks.
+/// and pool workers, see `crate::core::pool`), each claiming the next chunk in turn, so a
+/// worker that wakes late takes fewer.
 fn for_chunks<F>(out: &mut [u8], chunk: usize, count: usize, threads: usize, work: &F) -> Result<()>
 where
     F: Fn(usize, &mut [u8]) -> Result<()> + Sync,
@@ -307,36 +308,29 @@ where
     if threads == 1 {
         return for_chunks_seq(out, chunk, count, 0, work);
     }
-    let per = count.div_ceil(threads);
-    // One block per task: (first chunk index, chunk count, bytes); each task locks only its
-    // own block, so the mutexes are never contended.
-    let mut blocks = Vec::with_capacity(threads);
+    // One slot per chunk: (output bytes, result). Each chunk is claimed once, so its mutex is
+    // never contended; it only hands the `&mut` to whichever thread claimed it.
+    let mut slots = Vec::with_capacity(count);
     let mut rest: &mut [u8] = out;
-    let mut first = 0;
-    while first < count {
-        let n = per.min(count - first);
-        let (a, r) = if first + n == count {
-            (std::mem::take(&mut rest), &mut [][..])
-        } else {
-            std::mem::take(&mut rest).split_at_mut(n * chunk)
-        };
+    for i in 0..count {
+        let take = if i + 1 == count { rest.len() } else { chunk };
+        let (a, r) = std::mem::take(&mut rest).split_at_mut(take);
+        slots.push(Mutex::new((a, Ok(()))));
         rest = r;
-        blocks.push(Mutex::new((first, n, a, Ok(()))));
-        first += n;
     }
     let ran = catch_unwind(AssertUnwindSafe(|| {
-        pool::run(blocks.len(), &|t| {
-            let mut guard = blocks[t].lock().unwrap_or_else(PoisonError::into_inner);
-            let (start, n, ref mut block, ref mut result) = *guard;
-            *result = for_chunks_seq(block, chunk, n, start, work);
+        pool::run(count, threads, &|i| {
+            let mut guard = slots[i].lock().unwrap_or_else(PoisonError::into_inner);
+            let (ref mut bytes, ref mut result) = *guard;
+            *result = work(i, bytes);
         });
     }));
     if ran.is_err() {
         return Err(Error::Crypto);
     }
-    blocks
+    slots
         .into_iter()
-        .try_for_each(|b| b.into_inner().unwrap_or_else(PoisonError::into_inner).3)
+        .try_for_each(|s| s.into_inner().unwrap_or_else(PoisonError::into_inner).1)
 }
 
 /// Seals a stream segment by segment; only ever moves forward.
