@@ -36,15 +36,15 @@ MIB = 1 << 20
 FILE_BYTES = 256 * MIB
 BIG_BYTES = 1 << 30
 # Higher-is-better checks whose goal is printed on every run but not gated: the peer
-# comparisons and two-thread scaling (see _two_threads). Each peer line also prints its
-# copy-bound ceiling (see _bounded_check): with Tink at 0.78x of a plain copy, as on one CI run,
-# no writer that cannot beat the copy reaches more than 1.28x Tink, so the 1.4x goal depends on
-# how slow the peer runs that day.
+# comparisons and two-thread scaling (see _two_threads). Each peer line also prints the peer's
+# own speed against a plain copy in the same rounds (see _bounded_check), because the peer
+# ratios swing with how fast the peer runs that day: Tink measured 1.25-1.46x a copy's time.
 _REPORTED = 0.0
 # File to file: the writer thread overlaps the seal and the next read with the write, measured
-# 0.82-0.85x encrypt and 0.78-0.82x decrypt on a quiet machine, against the 0.8x goal. The
-# overlap needs both cores: with a build running beside it, the same check measured 0.46x while
-# the single-threaded copy it is compared with lost nothing. The gate holds 0.7x.
+# 0.82-1.18x encrypt and 0.89-1.15x decrypt on a quiet machine, against the 0.8x goal, with
+# single rounds of noise down to 0.54x. The overlap needs both cores: with a build running
+# beside it, the same check measured 0.46x while the single-threaded copy it is compared with
+# lost nothing. The gate holds 0.7x.
 _FILE_LANDED = 0.7
 # Sealing and opening into buffers is AES-GCM and nothing else (profiled: the call's own work
 # is under 1%), so these ratios are AWS-LC's AVX-512 GCM kernels against the OpenSSL bundled
@@ -112,11 +112,12 @@ def _bounded_check(
     floor: Callable[[], object],
     rounds: int = 9,
 ) -> Check:
-    """A reported peer ratio, printed with the best any writer could reach in the same rounds.
+    """A reported peer ratio, printed with the peer's time over a plain copy's in the same rounds.
 
-    Every file-to-file writer writes the same bytes, and a plain copy does nothing else, so
-    time(peer)/time(copy) bounds time(peer)/time(ours) for anyone who cannot write faster than
-    the copy does (on tmpfs the write, allocating pages, is most of the copy's time).
+    Every file-to-file writer writes the same bytes and a plain copy does nothing else, so that
+    figure shows how much room the peer leaves. It is not a ceiling for us: the copy runs on
+    one thread, while our pipeline reads and seals on one and writes on another, and has
+    measured up to 1.18x the copy's throughput on a quiet machine.
     """
 
     def run() -> Ratio:
@@ -127,7 +128,7 @@ def _bounded_check(
         t_peer = [t[peer] for t in times]
         bound = statistics.median(bounds)
         return Ratio(
-            f"{name}; copy-bound ceiling {bound:.2f}x",
+            f"{name}; peer takes {bound:.2f}x a plain copy's time",
             statistics.median(ratios),
             _REPORTED,
             True,

@@ -315,6 +315,17 @@ def _input_size(src: BinaryIO) -> int | None:
     return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
+def _thread_count(text: str) -> int:
+    """``--threads``: an int in 1..64 (argparse reports the error as a usage error)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 1 <= n <= 64:
+        raise argparse.ArgumentTypeError("expected 1..64")
+    return n
+
+
 def _parse_range(text: str | None) -> tuple[int, int | None]:
     """``START:END`` (either side may be empty) as plaintext byte offsets, END exclusive."""
     if text is None:
@@ -352,6 +363,7 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
             ctx,
             segment_size=args.segment_size,
             key_reference=args.key_reference,
+            threads=args.threads,
             progress=progress,
         )
     return 0
@@ -372,7 +384,15 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
             with _output(args.output) as dst:
                 size = _input_size(src) if end is None else end - start
                 with _byte_progress(size, "decrypt") as progress:
-                    svc.decrypt_stream(source, dst, ctx, start=start, end=end, progress=progress)
+                    svc.decrypt_stream(
+                        source,
+                        dst,
+                        ctx,
+                        start=start,
+                        end=end,
+                        threads=args.threads,
+                        progress=progress,
+                    )
             return 0
         # A single-shot envelope (what encrypt wrote before streams, or --envelope).
         # An envelope adds a bounded header to its plaintext; 64 KiB covers the largest one.
@@ -585,6 +605,15 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("-i", "--input", help="input file (default stdin)")
         sp.add_argument("-o", "--output", help="output file (default stdout)")
 
+    def with_threads(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--threads",
+            type=_thread_count,
+            default=1,
+            help="threads sealing or opening the segments of a stream in parallel (1..64; "
+            "default 1: a second core is already busy writing)",
+        )
+
     enc = sub.add_parser("encrypt", help="encrypt a file or stdin (any size, as a stream)")
     with_context(enc)
     enc.add_argument("--key-reference", choices=["stored", "inline"], default=None)
@@ -599,6 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write one single-shot envelope instead (inputs up to max_plaintext_bytes)",
     )
+    with_threads(enc)
     enc.set_defaults(func=cmd_encrypt)
     dec = sub.add_parser("decrypt", help="decrypt a stream or an envelope from a file or stdin")
     with_context(dec)
@@ -607,6 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="START:END",
         help="decrypt only the plaintext bytes START..END-1 (a stream opens only their segments)",
     )
+    with_threads(dec)
     dec.set_defaults(func=cmd_decrypt)
 
     keys = sub.add_parser("keys", help="manage key versions")

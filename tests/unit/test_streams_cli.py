@@ -83,6 +83,29 @@ def test_files_pipes_and_ranges(data: Path, tmp_path: Path) -> None:
         run(data, "encrypt", *CTX, "--segment-size", "100", stdin=b"x").check_returncode()
 
 
+def test_threads_split_the_segments_and_bad_counts_are_usage_errors(
+    data: Path, tmp_path: Path
+) -> None:
+    # One run of several 64 KiB segments, sealed and opened by several threads: the stream is
+    # the same format, so either side may use any thread count.
+    pt = os.urandom(9 * 65536 + 5)
+    src, enc, out = tmp_path / "in.bin", tmp_path / "in.glc", tmp_path / "out.bin"
+    src.write_bytes(pt)
+    seg = ["--segment-size", "65536"]
+    r = run(data, "encrypt", *CTX, *seg, "--threads", "3", "-i", str(src), "-o", str(enc))
+    assert r.returncode == 0, r.stderr
+    r = run(data, "decrypt", *CTX, "--threads", "4", "-i", str(enc), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == pt
+    assert run(data, "decrypt", *CTX, "-i", str(enc)).stdout == pt
+    ranged = run(data, "decrypt", *CTX, "--threads", "2", "--range", "65000:300000", "-i", str(enc))
+    assert ranged.stdout == pt[65000:300000]
+    for bad in ("0", "65", "two"):
+        r = run(data, "encrypt", *CTX, "--threads", bad, "-i", str(src), "-o", str(tmp_path / "x"))
+        assert r.returncode == 2 and b"--threads" in r.stderr, bad
+        assert not (tmp_path / "x").exists()
+
+
 def test_old_envelopes_still_decrypt(data: Path, tmp_path: Path) -> None:
     svc = EncryptionService.init_local(data)
     envelope = svc.encrypt(b"written before streams", EncryptionContext("acme", "exports"))
