@@ -109,11 +109,17 @@ impl Call {
     }
 }
 
-fn worker_loop(rx: &Receiver<Job>) {
+/// Runs a worker's jobs. Only workers that have a core of their own poll before parking: on
+/// a machine with fewer cores than workers, polling would take time from the busy ones.
+fn worker_loop(rx: &Receiver<Job>, spin: bool) {
     loop {
         let job = match rx.try_recv() {
             Ok(job) => job,
             Err(TryRecvError::Disconnected) => return,
+            Err(TryRecvError::Empty) if !spin => match rx.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
             Err(TryRecvError::Empty) => {
                 let start = Instant::now();
                 let mut polled = None;
@@ -156,9 +162,13 @@ fn senders(n: usize) -> Vec<Sender<Job>> {
     });
     while workers.senders.len() < n.min(MAX_WORKERS) {
         let (tx, rx) = channel::<Job>();
+        // The caller takes one core; workers beyond the others never poll. (Asked only when
+        // spawning: the answer reads cgroup files, tens of microseconds.)
+        let spare_cores = thread::available_parallelism().map_or(1, |c| c.get() - 1);
+        let spin = workers.senders.len() < spare_cores;
         let spawned = thread::Builder::new()
             .name(format!("glc-seal-{}", workers.senders.len()))
-            .spawn(move || worker_loop(&rx));
+            .spawn(move || worker_loop(&rx, spin));
         if spawned.is_err() {
             break; // out of threads: the caller and the workers it has share the tasks
         }
