@@ -57,6 +57,7 @@ __all__ = [
     "stream_header_len",
     "stream_len",
     "stream_plaintext_len",
+    "wipe_buffer",
 ]
 
 FORMAT_VERSION: Final[int]
@@ -442,6 +443,9 @@ class StreamHeader:
     @property
     def key_envelope(self) -> bytes:
         """The key reference as an empty-bodied envelope, for key resolution."""
+
+def wipe_buffer(buffer: bytearray | memoryview) -> None:
+    """Overwrites a writable buffer with zeros (not elided by the compiler)."""
 
 def stream_header_len(prefix: bytes) -> int:
     """Header length announced by the first bytes of a stream."""

@@ -35,6 +35,7 @@ from greenlang_crypto._core import (
     StreamEncryptor,
     stream_header_len,
     stream_plaintext_len,
+    wipe_buffer,
 )
 from greenlang_crypto.exceptions import (
     DecryptionError,
@@ -218,34 +219,38 @@ def _seal_runs(
     ahead = 0
     total = 0
     turn = 0
-    while True:
-        carry = False
-        if expected is not None and total + run < expected:
-            have = ahead + _fill(reader, view[ahead:run])
-            last = have < run
-        else:
-            got = ahead + _fill(reader, view[ahead:])
-            last = got <= run
-            have = got if last else run
-            carry = not last
-        total += have
-        if total > max_bytes:
-            raise PayloadTooLargeError(f"stream exceeds the maximum of {max_bytes} bytes")
-        n = encryptor.sealed_len(have, last)
-        slot = turn % buffers
-        if slot == len(outs):
-            outs.append(memoryview(bytearray(out_len)))
-        out_view = outs[slot]
-        encryptor.seal_into(view[:have], out_view[:n], last, threads)
-        turn += 1
-        yield out_view[:n], have
-        if last:
-            if on_done is not None:
-                on_done(total)
-            return
-        if carry:
-            buf[0] = buf[run]
-        ahead = int(carry)
+    try:
+        while True:
+            carry = False
+            if expected is not None and total + run < expected:
+                have = ahead + _fill(reader, view[ahead:run])
+                last = have < run
+            else:
+                got = ahead + _fill(reader, view[ahead:])
+                last = got <= run
+                have = got if last else run
+                carry = not last
+            total += have
+            if total > max_bytes:
+                raise PayloadTooLargeError(f"stream exceeds the maximum of {max_bytes} bytes")
+            n = encryptor.sealed_len(have, last)
+            slot = turn % buffers
+            if slot == len(outs):
+                outs.append(memoryview(bytearray(out_len)))
+            out_view = outs[slot]
+            encryptor.seal_into(view[:have], out_view[:n], last, threads)
+            turn += 1
+            yield out_view[:n], have
+            if last:
+                if on_done is not None:
+                    on_done(total)
+                return
+            if carry:
+                buf[0] = buf[run]
+            ahead = int(carry)
+    finally:
+        # The last run's plaintext would otherwise stay in freed memory.
+        wipe_buffer(buf)
 
 
 class _Writer:
@@ -729,7 +734,11 @@ class DecryptingReader(io.RawIOBase):
             if self._close_source:
                 self._src.close()
         finally:
-            # Drop the plaintext buffers with the reader.
+            # Wipe, then drop, the plaintext buffers with the reader (a view handed out by
+            # read_view reads zeros from now on).
+            wipe_buffer(self._plain)
+            if self._spare is not None:
+                wipe_buffer(self._spare)
             self._plain = bytearray()
             self._spare = None
             super().close()
@@ -883,11 +892,14 @@ def decrypt_to(
         else:
             skip = start
             scratch = bytearray(min(skip, RUN_BYTES))
-            while skip:
-                n = reader.readinto(memoryview(scratch)[: min(skip, len(scratch))])
-                if not n:
-                    break
-                skip -= n
+            try:
+                while skip:
+                    n = reader.readinto(memoryview(scratch)[: min(skip, len(scratch))])
+                    if not n:
+                        break
+                    skip -= n
+            finally:
+                wipe_buffer(scratch)
     # A view never spans two runs and asks for at least a run, so each view after the first
     # opens one new run: with two plaintext buffers, views alternate between them as
     # _write_runs expects.

@@ -92,6 +92,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<stream::PyStreamDecryptor>()?;
     m.add_class::<stream::PyStreamHeader>()?;
     m.add_function(wrap_pyfunction!(stream::stream_header_len, m)?)?;
+    m.add_function(wrap_pyfunction!(stream::wipe_buffer, m)?)?;
     m.add_function(wrap_pyfunction!(stream::parse_stream_header, m)?)?;
     m.add_function(wrap_pyfunction!(stream::stream_plaintext_len, m)?)?;
     m.add_function(wrap_pyfunction!(stream::stream_len, m)?)?;

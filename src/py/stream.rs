@@ -355,6 +355,17 @@ impl PyStreamHeader {
     }
 }
 
+/// Overwrites a writable buffer (a `bytearray`, a writable `memoryview`) with zeros, in a way
+/// the compiler may not elide; used on plaintext buffers before they are dropped.
+#[pyfunction]
+pub fn wipe_buffer(buffer: &Bound<'_, PyAny>) -> PyResult<()> {
+    let b = Borrowed::get(buffer, "buffer", true)?;
+    // SAFETY: the only slice of this export, used within its lifetime; the GIL is held, so no
+    // Python code resizes or frees the buffer meanwhile.
+    zeroize::Zeroize::zeroize(unsafe { b.slice_mut() });
+    Ok(())
+}
+
 /// Header length announced by the first 10 bytes of a stream.
 #[pyfunction]
 pub fn stream_header_len(prefix: &Bound<'_, PyAny>) -> PyResult<usize> {

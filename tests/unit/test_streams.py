@@ -22,7 +22,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from greenlang_crypto import EncryptionContext
-from greenlang_crypto._core import STREAM_MAGIC, STREAM_MIN_SEGMENT, parse_stream_header
+from greenlang_crypto._core import (
+    STREAM_MAGIC,
+    STREAM_MIN_SEGMENT,
+    parse_stream_header,
+    wipe_buffer,
+)
 from greenlang_crypto.config import EncryptionServiceConfig
 from greenlang_crypto.exceptions import (
     DecryptionError,
@@ -278,6 +283,32 @@ def test_ranged_read_touches_only_its_segments(svc: EncryptionService) -> None:
         r.seek(-5, os.SEEK_END)
         assert r.read() == pt[-5:]
     assert src.read_bytes <= hlen + SEALED
+
+
+def test_closing_a_reader_wipes_its_plaintext_buffers(svc: EncryptionService) -> None:
+    # Two runs, so both plaintext buffers (see read_view's double buffering) held plaintext.
+    pt = data(40 * SEG)
+    r = svc.open_decrypting(io.BytesIO(seal(svc, pt)), CTX, AD)
+    r._double_buffer()
+    first = r.read_view(r.run_bytes)
+    second = r.read_view(r.run_bytes)
+    assert bytes(first) == pt[: len(first)] and bytes(second) == pt[len(first) : 2 * len(first)]
+    r.close()
+    # The views still point into the buffers the reader held: zeros, not plaintext.
+    assert not any(first) and not any(second)
+
+
+def test_wipe_buffer_zeroes_writable_buffers_and_refuses_others() -> None:
+    buf = bytearray(b"secret plaintext")
+    view = memoryview(buf)[7:]
+    wipe_buffer(view)
+    assert buf == b"secret " + bytes(9)
+    wipe_buffer(buf)
+    assert buf == bytes(16)
+    with pytest.raises(TypeError, match="writable"):
+        wipe_buffer(b"immutable")
+    with pytest.raises(TypeError):
+        wipe_buffer("text")  # type: ignore[arg-type]
 
 
 def test_stream_after_other_data_in_the_source(svc: EncryptionService) -> None:
