@@ -7,12 +7,12 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, MutexGuard, Weak};
 use std::time::Duration;
 
 use crate::core::aead::DataKey;
 use crate::core::error::{Error, Result};
-use crate::core::fork;
+use crate::core::fork::{self, ForkSafeMutex};
 
 /// A value the cache can hold: anything built around one data key.
 pub trait Cached: Send + Sync {
@@ -80,9 +80,6 @@ type Map<V> = HashMap<Vec<u8>, Entry<V>, foldhash::fast::RandomState>;
 struct Inner<V> {
     map: Map<V>,
     tick: u64,
-    /// Fork generation the entries belong to; a forked child finds it stale and starts empty,
-    /// so it never shares DEKs or their usage counters with its parent.
-    generation: u64,
     hits: u64,
     misses: u64,
 }
@@ -121,7 +118,9 @@ impl<V> std::fmt::Debug for Memo<V> {
 
 /// A thread-safe DEK cache. Safe to use with the GIL released.
 pub struct DekCache<V: Cached = DataKey> {
-    inner: Mutex<Inner<V>>,
+    /// Per fork generation: a forked child starts empty, so it never shares DEKs or their
+    /// usage counters with its parent, and never waits on a lock a parent's thread held.
+    inner: ForkSafeMutex<Inner<V>>,
     max_entries: usize,
     ttl: Duration,
     evictions: AtomicU64,
@@ -156,13 +155,7 @@ impl<V: Cached> DekCache<V> {
             return Err(Error::InvalidArgument("ttl must be in (0, 86400] seconds"));
         }
         Ok(DekCache {
-            inner: Mutex::new(Inner {
-                hits: 0,
-                misses: 0,
-                map: Map::default(),
-                tick: 0,
-                generation: fork::generation(),
-            }),
+            inner: ForkSafeMutex::new(),
             max_entries,
             ttl,
             evictions: AtomicU64::new(0),
@@ -185,12 +178,19 @@ impl<V: Cached> DekCache<V> {
 
     fn lock(&self) -> MutexGuard<'_, Inner<V>> {
         // A panic while holding the lock cannot leave the map half-updated (every mutation is
-        // a single HashMap call), so a poisoned lock is safe to keep using.
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let generation = fork::generation();
-        if inner.generation != generation {
-            inner.map.clear();
-            inner.generation = generation;
+        // a single HashMap call), so a poisoned lock is safe to keep using. The parent's map,
+        // in a forked child, is emptied (its keys zeroized as their last handles go) when no
+        // thread of the parent held it.
+        let (inner, made) = self.inner.lock(
+            || Inner {
+                hits: 0,
+                misses: 0,
+                map: Map::default(),
+                tick: 0,
+            },
+            |old| old.map.clear(),
+        );
+        if made {
             self.bump();
         }
         inner

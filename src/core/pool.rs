@@ -9,18 +9,18 @@
 //! and kept; after a job a worker polls for the next one briefly before parking, so runs
 //! issued back to back do not pay the wake-up each time.
 //!
-//! Fork: a child process inherits the pool's bookkeeping but none of its threads, so the pool
-//! records the fork generation it was built under and a child builds its own (the parent's
-//! channel ends are forgotten, never joined).
+//! Fork: a child process inherits the pool's bookkeeping but none of its threads, so the
+//! registry is kept per fork generation and a child builds its own (the parent's channel ends
+//! are forgotten, never joined), without waiting on a lock a parent's thread held.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
-use crate::core::fork;
+use crate::core::fork::ForkSafeMutex;
 
 /// Upper bound on the workers (the Python layer accepts 1..=64 threads per call).
 const MAX_WORKERS: usize = 63;
@@ -35,12 +35,8 @@ const CALLER_SPIN: Duration = Duration::from_micros(200);
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
-struct Workers {
-    generation: u64,
-    senders: Vec<Sender<Job>>,
-}
-
-static POOL: Mutex<Option<Workers>> = Mutex::new(None);
+/// Senders to this process's workers, per fork generation (see `ForkSafeMutex`).
+static POOL: ForkSafeMutex<Vec<Sender<Job>>> = ForkSafeMutex::new();
 
 /// The caller's task, as a pointer: it is borrowed from the caller's frame, and a worker may
 /// hold this after the call returned (it then never dereferences it, see [`Call::enter`]).
@@ -148,33 +144,24 @@ fn worker_loop(rx: &Receiver<Job>, spin: bool) {
 
 /// Senders to `n` workers of this process, starting workers as needed.
 fn senders(n: usize) -> Vec<Sender<Job>> {
-    let generation = fork::generation();
-    let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
-    if pool.as_ref().is_some_and(|w| w.generation != generation) {
-        // Inherited from the parent across fork(): its threads do not exist here.
-        if let Some(stale) = pool.take() {
-            std::mem::forget(stale);
-        }
-    }
-    let workers = pool.get_or_insert_with(|| Workers {
-        generation,
-        senders: Vec::new(),
-    });
-    while workers.senders.len() < n.min(MAX_WORKERS) {
+    // In a forked child the parent's senders lead to threads that do not exist here: they are
+    // forgotten, never dropped or joined.
+    let (mut senders, _) = POOL.lock(Vec::new, |stale| std::mem::forget(std::mem::take(stale)));
+    while senders.len() < n.min(MAX_WORKERS) {
         let (tx, rx) = channel::<Job>();
         // The caller takes one core; workers beyond the others never poll. (Asked only when
         // spawning: the answer reads cgroup files, tens of microseconds.)
         let spare_cores = thread::available_parallelism().map_or(1, |c| c.get() - 1);
-        let spin = workers.senders.len() < spare_cores;
+        let spin = senders.len() < spare_cores;
         let spawned = thread::Builder::new()
-            .name(format!("glc-seal-{}", workers.senders.len()))
+            .name(format!("glc-seal-{}", senders.len()))
             .spawn(move || worker_loop(&rx, spin));
         if spawned.is_err() {
             break; // out of threads: the caller and the workers it has share the tasks
         }
-        workers.senders.push(tx);
+        senders.push(tx);
     }
-    workers.senders.iter().take(n).cloned().collect()
+    senders.iter().take(n).cloned().collect()
 }
 
 /// Runs `task(0)` .. `task(count - 1)` on the calling thread and up to `threads - 1` pool
@@ -221,6 +208,7 @@ where
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
 
     #[test]
     fn runs_every_task_once() {

@@ -4,6 +4,7 @@
 //! costs one relaxed atomic add instead of a Python call: a metric must not cost more than 10%
 //! of the operation it counts.
 
+use crate::core::fork::ForkSafeMutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A snapshot of the process-wide counters.
@@ -89,9 +90,11 @@ pub fn snapshot() -> Snapshot {
 ///
 /// Cache entries fold their counts in when they are dropped, so totals stay monotonic when
 /// entries are evicted; a snapshot adds the counts of the entries still alive.
+///
+/// Per fork generation, like the caches they count: a forked child starts from zero.
 #[derive(Debug, Default)]
 pub struct LabelTotals {
-    map: std::sync::Mutex<std::collections::HashMap<std::sync::Arc<str>, (u64, u64)>>,
+    map: ForkSafeMutex<std::collections::HashMap<std::sync::Arc<str>, (u64, u64)>>,
 }
 
 impl LabelTotals {
@@ -100,7 +103,7 @@ impl LabelTotals {
         if ops == 0 {
             return;
         }
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut map, _) = self.map.lock(Default::default, |_| {});
         let e = map.entry(std::sync::Arc::clone(label)).or_insert((0, 0));
         e.0 += ops;
         e.1 += bytes;
@@ -113,8 +116,8 @@ impl LabelTotals {
     ) -> std::collections::HashMap<String, (u64, u64)> {
         let mut out: std::collections::HashMap<String, (u64, u64)> = self
             .map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .lock(Default::default, |_| {})
+            .0
             .iter()
             .map(|(k, v)| (k.to_string(), *v))
             .collect();
