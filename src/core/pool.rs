@@ -26,7 +26,6 @@ use crate::core::fork::ForkSafeMutex;
 const MAX_WORKERS: usize = 63;
 
 /// How long an idle worker polls for its next job before parking.
-/// How long an idle worker polls for its next job before parking.
 const WORKER_SPIN: Duration = Duration::from_micros(50);
 
 /// How long the caller spins for workers still on their last task before parking: about a
@@ -53,7 +52,7 @@ struct Call {
     count: usize,
     /// The next task index to claim.
     next: AtomicUsize,
-    /// Workers inside the call (between `enter` and `leave`).
+    /// Workers inside [`Call::enter`].
     active: AtomicUsize,
     /// Set by the caller once every task is claimed: workers arriving later stay out.
     closed: AtomicBool,
