@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from greenlang_crypto import _forks
 from greenlang_crypto._files import open_private_append
 from greenlang_crypto.audit.anchors import AuditAnchor, default_anchor
 from greenlang_crypto.audit.chain import (
@@ -179,6 +180,29 @@ class AuditLog:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        _forks.register(self, _forks.AUDIT)
+
+    def _after_fork_in_child(self) -> None:
+        # The child is another writer of the same log. What the parent buffered is the
+        # parent's to write (writing it here too would record those events twice), and the
+        # aggregated counts start from the child's own counters. Fresh locks (a parent thread
+        # may have held one), and the child's own flusher if the parent ran one.
+        self._buffer_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._buffer = deque()
+        self._attributed = Counter()
+        self._carry = Counter()
+        self._window_start = _now_iso()
+        try:
+            self._last_ops = self._read_ops()
+        except Exception:  # counted from zero instead
+            self._last_ops = {}
+        if self._thread is not None and not self._stop.is_set():
+            self._stop = threading.Event()
+            self._wake = threading.Event()
+            self._thread = threading.Thread(target=self._run, name="glc-audit-flusher", daemon=True)
+            self._thread.start()
 
     # -- wiring ------------------------------------------------------------------------
 

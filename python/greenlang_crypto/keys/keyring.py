@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from greenlang_crypto import _forks
 from greenlang_crypto.exceptions import ConfigurationError
 from greenlang_crypto.keys.store import (
     NOTIFY_CHANNEL,
@@ -112,6 +113,21 @@ class Keyring:
         self.started_at = time.time()
         self.refreshes = 0
         self.snapshot: KeyringSnapshot = self._read(None)
+        _forks.register(self, _forks.KEYRING)
+
+    def _after_fork_in_child(self) -> None:
+        # A forked child is another instance: its own id and row, a lock no parent thread can
+        # hold, and its own refresh thread (the parent's does not exist here), which ticks at
+        # once so the child registers and catches up on changes made since it was forked.
+        self._lock = threading.Lock()
+        self.instance_id = uuid.uuid4().hex
+        self.pid = os.getpid()
+        self.started_at = time.time()
+        self.refreshes = 0
+        if self._thread is not None and not self._stop.is_set():
+            self._stop = threading.Event()
+            self._thread = None
+            self._spawn(tick_first=True)
 
     # -- loading -------------------------------------------------------------------------
 
@@ -208,6 +224,9 @@ class Keyring:
         if self.refresh_seconds <= 0 or self._thread is not None:
             return
         self.heartbeat()
+        self._spawn(tick_first=False)
+
+    def _spawn(self, *, tick_first: bool) -> None:
         # The thread holds only a weak reference to this keyring, so an owner that is never
         # closed still gets collected, and the thread then ends on its own.
         ref = weakref.ref(self)
@@ -215,7 +234,7 @@ class Keyring:
         listen_dsn = self._store.listen_dsn
         self._thread = threading.Thread(
             target=_refresh_loop,
-            args=(ref, stop, self.refresh_seconds, listen_dsn),
+            args=(ref, stop, self.refresh_seconds, listen_dsn, tick_first),
             name=f"glc-keyring-{self.instance_id[:8]}",
             daemon=True,
         )
@@ -261,10 +280,17 @@ def _refresh_loop(
     stop: threading.Event,
     period: float,
     listen_dsn: str | None,
+    tick_first: bool = False,
 ) -> None:
     """Body of the refresh thread: wait for a notification or the period, then tick."""
     listener = _Listener(listen_dsn) if listen_dsn else None
     try:
+        if tick_first:
+            keyring = ref()
+            if keyring is None:
+                return
+            keyring._tick()
+            del keyring
         while not stop.is_set():
             if listener is not None:
                 listener.wait(period, stop)

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from greenlang_crypto import _forks
 from greenlang_crypto._core import random_bytes
 from greenlang_crypto._db import (
     open_postgres,
@@ -117,6 +118,14 @@ class KeyStore:
         #: PostgreSQL only: the DSN a keyring uses for its LISTEN connection.
         self.listen_dsn: str | None = None
         self._migrate()
+        _forks.register(self, _forks.STORE)
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's connections share their sockets with the parent: dropped, never used
+        # or closed here; the child opens its own on first use.
+        self._all_conns = []
+        self._conns_lock = threading.Lock()
+        self._local = threading.local()
 
     def __repr__(self) -> str:
         return f"KeyStore({self._description})"

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from greenlang_crypto import _forks
 from greenlang_crypto._files import open_private_append
 from greenlang_crypto.audit.chain import _HEAD_META, ChainKey
 from greenlang_crypto.audit.records import AuditEntry, AuditRecord
@@ -35,6 +36,11 @@ class JsonLinesAuditSink:
         self.meta_path = self.path.with_name(self.path.name + ".meta.json")
         self.timeout = timeout
         self.description = f"jsonl://{self.path}"
+        self._lock = threading.Lock()
+        _forks.register(self, _forks.STORE)
+
+    def _after_fork_in_child(self) -> None:
+        # Files are opened per write; only the lock could be held by a thread of the parent.
         self._lock = threading.Lock()
 
     @contextlib.contextmanager

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from greenlang_crypto import _forks
 from greenlang_crypto._db import (
     is_data_error,
     open_postgres,
@@ -86,6 +87,13 @@ class _SqlAuditSink:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._conn: Any = None
+        _forks.register(self, _forks.STORE)
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's connection shares its socket with the parent: dropped, never used or
+        # closed here; the child opens its own on first use.
+        self._lock = threading.Lock()
+        self._conn = None
 
     # subclass hooks
     def _connect(self) -> Any:

@@ -1,0 +1,59 @@
+"""Per-process state after ``os.fork()``.
+
+A forked child inherits the parent's objects but none of its other threads, and shares every
+open connection's socket with the parent. So an object that owns a background thread, a lock
+another thread may hold, or a database connection registers here, and after a fork the child
+re-arms it: fresh locks, its own connections (the parent's are dropped, never used; psycopg
+does not end a session from a process other than the one that opened it), and its own
+threads. Without this a web server that forks workers after loading the app (gunicorn
+``--preload``, Celery's prefork pool) would run workers that never see a key rotation and that
+write audit records and key-store rows over the parent's connections.
+
+Objects are re-armed in phases, stores before the objects that use them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from typing import Any, Protocol
+
+_log = logging.getLogger(__name__)
+
+#: Phases, in the order they run in the child.
+STORE = 0
+KEYRING = 1
+AUDIT = 2
+
+_registered: tuple[weakref.WeakSet[Any], ...] = (
+    weakref.WeakSet(),
+    weakref.WeakSet(),
+    weakref.WeakSet(),
+)
+
+
+class ForkAware(Protocol):
+    """What :func:`register` takes: an object that re-arms itself in a forked child."""
+
+    def _after_fork_in_child(self) -> None: ...
+
+
+def register(obj: ForkAware, phase: int) -> None:
+    """Re-arms ``obj`` in every forked child (held weakly: registering keeps nothing alive)."""
+    _registered[phase].add(obj)
+
+
+def _after_fork_in_child() -> None:
+    for objects in _registered:
+        for obj in list(objects):
+            try:
+                obj._after_fork_in_child()
+            except Exception as exc:  # a fork must never fail because of us
+                _log.warning(
+                    "re-arming %s after fork failed: %s", type(obj).__name__, type(exc).__name__
+                )
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

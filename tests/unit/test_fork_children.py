@@ -1,0 +1,171 @@
+"""A service created before ``os.fork()`` keeps working in the child as another instance.
+
+Servers that load the app and then fork workers (gunicorn ``--preload``, Celery's prefork
+pool) run every worker on objects made in the parent. The child must see key changes made
+elsewhere, register as an instance of its own (retirement checks count it), use its own key
+store and audit connections, and write its own audit records but not the parent's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from greenlang_crypto import EncryptionContext
+from greenlang_crypto.audit import AuditLog
+from greenlang_crypto.audit.sinks import SqliteAuditSink
+from greenlang_crypto.config import EncryptionServiceConfig
+from greenlang_crypto.service import EncryptionService
+
+CTX = EncryptionContext("acme", "pii")
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+
+
+def fork(child: Callable[[], Any]) -> Callable[[], Any]:
+    """Runs ``child`` in a forked child; returns a function that waits for its JSON result."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child's coverage is not collected
+        os.close(r)
+        code = 0
+        try:
+            signal.alarm(30)  # a hang fails the test instead of blocking it
+            out: Any = child()
+        except BaseException as exc:
+            out, code = {"error": repr(exc)}, 1
+        os.write(w, json.dumps(out).encode())
+        os._exit(code)
+    os.close(w)
+
+    def result() -> Any:
+        chunks = []
+        while chunk := os.read(r, 65536):
+            chunks.append(chunk)
+        os.close(r)
+        _, status = os.waitpid(pid, 0)
+        out = json.loads(b"".join(chunks) or b"null")
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, out
+        return out
+
+    return result
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    EncryptionService.init_local(tmp_path).close()
+    return tmp_path
+
+
+def service(data: Path, refresh: float = 0.2) -> EncryptionService:
+    return EncryptionService(
+        EncryptionServiceConfig(data_dir=data, keyring_refresh_seconds=refresh)
+    )
+
+
+def wait_for(check: Callable[[], Any], seconds: float = 10.0) -> Any:
+    deadline = time.monotonic() + seconds
+    while not (got := check()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+    return got
+
+
+def test_a_forked_child_sees_rotations_and_registers_as_an_instance(data: Path) -> None:
+    svc = service(data)
+    svc.encrypt(b"before the fork", CTX)
+
+    def child() -> dict[str, Any]:
+        version = wait_for(lambda: svc.primary_version == 2 and 2)
+        env = svc.encrypt(b"in the child", CTX)
+        return {
+            "pid": os.getpid(),
+            "instance": svc._keyring.instance_id,
+            "version": version,
+            "round_trip": svc.decrypt(env, CTX) == b"in the child",
+        }
+
+    result = fork(child)
+    admin = service(data, refresh=0)
+    try:
+        # The child's own refresh thread registers it before any change happens.
+        me = os.getpid()
+        live = wait_for(lambda: [i for i in admin._keyring.live_instances() if i.pid != me])
+        admin.rotate()
+        out = result()
+        assert out["version"] == 2 and out["round_trip"]
+        assert out["pid"] in {i.pid for i in live}
+        assert out["instance"] != svc._keyring.instance_id
+        # The parent goes on as before, on its own connections.
+        wait_for(lambda: svc.primary_version == 2)
+        assert svc.decrypt(svc.encrypt(b"parent", CTX), CTX) == b"parent"
+    finally:
+        admin.close()
+        svc.close()
+
+
+def test_a_forked_child_opens_its_own_key_store_connection(data: Path) -> None:
+    svc = service(data, refresh=0)
+    store = svc._keyring._store
+    parents = store._conn()
+
+    def child() -> bool:
+        mine = store._conn()
+        env = svc.encrypt(b"x", CTX)
+        return mine is not parents and svc.decrypt(env, CTX) == b"x"
+
+    assert fork(child)() is True
+    assert store._conn() is parents
+    svc.close()
+
+
+def test_a_forked_child_writes_its_own_audit_records_not_the_parents(data: Path) -> None:
+    audit = AuditLog(SqliteAuditSink(data / "audit.db"), start_thread=False)
+    svc = EncryptionService(
+        EncryptionServiceConfig(data_dir=data, keyring_refresh_seconds=0), observers=[audit]
+    )
+    audit.attach(svc)
+    # Buffered in the parent at the moment of the fork: the parent's to write, once.
+    audit.on_event("key_rotated", {"old_version": 1, "new_version": 2})
+
+    def child() -> int:
+        audit.record("child_action", actor="child")
+        audit.flush()
+        return len(audit.tail(1000))
+
+    child_saw = fork(child)()
+    audit.flush()
+    records = audit.tail(1000)
+    actions = [r.entry.action for r in records]
+    assert actions.count("key_rotated") == 1 and actions.count("child_action") == 1
+    # The child wrote only its own record: the parent's buffer was not flushed there.
+    assert child_saw == len(records) - 1
+    assert audit.verify().ok
+    audit.close()
+    svc.close()
+
+
+def test_a_forked_child_runs_its_own_audit_flusher(data: Path) -> None:
+    audit = AuditLog(SqliteAuditSink(data / "audit.db"), flush_interval=0.05)
+    svc = EncryptionService(
+        EncryptionServiceConfig(data_dir=data, keyring_refresh_seconds=0), observers=[audit]
+    )
+    audit.attach(svc)
+
+    def child() -> bool:
+        audit.on_event("key_rotated", {"old_version": 7, "new_version": 8})
+        # Written by the child's flusher thread; nothing calls flush here.
+        return bool(
+            wait_for(lambda: any(r.entry.action == "key_rotated" for r in audit.tail(100)), 10)
+        )
+
+    assert fork(child)() is True
+    audit.close()
+    svc.close()
