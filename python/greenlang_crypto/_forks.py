@@ -44,6 +44,20 @@ def register(obj: ForkAware, phase: int) -> None:
     _registered[phase].add(obj)
 
 
+def clear_http_pools(client: Any) -> None:
+    """Closes, in this child only, the keep-alive connections a botocore client inherited.
+
+    A socket shared with the parent would interleave both processes' requests; closing the
+    child's descriptor leaves the parent's connection as it is (no TLS close is sent).
+    """
+    manager = getattr(
+        getattr(getattr(client, "_endpoint", None), "http_session", None), "_manager", None
+    )
+    clear = getattr(manager, "clear", None)
+    if callable(clear):
+        clear()
+
+
 def _after_fork_in_child() -> None:
     for objects in _registered:
         for obj in list(objects):

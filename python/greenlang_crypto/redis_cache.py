@@ -26,6 +26,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from greenlang_crypto import _forks
+
 if TYPE_CHECKING:
     from greenlang_crypto.keys.store import DekRecord
 
@@ -60,6 +62,11 @@ class RedisKeyCache:
         self._lock = threading.Lock()
         #: Outcomes: hit, miss, stale (older epoch), error, skipped (in backoff), write.
         self.outcomes: Counter[str] = Counter()
+        _forks.register(self, _forks.STORE)
+
+    def _after_fork_in_child(self) -> None:
+        # redis-py replaces its own connections in a child; only this lock is ours.
+        self._lock = threading.Lock()
 
     @classmethod
     def from_url(

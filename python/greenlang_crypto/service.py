@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from greenlang_crypto import _forks
 from greenlang_crypto import streams as _streams
 from greenlang_crypto._core import (
     STREAM_DEFAULT_SEGMENT,
@@ -255,6 +256,7 @@ class EncryptionService:
         # many distinct contexts (a denial of service); two keys sharing a stripe only queue.
         self._flights = [threading.Lock() for _ in range(_FLIGHT_STRIPES)]
         self._state_lock = threading.Lock()
+        _forks.register(self, _forks.STORE)
         # Stored DEKs this process seals with (and when it started to), so their use counts
         # reach the key store; entries leave after the TTL so no key outlives its cache.
         self._usage_track: dict[int, tuple[DataKey, float]] = {}
@@ -608,6 +610,11 @@ class EncryptionService:
     def add_observer(self, observer: ServiceObserver | TypedServiceObserver) -> None:
         """Adds an observer (for example an audit log created after the service)."""
         self._observers = (*self._observers, observer)
+
+    def _after_fork_in_child(self) -> None:
+        # A parent thread may have been inside a KMS call under a flight lock at the fork.
+        self._flights = [threading.Lock() for _ in range(_FLIGHT_STRIPES)]
+        self._state_lock = threading.Lock()
 
     def stats(self) -> ServiceStats:
         """One typed snapshot of the data-path statistics (no provider or key store call).

@@ -8,15 +8,14 @@ store and audit connections, and write its own audit records but not the parent'
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests._forking import fork
 
 from greenlang_crypto import EncryptionContext
 from greenlang_crypto.audit import AuditLog
@@ -27,35 +26,6 @@ from greenlang_crypto.service import EncryptionService
 CTX = EncryptionContext("acme", "pii")
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-
-
-def fork(child: Callable[[], Any]) -> Callable[[], Any]:
-    """Runs ``child`` in a forked child; returns a function that waits for its JSON result."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child's coverage is not collected
-        os.close(r)
-        code = 0
-        try:
-            signal.alarm(30)  # a hang fails the test instead of blocking it
-            out: Any = child()
-        except BaseException as exc:
-            out, code = {"error": repr(exc)}, 1
-        os.write(w, json.dumps(out).encode())
-        os._exit(code)
-    os.close(w)
-
-    def result() -> Any:
-        chunks = []
-        while chunk := os.read(r, 65536):
-            chunks.append(chunk)
-        os.close(r)
-        _, status = os.waitpid(pid, 0)
-        out = json.loads(b"".join(chunks) or b"null")
-        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, out
-        return out
-
-    return result
 
 
 @pytest.fixture
@@ -168,4 +138,23 @@ def test_a_forked_child_runs_its_own_audit_flusher(data: Path) -> None:
 
     assert fork(child)() is True
     audit.close()
+    svc.close()
+
+
+def test_a_forked_child_never_waits_on_a_lock_a_parent_thread_held(data: Path) -> None:
+    # A parent thread inside a key-provider call holds a DEK flight lock; the child, which
+    # does not have that thread, must still fetch DEKs.
+    svc = service(data, refresh=0)
+    held = list(svc._flights)
+    for lock in held:
+        lock.acquire()
+    try:
+
+        def child() -> bool:
+            return svc.decrypt(svc.encrypt(b"fresh context", CTX), CTX) == b"fresh context"
+
+        assert fork(child)() is True
+    finally:
+        for lock in held:
+            lock.release()
     svc.close()

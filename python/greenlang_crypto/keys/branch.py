@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from greenlang_crypto import _forks
 from greenlang_crypto._core import (
     KIND_BRANCH,
     DataKey,
@@ -446,6 +447,12 @@ class BranchKeys:
         self._records: dict[int, tuple[BranchKeyRecord, float]] = {}
         #: Counters: unwraps (KMS Decrypt), created (GenerateDataKey), store_reads...
         self.counts: Counter[str] = Counter()
+        _forks.register(self, _forks.STORE)
+
+    def _after_fork_in_child(self) -> None:
+        # A parent thread may have been unwrapping a branch key under a stripe lock.
+        self._lock = threading.Lock()
+        self._stripes = [threading.Lock() for _ in range(_STRIPES)]
 
     # -- scope ---------------------------------------------------------------------------
 

@@ -42,6 +42,7 @@ import boto3
 import botocore.exceptions as botocore_exc
 from botocore.config import Config
 
+from greenlang_crypto import _forks
 from greenlang_crypto._core import DataKey
 from greenlang_crypto.context import EncryptionContext
 from greenlang_crypto.exceptions import (
@@ -570,6 +571,17 @@ class AwsKmsKeyProvider:
             session_token=aws_session_token,
         )
         install_botocore_log_redaction()
+        _forks.register(self, _forks.STORE)
+
+    def _after_fork_in_child(self) -> None:
+        # Fresh locks (a parent thread may have held one), and no keep-alive connection
+        # shared with the parent.
+        self._stats_lock = threading.Lock()
+        self._alias_lock = threading.Lock()
+        for breaker in self._breakers.values():
+            breaker._lock = threading.Lock()
+        for client in self._clients.values():
+            _forks.clear_http_pools(client)
 
     # -- construction helpers -----------------------------------------------------------------
 

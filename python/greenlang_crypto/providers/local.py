@@ -14,6 +14,7 @@ import re
 import threading
 from pathlib import Path
 
+from greenlang_crypto import _forks
 from greenlang_crypto._core import DataKey, export_key_bytes
 from greenlang_crypto.context import EncryptionContext
 from greenlang_crypto.exceptions import (
@@ -46,6 +47,10 @@ class LocalKeyProvider:
         self._dir = Path(data_dir) / "master-keys"
         self._lock = threading.Lock()
         self._masters: dict[int, DataKey] = {}
+        _forks.register(self, _forks.STORE)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
 
     @staticmethod
     def key_id_for(version: int) -> str:
