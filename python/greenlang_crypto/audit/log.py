@@ -201,8 +201,11 @@ class AuditLog:
         if self._thread is not None and not self._stop.is_set():
             self._stop = threading.Event()
             self._wake = threading.Event()
-            self._thread = threading.Thread(target=self._run, name="glc-audit-flusher", daemon=True)
-            self._thread.start()
+            self._start_flusher()
+
+    def _start_flusher(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="glc-audit-flusher", daemon=True)
+        self._thread.start()
 
     # -- wiring ------------------------------------------------------------------------
 
@@ -234,8 +237,7 @@ class AuditLog:
             self._sink_up = False
             _log.warning("audit sink %s is down at start; buffering", self.sink.description)
         if self._start_thread and self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="glc-audit-flusher", daemon=True)
-            self._thread.start()
+            self._start_flusher()
 
     def _ensure_chain(self, *, create: bool = True) -> ChainKey | None:
         if self._chain is not None:
