@@ -27,7 +27,15 @@ Check = Callable[[], Ratio]
 # Checks that get extra attempts before failing: thread scaling needs the second core, which
 # a neighbour on a shared 2-core VM takes now and then (one attempt in three measured ~1.1x
 # while the others measured ~1.8x). A miss on every attempt still fails the gate.
-EXTRA_RETRIES = {"two threads on 1 MiB seals vs one thread (throughput)": 3}
+#
+# The file-to-file stream checks overlap writing with sealing on a second thread, so a
+# neighbour on the other core costs them more than the single-threaded copy they are compared
+# with; they also get more attempts.
+EXTRA_RETRIES = {
+    "two threads on 1 MiB seals vs one thread (throughput)": 3,
+    "stream encrypt 256 MiB file to file vs plain 1 MiB copy (throughput; goal 0.8x)": 2,
+    "stream decrypt 256 MiB file to file vs plain 1 MiB copy (throughput; goal 0.8x)": 2,
+}
 
 
 def core_checks() -> list[Check]:
@@ -289,6 +297,13 @@ def main() -> int:
                 indent=2,
             )
         )
+    if args.suite == "all":
+        # A renamed check would silently lose its extra attempts.
+        seen = {r.name for r in results}
+        for name in EXTRA_RETRIES:
+            if name not in seen:
+                print(f"MISS extra retries configured for a check that did not run: {name}")
+                failed += 1
     print(f"gate: {len(results) - failed} passed, {failed} failed")
     return 1 if failed else 0
 

@@ -170,7 +170,7 @@ def checks() -> list[Check]:
         name: str, ours: Callable[[], object], peer: Callable[[], object], target: float
     ) -> Check:
         def run() -> Ratio:
-            r, ta, tb = _interleaved(ours, peer, rounds=9)
+            r, ta, tb = _interleaved(ours, peer, rounds=13)
             return Ratio(name, r, target, True, ta, tb)
 
         return run
