@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from benches._measure import Ratio, time_ratio
+from benches._measure import Ratio, paired_ratio, time_ratio
 
 Check = Callable[[], Ratio]
 N_ROWS = 10_000
@@ -44,7 +44,7 @@ def _service() -> Any:
 # per-value result processor costs about that much: the same table read with the built-in
 # bytes.hex as its processor instead of the decrypt measured 1.18x against the plain model, and
 # 1.08x with no processor. The 200 point lookups are gated (1.004-1.024x measured call by
-# call, see _paired_ratio).
+# call, see benches/_measure.paired_ratio).
 _REPORTED = float("inf")
 
 
@@ -83,61 +83,6 @@ def _db_ratio(
             a, b = timed(ours), timed(peer)
         else:
             b, a = timed(peer), timed(ours)
-        ratios.append(a / b)
-        t_ours.append(a)
-        t_peer.append(b)
-    return Ratio(
-        name,
-        statistics.median(ratios),
-        target,
-        False,
-        statistics.median(t_ours),
-        statistics.median(t_peer),
-    )
-
-
-def _paired_ratio(
-    name: str,
-    ours: Callable[[], object],
-    peer: Callable[[], object],
-    target: float,
-    rounds: int = 15,
-    pairs: int = 200,
-) -> Ratio:
-    """For point queries (well under a millisecond each): each round times ``pairs`` calls of
-    each side one after the other, ours and the peer's alternating call by call, and takes
-    the ratio of the two sides' median call times; the result is the median over rounds.
-
-    Timing a block of 200 calls of one side and then a block of the other lets a neighbour's
-    burst land on one block only: a CI run measured this ORM check at 1.065-1.12x while every
-    timing on the machine was twice its usual value. Alternating call by call puts both sides
-    inside the same few milliseconds, and the medians drop the calls a stall lands on.
-    """
-
-    def once(fn: Callable[[], object]) -> float:
-        start = time.perf_counter()
-        fn()
-        return time.perf_counter() - start
-
-    for _ in range(5):
-        ours()
-        peer()
-    ratios, t_ours, t_peer = [], [], []
-    for i in range(rounds):
-        a_times, b_times = [], []
-        gc.collect()
-        gc.disable()
-        try:
-            for j in range(pairs):
-                if (i + j) % 2:
-                    a_times.append(once(ours))
-                    b_times.append(once(peer))
-                else:
-                    b_times.append(once(peer))
-                    a_times.append(once(ours))
-        finally:
-            gc.enable()
-        a, b = statistics.median(a_times), statistics.median(b_times)
         ratios.append(a / b)
         t_ours.append(a)
         t_peer.append(b)
@@ -382,14 +327,14 @@ def checks() -> list[Check]:
             2.0,
             rounds=15,
         ),
-        lambda: _paired_ratio(
+        lambda: paired_ratio(
             "ORM get by pk, 3 encrypted columns vs plain",
             orm_get(Ours),
             orm_get(Plain),
             1.03,
         ),
         bidx_uses_btree,
-        lambda: _paired_ratio(
+        lambda: paired_ratio(
             "blind-index lookup on 100,000 rows vs plain equality",
             lookup(IdxOurs),
             lookup(IdxPlain),
@@ -517,7 +462,7 @@ def users_checks(svc: Any, url: str, suffix: str) -> list[Check]:
             _REPORTED,
             rounds=14,
         ),
-        lambda: _paired_ratio(
+        lambda: paired_ratio(
             "users: 200 blind-index point lookups vs plain indexed e-mail",
             lookup(User),
             lookup(PlainUser),
