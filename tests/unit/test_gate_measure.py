@@ -15,9 +15,7 @@ def _spin(seconds: float) -> None:
 
 
 def test_paired_ratio_sees_a_side_that_takes_twice_as_long() -> None:
-    r = paired_ratio(
-        "twice", lambda: _spin(200e-6), lambda: _spin(100e-6), 1.5, rounds=5, pairs=40
-    )
+    r = paired_ratio("twice", lambda: _spin(200e-6), lambda: _spin(100e-6), 1.5, rounds=5, pairs=40)
     assert 1.7 < r.ratio < 2.3
     assert not r.passed  # 2x against a 1.5x limit
     assert r.ours_seconds > r.peer_seconds
