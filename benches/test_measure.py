@@ -1,4 +1,8 @@
-"""The benchmark gate's ratio helpers: they must see a real difference and ignore stalls."""
+"""The benchmark gate's ratio helpers: they must see a real difference and ignore stalls.
+
+Kept beside the gate rather than in tests/unit: the install tests run tests/unit against the
+wheel in a project copy that has no benches package.
+"""
 
 from __future__ import annotations
 
