@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import weakref
 from typing import Any, Protocol
 
@@ -44,6 +45,20 @@ def register(obj: ForkAware, phase: int) -> None:
     _registered[phase].add(obj)
 
 
+#: Objects (or modules) whose lock attributes are replaced in a forked child, with the names.
+_lock_owners: weakref.WeakKeyDictionary[Any, tuple[str, ...]] = weakref.WeakKeyDictionary()
+
+
+def fresh_locks_after_fork(owner: Any, *names: str) -> None:
+    """Gives ``owner`` new, unlocked ``threading.Lock`` objects under ``names`` in a forked child.
+
+    For objects whose only per-process state is a lock: a parent thread that held it at the
+    moment of the fork does not exist in the child, so the child's copy would stay locked and
+    the first call that takes it would hang. Held weakly; a module can be an owner too.
+    """
+    _lock_owners[owner] = names
+
+
 def clear_http_pools(client: Any) -> None:
     """Closes, in this child only, the keep-alive connections a botocore client inherited.
 
@@ -59,6 +74,10 @@ def clear_http_pools(client: Any) -> None:
 
 
 def _after_fork_in_child() -> None:
+    # Locks first: the re-arming below may go through objects that take them.
+    for owner, names in list(_lock_owners.items()):
+        for name in names:
+            setattr(owner, name, threading.Lock())
     for objects in _registered:
         for obj in list(objects):
             try:

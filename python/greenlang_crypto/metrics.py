@@ -45,6 +45,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from greenlang_crypto import _forks
 from greenlang_crypto.events import DecryptionFailed, EncryptionFailed, ServiceEvent, make_event
 
 if TYPE_CHECKING:
@@ -87,6 +88,7 @@ class ReencryptionProgress:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        _forks.fresh_locks_after_fork(self, "_lock")
         self._rows: Counter[str] = Counter()
         self._remaining: int | None = None
 
@@ -187,6 +189,8 @@ class EncryptionMetrics:
         self._audit = audit
         self._progress = progress or _PROGRESS
         self._lock = threading.Lock()
+        # A scrape thread of the parent may hold it at the fork.
+        _forks.fresh_locks_after_fork(self, "_lock")
         self._kms_calls: Counter[tuple[str, str]] = Counter()
         self._kms_latency: dict[str, _Histogram] = {}
         self._kms_direct = False

@@ -9,6 +9,7 @@ store and audit connections, and write its own audit records but not the parent'
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -158,3 +159,91 @@ def test_a_forked_child_never_waits_on_a_lock_a_parent_thread_held(data: Path) -
         for lock in held:
             lock.release()
     svc.close()
+
+
+def _lock_cases() -> list[tuple[str, Callable[[], tuple[Any, str, Callable[[], Any]]]]]:
+    """Objects that hold nothing per process but a lock: (owner, lock attribute, a call that
+    takes the lock and returns something checkable)."""
+
+    def progress() -> tuple[Any, str, Callable[[], Any]]:
+        from greenlang_crypto.metrics import ReencryptionProgress
+
+        p = ReencryptionProgress()
+        return p, "_lock", lambda: (p.add("success", 2), p.snapshot()[0])[1] == {"success": 2}
+
+    def metrics() -> tuple[Any, str, Callable[[], Any]]:
+        from greenlang_crypto.metrics import EncryptionMetrics
+
+        m = EncryptionMetrics()
+        return m, "_lock", lambda: m.observe_kms_call("Decrypt", "ok", 0.01) is None
+
+    def contexts() -> tuple[Any, str, Callable[[], Any]]:
+        from greenlang_crypto.sqlalchemy._common import ContextCache
+
+        c = ContextCache("pii")
+        return c, "_lock", lambda: c.get("tenant-made-in-child").tenant_id == "tenant-made-in-child"
+
+    def index_keys() -> tuple[Any, str, Callable[[], Any]]:
+        from greenlang_crypto._core import DataKey
+        from greenlang_crypto.keys.index_keys import IndexKeys
+
+        keys = IndexKeys(lambda record: DataKey.generate(), ttl=60.0)
+        return keys, "_lock", lambda: keys.remember_root(1, DataKey.generate()) is None
+
+    def kms_log_filter() -> tuple[Any, str, Callable[[], Any]]:
+        from greenlang_crypto.providers import aws_kms
+
+        return aws_kms, "_FILTER_LOCK", lambda: aws_kms.install_botocore_log_redaction() is None
+
+    def pgcrypto_hooks() -> tuple[Any, str, Callable[[], Any]]:
+        from greenlang_crypto.sqlalchemy import pgcrypto
+
+        return pgcrypto, "_install_lock", lambda: pgcrypto._install() is None
+
+    def blind_index_keys() -> tuple[Any, str, Callable[[], Any]]:
+        from greenlang_crypto.sqlalchemy.blind_index import _KeyCache
+
+        k = _KeyCache()
+        return k, "lock", lambda: k.lock.acquire(timeout=1)
+
+    def health_cache() -> tuple[Any, str, Callable[[], Any]]:
+        from greenlang_crypto.api.app import _HealthCache
+
+        h = _HealthCache(None, None)  # type: ignore[arg-type]
+        return h, "_lock", lambda: h._lock.acquire(timeout=1)
+
+    return [
+        ("blind-index column key cache", blind_index_keys),
+        ("health check cache", health_cache),
+        ("re-encryption progress", progress),
+        ("metrics collector", metrics),
+        ("column context cache", contexts),
+        ("index root keys", index_keys),
+        ("botocore log filter", kms_log_filter),
+        ("pgcrypto statement hooks", pgcrypto_hooks),
+    ]
+
+
+@pytest.mark.parametrize("make", [m for _, m in _lock_cases()], ids=[n for n, _ in _lock_cases()])
+def test_a_lock_a_parent_thread_held_at_fork_is_free_in_the_child(
+    make: Callable[[], tuple[Any, str, Callable[[], Any]]],
+) -> None:
+    # The parent's lock is held across the fork, as a scrape or request thread would hold it;
+    # the child has no such thread, so the call must not wait on it.
+    owner, name, call = make()
+    lock = getattr(owner, name)
+    lock.acquire()
+    try:
+
+        def child() -> bool:
+            done: list[Any] = []
+            worker = threading.Thread(target=lambda: done.append(call()), daemon=True)
+            worker.start()
+            worker.join(5)
+            return done == [True]
+
+        assert fork(child)() is True
+    finally:
+        lock.release()
+    # The parent's own lock is the one it had, free again.
+    assert getattr(owner, name) is lock and not lock.locked()

@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
+from greenlang_crypto import _forks
 from greenlang_crypto.api.guard import BodyGuard, default_body_limit
 from greenlang_crypto.api.routes import API_PREFIX, build_router
 from greenlang_crypto.audit import AuditLog, open_audit_sink
@@ -219,6 +220,7 @@ class _HealthCache:
         self._audit = audit
         self._ttl = ttl
         self._lock = threading.Lock()
+        _forks.fresh_locks_after_fork(self, "_lock")
         self._at = float("-inf")
         self._last: dict[str, bool] = {}
 

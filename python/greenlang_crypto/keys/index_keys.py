@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from greenlang_crypto import _forks
 from greenlang_crypto._core import BlindIndexKey, DataKey
 from greenlang_crypto.context import EncryptionContext
 from greenlang_crypto.exceptions import KeyStateError
@@ -36,6 +37,7 @@ class IndexKeys:
         self._unwrap = unwrap
         self._ttl = ttl
         self._lock = threading.Lock()
+        _forks.fresh_locks_after_fork(self, "_lock")
         self._roots: dict[int, tuple[DataKey, float]] = {}
         self._derived: dict[tuple[int, str], tuple[BlindIndexKey, float]] = {}
 

@@ -30,6 +30,7 @@ import logging
 import math
 import random
 import re
+import sys
 import threading
 import time
 from collections import Counter
@@ -177,6 +178,7 @@ class PlaintextRedactingFilter(logging.Filter):
 
 
 _FILTER_LOCK = threading.Lock()
+_forks.fresh_locks_after_fork(sys.modules[__name__], "_FILTER_LOCK")
 _FILTER: Final = PlaintextRedactingFilter()
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast
 
+from greenlang_crypto import _forks
 from greenlang_crypto.context import EncryptionContext
 from greenlang_crypto.exceptions import InvalidArgumentError
 
@@ -170,12 +171,13 @@ def row_aad(table: str, column: str, pk: object, tenant_id: str | None) -> bytes
 class ContextCache:
     """EncryptionContext objects per tenant, built once (each build canonicalizes in Rust)."""
 
-    __slots__ = ("_by_tenant", "_data_class", "_lock")
+    __slots__ = ("__weakref__", "_by_tenant", "_data_class", "_lock")
 
     def __init__(self, data_class: str) -> None:
         self._data_class = data_class
         self._by_tenant: dict[str, EncryptionContext] = {}
         self._lock = threading.Lock()
+        _forks.fresh_locks_after_fork(self, "_lock")
 
     def get(self, tenant_id: str) -> EncryptionContext:
         """The context of ``tenant_id`` under this column's data class."""

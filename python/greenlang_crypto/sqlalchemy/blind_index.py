@@ -40,6 +40,7 @@ from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import BinaryExpression, ClauseElement, ColumnElement
 from sqlalchemy.types import TypeDecorator
 
+from greenlang_crypto import _forks
 from greenlang_crypto.exceptions import InvalidArgumentError
 from greenlang_crypto.sqlalchemy._common import FromRow, ServiceRef, resolve_service
 
@@ -161,12 +162,13 @@ class IndexValue(bytes):
 class _KeyCache:
     """Index keys and active versions of one blind-index column."""
 
-    __slots__ = ("keys", "lock", "versions")
+    __slots__ = ("__weakref__", "keys", "lock", "versions")
 
     def __init__(self) -> None:
         self.keys: dict[tuple[int, str], BlindIndexKey] = {}
         self.versions: tuple[list[int], float] = ([], 0.0)
         self.lock = threading.Lock()
+        _forks.fresh_locks_after_fork(self, "lock")
 
 
 class BlindIndex(TypeDecorator[Any]):

@@ -31,6 +31,7 @@ its parameters, whatever the engine's ``hide_parameters``.
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any
 
@@ -39,6 +40,7 @@ from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.sql.elements import BindParameter, ColumnElement
 from sqlalchemy.types import TypeDecorator
 
+from greenlang_crypto import _forks
 from greenlang_crypto.exceptions import ConfigurationError, InvalidArgumentError
 from greenlang_crypto.sqlalchemy._common import ServiceRef, resolve_service
 
@@ -55,6 +57,7 @@ _SETTINGS_SQL = (
     "current_setting('auto_explain.log_min_duration', true)"
 )
 _install_lock = threading.Lock()
+_forks.fresh_locks_after_fork(sys.modules[__name__], "_install_lock")
 _installed: list[bool] = []
 
 
