@@ -5,9 +5,11 @@ open connection's socket with the parent. So an object that owns a background th
 another thread may hold, or a database connection registers here, and after a fork the child
 re-arms it: fresh locks, its own connections (the parent's are dropped, never used; psycopg
 does not end a session from a process other than the one that opened it), and its own
-threads. Without this a web server that forks workers after loading the app (gunicorn
-``--preload``, Celery's prefork pool) would run workers that never see a key rotation and that
-write audit records and key-store rows over the parent's connections.
+threads. An object whose only per-process state is a lock names it in
+:func:`fresh_locks_after_fork` instead. Without this a web server that forks workers after
+loading the app (gunicorn ``--preload``, Celery's prefork pool) would run workers that never
+see a key rotation and that write audit records and key-store rows over the parent's
+connections.
 
 Objects are re-armed in phases, stores before the objects that use them.
 """

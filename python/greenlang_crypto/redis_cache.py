@@ -62,11 +62,8 @@ class RedisKeyCache:
         self._lock = threading.Lock()
         #: Outcomes: hit, miss, stale (older epoch), error, skipped (in backoff), write.
         self.outcomes: Counter[str] = Counter()
-        _forks.register(self, _forks.STORE)
-
-    def _after_fork_in_child(self) -> None:
         # redis-py replaces its own connections in a child; only this lock is ours.
-        self._lock = threading.Lock()
+        _forks.fresh_locks_after_fork(self, "_lock")
 
     @classmethod
     def from_url(

@@ -224,7 +224,7 @@ def _lock_cases() -> list[tuple[str, Callable[[], tuple[Any, str, Callable[[], A
     ]
 
 
-@pytest.mark.parametrize("make", [m for _, m in _lock_cases()], ids=[n for n, _ in _lock_cases()])
+@pytest.mark.parametrize("make", [pytest.param(m, id=n) for n, m in _lock_cases()])
 def test_a_lock_a_parent_thread_held_at_fork_is_free_in_the_child(
     make: Callable[[], tuple[Any, str, Callable[[], Any]]],
 ) -> None:

@@ -47,10 +47,7 @@ class LocalKeyProvider:
         self._dir = Path(data_dir) / "master-keys"
         self._lock = threading.Lock()
         self._masters: dict[int, DataKey] = {}
-        _forks.register(self, _forks.STORE)
-
-    def _after_fork_in_child(self) -> None:
-        self._lock = threading.Lock()
+        _forks.fresh_locks_after_fork(self, "_lock")
 
     @staticmethod
     def key_id_for(version: int) -> str:

@@ -37,11 +37,8 @@ class JsonLinesAuditSink:
         self.timeout = timeout
         self.description = f"jsonl://{self.path}"
         self._lock = threading.Lock()
-        _forks.register(self, _forks.STORE)
-
-    def _after_fork_in_child(self) -> None:
         # Files are opened per write; only the lock could be held by a thread of the parent.
-        self._lock = threading.Lock()
+        _forks.fresh_locks_after_fork(self, "_lock")
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[Any]:
