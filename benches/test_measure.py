@@ -7,6 +7,7 @@ wheel in a project copy that has no benches package.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from benches._measure import Ratio, paired_ratio, time_ratio
 
@@ -51,3 +52,33 @@ def test_ratio_verdicts() -> None:
     assert Ratio("x", 0.8, 0.7, True, 0, 0).passed
     assert not Ratio("x", 0.6, 0.7, True, 0, 0).passed
     assert "MISS" in Ratio("x", 0.6, 0.7, True, 0, 0).line()
+
+
+def test_db_ratios_measures_every_side_against_the_peer_in_the_same_rounds() -> None:
+    from benches.gate_sqlalchemy import _db_ratios
+
+    order: list[str] = []
+    setups = [0]
+
+    def side(name: str, seconds: float) -> Callable[[], None]:
+        def run() -> None:
+            order.append(name)
+            _spin(seconds)
+
+        return run
+
+    got = _db_ratios(
+        {"twice": side("twice", 2e-3), "same": side("same", 1e-3)},
+        side("peer", 1e-3),
+        rounds=4,
+        setup=lambda: setups.__setitem__(0, setups[0] + 1),
+    )
+    assert set(got) == {"twice", "same"}
+    assert 1.6 < got["twice"][0] < 2.4
+    assert 0.7 < got["same"][0] < 1.4
+    assert got["twice"][2] == got["same"][2]  # one peer timing shared by both sides
+    # One warm-up call each, then every round times all three, the order reversed every
+    # other round so no side always runs first; the setup runs before every timed call.
+    rounds = order[3:]
+    assert rounds[:3] == ["same", "twice", "peer"] and rounds[3:6] == ["peer", "twice", "same"]
+    assert len(rounds) == 12 and setups[0] == 12
