@@ -38,11 +38,11 @@ def _service() -> Any:
 
 # The users-model checks measure goals of the bulk-ORM work. Those this machine does not meet
 # steadily are printed on every run and do not fail the gate: insert 1.08-1.22x, select
-# 1.15-1.35x with psycopg's text results and 1.09-1.22x with binary results (medians of 14
+# 1.15-1.35x with psycopg's text results and 1.03-1.22x with binary results (medians of 14
 # interleaved rounds, several runs on the 2-core machine). Beside each goal line, floors
 # measured in the same rounds show what the storage and SQLAlchemy cost before any
 # cryptography: the same bytes inserted as they are (1.08-1.18x), the envelopes read as bytes
-# (1.01-1.11x text, 0.94-1.00x binary) and through a no-op result processor (1.10-1.19x text).
+# (1.01-1.11x text, 0.91-1.00x binary) and through a no-op result processor (1.10-1.19x text).
 # The 200 point lookups are gated (1.004-1.024x measured call by call, see
 # benches/_measure.paired_ratio).
 _REPORTED = float("inf")
