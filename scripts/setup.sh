@@ -8,12 +8,16 @@ need_apt=""
 command -v pg_isready >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt="$need_apt postgresql postgresql-contrib"
 command -v curl >/dev/null 2>&1 || need_apt="$need_apt curl"
 command -v redis-server >/dev/null 2>&1 || need_apt="$need_apt redis-server"
+# Fault tests: PgBouncer in transaction mode, and libfaketime to step one process's clock.
+[ -x /usr/sbin/pgbouncer ] || need_apt="$need_apt pgbouncer"
+command -v faketime >/dev/null 2>&1 || need_apt="$need_apt faketime"
 if [ -n "$need_apt" ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need_apt >/dev/null
   # Debian starts a cluster (and a Redis) on install; the tests run their own on other ports.
   service postgresql stop >/dev/null 2>&1 || true
   service redis-server stop >/dev/null 2>&1 || true
+  service pgbouncer stop >/dev/null 2>&1 || true
 fi
 # Rust line coverage: cargo-llvm-cov, with Debian's LLVM tools of rustc's own LLVM major version
 # (rustup's llvm-tools component cannot be downloaded here).

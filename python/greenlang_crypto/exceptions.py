@@ -23,16 +23,20 @@ __all__ = [
     "InvalidContextError",
     "InvalidEnvelopeError",
     "InvalidKeyError",
+    "JobIncompleteError",
     "KeyNotFoundError",
     "KeyRetiredError",
     "KeyStateError",
+    "KeyStoreUnavailableError",
     "KeyUsageExceededError",
     "KeyVersionUnavailableError",
     "KmsAccessDeniedError",
     "KmsError",
     "KmsKeyDisabledError",
     "KmsUnavailableError",
+    "OutputError",
     "PayloadTooLargeError",
+    "UnavailableError",
     "UnsupportedFormatError",
 ]
 
@@ -170,3 +174,47 @@ class AuditSinkUnavailableError(GreenlangCryptoError):
     """The audit sink could not record an event; security-relevant actions fail closed."""
 
     reason = "audit_unavailable"
+
+
+class UnavailableError(GreenlangCryptoError):
+    """A dependency outside the process is down; the same call may succeed later.
+
+    The CLI exits with code 3 for these (2 for every other typed error), so a scheduler can
+    tell "retry later" from "fix the command".
+    """
+
+    reason = "unavailable"
+
+
+class KeyStoreUnavailableError(UnavailableError):
+    """The key store (SQLite file or PostgreSQL) could not be reached within the retry bound.
+
+    Also raised by ``encrypt`` when this instance could not confirm its keyring within the
+    fence bound: sealing on a view that may be stale could use a retired key version. The
+    database error is chained as ``__cause__``; its message is not repeated here.
+    """
+
+    reason = "key_store_unavailable"
+
+
+class OutputError(GreenlangCryptoError):
+    """Writing a result failed (disk full, permission denied, a read-only file system).
+
+    Nothing partial is left under the output name; the OS error is chained as ``__cause__``.
+    """
+
+    reason = "output"
+
+
+class JobIncompleteError(UnavailableError):
+    """A bulk job could not finish every range in this run (another worker holds a lease).
+
+    Attributes:
+        retry_after: Seconds after which a rerun can take the remaining ranges over.
+    """
+
+    reason = "job_incomplete"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
