@@ -235,6 +235,11 @@ class DekCache:
     def purge_expired(self) -> int:
         """Drops entries past their TTL or out of budget; returns how many were dropped."""
     def clear(self) -> None: ...
+    def set_fence(self, deadline_ns: int | None = None) -> None:
+        """Seals through this cache miss from ``deadline_ns`` (``monotonic_ns()``) on."""
+    @property
+    def fence_deadline(self) -> int | None:
+        """The fence deadline in ``monotonic_ns()`` nanoseconds, or None."""
     def __len__(self) -> int: ...
     @property
     def ttl_seconds(self) -> float: ...
@@ -310,6 +315,8 @@ def live_data_keys() -> int:
     """Data keys (DEKs, master and index root keys) alive in this process, in any holder."""
 
 def random_bytes(n: int) -> bytes: ...
+def monotonic_ns() -> int:
+    """The monotonic clock of DEK caches and their fences, in nanoseconds."""
 
 # -- Branch keys (DEKs derived from a branch key with HKDF-SHA256) -------------------------
 

@@ -27,6 +27,18 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("GLC_DATA_DIR") or Path.home() / ".greenlang-crypto")
 
 
+def _as_bool(raw: object) -> bool:
+    """A boolean from TOML (a bool) or the environment (``1``/``true``/``yes``/``on``...)."""
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("not a boolean")
+
+
 @dataclass(frozen=True)
 class EncryptionServiceConfig:
     """Configuration of :class:`~greenlang_crypto.service.EncryptionService`.
@@ -56,9 +68,17 @@ class EncryptionServiceConfig:
         keyring_refresh_seconds: Bound on how long a key change made by another process
             (rotation, retirement, rewrap) takes to reach this one; never more than the
             cache TTL. On PostgreSQL changes normally arrive at once (LISTEN/NOTIFY) and this
-            is the polling fallback. 0 turns the background refresh and the instance
-            heartbeat off (benchmarks and single-process tools only). A value above the
-            cache TTL is lowered to the TTL.
+            is the polling fallback. It also sets the self-fencing bound (``2 * refresh + 1``
+            seconds: an instance that could not confirm its keyring for that long refreshes
+            before it seals again) and the liveness window retirement uses
+            (``3 * refresh + 2``); see docs/KEYRING.md. 0 turns the background refresh, the
+            heartbeat and the fence off (benchmarks and single-process tools only). A value
+            above the cache TTL is lowered to the TTL.
+        key_store_pool_size: PostgreSQL: most connections one process holds to the key
+            store (shared by its threads), plus one for LISTEN.
+        key_store_transaction_pooler: PostgreSQL: the key store URL points at PgBouncer (or
+            another pooler) in transaction mode: no server-side prepared statements, and the
+            keyring polls instead of listening.
     """
 
     provider: str = "local"
@@ -77,6 +97,8 @@ class EncryptionServiceConfig:
     stream_max_bytes: int = 2**36
     refresh_ahead_fraction: float = 0.9
     keyring_refresh_seconds: float = 5.0
+    key_store_pool_size: int = 4
+    key_store_transaction_pooler: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -110,6 +132,8 @@ class EncryptionServiceConfig:
         if self.keyring_refresh_seconds > self.cache_ttl_seconds:
             # A cached key must not outlive the bound on seeing its retirement.
             object.__setattr__(self, "keyring_refresh_seconds", self.cache_ttl_seconds)
+        if not 1 <= self.key_store_pool_size <= 100:
+            raise ConfigurationError("key_store_pool_size must be in 1..100")
         url = self.key_store_url
         if url is not None and not url.startswith(("sqlite:///", "postgresql", "postgres://")):
             raise ConfigurationError("key_store_url must be sqlite:/// or postgresql://")
@@ -147,8 +171,11 @@ class EncryptionServiceConfig:
                     "max_messages_per_dek",
                     "max_plaintext_bytes",
                     "stream_max_bytes",
+                    "key_store_pool_size",
                 ):
                     converted[f.name] = int(raw)
+                elif f.name == "key_store_transaction_pooler":
+                    converted[f.name] = _as_bool(raw)
                 elif f.name == "data_dir":
                     converted[f.name] = Path(raw)
                 else:

@@ -42,6 +42,7 @@ from greenlang_crypto._core import (
     EnvelopeSealer,
     StreamDecryptor,
     StreamEncryptor,
+    monotonic_ns,
     open_envelope,
     parse_envelope,
     parse_stream_header,
@@ -66,6 +67,7 @@ from greenlang_crypto.exceptions import (
     KeyNotFoundError,
     KeyRetiredError,
     KeyStateError,
+    KeyStoreUnavailableError,
     KeyUsageExceededError,
     KeyVersionUnavailableError,
     KmsAccessDeniedError,
@@ -241,7 +243,11 @@ class EncryptionService:
         # Streams, counted once each when they finish: (operation, data class) -> [ops, bytes].
         self._stream_counts: dict[tuple[str, str], list[int]] = {}
         self.provider: KeyProvider = provider or self._build_provider()
-        self.store = key_store or open_key_store(self.config.resolved_key_store_url)
+        self.store = key_store or open_key_store(
+            self.config.resolved_key_store_url,
+            pool_size=self.config.key_store_pool_size,
+            transaction_pooler=self.config.key_store_transaction_pooler,
+        )
         self._limits = KeyLimits(max_messages=self.config.max_messages_per_dek)
         ttl = self.config.cache_ttl_seconds
         self._cache_ttl = ttl
@@ -267,11 +273,20 @@ class EncryptionService:
             self._first_version,
             refresh_seconds=self.config.keyring_refresh_seconds,
         )
+        # Self-fencing: seals stop at this deadline until the keyring confirms its view again.
+        self._fence_lock = threading.Lock()
+        self._fence_retry_at = 0.0
         self._branches = self._build_branch_keys(branch_scope, key_cache)
         self._apply_snapshot(None, self._keyring.snapshot)
         # The keyring (and its thread) must not keep the service alive: weak callbacks.
         on_change = weakref.WeakMethod(self._apply_snapshot)
         on_tick = weakref.WeakMethod(self._purge_expired)
+        on_fence = weakref.WeakMethod(self._apply_fence)
+
+        def fenced(deadline_ns: int | None) -> None:
+            method = on_fence()
+            if method is not None:
+                method(deadline_ns)
 
         def changed(old: KeyringSnapshot | None, new: KeyringSnapshot) -> None:
             method = on_change()
@@ -285,6 +300,7 @@ class EncryptionService:
 
         self._keyring.add_listener(changed)
         self._keyring.add_tick_listener(tick)
+        self._keyring.add_fence_listener(fenced)
         self._keyring.start()
         self._finalizer = weakref.finalize(self, _stop_keyring, self._keyring)
 
@@ -474,8 +490,17 @@ class EncryptionService:
             else old[ref]
             for ref in _REFERENCES
         }
+        deadline = self._keyring.fence_deadline_ns
+        for cache in caches.values():
+            cache.set_fence(deadline)
         self._enc_caches = caches
         self._enc_cache = caches[self._default_reference]
+        if old is not None:
+            for ref, cache in old.items():
+                if caches[ref] is not cache:
+                    # A thread that read the old cache before the switch must not seal
+                    # through it after this instance has confirmed the new view.
+                    cache.set_fence(0)
 
     def _track_usage(self, dek_id: int, key: DataKey) -> None:
         with self._state_lock:
@@ -749,7 +774,45 @@ class EncryptionService:
             context_digest=True,
         )
 
+    def _apply_fence(self, deadline_ns: int | None) -> None:
+        """Moves every encryption cache's fence (called by the keyring on each confirmation)."""
+        for cache in self._enc_caches.values():
+            cache.set_fence(deadline_ns)
+
+    def _check_fence(self) -> None:
+        """Confirms the keyring view first when the fence has passed (the slow path only).
+
+        Raises:
+            KeyStoreUnavailableError: The key store cannot be reached, so this instance cannot
+                know whether the version it would seal under has been retired meanwhile.
+        """
+        deadline = self._keyring.fence_deadline_ns
+        if deadline is None or monotonic_ns() < deadline:
+            return
+        with self._fence_lock:
+            deadline = self._keyring.fence_deadline_ns
+            if deadline is None or monotonic_ns() < deadline:
+                return  # another thread confirmed while this one waited
+            if time.monotonic() < self._fence_retry_at:
+                # Fail fast for a moment after a failed attempt: each attempt can wait for a
+                # connection, and every writer thread would otherwise queue up behind it.
+                raise KeyStoreUnavailableError(
+                    "cannot encrypt: the keyring could not be confirmed (key store unreachable)"
+                )
+            try:
+                confirmed = self._keyring.confirm()
+            except KeyStoreUnavailableError as exc:
+                self._fence_retry_at = time.monotonic() + 1.0
+                raise KeyStoreUnavailableError(
+                    "cannot encrypt: the keyring could not be confirmed (key store unreachable)"
+                ) from exc
+            if not confirmed:
+                raise KeyStoreUnavailableError(
+                    "cannot encrypt: this instance's keyring could not be confirmed"
+                )
+
     def _sealer(self, ctx: EncryptionContext, reference: str) -> tuple[DekCache, EnvelopeSealer]:
+        self._check_fence()
         # Read the cache before the version: caches are replaced after the primary changes,
         # so a new cache always comes with the new version (see _replace_enc_caches).
         cache = self._enc_caches[reference]
@@ -829,6 +892,8 @@ class EncryptionService:
                 out = cache.seal(ctx._canonical, data, aad)
                 if out is not None:
                     return out
+                # A miss right after _sealer: the DEK's budget ran out, or the cache was
+                # replaced or fenced meanwhile. Go round again (the fence is re-checked).
             # Three fresh keys in a row were spent by other threads; report, do not spin.
             raise KeyStateError("could not obtain a data key with budget left")
         except GreenlangCryptoError as exc:

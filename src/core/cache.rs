@@ -54,7 +54,7 @@ pub struct CacheUsage {
 ///
 /// The precise clock costs tens of nanoseconds under KVM, a measurable share of a 64-byte
 /// seal; a TTL measured in minutes does not need better than millisecond resolution.
-fn now() -> Duration {
+pub fn now() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -65,6 +65,16 @@ fn now() -> Duration {
         return Duration::ZERO;
     }
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// A reading of [`now`] in nanoseconds (saturating; a u64 of nanoseconds lasts 584 years).
+pub fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The monotonic clock the cache and its fence use, in nanoseconds.
+pub fn monotonic_ns() -> u64 {
+    duration_ns(now())
 }
 
 struct Entry<V> {
@@ -130,6 +140,11 @@ pub struct DekCache<V: Cached = DataKey> {
     uid: u64,
     /// Hits served by a memo, which does not take the lock.
     memo_hits: AtomicU64,
+    /// Nanoseconds of [`now`] from which memoized lookups miss (`u64::MAX`: never). The
+    /// owner's self-fencing deadline: past it, every seal goes to the owner's slow path,
+    /// which confirms its view of the keyring first. Checked against the clock reading the
+    /// lookup makes anyway, so the fence costs one atomic load on the hot path.
+    fence_ns: AtomicU64,
 }
 
 impl<V: Cached> std::fmt::Debug for DekCache<V> {
@@ -163,7 +178,19 @@ impl<V: Cached> DekCache<V> {
             epoch: AtomicU64::new(0),
             uid: NEXT_CACHE_UID.fetch_add(1, Ordering::Relaxed),
             memo_hits: AtomicU64::new(0),
+            fence_ns: AtomicU64::new(u64::MAX),
         })
+    }
+
+    /// Sets the fence: from `deadline_ns` (a reading of [`now`] in nanoseconds) on,
+    /// [`DekCache::get_memoized`] misses. `u64::MAX` lifts it; 0 closes the cache at once.
+    pub fn set_fence_ns(&self, deadline_ns: u64) {
+        self.fence_ns.store(deadline_ns, Ordering::Release);
+    }
+
+    /// The fence deadline in nanoseconds of [`now`] (`u64::MAX`: none).
+    pub fn fence_ns(&self) -> u64 {
+        self.fence_ns.load(Ordering::Acquire)
     }
 
     /// The configured time to live.
@@ -225,6 +252,9 @@ impl<V: Cached> DekCache<V> {
         id: &[u8],
     ) -> Option<(Arc<V>, Duration)> {
         let now = now();
+        if duration_ns(now) >= self.fence_ns.load(Ordering::Acquire) {
+            return None;
+        }
         if let Some(m) = memo.as_ref() {
             if m.cache_uid == self.uid
                 && m.epoch == self.epoch.load(Ordering::Acquire)
@@ -458,6 +488,23 @@ mod tests {
         assert!(Arc::ptr_eq(&got, &k));
         let s = c.stats();
         assert_eq!((s.hits, s.misses, s.size), (1, 1, 1));
+    }
+
+    #[test]
+    fn fence_makes_memoized_lookups_miss_until_lifted() {
+        let c: DekCache = DekCache::new(10, Duration::from_secs(60)).unwrap();
+        c.put(b"a", key());
+        let mut memo = None;
+        assert!(c.get_memoized(&mut memo, b"a").is_some());
+        c.set_fence_ns(monotonic_ns() + 60_000_000_000);
+        assert!(c.get_memoized(&mut memo, b"a").is_some());
+        c.set_fence_ns(0);
+        assert!(c.get_memoized(&mut memo, b"a").is_none());
+        assert_eq!(c.fence_ns(), 0);
+        // The entry itself stays: the owner lifts the fence once it has confirmed its view.
+        assert!(c.get(b"a").is_some());
+        c.set_fence_ns(u64::MAX);
+        assert!(c.get_memoized(&mut memo, b"a").is_some());
     }
 
     #[test]

@@ -264,6 +264,23 @@ impl PyDekCache {
         })
     }
 
+    /// Sets the self-fencing deadline, in nanoseconds of `monotonic_ns()`: from then on a
+    /// seal through this cache misses (the caller confirms its keyring view first). 0 closes
+    /// the cache to sealing at once; `None` lifts the fence.
+    #[pyo3(signature = (deadline_ns=None))]
+    fn set_fence(&self, deadline_ns: Option<u64>) {
+        self.inner.set_fence_ns(deadline_ns.unwrap_or(u64::MAX));
+    }
+
+    /// The self-fencing deadline (`None` when there is none).
+    #[getter]
+    fn fence_deadline(&self) -> Option<u64> {
+        match self.inner.fence_ns() {
+            u64::MAX => None,
+            n => Some(n),
+        }
+    }
+
     /// Removes one entry; returns whether it existed.
     fn remove(&self, id: &Bound<'_, PyAny>) -> PyResult<bool> {
         Ok(self.inner.remove(&bytes_arg(id, "id")?))

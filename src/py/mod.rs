@@ -60,6 +60,13 @@ fn random_bytes(py: Python<'_>, n: usize) -> PyResult<Bound<'_, PyBytes>> {
     })
 }
 
+/// The monotonic clock (coarse, millisecond resolution) that DEK caches and their fences
+/// use, in nanoseconds. It keeps running while the process is stopped.
+#[pyfunction]
+fn monotonic_ns() -> u64 {
+    crate::core::cache::monotonic_ns()
+}
+
 #[pymodule(gil_used = false)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("FORMAT_VERSION", crate::core::envelope::VERSION_1)?;
@@ -117,5 +124,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(core_stats, m)?)?;
     m.add_function(wrap_pyfunction!(live_data_keys, m)?)?;
     m.add_function(wrap_pyfunction!(random_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(monotonic_ns, m)?)?;
     Ok(())
 }

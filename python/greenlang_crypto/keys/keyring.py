@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from greenlang_crypto import _forks
-from greenlang_crypto.exceptions import ConfigurationError
+from greenlang_crypto._core import monotonic_ns
+from greenlang_crypto.exceptions import ConfigurationError, KeyStoreUnavailableError
 from greenlang_crypto.keys.store import (
     NOTIFY_CHANNEL,
     IndexKeyRecord,
@@ -42,7 +43,7 @@ from greenlang_crypto.keys.store import (
     KeyVersion,
 )
 
-__all__ = ["Keyring", "KeyringSnapshot", "liveness_seconds"]
+__all__ = ["Keyring", "KeyringSnapshot", "fence_seconds", "liveness_seconds"]
 
 _log = logging.getLogger("greenlang_crypto.keyring")
 
@@ -51,9 +52,26 @@ def liveness_seconds(refresh_seconds: float) -> float:
     """How long after its last heartbeat an instance still counts as live.
 
     Three missed heartbeats plus a margin for a busy machine. A process suspended for longer
-    (SIGSTOP, a frozen VM) no longer blocks a retirement; see docs/KEYRING.md.
+    (SIGSTOP, a frozen VM) no longer blocks a retirement: it fenced itself before that (see
+    :func:`fence_seconds` and docs/KEYRING.md).
     """
     return 3.0 * refresh_seconds + 2.0
+
+
+def fence_seconds(refresh_seconds: float) -> float:
+    """How long after a confirmed heartbeat an instance may still seal on its keyring view.
+
+    Two refresh periods plus a second: a healthy instance confirms every period, so the fence
+    never closes on it, while it is ``refresh_seconds + 1`` shorter than
+    :func:`liveness_seconds`. That margin absorbs clock-rate differences between the instance
+    and the database and the time a confirmation takes to commit.
+    """
+    return 2.0 * refresh_seconds + 1.0
+
+
+#: CLOCK_BOOTTIME minus CLOCK_MONOTONIC grows only while the whole machine is suspended.
+def _suspended_seconds() -> float:
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - time.monotonic()
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +120,14 @@ class Keyring:
         self._store = store
         self._create_first = create_first_version
         self.refresh_seconds = refresh_seconds
+        #: Seconds a confirmation lets this instance seal (0: not fenced, refresh is off).
+        self.fence_seconds = fence_seconds(refresh_seconds) if refresh_seconds > 0 else 0.0
+        #: ``monotonic_ns()`` from which this instance must confirm before sealing again
+        #: (None: not fenced). 0 until the first confirmation in :meth:`start`.
+        self.fence_deadline_ns: int | None = 0 if self.fence_seconds else None
+        self._fence_listeners: list[Callable[[int | None], None]] = []
+        self._confirm_lock = threading.Lock()
+        self._suspended = _suspended_seconds()
         self._lock = threading.Lock()
         self._listeners: list[Callable[[KeyringSnapshot | None, KeyringSnapshot], None]] = []
         self._tick_listeners: list[Callable[[], None]] = []
@@ -120,10 +146,15 @@ class Keyring:
         # hold, and its own refresh thread (the parent's does not exist here), which ticks at
         # once so the child registers and catches up on changes made since it was forked.
         self._lock = threading.Lock()
+        self._confirm_lock = threading.Lock()
         self.instance_id = uuid.uuid4().hex
         self.pid = os.getpid()
         self.started_at = time.time()
         self.refreshes = 0
+        # The parent's confirmations speak for the parent's row, not for this new instance:
+        # it seals only once it has confirmed its own view.
+        if self.fence_deadline_ns is not None:
+            self._set_fence(0, lower=True)
         if self._thread is not None and not self._stop.is_set():
             self._stop = threading.Event()
             self._thread = None
@@ -171,13 +202,6 @@ class Keyring:
             if new != old:
                 for listener in list(self._listeners):
                     listener(old, new)
-        if new.epoch != old.epoch and self._thread is not None:
-            # Report the new epoch at once: a retirement waiting on this instance need not
-            # wait for the next periodic heartbeat.
-            try:
-                self.heartbeat()
-            except Exception as exc:  # the periodic heartbeat retries
-                _log.warning("keyring heartbeat failed: %s", type(exc).__name__)
         return new
 
     def refresh(self) -> bool:
@@ -193,6 +217,10 @@ class Keyring:
         """Calls ``listener(old, new)`` (under the keyring lock) after every change."""
         self._listeners.append(listener)
 
+    def add_fence_listener(self, listener: Callable[[int | None], None]) -> None:
+        """Calls ``listener(deadline_ns)`` whenever the fence deadline moves."""
+        self._fence_listeners.append(listener)
+
     def add_tick_listener(self, listener: Callable[[], None]) -> None:
         """Calls ``listener()`` on every background tick (for periodic cache purges)."""
         self._tick_listeners.append(listener)
@@ -200,22 +228,69 @@ class Keyring:
     # -- fleet ---------------------------------------------------------------------------
 
     def heartbeat(self) -> None:
-        """Writes this instance's row: host, pid, keyring epoch, primary version, last seen."""
-        snap = self.snapshot
-        self._store.heartbeat(
-            self.instance_id,
-            host=self.host,
-            pid=self.pid,
-            epoch=snap.epoch,
-            primary_version=snap.primary.version,
-            min_version=snap.min_decryption_version,
-            started_at=self.started_at,
-        )
+        """Confirms this instance's view now (see :meth:`confirm`); a no-op when unfenced."""
+        self.confirm()
+
+    def confirm(self) -> bool:
+        """Confirms that this instance's keyring view is current, and says so in its row.
+
+        One statement writes the heartbeat only if the key store's change counter still
+        equals the snapshot's (reloading and trying again when it moved). On success the
+        fence moves to the monotonic time read *before* the statement was sent plus
+        :attr:`fence_seconds`: a confirmation that took long, or a process paused after it,
+        only shortens what it grants. Returns whether the view was confirmed.
+
+        Raises:
+            KeyStoreUnavailableError: The key store could not be reached.
+        """
+        if not self.fence_seconds:
+            return True
+        if self._stop.is_set():
+            return False  # a stopped instance has deregistered: it seals no more
+        with self._confirm_lock:
+            for _ in range(3):
+                started = monotonic_ns()
+                with self._lock:
+                    # Under the keyring lock: the snapshot read here has been applied by
+                    # every listener (the service's caches follow it) before it is confirmed.
+                    snap = self.snapshot
+                confirmed = self._store.heartbeat(
+                    self.instance_id,
+                    host=self.host,
+                    pid=self.pid,
+                    epoch=snap.epoch,
+                    primary_version=snap.primary.version,
+                    min_version=snap.min_decryption_version,
+                    started_at=self.started_at,
+                    expected_epoch=snap.epoch,
+                    fence_seconds=self.fence_seconds,
+                )
+                if confirmed:
+                    self._set_fence(started + int(self.fence_seconds * 1e9))
+                    return True
+                self.reload()
+            return False
+
+    def _set_fence(self, deadline_ns: int, *, lower: bool = False) -> None:
+        current = self.fence_deadline_ns
+        if current is None or (not lower and deadline_ns <= current):
+            return
+        self.fence_deadline_ns = deadline_ns
+        for listener in list(self._fence_listeners):
+            listener(deadline_ns)
+
+    def close_fence(self) -> None:
+        """Makes the next seal confirm first (after a suspend, or when stopping)."""
+        if self.fence_deadline_ns is not None:
+            self._set_fence(0, lower=True)
 
     def live_instances(self) -> list[InstanceRecord]:
-        """Instances whose last heartbeat is within the liveness window of this keyring."""
-        cutoff = time.time() - liveness_seconds(self.refresh_seconds)
-        return [i for i in self._store.instances() if i.last_seen >= cutoff]
+        """Instances whose last heartbeat is within the liveness window (the store's clock).
+
+        An instance that records a longer fence than this keyring's window stays live for
+        its own fence plus a margin (see :meth:`KeyStore.live_instances`).
+        """
+        return self._store.live_instances(liveness_seconds(self.refresh_seconds))
 
     # -- background refresh --------------------------------------------------------------
 
@@ -223,7 +298,8 @@ class Keyring:
         """Registers this instance and starts the refresh thread (no-op when disabled)."""
         if self.refresh_seconds <= 0 or self._thread is not None:
             return
-        self.heartbeat()
+        if not self.confirm():
+            raise KeyStoreUnavailableError("the keyring kept changing while registering")
         self._spawn(tick_first=False)
 
     def _spawn(self, *, tick_first: bool) -> None:
@@ -241,23 +317,26 @@ class Keyring:
         self._thread.start()
 
     def _tick(self) -> None:
+        suspended = _suspended_seconds()
+        if suspended - self._suspended > 1.0:
+            # The machine was suspended: the monotonic clock the fence runs on stood still
+            # meanwhile, so the deadline cannot be trusted. Confirm before sealing again.
+            self.close_fence()
+        self._suspended = suspended
         try:
-            self.refresh()
+            self.confirm()
         except Exception as exc:  # a store outage must not kill the thread; retried next tick
-            _log.warning("keyring refresh failed: %s", type(exc).__name__)
+            _log.warning("keyring confirmation failed: %s", type(exc).__name__)
         for listener in list(self._tick_listeners):
             try:
                 listener()
             except Exception as exc:
                 _log.warning("keyring tick listener failed: %s", type(exc).__name__)
-        try:
-            self.heartbeat()
-        except Exception as exc:
-            _log.warning("keyring heartbeat failed: %s", type(exc).__name__)
 
     def stop(self, *, deregister: bool = True) -> None:
-        """Stops the refresh thread and removes this instance's row."""
+        """Stops the refresh thread, closes the fence and removes this instance's row."""
         self._stop.set()
+        self.close_fence()
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=2.0)
@@ -311,30 +390,62 @@ def _refresh_loop(
 class _Listener:
     """A dedicated PostgreSQL connection in autocommit mode that LISTENs for key changes.
 
-    Any failure falls back to plain polling for that round and reconnects on the next one.
+    - After every (re)connection :meth:`wait` returns at once, so the keyring catches up on
+      whatever changed while it was not listening.
+    - A connection that fails is closed and reopened on the next round (with backoff), the
+      round itself falling back to polling.
+    - Where notifications cannot arrive (a transaction-mode pooler hands each statement to
+      whichever server connection is free, so LISTEN registers on one the client never
+      reads), a probe notification sent right after LISTEN never comes back: the listener
+      then polls for good.
     """
 
     def __init__(self, dsn: str) -> None:
         self._dsn = dsn
         self._conn: Any = None
+        self._failures = 0
+        self._retry_at = 0.0
+        self.available = True
 
     def _connect(self) -> Any:
         import psycopg
 
         conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=5)
-        conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        try:
+            conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            probe = uuid.uuid4().hex
+            conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, probe))
+            heard = any(n.payload == probe for n in conn.notifies(timeout=2.0, stop_after=1))
+        except Exception:
+            conn.close()
+            raise
+        if not heard:
+            conn.close()
+            self.available = False
+            _log.warning("keyring LISTEN is unavailable here (a pooler?): polling instead")
+            return None
         return conn
 
     def wait(self, period: float, stop: threading.Event) -> None:
+        if not self.available or (self._conn is None and time.monotonic() < self._retry_at):
+            stop.wait(period)  # poll at the usual period meanwhile
+            return
         try:
             if self._conn is None:
                 self._conn = self._connect()
+                self._failures = 0
+                if self._conn is None:
+                    stop.wait(period)
+                return  # (re)connected: catch up now
             # Wake at the first notification or after the period, whichever comes first.
             for _ in self._conn.notifies(timeout=period, stop_after=1):
                 pass
         except Exception as exc:
+            self._failures += 1
             _log.warning("keyring LISTEN failed, polling instead: %s", type(exc).__name__)
             self.close()
+            # Reconnect attempts back off (up to 30 s apart); polling goes on meanwhile.
+            self._retry_at = time.monotonic() + min(0.5 * 2**self._failures, 30.0)
             stop.wait(period)
 
     def close(self) -> None:

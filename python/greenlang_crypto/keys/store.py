@@ -8,26 +8,31 @@ Rows hold only wrapped DEKs, key ids, the (non-secret) encryption context and co
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from greenlang_crypto import _forks
 from greenlang_crypto._core import random_bytes
 from greenlang_crypto._db import (
-    open_postgres,
     open_sqlite,
     pg_dsn,
     placeholders,
     run_ddl,
     schema_name,
 )
-from greenlang_crypto.exceptions import ConfigurationError, KeyStateError
+from greenlang_crypto.exceptions import (
+    ConfigurationError,
+    KeyStateError,
+    KeyStoreUnavailableError,
+)
+from greenlang_crypto.keys.pgpool import PgPool, retrying
 
 __all__ = [
     "KEY_STATES",
@@ -44,6 +49,26 @@ __all__ = [
 #: Key version states. ``primary`` encrypts; ``active`` and ``decrypt_only`` decrypt;
 #: ``retired`` versions are below the minimum decryption version and refuse to decrypt.
 KEY_STATES = ("primary", "active", "decrypt_only", "retired")
+
+_T = TypeVar("_T")
+_P = ParamSpec("_P")
+
+
+def _idempotent(
+    method: Callable[Concatenate[KeyStore, _P], _T],
+) -> Callable[Concatenate[KeyStore, _P], _T]:
+    """Retries a store method that is safe to repeat while the database is unreachable.
+
+    Reads, upserts and counters that only grow: running one twice changes nothing more
+    than running it once. Bounded by the store's ``retry_seconds``.
+    """
+
+    @functools.wraps(method)
+    def wrapper(store: KeyStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        return store._retry(lambda: method(store, *args, **kwargs))
+
+    return wrapper
+
 
 #: Advisory lock id serializing key-state changes and schema creation across processes.
 _PG_LOCK = 7304118433
@@ -98,31 +123,60 @@ class DekRecord:
     created_at: float
 
 
+def _sqlite_outage(exc: sqlite3.OperationalError) -> bool:
+    """Whether SQLite failed to reach its file rather than refusing the statement itself.
+
+    Locked past the busy timeout, an I/O error, a file that cannot be opened or written.
+    """
+    text = str(exc).lower()
+    return any(w in text for w in ("locked", "unable to open", "disk i/o", "readonly", "busy"))
+
+
 class KeyStore:
-    """Key versions and stored DEKs over a DB-API connection (SQLite or PostgreSQL).
+    """Key versions and stored DEKs over SQLite or a PostgreSQL connection pool.
 
     Use :func:`open_key_store` to build one from a URL.
+
+    Args:
+        connect: SQLite only: opens a connection (one per thread).
+        dialect: ``sqlite`` or ``postgresql``.
+        description: A redacted description for ``repr``.
+        schema: PostgreSQL schema of the tables.
+        pool: PostgreSQL only: the process's connection pool.
+        retry_seconds: How long idempotent calls keep retrying an unreachable database
+            before raising :class:`~greenlang_crypto.exceptions.KeyStoreUnavailableError`.
     """
 
     def __init__(
-        self, connect: Any, dialect: str, description: str, *, schema: str = "encryption"
+        self,
+        connect: Any,
+        dialect: str,
+        description: str,
+        *,
+        schema: str = "encryption",
+        pool: PgPool | None = None,
+        retry_seconds: float = 10.0,
     ) -> None:
         self._connect = connect
         self._dialect = dialect
         self._schema = schema
         self._description = description
+        self._pool = pool
+        self.retry_seconds = retry_seconds
         self._local = threading.local()
-        # Every connection opened by any thread, so close() can release them all.
+        # SQLite: every connection opened by any thread, so close() can release them all.
         self._all_conns: list[Any] = []
         self._conns_lock = threading.Lock()
         #: PostgreSQL only: the DSN a keyring uses for its LISTEN connection.
         self.listen_dsn: str | None = None
-        self._migrate()
+        #: PostgreSQL only: the DSN points at a transaction-mode pooler (LISTEN cannot work).
+        self.transaction_pooler = bool(pool is not None and pool.transaction_pooler)
+        retrying(self._migrate, budget_seconds=retry_seconds)
         _forks.register(self, _forks.STORE)
 
     def _after_fork_in_child(self) -> None:
         # The parent's connections share their sockets with the parent: dropped, never used
-        # or closed here; the child opens its own on first use.
+        # or closed here; the child opens its own on first use (the pool re-arms itself).
         self._all_conns = []
         self._conns_lock = threading.Lock()
         self._local = threading.local()
@@ -134,6 +188,10 @@ class KeyStore:
     def dialect(self) -> str:
         """``sqlite`` or ``postgresql``."""
         return self._dialect
+
+    def pool_connections(self) -> int:
+        """PostgreSQL connections this process holds for the store now (0 on SQLite)."""
+        return 0 if self._pool is None else self._pool.connections()
 
     def _conn(self) -> Any:
         conn = getattr(self._local, "conn", None)
@@ -147,6 +205,10 @@ class KeyStore:
     def _sql(self, sql: str) -> str:
         return placeholders(sql, self._dialect)
 
+    def _retry(self, fn: Callable[[], _T]) -> _T:
+        """Runs idempotent work, retrying an unreachable database within the bound."""
+        return retrying(fn, budget_seconds=self.retry_seconds)
+
     @contextmanager
     def _tx(self, *, serialized: bool = False) -> Iterator[Any]:
         """One transaction.
@@ -154,37 +216,60 @@ class KeyStore:
         ``serialized`` ones (key-state changes, schema creation) run one at a time across
         every process sharing the store, so read-then-write steps such as "next version =
         max + 1" cannot interleave.
+
+        Raises:
+            KeyStoreUnavailableError: The database cannot be reached (cause chained). A
+                failure while committing leaves it unknown whether the change was made.
         """
-        conn = self._conn()
+        if self._pool is not None:
+            with self._pool.transaction(lock_id=_PG_LOCK if serialized else None) as pcur:
+                yield pcur
+            return
+        conn = self._open_sqlite()
         cur = conn.cursor()
         try:
             if serialized:
-                if self._dialect == "sqlite":
-                    # Take the write lock up front (waiting up to the busy timeout) instead of
-                    # upgrading a read lock later, which fails at once under contention.
-                    cur.execute("BEGIN IMMEDIATE")
-                else:
-                    cur.execute(f"SELECT pg_advisory_xact_lock({_PG_LOCK})")
+                # Take the write lock up front (waiting up to the busy timeout) instead of
+                # upgrading a read lock later, which fails at once under contention.
+                cur.execute("BEGIN IMMEDIATE")
             yield cur
             conn.commit()
-        except BaseException:
-            conn.rollback()
+        except BaseException as exc:
+            with suppress(sqlite3.Error):
+                conn.rollback()
+            if isinstance(exc, sqlite3.OperationalError) and _sqlite_outage(exc):
+                raise KeyStoreUnavailableError(
+                    f"the key store is unavailable ({type(exc).__name__})"
+                ) from exc
             raise
         finally:
             cur.close()
+
+    def _open_sqlite(self) -> Any:
+        try:
+            return self._conn()
+        except (OSError, sqlite3.OperationalError) as exc:
+            raise KeyStoreUnavailableError(
+                f"the key store cannot be opened ({type(exc).__name__})"
+            ) from exc
 
     def _migrate(self) -> None:
         """Creates or upgrades the key store tables from the packaged migrations' DDL."""
         # Serialized: concurrent CREATE TABLE IF NOT EXISTS race on PostgreSQL's catalog.
         with self._tx(serialized=True) as cur:
-            run_ddl(cur, "keystore", self._dialect, schema=self._schema, lock_id=_PG_LOCK)
+            # The packaged DDL names its schema itself (and indexes must stay unqualified).
+            raw = getattr(cur, "raw", cur)
+            run_ddl(raw, "keystore", self._dialect, schema=self._schema, lock_id=_PG_LOCK)
 
     def close(self) -> None:
-        """Closes every connection this store opened (in any thread)."""
+        """Closes every connection this store opened (in any thread); never raises."""
+        if self._pool is not None:
+            self._pool.close()
         with self._conns_lock:
             conns, self._all_conns = self._all_conns, []
         for conn in conns:
-            conn.close()
+            with suppress(Exception):  # already dead: nothing left to release
+                conn.close()
         self._local = threading.local()
 
     # -- change counter (epoch) -------------------------------------------------------
@@ -205,6 +290,7 @@ class KeyStore:
         if self._dialect == "postgresql":
             cur.execute(f"NOTIFY {NOTIFY_CHANNEL}")
 
+    @_idempotent
     def epoch(self) -> int:
         """The key-state change counter (rises with every rotation, retirement, rewrap...)."""
         with self._tx() as cur:
@@ -214,6 +300,7 @@ class KeyStore:
 
     # -- key versions -------------------------------------------------------------------
 
+    @_idempotent
     def versions(self) -> list[KeyVersion]:
         """All key versions, ascending."""
         with self._tx() as cur:
@@ -223,6 +310,7 @@ class KeyStore:
             )
             return [KeyVersion(*row) for row in cur.fetchall()]
 
+    @_idempotent
     def min_decryption_version(self) -> int:
         """The lowest version allowed to decrypt (1 when never raised)."""
         with self._tx() as cur:
@@ -307,6 +395,7 @@ class KeyStore:
             self._add_wrapping_history(cur, version, str(row[0]), wrapping_key_id, time.time())
             self._bump(cur)
 
+    @_idempotent
     def wrapping_keys(self) -> list[WrappingKeyRecord]:
         """Every wrapping key any version ever had (destroyed ones included), by version."""
         with self._tx() as cur:
@@ -382,6 +471,7 @@ class KeyStore:
 
     # -- stored DEKs --------------------------------------------------------------------
 
+    @_idempotent
     def insert_dek(
         self,
         key_version: int,
@@ -421,6 +511,7 @@ class KeyStore:
                     raise
         raise KeyStateError("could not allocate a DEK id")
 
+    @_idempotent
     def record_usage(self, usage: dict[int, tuple[int, int]]) -> None:
         """Stores the messages and bytes sealed under each DEK (counters only grow)."""
         if not usage:
@@ -436,6 +527,7 @@ class KeyStore:
                     (messages, messages, nbytes, nbytes, dek_id),
                 )
 
+    @_idempotent
     def usage_by_version(self) -> dict[int, tuple[int, int, int]]:
         """Per key version: stored DEKs, messages sealed and bytes sealed (as last flushed)."""
         with self._tx() as cur:
@@ -445,6 +537,7 @@ class KeyStore:
             )
             return {int(v): (int(n), int(m), int(b)) for v, n, m, b in cur.fetchall()}
 
+    @_idempotent
     def get_dek(self, dek_id: int) -> DekRecord | None:
         """Loads one stored DEK row (None when absent).
 
@@ -507,6 +600,7 @@ class KeyStore:
             )
             return bool(cur.rowcount == 1)
 
+    @_idempotent
     def count_deks_by_version(self) -> dict[int, int]:
         """Stored DEKs per key version."""
         with self._tx() as cur:
@@ -515,6 +609,7 @@ class KeyStore:
 
     # -- blind-index root keys ----------------------------------------------------------
 
+    @_idempotent
     def index_keys(self) -> list[IndexKeyRecord]:
         """All index key versions, ascending."""
         with self._tx() as cur:
@@ -586,46 +681,121 @@ class KeyStore:
         primary_version: int,
         min_version: int,
         started_at: float,
-    ) -> None:
-        """Registers an instance or refreshes its row (keyring epoch, last seen)."""
-        now = time.time()
-        with self._tx() as cur:
+        expected_epoch: int | None = None,
+        fence_seconds: float = 0.0,
+    ) -> bool:
+        """Registers an instance or refreshes its row (keyring epoch, last seen).
+
+        ``last_seen`` is the database's clock on PostgreSQL (every instance and every
+        retirement then measure liveness on one clock, whatever their own clocks say).
+
+        With ``expected_epoch`` the write is a *confirmation*: it happens only if the change
+        counter still equals ``expected_epoch``, and it returns whether it did. On PostgreSQL
+        the check and the write are one statement that share-locks the counter's row, so a
+        key change either commits after it (and every later reader sees this row) or before
+        it (and the confirmation fails); on SQLite the write lock serializes them. This is
+        what lets a retirement trust an instance's row: see docs/KEYRING.md, "Self-fencing".
+        """
+        values = (instance_id, host, pid, epoch, primary_version, min_version, started_at)
+        upsert = (
+            "ON CONFLICT (instance_id) DO UPDATE SET epoch = excluded.epoch, "
+            "primary_version = excluded.primary_version, min_version = excluded.min_version, "
+            "last_seen = excluded.last_seen, fence_seconds = excluded.fence_seconds"
+        )
+        columns = (
+            "INSERT INTO glc_instances (instance_id, host, pid, epoch, primary_version, "
+            "min_version, started_at, last_seen, fence_seconds) "
+        )
+        if self._dialect == "postgresql":
+            clock = "EXTRACT(EPOCH FROM clock_timestamp())::double precision"
+            with self._tx() as cur:
+                if expected_epoch is None:
+                    cur.execute(
+                        f"{columns}VALUES (%s, %s, %s, %s, %s, %s, %s, {clock}, %s) {upsert}",
+                        (*values, fence_seconds),
+                    )
+                    return True
+                cur.execute(
+                    "WITH e AS (SELECT epoch FROM glc_keyring_changes WHERE id = 1 FOR SHARE) "  # noqa: S608
+                    f"{columns}SELECT %s, %s, %s, %s, %s, %s, %s, {clock}, %s FROM e "
+                    f"WHERE e.epoch = %s {upsert} RETURNING last_seen",
+                    (*values, fence_seconds, expected_epoch),
+                )
+                return cur.fetchone() is not None
+        with self._tx(serialized=expected_epoch is not None) as cur:
+            if expected_epoch is not None:
+                cur.execute("SELECT epoch FROM glc_keyring_changes WHERE id = 1")
+                row = cur.fetchone()
+                if (int(row[0]) if row else 0) != expected_epoch:
+                    return False
             cur.execute(
-                self._sql(
-                    "INSERT INTO glc_instances (instance_id, host, pid, epoch, primary_version, "
-                    "min_version, started_at, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (instance_id) DO UPDATE SET epoch = excluded.epoch, "
-                    "primary_version = excluded.primary_version, "
-                    "min_version = excluded.min_version, last_seen = excluded.last_seen"
-                ),
-                (instance_id, host, pid, epoch, primary_version, min_version, started_at, now),
+                f"{columns}VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) {upsert}",
+                (*values, time.time(), fence_seconds),
             )
+            return True
 
     def remove_instance(self, instance_id: str) -> None:
         """Deletes an instance's row (on a clean shutdown)."""
-        with self._tx() as cur:
-            cur.execute(
-                self._sql("DELETE FROM glc_instances WHERE instance_id = ?"), (instance_id,)
-            )
+
+        def run() -> None:
+            with self._tx() as cur:
+                cur.execute(
+                    self._sql("DELETE FROM glc_instances WHERE instance_id = ?"), (instance_id,)
+                )
+
+        self._retry(run)
 
     def instances(self) -> list[InstanceRecord]:
         """Every registered instance, most recently seen first."""
-        with self._tx() as cur:
-            cur.execute(
-                "SELECT instance_id, host, pid, epoch, primary_version, min_version, "
-                "started_at, last_seen FROM glc_instances ORDER BY last_seen DESC"
-            )
-            return [
-                InstanceRecord(str(i), str(h), int(p), int(e), int(pv), int(mv), float(s), float(t))
-                for i, h, p, e, pv, mv, s, t in cur.fetchall()
-            ]
+        return self.instances_and_clock()[1]
 
+    def instances_and_clock(self) -> tuple[float, list[InstanceRecord]]:
+        """The store's clock now (UNIX seconds) and every registered instance.
+
+        On PostgreSQL the clock is the database's, the one ``last_seen`` is written with.
+        """
+
+        def run() -> tuple[float, list[InstanceRecord]]:
+            with self._tx() as cur:
+                cur.execute(
+                    "SELECT instance_id, host, pid, epoch, primary_version, min_version, "
+                    "started_at, last_seen, fence_seconds FROM glc_instances "
+                    "ORDER BY last_seen DESC"
+                )
+                rows = [
+                    InstanceRecord(
+                        str(i), str(h), int(p), int(e), int(pv), int(mv), float(s), float(t),
+                        float(f),
+                    )
+                    for i, h, p, e, pv, mv, s, t, f in cur.fetchall()
+                ]  # fmt: skip
+                if self._dialect == "postgresql":
+                    cur.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())::double precision")
+                    now = float(cur.fetchone()[0])
+                else:
+                    now = time.time()
+                return now, rows
+
+        return self._retry(run)
+
+    def live_instances(self, window_seconds: float) -> list[InstanceRecord]:
+        """Instances whose last heartbeat is recent enough to count them alive.
+
+        An instance is alive for ``window_seconds`` after its last heartbeat, or for its own
+        recorded fence bound plus two seconds when that is longer: it may seal on its last
+        confirmed view that long, so no retirement may count it dead sooner.
+        """
+        now, rows = self.instances_and_clock()
+        return [i for i in rows if now - i.last_seen < max(window_seconds, i.fence_seconds + 2.0)]
+
+    @_idempotent
     def prune_instances(self, older_than: float) -> int:
         """Deletes rows of instances not seen since ``older_than`` (UNIX seconds)."""
         with self._tx() as cur:
             cur.execute(self._sql("DELETE FROM glc_instances WHERE last_seen < ?"), (older_than,))
             return int(cur.rowcount)
 
+    @_idempotent
     def unfinished_job_ranges(self) -> int:
         """Ranges of re-encryption jobs not yet done (0 when no job table exists)."""
         with self._tx() as cur:
@@ -651,6 +821,7 @@ class KeyStore:
                 total += int(cur.fetchone()[0])
             return total
 
+    @_idempotent
     def delete_deks_below(self, min_version: int) -> int:
         """Deletes stored DEKs of versions below ``min_version``; returns the count."""
         with self._tx() as cur:
@@ -690,7 +861,9 @@ class InstanceRecord:
         primary_version: The version it encrypts under.
         min_version: The minimum decryption version it enforces.
         started_at: Start time (UNIX seconds).
-        last_seen: Last heartbeat (UNIX seconds).
+        last_seen: Last heartbeat (UNIX seconds, the store's clock).
+        fence_seconds: How long after a confirmed heartbeat the instance may still seal on
+            its view (0 for instances that do not fence themselves).
     """
 
     instance_id: str
@@ -701,6 +874,7 @@ class InstanceRecord:
     min_version: int
     started_at: float
     last_seen: float
+    fence_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -722,12 +896,27 @@ class IndexKeyRecord:
     wrapped: bytes
 
 
-def open_key_store(url: str, *, schema: str = "encryption") -> KeyStore:
+def open_key_store(
+    url: str,
+    *,
+    schema: str = "encryption",
+    pool_size: int = 4,
+    transaction_pooler: bool = False,
+    retry_seconds: float = 10.0,
+) -> KeyStore:
     """Opens a key store from ``sqlite:///path`` or ``postgresql://...``.
 
     On PostgreSQL the tables live in ``schema`` (default ``encryption``, where the V011 and
     V012 migrations create them); a store an older release created in ``public`` is moved
     there on first open. SQLite has no schemas.
+
+    Args:
+        url: The store's URL.
+        schema: PostgreSQL schema of the tables.
+        pool_size: PostgreSQL: most connections this process holds for the store.
+        transaction_pooler: PostgreSQL: the URL points at PgBouncer (or another pooler) in
+            transaction mode.
+        retry_seconds: How long idempotent calls retry an unreachable database.
 
     Raises:
         ConfigurationError: Unknown scheme, or the PostgreSQL driver is not installed.
@@ -745,18 +934,24 @@ def open_key_store(url: str, *, schema: str = "encryption") -> KeyStore:
 
         if path != ":memory:":
             connect_sqlite().close()  # the file exists with its mode before anything else
-        return KeyStore(connect_sqlite, "sqlite", f"sqlite:///{path}")
+        return KeyStore(connect_sqlite, "sqlite", f"sqlite:///{path}", retry_seconds=retry_seconds)
     if url.startswith(("postgresql://", "postgresql+psycopg://", "postgres://")):
         dsn = pg_dsn(url)
         schema = schema_name(schema, "key store")
-
-        def connect_pg() -> Any:
-            # Unqualified table names resolve in the key store's schema only, never in a
-            # stale copy elsewhere on the search path.
-            return open_postgres(dsn, schema=schema, connect_timeout=10, what="the key store")
-
+        # Table names are written into each statement with their schema, never through a
+        # session's search_path: that also works through a transaction-mode pooler, and never
+        # resolves to a stale copy elsewhere on the search path.
+        pool = PgPool(dsn, schema=schema, size=pool_size, transaction_pooler=transaction_pooler)
         host = dsn.split("@")[-1]
-        store = KeyStore(connect_pg, "postgresql", f"postgresql://…@{host}", schema=schema)
-        store.listen_dsn = dsn
+        store = KeyStore(
+            None,
+            "postgresql",
+            f"postgresql://…@{host}",
+            schema=schema,
+            pool=pool,
+            retry_seconds=retry_seconds,
+        )
+        # Through a transaction-mode pooler LISTEN cannot work: the keyring polls.
+        store.listen_dsn = None if transaction_pooler else dsn
         return store
     raise ConfigurationError("key store URL must start with sqlite:/// or postgresql://")

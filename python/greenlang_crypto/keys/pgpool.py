@@ -1,0 +1,265 @@
+"""One bounded, self-healing pool of PostgreSQL connections per process, for the key store.
+
+A PostgreSQL restart (a maintenance window, a failover) cuts every session. A connection
+held for good is then dead for good, so this module never holds one: threads borrow a
+connection from a :class:`psycopg_pool.ConnectionPool` for one transaction and give it back.
+
+- **Bounded.** At most ``size`` connections per process, whatever the number of threads
+  (a web server's thread pool would otherwise open one each), plus the keyring's LISTEN
+  connection, which lives elsewhere.
+- **Checked on checkout, without a round trip.** A connection whose socket has become
+  readable while idle has been told something (the server's "terminating connection" error,
+  then EOF): it is discarded before anyone sends a query on it. A connection cut without a
+  word (a network partition) fails on use; the caller's bounded retry then gets a new one.
+- **PgBouncer in transaction mode.** Nothing relies on session state: table names are
+  schema-qualified in each statement instead of set through ``search_path`` (PgBouncer
+  refuses the ``options`` start-up parameter), and with ``transaction_pooler`` no statement
+  is prepared server-side (a prepared statement belongs to one server connection).
+- **Typed failures.** An unreachable database surfaces as
+  :class:`~greenlang_crypto.exceptions.KeyStoreUnavailableError`, the driver's error chained.
+- **Fork.** A forked child never touches the parent's pool (its worker threads do not exist
+  in the child and its sockets are the parent's): it builds its own on first use.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import select
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any, TypeVar
+
+from greenlang_crypto import _forks
+from greenlang_crypto.exceptions import ConfigurationError, KeyStoreUnavailableError
+
+__all__ = ["PgPool", "is_outage", "qualify", "retrying"]
+
+_log = logging.getLogger("greenlang_crypto.keystore")
+
+T = TypeVar("T")
+
+#: Pools a forked child left behind: referenced, so that collecting them never runs their
+#: close (which would end the parent's sessions through the shared sockets).
+_ABANDONED: list[Any] = []
+
+# A table of ours, not already qualified and not the NOTIFY/LISTEN channel of the same name.
+_TABLE = re.compile(r"(?<![\w.'])(?<!NOTIFY )(?<!LISTEN )(glc_[a-z_]+)\b")
+
+
+@lru_cache(maxsize=512)
+def qualify(sql: str, schema: str) -> str:
+    """``sql`` with every ``glc_*`` table name prefixed by ``schema``.
+
+    Statements are a small fixed set, so the rewrite is cached and costs a dictionary look-up
+    per execution.
+    """
+    return _TABLE.sub(rf"{schema}.\1", sql)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database could not be reached or the session was lost.
+
+    Constraint violations and bad values are not outages: retrying them would fail the same
+    way.
+    """
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - depends on the install
+        return False
+    if isinstance(exc, psycopg.errors.DataError | psycopg.errors.IntegrityError):
+        return False
+    if isinstance(exc, psycopg.errors.QueryCanceled):
+        return True  # statement or lock timeout: the server is alive but not answering in time
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+
+
+def _idle_and_sound(conn: Any) -> None:
+    """Pool check on checkout: raises for a connection that must not be handed out.
+
+    An idle connection has nothing to read; a readable socket means the server spoke first
+    (an administrator command or shutdown ended the session) or closed it.
+    """
+    if conn.closed or conn.broken:
+        raise ConnectionError("connection closed")
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    if readable:
+        raise ConnectionError("the server ended the session")
+
+
+class _QualifiedCursor:
+    """A cursor whose statements name the key store's tables with their schema."""
+
+    __slots__ = ("_cur", "_schema")
+
+    def __init__(self, cur: Any, schema: str) -> None:
+        self._cur = cur
+        self._schema = schema
+
+    @property
+    def raw(self) -> Any:
+        """The driver's cursor, for statements that name their objects themselves (DDL)."""
+        return self._cur
+
+    def execute(self, sql: str, params: Any = None) -> Any:
+        return self._cur.execute(qualify(sql, self._schema), params)
+
+    def fetchone(self) -> Any:
+        return self._cur.fetchone()
+
+    def fetchall(self) -> Any:
+        return self._cur.fetchall()
+
+    @property
+    def rowcount(self) -> int:
+        return int(self._cur.rowcount)
+
+    def close(self) -> None:
+        self._cur.close()
+
+
+class PgPool:
+    """The key store's connections to PostgreSQL: one bounded pool per process.
+
+    Args:
+        dsn: libpq connection string or ``postgresql://`` URL.
+        schema: Schema of the key store's tables (written into each statement).
+        size: Most connections this process holds (the pool grows to it on demand).
+        checkout_timeout: Seconds to wait for a connection before the attempt fails.
+        transaction_pooler: The DSN points at PgBouncer (or another pooler) in transaction
+            mode: prepare no statements server-side.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str,
+        size: int = 4,
+        checkout_timeout: float = 3.0,
+        transaction_pooler: bool = False,
+    ) -> None:
+        try:
+            import psycopg_pool
+        except ImportError:  # pragma: no cover - depends on the install
+            raise ConfigurationError(
+                "the PostgreSQL key store needs psycopg and psycopg-pool: "
+                "pip install 'greenlang-crypto[sqlalchemy]'"
+            ) from None
+        if size < 1:
+            raise ConfigurationError("key_store_pool_size must be at least 1")
+        self._factory = psycopg_pool.ConnectionPool
+        self.dsn = dsn
+        self.schema = schema
+        self.size = size
+        self.transaction_pooler = transaction_pooler
+        self._timeout = checkout_timeout
+        self._lock = threading.Lock()
+        self._pool: Any = None
+        self._closed = False
+        _forks.register(self, _forks.STORE)
+
+    def _after_fork_in_child(self) -> None:
+        if self._pool is not None:
+            _ABANDONED.append(self._pool)
+        self._pool = None
+        self._lock = threading.Lock()
+
+    def _get(self) -> Any:
+        pool = self._pool
+        if pool is not None:
+            return pool
+        with self._lock:
+            if self._closed:
+                raise KeyStoreUnavailableError("the key store is closed")
+            if self._pool is None:
+                kwargs: dict[str, Any] = {"connect_timeout": max(1, int(self._timeout + 0.999))}
+                if self.transaction_pooler:
+                    kwargs["prepare_threshold"] = None
+                self._pool = self._factory(
+                    self.dsn,
+                    min_size=1,
+                    max_size=self.size,
+                    kwargs=kwargs,
+                    check=_idle_and_sound,
+                    timeout=self._timeout,
+                    # Keep trying to reconnect for as long as the process lives: an outage
+                    # longer than any fixed bound must still end in recovery.
+                    reconnect_timeout=365 * 86400.0,
+                    name="greenlang-crypto-keystore",
+                    open=True,
+                )
+            return self._pool
+
+    @contextmanager
+    def transaction(self, *, lock_id: int | None = None) -> Iterator[_QualifiedCursor]:
+        """One transaction on a borrowed connection, committed when the block succeeds.
+
+        ``lock_id`` takes that transaction-scoped advisory lock first (works through
+        PgBouncer in transaction mode: it ends with the transaction).
+
+        Raises:
+            KeyStoreUnavailableError: No connection within the checkout timeout, or the
+                session was lost; the driver's error is chained.
+        """
+        try:
+            pool = self._get()
+            with pool.connection() as conn, conn.cursor() as raw:
+                cur = _QualifiedCursor(raw, self.schema)
+                if lock_id is not None:
+                    raw.execute(f"SELECT pg_advisory_xact_lock({int(lock_id)})")
+                yield cur
+        except KeyStoreUnavailableError:
+            raise
+        except Exception as exc:
+            if is_outage(exc):
+                raise KeyStoreUnavailableError(
+                    f"the key store is unreachable ({type(exc).__name__})"
+                ) from exc
+            raise
+
+    def connections(self) -> int:
+        """Connections the pool holds now (busy and idle)."""
+        pool = self._pool
+        if pool is None:
+            return 0
+        stats = pool.get_stats()
+        return int(stats.get("pool_size", 0))
+
+    def close(self) -> None:
+        """Closes every connection; never raises for connections that are already dead."""
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                pool.close(timeout=2.0)
+            except Exception as exc:  # a dead server: nothing left to release
+                _log.debug("closing the key store pool failed: %s", type(exc).__name__)
+
+
+def retrying(
+    fn: Callable[[], T],
+    *,
+    budget_seconds: float,
+    first_delay: float = 0.05,
+    max_delay: float = 1.0,
+) -> T:
+    """Calls ``fn`` until it does not raise :class:`KeyStoreUnavailableError`.
+
+    Only for idempotent work (reads, upserts, monotonic counters). Backs off exponentially
+    and gives up once ``budget_seconds`` have passed, re-raising the last error.
+    """
+    deadline = time.monotonic() + budget_seconds
+    delay = first_delay
+    while True:
+        try:
+            return fn()
+        except KeyStoreUnavailableError:
+            if time.monotonic() + delay >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, max_delay)
