@@ -81,13 +81,18 @@ def _idle_and_sound(conn: Any) -> None:
     """Pool check on checkout: raises for a connection that must not be handed out.
 
     An idle connection has nothing to read; a readable socket means the server spoke first
-    (an administrator command or shutdown ended the session) or closed it.
+    (an administrator command or a shutdown ended the session) or closed it. The connection
+    is closed before raising: the pool takes a connection back as it finds it, and drops it
+    only when it is closed or broken.
     """
+    import psycopg
+
     if conn.closed or conn.broken:
-        raise ConnectionError("connection closed")
+        raise psycopg.OperationalError("connection closed")
     readable, _, _ = select.select([conn.fileno()], [], [], 0)
     if readable:
-        raise ConnectionError("the server ended the session")
+        conn.close()
+        raise psycopg.OperationalError("the server ended the session")
 
 
 class _QualifiedCursor:
@@ -205,6 +210,7 @@ class PgPool:
             KeyStoreUnavailableError: No connection within the checkout timeout, or the
                 session was lost; the driver's error is chained.
         """
+        pool = None
         try:
             pool = self._get()
             with pool.connection() as conn, conn.cursor() as raw:
@@ -216,10 +222,29 @@ class PgPool:
             raise
         except Exception as exc:
             if is_outage(exc):
+                if type(exc).__name__ == "PoolTimeout":
+                    self._replace(pool)
                 raise KeyStoreUnavailableError(
                     f"the key store is unreachable ({type(exc).__name__})"
                 ) from exc
             raise
+
+    def _replace(self, failed: Any) -> None:
+        """Starts a new pool in place of one that could not hand out a connection in time.
+
+        The pool's own reconnection backs off exponentially without a cap, so after a long
+        outage it could take about as long again to notice the server is back. A new pool
+        connects at once; the old one holds only dead connections and is closed without
+        waiting for them.
+        """
+        with self._lock:
+            if failed is None or self._pool is not failed:
+                return  # another thread replaced it already
+            self._pool = None
+        try:
+            failed.close(timeout=0)
+        except Exception as exc:  # its connections are dead: nothing to release
+            _log.debug("closing a failed key store pool: %s", type(exc).__name__)
 
     def connections(self) -> int:
         """Connections the pool holds now (busy and idle)."""

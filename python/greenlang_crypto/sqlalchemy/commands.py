@@ -3,6 +3,11 @@
 Commands: ``db migrate [--down]``, ``db status``, ``db encrypt-column``, ``db reencrypt``.
 The database URL comes from ``--url``, else ``GLC_DATABASE_URL``, else ``GLC_PG_URL``.
 SQLAlchemy is imported only when a ``db`` command runs.
+
+A job command exits 0 only when every range of its run is done and a direct count finds no
+row left to process; 1 when rows remain or were quarantined; and with the library's typed
+errors when the database stays unreachable (``KeyStoreUnavailableError``) or other workers
+still hold ranges (``JobIncompleteError``, after printing this worker's summary).
 """
 
 from __future__ import annotations
@@ -15,11 +20,12 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from greenlang_crypto.exceptions import ConfigurationError
+from greenlang_crypto.exceptions import ConfigurationError, JobIncompleteError
 
 __all__ = ["register"]
 
 _NORMALIZERS = ("none", "email", "phone", "casefold", "nfc", "strip")
+_DEFAULT_LEASE_SECONDS = 60.0
 
 
 def register(
@@ -71,6 +77,21 @@ def register(
         p.add_argument("--workers", type=int, default=1, help="start N worker processes")
         p.add_argument("--ranges", type=int, default=None, help="pk ranges (default: workers)")
         p.add_argument("--restart", action="store_true", help="forget checkpoints, start over")
+        p.add_argument(
+            "--lease-seconds",
+            type=float,
+            default=None,
+            help="how long a range stays with a silent worker before another may take it "
+            f"over (default $GLC_JOB_LEASE_SECONDS, else {_DEFAULT_LEASE_SECONDS:g})",
+        )
+        p.add_argument(
+            "--wait-leases",
+            type=float,
+            default=None,
+            help="seconds to wait for ranges that other workers hold without progress (a "
+            "dead worker's lease expiring) before exiting with JobIncompleteError "
+            "(default: the lease plus a margin)",
+        )
         p.add_argument("--state-schema", default="encryption")
         p.add_argument("--no-progress", action="store_true")
         if mode == "encrypt":
@@ -101,8 +122,24 @@ def _engine(args: argparse.Namespace) -> Any:
     from sqlalchemy import create_engine
 
     # hide_parameters: a failing statement's exception (printed on stderr) must not carry
-    # bound values; in a column job those are plaintexts and ciphertexts.
-    return create_engine(_url(args), hide_parameters=True)
+    # bound values; in a column job those are plaintexts and ciphertexts. pool_pre_ping: after
+    # a database restart the pooled connections are dead; a job's next batch gets a new one
+    # instead of spending a retry on a connection that cannot work.
+    return create_engine(_url(args), hide_parameters=True, pool_pre_ping=True)
+
+
+def _lease_seconds(args: argparse.Namespace) -> float:
+    if args.lease_seconds is not None:
+        value = float(args.lease_seconds)
+    else:
+        raw = os.environ.get("GLC_JOB_LEASE_SECONDS")
+        try:
+            value = float(raw) if raw else _DEFAULT_LEASE_SECONDS
+        except ValueError:
+            raise ConfigurationError("GLC_JOB_LEASE_SECONDS must be a number of seconds") from None
+    if not value > 0:
+        raise ConfigurationError("the lease must be a positive number of seconds")
+    return value
 
 
 def _cli_actor() -> str:
@@ -122,7 +159,7 @@ def _open_audit(service: Any) -> Any:
     return audit
 
 
-class _JobIncompleteError(Exception):
+class _RowsLeftError(Exception):
     """Rows remain or were quarantined: the job's audit outcome is a failure (exit 1)."""
 
 
@@ -216,6 +253,8 @@ def _cmd_job(args: argparse.Namespace, mode: str, make_service: Callable[..., An
             batch_size=args.batch_size,
             worker=args.worker,
             ranges=args.ranges or args.workers,
+            lease_seconds=_lease_seconds(args),
+            wait_leases=args.wait_leases,
             state_schema=args.state_schema,
             progress=progress,
         )
@@ -244,7 +283,20 @@ def _cmd_job(args: argparse.Namespace, mode: str, make_service: Callable[..., An
                     },
                 ) as outcome,
             ):
-                report = job.run()
+                try:
+                    report = job.run()
+                except JobIncompleteError:
+                    # This worker's share and the counted remaining rows, on stdout as after
+                    # any run; the error itself (exit code, when to retry) goes to the caller.
+                    if job.last_report is not None:
+                        summary = job.last_report.summary()
+                        outcome.update({k: v for k, v in summary.items() if k != "job"})
+                        outcome["job"] = job.last_report.job
+                        if bar is not None:
+                            bar.close()
+                            bar = None
+                        print(json.dumps(summary))
+                    raise
                 if bar is not None:
                     bar.close()
                     bar = None
@@ -252,7 +304,7 @@ def _cmd_job(args: argparse.Namespace, mode: str, make_service: Callable[..., An
                 outcome.update({k: v for k, v in summary.items() if k != "job"})
                 outcome["job"] = report.job
                 if not report.ok:
-                    raise _JobIncompleteError
+                    raise _RowsLeftError
                 if mode == "encrypt" and phase == 2:
                     # Phase 2 means no plaintext, now and later: check and add the constraint.
                     enforce_ciphertext(engine, spec)
@@ -271,7 +323,7 @@ def _cmd_job(args: argparse.Namespace, mode: str, make_service: Callable[..., An
                         retire_if_clear(
                             [job], min_version, delete_stored_deks=args.delete_stored_deks
                         )
-        except _JobIncompleteError:
+        except _RowsLeftError:
             print(json.dumps(summary))
             print(
                 f"error: {summary['remaining']} row(s) remain and "

@@ -20,19 +20,32 @@ One machinery serves both jobs (:class:`ColumnJob`, ``mode="encrypt"`` or ``"ree
   (``<name>@<run id>``). A worker joins the newest run that still has unfinished ranges, else
   starts a new run that rescans the whole table, so a rerun after a failure or after rows
   were quarantined processes those rows again. A worker that fails releases its ranges at
-  once (no waiting for the lease), and :attr:`JobReport.remaining` counts the rows still not
-  in the target state when the run ends.
+  once (no waiting for the lease).
+* **A run ends only when every range is done.** A worker that finds nothing to claim while
+  other workers still hold ranges waits: as long as those workers make progress (each batch
+  renews its lease), and for at most ``wait_leases`` seconds without any progress, so that
+  the lease of a dead worker expires and its ranges are taken over. If they still hold them
+  then, :class:`~greenlang_crypto.exceptions.JobIncompleteError` says when a rerun can take
+  them. Then :attr:`JobReport.remaining` is a direct SQL count of the rows that still need
+  the job's work, so a run that reports success has left nothing behind.
 * **Verify after write.** Every value returned by that UPDATE is decrypted and compared with
   the plaintext before the transaction commits; a mismatch rolls the batch back.
 * **Quarantine.** A row that cannot be processed (undecryptable, missing key version,
   plaintext in phase 2, not UTF-8) is recorded in ``encryption.glc_quarantine`` with its pk,
   reason and key version, reported, and left unchanged; never dropped.
 * **Retries.** A lost connection or a failed commit rolls the batch back and retries it, with
-  backoff, at most ``max_retries`` times.
+  backoff, at most ``max_retries`` times (every other statement of the job as well), so a job
+  outlives a database restart; a batch is safe to repeat because its writes are CAS. When
+  the database stays unreachable,
+  :class:`~greenlang_crypto.exceptions.KeyStoreUnavailableError` is raised with the driver's
+  error as its cause.
 * **Workers.** Several processes split the job: each claims a pending pk range with
-  ``FOR UPDATE SKIP LOCKED`` and holds it with a lease, renewed on every batch; a range whose
-  lease expired (a crashed worker) is claimed again and resumes from its checkpoint. A worker
-  restarted under the same name takes its own ranges back at once.
+  ``FOR UPDATE SKIP LOCKED`` and holds it with a lease. Every batch first renews the lease of
+  its range and keeps the range row locked until it commits, so nobody takes over a range
+  whose worker is alive; a range whose lease expired (a crashed worker) is claimed again and
+  resumes from its checkpoint, and the worker it was taken from, should it come back, finds
+  it no longer owns the range and drops its batch. A worker restarted under the same name
+  takes its own ranges back at once.
 
 Phases of a plaintext migration: in phase 1 the application's column type reads plaintext
 or ciphertext (``allow_plaintext=True``) and the job encrypts what is plaintext (envelopes
@@ -54,6 +67,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 import os
 import re
 import secrets
@@ -62,7 +76,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Column, text
 from sqlalchemy.engine import Connection, Engine
@@ -73,7 +87,9 @@ from greenlang_crypto._core import ENVELOPE_MAGIC
 from greenlang_crypto.exceptions import (
     GreenlangCryptoError,
     InvalidArgumentError,
+    JobIncompleteError,
     KeyStateError,
+    KeyStoreUnavailableError,
 )
 from greenlang_crypto.sql import statements
 from greenlang_crypto.sqlalchemy._common import ContextCache, is_envelope, location_aad, row_aad
@@ -243,11 +259,13 @@ class JobReport:
         skipped: Rows already in the target state (or NULL).
         quarantined: Rows recorded in the quarantine table, as ``(pk, reason, key_version)``.
         contended: CAS misses that were re-read and processed again.
-        retries: Batches retried after a lost connection or failed commit.
+        retries: Statements retried after a lost connection or failed commit.
         seconds: Wall time.
-        remaining: Rows of the whole column still not in the target state after the run
-            (plaintext; in re-encryption also envelopes below the target version); -1 when
-            other workers still hold ranges of this run (the last one to finish counts).
+        remaining: Rows of the whole column that still need the job's work, counted with one
+            SQL query once every range of the run is done (or when the run gives up waiting
+            for another worker's ranges): plaintext; in re-encryption also envelopes below
+            the target key version; with a blind index also envelopes whose index is missing
+            or, in re-encryption, under another index key version. -1 only before counting.
     """
 
     job: str
@@ -267,8 +285,8 @@ class JobReport:
 
     @property
     def ok(self) -> bool:
-        """False when rows were quarantined or are left to process."""
-        return not self.quarantined and self.remaining <= 0
+        """False when rows were quarantined or are left to process (or were not counted)."""
+        return not self.quarantined and self.remaining == 0
 
     def summary(self) -> dict[str, Any]:
         """The figures an operator and the audit record need (no row values)."""
@@ -304,6 +322,59 @@ class _Write:
 
 
 _RETRYABLE = (OperationalError, InterfaceError)
+# Backoff between retries doubles from retry_delay up to this, so that the default retries
+# cover a database restart or failover of several seconds without hammering it.
+_MAX_RETRY_DELAY = 5.0
+# Default patience for a silent lease holder beyond the lease itself (leases are database
+# time, so no host clocks are involved): room for the waiting worker to see the lease expire
+# and claim the range, and for a holder whose batch is slow but alive to commit.
+_LEASE_MARGIN = 10.0
+# How often a waiting worker looks at the ranges other workers hold (at most).
+_POLL_SECONDS = 1.0
+
+_T = TypeVar("_T")
+
+
+class _LeaseLostError(Exception):
+    """This worker no longer owns the range (its lease expired and another worker took it)."""
+
+
+@dataclass(frozen=True)
+class _OpenRange:
+    range_id: int
+    state: str
+    owner: str | None
+    lease_until: str | None
+    processed: int
+    seconds_left: float  # until its lease expires; 0 when expired or pending
+
+
+@dataclass
+class _LeaseWatch:
+    """Decides how long a worker with nothing to claim waits for the ranges others hold.
+
+    Any change of those ranges (a renewed lease, a checkpoint, a range finished or taken)
+    shows a live worker, and the patience starts again; a dead worker changes nothing, so
+    after ``patience`` seconds of silence the wait ends.
+    """
+
+    patience: float
+    seen: tuple[tuple[Any, ...], ...] | None = None
+    deadline: float = 0.0
+
+    def pause(self, ranges: Sequence[_OpenRange]) -> float | None:
+        """Seconds to sleep before claiming again, or None when patience ran out."""
+        now = time.monotonic()
+        key = tuple((r.range_id, r.state, r.owner, r.lease_until, r.processed) for r in ranges)
+        if key != self.seen:
+            self.seen = key
+            self.deadline = now + self.patience
+        elif now >= self.deadline:
+            return None
+        soonest = min(r.seconds_left for r in ranges)
+        # Wake just after the soonest lease expires, but look again at least every poll
+        # interval and never sleep past the deadline.
+        return max(0.05, min(soonest + 0.05, _POLL_SECONDS, self.deadline - now))
 
 
 def _quote(conn: Connection, name: str) -> str:
@@ -328,8 +399,13 @@ class ColumnJob:
         worker: This worker's name (a restarted worker of the same name resumes its ranges).
         ranges: Number of pk ranges the job is split into when first planned.
         lease_seconds: How long a claimed range stays with a silent worker.
-        max_retries: Retries of one batch after a lost connection or failed commit.
-        retry_delay: First backoff delay (doubles per retry).
+        wait_leases: How long a worker with nothing left to claim waits for ranges that other
+            workers hold without making progress (default ``lease_seconds`` plus a margin,
+            enough for a dead worker's lease to expire); then :meth:`run` raises
+            :class:`~greenlang_crypto.exceptions.JobIncompleteError`.
+        max_retries: Retries of one batch (or other statement) after a lost connection or
+            failed commit.
+        retry_delay: First backoff delay (doubles per retry, up to 5 seconds).
         state_schema: Schema of the job and quarantine tables.
         progress: ``progress(processed, remaining)`` after every batch.
     """
@@ -348,8 +424,9 @@ class ColumnJob:
         worker: str | None = None,
         ranges: int = 1,
         lease_seconds: float = 60.0,
-        max_retries: int = 3,
-        retry_delay: float = 0.05,
+        wait_leases: float | None = None,
+        max_retries: int = 8,
+        retry_delay: float = 0.1,
         state_schema: str = "encryption",
         progress: Progress | None = None,
     ) -> None:
@@ -362,6 +439,12 @@ class ColumnJob:
         if not re.fullmatch(r"[a-z_][a-z0-9_]*", state_schema):
             # The job tables come from the packaged DDL, which names its schema unquoted.
             raise InvalidArgumentError("state_schema must be a lowercase SQL identifier")
+        if not lease_seconds > 0:
+            raise InvalidArgumentError("lease_seconds must be positive")
+        if wait_leases is not None and not wait_leases >= 0:
+            raise InvalidArgumentError("wait_leases must not be negative")
+        if max_retries < 0:
+            raise InvalidArgumentError("max_retries must not be negative")
         self.engine = engine
         self.service = service
         self.spec = spec
@@ -371,6 +454,7 @@ class ColumnJob:
         self.worker = worker or f"{socket.gethostname()}:{os.getpid()}"
         self.ranges = max(1, ranges)
         self.lease_seconds = lease_seconds
+        self.wait_leases = lease_seconds + _LEASE_MARGIN if wait_leases is None else wait_leases
         self.max_retries = max_retries
         self.retry_delay = retry_delay
         self.state_schema = state_schema
@@ -405,6 +489,10 @@ class ColumnJob:
         self.run_id = run_id
         #: ``<job name>@<run id>`` once :meth:`run` has chosen the run.
         self.job_name = job_name if run_id is None else f"{job_name}@{run_id}"
+        #: The figures of the latest :meth:`run` so far; after a
+        #: :class:`~greenlang_crypto.exceptions.JobIncompleteError` they are this worker's
+        #: share, with ``remaining`` counted.
+        self.last_report: JobReport | None = None
         self._pk_type: str | None = None
 
     # -- SQL helpers ---------------------------------------------------------------------
@@ -507,23 +595,44 @@ class ColumnJob:
                     {"j": self.job_name, "i": i, "lo": edges[i], "hi": edges[i + 1]},
                 )
 
-    def _claim(self) -> tuple[int, str | None, str | None] | None:
+    def _claim(self) -> tuple[int, str | None] | None:
+        """Takes a pending range, an expired one, or one of this worker's own: (id, hi)."""
         with self.engine.begin() as conn:
             n = self._names(conn)
+            # A range row locked by a batch in progress is skipped: its worker is alive even
+            # when that batch outlasts the lease.
             row = conn.execute(
                 text(
                     f"UPDATE {n['ranges']} r SET state = 'running', owner = :w, "
-                    "lease_until = now() + make_interval(secs => :lease) "
+                    "lease_until = clock_timestamp() + make_interval(secs => :lease) "
                     "WHERE (r.job, r.range_id) = ("
                     f"  SELECT job, range_id FROM {n['ranges']} WHERE job = :j AND ("
                     "    state = 'pending' OR (state = 'running' AND "
-                    "    (lease_until < now() OR owner = :w)))"
+                    "    (lease_until < clock_timestamp() OR owner = :w)))"
                     "  ORDER BY range_id LIMIT 1 FOR UPDATE SKIP LOCKED) "
-                    "RETURNING r.range_id, COALESCE(r.last_pk, r.lo), r.hi"
+                    "RETURNING r.range_id, r.hi"
                 ),
                 {"w": self.worker, "j": self.job_name, "lease": self.lease_seconds},
             ).first()
-            return None if row is None else (int(row[0]), row[1], row[2])
+            return None if row is None else (int(row[0]), row[1])
+
+    def _open_ranges(self) -> list[_OpenRange]:
+        """The ranges of this run that are not done yet, with their holders and leases."""
+        with self.engine.connect() as conn:
+            n = self._names(conn)
+            rows = conn.execute(
+                text(
+                    "SELECT range_id, state, owner, lease_until::text, processed, "
+                    "GREATEST(COALESCE(EXTRACT(EPOCH FROM lease_until - clock_timestamp()), "
+                    f"0), 0)::float8 FROM {n['ranges']} WHERE job = :j AND state <> 'done' "
+                    "ORDER BY range_id"
+                ),
+                {"j": self.job_name},
+            ).all()
+        return [
+            _OpenRange(int(i), str(state), owner, until, int(done), float(left))
+            for i, state, owner, until, done, left in rows
+        ]
 
     # -- classification ------------------------------------------------------------------
 
@@ -726,16 +835,31 @@ class ColumnJob:
                 version,
             )
 
-    def _batch(
-        self, range_id: int, last: str | None, hi: str | None, report: JobReport
-    ) -> tuple[str | None, bool, int]:
-        """One transaction: read, write, verify, quarantine, checkpoint.
+    def _batch(self, range_id: int, hi: str | None, report: JobReport) -> tuple[bool, int]:
+        """One transaction: renew the lease, read, write, verify, quarantine, checkpoint.
 
         Returns:
-            The new checkpoint, whether the range is finished, and the rows read.
+            Whether the range is finished, and the rows read.
+
+        Raises:
+            _LeaseLostError: Another worker holds the range now (nothing was written).
         """
         with self.engine.begin() as conn:
             n = self._names(conn)
+            # Renewing first both proves this worker still owns the range and locks its row
+            # until the batch commits; the checkpoint comes from the table, so a range taken
+            # back resumes where its last committed batch ended.
+            owned = conn.execute(
+                text(
+                    f"UPDATE {n['ranges']} SET lease_until = clock_timestamp() + "
+                    "make_interval(secs => :lease) WHERE job = :j AND range_id = :i "
+                    "AND owner = :w AND state = 'running' RETURNING COALESCE(last_pk, lo)"
+                ),
+                {"lease": self.lease_seconds, "j": self.job_name, "i": range_id, "w": self.worker},
+            ).first()
+            if owned is None:
+                raise _LeaseLostError(range_id)
+            last: str | None = owned[0]
             pk_type = self._pk_sql_type(conn)
             cond = ["TRUE"]
             params: dict[str, Any] = {}
@@ -750,6 +874,9 @@ class ColumnJob:
             if rows:
                 writes, bad = self._plan_rows(rows, local)
                 lost = self._write(conn, writes)
+                # Every CAS round counts the rows it really changed, so the total is exact
+                # however many rounds the application's own writes force.
+                local.written += len(writes) - len(lost)
                 for _ in range(3):
                     if not lost:
                         break
@@ -764,20 +891,19 @@ class ColumnJob:
                     writes, more_bad = self._plan_rows(fresh, local)
                     bad.extend(more_bad)
                     lost = self._write(conn, writes)
+                    local.written += len(writes) - len(lost)
                 for w in lost:
                     bad.append((w.row, "concurrent updates (retry the job)", w.key_version))
                 self._quarantine(conn, bad, local)
-                local.written += sum(1 for w in writes) - len(lost)
             finished = len(rows) < self.batch_size
-            new_last = rows[-1].pk_text if rows else last
             conn.execute(
                 text(
                     f"UPDATE {n['ranges']} SET last_pk = :last, processed = processed + :n, "
-                    "state = :state, lease_until = now() + make_interval(secs => :lease) "
-                    "WHERE job = :j AND range_id = :i"
+                    "state = :state, lease_until = clock_timestamp() + "
+                    "make_interval(secs => :lease) WHERE job = :j AND range_id = :i"
                 ),
                 {
-                    "last": new_last,
+                    "last": rows[-1].pk_text if rows else last,
                     "n": len(rows),
                     "state": "done" if finished else "running",
                     "lease": self.lease_seconds,
@@ -791,9 +917,10 @@ class ColumnJob:
         report.skipped += local.skipped
         report.contended += local.contended
         report.quarantined.extend(local.quarantined)
-        return new_last, finished, len(rows)
+        return finished, len(rows)
 
     def _remaining(self) -> int:
+        """Rows not yet read by this run (an estimate for progress; the total is counted)."""
         with self.engine.connect() as conn:
             n = self._names(conn)
             total = conn.execute(text(f"SELECT count(*) FROM {n['t']}")).scalar() or 0
@@ -806,26 +933,67 @@ class ColumnJob:
             )
         return max(0, int(total) - int(done))
 
-    def run(self) -> JobReport:
-        """Processes ranges until none is left to claim; returns this worker's totals.
+    def _retrying(self, report: JobReport | None, op: Callable[..., _T], *args: Any) -> _T:
+        """Runs ``op`` (one transaction), again after a lost connection, with backoff.
 
         Raises:
-            OperationalError: A batch still failed after ``max_retries`` retries (nothing of
-                it was committed; rerun to resume).
+            KeyStoreUnavailableError: The database still failed after ``max_retries``
+                retries (the driver's error is the cause).
+        """
+        attempt = 0
+        while True:
+            try:
+                return op(*args)
+            except DBAPIError as exc:
+                if not (isinstance(exc, _RETRYABLE) or exc.connection_invalidated):
+                    raise
+                attempt += 1
+                if attempt > self.max_retries:
+                    # Only the error type: the driver's message may quote the statement.
+                    raise KeyStoreUnavailableError(
+                        f"the database of job {self.job_name} failed "
+                        f"{self.max_retries + 1} times in a row "
+                        f"({type(exc.orig or exc).__name__}); rerun to resume from the last "
+                        "committed batch"
+                    ) from exc
+                if report is not None:
+                    report.retries += 1
+                _log.warning(
+                    "database statement of %s failed (%s); retry %d/%d",
+                    self.job_name,
+                    type(exc.orig or exc).__name__,
+                    attempt,
+                    self.max_retries,
+                )
+                time.sleep(min(_MAX_RETRY_DELAY, self.retry_delay * 2 ** (attempt - 1)))
+
+    def run(self) -> JobReport:
+        """Processes ranges until every range of the run is done; returns this worker's totals.
+
+        Raises:
+            KeyStoreUnavailableError: The database stayed unreachable through ``max_retries``
+                retries (nothing of the failed batch was committed; rerun to resume).
+            JobIncompleteError: Other workers still hold ranges of this run without progress
+                after ``wait_leases`` seconds; ``retry_after`` says when their leases expire.
+                :attr:`last_report` holds this worker's figures.
             KeyStateError: Verification after write failed (the batch was rolled back).
         """
         started = time.perf_counter()
-        self.ensure_tables()
-        self._plan()
+        self.last_report = None
+        self._retrying(None, self.ensure_tables)
+        self._retrying(None, self._plan)
         report = JobReport(self.job_name)
+        self.last_report = report
         try:
             self._work(report)
         except BaseException:
             self._release()
             raise
-        # Only the worker that finds the whole run finished counts what is left; while other
-        # workers still hold ranges of this run, the count would report their work as missing.
-        report.remaining = self.count_remaining() if self._run_finished() else -1
+        finally:
+            report.seconds = time.perf_counter() - started
+        # Every range is done: what is left is what the rows say, not what the ranges say.
+        report.remaining = self._retrying(report, self.count_remaining)
+        self._metrics_remaining(report.remaining)
         report.seconds = time.perf_counter() - started
         return report
 
@@ -846,71 +1014,108 @@ class ColumnJob:
                 "could not release the ranges of %s (%s)", self.job_name, type(exc).__name__
             )
 
-    def _run_finished(self) -> bool:
+    def count_remaining(self) -> int:
+        """Rows of the column that still need this job's work (one SQL count).
+
+        Plaintext rows; in re-encryption also envelopes below the target key version; with a
+        blind index also envelopes whose index is missing or, in re-encryption, made with
+        another index key version. The key version is the header's bytes 4-7 (big-endian).
+        """
         with self.engine.connect() as conn:
             n = self._names(conn)
-            open_ranges = conn.execute(
-                text(f"SELECT count(*) FROM {n['ranges']} WHERE job = :j AND state <> 'done'"),
-                {"j": self.job_name},
+            col = n["col"]
+            # CASE, not AND: SQL does not promise to evaluate AND left to right, and
+            # get_byte past the end of a short value is an error.
+            envelope = (
+                f"(CASE WHEN octet_length({col}) > 0 "
+                f"THEN get_byte({col}, 0) = {ENVELOPE_MAGIC:d} ELSE false END)"
+            )
+            needs = [f"NOT {envelope}"]
+            params: dict[str, Any] = {}
+            if self.mode == "reencrypt":
+                version = " | ".join(
+                    f"(get_byte({col}, {i})::bigint << {8 * (7 - i)})" for i in range(4, 8)
+                )
+                needs.append(
+                    f"({envelope} AND (CASE WHEN octet_length({col}) >= 8 "
+                    f"THEN ({version}) < :target ELSE false END))"
+                )
+                params["target"] = self._target_version
+            if self.spec.index_column:
+                idx = n["idx"]
+                stale = f"{idx} IS NULL"
+                if self.mode == "reencrypt":
+                    stale += (
+                        f" OR (CASE WHEN octet_length({idx}) > 0 THEN get_byte({idx}, 0) "
+                        "ELSE 0 END) <> :index_version"
+                    )
+                    params["index_version"] = self._target_index_version or 0
+                needs.append(f"({envelope} AND ({stale}))")
+            found = conn.execute(
+                text(
+                    f"SELECT count(*) FROM {n['t']} "
+                    f"WHERE {col} IS NOT NULL AND ({' OR '.join(needs)})"
+                ),
+                params,
             ).scalar()
-        return not open_ranges
+        return int(found or 0)
 
-    def count_remaining(self) -> int:
-        """Rows of the column not in the target state (a scan of the column).
+    @staticmethod
+    def _metrics_remaining(remaining: int) -> None:
+        from greenlang_crypto.metrics import reencryption_progress
 
-        Plaintext rows, and in re-encryption also envelopes below the target key version.
-        """
-        if self.mode == "encrypt":
-            with self.engine.connect() as conn:
-                t, col = _quote(conn, self.spec.table), _quote(conn, self.spec.column)
-                envelope = f"octet_length({col}) > 0 AND get_byte({col}, 0) = {ENVELOPE_MAGIC:d}"
-                found = conn.execute(
-                    text(f"SELECT count(*) FROM {t} WHERE {col} IS NOT NULL AND NOT ({envelope})")
-                ).scalar()
-            return int(found or 0)
-        dry = self.dry_run(verify=False)
-        return dry.plaintext + dry.rows_below(self._target_version)
+        reencryption_progress().set_remaining(remaining)
+
+    def _incomplete(self, ranges: Sequence[_OpenRange], report: JobReport) -> JobIncompleteError:
+        """The error for ranges that other, silent workers still hold (remaining counted)."""
+        report.remaining = self._retrying(report, self.count_remaining)
+        self._metrics_remaining(report.remaining)
+        retry_after = float(max(1, math.ceil(max(r.seconds_left for r in ranges))))
+        holders = ", ".join(sorted({r.owner or "nobody" for r in ranges}))
+        return JobIncompleteError(
+            f"{len(ranges)} range(s) of job {self.job_name} are still leased to {holders}, "
+            f"which made no progress for {self.wait_leases:g} s (a worker may have died); "
+            f"{report.remaining} row(s) remain; rerun after {retry_after:.0f} s to take the "
+            "ranges over",
+            retry_after=retry_after,
+        )
 
     def _work(self, report: JobReport) -> None:
         from greenlang_crypto.metrics import reencryption_progress
 
         metrics = reencryption_progress()
-        remaining = self._remaining()
+        remaining = self._retrying(report, self._remaining)
         metrics.set_remaining(remaining)
         counted = (0, 0, 0)
+        watch: _LeaseWatch | None = None
         while True:
-            claim = self._claim()
+            claim = self._retrying(report, self._claim)
             if claim is None:
-                break
-            range_id, last, hi = claim
+                open_ranges = self._retrying(report, self._open_ranges)
+                if not open_ranges:
+                    return  # every range of the run is done
+                # Other workers hold what is left: a live one finishes it, a dead one's lease
+                # expires and the next claim takes its ranges over.
+                if watch is None:
+                    watch = _LeaseWatch(self.wait_leases)
+                pause = watch.pause(open_ranges)
+                if pause is None:
+                    raise self._incomplete(open_ranges, report)
+                time.sleep(pause)
+                continue
+            watch = None
+            range_id, hi = claim
             finished = False
             while not finished:
-                attempt = 0
-                while True:
-                    try:
-                        last, finished, count = self._batch(range_id, last, hi, report)
-                        break
-                    except _RETRYABLE as exc:
-                        attempt += 1
-                        if attempt > self.max_retries:
-                            raise
-                        report.retries += 1
-                        _log.warning(
-                            "batch of %s failed (%s); retry %d/%d",
-                            self.job_name,
-                            type(exc).__name__,
-                            attempt,
-                            self.max_retries,
-                        )
-                        time.sleep(self.retry_delay * 2 ** (attempt - 1))
-                    except DBAPIError as exc:
-                        if not exc.connection_invalidated:
-                            raise
-                        attempt += 1
-                        if attempt > self.max_retries:
-                            raise
-                        report.retries += 1
-                        time.sleep(self.retry_delay * 2 ** (attempt - 1))
+                try:
+                    finished, count = self._retrying(report, self._batch, range_id, hi, report)
+                except _LeaseLostError:
+                    # Our lease ran out (a stall, an outage) and another worker took the
+                    # range; its checkpoint is theirs now and our batch was rolled back.
+                    _log.warning(
+                        "range %d of %s was taken over by another worker", range_id, self.job_name
+                    )
+                    break
                 remaining = max(0, remaining - count)
                 metrics.add("success", report.written - counted[0])
                 metrics.add("skipped", report.skipped - counted[1])

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
 from greenlang_crypto import parse_envelope
-from greenlang_crypto.exceptions import KeyStateError
+from greenlang_crypto.exceptions import KeyStateError, KeyStoreUnavailableError
 from greenlang_crypto.service import EncryptionService
 from greenlang_crypto.sqlalchemy import SealedValue
 from greenlang_crypto.sqlalchemy.migrate import (
@@ -214,10 +214,12 @@ def test_retries_are_bounded(pg_engine: Engine, service: EncryptionService, peop
     job.ensure_tables()
     event.listen(pg_engine, "commit", always)
     try:
-        with pytest.raises(OperationalError):
+        # The typed error of an unreachable database, with the driver's error as its cause.
+        with pytest.raises(KeyStoreUnavailableError) as raised:
             job.run()
     finally:
         event.remove(pg_engine, "commit", always)
+    assert isinstance(raised.value.__cause__, OperationalError)
     assert job.dry_run().plaintext == 30  # no partial batch
 
 

@@ -68,13 +68,13 @@ def test_apply_twice_then_down(fresh_db: tuple[Engine, str], with_pii_tables: bo
             )
             conn.execute(text("CREATE TABLE users (id bigint PRIMARY KEY, email text, phone text)"))
             conn.execute(text("CREATE TABLE api_keys (id bigint PRIMARY KEY, key_value text)"))
-    # V012 (the fleet keyring tables) and V013 (branch keys) follow V011 in the packaged
-    # migrations.
-    assert apply_migrations(engine) == ["V011", "V012", "V013"]
+    # V012 (the fleet keyring tables), V013 (branch keys) and V014 (instance fences) follow
+    # V011 in the packaged migrations.
+    assert apply_migrations(engine) == ["V011", "V012", "V013", "V014"]
     assert apply_migrations(engine) == []  # recorded: not applied again
     with engine.begin() as conn:  # the script itself is idempotent as well
         conn.execute(text("DELETE FROM public.glc_schema_migrations"))
-    assert apply_migrations(engine) == ["V011", "V012", "V013"]
+    assert apply_migrations(engine) == ["V011", "V012", "V013", "V014"]
     for table in (
         "glc_key_versions",
         "glc_keyring",
@@ -111,7 +111,7 @@ def test_apply_twice_then_down(fresh_db: tuple[Engine, str], with_pii_tables: bo
                 ).scalar()
                 == 4
             )
-    assert revert_migrations(engine) == ["V013", "V012", "V011"]
+    assert revert_migrations(engine) == ["V014", "V013", "V012", "V011"]
     assert revert_migrations(engine) == []
     assert not _columns(engine, "encryption", "glc_deks")
     if with_pii_tables:
@@ -126,7 +126,7 @@ def test_cli_migrate_up_and_down(fresh_db: tuple[Engine, str], tmp_path: object)
 
     base[0] = sys.executable
     up = run_cli(base)
-    assert up.returncode == 0 and "applied: V011, V012, V013" in up.stdout, up.stderr
+    assert up.returncode == 0 and "applied: V011, V012, V013, V014" in up.stdout, up.stderr
     assert "up to date" in run_cli(base).stdout
     down = run_cli([*base, "--down"])
-    assert down.returncode == 0 and "reverted: V013, V012, V011" in down.stdout
+    assert down.returncode == 0 and "reverted: V014, V013, V012, V011" in down.stdout
