@@ -1614,6 +1614,7 @@ class EncryptionService:
                 if version.provider == self.provider.name:
                     self.store.set_wrapping_key(version.version, new_wrapping_key_id)
             self._load_keyring()
+            self._await_fleet(self._keyring.snapshot.epoch)
         self._emit("key_rewrapped", key_id=new_wrapping_key_id, count=done)
         return done
 
@@ -1673,6 +1674,9 @@ class EncryptionService:
         with self._key_change("branch_key_delete", scope=scope):
             ids = self._branches.delete_scope(scope)
             self._load_keyring()
+            # Return only once no instance can still seal under the deleted keys: every live
+            # one has loaded the deletion, or has been silent past its fence.
+            self._await_fleet(self._keyring.snapshot.epoch)
         self._emit("key_retired", purpose="branch-key", count=len(ids))
         return len(ids)
 
@@ -1695,10 +1699,31 @@ class EncryptionService:
             KeyStateError: A version, stored DEK or index key still uses the key.
         """
         with self._key_change("key_destroy", wrapping_key_id=wrapping_key_id):
+            # An instance that has not loaded the rewrap yet may still make inline envelopes
+            # under the old wrapping key: wait until none can before destroying it.
+            self._load_keyring()
+            self._await_fleet(self._keyring.snapshot.epoch)
             marked = self.store.destroy_wrapping_key(wrapping_key_id)
             self._load_keyring()
         self._emit("key_retired", purpose="wrapping-key", key_id=wrapping_key_id)
         return marked
+
+    def _await_fleet(self, epoch: int) -> None:
+        """Waits until no other instance can still act on a keyring view older than ``epoch``.
+
+        An instance counts once it has confirmed ``epoch`` (or later), or once it has been
+        silent past its liveness window, which is longer than its fence: from then on it
+        cannot seal before confirming, and a confirmation loads the current view. So the wait
+        always ends, within the longest window among the registered instances.
+        """
+        me = self._keyring.instance_id
+        while True:
+            laggards = [
+                i for i in self._keyring.live_instances() if i.instance_id != me and i.epoch < epoch
+            ]
+            if not laggards:
+                return
+            time.sleep(0.05)
 
     def retirement_blockers(self, min_version: int) -> list[str]:
         """Why retiring versions below ``min_version`` is unsafe now (empty: it is safe).
