@@ -413,9 +413,18 @@ class _Listener:
         conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=5)
         try:
             conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-            probe = uuid.uuid4().hex
-            conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, probe))
-            heard = any(n.payload == probe for n in conn.notifies(timeout=2.0, stop_after=1))
+            # The probe goes to a channel of this connection's own, so it wakes no other
+            # instance (after a failover every instance reconnects at once), and is sent from
+            # another session, as key changes are: a session hears its own notifications
+            # even through a pooler that would lose everyone else's.
+            probe = f"glc_probe_{uuid.uuid4().hex}"
+            conn.execute(f"LISTEN {probe}")
+            with psycopg.connect(self._dsn, autocommit=True, connect_timeout=5) as sender:
+                sender.execute(f"NOTIFY {probe}")
+            # A key-change notification may arrive first; the tick right after connecting
+            # catches up on it anyway.
+            heard = any(n.channel == probe for n in conn.notifies(timeout=2.0))
+            conn.execute(f"UNLISTEN {probe}")
         except Exception:
             conn.close()
             raise
