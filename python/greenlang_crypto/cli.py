@@ -3,31 +3,41 @@
 Commands: ``init``, ``encrypt``, ``decrypt``, ``keys list|rotate|rewrap|retire``, ``status``.
 Configuration comes from ``--config FILE`` (TOML) or ``GLC_*`` environment variables; with
 neither, the embedded local provider in ``~/.greenlang-crypto`` (or ``$GLC_DATA_DIR``) is used.
+A failure is one ``error:`` line on stderr; the exit code tells a failed check (1), an error
+to fix (2), an outage to retry later (3) and an interrupt (130) apart.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import importlib.util
 import io
 import json
+import logging
 import os
 import stat
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from greenlang_crypto._core import STREAM_DEFAULT_SEGMENT, STREAM_MAGIC
+from greenlang_crypto._files import atomic_output
 from greenlang_crypto.config import EncryptionServiceConfig
 from greenlang_crypto.context import EncryptionContext
 from greenlang_crypto.exceptions import (
+    AuditSinkUnavailableError,
     ConfigurationError,
     GreenlangCryptoError,
+    KeyStoreUnavailableError,
+    KmsUnavailableError,
+    OutputError,
     PayloadTooLargeError,
+    UnavailableError,
 )
 
 __all__ = ["main"]
@@ -163,11 +173,19 @@ class _UsageError(Exception):
     """A problem with the command line or the files it names (exit code 2, one line)."""
 
 
+def _unreadable(path: str | None, exc: OSError) -> _UsageError:
+    name = "standard input" if path in (None, "-") else path
+    return _UsageError(f"cannot read {name}: {exc.strerror or type(exc).__name__}")
+
+
 def _read_input(path: str | None, limit: int) -> bytes:
     """Reads the input, refusing more than ``limit`` bytes before reading them."""
     if path in (None, "-"):
         # A pipe has no size: read one byte past the limit to tell "too large" apart.
-        data = sys.stdin.buffer.read(limit + 1)
+        try:
+            data = sys.stdin.buffer.read(limit + 1)
+        except OSError as exc:
+            raise _unreadable(path, exc) from exc
         if len(data) > limit:
             raise PayloadTooLargeError(f"input is larger than {limit} bytes")
         return data
@@ -178,7 +196,7 @@ def _read_input(path: str | None, limit: int) -> bytes:
                 raise PayloadTooLargeError(f"input is {size} bytes, more than {limit}")
             data = f.read(limit + 1)
     except OSError as exc:
-        raise _UsageError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+        raise _unreadable(path, exc) from exc
     if len(data) > limit:
         raise PayloadTooLargeError(f"input is larger than {limit} bytes")
     return data
@@ -237,6 +255,63 @@ class _Prefixed:
         return self._rest.readinto(buffer) or 0
 
 
+class _InputFile(io.FileIO):
+    """The input file: a read that fails (an I/O error, a vanished mount) is a usage error.
+
+    The stream code between the input and the output passes errors on as they are; failing
+    here with our own type keeps an unreadable input from being reported as a failed output.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, "rb")
+        self.path = path
+
+    def readinto(self, buffer: Any, /) -> int:
+        try:
+            return super().readinto(buffer)
+        except OSError as exc:
+            raise _unreadable(self.path, exc) from exc
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        try:
+            return super().read(size)
+        except OSError as exc:
+            raise _unreadable(self.path, exc) from exc
+
+    def readall(self) -> bytes:
+        try:
+            return super().readall()
+        except OSError as exc:
+            raise _unreadable(self.path, exc) from exc
+
+
+class _Writable(Protocol):
+    def write(self, data: Any, /) -> int: ...
+
+
+class _Stdout:
+    """Standard output, whose failing writes raise :class:`OutputError` (cause chained)."""
+
+    def __init__(self) -> None:
+        self._out = sys.stdout.buffer
+
+    def write(self, data: Any, /) -> int:
+        try:
+            return self._out.write(data)
+        except OSError as exc:
+            raise OutputError(_stdout_failure(exc)) from exc
+
+    def flush(self) -> None:
+        try:
+            self._out.flush()
+        except OSError as exc:
+            raise OutputError(_stdout_failure(exc)) from exc
+
+
+def _stdout_failure(exc: OSError) -> str:
+    return f"cannot write standard output: {exc.strerror or type(exc).__name__}"
+
+
 @contextlib.contextmanager
 def _input(path: str | None) -> Iterator[BinaryIO]:
     """stdin, or the file at ``path`` opened unbuffered (the stream code reads big runs)."""
@@ -244,47 +319,28 @@ def _input(path: str | None) -> Iterator[BinaryIO]:
         yield sys.stdin.buffer
         return
     try:
-        f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below, errors are usage errors
+        f = _InputFile(path)
     except OSError as exc:
-        raise _UsageError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+        raise _unreadable(path, exc) from exc
     with f:
         yield f
 
 
 @contextlib.contextmanager
-def _output(path: str | None) -> Iterator[BinaryIO]:
-    """stdout, or a file replaced atomically when the block succeeds.
+def _output(path: str | None) -> Iterator[_Writable]:
+    """stdout, or a file that appears under ``path`` only when the block succeeds.
 
-    The file is written to a temporary file beside it, created 0600 (it ends with the mode
-    the replaced file had), and removed on any error.
+    The file is written beside its name, created 0600 (it ends with the mode the replaced
+    file had), and removed on any error; a device or FIFO is written in place. Failing writes
+    raise :class:`OutputError`.
     """
     if path in (None, "-"):
-        yield sys.stdout.buffer
-        sys.stdout.buffer.flush()
+        out = _Stdout()
+        yield out
+        out.flush()
         return
-    target = Path(path)
-    try:
-        mode = stat.S_IMODE(target.stat().st_mode)
-    except FileNotFoundError:
-        mode = 0o600
-    except OSError as exc:
-        raise _UsageError(f"cannot write {path}: {exc.strerror or type(exc).__name__}") from None
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        # O_EXCL with mode 0600 from the start: the plaintext is never readable by others.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except OSError as exc:
-        raise _UsageError(f"cannot write {path}: {exc.strerror or type(exc).__name__}") from None
-    try:
-        with os.fdopen(fd, "wb", buffering=0) as f:
-            yield f
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        tmp.replace(target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    with atomic_output(path) as f:
+        yield f
 
 
 @contextlib.contextmanager
@@ -685,23 +741,165 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``greenlang-crypto`` command."""
-    parser = build_parser()
-    # A command whose extra is missing accepts whatever follows it, so that the user learns
-    # which extra to install rather than which of its arguments were wrong.
-    args, unknown = parser.parse_known_args(argv)
-    if unknown and not getattr(args, "accepts_any_arguments", False):
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+#: Exit codes besides 0 and 1 (a check failed, which the commands return themselves): a
+#: usage or typed error, an outage a later run may not meet, interrupted (128 + SIGINT, as a
+#: shell reports it). The README's "Exit codes" lists them for scripts and schedulers.
+EXIT_ERROR = 2
+EXIT_RETRY_LATER = 3
+EXIT_INTERRUPTED = 130
+
+#: errno values that only a write reports: a stray OSError carrying one is an output error.
+_WRITE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EPIPE, errno.ETXTBSY}
+)
+
+
+def _exit_code(exc: GreenlangCryptoError) -> int:
+    """3 when the same command may succeed later (a dependency is down), else 2."""
+    if isinstance(exc, UnavailableError | KmsUnavailableError | AuditSinkUnavailableError):
+        # A sink that is up but refuses the values is no outage: rerunning cannot help.
+        # Looked up only when loaded: if the audit package never ran, the error is not its.
+        base = sys.modules.get("greenlang_crypto.audit.sinks.base")
+        rejected = getattr(base, "AuditRecordRejectedError", None)
+        if rejected is not None and isinstance(exc, rejected):
+            return EXIT_ERROR
+        return EXIT_RETRY_LATER
+    return EXIT_ERROR
+
+
+def _one_line(text: str) -> str:
+    # A message from a lower layer may span lines; the CLI promises one line per error.
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"error: {_one_line(message)}", file=sys.stderr)
+    _settle_stdout()
+    return code
+
+
+def _report(exc: GreenlangCryptoError) -> int:
+    # Typed errors carry no secrets by construction; print the class and message only (the
+    # chained cause, a driver's own text, is never printed).
+    text = _one_line(str(exc))
+    return _fail(f"{type(exc).__name__}: {text}" if text else type(exc).__name__, _exit_code(exc))
+
+
+def _settle_stdout() -> None:
+    """Points a broken stdout at the null device, so the exit flush adds no second message.
+
+    A closed pipe or a full disk behind stdout would otherwise make the interpreter print
+    its own "Exception ignored" lines after ours.
+    """
     try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+
+
+def _stray_os_error(exc: OSError) -> int:
+    """The line and exit code for an OSError that no helper typed.
+
+    An output error when only a write fails so, an outage when a connection failed, else a
+    usage error naming the file.
+    """
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    where = f"{os.fsdecode(exc.filename)}: " if exc.filename is not None else ""
+    error: GreenlangCryptoError
+    if isinstance(exc, BrokenPipeError) or exc.errno in _WRITE_ERRNOS:
+        error = OutputError(f"cannot write {where}{reason}")
+    elif isinstance(exc, ConnectionError | TimeoutError):
+        # Refused, reset or timed out: a service the command needs is down right now.
+        error = UnavailableError(f"a service is unreachable ({type(exc).__name__}); retry later")
+    else:
+        return _fail(f"{where}{reason}", EXIT_ERROR)
+    error.__cause__ = exc
+    return _report(error)
+
+
+class _OneLineWarnings(logging.Handler):
+    """Log records as ``warning: ...`` lines on the current stderr, without tracebacks.
+
+    The command's own failure is the one ``error:`` line main() prints; what the library
+    logs on the way (an audit sink down at start, say) stays a single line beside it.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(f"warning: {_one_line(record.getMessage())}", file=sys.stderr)
+        except Exception:  # a log line must never be what fails the command
+            self.handleError(record)
+
+
+def _cli_logging(command: str | None) -> None:
+    """Sets up logging for a one-shot command, unless the process already has its own.
+
+    ``serve`` is left to uvicorn's configuration: a server's logs belong to its operator.
+    The database drivers' own retries (a pool reconnecting, each attempt a multi-line
+    warning) are silenced: their outcome is the typed error the command reports.
+    """
+    root = logging.getLogger()
+    if command == "serve" or root.handlers:
+        return
+    root.addHandler(_OneLineWarnings(logging.WARNING))
+    for name in ("psycopg", "psycopg_pool", "psycopg.pool"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def _database_outage(exc: Exception) -> GreenlangCryptoError | None:
+    """The typed error for a raw database error that reached the CLI, if it is an outage.
+
+    The stores type their own failures; this is the backstop for one that slipped through
+    (a connection pool timing out, a SQLite file locked past its timeout). The drivers are
+    looked up only when loaded: a driver never imported cannot have raised, and psycopg and
+    SQLAlchemy are optional.
+    """
+    for module, make in (
+        ("psycopg", KeyStoreUnavailableError),
+        ("sqlite3", KeyStoreUnavailableError),
+        ("sqlalchemy.exc", UnavailableError),
+    ):
+        cls = getattr(sys.modules.get(module), "OperationalError", None)
+        if isinstance(cls, type) and isinstance(exc, cls):
+            error: GreenlangCryptoError = make(
+                f"the database is unreachable or busy ({type(exc).__name__}); retry later"
+            )
+            error.__cause__ = exc
+            return error
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``greenlang-crypto`` command; returns the exit code.
+
+    Every failure is one ``error: ...`` line on stderr, never a traceback: 2 for a usage or
+    typed error, 3 for an outage worth retrying later, 130 when interrupted.
+    """
+    try:
+        parser = build_parser()
+        # A command whose extra is missing accepts whatever follows it, so that the user
+        # learns which extra to install rather than which of its arguments were wrong.
+        args, unknown = parser.parse_known_args(argv)
+        if unknown and not getattr(args, "accepts_any_arguments", False):
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        _cli_logging(args.command)
         return int(args.func(args))
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_INTERRUPTED)
     except GreenlangCryptoError as exc:
-        # Typed errors carry no secrets by construction; print the class and message only.
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+        return _report(exc)
     except _UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc), EXIT_ERROR)
+    except OSError as exc:
+        return _stray_os_error(exc)
+    except Exception as exc:
+        outage = _database_outage(exc)
+        if outage is None:
+            raise  # a bug: its traceback is what a report needs
+        return _report(outage)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -101,7 +101,7 @@ def test_cli_key_changes_are_audited_and_fail_closed(tmp_path: Path) -> None:
         timeout=60,
         check=False,
     )
-    assert down.returncode == 2 and b"AuditSinkUnavailableError" in down.stderr
+    assert down.returncode == 3 and b"AuditSinkUnavailableError" in down.stderr
     assert json.loads(run(tmp_path, "keys", "list", "--json").stdout) == before
 
 

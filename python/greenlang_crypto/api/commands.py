@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from greenlang_crypto.exceptions import ConfigurationError
+
 __all__ = ["register"]
 
 
@@ -49,7 +51,14 @@ def cmd_serve(args: argparse.Namespace, make_config: Callable[[argparse.Namespac
 
     config = make_config(args)
     if args.jwt_key_file:
-        key = Path(args.jwt_key_file).read_text()
+        try:
+            key = Path(args.jwt_key_file).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            # Only the path and the reason: the file is a key, nothing of it is printed.
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise ConfigurationError(
+                f"cannot read --jwt-key-file {args.jwt_key_file}: {reason}"
+            ) from exc
         algorithms = tuple(a.strip() for a in args.jwt_algorithms.split(",") if a.strip())
         settings = AuthSettings(
             algorithms=algorithms,
@@ -140,15 +149,21 @@ def cmd_audit(
             print(f"error: unreadable checkpoint ({type(exc).__name__})", file=sys.stderr)
             return 2
         audit = _open_audit(args, make_service, make_config)
-        if not audit.anchors and not given:
-            # Without an anchor nothing outside the database vouches for the head, so a log
-            # cut short and re-chained by someone holding the key store cannot be told apart.
-            print(
-                "warning: no audit anchor configured; a truncated log cannot be detected "
-                "(use --anchor or --checkpoint)",
-                file=sys.stderr,
-            )
-        result = audit.verify(given or None)
+        try:
+            if not audit.anchors and not given:
+                # Without an anchor nothing outside the database vouches for the head, so a
+                # log cut short and re-chained by someone holding the key store cannot be
+                # told apart.
+                print(
+                    "warning: no audit anchor configured; a truncated log cannot be detected "
+                    "(use --anchor or --checkpoint)",
+                    file=sys.stderr,
+                )
+            result = audit.verify(given or None)
+        finally:
+            # Only the sink: these commands read, and closing the log would write a
+            # checkpoint. An unreachable sink has raised already (exit code 3).
+            audit.sink.close()
         for p in result.problems:
             print(f"BAD record seq {p.seq}: {p.kind}: {p.detail}")
         if result.ok:
@@ -157,7 +172,11 @@ def cmd_audit(
         print(f"FAILED: {len(result.problems)} problem(s) in {result.records} record(s)")
         return 1
     audit = _open_audit(args, make_service, make_config)
-    for record in audit.tail(args.n):
+    try:
+        records = audit.tail(args.n)
+    finally:
+        audit.sink.close()
+    for record in records:
         print(json.dumps(record.to_dict(), sort_keys=True))
     return 0
 

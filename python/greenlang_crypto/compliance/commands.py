@@ -10,6 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from greenlang_crypto.exceptions import (
+    ConfigurationError,
+    GreenlangCryptoError,
+    UnavailableError,
+)
+
 
 def register(
     subparsers: Any,
@@ -34,17 +40,44 @@ def register(
 
         service = make_service(args)
         audit_verify = _audit_verifier(service)
-        report = run_verification(
-            service,
-            db_url=args.db,
-            columns=[ColumnSpec.parse(c) for c in args.column],
-            terraform_dir=args.terraform,
-            audit_verify=audit_verify,
-        )
+        try:
+            report = run_verification(
+                service,
+                db_url=args.db,
+                columns=[ColumnSpec.parse(c) for c in args.column],
+                terraform_dir=args.terraform,
+                audit_verify=audit_verify,
+            )
+        except Exception as exc:
+            typed = _database_error(exc)
+            if typed is None:
+                raise
+            raise typed from exc
         sys.stdout.write((report.to_json() if args.json else report.to_text()) + "\n")
         return 1 if report.failed else 0
 
     p.set_defaults(func=run)
+
+
+def _database_error(exc: Exception) -> GreenlangCryptoError | None:
+    """The typed error for a failure of the ``--db`` database, else None.
+
+    Only the error class is named: a driver's message can quote the URL or the statement.
+    SQLAlchemy is looked up only when loaded (the check imports it only with ``--db``).
+    """
+    sa = sys.modules.get("sqlalchemy.exc")
+    if sa is None:
+        return None
+    name = type(exc).__name__
+    if isinstance(exc, sa.OperationalError | sa.InterfaceError | sa.TimeoutError):
+        # Unreachable, restarting, out of connections: the same report may work later.
+        return UnavailableError(f"the --db database is unreachable ({name}); retry later")
+    if isinstance(exc, sa.ArgumentError | sa.NoSuchModuleError):
+        return ConfigurationError(f"--db is not a usable database URL ({name})")
+    if isinstance(exc, sa.DBAPIError):
+        # A missing table or column, a denied SELECT: the declared columns are wrong.
+        return GreenlangCryptoError(f"the --db database refused the column check ({name})")
+    return None
 
 
 def _audit_verifier(service: Any) -> Callable[[], Any] | None:

@@ -50,26 +50,35 @@ class JsonLinesAuditSink:
                 os.close(open_private_append(self.path))
                 f = open(self.path, "a+b")  # noqa: SIM115 - closed below
             except OSError as exc:
-                raise AuditSinkUnavailableError(
-                    f"audit sink {self.description} unavailable ({type(exc).__name__})"
-                ) from None
+                raise self._down(exc) from exc
             try:
                 deadline = time.monotonic() + self.timeout
                 while True:
                     try:
                         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                         break
-                    except BlockingIOError:
+                    except BlockingIOError as exc:
                         if time.monotonic() > deadline:
                             raise AuditSinkUnavailableError(
                                 f"audit sink {self.description} locked"
-                            ) from None
+                            ) from exc
                         time.sleep(0.01)
+                    except OSError as exc:  # no locks on this file system, out of locks
+                        raise self._down(exc) from exc
                 yield f
             finally:
-                f.close()
+                # Closing only releases the lock and a read handle (writes were fsync'd):
+                # a late error here must not replace the one on its way, or a success.
+                with contextlib.suppress(OSError):
+                    f.close()
         finally:
             self._lock.release()
+
+    def _down(self, exc: BaseException) -> AuditSinkUnavailableError:
+        """The error for an OS failure (the caller chains ``exc``); names no path contents."""
+        return AuditSinkUnavailableError(
+            f"audit sink {self.description} unavailable ({type(exc).__name__})"
+        )
 
     def _read_meta(self) -> dict[str, str]:
         try:
@@ -79,17 +88,23 @@ class JsonLinesAuditSink:
         except (OSError, ValueError) as exc:
             raise AuditSinkUnavailableError(
                 f"audit sink {self.description} metadata unreadable ({type(exc).__name__})"
-            ) from None
+            ) from exc
         return {str(k): str(v) for k, v in data.items()}
 
     def _write_meta(self, meta: Mapping[str, str]) -> None:
         tmp = self.meta_path.with_name(self.meta_path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(dict(meta), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.meta_path)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                json.dump(dict(meta), fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.meta_path)
+        except BaseException:
+            # A full disk leaves a truncated copy: removed, the sidecar itself is untouched.
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
 
     @staticmethod
     def _last_line(f: Any) -> bytes | None:
@@ -121,38 +136,66 @@ class JsonLinesAuditSink:
                 else:
                     last_seq, last_hmac = 0, None
                 records = chain.seal(entries, last_seq, last_hmac)
-                f.seek(0, os.SEEK_END)
-                for r in records:
-                    line = json.dumps(r.to_dict(), sort_keys=True, separators=(",", ":"))
-                    f.write(line.encode() + b"\n")
-                f.flush()
-                os.fsync(f.fileno())
-                meta = self._read_meta()
-                meta[_HEAD_META] = f"{records[-1].seq}:{records[-1].hmac}"
-                self._write_meta(meta)
+                payload = b"".join(
+                    json.dumps(r.to_dict(), sort_keys=True, separators=(",", ":")).encode() + b"\n"
+                    for r in records
+                )
+                end = f.seek(0, os.SEEK_END)
+                try:
+                    # Straight to the descriptor: a buffered writer would flush what a full
+                    # disk refused once more when closed, after the clean-up below.
+                    view = memoryview(payload)
+                    while view:
+                        view = view[os.write(f.fileno(), view) :]
+                    os.fsync(f.fileno())
+                    meta = self._read_meta()
+                    meta[_HEAD_META] = f"{records[-1].seq}:{records[-1].hmac}"
+                    self._write_meta(meta)
+                except BaseException:
+                    # All or nothing, still under the lock: a line cut short by a full disk
+                    # would stay the last line, which no later append could chain after.
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(f.fileno(), end)
+                    raise
                 return records
             except AuditSinkUnavailableError:
                 raise
             except Exception as exc:
                 raise AuditSinkUnavailableError(
                     f"audit sink {self.description} write failed ({type(exc).__name__})"
-                ) from None
+                ) from exc
 
     def records(self) -> Iterator[AuditRecord]:
-        """Every line in file order; an unparseable line yields a record that fails its HMAC."""
+        """Every line in file order; an unparseable line yields a record that fails its HMAC.
+
+        Raises:
+            AuditSinkUnavailableError: The file cannot be opened or read (permissions, an I/O
+                error); a file that does not exist yet holds no records.
+        """
         try:
             fh = self.path.open("rb")
         except FileNotFoundError:
             return
+        except OSError as exc:
+            raise self._down(exc) from exc
         with fh:
-            for n, raw in enumerate(fh, start=1):
+            n = 0
+            while True:
+                try:
+                    raw = fh.readline()
+                except OSError as exc:
+                    raise self._down(exc) from exc
+                if not raw:
+                    return
+                n += 1
                 line = raw.strip()
                 if not line:
                     continue
                 try:
-                    yield AuditRecord.from_dict(json.loads(line))
+                    record = AuditRecord.from_dict(json.loads(line))
                 except (ValueError, KeyError, TypeError):
-                    yield AuditRecord(-n, AuditEntry(action="_unparseable", time=""), "")
+                    record = AuditRecord(-n, AuditEntry(action="_unparseable", time=""), "")
+                yield record
 
     def query(self, q: AuditQuery) -> list[AuditRecord]:
         """Filtered records (a scan; the file sink is for small installations)."""
@@ -190,9 +233,7 @@ class JsonLinesAuditSink:
             try:
                 self._write_meta(meta)
             except OSError as exc:
-                raise AuditSinkUnavailableError(
-                    f"audit sink {self.description} unavailable ({type(exc).__name__})"
-                ) from None
+                raise self._down(exc) from exc
             return value
 
     def ping(self) -> None:

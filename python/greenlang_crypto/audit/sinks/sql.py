@@ -27,6 +27,12 @@ from greenlang_crypto.exceptions import AuditSinkUnavailableError
 
 _PROBE_META = "probe"
 
+#: Tries of one call when the connection turns out dead (a database restart or failover):
+#: the first on the dead connection, then on new ones, all within the sink's timeout.
+_ATTEMPTS = 3
+#: Pause before the second and third try (the server may be finishing its start).
+_BACKOFF = (0.1, 0.3)
+
 
 _COLUMNS = (
     "seq, time, actor, action, outcome, key_id, key_version, context_digest, data_class, "
@@ -82,6 +88,7 @@ class _SqlAuditSink:
     """Shared SQL implementation; subclasses provide connections, locking and placeholders."""
 
     description = "sql"
+    timeout = 2.0
     _ph = "?"
 
     def __init__(self) -> None:
@@ -109,56 +116,90 @@ class _SqlAuditSink:
     def _sql(self, sql: str) -> str:
         return sql.replace("?", self._ph)
 
+    def _retryable(self, conn: Any) -> bool:
+        """Whether a failed call may be tried again on a new connection.
+
+        ``conn`` is the connection it failed on, ``None`` when connecting failed. Never,
+        unless a subclass says so.
+        """
+        return False
+
     def _get_conn(self) -> Any:
         if self._conn is None:
             conn = self._connect()
-            cur = conn.cursor()
             try:
-                self._ddl(cur)
-                conn.commit()
-            finally:
-                cur.close()
+                cur = conn.cursor()
+                try:
+                    self._ddl(cur)
+                    conn.commit()
+                finally:
+                    cur.close()
+            except BaseException:
+                # Half set up: closed here, or its socket (or file handle) would leak.
+                with contextlib.suppress(Exception):
+                    conn.close()
+                raise
             self._conn = conn
         return self._conn
 
     def _reset(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
+            # A connection the server already dropped may raise on close; it is gone anyway.
             with contextlib.suppress(Exception):
                 conn.close()
 
     def _run(self, fn: Callable[[Any], Any], *, write: bool = False) -> Any:
         with self._lock:
-            try:
-                conn = self._get_conn()
-                cur = conn.cursor()
+            deadline = time.monotonic() + self.timeout
+            attempt = 0
+            while True:
+                attempt += 1
+                conn: Any = None
+                committing = False
                 try:
-                    if write:
-                        self._begin_write(cur)
-                    result = fn(cur)
-                    conn.commit()
-                    return result
-                except BaseException:
-                    with contextlib.suppress(Exception):
-                        conn.rollback()
+                    conn = self._get_conn()
+                    cur = conn.cursor()
+                    try:
+                        if write:
+                            self._begin_write(cur)
+                        result = fn(cur)
+                        committing = True
+                        conn.commit()
+                        return result
+                    except BaseException:
+                        with contextlib.suppress(Exception):
+                            conn.rollback()
+                        raise
+                    finally:
+                        with contextlib.suppress(Exception):
+                            cur.close()
+                except AuditSinkUnavailableError:
                     raise
-                finally:
-                    cur.close()
-            except AuditSinkUnavailableError:
-                raise
-            except Exception as exc:
-                if write and is_data_error(exc):
-                    # The store is fine; these values are not. Retrying cannot help.
-                    raise AuditRecordRejectedError(
-                        f"audit sink {self.description} rejected the record(s) "
-                        f"({type(exc).__name__})"
-                    ) from None
-                # Locked, timed out, disk full, read-only, connection lost: the caller decides
-                # (fail closed for admin actions, buffer for data-path events).
-                self._reset()
-                raise AuditSinkUnavailableError(
-                    f"audit sink {self.description} unavailable ({type(exc).__name__})"
-                ) from None
+                except Exception as exc:
+                    if write and is_data_error(exc):
+                        # The store is fine; these values are not. Retrying cannot help.
+                        raise AuditRecordRejectedError(
+                            f"audit sink {self.description} rejected the record(s) "
+                            f"({type(exc).__name__})"
+                        ) from exc
+                    self._reset()
+                    # Once COMMIT was sent its outcome is unknown: trying again could store
+                    # the records twice. Before that, the server rolled the work back with
+                    # the connection, so it may run again on a new one.
+                    if (
+                        not committing
+                        and attempt < _ATTEMPTS
+                        and self._retryable(conn)
+                        and time.monotonic() + _BACKOFF[attempt - 1] < deadline
+                    ):
+                        time.sleep(_BACKOFF[attempt - 1])
+                        continue
+                    # Locked, timed out, disk full, read-only, connection lost: the caller
+                    # decides (fail closed for admin actions, buffer for data-path events).
+                    raise AuditSinkUnavailableError(
+                        f"audit sink {self.description} unavailable ({type(exc).__name__})"
+                    ) from exc
 
     def append(self, entries: Sequence[AuditEntry], chain: ChainKey) -> list[AuditRecord]:
         """Seals and inserts ``entries`` in one transaction after the current tail."""
@@ -305,7 +346,7 @@ class _SqlAuditSink:
         self._run(work, write=True)
 
     def close(self) -> None:
-        """Closes the connection."""
+        """Closes the connection; never raises (a connection the server dropped is fine)."""
         with self._lock:
             self._reset()
 
@@ -351,6 +392,11 @@ _PG_LOCK = 7304118432
 class PostgresAuditSink(_SqlAuditSink):
     """PostgreSQL sink (psycopg 3), for several service instances sharing one chain.
 
+    A connection the server dropped (a restart, a failover) is replaced by a new one, and
+    the call that found it dead runs again on it, up to three tries within ``timeout``;
+    past that the call raises :class:`AuditSinkUnavailableError` (the driver's error is its
+    ``__cause__``).
+
     Args:
         url: ``postgresql://...`` (``postgresql+psycopg://`` is accepted too).
         timeout: Connect, lock and statement timeout in seconds.
@@ -382,3 +428,10 @@ class PostgresAuditSink(_SqlAuditSink):
     def _begin_write(self, cur: Any) -> None:
         # One chain across instances: a transaction-scoped advisory lock serializes appends.
         cur.execute(f"SELECT pg_advisory_xact_lock({_PG_LOCK})")
+
+    def _retryable(self, conn: Any) -> bool:
+        # A connection PostgreSQL closed (a restart, a failover, an idle timeout) is dropped
+        # and the call tried again on a new one, as is a connect that failed while the
+        # server comes back; an error on a live connection (a lock or statement timeout) is
+        # not: the timeout already spent the wait the caller allows.
+        return conn is None or bool(getattr(conn, "closed", False))
