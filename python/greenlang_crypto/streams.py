@@ -18,15 +18,13 @@ segment carries a flag in its nonce, so a stream cut at a segment boundary fails
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import stat
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, Protocol
 
 from greenlang_crypto._core import (
     STREAM_FIXED_LEN,
@@ -37,6 +35,7 @@ from greenlang_crypto._core import (
     stream_plaintext_len,
     wipe_buffer,
 )
+from greenlang_crypto._files import atomic_output
 from greenlang_crypto.exceptions import (
     DecryptionError,
     InvalidArgumentError,
@@ -920,29 +919,6 @@ def decrypt_to(
 
     _write_runs(views(), dst, progress)
     return written
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
-    """A file that replaces ``path`` only when the block succeeds; mode 0600 from the start.
-
-    The temporary file sits beside ``path`` (same file system, so the rename is atomic), is
-    created with ``O_EXCL`` and mode 0600 whatever the umask, and is removed on any error; an
-    existing ``path`` is left as it was until the rename.
-    """
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb", buffering=0) as f:
-            yield f
-            os.fsync(f.fileno())
-        tmp.replace(target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 def regular_file_size(src: object) -> int | None:
