@@ -531,13 +531,27 @@ class EncryptionService:
             for i, _ in old:
                 del self._usage_track[i]
         if old:
-            self.store.record_usage({i: (k.messages_used, k.bytes_used) for i, (k, _) in old})
+            try:
+                self.store.record_usage(
+                    {i: (k.messages_used, k.bytes_used) for i, (k, _) in old},
+                    retry_seconds=0.0 if everything else None,
+                )
+            except KeyStoreUnavailableError as exc:
+                # The counts inform status reports; dropping keys must never wait on them.
+                _log.warning("use counts not recorded: %s", type(exc).__name__)
 
-    def flush_usage(self) -> None:
-        """Writes the use counts (messages, bytes) of this process's stored DEKs to the store."""
+    def flush_usage(self, *, retry_seconds: float | None = None) -> None:
+        """Writes the use counts (messages, bytes) of this process's stored DEKs to the store.
+
+        Raises:
+            KeyStoreUnavailableError: The key store could not be reached within the bound.
+        """
         with self._state_lock:
             items = list(self._usage_track.items())
-        self.store.record_usage({i: (k.messages_used, k.bytes_used) for i, (k, _) in items})
+        self.store.record_usage(
+            {i: (k.messages_used, k.bytes_used) for i, (k, _) in items},
+            retry_seconds=retry_seconds,
+        )
         self._prune_usage()
 
     # -- events --------------------------------------------------------------------------
@@ -1922,12 +1936,20 @@ class EncryptionService:
         """Flushes use counts, drops every cached key and closes the service.
 
         Also stops the keyring refresh, deregisters this instance and closes the key store's
-        connections.
+        connections. Never raises for an unreachable key store: the use counts are then not
+        recorded (they inform ``keys status``; every DEK's budget is enforced in the process
+        that seals with it), and the instance's row expires after the liveness window.
         """
-        self.flush_usage()
-        self.disable_cached_keys()
-        self._finalizer()
-        self.store.close()
+        try:
+            self.flush_usage(retry_seconds=0.0)
+        except KeyStoreUnavailableError as exc:
+            _log.warning("use counts not recorded at close: %s", type(exc).__name__)
+        finally:
+            try:
+                self.disable_cached_keys()
+                self._finalizer()
+            finally:
+                self.store.close()
 
     def __enter__(self) -> EncryptionService:
         return self

@@ -10,12 +10,16 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from greenlang_crypto import EncryptionContext
+from greenlang_crypto.config import EncryptionServiceConfig
 from greenlang_crypto.exceptions import KeyStoreUnavailableError
 from greenlang_crypto.keys.keyring import _Listener
 from greenlang_crypto.keys.store import KeyStore, open_key_store
+from greenlang_crypto.service import EncryptionService
 from tests.pgcluster import PgCluster, pgbin, pgbouncer, private_cluster
 
 pytestmark = pytest.mark.timeout(180)
@@ -89,6 +93,22 @@ def test_threads_share_a_bounded_pool(cluster: PgCluster) -> None:
     )
     assert backends <= 3
     store.close()
+
+
+def test_a_service_closes_quickly_and_cleanly_when_the_server_is_gone(
+    cluster: PgCluster, tmp_path: Path
+) -> None:
+    EncryptionService.init_local(tmp_path).close()
+    cfg = EncryptionServiceConfig(
+        data_dir=tmp_path, key_store_url=cluster.url, keyring_refresh_seconds=1.0
+    )
+    svc = EncryptionService(cfg)
+    svc.encrypt(b"value", EncryptionContext("acme", "pii"))
+    cluster.stop()
+    started = time.monotonic()
+    svc.close()  # use counts cannot be written: logged, never raised
+    # One connection timeout at most, not one per pending write.
+    assert time.monotonic() - started < 6
 
 
 def test_tables_resolve_in_the_store_schema_whatever_the_search_path(cluster: PgCluster) -> None:

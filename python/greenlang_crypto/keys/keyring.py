@@ -342,7 +342,7 @@ class Keyring:
             thread.join(timeout=2.0)
         if deregister and self.refresh_seconds > 0:
             try:
-                self._store.remove_instance(self.instance_id)
+                self._store.remove_instance(self.instance_id, retry_seconds=0.0)
             except Exception as exc:  # the row expires on its own after the liveness window
                 _log.warning("could not deregister instance: %s", type(exc).__name__)
 

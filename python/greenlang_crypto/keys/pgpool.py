@@ -165,6 +165,9 @@ class PgPool:
         self._lock = threading.Lock()
         self._pool: Any = None
         self._closed = False
+        # After a checkout timed out, calls fail at once for a moment instead of each
+        # waiting out the timeout again (a shutdown during an outage would take seconds).
+        self._down_until = 0.0
         _forks.register(self, _forks.STORE)
 
     def _after_fork_in_child(self) -> None:
@@ -210,6 +213,8 @@ class PgPool:
             KeyStoreUnavailableError: No connection within the checkout timeout, or the
                 session was lost; the driver's error is chained.
         """
+        if time.monotonic() < self._down_until:
+            raise KeyStoreUnavailableError("the key store is unreachable (it was a moment ago)")
         pool = None
         try:
             pool = self._get()
@@ -223,6 +228,7 @@ class PgPool:
         except Exception as exc:
             if is_outage(exc):
                 if type(exc).__name__ == "PoolTimeout":
+                    self._down_until = time.monotonic() + 1.0
                     self._replace(pool)
                 raise KeyStoreUnavailableError(
                     f"the key store is unreachable ({type(exc).__name__})"

@@ -511,21 +511,30 @@ class KeyStore:
                     raise
         raise KeyStateError("could not allocate a DEK id")
 
-    @_idempotent
-    def record_usage(self, usage: dict[int, tuple[int, int]]) -> None:
-        """Stores the messages and bytes sealed under each DEK (counters only grow)."""
+    def record_usage(
+        self, usage: dict[int, tuple[int, int]], *, retry_seconds: float | None = None
+    ) -> None:
+        """Stores the messages and bytes sealed under each DEK (counters only grow).
+
+        ``retry_seconds`` overrides the store's retry bound (a shutdown does not wait long).
+        """
         if not usage:
             return
-        with self._tx() as cur:
-            for dek_id, (messages, nbytes) in usage.items():
-                cur.execute(
-                    self._sql(
-                        "UPDATE glc_deks SET "
-                        "messages = CASE WHEN messages < ? THEN ? ELSE messages END, "
-                        "bytes = CASE WHEN bytes < ? THEN ? ELSE bytes END WHERE dek_id = ?"
-                    ),
-                    (messages, messages, nbytes, nbytes, dek_id),
-                )
+
+        def write() -> None:
+            with self._tx() as cur:
+                for dek_id, (messages, nbytes) in usage.items():
+                    cur.execute(
+                        self._sql(
+                            "UPDATE glc_deks SET "
+                            "messages = CASE WHEN messages < ? THEN ? ELSE messages END, "
+                            "bytes = CASE WHEN bytes < ? THEN ? ELSE bytes END WHERE dek_id = ?"
+                        ),
+                        (messages, messages, nbytes, nbytes, dek_id),
+                    )
+
+        budget = self.retry_seconds if retry_seconds is None else retry_seconds
+        retrying(write, budget_seconds=budget)
 
     @_idempotent
     def usage_by_version(self) -> dict[int, tuple[int, int, int]]:
@@ -734,7 +743,7 @@ class KeyStore:
             )
             return True
 
-    def remove_instance(self, instance_id: str) -> None:
+    def remove_instance(self, instance_id: str, *, retry_seconds: float | None = None) -> None:
         """Deletes an instance's row (on a clean shutdown)."""
 
         def run() -> None:
@@ -743,7 +752,7 @@ class KeyStore:
                     self._sql("DELETE FROM glc_instances WHERE instance_id = ?"), (instance_id,)
                 )
 
-        self._retry(run)
+        retrying(run, budget_seconds=self.retry_seconds if retry_seconds is None else retry_seconds)
 
     def instances(self) -> list[InstanceRecord]:
         """Every registered instance, most recently seen first."""
