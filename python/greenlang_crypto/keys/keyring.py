@@ -34,7 +34,7 @@ from typing import Any
 
 from greenlang_crypto import _forks
 from greenlang_crypto._core import monotonic_ns
-from greenlang_crypto.exceptions import ConfigurationError, KeyStoreUnavailableError
+from greenlang_crypto.exceptions import ConfigurationError, KeyStateError
 from greenlang_crypto.keys.store import (
     NOTIFY_CHANNEL,
     IndexKeyRecord,
@@ -248,7 +248,9 @@ class Keyring:
         if self._stop.is_set():
             return False  # a stopped instance has deregistered: it seals no more
         with self._confirm_lock:
-            for _ in range(3):
+            # Each failed round loaded a newer view; only a burst of key changes (racing
+            # rotations) makes more than one necessary.
+            for _ in range(50):
                 started = monotonic_ns()
                 with self._lock:
                     # Under the keyring lock: the snapshot read here has been applied by
@@ -299,7 +301,7 @@ class Keyring:
         if self.refresh_seconds <= 0 or self._thread is not None:
             return
         if not self.confirm():
-            raise KeyStoreUnavailableError("the keyring kept changing while registering")
+            raise KeyStateError("the keyring kept changing while this instance registered")
         self._spawn(tick_first=False)
 
     def _spawn(self, *, tick_first: bool) -> None:

@@ -9,8 +9,10 @@ same guarantee KMS gives with ``EncryptionContext``). Nothing here touches the n
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import secrets
 import threading
 from pathlib import Path
 
@@ -28,6 +30,23 @@ __all__ = ["LocalKeyProvider"]
 
 _KEY_FILE = re.compile(r"^master-v(\d+)\.key$")
 _KEY_ID = re.compile(r"^local:master-v(\d+)$")
+#: ``link`` errors meaning "this filesystem has no hard links", not "the name is taken".
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _fsync_dir(path: Path) -> None:
+    """Makes a new directory entry durable (the file's own fsync does not cover its name)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _wrap_aad(key_id: str, context: EncryptionContext) -> bytes:
@@ -75,23 +94,78 @@ class LocalKeyProvider:
         return self.key_id_for(versions[-1])
 
     def create_master_key(self) -> str:
-        """Creates the next master key version (0600, written atomically); returns its id."""
+        """Creates the next free master key version (0600) and returns its id.
+
+        Other processes (two ``keys rotate`` at once) may create keys in the same directory,
+        and a key file that was ever handed out may already wrap DEKs, so an existing name is
+        never written over: the key is written and synced under a private temporary name,
+        then hard-linked to its final name, which fails if that name exists; the next number
+        is tried then. Readers therefore only ever see complete key files.
+        """
         with self._lock:
             self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            versions = self.versions()
-            version = (versions[-1] + 1) if versions else 1
-            path = self._dir / f"master-v{version}.key"
-            tmp = path.with_suffix(".tmp")
             key = DataKey.generate()
+            # The temporary name is unique to this call (no other process can open it), and
+            # it does not match the key-file pattern, so versions() never lists it.
+            tmp = self._dir / f".new-master-{os.getpid()}-{secrets.token_hex(8)}.tmp"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                os.write(fd, export_key_bytes(key))
-                os.fsync(fd)
+                try:
+                    _write_all(fd, export_key_bytes(key))
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                version = self._claim_next_name(tmp)
             finally:
-                os.close(fd)
-            os.replace(tmp, path)
+                tmp.unlink(missing_ok=True)
+            _fsync_dir(self._dir)
             self._masters[version] = key
             return self.key_id_for(version)
+
+    def _claim_next_name(self, tmp: Path) -> int:
+        """Links ``tmp`` to the lowest free ``master-vN.key`` above the newest; returns N."""
+        versions = self.versions()
+        version = (versions[-1] + 1) if versions else 1
+        while True:
+            path = self._dir / f"master-v{version}.key"
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                # Someone else took this number between our listing and the link: it is
+                # theirs; look again rather than counting up one by one behind a busy writer.
+                newest = self.versions()
+                version = max(version + 1, (newest[-1] + 1) if newest else 1)
+                continue
+            except OSError as exc:
+                if exc.errno not in _NO_HARD_LINKS:
+                    raise
+                return self._claim_without_links(tmp, version)
+            return version
+
+    def _claim_without_links(self, tmp: Path, version: int) -> int:
+        """The same claim on a filesystem without hard links: exclusive create, then copy.
+
+        ``O_EXCL`` still refuses an existing name; a reader racing this write may see a
+        short file for a moment (it fails to load rather than loading a wrong key).
+        """
+        data = tmp.read_bytes()
+        while True:
+            path = self._dir / f"master-v{version}.key"
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                version += 1
+                continue
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            except BaseException:
+                # A half-written file under a key name would be listed as the newest key.
+                os.close(fd)
+                path.unlink(missing_ok=True)
+                raise
+            os.close(fd)
+            return version
 
     def _master(self, key_id: str) -> DataKey:
         m = _KEY_ID.match(key_id)
