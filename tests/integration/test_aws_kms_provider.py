@@ -821,12 +821,17 @@ def test_injected_client_is_used_for_primary_region(kms_keys: Any) -> None:
 def test_observer_errors_never_escape(
     kms_keys: Any, make_provider: Callable[..., AwsKmsKeyProvider]
 ) -> None:
-    def broken(*_: Any) -> None:
+    calls: list[tuple[Any, ...]] = []
+
+    def broken(*args: Any) -> None:
+        calls.append(args)
         raise RuntimeError("metrics backend down")
 
     provider = make_provider(observer=broken)
     generated = provider.generate_data_key(kms_keys.primary_arn, CTX, LIMITS)
     provider.decrypt_data_key(generated.key_id, generated.wrapped, CTX, LIMITS)
+    # The observer was really called (and raised) for both calls, and neither call failed.
+    assert len(calls) >= 2
 
 
 def test_non_context_argument_rejected(make_provider: Callable[..., AwsKmsKeyProvider]) -> None:

@@ -45,12 +45,16 @@ def _open(data: Path, **kw: object) -> tuple[AuditLog, EncryptionService]:
     return audit, svc
 
 
-def _verify(data: Path, checkpoint: str | None = None, **kw: object) -> bool:
+def _problems(data: Path, checkpoint: str | None = None, **kw: object) -> set[str]:
+    """The kinds of problem verification names (empty: the log verifies).
+
+    A crash is not a refusal: exceptions propagate and fail the test.
+    """
     audit, svc = _open(data, **kw)
     try:
-        return audit.verify(checkpoint).ok
-    except Exception:
-        return False
+        result = audit.verify(checkpoint)
+        assert result.ok == (not result.problems)
+        return {p.kind for p in result.problems}
     finally:
         audit.sink.close()
         svc.close()
@@ -61,7 +65,7 @@ def data(tmp_path: Path) -> Path:
     d = tmp_path / "data"
     _write_log(d)
     assert (d / "audit.db.anchor").exists()
-    assert _verify(d)
+    assert _problems(d) == set()
     return d
 
 
@@ -84,22 +88,22 @@ def test_truncating_the_tail_and_rewriting_the_head_is_detected(data: Path) -> N
         f"DELETE FROM glc_audit WHERE seq > {seq}",
         f"UPDATE glc_audit_meta SET value = '{seq}:{mac}' WHERE name LIKE '%head%'",
     )
-    assert not _verify(data)
+    assert _problems(data) == {"truncated"}
 
 
 def test_deleting_every_record_is_detected(data: Path) -> None:
     _sql(data, "DELETE FROM glc_audit")
-    assert not _verify(data)
+    assert _problems(data) == {"truncated"}
 
 
 def test_deleting_the_audit_database_is_detected_and_nothing_is_recreated(data: Path) -> None:
     (data / "audit.db").unlink()
-    assert not _verify(data)
+    assert _problems(data) == {"missing"}
 
 
 def test_editing_one_record_is_detected(data: Path) -> None:
     _sql(data, "UPDATE glc_audit SET actor = 'someone-else' WHERE seq = 2")
-    assert not _verify(data)
+    assert _problems(data) == {"edited"}
 
 
 def test_reordering_records_is_detected(data: Path) -> None:
@@ -109,7 +113,7 @@ def test_reordering_records_is_detected(data: Path) -> None:
         "UPDATE glc_audit SET seq = 2 WHERE seq = 3",
         "UPDATE glc_audit SET seq = 3 WHERE seq = -1",
     )
-    assert not _verify(data)
+    assert _problems(data) == {"edited"}
 
 
 def test_a_forged_checkpoint_is_rejected(data: Path) -> None:
@@ -120,12 +124,12 @@ def test_a_forged_checkpoint_is_rejected(data: Path) -> None:
     assert sep
     forged = head + sep + "9" + tail
     anchor.write_text("\n".join([*lines, forged]) + "\n")
-    assert not _verify(data)
+    assert _problems(data) == {"anchor"}
 
 
 def test_an_untouched_log_keeps_verifying_as_it_grows(data: Path) -> None:
     _write_log(data, n=3)
-    assert _verify(data)
+    assert _problems(data) == set()
     checkpoints = list(FileAnchor(data / "audit.db.anchor").checkpoints() or [])
     assert len(checkpoints) >= 2
     assert checkpoints[-1].seq > checkpoints[0].seq
@@ -136,11 +140,11 @@ def test_stream_anchor_lines_verify_the_log(tmp_path: Path) -> None:
     out = io.StringIO()
     _write_log(data, anchors=[StreamAnchor(out)])
     line = out.getvalue().strip().splitlines()[-1]
-    assert _verify(data, line, anchors=[])
-    assert not _verify(data, line.replace('"mac":"', '"mac":"00', 1), anchors=[])
-    assert not _verify(data, "not a checkpoint", anchors=[])
+    assert _problems(data, line, anchors=[]) == set()
+    assert _problems(data, line.replace('"mac":"', '"mac":"00', 1), anchors=[]) == {"anchor"}
+    assert _problems(data, "not a checkpoint", anchors=[]) == {"anchor"}
     _sql(data, "DELETE FROM glc_audit WHERE seq > 2")
-    assert not _verify(data, line, anchors=[])
+    assert _problems(data, line, anchors=[]) == {"truncated"}
 
 
 def test_anchor_urls(tmp_path: Path) -> None:
