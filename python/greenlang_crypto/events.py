@@ -30,12 +30,14 @@ __all__ = [
     "EncryptionPerformed",
     "KeyAccessed",
     "KeyCacheHit",
+    "KeyCacheLookup",
     "KeyCacheMiss",
     "KeyChangeGuard",
     "KeyGenerated",
     "KeyRetired",
     "KeyRewrapped",
     "KeyRotated",
+    "OperationFailed",
     "OtherEvent",
     "ServiceEvent",
     "ServiceObserver",
@@ -111,15 +113,14 @@ class DecryptionPerformed(ServiceEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class EncryptionFailed(ServiceEvent):
-    """A failed encryption.
+class OperationFailed(ServiceEvent):
+    """A failed encryption or decryption (the two subclasses say which).
 
     Attributes:
         error_type: The exception class name.
         reason: The exception's ``reason`` (a stable, non-secret category).
     """
 
-    name: ClassVar[str] = "encryption_failed"
     error_type: str | None = None
     reason: str | None = None
     data_class: str | None = None
@@ -128,24 +129,37 @@ class EncryptionFailed(ServiceEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class DecryptionFailed(EncryptionFailed):
-    """A failed decryption (same fields as :class:`EncryptionFailed`)."""
+class EncryptionFailed(OperationFailed):
+    """A failed encryption."""
+
+    name: ClassVar[str] = "encryption_failed"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DecryptionFailed(OperationFailed):
+    """A failed decryption."""
 
     name: ClassVar[str] = "decryption_failed"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class KeyCacheHit(ServiceEvent):
-    """A DEK cache hit (per-operation mode only)."""
+class KeyCacheLookup(ServiceEvent):
+    """A DEK cache lookup; the subclasses say whether it hit."""
 
-    name: ClassVar[str] = "key_cache_hit"
     operation: str | None = None
     data_class: str | None = None
     key_version: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class KeyCacheMiss(KeyCacheHit):
+class KeyCacheHit(KeyCacheLookup):
+    """A DEK cache hit (per-operation mode only)."""
+
+    name: ClassVar[str] = "key_cache_hit"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyCacheMiss(KeyCacheLookup):
     """A DEK cache miss (the provider is asked)."""
 
     name: ClassVar[str] = "key_cache_miss"

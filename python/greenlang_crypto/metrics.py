@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from greenlang_crypto import _forks
-from greenlang_crypto.events import DecryptionFailed, EncryptionFailed, ServiceEvent, make_event
+from greenlang_crypto.events import DecryptionFailed, OperationFailed, ServiceEvent, make_event
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -234,7 +234,7 @@ class EncryptionMetrics:
     def on_service_event(self, event: ServiceEvent) -> None:
         """Typed service observer: failures by data class, and local-provider calls."""
         name = event.event_name
-        if isinstance(event, EncryptionFailed):
+        if isinstance(event, OperationFailed):
             op = "decrypt" if isinstance(event, DecryptionFailed) else "encrypt"
             with self._lock:
                 self._failed_by_class[(op, self._class_label(event.data_class))] += 1

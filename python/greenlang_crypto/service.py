@@ -51,6 +51,8 @@ from greenlang_crypto._core import (
 from greenlang_crypto.config import EncryptionServiceConfig
 from greenlang_crypto.context import EncryptionContext
 from greenlang_crypto.events import (
+    DecryptionPerformed,
+    EncryptionPerformed,
     KeyChangeGuard,
     ServiceEvent,
     ServiceObserver,
@@ -1250,7 +1252,8 @@ class EncryptionService:
             slot[0] += operation != "encrypt"
             slot[1] += nbytes
         if self._per_op:
-            self._emit(f"{operation}ion_performed", data_class=ctx.data_class, size=nbytes)
+            name = EncryptionPerformed.name if operation == "encrypt" else DecryptionPerformed.name
+            self._emit(name, data_class=ctx.data_class, size=nbytes)
 
     def _stream_encryptor(
         self, ctx: EncryptionContext, aad: bytes, segment_size: int, key_reference: str | None

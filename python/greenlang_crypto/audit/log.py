@@ -37,8 +37,8 @@ from greenlang_crypto.audit.records import (
 from greenlang_crypto.audit.sinks.base import AuditQuery, AuditRecordRejectedError, AuditSink
 from greenlang_crypto.audit.verifier import VerifyProblem, VerifyResult, _verify
 from greenlang_crypto.events import (
-    EncryptionFailed,
     KeyCacheHit,
+    OperationFailed,
     ServiceEvent,
     make_event,
 )
@@ -275,11 +275,11 @@ class AuditLog:
     def on_service_event(self, ev: ServiceEvent) -> None:
         """Turns a service event into a buffered record (never blocks, never raises)."""
         event = ev.event_name
-        if isinstance(ev, KeyCacheHit) and event == "key_cache_hit" and not self._per_op:
+        if isinstance(ev, KeyCacheHit) and not self._per_op:
             return
         fields = ev.fields()
         details = {k: _scalar(v) for k, v in fields.items() if k in _DETAIL_FIELDS}
-        outcome = "failure" if isinstance(ev, EncryptionFailed) else "success"
+        outcome = "failure" if isinstance(ev, OperationFailed) else "success"
         key_version = fields.get("key_version", fields.get("new_version"))
         entry = AuditEntry(
             action=event,
