@@ -245,6 +245,13 @@ def service_checks() -> list[Check]:
     from benches import gate_refresh
 
     checks += gate_refresh.checks()
+    # Self-fencing must not slow a warm encrypt; on PostgreSQL, the key store's pool must not
+    # slow a decrypt that reads its DEK from the store (benches/gate_keystore).
+    from benches import gate_keystore
+
+    checks += gate_keystore.fence_checks()
+    if os.environ.get("GLC_PG_URL"):
+        checks += gate_keystore.pool_checks()
     # Branch keys: a warm derived DEK costs what a cached per-context DEK costs.
     from benches import gate_branch
 

@@ -29,7 +29,7 @@ import select
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import lru_cache
 from typing import Any, TypeVar
 
@@ -184,7 +184,12 @@ class PgPool:
             if self._closed:
                 raise KeyStoreUnavailableError("the key store is closed")
             if self._pool is None:
-                kwargs: dict[str, Any] = {"connect_timeout": max(1, int(self._timeout + 0.999))}
+                # Autocommit: transactions are explicit (BEGIN ... COMMIT), and a one-statement
+                # block needs neither.
+                kwargs: dict[str, Any] = {
+                    "connect_timeout": max(1, int(self._timeout + 0.999)),
+                    "autocommit": True,
+                }
                 if self.transaction_pooler:
                     kwargs["prepare_threshold"] = None
                 self._pool = self._factory(
@@ -200,29 +205,59 @@ class PgPool:
                     name="greenlang-crypto-keystore",
                     open=True,
                 )
+                # Wait for the first connection: a request arriving before it is open makes
+                # the pool add a second one, and a single thread would then alternate
+                # between two server processes (psycopg_pool hands out the oldest first).
+                try:
+                    self._pool.wait(timeout=self._timeout)
+                except Exception:  # the server is down: the checkout that follows says so
+                    _log.debug("the key store pool started without a connection")
             return self._pool
 
     @contextmanager
-    def transaction(self, *, lock_id: int | None = None) -> Iterator[_QualifiedCursor]:
+    def transaction(
+        self, *, lock_id: int | None = None, single: bool = False
+    ) -> Iterator[_QualifiedCursor]:
         """One transaction on a borrowed connection, committed when the block succeeds.
 
         ``lock_id`` takes that transaction-scoped advisory lock first (works through
-        PgBouncer in transaction mode: it ends with the transaction).
+        PgBouncer in transaction mode: it ends with the transaction). ``single`` is for a
+        block that runs exactly one statement: it runs as its own transaction (autocommit),
+        one round trip instead of three (BEGIN, the statement, COMMIT).
 
         Raises:
             KeyStoreUnavailableError: No connection within the checkout timeout, or the
                 session was lost; the driver's error is chained.
         """
-        if time.monotonic() < self._down_until:
-            raise KeyStoreUnavailableError("the key store is unreachable (it was a moment ago)")
+        # The clock is read only after an outage (a clock read is not free on every VM).
+        if self._down_until:
+            if time.monotonic() < self._down_until:
+                raise KeyStoreUnavailableError("the key store is unreachable (it was a moment ago)")
+            self._down_until = 0.0
         pool = None
+        conn: Any = None
         try:
             pool = self._get()
-            with pool.connection() as conn, conn.cursor() as raw:
-                cur = _QualifiedCursor(raw, self.schema)
+            # getconn/putconn rather than the pool's context managers: a cache-miss decrypt
+            # is one short query, and each nested context manager is a measurable share.
+            conn = pool.getconn()
+            raw = conn.cursor()
+            try:
+                if single:
+                    yield _QualifiedCursor(raw, self.schema)
+                    return
+                raw.execute("BEGIN")
                 if lock_id is not None:
                     raw.execute(f"SELECT pg_advisory_xact_lock({int(lock_id)})")
-                yield cur
+                yield _QualifiedCursor(raw, self.schema)
+                raw.execute("COMMIT")
+            except BaseException:
+                if not single:
+                    with suppress(Exception):  # a dead connection: the pool discards it
+                        raw.execute("ROLLBACK")
+                raise
+            finally:
+                raw.close()
         except KeyStoreUnavailableError:
             raise
         except Exception as exc:
@@ -234,6 +269,10 @@ class PgPool:
                     f"the key store is unreachable ({type(exc).__name__})"
                 ) from exc
             raise
+        finally:
+            if conn is not None and pool is not None:
+                with suppress(Exception):  # a pool closed meanwhile closes the connection
+                    pool.putconn(conn)
 
     def _replace(self, failed: Any) -> None:
         """Starts a new pool in place of one that could not hand out a connection in time.

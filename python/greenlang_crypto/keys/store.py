@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -123,6 +123,13 @@ class DekRecord:
     created_at: float
 
 
+@functools.lru_cache(maxsize=512)
+def _placeholders(sql: str, dialect: str) -> str:
+    # Cached: the same few statements every time, and the cached string is the same object,
+    # so the schema qualification's cache finds it without rehashing.
+    return placeholders(sql, dialect)
+
+
 def _sqlite_outage(exc: sqlite3.OperationalError) -> bool:
     """Whether SQLite failed to reach its file rather than refusing the statement itself.
 
@@ -203,14 +210,13 @@ class KeyStore:
         return conn
 
     def _sql(self, sql: str) -> str:
-        return placeholders(sql, self._dialect)
+        return _placeholders(sql, self._dialect)
 
     def _retry(self, fn: Callable[[], _T]) -> _T:
         """Runs idempotent work, retrying an unreachable database within the bound."""
         return retrying(fn, budget_seconds=self.retry_seconds)
 
-    @contextmanager
-    def _tx(self, *, serialized: bool = False) -> Iterator[Any]:
+    def _tx(self, *, serialized: bool = False) -> AbstractContextManager[Any]:
         """One transaction.
 
         ``serialized`` ones (key-state changes, schema creation) run one at a time across
@@ -222,9 +228,17 @@ class KeyStore:
                 failure while committing leaves it unknown whether the change was made.
         """
         if self._pool is not None:
-            with self._pool.transaction(lock_id=_PG_LOCK if serialized else None) as pcur:
-                yield pcur
-            return
+            return self._pool.transaction(lock_id=_PG_LOCK if serialized else None)
+        return self._sqlite_tx(serialized=serialized)
+
+    def _one(self) -> AbstractContextManager[Any]:
+        """A block of exactly one statement: on PostgreSQL it needs no BEGIN or COMMIT."""
+        if self._pool is not None:
+            return self._pool.transaction(single=True)
+        return self._sqlite_tx(serialized=False)
+
+    @contextmanager
+    def _sqlite_tx(self, *, serialized: bool) -> Iterator[Any]:
         conn = self._open_sqlite()
         cur = conn.cursor()
         try:
@@ -293,7 +307,7 @@ class KeyStore:
     @_idempotent
     def epoch(self) -> int:
         """The key-state change counter (rises with every rotation, retirement, rewrap...)."""
-        with self._tx() as cur:
+        with self._one() as cur:
             cur.execute("SELECT epoch FROM glc_keyring_changes WHERE id = 1")
             row = cur.fetchone()
             return int(row[0]) if row else 0
@@ -303,7 +317,7 @@ class KeyStore:
     @_idempotent
     def versions(self) -> list[KeyVersion]:
         """All key versions, ascending."""
-        with self._tx() as cur:
+        with self._one() as cur:
             cur.execute(
                 "SELECT version, state, provider, wrapping_key_id, created_at, rotated_at "
                 "FROM glc_key_versions ORDER BY version"
@@ -313,7 +327,7 @@ class KeyStore:
     @_idempotent
     def min_decryption_version(self) -> int:
         """The lowest version allowed to decrypt (1 when never raised)."""
-        with self._tx() as cur:
+        with self._one() as cur:
             cur.execute("SELECT min_decryption_version FROM glc_keyring WHERE id = 1")
             row = cur.fetchone()
             return int(row[0]) if row else 1
@@ -398,7 +412,7 @@ class KeyStore:
     @_idempotent
     def wrapping_keys(self) -> list[WrappingKeyRecord]:
         """Every wrapping key any version ever had (destroyed ones included), by version."""
-        with self._tx() as cur:
+        with self._one() as cur:
             cur.execute(
                 "SELECT version, provider, wrapping_key_id, added_at, destroyed_at "
                 "FROM glc_wrapping_keys ORDER BY version, added_at"
@@ -487,7 +501,7 @@ class KeyStore:
             # Random ids (not a sequence) so ids reveal neither volume nor order.
             dek_id = int.from_bytes(random_bytes(8), "big") >> 1
             try:
-                with self._tx() as cur:
+                with self._one() as cur:
                     cur.execute(
                         self._sql(
                             "INSERT INTO glc_deks (dek_id, key_version, provider, "
@@ -539,7 +553,7 @@ class KeyStore:
     @_idempotent
     def usage_by_version(self) -> dict[int, tuple[int, int, int]]:
         """Per key version: stored DEKs, messages sealed and bytes sealed (as last flushed)."""
-        with self._tx() as cur:
+        with self._one() as cur:
             cur.execute(
                 "SELECT key_version, COUNT(*), COALESCE(SUM(messages), 0), "
                 "COALESCE(SUM(bytes), 0) FROM glc_deks GROUP BY key_version"
@@ -555,7 +569,7 @@ class KeyStore:
         """
         if not 0 <= dek_id < 2**63:
             return None
-        with self._tx() as cur:
+        with self._one() as cur:
             cur.execute(
                 self._sql(
                     "SELECT dek_id, key_version, provider, wrapping_key_id, wrapped, "
@@ -612,7 +626,7 @@ class KeyStore:
     @_idempotent
     def count_deks_by_version(self) -> dict[int, int]:
         """Stored DEKs per key version."""
-        with self._tx() as cur:
+        with self._one() as cur:
             cur.execute("SELECT key_version, COUNT(*) FROM glc_deks GROUP BY key_version")
             return {int(v): int(n) for v, n in cur.fetchall()}
 
@@ -621,7 +635,7 @@ class KeyStore:
     @_idempotent
     def index_keys(self) -> list[IndexKeyRecord]:
         """All index key versions, ascending."""
-        with self._tx() as cur:
+        with self._one() as cur:
             cur.execute(
                 "SELECT version, state, provider, wrapping_key_id, wrapped "
                 "FROM glc_index_keys ORDER BY version"
@@ -717,7 +731,9 @@ class KeyStore:
         )
         if self._dialect == "postgresql":
             clock = "EXTRACT(EPOCH FROM clock_timestamp())::double precision"
-            with self._tx() as cur:
+            # One statement in a transaction of its own: the epoch check, the share lock and
+            # the write commit together, with no client round trip in between.
+            with self._one() as cur:
                 if expected_epoch is None:
                     cur.execute(
                         f"{columns}VALUES (%s, %s, %s, %s, %s, %s, %s, {clock}, %s) {upsert}",

@@ -236,7 +236,9 @@ def test_backend_terminated_mid_batch(
             if updates["n"] == 2:
                 pid = conn.connection.dbapi_connection.info.backend_pid
                 with killer.connect() as k:
-                    k.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+                    # Wait until the backend is gone: termination is asynchronous, and a
+                    # busy server could run the UPDATE before it takes effect.
+                    k.execute(text("SELECT pg_terminate_backend(:p, 5000)"), {"p": pid})
 
     event.listen(pg_engine, "before_cursor_execute", kill_on_second_update)
     try:
