@@ -22,6 +22,9 @@ from .conftest import RsaKeys, TokenFactory, bearer
 
 STATUS = "/api/v1/encryption/status"
 UNAUTHORIZED = {"detail": "unauthorized"}
+# /status is fleet-wide: a token reading it holds the fleet grant and names no tenant.
+FLEET = "encryption:fleet"
+READER = ["encryption:read", FLEET]
 
 
 def _b64url(data: bytes) -> str:
@@ -43,15 +46,14 @@ def _claims(**extra: Any) -> dict[str, Any]:
         "iat": now,
         "nbf": now,
         "exp": now + 300,
-        "permissions": ["encryption:read"],
-        "tenant_id": "tenant-a",
+        "permissions": READER,
     }
     claims.update(extra)
     return claims
 
 
 def test_valid_token_is_accepted(client: TestClient, make_token: TokenFactory) -> None:
-    r = client.get(STATUS, headers=bearer(make_token(["encryption:read"])))
+    r = client.get(STATUS, headers=bearer(make_token(READER, tenant=None)))
     assert r.status_code == 200, r.text
 
 
@@ -174,7 +176,7 @@ def test_bad_or_missing_claims_get_401(
 
 
 def test_small_skew_within_leeway_is_accepted(client: TestClient, make_token: TokenFactory) -> None:
-    token = make_token(["encryption:read"], nbf=int(time.time()) + 2)
+    token = make_token(READER, tenant=None, nbf=int(time.time()) + 2)
     assert client.get(STATUS, headers=bearer(token)).status_code == 200
 
 
@@ -196,16 +198,20 @@ def test_missing_permission_is_403_and_audited(
     needed: str,
 ) -> None:
     others = [p for p in ["encryption:encrypt", "encryption:decrypt", "encryption:read"]]
-    others = [p for p in others if p != needed]
+    others = [p for p in others if p != needed] + [FLEET]
     before = stack.service.primary_version
-    r = client.request(method, path, headers=bearer(make_token(others, subject="bob")))
+    token = make_token(others, subject="bob", tenant=None)
+    r = client.request(method, path, headers=bearer(token))
     assert r.status_code == 403
     assert r.json() == {"detail": "forbidden"}
     assert stack.service.primary_version == before
+    # Refusals are counted per source and written per interval (here: now), not one by one.
+    client.app.state.glc_refusals.flush()  # type: ignore[attr-defined]
     stack.audit.flush()
-    denied = stack.audit.query(AuditQuery(action="access_denied", actor="bob"))
+    denied = stack.audit.query(AuditQuery(action="access_refused"))
     assert len(denied) == 1
     rec = denied[0].entry
     assert rec.outcome == "denied"
-    assert rec.details["permission"] == needed
-    assert rec.details["path"] == path
+    assert rec.details["reason:permission"] == 1 and rec.details["count"] == 1
+    assert rec.details["subjects"] == '["bob"]'
+    assert rec.details[f"route:{method.upper()} {path}"] == 1

@@ -20,7 +20,7 @@ from greenlang_crypto.context import EncryptionContext
 from greenlang_crypto.hazmat import export_key_bytes
 from tests.logcapture import capture_debug_logs, encodings
 
-from .conftest import TENANT, TokenFactory, bearer
+from .conftest import ALL, TENANT, TokenFactory, bearer
 
 LOGGERS = ["", "greenlang_crypto", "botocore", "urllib3", "httpx", "httpcore", "fastapi", "uvicorn"]
 PLAINTEXTS = [
@@ -56,6 +56,8 @@ def test_debug_logs_hold_no_keys_or_plaintext(
     captured: io.StringIO, stack: Stack, app: Any, make_token: TokenFactory
 ) -> None:
     token = make_token(subject="debuglog")
+    # Rotation, rewrap and audit reads are fleet-wide: a token without tenant, with the grant.
+    fleet = make_token([*ALL, "encryption:fleet"], tenant=None, subject="debuglog-fleet")
     ctx = {"tenant_id": TENANT, "data_class": "pii"}
     decrypt_keys: list[DataKey] = []
     with TestClient(app, raise_server_exceptions=False) as client:
@@ -89,15 +91,15 @@ def test_debug_logs_hold_no_keys_or_plaintext(
             json={"plaintext": PLAINTEXTS[0].decode(), "context": ctx},
             headers=bearer(token),
         )
-        client.post(f"{API_PREFIX}/keys/rotate", headers=bearer(token))
+        client.post(f"{API_PREFIX}/keys/rotate", headers=bearer(fleet))
         r = client.post(
             f"{API_PREFIX}/rewrap",
             json={"ciphertext": envelopes[1], "context": ctx},
-            headers=bearer(token),
+            headers=bearer(fleet),
         )
         assert r.status_code == 200
-        client.get(f"{API_PREFIX}/audit", headers=bearer(token))
-        client.get(f"{API_PREFIX}/audit", headers=bearer(token[:-4] + "AAAA"))
+        client.get(f"{API_PREFIX}/audit", headers=bearer(fleet))
+        client.get(f"{API_PREFIX}/audit", headers=bearer(fleet[:-4] + "AAAA"))
         client.get("/metrics")
         client.get("/healthz")
     stack.audit.flush()

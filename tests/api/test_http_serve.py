@@ -100,6 +100,18 @@ def test_round_trip_over_http_then_verify_the_audit_chain(server: tuple[str, Pat
     secret_file = data_dir / "api-token.secret"
     assert secret_file.stat().st_mode & 0o777 == 0o600
     headers = {"Authorization": f"Bearer {token}"}
+    # Rotation, key listing and audit reads are fleet-wide: they take a token without tenant
+    # that holds the fleet grant.
+    fleet = _cli(
+        data_dir,
+        "token",
+        "--permissions",
+        "encryption:admin,encryption:audit,encryption:fleet",
+        "--subject",
+        "ops",
+    )
+    assert fleet.returncode == 0, fleet.stderr
+    fleet_headers = {"Authorization": f"Bearer {fleet.stdout.strip()}"}
     ctx = {"tenant_id": "acme", "data_class": "pii"}
     with httpx.Client(base_url=base, headers=headers, timeout=10) as http:
         assert http.get(f"{API}/status").status_code == 403  # no encryption:read
@@ -111,9 +123,10 @@ def test_round_trip_over_http_then_verify_the_audit_chain(server: tuple[str, Pat
         ct = r.json()["ciphertext"]
         r = http.post(f"{API}/decrypt", json={"ciphertext": ct, "context": ctx, "reason": "demo"})
         assert base64.b64decode(r.json()["plaintext"]) == b"hello over http"
-        assert http.post(f"{API}/keys/rotate").json()["new_version"] == 2
-        assert http.get(f"{API}/keys").json()["primary_version"] == 2
-        r = http.get(f"{API}/audit", params={"action": "key_rotate"})
+        assert http.post(f"{API}/keys/rotate").status_code == 403  # tenant-scoped
+        assert http.post(f"{API}/keys/rotate", headers=fleet_headers).json()["new_version"] == 2
+        assert http.get(f"{API}/keys", headers=fleet_headers).json()["primary_version"] == 2
+        r = http.get(f"{API}/audit", params={"action": "key_rotate"}, headers=fleet_headers)
         assert [x["outcome"] for x in r.json()["records"]] == ["intent", "success"]
         assert httpx.get(f"{base}/api/v1/encryption/keys", timeout=5).status_code == 401
         metrics = httpx.get(f"{base}/metrics", timeout=5).text
@@ -125,7 +138,9 @@ def test_round_trip_over_http_then_verify_the_audit_chain(server: tuple[str, Pat
 
 def test_cli_audit_verify_and_tail(server: tuple[str, Path]) -> None:
     base, data_dir = server
-    token = _cli(data_dir, "token", "--permissions", "encryption:admin").stdout.strip()
+    token = _cli(
+        data_dir, "token", "--permissions", "encryption:admin,encryption:fleet"
+    ).stdout.strip()
     with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}) as http:
         for _ in range(3):
             assert http.post(f"{API}/keys/rotate").status_code == 200

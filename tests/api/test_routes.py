@@ -18,10 +18,13 @@ from greenlang_crypto.api.auth import JwtAuthorizer
 from greenlang_crypto.api.routes import API_PREFIX
 from greenlang_crypto.audit import AuditQuery
 
-from .conftest import TENANT, TokenFactory, bearer
+from .conftest import ALL, TENANT, TokenFactory, bearer
 
 CTX = {"tenant_id": TENANT, "data_class": "pii"}
 SECRET_TEXT = b"4111 1111 1111 1111 / do-not-echo-me"
+# Keys, rotation, rewrap, audit reads and status are fleet-wide: they take a token that names
+# no tenant and holds the fleet grant.
+FLEET = [*ALL, "encryption:fleet"]
 
 
 def b64(data: bytes) -> str:
@@ -202,7 +205,7 @@ def test_every_api_route_requires_a_permission(app: FastAPI) -> None:
 def test_keys_status_rotate_and_audit_trail(
     client: TestClient, stack: Stack, make_token: TokenFactory
 ) -> None:
-    admin = make_token(subject="root")
+    admin = make_token(FLEET, subject="root", tenant=None)
     r = client.get(f"{API_PREFIX}/keys", headers=bearer(admin))
     assert r.status_code == 200 and r.json()["primary_version"] == 1
     r = client.post(f"{API_PREFIX}/keys/rotate", json={"reason": "yearly"}, headers=bearer(admin))
@@ -230,7 +233,7 @@ def test_audit_route_filters_and_pages(
 ) -> None:
     for i in range(7):
         stack.audit.record("test_action", actor=f"op{i % 2}", details={"i": i})
-    token = make_token(["encryption:audit"], subject="auditor")
+    token = make_token(["encryption:audit", "encryption:fleet"], subject="auditor", tenant=None)
     url = f"{API_PREFIX}/audit"
     r = client.get(url, params={"action": "test_action", "limit": 3}, headers=bearer(token))
     page1 = r.json()
@@ -251,13 +254,13 @@ def test_audit_route_filters_and_pages(
 def test_rewrap_moves_to_primary_without_returning_plaintext(
     client: TestClient, stack: Stack, make_token: TokenFactory
 ) -> None:
-    token = make_token()
-    env = _encrypt(client, token)
-    client.post(f"{API_PREFIX}/keys/rotate", headers=bearer(token))
+    env = _encrypt(client, make_token())
+    fleet = make_token(FLEET, tenant=None)
+    client.post(f"{API_PREFIX}/keys/rotate", headers=bearer(fleet))
     r = client.post(
         f"{API_PREFIX}/rewrap",
         json={"ciphertext": env["ciphertext"], "context": CTX, "reason": "migration"},
-        headers=bearer(token),
+        headers=bearer(fleet),
     )
     assert r.status_code == 200, r.text
     out = r.json()
@@ -298,6 +301,7 @@ def test_sink_down_rotate_is_503_and_nothing_changes(
         stack.service, stack.audit, authorizer=JwtAuthorizer(settings), registry=stack.registry
     )
     token = make_token()
+    fleet = make_token(FLEET, tenant=None)
     with TestClient(app, raise_server_exceptions=False) as client:
         env = _encrypt(client, token)
         flaky.down = True
@@ -306,7 +310,7 @@ def test_sink_down_rotate_is_503_and_nothing_changes(
             ("/keys/rotate", None),
             ("/rewrap", {"ciphertext": env["ciphertext"], "context": CTX}),
         ):
-            r = client.post(f"{API_PREFIX}{path}", json=body, headers=bearer(token))
+            r = client.post(f"{API_PREFIX}{path}", json=body, headers=bearer(fleet))
             assert (r.status_code, r.json()) == (503, {"detail": "audit log unavailable"})
         assert [(v.version, v.state) for v in stack.service.versions()] == versions_before
         assert stack.service.primary_version == 1
@@ -328,7 +332,7 @@ def test_sink_down_rotate_is_503_and_nothing_changes(
             "status": "ok",
             "checks": {"kms": True, "key_store": True, "audit_sink": True},
         }
-        r = client.post(f"{API_PREFIX}/keys/rotate", headers=bearer(token))
+        r = client.post(f"{API_PREFIX}/keys/rotate", headers=bearer(fleet))
         assert r.status_code == 200 and r.json()["new_version"] == 2
     assert stack.audit.verify().ok
 
@@ -343,14 +347,15 @@ def test_locked_sqlite_sink_times_out_instead_of_blocking(
     blocker.execute("BEGIN EXCLUSIVE")
     try:
         started = time.monotonic()
-        r = client.post(f"{API_PREFIX}/keys/rotate", headers=bearer(make_token()))
+        fleet = make_token(FLEET, tenant=None)
+        r = client.post(f"{API_PREFIX}/keys/rotate", headers=bearer(fleet))
         assert r.status_code == 503
         assert time.monotonic() - started < 5
         assert stack.service.primary_version == 1
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
-    r = client.post(f"{API_PREFIX}/keys/rotate", headers=bearer(make_token()))
+    r = client.post(f"{API_PREFIX}/keys/rotate", headers=bearer(fleet))
     assert r.status_code == 200
 
 

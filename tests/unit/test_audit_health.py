@@ -142,7 +142,7 @@ def test_healthz_over_http_reports_a_read_only_audit_database(
             assert httpx.get(f"{base}/healthz", timeout=5).status_code == 503
             metrics = httpx.get(f"{base}/metrics", timeout=5).text
             assert "gl_encryption_audit_sink_up 0.0" in metrics
-        token = _cli(read_only_audit, "token", "--permissions", "encryption:admin")
+        token = _cli(read_only_audit, "token", "--permissions", "encryption:admin,encryption:fleet")
         with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}) as http:
             assert http.post(f"{API}/keys/rotate").status_code == 503
             assert http.get(f"{API}/keys").status_code in (200, 403)

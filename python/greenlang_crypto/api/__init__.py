@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from greenlang_crypto.api.app import Stack, build_stack, create_app, mount_encryption_api
-    from greenlang_crypto.api.auth import AuthSettings, JwtAuthorizer, Principal, mint_token
+    from greenlang_crypto.api.auth import (
+        FLEET_PERMISSION,
+        AuthSettings,
+        JwtAuthorizer,
+        Principal,
+        mint_token,
+    )
     from greenlang_crypto.api.routes import API_PREFIX, PERMISSION_ATTR, build_router
 
 _EXPORTS = {
@@ -27,6 +33,7 @@ _EXPORTS = {
     "build_stack": "app",
     "create_app": "app",
     "mount_encryption_api": "app",
+    "FLEET_PERMISSION": "auth",
     "AuthSettings": "auth",
     "JwtAuthorizer": "auth",
     "Principal": "auth",
@@ -48,6 +55,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "API_PREFIX",
+    "FLEET_PERMISSION",
     "PERMISSION_ATTR",
     "AuthSettings",
     "JwtAuthorizer",

@@ -20,7 +20,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from greenlang_crypto import _forks
-from greenlang_crypto.api.guard import BodyGuard, default_body_limit
+from greenlang_crypto.api.guard import (
+    BodyBudget,
+    BodyGuard,
+    default_body_limit,
+    process_budget,
+    route_policies,
+)
+from greenlang_crypto.api.refusals import RefusalAggregator
 from greenlang_crypto.api.routes import API_PREFIX, build_router
 from greenlang_crypto.audit import AuditLog, open_audit_sink
 from greenlang_crypto.audit.anchors import default_anchor, open_anchor
@@ -54,33 +61,62 @@ def mount_encryption_api(
     *,
     authorizer: Callable[..., Any],
     max_body_bytes: int | None = None,
-) -> None:
+    max_buffered_body_bytes: int | None = None,
+    refusal_interval: float = 60.0,
+) -> RefusalAggregator:
     """Mounts ``/api/v1/encryption/*`` on a host app, with handlers that never echo requests.
 
-    Requests with a body are authenticated before the body is read, and bodies over
-    ``max_body_bytes`` get 413 unread (see :mod:`greenlang_crypto.api.guard`).
+    Every request under the prefix is authenticated, and checked against its route's
+    permission and scope, before its body is read; a body over its route's limit gets 413
+    unread, and bodies wait for (or are refused with 503) room in a process-wide buffer budget
+    (see :mod:`greenlang_crypto.api.guard`). Refusals are audited as counts per source and
+    interval (see :mod:`greenlang_crypto.api.refusals`), written at the app's shutdown too.
 
     Args:
         app: The host application.
         service: The encryption service.
         audit: The audit log attached to ``service``.
         authorizer: A dependency returning a :class:`~greenlang_crypto.api.auth.Principal`;
-            if it has ``authenticate(token)`` (as :class:`JwtAuthorizer` does), that runs
-            before the body is read.
-        max_body_bytes: Largest request body; default a little over the service's
+            if it has ``authenticate(token)`` (as :class:`JwtAuthorizer` does), that and the
+            permission check run before the body is read.
+        max_body_bytes: Cap on any request body; each route's limit is the smaller of this
+            and what its schema accepts. Default a little over the service's
             ``max_plaintext_bytes`` in base64 (:func:`~greenlang_crypto.api.guard.
             default_body_limit`).
+        max_buffered_body_bytes: Bodies buffered at once by this app; default the budget
+            shared by the whole process (:func:`~greenlang_crypto.api.guard.process_budget`).
+        refusal_interval: Seconds between the audit records counting refusals.
+
+    Returns:
+        The refusal aggregator (its :meth:`~RefusalAggregator.flush` writes the counts now).
+
+    Raises:
+        ValueError: A route's body limit exceeds the buffer budget (it could never be served).
     """
-    limit = max_body_bytes or default_body_limit(service.config.max_plaintext_bytes)
+    cap = max_body_bytes or default_body_limit(service.config.max_plaintext_bytes)
+    refusals = RefusalAggregator(audit, interval=refusal_interval)
+    router = build_router(service, audit, authorizer=authorizer, refusals=refusals)
+    policies = route_policies(router.routes, max_body_bytes=cap, prefix=API_PREFIX)
+    budget = BodyBudget(max_buffered_body_bytes) if max_buffered_body_bytes is not None else None
+    largest = max((p.body_limit for p in policies.values()), default=0)
+    capacity = (budget if budget is not None else process_budget()).capacity
+    if largest > capacity:
+        raise ValueError(
+            f"max_buffered_body_bytes ({capacity}) is below the largest route body ({largest})"
+        )
     app.add_middleware(
         BodyGuard,
         authenticate=getattr(authorizer, "authenticate", None),
-        max_body_bytes=limit,
+        max_body_bytes=cap,
         prefix=API_PREFIX,
+        policies=policies,
+        budget=budget,
+        refusals=refusals,
     )
-    app.include_router(build_router(service, audit, authorizer=authorizer))
+    app.include_router(router)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _internal_error)
+    return refusals
 
 
 @dataclass
@@ -166,6 +202,8 @@ def create_app(
     authorizer: Callable[..., Any],
     registry: CollectorRegistry | None = None,
     max_body_bytes: int | None = None,
+    max_buffered_body_bytes: int | None = None,
+    refusal_interval: float = 60.0,
 ) -> FastAPI:
     """The served app: the API router, ``/metrics`` and ``/healthz``.
 
@@ -174,7 +212,9 @@ def create_app(
         audit: The audit log attached to ``service``.
         authorizer: A dependency returning a :class:`~greenlang_crypto.api.auth.Principal`.
         registry: The Prometheus registry to expose (default: the global one).
-        max_body_bytes: Largest request body (see :func:`mount_encryption_api`).
+        max_body_bytes: Cap on any request body (see :func:`mount_encryption_api`).
+        max_buffered_body_bytes: Bodies buffered at once (see :func:`mount_encryption_api`).
+        refusal_interval: Seconds between refusal-count records.
     """
     from greenlang_crypto import __version__
 
@@ -185,7 +225,16 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
-    mount_encryption_api(app, service, audit, authorizer=authorizer, max_body_bytes=max_body_bytes)
+    refusals = mount_encryption_api(
+        app,
+        service,
+        audit,
+        authorizer=authorizer,
+        max_body_bytes=max_body_bytes,
+        max_buffered_body_bytes=max_buffered_body_bytes,
+        refusal_interval=refusal_interval,
+    )
+    app.state.glc_refusals = refusals
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:

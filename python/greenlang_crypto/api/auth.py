@@ -6,6 +6,11 @@ secret is refused. ``iss``, ``aud``, ``exp`` and ``nbf`` are checked with a smal
 authentication failure answers 401 with one uniform body, so a caller learns nothing about
 which check failed.
 
+Scopes: a token that names a tenant (``tenant_id``) acts on that tenant's data only; the
+fleet-wide routes (the shared keyring, audit reads, status) need :data:`FLEET_PERMISSION` on a
+token that names no tenant. A token carrying both a tenant and that grant is refused, and
+:func:`mint_token` will not make one.
+
 Host applications can replace :class:`JwtAuthorizer` with their own FastAPI dependency that
 returns a :class:`Principal`.
 """
@@ -24,6 +29,8 @@ from typing import Any
 from fastapi import HTTPException, Request, status
 
 __all__ = [
+    "FLEET_PERMISSION",
+    "KNOWN_PERMISSIONS",
     "PERMISSIONS",
     "AuthSettings",
     "JwtAuthorizer",
@@ -43,6 +50,13 @@ PERMISSIONS = (
     "encryption:audit",
     "encryption:read",
 )
+#: The grant that lets a token act on the whole fleet (the shared keyring, every tenant's
+#: audit records, the service status). It widens where the other permissions apply rather
+#: than naming an operation, so a monitoring token can hold it with ``encryption:read`` alone
+#: and still not rotate keys. A token carrying it must not name a tenant.
+FLEET_PERMISSION = "encryption:fleet"
+#: Everything a token may be granted.
+KNOWN_PERMISSIONS = (*PERMISSIONS, FLEET_PERMISSION)
 _ASYMMETRIC_PREFIXES = ("RS", "PS", "ES", "Ed")
 _UNAUTHORIZED_BODY = "unauthorized"
 
@@ -60,6 +74,15 @@ class Principal:
     subject: str
     tenant: str | None
     permissions: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def fleet(self) -> bool:
+        """Whether the caller may act fleet-wide: the fleet grant and no tenant.
+
+        Host authorizers build principals themselves, so a principal that names a tenant is
+        never fleet-wide here, whatever it was granted.
+        """
+        return self.tenant is None and FLEET_PERMISSION in self.permissions
 
 
 @dataclass(frozen=True)
@@ -180,7 +203,13 @@ class JwtAuthorizer:
         tenant = claims.get(s.tenant_claim)
         if tenant is not None and (not isinstance(tenant, str) or not tenant):
             raise unauthorized()
-        return Principal(subject, tenant, _permissions(claims.get(s.permissions_claim)))
+        permissions = _permissions(claims.get(s.permissions_claim))
+        if tenant is not None and FLEET_PERMISSION in permissions:
+            # An issuer that put both in one token made a mistake; acting on either half
+            # would guess which one it meant.
+            _log.info("token rejected: fleet grant on a tenant-scoped token")
+            raise unauthorized()
+        return Principal(subject, tenant, permissions)
 
 
 def _looks_like_public_key(key: Any) -> bool:
@@ -247,8 +276,16 @@ def mint_token(
     issuer: str = DEV_ISSUER,
     audience: str = DEV_AUDIENCE,
 ) -> str:
-    """A development HS256 token (for ``greenlang-crypto token`` and tests)."""
+    """A development HS256 token (for ``greenlang-crypto token`` and tests).
+
+    Raises:
+        ValueError: ``permissions`` holds the fleet grant and ``tenant`` is set (such a
+            token would be refused).
+    """
     import jwt
+
+    if tenant is not None and FLEET_PERMISSION in permissions:
+        raise ValueError(f"{FLEET_PERMISSION} cannot be granted to a tenant-scoped token")
 
     now = int(time.time())
     claims: dict[str, Any] = {

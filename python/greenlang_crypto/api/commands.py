@@ -76,7 +76,12 @@ def cmd_serve(args: argparse.Namespace, make_config: Callable[[argparse.Namespac
         anchors=_anchor_urls(args),
     )
     app = create_app(
-        stack.service, stack.audit, authorizer=JwtAuthorizer(settings), registry=stack.registry
+        stack.service,
+        stack.audit,
+        authorizer=JwtAuthorizer(settings),
+        registry=stack.registry,
+        max_buffered_body_bytes=args.max_buffered_body_bytes,
+        refusal_interval=args.refusal_audit_interval,
     )
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
@@ -87,14 +92,27 @@ def cmd_serve(args: argparse.Namespace, make_config: Callable[[argparse.Namespac
 
 def cmd_token(args: argparse.Namespace, make_config: Callable[[argparse.Namespace], Any]) -> int:
     """Prints a development token signed with the data directory's local secret."""
-    from greenlang_crypto.api.auth import PERMISSIONS, dev_secret, mint_token
+    from greenlang_crypto.api.auth import (
+        FLEET_PERMISSION,
+        KNOWN_PERMISSIONS,
+        dev_secret,
+        mint_token,
+    )
 
     config = make_config(args)
     perms = [p.strip() for item in args.permissions for p in item.split(",") if p.strip()]
-    unknown = sorted(set(perms) - set(PERMISSIONS))
+    unknown = sorted(set(perms) - set(KNOWN_PERMISSIONS))
     if unknown:
         print(
-            f"error: unknown permission(s) {unknown}; known: {list(PERMISSIONS)}", file=sys.stderr
+            f"error: unknown permission(s) {unknown}; known: {list(KNOWN_PERMISSIONS)}",
+            file=sys.stderr,
+        )
+        return 2
+    if args.tenant is not None and FLEET_PERMISSION in perms:
+        print(
+            f"error: {FLEET_PERMISSION} is for fleet operators and cannot be combined with "
+            "--tenant",
+            file=sys.stderr,
         )
         return 2
     token = mint_token(
@@ -205,11 +223,27 @@ def register(
     serve.add_argument("--jwt-issuer", default=None)
     serve.add_argument("--jwt-audience", default=None)
     serve.add_argument("--log-level", default="info")
+    serve.add_argument(
+        "--max-buffered-body-bytes",
+        type=int,
+        default=None,
+        help="request bodies buffered at once (default: the process-wide budget, 12 MiB)",
+    )
+    serve.add_argument(
+        "--refusal-audit-interval",
+        type=float,
+        default=60.0,
+        help="seconds between the audit records counting refused requests per source",
+    )
     serve.set_defaults(func=lambda a: cmd_serve(a, make_config))
 
     token = subparsers.add_parser("token", help="mint a development API token")
     token.add_argument(
-        "--permissions", action="append", required=True, help="comma list, e.g. encryption:read"
+        "--permissions",
+        action="append",
+        required=True,
+        help="comma list, e.g. encryption:read; encryption:fleet (fleet-wide routes) only "
+        "without --tenant",
     )
     token.add_argument("--tenant", default=None)
     token.add_argument("--subject", default=os.environ.get("USER") or "dev")

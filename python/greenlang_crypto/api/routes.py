@@ -1,9 +1,14 @@
 """The ``/api/v1/encryption`` router: encrypt, decrypt, keys, rotation, rewrap, audit, status.
 
 Every route depends on :func:`require_permission`, and a test walks ``app.routes`` to keep it
-that way. Payloads are strict base64 (RFC 4648 alphabet with padding, no whitespace, ASCII
-only); bad input is a 422 whose body never echoes the request. Plaintext is never logged,
-audited or returned by any route except ``/decrypt``.
+that way. The dependency names the route's permission and scope: ``tenant`` routes (encrypt,
+decrypt) act on the data of the tenant the token names; ``fleet`` routes (keys, rotation,
+rewrap, audit reads, status) act on the shared keyring or on every tenant's records and need
+the fleet grant (:data:`~greenlang_crypto.api.auth.FLEET_PERMISSION`), which no tenant-scoped
+token carries. The guard in front of the router reads the same declarations to refuse a
+request before its body is read. Payloads are strict base64 (RFC 4648 alphabet with padding,
+no whitespace, ASCII only); bad input is a 422 whose body never echoes the request. Plaintext
+is never logged, audited or returned by any route except ``/decrypt``.
 """
 
 # No ``from __future__ import annotations`` here: FastAPI must evaluate the route signatures,
@@ -21,6 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from greenlang_crypto._core import parse_envelope
 from greenlang_crypto.api.auth import Principal
+from greenlang_crypto.api.guard import SCOPE_FLEET, SCOPE_TENANT
+from greenlang_crypto.api.refusals import RefusalAggregator
 from greenlang_crypto.audit import AuditLog, AuditQuery, acting_as
 from greenlang_crypto.context import EncryptionContext
 from greenlang_crypto.exceptions import (
@@ -38,13 +45,23 @@ from greenlang_crypto.exceptions import (
 )
 from greenlang_crypto.service import EncryptionService
 
-__all__ = ["API_PREFIX", "PERMISSION_ATTR", "build_router", "require_permission"]
+__all__ = [
+    "API_PREFIX",
+    "PERMISSION_ATTR",
+    "SCOPE_ATTR",
+    "SCOPE_FLEET",
+    "SCOPE_TENANT",
+    "build_router",
+    "require_permission",
+]
 
 _log = logging.getLogger("greenlang_crypto.api")
 
 API_PREFIX = "/api/v1/encryption"
-#: Attribute set on every permission dependency; the route-walk test looks for it.
+#: Attribute set on every permission dependency; the route-walk test and the guard read it.
 PERMISSION_ATTR = "__glc_permission__"
+#: Attribute naming the dependency's scope (``tenant`` or ``fleet``); the guard reads it.
+SCOPE_ATTR = "__glc_scope__"
 
 #: Largest base64 payload accepted (about 1 MiB of binary data).
 MAX_B64_CHARS = 1_400_000
@@ -246,43 +263,67 @@ def request_id(request: Request, response: Response) -> str:
     return rid
 
 
+def _client(request: Request) -> str | None:
+    return request.client.host if request.client is not None else None
+
+
+def _route(request: Request) -> str | None:
+    # The matched route's template, never the path as the client wrote it.
+    path = getattr(request.scope.get("route"), "path", None)
+    return f"{request.method} {path}" if isinstance(path, str) else None
+
+
 def require_permission(
-    permission: str, authorizer: Callable[..., Any], audit: AuditLog
+    permission: str,
+    authorizer: Callable[..., Any],
+    audit: AuditLog,
+    *,
+    scope: str = SCOPE_FLEET,
+    refusals: RefusalAggregator | None = None,
 ) -> Callable[..., Principal]:
     """A dependency that authenticates with ``authorizer`` and requires ``permission``.
 
-    A missing permission answers 403 and leaves an audit record with outcome ``denied``.
+    With ``scope="fleet"`` (the default, so a route that says nothing is closed to tenant
+    tokens) the principal must also be fleet-wide (:attr:`Principal.fleet`); with
+    ``scope="tenant"`` it must name a tenant, which the route then compares with the request.
+    A refusal answers 403 and is counted in ``refusals`` (one audit record per source and
+    interval, not one per request).
+
+    Args:
+        permission: The permission required.
+        authorizer: The dependency returning the :class:`Principal`.
+        audit: The audit log (refusal counts go there when ``refusals`` is not given).
+        scope: ``fleet`` or ``tenant``.
+        refusals: Where refusals are counted; pass the router's.
     """
+    if scope not in (SCOPE_FLEET, SCOPE_TENANT):
+        raise ValueError(f"scope must be {SCOPE_FLEET!r} or {SCOPE_TENANT!r}")
+    counter = refusals if refusals is not None else RefusalAggregator(audit)
 
     def dependency(request: Request, principal: Principal = Depends(authorizer)) -> Principal:  # noqa: B008
+        reason = None
         if permission not in principal.permissions:
-            audit.record(
-                "access_denied",
-                actor=principal.subject,
-                outcome="denied",
-                request_id=getattr(request.state, "glc_request_id", None),
-                details={"permission": permission, "path": request.url.path},
-                required=False,
-            )
+            reason = "permission"
+        elif scope == SCOPE_FLEET and not principal.fleet:
+            reason = "fleet_scope"
+        elif scope == SCOPE_TENANT and principal.tenant is None:
+            reason = "no_tenant"
+        if reason is not None:
+            counter.note(_client(request), reason, principal.subject, _route(request))
             raise HTTPException(status.HTTP_403_FORBIDDEN, "forbidden")
         return principal
 
     setattr(dependency, PERMISSION_ATTR, permission)
+    setattr(dependency, SCOPE_ATTR, scope)
     return dependency
 
 
-def _same_tenant(principal: Principal, ctx: EncryptionContext, audit: AuditLog, rid: str) -> None:
+def _same_tenant(
+    principal: Principal, ctx: EncryptionContext, refusals: RefusalAggregator, request: Request
+) -> None:
     if principal.tenant is None or principal.tenant != ctx.tenant_id:
-        audit.record(
-            "access_denied",
-            actor=principal.subject,
-            outcome="denied",
-            request_id=rid,
-            data_class=ctx.data_class,
-            context_digest=ctx.digest.hex(),
-            details={"check": "tenant"},
-            required=False,
-        )
+        reason = "no_tenant" if principal.tenant is None else "tenant_mismatch"
+        refusals.note(_client(request), reason, principal.subject, _route(request))
         raise HTTPException(status.HTTP_403_FORBIDDEN, "forbidden")
 
 
@@ -292,6 +333,7 @@ def build_router(
     *,
     authorizer: Callable[..., Any],
     prefix: str = API_PREFIX,
+    refusals: RefusalAggregator | None = None,
 ) -> APIRouter:
     """The API router. Mount it with :func:`greenlang_crypto.api.mount_encryption_api`.
 
@@ -301,24 +343,39 @@ def build_router(
         authorizer: A FastAPI dependency returning a :class:`Principal` (for example a
             :class:`~greenlang_crypto.api.auth.JwtAuthorizer`).
         prefix: Path prefix.
+        refusals: Where 403s are counted. Default: a new aggregator, written at the app's
+            shutdown through the router's shutdown handler.
     """
     router = APIRouter(prefix=prefix, tags=["encryption"])
-    can_encrypt = require_permission("encryption:encrypt", authorizer, audit)
-    can_decrypt = require_permission("encryption:decrypt", authorizer, audit)
-    is_admin = require_permission("encryption:admin", authorizer, audit)
-    can_audit = require_permission("encryption:audit", authorizer, audit)
-    can_read = require_permission("encryption:read", authorizer, audit)
+    if refusals is None:
+        refusals = RefusalAggregator(audit)
+        router.on_shutdown.append(refusals.close)
+    # Bound to a name of its own: the closures below need the non-optional type.
+    denials = refusals
+
+    def permission(name: str, scope: str) -> Callable[..., Principal]:
+        return require_permission(name, authorizer, audit, scope=scope, refusals=denials)
+
+    can_encrypt = permission("encryption:encrypt", SCOPE_TENANT)
+    can_decrypt = permission("encryption:decrypt", SCOPE_TENANT)
+    # The keyring is shared by every tenant: listing, rotating and rewrapping are fleet-wide.
+    is_admin = permission("encryption:admin", SCOPE_FLEET)
+    # Audit records do not name their tenant (only a context digest), so they cannot be
+    # filtered per tenant: reading them is fleet-wide.
+    can_audit = permission("encryption:audit", SCOPE_FLEET)
+    can_read = permission("encryption:read", SCOPE_FLEET)
     rid_dep = Depends(request_id)
 
     @router.post("/encrypt", response_model=EnvelopeResponse)
     def encrypt(
+        request: Request,
         body: EncryptRequest,
         principal: Annotated[Principal, Depends(can_encrypt)],
         rid: Annotated[str, rid_dep],
     ) -> EnvelopeResponse:
         """Encrypts base64 ``plaintext`` under ``context`` (the token's tenant only)."""
         ctx = _context(body.context)
-        _same_tenant(principal, ctx, audit, rid)
+        _same_tenant(principal, ctx, denials, request)
         data = _b64(body.plaintext)
         aad = _b64(body.associated_data) if body.associated_data is not None else None
         try:
@@ -333,13 +390,14 @@ def build_router(
 
     @router.post("/decrypt", response_model=DecryptResponse)
     def decrypt(
+        request: Request,
         body: DecryptRequest,
         principal: Annotated[Principal, Depends(can_decrypt)],
         rid: Annotated[str, rid_dep],
     ) -> DecryptResponse:
         """Decrypts an envelope of the token's tenant; the stated ``reason`` is audited."""
         ctx = _context(body.context)
-        _same_tenant(principal, ctx, audit, rid)
+        _same_tenant(principal, ctx, denials, request)
         envelope = _b64(body.ciphertext)
         aad = _b64(body.associated_data) if body.associated_data is not None else None
         fields: dict[str, Any] = {
@@ -422,11 +480,12 @@ def build_router(
         principal: Annotated[Principal, Depends(is_admin)],
         rid: Annotated[str, rid_dep],
     ) -> EnvelopeResponse:
-        """Re-encrypts an envelope under the primary version; never returns plaintext."""
+        """Re-encrypts an envelope of any tenant under the primary version (fleet-wide).
+
+        Moving envelopes to the primary version is the second half of a keyring rotation,
+        which is fleet-wide; it never returns plaintext.
+        """
         ctx = _context(body.context)
-        # An admin of one tenant must not rewrap another tenant's data, nor probe its
-        # contexts (a wrong data_class guess would otherwise answer differently).
-        _same_tenant(principal, ctx, audit, rid)
         envelope = _b64(body.ciphertext)
         aad = _b64(body.associated_data) if body.associated_data is not None else None
         common: dict[str, Any] = {
@@ -466,7 +525,7 @@ def build_router(
         after_seq: Annotated[int, Query(ge=0, le=2**62)] = 0,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
     ) -> AuditPage:
-        """Audit records, filtered, ascending by sequence number (keyset pagination)."""
+        """Audit records of every tenant, filtered, ascending by sequence (keyset pages)."""
         q = AuditQuery(
             action=action,
             actor=actor,
@@ -495,7 +554,7 @@ def build_router(
 
     @router.get("/status", response_model=StatusResponse)
     def service_status(principal: Annotated[Principal, Depends(can_read)]) -> StatusResponse:
-        """Provider health, key versions, cache counters and audit sink state."""
+        """Provider health, key versions, cache counters and audit sink state (the fleet's)."""
         try:
             st = service.status()
         except GreenlangCryptoError as exc:
