@@ -5,7 +5,7 @@ PY := .venv/bin/python
 export AWS_LC_SYS_CMAKE_BUILDER := 0
 
 .DEFAULT_GOAL := help
-.PHONY: help setup install build wheel run services services-stop lint fmt test-rust test-py test-install gate bench ci
+.PHONY: help setup install build wheel run services services-stop lint fmt test-rust test-py test-install faults gate bench ci
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -70,6 +70,10 @@ test-py: ## The Python test suite with line coverage (fails under 90%; starts th
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; \
 	$(PY) -m coverage combine -q && $(PY) -m coverage report; cov=$$?; \
 	if [ $$rc -ne 0 ]; then exit $$rc; fi; exit $$cov
+
+faults: ## The 15-minute fault campaign (GLC_CAMPAIGN_SEED=N replays one; starts the services)
+	@set -a; eval "$$(PYTHON=$(PY) bash scripts/services.sh start | sed 's/^export //')"; set +a; \
+	GLC_CAMPAIGN_SECONDS=900 $(PY) -m pytest tests/campaign -q -p no:cacheprovider -s
 
 test-install: wheel ## The wheel in a venv per install flavour, unit tests on it, `make run` from a clone
 	@GLC_WHEEL_DIR=$(CURDIR)/dist $(PY) -m pytest tests/install -q -p no:cacheprovider; rc=$$?; \
