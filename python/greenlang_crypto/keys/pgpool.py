@@ -77,6 +77,11 @@ def is_outage(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
 
 
+def _lost_prepared_statement(exc: BaseException) -> bool:
+    """Whether ``exc`` is a server-side prepared statement missing or defined twice."""
+    return type(exc).__name__ in ("InvalidSqlStatementName", "DuplicatePreparedStatement")
+
+
 def _idle_and_sound(conn: Any) -> None:
     """Pool check on checkout: raises for a connection that must not be handed out.
 
@@ -261,6 +266,16 @@ class PgPool:
         except KeyStoreUnavailableError:
             raise
         except Exception as exc:
+            if _lost_prepared_statement(exc) and not self.transaction_pooler:
+                # A prepared statement that vanished (or exists twice) means the server
+                # connection changed under the session: a transaction-mode pooler the
+                # configuration did not mention. Stop preparing; the call may be repeated.
+                _log.warning("the key store is behind a transaction-mode pooler: not preparing")
+                self.transaction_pooler = True
+                self._replace(pool)
+                raise KeyStoreUnavailableError(
+                    "the key store connection changed under a prepared statement"
+                ) from exc
             if is_outage(exc):
                 if type(exc).__name__ == "PoolTimeout":
                     self._down_until = time.monotonic() + 1.0
