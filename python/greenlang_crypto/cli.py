@@ -3,8 +3,13 @@
 Commands: ``init``, ``encrypt``, ``decrypt``, ``keys list|rotate|rewrap|retire``, ``status``.
 Configuration comes from ``--config FILE`` (TOML) or ``GLC_*`` environment variables; with
 neither, the embedded local provider in ``~/.greenlang-crypto`` (or ``$GLC_DATA_DIR``) is used.
-A failure is one ``error:`` line on stderr; the exit code tells a failed check (1), an error
-to fix (2), an outage to retry later (3) and an interrupt (130) apart.
+A failure is one ``error:`` line on stderr (``--debug`` adds its traceback); the exit code
+tells a failed check (1), an error to fix (2), an outage to retry later (3) and an interrupt
+(130) apart.
+
+An output file (``-o``) appears only when complete and verified, 0600 unless ``decrypt
+--mode`` says otherwise; devices, FIFOs and descriptor links (``/dev/stdout``) are written
+in place, as streams.
 """
 
 from __future__ import annotations
@@ -18,15 +23,18 @@ import io
 import json
 import logging
 import os
+import sqlite3
 import stat
 import sys
+import threading
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from greenlang_crypto._core import STREAM_DEFAULT_SEGMENT, STREAM_MAGIC
-from greenlang_crypto._files import atomic_output
+from greenlang_crypto._files import FILE_MODE, atomic_directory, atomic_output, output_error
 from greenlang_crypto.config import EncryptionServiceConfig
 from greenlang_crypto.context import EncryptionContext
 from greenlang_crypto.exceptions import (
@@ -202,9 +210,9 @@ def _read_input(path: str | None, limit: int) -> bytes:
     return data
 
 
-def _write_output(path: str | None, data: bytes) -> None:
-    """Writes stdout, or a file atomically: created 0600, or with the mode it had."""
-    with _output(path) as out:
+def _write_output(path: str | None, data: bytes, mode: int = FILE_MODE) -> None:
+    """Writes stdout, or a file atomically with ``mode`` (0600 unless told otherwise)."""
+    with _output(path, mode) as out:
         view = memoryview(data)
         while view:  # the file is unbuffered: a write may take only part of the data
             view = view[out.write(view) :]
@@ -219,24 +227,74 @@ def _progress(total: int, desc: str) -> Any:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    """Creates the data directory, the first master key and the keyring."""
+    """Creates the data directory, the first master key and the keyring, all or nothing."""
     from greenlang_crypto.service import EncryptionService
 
     cfg = _config(args)
     if cfg.provider == "local":
         from greenlang_crypto.providers.local import LocalKeyProvider
 
-        existed = bool(LocalKeyProvider(cfg.data_dir).versions())
+        created = False
+        if not LocalKeyProvider(cfg.data_dir).versions():
+            created = _init_data_dir(cfg)
         svc = EncryptionService.init_local(config=cfg)
-        if existed:
-            print(f"already initialized: {cfg.data_dir}")
-        else:
+        if created:
             print(f"created the master key in {cfg.data_dir} (mode 0600)")
+        else:
+            print(f"already initialized: {cfg.data_dir}")
     else:
         svc = EncryptionService(cfg)
     print(f"keyring ready: primary version {svc.primary_version}")
     svc.close()
     return 0
+
+
+def _init_data_dir(cfg: EncryptionServiceConfig) -> bool:
+    """Builds the data directory beside its name and renames it into place.
+
+    A directory half made (a full disk, a kill) would hold a key store without its master
+    key, or a master key without its keyring, and the next run would take it for an
+    initialized one. Built under a temporary name, it is complete or absent. Returns False
+    when another ``init`` finished first (its directory is the one kept).
+
+    Raises:
+        ConfigurationError: The directory exists, is not empty and holds no master key.
+        OutputError: The directory could not be written (a full disk, say); nothing is left.
+    """
+    from greenlang_crypto.providers.local import LocalKeyProvider
+    from greenlang_crypto.service import EncryptionService
+
+    target = Path(cfg.data_dir)
+    with contextlib.suppress(FileNotFoundError):
+        if any(target.iterdir()):
+            if LocalKeyProvider(target).versions():
+                return False  # another init finished meanwhile
+            raise ConfigurationError(
+                f"{target} is not empty and holds no master key; move it away (or empty it) "
+                "and run `greenlang-crypto init` again"
+            )
+    values = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
+    try:
+        with atomic_directory(target) as building:
+            values["data_dir"] = building
+            try:
+                if cfg.key_store_url is None:
+                    # The embedded default: the keyring lives in the directory too.
+                    EncryptionService.init_local(config=EncryptionServiceConfig(**values)).close()
+                else:
+                    # The keyring lives in the configured store, opened once the master key
+                    # has its final place.
+                    LocalKeyProvider(building).create_master_key()
+            except OSError as exc:
+                raise output_error(target, exc) from exc
+            except sqlite3.Error as exc:
+                # The embedded key store is a file in the directory being built: its
+                # failure is a write that failed here (a full disk), not an outage to wait
+                # out. SQLite's messages name the condition, never data.
+                raise OutputError(f"cannot write {target}: {exc}") from exc
+    except FileExistsError:
+        return False
+    return True
 
 
 class _Prefixed:
@@ -327,11 +385,12 @@ def _input(path: str | None) -> Iterator[BinaryIO]:
 
 
 @contextlib.contextmanager
-def _output(path: str | None) -> Iterator[_Writable]:
+def _output(path: str | None, mode: int = FILE_MODE) -> Iterator[_Writable]:
     """stdout, or a file that appears under ``path`` only when the block succeeds.
 
-    The file is written beside its name, created 0600 (it ends with the mode the replaced
-    file had), and removed on any error; a device or FIFO is written in place. Failing writes
+    A regular file is written where nobody sees it (see ``atomic_output``) and gets ``mode``
+    (0600 by default, whatever mode a replaced file had) before its name; on any error
+    nothing is left. A device, FIFO or descriptor link is written in place. Failing writes
     raise :class:`OutputError`.
     """
     if path in (None, "-"):
@@ -339,7 +398,7 @@ def _output(path: str | None) -> Iterator[_Writable]:
         yield out
         out.flush()
         return
-    with atomic_output(path) as f:
+    with atomic_output(path, mode=mode) as f:
         yield f
 
 
@@ -380,6 +439,19 @@ def _thread_count(text: str) -> int:
     if not 1 <= n <= 64:
         raise argparse.ArgumentTypeError("expected 1..64")
     return n
+
+
+def _file_mode(text: str) -> int:
+    """``--mode``: octal permission bits (``640``, ``0o640``), at most 0777."""
+    try:
+        mode = int(text.removeprefix("0o"), 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected octal permission bits, got {text!r}") from None
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(
+            "expected permission bits 0..0777 (no setuid, setgid or sticky)"
+        )
+    return mode
 
 
 def _parse_range(text: str | None) -> tuple[int, int | None]:
@@ -437,7 +509,7 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
             src.seek(0)
         if head[:1] == bytes([STREAM_MAGIC]):
             source: Any = src if seekable else _Prefixed(head, src)
-            with _output(args.output) as dst:
+            with _output(args.output, args.mode) as dst:
                 size = _input_size(src) if end is None else end - start
                 with _byte_progress(size, "decrypt") as progress:
                     svc.decrypt_stream(
@@ -457,7 +529,7 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
         if len(data) > limit:
             raise PayloadTooLargeError(f"input is larger than {limit} bytes")
     plaintext = svc.decrypt(data, ctx)
-    _write_output(args.output, plaintext[start:end])
+    _write_output(args.output, plaintext[start:end], args.mode)
     return 0
 
 
@@ -466,15 +538,23 @@ def _cli_actor() -> str:
 
 
 def _open_audit(args: argparse.Namespace, svc: Any) -> Any:
-    """The audit log of this data directory (or ``$GLC_AUDIT_URL``), attached to ``svc``."""
+    """The audit log of this data directory (or ``$GLC_AUDIT_URL``), attached to ``svc``.
+
+    Its checkpoints go to the same anchors as every other writer's (the file beside a file
+    log and ``$GLC_AUDIT_ANCHORS``): a log whose latest records no anchor vouches for can
+    lose them unseen.
+    """
     from greenlang_crypto.audit import AuditLog, open_audit_sink
+    from greenlang_crypto.audit.anchors import configured_anchors
 
     cfg = _config(args)
-    audit = AuditLog(
-        open_audit_sink(os.environ.get("GLC_AUDIT_URL") or None, cfg.data_dir),
-        start_thread=False,
-        actor=_cli_actor(),
-    )
+    sink = open_audit_sink(os.environ.get("GLC_AUDIT_URL") or None, cfg.data_dir)
+    try:
+        anchors = configured_anchors(sink)
+    except BaseException:
+        sink.close()
+        raise
+    audit = AuditLog(sink, start_thread=False, actor=_cli_actor(), anchors=anchors)
     audit.attach(svc)
     return audit
 
@@ -651,6 +731,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="greenlang-crypto", description=__doc__.splitlines()[0])
     p.add_argument("--config", help="TOML configuration file")
     p.add_argument("--data-dir", help="data directory of the embedded default")
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help="print the traceback of a failure (it may quote paths and driver messages)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("init", help="create the master key and keyring").set_defaults(func=cmd_init)
 
@@ -692,6 +777,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--range",
         metavar="START:END",
         help="decrypt only the plaintext bytes START..END-1 (a stream opens only their segments)",
+    )
+    dec.add_argument(
+        "--mode",
+        type=_file_mode,
+        default=FILE_MODE,
+        metavar="OCTAL",
+        help="permission bits of an output file (default 0600, also when it replaces a file "
+        "with a wider mode)",
     )
     with_threads(dec)
     dec.set_defaults(func=cmd_decrypt)
@@ -824,17 +917,24 @@ class _OneLineWarnings(logging.Handler):
     """Log records as ``warning: ...`` lines on the current stderr, without tracebacks.
 
     The command's own failure is the one ``error:`` line main() prints; what the library
-    logs on the way (an audit sink down at start, say) stays a single line beside it.
+    logs on the way (an audit sink down at start, say) stays a single line beside it. With
+    ``--debug`` a record's traceback follows its line.
     """
+
+    def __init__(self, level: int, debug: bool = False) -> None:
+        super().__init__(level)
+        self.debug = debug
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             print(f"warning: {_one_line(record.getMessage())}", file=sys.stderr)
+            if self.debug and record.exc_info:
+                traceback.print_exception(*record.exc_info, file=sys.stderr)
         except Exception:  # a log line must never be what fails the command
             self.handleError(record)
 
 
-def _cli_logging(command: str | None) -> None:
+def _cli_logging(command: str | None, debug: bool = False) -> None:
     """Sets up logging for a one-shot command, unless the process already has its own.
 
     ``serve`` is left to uvicorn's configuration: a server's logs belong to its operator.
@@ -844,7 +944,7 @@ def _cli_logging(command: str | None) -> None:
     root = logging.getLogger()
     if command == "serve" or root.handlers:
         return
-    root.addHandler(_OneLineWarnings(logging.WARNING))
+    root.addHandler(_OneLineWarnings(logging.WARNING, debug))
     for name in ("psycopg", "psycopg_pool", "psycopg.pool"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
@@ -872,34 +972,125 @@ def _database_outage(exc: Exception) -> GreenlangCryptoError | None:
     return None
 
 
+def _checkpoint_files(args: argparse.Namespace) -> None:
+    """Reads ``audit verify --checkpoint-file`` files with the anchors' own reader.
+
+    Each file may be a copy of a file anchor (JSON lines), an object the S3 anchor put, or a
+    shipped log holding the stdout or syslog anchor's lines; its checkpoints join the
+    ``--checkpoint`` ones. A file that yields none is an error: a copy of the wrong file, or
+    one emptied, must not let a cut log pass as verified.
+
+    Raises:
+        _UsageError: A file is unreadable, holds a malformed checkpoint, or holds none.
+    """
+    if args.command != "audit" or getattr(args, "audit_command", None) != "verify":
+        return
+    files = getattr(args, "checkpoint_file", None)
+    if not files:
+        return
+    from greenlang_crypto.audit.anchors import read_checkpoint_file
+
+    given = list(getattr(args, "checkpoint", None) or [])
+    for path in files:
+        try:
+            found = read_checkpoint_file(path)
+        except OSError as exc:
+            raise _unreadable(path, exc) from exc
+        except ValueError as exc:
+            raise _UsageError(str(exc)) from None
+        if not found:
+            raise _UsageError(
+                f"--checkpoint-file {path} holds no checkpoint (expected an anchor file, an "
+                "S3 anchor object or a log with glc-audit-checkpoint lines)"
+            )
+        given += [cp.to_json() for cp in found]
+    args.checkpoint = given
+    args.checkpoint_file = []
+
+
+@contextlib.contextmanager
+def _quiet_hooks(debug: bool) -> Iterator[None]:
+    """Without ``--debug``, errors the interpreter reports itself stay one line too.
+
+    An exception ending a thread, or raised where nobody can catch it (a finalizer), is
+    printed with its traceback by default; a traceback can quote a driver's message.
+    """
+    if debug:
+        yield
+        return
+    saved_thread, saved_unraisable = threading.excepthook, sys.unraisablehook
+
+    def thread_hook(hook_args: Any) -> None:
+        if hook_args.exc_type is SystemExit:
+            return
+        name = getattr(hook_args.thread, "name", "a thread")
+        print(f"warning: {hook_args.exc_type.__name__} in {name}", file=sys.stderr)
+
+    def unraisable_hook(hook_args: Any) -> None:
+        print(f"warning: {hook_args.exc_type.__name__} ignored", file=sys.stderr)
+
+    threading.excepthook = thread_hook
+    sys.unraisablehook = unraisable_hook
+    try:
+        yield
+    finally:
+        threading.excepthook, sys.unraisablehook = saved_thread, saved_unraisable
+
+
+def _print_traceback(debug: bool) -> None:
+    if debug:
+        traceback.print_exc(file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``greenlang-crypto`` command; returns the exit code.
 
-    Every failure is one ``error: ...`` line on stderr, never a traceback: 2 for a usage or
-    typed error, 3 for an outage worth retrying later, 130 when interrupted.
+    Every failure is one ``error: ...`` line on stderr, never a traceback unless ``--debug``
+    was given: 2 for a usage or typed error (or an unexpected one), 3 for an outage worth
+    retrying later, 130 when interrupted.
     """
+    # Known before parsing, for a failure while the parser is built.
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    with _quiet_hooks(debug):
+        return _main(argv, debug)
+
+
+def _main(argv: Sequence[str] | None, debug: bool) -> int:
     try:
         parser = build_parser()
         # A command whose extra is missing accepts whatever follows it, so that the user
         # learns which extra to install rather than which of its arguments were wrong.
         args, unknown = parser.parse_known_args(argv)
+        debug = bool(getattr(args, "debug", debug))
         if unknown and not getattr(args, "accepts_any_arguments", False):
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-        _cli_logging(args.command)
+        _cli_logging(args.command, debug)
+        _checkpoint_files(args)
         return int(args.func(args))
     except KeyboardInterrupt:
+        _print_traceback(debug)
         return _fail("interrupted", EXIT_INTERRUPTED)
     except GreenlangCryptoError as exc:
+        _print_traceback(debug)
         return _report(exc)
     except _UsageError as exc:
+        _print_traceback(debug)
         return _fail(str(exc), EXIT_ERROR)
     except OSError as exc:
+        _print_traceback(debug)
         return _stray_os_error(exc)
     except Exception as exc:
+        _print_traceback(debug)
         outage = _database_outage(exc)
-        if outage is None:
-            raise  # a bug: its traceback is what a report needs
-        return _report(outage)
+        if outage is not None:
+            return _report(outage)
+        # A bug, or a database refusing a statement. Its message may quote anything it was
+        # handed (a driver's DETAIL shows the failing row), so only the types are named;
+        # --debug prints the traceback a report needs.
+        orig = getattr(exc, "orig", None)
+        driver = f" ({type(orig).__name__})" if isinstance(orig, BaseException) else ""
+        hint = "" if debug else "; rerun with --debug for the traceback"
+        return _fail(f"unexpected {type(exc).__name__}{driver}{hint}", EXIT_ERROR)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -408,7 +408,11 @@ class EncryptedS3Client:
     ) -> int:
         """Decrypts an object into a file written atomically (mode 0600).
 
-        On any failure nothing is left at ``Filename``. Returns the plaintext bytes written.
+        On any failure nothing is left at ``Filename``, and until the whole object has
+        authenticated the plaintext has no name at all (an anonymous file, linked in when
+        complete; see :func:`greenlang_crypto._files.atomic_output`), so a process killed
+        mid-download leaves nothing. A device or FIFO as ``Filename`` is written in place.
+        Returns the plaintext bytes written.
         """
         with _streams.atomic_output(Filename) as dst:
             return self.download_fileobj(Bucket, Key, dst, context=context)

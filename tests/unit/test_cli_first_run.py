@@ -101,7 +101,7 @@ def test_missing_input_and_output_directory(tmp_path: Path) -> None:
     assert not (tmp_path / "no").exists()
 
 
-def test_outputs_are_0600_and_replaced_files_keep_their_mode(tmp_path: Path) -> None:
+def test_outputs_are_0600_unless_a_mode_is_asked_for(tmp_path: Path) -> None:
     data = tmp_path / "data"
     assert run(data, "init").returncode == 0
     src = tmp_path / "in.txt"
@@ -117,8 +117,12 @@ def test_outputs_are_0600_and_replaced_files_keep_their_mode(tmp_path: Path) -> 
         out.chmod(0o600)
         assert run(data, "decrypt", *CTX, "-i", str(enc), "-o", str(out)).returncode == 0
         assert stat.S_IMODE(out.stat().st_mode) == 0o600
+        # A wider file being replaced does not widen the plaintext written over it.
         out.chmod(0o640)
         assert run(data, "decrypt", *CTX, "-i", str(enc), "-o", str(out)).returncode == 0
+        assert stat.S_IMODE(out.stat().st_mode) == 0o600
+        decrypt = ["decrypt", *CTX, "-i", str(enc), "-o", str(out), "--mode", "640"]
+        assert run(data, *decrypt).returncode == 0
         assert stat.S_IMODE(out.stat().st_mode) == 0o640
         assert out.read_bytes() == b"alice@example.com"
     finally:

@@ -91,8 +91,11 @@ def _fill(url: str, table: str, first: int, count: int) -> None:
     )
 
 
-def _cli(data_dir: Path, url: str, *args: str, env: dict[str, str] | None = None) -> Any:
-    argv = [sys.executable, "-m", "greenlang_crypto", "--data-dir", str(data_dir), "db", *args]
+def _cli(
+    data_dir: Path, url: str, *args: str, env: dict[str, str] | None = None, debug: bool = False
+) -> Any:
+    argv = [sys.executable, "-m", "greenlang_crypto", "--data-dir", str(data_dir)]
+    argv += ["--debug", "db", *args] if debug else ["db", *args]
     argv += ["--url", url]
     full = dict(os.environ, PYTHONPATH=str(REPO / "python"))
     full.pop("GLC_AUDIT_URL", None)  # the data directory's own audit log, unless given
@@ -332,7 +335,8 @@ def test_a_failing_batch_never_prints_its_parameters(
     # and encrypted: the error the CLI prints must not carry the statement's parameters.
     _fill(pg_url, table, 0, 10)
     _sql(pg_url, f"ALTER TABLE {table} ADD CONSTRAINT short CHECK (octet_length(email) < 40)")
-    run = _cli(data_dir, pg_url, "encrypt-column", *_job(table))
+    # With --debug the traceback is printed, so the test sees everything an error can show.
+    run = _cli(data_dir, pg_url, "encrypt-column", *_job(table), debug=True)
     assert run.returncode != 0
     assert "CheckViolation" in run.stderr or "check constraint" in run.stderr
     assert "parameters hidden" in run.stderr

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import hmac
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from greenlang_crypto.audit.chain import ChainKey
-from greenlang_crypto.audit.records import AuditRecord
+from greenlang_crypto.audit.records import AuditRecord, Checkpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,7 +19,8 @@ class VerifyProblem:
         seq: The sequence number of the record concerned (for a deletion: the missing one).
         kind: ``edited``, ``deleted``, ``inserted``, ``reordered``, ``truncated``,
             ``rewritten`` (differs from an anchored checkpoint), ``missing`` (no log),
-            ``anchor`` (a checkpoint with a bad MAC) or ``unverifiable``.
+            ``anchor`` (a checkpoint with a bad MAC), ``unanchored`` (records no checkpoint
+            covers, see :func:`unanchored_records`) or ``unverifiable``.
         detail: A human-readable explanation.
     """
 
@@ -132,3 +134,44 @@ def _verify(
             )
         )
     return VerifyResult(count, problems)
+
+
+def unanchored_records(
+    last: AuditRecord | None,
+    checkpoints: Iterable[Checkpoint],
+    *,
+    grace_seconds: float,
+    now: float,
+) -> VerifyProblem | None:
+    """The records after the newest checkpoint, once the last of them is older than the grace.
+
+    With anchors configured, every writer publishes a checkpoint when it closes and at its
+    interval, so a record that no checkpoint covers for longer than that was written by a
+    writer that does not publish; the anchors then vouch for nothing after it, and a cut of
+    those records would go unseen. The grace leaves room for a live writer's next
+    checkpoint.
+
+    Args:
+        last: The log's last record (None: an empty log, nothing to cover).
+        checkpoints: The checkpoints the anchors hold (MACs already verified).
+        grace_seconds: How long a record may wait for its checkpoint.
+        now: The current time (seconds since the epoch).
+    """
+    if last is None:
+        return None
+    top = max((cp.seq for cp in checkpoints), default=0)
+    if last.seq <= top:
+        return None
+    try:
+        written = _dt.datetime.strptime(last.entry.time, "%Y-%m-%dT%H:%M:%S.%fZ")
+        age = now - written.replace(tzinfo=_dt.UTC).timestamp()
+    except ValueError:
+        age = float("inf")  # a time we cannot read cannot claim to be recent
+    if age < grace_seconds:
+        return None
+    return VerifyProblem(
+        top + 1,
+        "unanchored",
+        f"no checkpoint covers records {top + 1}..{last.seq} (the newest checkpoint is at seq "
+        f"{top}); a writer of this log does not publish to the configured anchors",
+    )

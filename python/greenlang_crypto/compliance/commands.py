@@ -1,10 +1,16 @@
-"""CLI subcommand `greenlang-crypto verify` (compliance report)."""
+"""CLI subcommand `greenlang-crypto verify` (compliance report).
+
+Exit codes: 0 when every control passed (or was skipped with ``--allow-skip``), 1 when one
+failed or was skipped without permission, 2 and 3 as every command (an error to fix, an
+outage).
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,12 +40,33 @@ def register(
     )
     p.add_argument("--terraform", type=Path, default=None, help="the KMS Terraform module dir")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument(
+        "--allow-skip",
+        action="append",
+        default=[],
+        metavar="CONTROL",
+        help="a control that may be skipped (repeatable); any other skipped control fails the run",
+    )
+    p.add_argument(
+        "--anchor-grace",
+        type=_seconds,
+        default=_ANCHOR_GRACE,
+        metavar="SECONDS",
+        help="how long an audit record may wait for a checkpoint in the configured anchors "
+        f"before the audit control fails (default {_ANCHOR_GRACE:g})",
+    )
 
     def run(args: argparse.Namespace) -> int:
-        from greenlang_crypto.compliance.verify import ColumnSpec, run_verification
+        from greenlang_crypto.compliance.verify import FRAMEWORKS, ColumnSpec, run_verification
 
+        unknown = sorted(set(args.allow_skip) - set(FRAMEWORKS))
+        if unknown:
+            raise ConfigurationError(
+                f"--allow-skip: unknown control(s) {', '.join(unknown)}; known: "
+                + ", ".join(sorted(FRAMEWORKS))
+            )
         service = make_service(args)
-        audit_verify = _audit_verifier(service)
+        audit_verify = _audit_verifier(service, args.anchor_grace)
         try:
             report = run_verification(
                 service,
@@ -47,6 +74,7 @@ def register(
                 columns=[ColumnSpec.parse(c) for c in args.column],
                 terraform_dir=args.terraform,
                 audit_verify=audit_verify,
+                allow_skip=args.allow_skip,
             )
         except Exception as exc:
             typed = _database_error(exc)
@@ -54,9 +82,24 @@ def register(
                 raise
             raise typed from exc
         sys.stdout.write((report.to_json() if args.json else report.to_text()) + "\n")
-        return 1 if report.failed else 0
+        return 0 if report.ok else 1
 
     p.set_defaults(func=run)
+
+
+#: Default patience for a record without a checkpoint: the API publishes one every minute
+#: (and at shutdown), the CLI and the jobs when they close.
+_ANCHOR_GRACE = 300.0
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError("expected a number of seconds >= 0")
+    return value
 
 
 def _database_error(exc: Exception) -> GreenlangCryptoError | None:
@@ -80,30 +123,51 @@ def _database_error(exc: Exception) -> GreenlangCryptoError | None:
     return None
 
 
-def _audit_verifier(service: Any) -> Callable[[], Any] | None:
+def _audit_verifier(service: Any, grace_seconds: float = _ANCHOR_GRACE) -> Callable[[], Any]:
     """Verifies the audit chain of this data directory (or ``$GLC_AUDIT_URL``).
 
     Always: an absent audit log is a failed control (evidence that is gone), never a skip.
+    The log is checked against the anchors every writer publishes to (the file beside a
+    file log and ``$GLC_AUDIT_ANCHORS``), and with anchors configured the control also fails
+    when records older than ``grace_seconds`` have no checkpoint: the anchors would not
+    notice those records being cut.
     """
     url = os.environ.get("GLC_AUDIT_URL") or None
 
     def verify() -> Any:
         from greenlang_crypto.audit import AuditLog, open_audit_sink
+        from greenlang_crypto.audit.verifier import unanchored_records
 
-        audit = AuditLog(open_audit_sink(url, service.config.data_dir), start_thread=False)
+        sink = open_audit_sink(url, service.config.data_dir)
         try:
+            audit = AuditLog(sink, start_thread=False)
             audit.bind(service)
             result = audit.verify()
+            problems = list(result.problems)
+            note = ""
+            if not problems and audit.anchors:
+                readable = [f for a in audit.anchors if (f := a.checkpoints()) is not None]
+                if not readable:
+                    note = "; its anchors cannot be read back, so coverage is not checked"
+                else:
+                    tail = audit.tail(1)
+                    gap = unanchored_records(
+                        tail[-1] if tail else None,
+                        [cp for found in readable for cp in found],
+                        grace_seconds=grace_seconds,
+                        now=time.time(),
+                    )
+                    if gap is not None:
+                        problems.append(gap)
         finally:
-            audit.close()
-        return _AuditOutcome(
-            ok=result.ok,
-            detail=(
-                f"{result.records} record(s), HMAC chain intact"
-                if result.ok
-                else "; ".join(f"seq {p.seq}: {p.kind} ({p.detail})" for p in result.problems[:10])
-            ),
-        )
+            # Only the sink: this check reads, and closing the log would publish a
+            # checkpoint of whatever head the database holds now, vouching for it.
+            sink.close()
+        if problems:
+            detail = "; ".join(f"seq {p.seq}: {p.kind} ({p.detail})" for p in problems[:10])
+        else:
+            detail = f"{result.records} record(s), HMAC chain intact{note}"
+        return _AuditOutcome(ok=not problems, detail=detail)
 
     return verify
 

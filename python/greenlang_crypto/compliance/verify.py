@@ -4,13 +4,18 @@ Controls map to SOC 2 (CC6.1, CC6.6, CC6.7, CC7.2), ISO/IEC 27001:2022 A.8.24 (w
 numbering A.10.1.1 and A.10.1.2) and GDPR Art. 32(1)(a). Each check reads the live system: the
 service configuration and keyring, KMS key rotation status as reported by KMS, the values in
 the database columns declared encrypted, the Terraform module, and the audit chain.
+
+A control that cannot be evaluated (no database given, no Terraform module) is skipped, and
+a skipped control fails the run unless the caller allowed it by name: a report that checked
+less than it lists must not read as a pass.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,24 +73,45 @@ class ControlResult:
 
 @dataclass(slots=True)
 class Report:
-    """A whole verification run."""
+    """A whole verification run.
+
+    Attributes:
+        generated_at: When it ran (seconds since the epoch).
+        results: One result per control.
+        allowed_skips: Controls that may be skipped without failing the run.
+    """
 
     generated_at: float
     results: list[ControlResult]
+    allowed_skips: frozenset[str] = frozenset()
 
     @property
     def failed(self) -> list[ControlResult]:
         """Controls that failed."""
         return [r for r in self.results if r.status == "fail"]
 
+    @property
+    def unallowed_skips(self) -> list[ControlResult]:
+        """Controls skipped without being allowed to be: the run is incomplete."""
+        return [
+            r for r in self.results if r.status == "skipped" and r.control not in self.allowed_skips
+        ]
+
+    @property
+    def ok(self) -> bool:
+        """Whether every control passed or was skipped with permission."""
+        return not self.failed and not self.unallowed_skips
+
     def to_json(self) -> str:
         """The report as JSON (stable key order)."""
+        summary: dict[str, Any] = {
+            s: sum(1 for r in self.results if r.status == s) for s in ("pass", "fail", "skipped")
+        }
+        summary["skipped_not_allowed"] = [r.control for r in self.unallowed_skips]
+        summary["ok"] = self.ok
         doc = {
             "generated_at": self.generated_at,
-            "summary": {
-                s: sum(1 for r in self.results if r.status == s)
-                for s in ("pass", "fail", "skipped")
-            },
+            "summary": summary,
             "controls": [asdict(r) for r in self.results],
         }
         return json.dumps(doc, indent=2, sort_keys=True)
@@ -103,6 +129,12 @@ class Report:
             "",
             f"{counts['pass']} passed, {counts['fail']} failed, {counts['skipped']} skipped",
         ]
+        unallowed = [r.control for r in self.unallowed_skips]
+        if unallowed:
+            lines.append(
+                f"incomplete: {', '.join(unallowed)} skipped without --allow-skip (each one "
+                "allowed by name, or given what it needs, makes the run complete)"
+            )
         return "\n".join(lines)
 
 
@@ -204,44 +236,126 @@ def check_service(service: Any) -> list[ControlResult]:
 
 
 def check_columns(db_url: str, columns: Sequence[ColumnSpec], limit: int = 100) -> ControlResult:
-    """Checks that declared columns hold only NULL or valid envelopes; lists plaintext row ids."""
+    """Checks that declared columns hold only NULL or valid envelopes.
+
+    Every value is read and checked, so the plaintext count is exact; ``limit`` bounds only
+    the row ids listed as evidence (the first ones in primary-key order, per column). The
+    values travel on a DBAPI cursor of their own, never through SQLAlchemy's result
+    objects, whose DEBUG logging prints every row read (plaintext, here, by definition).
+    On PostgreSQL the counts and the scan share one snapshot (REPEATABLE READ, read only),
+    so a row counted is a row checked.
+    """
     if not columns:
         return _result("data.columns_encrypted", None, "no columns declared (use --column)")
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import create_engine
 
     engine = create_engine(
         db_url.replace("postgresql://", "postgresql+psycopg://", 1), hide_parameters=True
     )
-    plaintext: dict[str, list[str]] = {}
+    counts: dict[str, int] = {}
+    samples: dict[str, list[str]] = {}
     scanned = 0
+    mismatched: list[str] = []
     try:
-        with engine.connect() as conn:
-            for spec in columns:
-                q = conn.execute(
-                    text(
-                        f"SELECT {_ident(spec.pk)}, {_ident(spec.column)} "  # noqa: S608
-                        f"FROM {_ident(spec.table)}"
-                    )
-                )
-                bad: list[str] = []
-                for pk, value in q:
-                    scanned += 1
-                    if value is None:
-                        continue
-                    if not _is_envelope(value) and len(bad) < limit:
-                        bad.append(str(pk))
+        # Connecting through SQLAlchemy types a refused connection as it always did; the
+        # statements then run on its DBAPI connection, their driver errors typed alike.
+        with engine.connect() as conn, _typed_driver_errors(engine):
+            raw = conn.connection
+            postgres = engine.dialect.name == "postgresql"
+            # Named cursors (streamed from the server) are what the psycopg drivers offer.
+            server_side = engine.dialect.driver in ("psycopg", "psycopg2")
+            if postgres:
+                with contextlib.closing(raw.cursor()) as cur:
+                    cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            for number, spec in enumerate(columns):
+                name = f"{spec.table}.{spec.column}"
+                total, values, bad, ids = _scan_column(raw, spec, number, server_side, limit)
+                scanned += total
+                if values != _count_values(raw, spec):
+                    mismatched.append(name)
                 if bad:
-                    plaintext[f"{spec.table}.{spec.column}"] = bad
+                    counts[name] = bad
+                    samples[name] = ids
+            # Closing the connection rolls the read-only transaction back.
     finally:
         engine.dispose()
-    n_bad = sum(len(v) for v in plaintext.values())
+    n_bad = sum(counts.values())
+    detail = f"scanned {scanned} values in {len(columns)} column(s): " + (
+        "all NULL or valid envelopes"
+        if n_bad == 0
+        else f"{n_bad} plaintext value(s) found (the ids of up to {limit} per column listed)"
+    )
+    if mismatched:
+        detail += f"; {', '.join(mismatched)} changed during the scan (run it again)"
     return _result(
         "data.columns_encrypted",
-        n_bad == 0,
-        f"scanned {scanned} values in {len(columns)} column(s): "
-        + ("all NULL or valid envelopes" if n_bad == 0 else f"{n_bad} plaintext value(s) found"),
-        plaintext_rows=plaintext,
+        n_bad == 0 and not mismatched,
+        detail,
+        plaintext_rows=samples,
+        plaintext_counts=counts,
     )
+
+
+@contextlib.contextmanager
+def _typed_driver_errors(engine: Any) -> Iterator[None]:
+    """Raises a driver's own error as SQLAlchemy's matching ``DBAPIError`` (no parameters).
+
+    The CLI maps SQLAlchemy's errors (an outage, a refused statement); a statement run on
+    the DBAPI cursor would otherwise surface the driver's class instead.
+    """
+    from sqlalchemy.exc import DBAPIError
+
+    base = engine.dialect.loaded_dbapi.Error
+    try:
+        yield
+    except base as exc:
+        raise DBAPIError.instance(
+            None, None, exc, base, hide_parameters=True, dialect=engine.dialect
+        ) from exc
+
+
+def _scan_column(
+    raw: Any, spec: ColumnSpec, number: int, server_side: bool, limit: int
+) -> tuple[int, int, int, list[str]]:
+    """Reads one column: rows, non-NULL values, plaintext values, and sampled plaintext ids.
+
+    With ``server_side`` a named cursor streams the rows in batches, so memory stays one
+    batch whatever the table's size.
+    """
+    table, pk, column = _ident(spec.table), _ident(spec.pk), _ident(spec.column)
+    sql = f"SELECT {pk}, {column} FROM {table} ORDER BY {pk}"  # noqa: S608
+    cursor = raw.cursor(f"glc_verify_{number}") if server_side else raw.cursor()
+    rows = values = bad = 0
+    ids: list[str] = []
+    with contextlib.closing(cursor) as cur:
+        cur.execute(sql)
+        while True:
+            batch = cur.fetchmany(_SCAN_BATCH)
+            if not batch:
+                break
+            for row_id, value in batch:
+                rows += 1
+                if value is None:
+                    continue
+                values += 1
+                if not _is_envelope(value):
+                    bad += 1
+                    if len(ids) < limit:
+                        ids.append(str(row_id))
+    return rows, values, bad, ids
+
+
+def _count_values(raw: Any, spec: ColumnSpec) -> int:
+    """``count(column)``: the non-NULL values the database holds (in the scan's snapshot)."""
+    sql = f"SELECT count({_ident(spec.column)}) FROM {_ident(spec.table)}"  # noqa: S608
+    with contextlib.closing(raw.cursor()) as cur:
+        cur.execute(sql)
+        row = cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+#: Rows fetched per round trip when scanning a column.
+_SCAN_BATCH = 2000
 
 
 def _ident(name: str) -> str:
@@ -366,8 +480,25 @@ def run_verification(
     columns: Sequence[ColumnSpec] = (),
     terraform_dir: Path | None = None,
     audit_verify: Callable[[], Any] | None = None,
+    allow_skip: Iterable[str] = (),
 ) -> Report:
-    """Runs every control and returns the report (non-zero exit on any failure is the CLI's)."""
+    """Runs every control and returns the report (the CLI exits non-zero unless ``ok``).
+
+    Args:
+        service: The service whose configuration and keys are checked.
+        db_url: The database holding ``columns``.
+        columns: The columns declared encrypted.
+        terraform_dir: The KMS Terraform module (default ``terraform/modules/kms``).
+        audit_verify: Verifies the audit log (see ``check_audit``).
+        allow_skip: Controls that may be skipped without making the report incomplete.
+
+    Raises:
+        GreenlangCryptoError: ``allow_skip`` names an unknown control.
+    """
+    allowed = frozenset(allow_skip)
+    unknown = sorted(allowed - set(FRAMEWORKS))
+    if unknown:
+        raise GreenlangCryptoError(f"unknown control(s) {', '.join(unknown)}")
     results = check_service(service)
     if db_url:
         results.append(check_columns(db_url, columns))
@@ -375,4 +506,4 @@ def run_verification(
         results.append(_result("data.columns_encrypted", None, "no database given (use --db)"))
     results += check_terraform(terraform_dir or Path("terraform/modules/kms"))
     results.append(check_audit(audit_verify))
-    return Report(generated_at=time.time(), results=results)
+    return Report(generated_at=time.time(), results=results, allowed_skips=allowed)

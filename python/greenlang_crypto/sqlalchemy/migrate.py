@@ -28,8 +28,13 @@ One machinery serves both jobs (:class:`ColumnJob`, ``mode="encrypt"`` or ``"ree
   then, :class:`~greenlang_crypto.exceptions.JobIncompleteError` says when a rerun can take
   them. Then :attr:`JobReport.remaining` is a direct SQL count of the rows that still need
   the job's work, so a run that reports success has left nothing behind.
-* **Verify after write.** Every value returned by that UPDATE is decrypted and compared with
-  the plaintext before the transaction commits; a mismatch rolls the batch back.
+* **Verify after write.** Every value that UPDATE wrote is read back, decrypted and compared
+  with the plaintext before the transaction commits; a mismatch rolls the batch back.
+* **Values stay out of logs.** The statements that return column values (the batch reads
+  and the read-back of what a batch wrote) run on the connection's DBAPI cursor, not
+  through SQLAlchemy's result objects: with the ``sqlalchemy.engine`` logger at DEBUG those
+  print every row they fetch, and in phase 1 the rows are plaintext. The driver itself logs
+  no rows at any level. The writes still go through SQLAlchemy and return keys only.
 * **Quarantine.** A row that cannot be processed (undecryptable, missing key version,
   plaintext in phase 2, not UTF-8) is recorded in ``encryption.glc_quarantine`` with its pk,
   reason and key version, reported, and left unchanged; never dropped.
@@ -65,6 +70,7 @@ process-global :func:`greenlang_crypto.metrics.reencryption_progress` (rows by s
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import math
@@ -375,6 +381,44 @@ class _LeaseWatch:
         # Wake just after the soonest lease expires, but look again at least every poll
         # interval and never sleep past the deadline.
         return max(0.05, min(soonest + 0.05, _POLL_SECONDS, self.deadline - now))
+
+
+def _value_rows(conn: Connection, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """Runs ``sql`` (``:name`` parameters) on ``conn``'s DBAPI cursor; returns every row.
+
+    For the statements whose rows carry column values. SQLAlchemy's result objects log each
+    row they fetch once the ``sqlalchemy.engine`` logger is at DEBUG (whatever ``echo`` and
+    ``hide_parameters`` say), and a ``logging`` configuration can turn that on in any
+    process; the DBAPI cursor has no such logging. The statement is compiled by the dialect
+    (parameter style, escaping) and runs in the connection's transaction. A driver error
+    is raised as SQLAlchemy's matching ``DBAPIError`` (parameters hidden), so the job's
+    retries treat it as they treat any other.
+    """
+    compiled = text(sql).compile(dialect=conn.dialect)
+    statement = compiled.string
+    bound = compiled.construct_params(params)
+    fairy = conn.connection
+    dbapi = conn.dialect.loaded_dbapi
+    cursor = fairy.cursor()
+    try:
+        cursor.execute(statement, bound)
+        return list(cursor.fetchall())
+    except dbapi.Error as exc:
+        invalidated = conn.dialect.is_disconnect(exc, fairy.dbapi_connection, cursor)
+        if invalidated:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(
+            statement,
+            None,
+            exc,
+            dbapi.Error,
+            hide_parameters=True,
+            connection_invalidated=invalidated,
+            dialect=conn.dialect,
+        ) from exc
+    finally:
+        with contextlib.suppress(Exception):
+            cursor.close()
 
 
 def _quote(conn: Connection, name: str) -> str:
@@ -747,8 +791,8 @@ class ColumnJob:
                 None if index_value is None else bytes(index_value),
                 str(xmin),
             )
-            for pk, pk_text, value, tenant_value, index_value, xmin in conn.execute(
-                text(sql), params
+            for pk, pk_text, value, tenant_value, index_value, xmin in _value_rows(
+                conn, sql, params
             )
         ]
 
@@ -781,16 +825,29 @@ class ColumnJob:
             sets.append(f"{n['ver']} = v.key_version")
         if self.spec.index_column:
             sets.append(f"{n['idx']} = v.idx")
-        returned_index = f"t.{n['idx']}" if self.spec.index_column else "NULL"
         sql = (
             f"UPDATE {n['t']} AS t SET {', '.join(sets)} "
             f"FROM (VALUES {', '.join(values)}) AS v(pk, old, new_value, key_version, idx) "
             f"WHERE t.{n['pk']} = v.pk AND t.xmin = v.old "
-            f"RETURNING t.{n['pk']}::text, t.{n['col']}, {returned_index}"
+            f"RETURNING t.{n['pk']}::text"
+        )
+        # The UPDATE returns keys only: it runs through SQLAlchemy (its events, its error
+        # handling), and whatever it returns may reach the engine's DEBUG log. The values
+        # it wrote are read back on the DBAPI cursor, in the same transaction (the rows are
+        # locked by the UPDATE until the batch commits).
+        done = {str(pk_text) for (pk_text,) in conn.execute(text(sql), params)}
+        if not done:
+            return list(writes)
+        returned_index = f"t.{n['idx']}" if self.spec.index_column else "NULL"
+        stored_rows = _value_rows(
+            conn,
+            f"SELECT t.{n['pk']}::text, t.{n['col']}, {returned_index} FROM {n['t']} AS t "
+            f"WHERE t.{n['pk']} = ANY(CAST(:pks AS {pk_type}[]))",
+            {"pks": sorted(done)},
         )
         by_pk = {w.row.pk_text: w for w in writes}
-        done: set[str] = set()
-        for pk_text, stored, index in conn.execute(text(sql), params):
+        verified: set[str] = set()
+        for pk_text, stored, index in stored_rows:
             w = by_pk[pk_text]
             # Verify after write, before the batch commits: what the database now holds
             # decrypts to the plaintext.
@@ -800,7 +857,9 @@ class ColumnJob:
                 raise KeyStateError(f"verification failed for row {pk_text}; batch rolled back")
             if w.index is not None and not hmac.compare_digest(bytes(index), w.index):
                 raise KeyStateError(f"index verification failed for row {pk_text}")
-            done.add(pk_text)
+            verified.add(pk_text)
+        if verified != done:
+            raise KeyStateError("rows written by the batch could not be read back; rolled back")
         return [w for w in writes if w.row.pk_text not in done]
 
     def _quarantine(
