@@ -255,6 +255,12 @@ class KeyStore:
                 raise KeyStoreUnavailableError(
                     f"the key store is unavailable ({type(exc).__name__})"
                 ) from exc
+            if type(exc) is sqlite3.DatabaseError:
+                # "file is not a database", "database disk image is malformed": waiting will
+                # not help, the file must be restored.
+                raise ConfigurationError(
+                    f"the key store {self._description} is damaged or not a database"
+                ) from exc
             raise
         finally:
             cur.close()
@@ -955,7 +961,15 @@ def open_key_store(
             if path == ":memory:":
                 return sqlite3.connect(path, timeout=30, check_same_thread=False)
             # 0600 in a 0700 directory whatever the umask (see greenlang_crypto._db).
-            return open_sqlite(path, timeout=30, autocommit=False)
+            try:
+                return open_sqlite(path, timeout=30, autocommit=False)
+            except sqlite3.DatabaseError as exc:
+                if type(exc) is sqlite3.DatabaseError:
+                    # Not a database, or a malformed one: the file must be restored.
+                    raise ConfigurationError(
+                        f"the key store sqlite:///{path} is damaged or not a database"
+                    ) from exc
+                raise
 
         if path != ":memory:":
             connect_sqlite().close()  # the file exists with its mode before anything else
