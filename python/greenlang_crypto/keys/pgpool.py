@@ -189,35 +189,52 @@ class PgPool:
             if self._closed:
                 raise KeyStoreUnavailableError("the key store is closed")
             if self._pool is None:
-                # Autocommit: transactions are explicit (BEGIN ... COMMIT), and a one-statement
-                # block needs neither.
-                kwargs: dict[str, Any] = {
-                    "connect_timeout": max(1, int(self._timeout + 0.999)),
-                    "autocommit": True,
-                }
-                if self.transaction_pooler:
-                    kwargs["prepare_threshold"] = None
-                self._pool = self._factory(
-                    self.dsn,
-                    min_size=1,
-                    max_size=self.size,
-                    kwargs=kwargs,
-                    check=_idle_and_sound,
-                    timeout=self._timeout,
-                    # Keep trying to reconnect for as long as the process lives: an outage
-                    # longer than any fixed bound must still end in recovery.
-                    reconnect_timeout=365 * 86400.0,
-                    name="greenlang-crypto-keystore",
-                    open=True,
-                )
-                # Wait for the first connection: a request arriving before it is open makes
-                # the pool add a second one, and a single thread would then alternate
-                # between two server processes (psycopg_pool hands out the oldest first).
-                try:
-                    self._pool.wait(timeout=self._timeout)
-                except Exception:  # the server is down: the checkout that follows says so
-                    _log.debug("the key store pool started without a connection")
+                self._pool = self._start()
             return self._pool
+
+    def _start(self) -> Any:
+        """A new pool with its first connection open.
+
+        Raises:
+            psycopg.OperationalError: The server cannot be reached now.
+        """
+        import psycopg
+
+        # Autocommit: transactions are explicit (BEGIN ... COMMIT), and a one-statement
+        # block needs neither.
+        kwargs: dict[str, Any] = {
+            "connect_timeout": max(1, int(self._timeout + 0.999)),
+            "autocommit": True,
+        }
+        if self.transaction_pooler:
+            kwargs["prepare_threshold"] = None
+        # One plain connection first: a refused one fails at once, while a pool started
+        # against a server that is down would back off (doubling, with no cap) and keep
+        # failing for a while after the server is back.
+        psycopg.connect(self.dsn, **kwargs).close()
+        pool = self._factory(
+            self.dsn,
+            min_size=1,
+            max_size=self.size,
+            kwargs=kwargs,
+            check=_idle_and_sound,
+            timeout=self._timeout,
+            # Keep trying to reconnect for as long as the process lives: an outage longer
+            # than any fixed bound must still end in recovery.
+            reconnect_timeout=365 * 86400.0,
+            name="greenlang-crypto-keystore",
+            open=True,
+        )
+        # Wait for the first connection: a request arriving before it is open makes the
+        # pool add a second one, and a single thread would then alternate between two
+        # server processes (psycopg_pool hands out the oldest first).
+        try:
+            pool.wait(timeout=self._timeout)
+        except Exception:
+            with suppress(Exception):
+                pool.close(timeout=0)
+            raise
+        return pool
 
     @contextmanager
     def transaction(
@@ -277,9 +294,11 @@ class PgPool:
                     "the key store connection changed under a prepared statement"
                 ) from exc
             if is_outage(exc):
-                if type(exc).__name__ == "PoolTimeout":
+                if pool is None or type(exc).__name__ == "PoolTimeout":
+                    # No pool could be started, or it had no connection to give.
                     self._down_until = time.monotonic() + 1.0
-                    self._replace(pool)
+                    if pool is not None:
+                        self._replace(pool)
                 raise KeyStoreUnavailableError(
                     f"the key store is unreachable ({type(exc).__name__})"
                 ) from exc
