@@ -43,11 +43,14 @@ fmt: ## Format Rust and Python sources
 	$(PY) -m ruff format python tests benches
 	$(PY) -m ruff check --fix python tests benches
 
-lint: ## ruff, mypy --strict, stubtest, cargo fmt --check, cargo clippy -D warnings
+lint: ## ruff, mypy --strict, stubtest, import contracts, cargo fmt --check, cargo clippy -D warnings
 	$(PY) -m ruff check python tests benches
 	$(PY) -m ruff format --check python tests benches
 	$(PY) -m mypy
 	$(PY) -m mypy.stubtest greenlang_crypto._core
+	.venv/bin/lint-imports --no-cache
+	@# The crypto core stays free of PyO3, also behind a feature gate clippy would not build.
+	@! grep -rnw pyo3 src/core || { echo "src/core must not use PyO3"; exit 1; }
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --features python --all-targets -- -D warnings

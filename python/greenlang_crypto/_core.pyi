@@ -49,6 +49,7 @@ __all__ = [
     "hazmat_stream_encryptor",
     "inline_key_ref_id",
     "live_data_keys",
+    "monotonic_ns",
     "open_envelope",
     "parse_envelope",
     "parse_stream_header",

@@ -42,13 +42,21 @@ from sqlalchemy.types import TypeDecorator
 
 from greenlang_crypto import _forks
 from greenlang_crypto.exceptions import InvalidArgumentError
+
+# Imported for its effect: the ORM hooks (row binding, blind-index filling) are loaded before
+# any mapper using blind indexes is configured, also when this module is imported directly
+# rather than through the package's lazy exports.
+from greenlang_crypto.sqlalchemy import _orm_loader  # noqa: F401
 from greenlang_crypto.sqlalchemy._common import FromRow, ServiceRef, resolve_service
+
+# index_for_source is re-exported: it has always been importable from here.
+from greenlang_crypto.sqlalchemy._index_lookup import IndexType, index_for_source
+from greenlang_crypto.sqlalchemy.types import EncryptedType
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from greenlang_crypto._core import BlindIndexKey
-    from greenlang_crypto.sqlalchemy.types import EncryptedType
 
 __all__ = [
     "EMAIL",
@@ -171,7 +179,7 @@ class _KeyCache:
         _forks.fresh_locks_after_fork(self, "lock")
 
 
-class BlindIndex(TypeDecorator[Any]):
+class BlindIndex(IndexType):
     """The column type of a blind index over an encrypted column of the same table.
 
     Declared beside the encrypted column; the ORM hooks fill it from the source attribute on
@@ -242,8 +250,6 @@ class BlindIndex(TypeDecorator[Any]):
     @property
     def source_type(self) -> EncryptedType:
         """The encrypted type of the source column."""
-        from greenlang_crypto.sqlalchemy.types import EncryptedType
-
         if self._table is None:
             raise InvalidArgumentError("BlindIndex is not attached to a table")
         try:
@@ -479,29 +485,6 @@ class BlindIndex(TypeDecorator[Any]):
             return typ.where(self.expr, other)
 
 
-def index_for_source(expr: Any) -> Any:
-    """The blind-index column declared over the encrypted column ``expr``, or ``None``."""
-    table = getattr(expr, "table", None)
-    name = getattr(expr, "name", None)
-    if table is None or name is None:
-        return None
-    key = (table, name)
-    found = _index_columns.get(key)
-    if found is None:
-        for col in table.c:
-            if isinstance(col.type, BlindIndex) and col.type.source == name:
-                if len(_index_columns) > 4096:
-                    _index_columns.clear()
-                found = _index_columns[key] = col
-                break
-    return found
-
-
-# (table, encrypted column name) -> its blind-index column: every ``encrypted_col == value``
-# looks it up. Only found columns are kept (a column added to a table later is still found).
-_index_columns: dict[tuple[Any, str], Any] = {}
-
-
 def lookup(
     session: Session,
     attribute: Any,
@@ -544,9 +527,3 @@ def _attr_key(entity: Any, column: Column[Any]) -> str:
 
     mapper = inspect(entity)
     return str(mapper.get_property_by_column(column).key)
-
-
-# The ORM hooks (row binding, blind-index filling) must be in place before any mapper using
-# these types is configured, also when this module is imported directly rather than through
-# the package's lazy exports. Imported last: orm imports this module.
-from greenlang_crypto.sqlalchemy import orm as _orm  # noqa: E402, F401

@@ -2,7 +2,8 @@
 
 Installed automatically (through ``mapper_configured``) on every mapped class that has a
 row-bound encrypted column or a blind index; nothing to call. See :mod:`.types` for why row
-binding needs a client-side primary key.
+binding needs a client-side primary key. This module sits on top of the column types and blind
+indexes, which never import it: :mod:`._orm_loader` loads it before mappers are configured.
 
 Per flush:
 

@@ -34,6 +34,11 @@ from sqlalchemy.types import TypeDecorator
 
 from greenlang_crypto.context import EncryptionContext
 from greenlang_crypto.exceptions import DecryptionError, InvalidArgumentError
+
+# Imported for its effect: the ORM hooks (row binding, blind-index filling) are loaded before
+# any mapper using these types is configured, also when this module is imported directly
+# rather than through the package's lazy exports.
+from greenlang_crypto.sqlalchemy import _orm_loader  # noqa: F401
 from greenlang_crypto.sqlalchemy._common import (
     ContextCache,
     FromRow,
@@ -44,6 +49,7 @@ from greenlang_crypto.sqlalchemy._common import (
     resolve_service,
     row_aad,
 )
+from greenlang_crypto.sqlalchemy._index_lookup import index_for_source
 
 __all__ = [
     "EncryptedBytes",
@@ -376,7 +382,7 @@ class EncryptedType(TypeDecorator[Any]):
         def __eq__(self, other: Any) -> ColumnElement[bool]:  # type: ignore[override]
             if other is None:
                 return self.expr.is_(None)
-            index_col = _blind_index.index_for_source(self.expr)
+            index_col = index_for_source(self.expr)
             if index_col is None:
                 raise InvalidArgumentError(
                     "an encrypted column can only be compared through a blind index; "
@@ -498,11 +504,3 @@ def _on_column_attach(column: Column[Any], table: Any) -> None:
         attach = getattr(column.type, "_attach", None)
         if attach is not None and isinstance(column.type, TypeDecorator):
             attach(table, column)
-
-
-# The ORM hooks (row binding, blind-index filling) must be in place before any mapper using
-# these types is configured, also when this module is imported directly rather than through
-# the package's lazy exports. Imported last: orm imports this module. The comparator above
-# reads blind_index per comparison, so it is imported here rather than in the function.
-from greenlang_crypto.sqlalchemy import blind_index as _blind_index  # noqa: E402
-from greenlang_crypto.sqlalchemy import orm as _orm  # noqa: E402, F401
