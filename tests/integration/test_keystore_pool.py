@@ -122,15 +122,20 @@ def test_tables_resolve_in_the_store_schema_whatever_the_search_path(cluster: Pg
 
 def test_listen_is_detected_unavailable_through_a_transaction_pooler(cluster: PgCluster) -> None:
     stop = threading.Event()
-    direct = _Listener(cluster.url)
+    store = _store(cluster.url)
+    direct = _Listener(cluster.url, store.notify)
     direct.wait(0.5, stop)
     assert direct.available
     direct.close()
+    store.close()
     with pgbouncer(cluster) as bouncer:
-        pooled = _Listener(bouncer.url)
+        # The probe is sent through the store's own pool, as a key change would be.
+        bounced = _store(bouncer.url, transaction_pooler=True)
+        pooled = _Listener(bouncer.url, bounced.notify)
         pooled.wait(0.5, stop)
         assert not pooled.available
         pooled.close()
+        bounced.close()
         # The store itself works through the pooler in transaction mode: several threads, each
         # past psycopg's prepare threshold (a statement prepared on one server connection
         # does not exist on the next one the pooler hands out).

@@ -310,9 +310,10 @@ class Keyring:
         ref = weakref.ref(self)
         stop = self._stop
         listen_dsn = self._store.listen_dsn
+        notify = self._store.notify
         self._thread = threading.Thread(
             target=_refresh_loop,
-            args=(ref, stop, self.refresh_seconds, listen_dsn, tick_first),
+            args=(ref, stop, self.refresh_seconds, listen_dsn, notify, tick_first),
             name=f"glc-keyring-{self.instance_id[:8]}",
             daemon=True,
         )
@@ -361,10 +362,11 @@ def _refresh_loop(
     stop: threading.Event,
     period: float,
     listen_dsn: str | None,
+    notify: Callable[[str], None],
     tick_first: bool = False,
 ) -> None:
     """Body of the refresh thread: wait for a notification or the period, then tick."""
-    listener = _Listener(listen_dsn) if listen_dsn else None
+    listener = _Listener(listen_dsn, notify) if listen_dsn else None
     try:
         if tick_first:
             keyring = ref()
@@ -402,8 +404,9 @@ class _Listener:
       then polls for good.
     """
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, notify: Callable[[str], None]) -> None:
         self._dsn = dsn
+        self._notify = notify
         self._conn: Any = None
         self._failures = 0
         self._retry_at = 0.0
@@ -417,12 +420,11 @@ class _Listener:
             conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
             # The probe goes to a channel of this connection's own, so it wakes no other
             # instance (after a failover every instance reconnects at once), and is sent from
-            # another session, as key changes are: a session hears its own notifications
-            # even through a pooler that would lose everyone else's.
+            # another session (the key store's pool), as key changes are: a session hears its
+            # own notifications even through a pooler that would lose everyone else's.
             probe = f"glc_probe_{uuid.uuid4().hex}"
             conn.execute(f"LISTEN {probe}")
-            with psycopg.connect(self._dsn, autocommit=True, connect_timeout=5) as sender:
-                sender.execute(f"NOTIFY {probe}")
+            self._notify(probe)
             # A key-change notification may arrive first; the tick right after connecting
             # catches up on it anyway.
             heard = any(n.channel == probe for n in conn.notifies(timeout=2.0))

@@ -283,13 +283,15 @@ class PgPool:
         except KeyStoreUnavailableError:
             raise
         except Exception as exc:
-            if _lost_prepared_statement(exc) and not self.transaction_pooler:
+            if _lost_prepared_statement(exc):
                 # A prepared statement that vanished (or exists twice) means the server
                 # connection changed under the session: a transaction-mode pooler the
-                # configuration did not mention. Stop preparing; the call may be repeated.
-                _log.warning("the key store is behind a transaction-mode pooler: not preparing")
-                self.transaction_pooler = True
-                self._replace(pool)
+                # configuration did not mention. Stop preparing; the call may be repeated
+                # (so may those of other threads still on the old pool's connections).
+                if not self.transaction_pooler:
+                    _log.warning("the key store is behind a transaction-mode pooler")
+                    self.transaction_pooler = True
+                    self._replace(pool)
                 raise KeyStoreUnavailableError(
                     "the key store connection changed under a prepared statement"
                 ) from exc

@@ -310,6 +310,19 @@ class KeyStore:
         if self._dialect == "postgresql":
             cur.execute(f"NOTIFY {NOTIFY_CHANNEL}")
 
+    def notify(self, channel: str) -> None:
+        """Sends a notification on ``channel`` (PostgreSQL; a no-op on SQLite).
+
+        ``channel`` is a plain identifier the caller made (it is written into the
+        statement: NOTIFY takes no parameter).
+        """
+        if self._pool is None:
+            return
+        if not channel.isidentifier() or not channel.isascii():
+            raise ValueError("channel must be a plain identifier")
+        with self._one() as cur:
+            cur.execute(f"NOTIFY {channel}")
+
     @_idempotent
     def epoch(self) -> int:
         """The key-state change counter (rises with every rotation, retirement, rewrap...)."""
