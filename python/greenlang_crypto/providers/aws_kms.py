@@ -3,9 +3,10 @@
 Design choices (see also the :class:`AwsKmsKeyProvider` docstring):
 
 * **Retries are ours.** botocore's own retries are switched off (``total_max_attempts=1``) and
-  this module retries with exponential backoff and full jitter, bounded both by
-  ``max_attempts`` and by an overall per-call ``deadline``, so the worst-case latency of a call
-  is known and testable. Every attempt still goes through botocore's real request path.
+  every call goes through :class:`~greenlang_crypto.providers._resilience.ResilientCaller`:
+  exponential backoff and full jitter, bounded both by ``max_attempts`` and by an overall
+  per-call ``deadline``, so the worst-case latency of a call is known and testable. Every
+  attempt still goes through botocore's real request path.
 * **Explicit key ids.** Every KMS call pins ``KeyId``; the keys a provider may use are exactly
   the ``keys`` it was built with (an allow-list), so a key id read from storage cannot make the
   provider unwrap under some other, attacker-chosen key.
@@ -20,28 +21,21 @@ Design choices (see also the :class:`AwsKmsKeyProvider` docstring):
   DEK) at DEBUG; constructing a provider installs :class:`PlaintextRedactingFilter` on the
   botocore loggers.
 
-boto3 is imported here only, so ``import greenlang_crypto`` works without it.
+Beside this module: ``_key_ids`` parses key ARNs, aliases and key ids, ``_kms_errors`` says
+what a failed call means, ``_resilience`` retries and breaks circuits, and ``_log_redaction``
+keeps data keys out of botocore's logs.
+
+boto3 and botocore are imported by this module's helpers (``_kms_clients``, ``_kms_errors``),
+which nothing else imports, so ``import greenlang_crypto`` works without them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
-import math
 import random
-import re
-import sys
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from enum import Enum
 from typing import TYPE_CHECKING, Any, Final, cast
-
-import boto3
-import botocore.exceptions as botocore_exc
-from botocore.config import Config
 
 from greenlang_crypto import _forks
 from greenlang_crypto._core import DataKey
@@ -55,7 +49,27 @@ from greenlang_crypto.exceptions import (
     KmsAccessDeniedError,
     KmsError,
     KmsKeyDisabledError,
-    KmsUnavailableError,
+)
+from greenlang_crypto.providers import _kms_errors, _log_redaction
+from greenlang_crypto.providers._key_ids import (
+    AliasTargets,
+    KeyRef,
+    is_region,
+    parse_key,
+    parse_key_list,
+    returned_matches,
+    same_key,
+)
+from greenlang_crypto.providers._kms_clients import build_clients, check_endpoints
+from greenlang_crypto.providers._log_redaction import (
+    PlaintextRedactingFilter,
+    install_botocore_log_redaction,
+)
+from greenlang_crypto.providers._resilience import (
+    Counters,
+    ResiliencePolicy,
+    ResilientCaller,
+    check_positive,
 )
 from greenlang_crypto.providers.base import GeneratedDataKey, KeyLimits, ProviderHealth
 
@@ -77,344 +91,18 @@ _DEK_LEN: Final = 32
 # KMS accepts ciphertext blobs of 1..6144 bytes.
 _MAX_WRAPPED_LEN: Final = 6144
 _MAX_ROTATION_PAGES: Final = 100
-
-_KEY_ARN_RE: Final = re.compile(
-    r"^arn:(?P<partition>aws[a-z-]*):kms:(?P<region>[a-z]{2}(?:-[a-z0-9]+)+-\d+):"
-    r"(?P<account>\d{12}):(?P<kind>key|alias)/(?P<resource>[A-Za-z0-9/_+=,.@:-]+)$"
-)
-_KEY_ID_RE: Final = re.compile(
-    r"^(?:mrk-[0-9a-f]{32}|(?:mrk-)?[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$",
-    re.IGNORECASE,
-)
 #: How often a configured alias may be asked (DescribeKey) where it points, when an envelope
 #: names a key ARN this provider has not seen it resolve to.
 _ALIAS_RECHECK_SECONDS: Final = 1.0
-_ALIAS_RE: Final = re.compile(r"^alias/[A-Za-z0-9/_-]{1,250}$")
-_REGION_RE: Final = re.compile(r"^[a-z]{2}(?:-[a-z0-9]+)+-\d+$")
 
-# Error codes, per the KMS API reference and the botocore service model.
-_RETRYABLE_CODES: Final = frozenset(
-    {
-        "ThrottlingException",
-        "Throttling",
-        "TooManyRequestsException",
-        "RequestLimitExceeded",
-        "KMSInternalException",
-        "DependencyTimeoutException",
-        "KeyUnavailableException",
-        "InternalFailure",
-        "ServiceUnavailable",
-        "RequestTimeout",
-        "RequestTimeoutException",
-    }
-)
-# Throttling means the region answered: retry, but do not count it against the region's
-# circuit breaker (that is for outages, and opening it would turn load into failover storms).
-_THROTTLING_CODES: Final = frozenset(
-    {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded"}
-)
-_DISABLED_CODES: Final = frozenset({"DisabledException", "KMSInvalidStateException"})
-_DENIED_CODES: Final = frozenset(
-    {
-        "NotFoundException",
-        "AccessDeniedException",
-        "InvalidKeyUsageException",
-        "IncorrectKeyException",
-    }
-)
-_INVALID_CIPHERTEXT_CODES: Final = frozenset({"InvalidCiphertextException"})
+if not TYPE_CHECKING:  # hidden from mypy, which would otherwise accept any name here
 
-# ---------------------------------------------------------------------------------------------
-# Log redaction: no DEK or plaintext in botocore's DEBUG logs
-# ---------------------------------------------------------------------------------------------
-
-# A Plaintext field as JSON ("Plaintext": "...") or in a Python dict repr ('Plaintext': b'...'),
-# the value being a quoted literal that may contain backslash escapes.
-_PLAINTEXT_LITERAL_RE: Final = re.compile(
-    r"""(["']Plaintext["']\s*:\s*)(b?'(?:[^'\\]|\\.)*'|b?"(?:[^"\\]|\\.)*")""", re.DOTALL
-)
-# The same JSON inside a repr that escaped its double quotes: \"Plaintext\": \"...\".
-_PLAINTEXT_ESCAPED_RE: Final = re.compile(r"""(\\["']Plaintext\\["']\s*:\s*\\["'])[^"'\\]*""")
-_REDACTED: Final = "***REDACTED***"
-
-# botocore loggers that log request parameters or response bodies. Filters attached to a
-# parent logger do not see records created by its children, so each gets its own filter.
-_BOTOCORE_BODY_LOGGERS: Final = (
-    "botocore",
-    "botocore.parsers",
-    "botocore.endpoint",
-    "botocore.hooks",
-    "botocore.client",
-    "botocore.httpsession",
-    "botocore.awsrequest",
-    "botocore.retryhandler",
-    "botocore.retries.standard",
-    "botocore.history",
-)
-
-
-def _redact(text: str) -> str:
-    text = _PLAINTEXT_LITERAL_RE.sub(lambda m: f"{m.group(1)}'{_REDACTED}'", text)
-    return _PLAINTEXT_ESCAPED_RE.sub(lambda m: f"{m.group(1)}{_REDACTED}", text)
-
-
-class PlaintextRedactingFilter(logging.Filter):
-    """Rewrites log records so that no ``Plaintext`` value (a KMS data key) survives.
-
-    The record's message is formatted once, redacted, and stored back with empty ``args``, so
-    handlers see only the redacted text. Records without the word ``Plaintext`` are untouched.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        """Redacts ``record`` in place; always lets it through."""
-        try:
-            message = record.getMessage()
-        except Exception:  # a malformed record is the logging module's problem, not ours
-            return True
-        if "Plaintext" in message:
-            record.msg = _redact(message)
-            record.args = None
-        return True
-
-
-_FILTER_LOCK = threading.Lock()
-_forks.fresh_locks_after_fork(sys.modules[__name__], "_FILTER_LOCK")
-_FILTER: Final = PlaintextRedactingFilter()
-
-
-def install_botocore_log_redaction() -> None:
-    """Installs the redacting filter on every botocore logger (idempotent, thread-safe).
-
-    Covers the loggers that exist now plus the known body-logging ones, so it should be called
-    after botocore modules are imported (constructing a provider does this).
-    """
-    with _FILTER_LOCK:
-        names = set(_BOTOCORE_BODY_LOGGERS)
-        for name, obj in list(logging.Logger.manager.loggerDict.items()):
-            if isinstance(obj, logging.Logger) and (
-                name == "botocore" or name.startswith("botocore.")
-            ):
-                names.add(name)
-        for name in sorted(names):
-            logger = logging.getLogger(name)
-            if not any(isinstance(f, PlaintextRedactingFilter) for f in logger.filters):
-                logger.addFilter(_FILTER)
-
-
-# ---------------------------------------------------------------------------------------------
-# Key references
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _KeyRef:
-    """A parsed key identifier: key ARN, alias ARN, bare key id or alias name."""
-
-    raw: str
-    region: str
-    resource: str  # key id ("1234abcd-..." / "mrk-...") or alias name ("alias/...")
-    is_alias: bool
-    account: str | None = None
-    partition: str | None = None
-
-    @property
-    def mrk_id(self) -> str | None:
-        if not self.is_alias and self.resource.startswith("mrk-"):
-            return self.resource
-        return None
-
-
-def _parse_key(value: str, default_region: str | None) -> _KeyRef | None:
-    m = _KEY_ARN_RE.match(value)
-    if m:
-        is_alias = m["kind"] == "alias"
-        resource = f"alias/{m['resource']}" if is_alias else m["resource"]
-        if is_alias and not _ALIAS_RE.match(resource):
-            return None
-        if not is_alias and not _KEY_ID_RE.match(resource):
-            return None
-        return _KeyRef(
-            raw=value,
-            region=m["region"],
-            resource=resource,
-            is_alias=is_alias,
-            account=m["account"],
-            partition=m["partition"],
-        )
-    if default_region is None:
-        return None
-    if _ALIAS_RE.match(value):
-        return _KeyRef(raw=value, region=default_region, resource=value, is_alias=True)
-    if _KEY_ID_RE.match(value):
-        return _KeyRef(raw=value, region=default_region, resource=value, is_alias=False)
-    return None
-
-
-def _same_key(a: _KeyRef, b: _KeyRef) -> bool:
-    """Whether two references name the same key (or alias) in the same region."""
-    if a.is_alias != b.is_alias or a.region != b.region:
-        return False
-    # Key ids are hex UUIDs (case-insensitive); alias names are case-sensitive.
-    same = a.resource == b.resource if a.is_alias else a.resource.lower() == b.resource.lower()
-    if not same:
-        return False
-    # A bare id or alias name has no account/partition: it means "the caller's".
-    if a.account and b.account and a.account != b.account:
-        return False
-    return not (a.partition and b.partition and a.partition != b.partition)
-
-
-# ---------------------------------------------------------------------------------------------
-# Circuit breaker
-# ---------------------------------------------------------------------------------------------
-
-
-class _State(Enum):
-    CLOSED = "closed"
-    OPEN = "open"
-    HALF_OPEN = "half_open"
-
-
-class _CircuitBreaker:
-    """Per-region breaker: opens after N consecutive outage failures, probes after a pause."""
-
-    def __init__(self, threshold: int, reset_timeout: float, clock: Callable[[], float]) -> None:
-        self._threshold = threshold
-        self._reset_timeout = reset_timeout
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._state = _State.CLOSED
-        self._failures = 0
-        self._opened_at = 0.0
-        self._probe_in_flight = False
-
-    @property
-    def state(self) -> str:
-        with self._lock:
-            if (
-                self._state is _State.OPEN
-                and self._clock() - self._opened_at >= self._reset_timeout
-            ):
-                return _State.HALF_OPEN.value
-            return self._state.value
-
-    def allow(self) -> bool:
-        with self._lock:
-            if self._state is _State.CLOSED:
-                return True
-            if self._state is _State.OPEN:
-                if self._clock() - self._opened_at < self._reset_timeout:
-                    return False
-                self._state = _State.HALF_OPEN
-                self._probe_in_flight = False
-            # Half-open: exactly one probe at a time decides whether the region is back.
-            if self._probe_in_flight:
-                return False
-            self._probe_in_flight = True
-            return True
-
-    def release(self) -> None:
-        """An allowed attempt ended without a verdict on the region."""
-        with self._lock:
-            self._probe_in_flight = False
-
-    def record_success(self) -> None:
-        """The region answered (including with an error that is not an outage)."""
-        with self._lock:
-            self._state = _State.CLOSED
-            self._failures = 0
-            self._probe_in_flight = False
-
-    def record_failure(self) -> bool:
-        """The region looked down; returns True if this opened the circuit."""
-        with self._lock:
-            self._failures += 1
-            was_open = self._state is _State.OPEN
-            if self._state is _State.HALF_OPEN or self._failures >= self._threshold:
-                self._state = _State.OPEN
-                self._opened_at = self._clock()
-                self._probe_in_flight = False
-                return not was_open
-            return False
-
-
-# ---------------------------------------------------------------------------------------------
-# Error classification
-# ---------------------------------------------------------------------------------------------
-
-
-class _Kind(Enum):
-    RETRY = "unavailable"
-    DISABLED = "disabled"
-    DENIED = "denied"
-    INVALID_CIPHERTEXT = "invalid_ciphertext"
-    OTHER = "error"
-
-
-@dataclass(frozen=True, slots=True)
-class _Failure:
-    kind: _Kind
-    code: str
-    region_down: bool  # counts against the region's circuit breaker
-
-
-def _classify(exc: Exception) -> _Failure:
-    if isinstance(exc, botocore_exc.ClientError):
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code") or "Unknown")
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if code in _DISABLED_CODES:
-            return _Failure(_Kind.DISABLED, code, region_down=False)
-        if code in _DENIED_CODES:
-            return _Failure(_Kind.DENIED, code, region_down=False)
-        if code in _INVALID_CIPHERTEXT_CODES:
-            return _Failure(_Kind.INVALID_CIPHERTEXT, code, region_down=False)
-        if code in _RETRYABLE_CODES:
-            return _Failure(_Kind.RETRY, code, region_down=code not in _THROTTLING_CODES)
-        if isinstance(status, int) and status >= 500:
-            return _Failure(_Kind.RETRY, code, region_down=True)
-        return _Failure(_Kind.OTHER, code, region_down=False)
-    # Connect/read timeouts, refused connections, dropped connections, proxy/TLS failures.
-    if isinstance(exc, botocore_exc.HTTPClientError | botocore_exc.ConnectionError):
-        return _Failure(_Kind.RETRY, type(exc).__name__, region_down=True)
-    return _Failure(_Kind.OTHER, type(exc).__name__, region_down=False)
-
-
-def _status_of(exc: BaseException | None) -> str:
-    if exc is None:
-        return "ok"
-    if isinstance(exc, KmsUnavailableError):
-        return "unavailable"
-    if isinstance(exc, KmsKeyDisabledError):
-        return "disabled"
-    if isinstance(exc, KmsAccessDeniedError):
-        return "denied"
-    if isinstance(exc, DecryptionError):
-        return "invalid_ciphertext"
-    if isinstance(exc, KmsError) and exc.code == "InvalidResponse":
-        return "invalid_response"
-    return "error"
-
-
-def _check_positive(name: str, value: object, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigurationError(f"{name} must be a number")
-    number = float(value)
-    if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
-        raise ConfigurationError(f"{name} must be a finite number > 0")
-    return number
-
-
-def _check_count(name: str, value: object, maximum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
-        raise ConfigurationError(f"{name} must be an int in [1, {maximum}]")
-    return value
-
-
-def _check_url(name: str, value: object) -> str:
-    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
-        raise ConfigurationError(f"{name} must be an http(s) URL")
-    return value
+    def __getattr__(name: str) -> Any:
+        # The log filter's lock moved with the filter; code that reached it here still does.
+        # It is looked up on each access, not copied, because a forked child replaces it.
+        if name == "_FILTER_LOCK":
+            return _log_redaction._FILTER_LOCK
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _iso(value: object) -> str | None:
@@ -515,57 +203,51 @@ class AwsKmsKeyProvider:
         Raises:
             ConfigurationError: If any option is invalid.
         """
-        self._connect_timeout = _check_positive("connect_timeout", connect_timeout)
-        self._read_timeout = _check_positive("read_timeout", read_timeout)
-        self._max_attempts = _check_count("max_attempts", max_attempts, 20)
-        self._base_delay = _check_positive("base_delay", base_delay, allow_zero=True)
-        self._max_delay = _check_positive("max_delay", max_delay, allow_zero=True)
-        if self._max_delay < self._base_delay:
-            raise ConfigurationError("max_delay must be >= base_delay")
-        self._deadline = _check_positive("deadline", deadline)
-        self._failure_threshold = _check_count("failure_threshold", failure_threshold, 10_000)
-        self._reset_timeout = _check_positive("reset_timeout", reset_timeout)
+        self._connect_timeout = check_positive("connect_timeout", connect_timeout)
+        self._read_timeout = check_positive("read_timeout", read_timeout)
+        policy = ResiliencePolicy(
+            max_attempts=max_attempts,
+            base_delay=base_delay,
+            max_delay=max_delay,
+            deadline=deadline,
+            failure_threshold=failure_threshold,
+            reset_timeout=reset_timeout,
+        )
         for fn_name, fn in (("observer", observer), ("clock", clock), ("sleep", sleep)):
             if fn is not None and not callable(fn):
                 raise ConfigurationError(f"{fn_name} must be callable")
         if rng is not None and not isinstance(rng, random.Random):
             raise ConfigurationError("rng must be a random.Random")
-        if region is not None and (not isinstance(region, str) or not _REGION_RE.match(region)):
+        if region is not None and not is_region(region):
             raise ConfigurationError("region must be an AWS region name such as us-east-1")
-        if endpoint_url is not None:
-            _check_url("endpoint_url", endpoint_url)
-        urls: dict[str, str] = {}
-        if endpoint_urls is not None:
-            if not isinstance(endpoint_urls, Mapping):
-                raise ConfigurationError("endpoint_urls must map region names to URLs")
-            for r, url in endpoint_urls.items():
-                if not isinstance(r, str) or not _REGION_RE.match(r):
-                    raise ConfigurationError("endpoint_urls keys must be region names")
-                urls[r] = _check_url(f"endpoint_urls[{r!r}]", url)
+        urls = check_endpoints(endpoint_url, endpoint_urls)
         if (aws_access_key_id is None) != (aws_secret_access_key is None):
             raise ConfigurationError("give both aws_access_key_id and aws_secret_access_key")
 
-        self._keys = self._parse_keys(keys, region)
+        self._keys = parse_key_list(keys, region)
         self._region = region or self._keys[0].region
         self._observer = observer
-        self._clock = clock
-        self._sleep = sleep
-        # Jitter only spreads retries out; it needs no cryptographic randomness.
-        self._rng = rng if rng is not None else random.Random()  # noqa: S311
-        self._stats: Counter[str] = Counter()
-        self._stats_lock = threading.Lock()
-        self._alias_targets: dict[tuple[str, str], set[str]] = {}
-        self._alias_lock = threading.Lock()
-        # When each alias was last asked about a key it did not vouch for (monotonic).
-        self._alias_asked: dict[tuple[str, str], float] = {}
+        self._stats = Counters()
+        self._aliases = AliasTargets(_ALIAS_RECHECK_SECONDS)
 
         regions = list(dict.fromkeys(k.region for k in self._keys))
-        self._breakers = {
-            r: _CircuitBreaker(self._failure_threshold, self._reset_timeout, clock) for r in regions
-        }
-        self._clients = self._build_clients(
+        self._caller = ResilientCaller(
+            policy,
+            regions,
+            clock=clock,
+            sleep=sleep,
+            # Jitter only spreads retries out; it needs no cryptographic randomness.
+            rng=rng if rng is not None else random.Random(),  # noqa: S311
+            # The counters, not a bound method of self: no reference cycle through the caller.
+            count=self._stats.add,
+            service="KMS",
+        )
+        self._clients = build_clients(
             regions,
             client,
+            primary_region=self._keys[0].region,
+            connect_timeout=self._connect_timeout,
+            read_timeout=self._read_timeout,
             endpoint_url=endpoint_url,
             urls=urls,
             access_key=aws_access_key_id,
@@ -576,84 +258,10 @@ class AwsKmsKeyProvider:
         _forks.register(self, _forks.STORE)
 
     def _after_fork_in_child(self) -> None:
-        # Fresh locks (a parent thread may have held one), and no keep-alive connection
-        # shared with the parent.
-        self._stats_lock = threading.Lock()
-        self._alias_lock = threading.Lock()
-        for breaker in self._breakers.values():
-            breaker._lock = threading.Lock()
+        # No keep-alive connection shared with the parent. (The counters, circuit breakers and
+        # alias memory renew their own locks, which a parent thread may have held.)
         for client in self._clients.values():
             _forks.clear_http_pools(client)
-
-    # -- construction helpers -----------------------------------------------------------------
-
-    @staticmethod
-    def _parse_keys(keys: Sequence[str], region: str | None) -> list[_KeyRef]:
-        if isinstance(keys, str | bytes) or not isinstance(keys, Sequence) or not keys:
-            raise ConfigurationError("keys must be a non-empty sequence of key ARNs")
-        parsed: list[_KeyRef] = []
-        for i, value in enumerate(keys):
-            if not isinstance(value, str) or not value:
-                raise ConfigurationError(f"keys[{i}] must be a non-empty str")
-            ref = _parse_key(value, region)
-            if ref is None:
-                hint = "" if region else " (bare key ids and aliases need region=)"
-                raise ConfigurationError(f"keys[{i}] is not a KMS key ARN, key id or alias{hint}")
-            if any(_same_key(ref, other) for other in parsed):
-                raise ConfigurationError(f"keys[{i}] duplicates an earlier entry")
-            parsed.append(ref)
-        primary = parsed[0]
-        for i, ref in enumerate(parsed[1:], start=1):
-            if ref.mrk_id and ref.mrk_id == primary.mrk_id and ref.region == primary.region:
-                raise ConfigurationError(f"keys[{i}] is in the primary's region, not a replica")
-        return parsed
-
-    def _build_clients(
-        self,
-        regions: list[str],
-        client: KMSClient | None,
-        *,
-        endpoint_url: str | None,
-        urls: Mapping[str, str],
-        access_key: str | None,
-        secret_key: str | None,
-        session_token: str | None,
-    ) -> dict[str, KMSClient]:
-        config = Config(
-            connect_timeout=self._connect_timeout,
-            read_timeout=self._read_timeout,
-            # total_max_attempts=1 means no botocore retries at all ("max_attempts" in this
-            # dict counts *retries*, so max_attempts=1 would still allow a second attempt).
-            retries={"total_max_attempts": 1, "mode": "standard"},
-            user_agent_extra="greenlang-crypto",
-        )
-        clients: dict[str, KMSClient] = {}
-        primary_region = self._keys[0].region
-        if client is not None:
-            meta = getattr(client, "meta", None)
-            service = getattr(getattr(meta, "service_model", None), "service_name", None)
-            if service != "kms":
-                raise ConfigurationError("client must be a boto3 KMS client")
-            if getattr(meta, "region_name", None) != primary_region:
-                raise ConfigurationError("client's region must be the primary key's region")
-            clients[primary_region] = client
-        try:
-            session = boto3.session.Session(
-                aws_access_key_id=access_key,
-                aws_secret_access_key=secret_key,
-                aws_session_token=session_token,
-            )
-            for r in regions:
-                if r not in clients:
-                    clients[r] = session.client(
-                        "kms",
-                        region_name=r,
-                        endpoint_url=urls.get(r, endpoint_url),
-                        config=config,
-                    )
-        except (botocore_exc.BotoCoreError, ValueError) as exc:
-            raise ConfigurationError(f"cannot build KMS client: {type(exc).__name__}") from None
-        return clients
 
     # -- introspection ------------------------------------------------------------------------
 
@@ -664,8 +272,7 @@ class AwsKmsKeyProvider:
         Keys: ``<Operation>.<status>`` per call, and ``attempts``, ``retries``, ``failovers``,
         ``throttled``, ``circuit_skipped`` and ``circuit_opened``.
         """
-        with self._stats_lock:
-            return dict(self._stats)
+        return self._stats.snapshot()
 
     @property
     def clients(self) -> Mapping[str, KMSClient]:
@@ -679,24 +286,20 @@ class AwsKmsKeyProvider:
 
     def circuit_state(self, region: str) -> str:
         """``closed``, ``open`` or ``half_open`` for ``region``'s circuit breaker."""
-        breaker = self._breakers.get(region)
+        breaker = self._caller.breaker(region)
         if breaker is None:
             raise InvalidArgumentError(f"no KMS client for region {region}")
         return breaker.state
 
-    def _count(self, key: str, n: int = 1) -> None:
-        with self._stats_lock:
-            self._stats[key] += n
-
     # -- allow-list and key-id checks ---------------------------------------------------------
 
-    def _resolve(self, key_id: str) -> list[_KeyRef]:
+    def _resolve(self, key_id: str) -> list[KeyRef]:
         """Returns the configured entries to try for ``key_id``, in order, or refuses it."""
         if not isinstance(key_id, str):
             raise InvalidArgumentError("key_id must be a str")
-        ref = _parse_key(key_id, self._region)
+        ref = parse_key(key_id, self._region)
         if ref is not None:
-            match = next((k for k in self._keys if _same_key(ref, k)), None)
+            match = next((k for k in self._keys if same_key(ref, k)), None)
             if match is None and not ref.is_alias and self._match_alias_target(ref) is not None:
                 # Allowed because a configured alias resolved to it; pin the call to the key
                 # itself, since the alias may point elsewhere by now (a re-pointed alias).
@@ -710,13 +313,13 @@ class AwsKmsKeyProvider:
             "key is not configured for this provider", code="KeyNotAllowed"
         ) from None
 
-    def _match_alias_target(self, ref: _KeyRef) -> _KeyRef | None:
+    def _match_alias_target(self, ref: KeyRef) -> KeyRef | None:
         """Finds a configured alias that resolves to the key ARN ``ref``."""
         for alias in (k for k in self._keys if k.is_alias and k.region == ref.region):
-            if ref.raw in self._alias_seen(alias):
+            if ref.raw in self._aliases.seen(alias):
                 return alias
         for alias in (k for k in self._keys if k.is_alias and k.region == ref.region):
-            if not self._may_ask_alias(alias):
+            if not self._aliases.may_ask(alias):
                 # Key ids come from envelopes: without this bound, every forged envelope
                 # naming an unknown key would cost a KMS request.
                 continue
@@ -726,138 +329,38 @@ class AwsKmsKeyProvider:
                 # This alias cannot vouch for the key; an outage, though, must surface as one.
                 continue
             arn = str(resp.get("KeyMetadata", {}).get("Arn", ""))
-            if self._returned_matches(alias, arn):
-                self._remember_alias(alias, arn)
+            if returned_matches(alias, arn):
+                self._aliases.remember(alias, arn)
                 if arn == ref.raw:
                     return alias
         return None
 
-    def _may_ask_alias(self, alias: _KeyRef) -> bool:
-        """Whether KMS may be asked where ``alias`` points now: once per second at most."""
-        now = time.monotonic()
-        with self._alias_lock:
-            last = self._alias_asked.get((alias.region, alias.resource))
-            if last is not None and now - last < _ALIAS_RECHECK_SECONDS:
-                return False
-            self._alias_asked[(alias.region, alias.resource)] = now
-            return True
-
-    def _alias_seen(self, alias: _KeyRef) -> set[str]:
-        with self._alias_lock:
-            return set(self._alias_targets.get((alias.region, alias.resource), ()))
-
-    def _remember_alias(self, alias: _KeyRef, arn: str) -> None:
-        with self._alias_lock:
-            self._alias_targets.setdefault((alias.region, alias.resource), set()).add(arn)
-
-    @staticmethod
-    def _returned_matches(target: _KeyRef, returned: object) -> bool:
-        """Whether the KeyId KMS returned is the key that ``target`` pinned."""
-        if not isinstance(returned, str):
-            return False
-        got = _parse_key(returned, None)
-        if got is None or got.is_alias or got.region != target.region:
-            return False
-        if target.account and got.account != target.account:
-            return False
-        if target.partition and got.partition != target.partition:
-            return False
-        # An alias resolves to some key in its region and account; KMS is the authority.
-        return target.is_alias or got.resource.lower() == target.resource.lower()
-
-    # -- the retry / failover engine ----------------------------------------------------------
+    # -- every KMS request goes through the retry / failover engine ---------------------------
 
     def _call(
         self,
         operation: str,
-        targets: Sequence[_KeyRef],
-        invoke: Callable[[KMSClient, _KeyRef], Any],
+        targets: Sequence[KeyRef],
+        invoke: Callable[[KMSClient, KeyRef], Any],
         *,
         max_rounds: int | None = None,
     ) -> dict[str, Any]:
         """Runs ``invoke`` against the targets with retries, backoff and failover.
 
         Returns the response of the first attempt that succeeds, with the target used stored
-        under the private key ``"__target__"``. Errors are raised outside ``except`` blocks, so
-        no botocore exception (which may hold a response) ends up in ``__context__``.
+        under the private key ``"__target__"``. No botocore exception (which may hold a
+        response) ends up in the ``__context__`` of an error raised from here.
         """
-        rounds_allowed = max_rounds or self._max_attempts
-        deadline_at = self._clock() + self._deadline
-        last: _Failure | None = None
-        rounds = 0
-        while True:
-            attempted = False
-            out_of_time = False
-            for index, target in enumerate(targets):
-                if self._clock() >= deadline_at:
-                    out_of_time = True
-                    break
-                breaker = self._breakers[target.region]
-                if not breaker.allow():
-                    self._count("circuit_skipped")
-                    continue
-                if index > 0 and attempted:
-                    self._count("failovers")
-                attempted = True
-                self._count("attempts")
-                failure: _Failure
-                try:
-                    resp = invoke(self._clients[target.region], target)
-                except Exception as exc:  # classified below; never propagated raw
-                    failure = _classify(exc)
-                except BaseException:
-                    # Interrupted (KeyboardInterrupt, ...): free a half-open probe slot.
-                    breaker.release()
-                    raise
-                else:
-                    breaker.record_success()
-                    result = cast(dict[str, Any], resp)
-                    result["__target__"] = target
-                    return result
-                if failure.kind is not _Kind.RETRY:
-                    # The region answered; it is up even if the answer is "no".
-                    breaker.record_success()
-                    raise self._permanent_error(operation, failure, target)
-                last = failure
-                if failure.region_down:
-                    if breaker.record_failure():
-                        self._count("circuit_opened")
-                else:
-                    breaker.record_success()
-                if failure.code in _THROTTLING_CODES:
-                    self._count("throttled")
-            rounds += 1
-            if not attempted and not out_of_time:
-                raise KmsUnavailableError(
-                    f"KMS {operation}: every region's circuit breaker is open",
-                    code=last.code if last else "CircuitOpen",
-                )
-            if out_of_time or rounds >= rounds_allowed:
-                break
-            ceiling = min(self._max_delay, self._base_delay * (2 ** (rounds - 1)))
-            delay = self._rng.uniform(0.0, ceiling)
-            if self._clock() + delay >= deadline_at:
-                break
-            self._count("retries")
-            self._sleep(delay)
-        code = last.code if last else "DeadlineExceeded"
-        raise KmsUnavailableError(
-            f"KMS {operation} unavailable after {rounds} attempt round(s) ({code})", code=code
+        resp, target = self._caller.call(
+            operation,
+            targets,
+            lambda t: invoke(self._clients[t.region], t),
+            lambda exc, t: _kms_errors.judge(operation, exc, t),
+            max_rounds=max_rounds,
         )
-
-    @staticmethod
-    def _permanent_error(operation: str, failure: _Failure, target: _KeyRef) -> Exception:
-        where = f"KMS {operation} with key {target.raw} in {target.region}"
-        if failure.kind is _Kind.DISABLED:
-            return KmsKeyDisabledError(
-                f"{where}: key disabled or pending deletion", code=failure.code
-            )
-        if failure.kind is _Kind.DENIED:
-            return KmsAccessDeniedError(f"{where}: refused ({failure.code})", code=failure.code)
-        if failure.kind is _Kind.INVALID_CIPHERTEXT:
-            # One opaque error whatever the cause (wrong context, corrupted blob).
-            return DecryptionError()
-        return KmsError(f"{where} failed ({failure.code})", code=failure.code)
+        result = cast(dict[str, Any], resp)
+        result["__target__"] = target
+        return result
 
     def _observed(self, operation: str, fn: Callable[[], Any]) -> Any:
         start = time.perf_counter()
@@ -868,9 +371,9 @@ class AwsKmsKeyProvider:
             error = exc
             raise
         finally:
-            status = _status_of(error)
+            status = _kms_errors.status_of(error)
             error = None  # do not keep the traceback alive through this frame
-            self._count(f"{operation}.{status}")
+            self._stats.add(f"{operation}.{status}")
             if self._observer is not None:
                 # Metrics must never break (or change the outcome of) a crypto call.
                 with contextlib.suppress(Exception):
@@ -927,7 +430,7 @@ class AwsKmsKeyProvider:
             )
             del plaintext  # the Rust handle owns the key now
             if target.is_alias:
-                self._remember_alias(target, str(returned))
+                self._aliases.remember(target, str(returned))
             return GeneratedDataKey(
                 key=key, wrapped=bytes(cast(bytes, wrapped)), key_id=str(returned)
             )
@@ -970,7 +473,7 @@ class AwsKmsKeyProvider:
                     EncryptionAlgorithm="SYMMETRIC_DEFAULT",
                 ),
             )
-            target = cast(_KeyRef, resp.pop("__target__"))
+            target = cast(KeyRef, resp.pop("__target__"))
             plaintext = resp.pop("Plaintext", None)
             returned = resp.get("KeyId")
             del resp
@@ -1027,9 +530,9 @@ class AwsKmsKeyProvider:
                 ),
             )
             new_blob = resp.get("CiphertextBlob")
-            if not self._returned_matches(dest, resp.get("KeyId")):
+            if not returned_matches(dest, resp.get("KeyId")):
                 problem = "destination KeyId differs from the one requested"
-            elif "SourceKeyId" in resp and not self._returned_matches(source, resp["SourceKeyId"]):
+            elif "SourceKeyId" in resp and not returned_matches(source, resp["SourceKeyId"]):
                 problem = "SourceKeyId differs from the one requested"
             elif not isinstance(new_blob, bytes) or not new_blob:
                 problem = "no CiphertextBlob"
@@ -1070,7 +573,7 @@ class AwsKmsKeyProvider:
         target = self._resolve(key_id)[0]
         return cast(dict[str, Any], self._observed("DescribeKey", lambda: self._describe(target)))
 
-    def _describe(self, target: _KeyRef, *, max_rounds: int | None = None) -> dict[str, Any]:
+    def _describe(self, target: KeyRef, *, max_rounds: int | None = None) -> dict[str, Any]:
         resp = self._call(
             "DescribeKey", [target], lambda c, t: c.describe_key(KeyId=t.raw), max_rounds=max_rounds
         )
@@ -1126,7 +629,7 @@ class AwsKmsKeyProvider:
             marker: str | None = None
             for _ in range(_MAX_ROTATION_PAGES):
 
-                def list_page(c: KMSClient, t: _KeyRef, m: str | None = marker) -> Any:
+                def list_page(c: KMSClient, t: KeyRef, m: str | None = marker) -> Any:
                     if m:
                         return c.list_key_rotations(KeyId=t.raw, Marker=m)
                     return c.list_key_rotations(KeyId=t.raw)
@@ -1171,9 +674,9 @@ class AwsKmsKeyProvider:
             raise DecryptionError()
         return blob
 
-    def _answer_problem(self, target: _KeyRef, returned: object, plaintext: object) -> str | None:
+    def _answer_problem(self, target: KeyRef, returned: object, plaintext: object) -> str | None:
         """Why a GenerateDataKey/Decrypt answer is unacceptable (never mentions key bytes)."""
-        if not self._returned_matches(target, returned):
+        if not returned_matches(target, returned):
             return f"KeyId is not {target.raw}"
         if not isinstance(plaintext, bytes) or len(plaintext) != _DEK_LEN:
             return f"plaintext data key is not {_DEK_LEN} bytes"
