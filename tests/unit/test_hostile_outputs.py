@@ -251,8 +251,8 @@ def test_plaintext_is_0600_unless_mode_says_otherwise(
 
 
 def test_tracebacks_only_with_debug(data: Path, sealed: Path, tmp_path: Path) -> None:
-    # A key store that is not a database: an error no layer types, the kind that used to
-    # end in a traceback (which can quote a driver's message and the values it was given).
+    # A key store that is not a database: it used to end in a traceback (which can quote a
+    # driver's message and the values it was given); it is one typed line now.
     (data / "keystore.db").write_bytes(os.urandom(8192))
     out = tmp_path / "out.txt"
     plain = subprocess.run(
@@ -260,7 +260,7 @@ def test_tracebacks_only_with_debug(data: Path, sealed: Path, tmp_path: Path) ->
     )
     assert plain.returncode == 2
     line = _one_error_line(plain.stderr.decode())
-    assert "DatabaseError" in line and "--debug" in line
+    assert "ConfigurationError" in line and "not a database" in line
     debug = subprocess.run(
         _glc("--debug", *_decrypt(data, sealed, str(out))),
         capture_output=True,
@@ -272,6 +272,26 @@ def test_tracebacks_only_with_debug(data: Path, sealed: Path, tmp_path: Path) ->
     assert "Traceback (most recent call last)" in err
     assert err.splitlines()[-1].startswith("error: ")
     assert not out.exists()
+
+
+def test_an_error_no_layer_types_is_one_line_naming_only_its_type(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A bug's message may quote anything it was handed: without --debug only the type is
+    # named, with a hint; with --debug the traceback follows.
+    secret = "alice@example.com"
+
+    def broken(_args: object) -> int:
+        raise RuntimeError(f"boom near {secret}")
+
+    # The parser binds the command function when main() builds it.
+    monkeypatch.setattr(cli, "cmd_status", broken)
+    assert cli.main(["status"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "error: unexpected RuntimeError; rerun with --debug for the traceback"
+    assert cli.main(["--debug", "status"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and err.splitlines()[-1].startswith("error:")
 
 
 @pytest.fixture
