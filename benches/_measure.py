@@ -80,6 +80,10 @@ def time_ratio(
     return statistics.median(ratios), statistics.median(t_ours), statistics.median(t_peer)
 
 
+#: Untimed samples of each side before :func:`paired_ratio` starts timing.
+WARM_SAMPLES = 5
+
+
 def paired_ratio(
     name: str,
     ours: Callable[[], object],
@@ -87,6 +91,10 @@ def paired_ratio(
     target: float,
     rounds: int = 15,
     pairs: int = 200,
+    *,
+    ours_setup: Callable[[], object] | None = None,
+    peer_setup: Callable[[], object] | None = None,
+    calls: int = 1,
 ) -> Ratio:
     """For round trips (a database point query, a Redis command: well under a millisecond each):
     each round times ``pairs`` calls of each side, ours and the peer's alternating call by
@@ -98,16 +106,29 @@ def paired_ratio(
     1.065-1.12x that way while every timing on the machine was twice its usual value.
     Alternating call by call puts both sides inside the same few milliseconds, and the medians
     drop the calls a stall lands on.
+
+    ``ours_setup`` and ``peer_setup`` run before each sample of their side, untimed (clearing
+    a cache, moving a fence). A sub-microsecond call needs ``calls`` above 1: a sample then
+    times that many calls together.
     """
 
-    def once(fn: Callable[[], object]) -> float:
-        start = time.perf_counter()
-        fn()
-        return time.perf_counter() - start
+    loop = range(calls)
 
-    for _ in range(5):
-        ours()
-        peer()
+    def timer(fn: Callable[[], object], setup: Callable[[], object] | None) -> Callable[[], float]:
+        def once() -> float:
+            if setup is not None:
+                setup()  # untimed: a step that must come first is charged to neither side
+            start = time.perf_counter()
+            for _ in loop:
+                fn()
+            return (time.perf_counter() - start) / calls
+
+        return once
+
+    time_ours, time_peer = timer(ours, ours_setup), timer(peer, peer_setup)
+    for _ in range(WARM_SAMPLES):
+        time_ours()
+        time_peer()
     ratios, t_ours, t_peer = [], [], []
     for i in range(rounds):
         a_times, b_times = [], []
@@ -116,11 +137,11 @@ def paired_ratio(
         try:
             for j in range(pairs):
                 if (i + j) % 2:
-                    a_times.append(once(ours))
-                    b_times.append(once(peer))
+                    a_times.append(time_ours())
+                    b_times.append(time_peer())
                 else:
-                    b_times.append(once(peer))
-                    a_times.append(once(ours))
+                    b_times.append(time_peer())
+                    a_times.append(time_ours())
         finally:
             gc.enable()
         a, b = statistics.median(a_times), statistics.median(b_times)

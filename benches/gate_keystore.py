@@ -13,17 +13,15 @@ by benches/gate.py; the pool line needs ``GLC_PG_URL`` (scripts/services.sh).
 
 from __future__ import annotations
 
-import gc
 import os
-import statistics
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from benches._measure import Ratio
+from benches._measure import WARM_SAMPLES as _WARM_SAMPLES
+from benches._measure import Ratio, paired_ratio
 
 Check = Callable[[], Ratio]
 Side = tuple[Callable[[], object], Callable[[], object]]
@@ -41,58 +39,26 @@ def _paired_untimed_setup(
     pairs: int = 200,
     calls: int = 1,
 ) -> tuple[Ratio, int]:
-    """benches/_measure.paired_ratio with an untimed step before every timed sample.
+    """:func:`paired_ratio` for sides given as ``(setup, call)``, the setup untimed.
 
-    Each side is ``(setup, call)``; a sample is ``setup()``, untimed, then ``calls`` calls of
-    ``call``, timed together. paired_ratio times its whole callable, so a step that must come
-    first (clearing a cache, moving a fence) would otherwise be charged to both sides and pull
-    the ratio towards 1. A sub-microsecond call needs ``calls`` above 1: this machine's clock
-    reads in steps of 10 ns, nearly 2% of a 0.6 us encrypt, and reading it costs about 80 ns.
+    Clearing a cache or moving a fence must come before each sample without being charged to
+    either side, or it would pull the ratio towards 1. A sub-microsecond call needs ``calls``
+    above 1: this machine's clock reads in steps of 10 ns, nearly 2% of a 0.6 us encrypt.
     Returns the ratio and the number of calls each side made (warm-up included), for the
     caller's checks that every call took the path it meant to measure.
     """
-    loop = range(calls)
-
-    def once(side: Side) -> float:
-        setup, call = side
-        setup()
-        start = time.perf_counter()
-        for _ in loop:
-            call()
-        return (time.perf_counter() - start) / calls
-
-    warm = 5
-    for _ in range(warm):
-        once(ours)
-        once(peer)
-    ratios, t_ours, t_peer = [], [], []
-    for i in range(rounds):
-        a_times, b_times = [], []
-        gc.collect()
-        gc.disable()
-        try:
-            for j in range(pairs):
-                if (i + j) % 2:
-                    a_times.append(once(ours))
-                    b_times.append(once(peer))
-                else:
-                    b_times.append(once(peer))
-                    a_times.append(once(ours))
-        finally:
-            gc.enable()
-        a, b = statistics.median(a_times), statistics.median(b_times)
-        ratios.append(a / b)
-        t_ours.append(a)
-        t_peer.append(b)
-    ratio = Ratio(
+    ratio = paired_ratio(
         name,
-        statistics.median(ratios),
+        ours[1],
+        peer[1],
         target,
-        False,
-        statistics.median(t_ours),
-        statistics.median(t_peer),
+        rounds,
+        pairs,
+        ours_setup=ours[0],
+        peer_setup=peer[0],
+        calls=calls,
     )
-    return ratio, (warm + rounds * pairs) * calls
+    return ratio, (_WARM_SAMPLES + rounds * pairs) * calls
 
 
 def _per_thread_store(url: str, schema: str) -> Any:
