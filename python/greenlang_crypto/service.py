@@ -205,6 +205,10 @@ def _aad(associated_data: bytes | None) -> bytes | None:
     return associated_data
 
 
+#: Why a seal is refused when the fence has passed and the key store cannot be reached.
+_UNCONFIRMED = "cannot encrypt: the keyring could not be confirmed (key store unreachable)"
+
+
 class EncryptionService:
     """Envelope encryption with cached DEKs, key versions and rotation.
 
@@ -812,16 +816,12 @@ class EncryptionService:
             if time.monotonic() < self._fence_retry_at:
                 # Fail fast for a moment after a failed attempt: each attempt can wait for a
                 # connection, and every writer thread would otherwise queue up behind it.
-                raise KeyStoreUnavailableError(
-                    "cannot encrypt: the keyring could not be confirmed (key store unreachable)"
-                )
+                raise KeyStoreUnavailableError(_UNCONFIRMED)
             try:
                 confirmed = self._keyring.confirm()
             except KeyStoreUnavailableError as exc:
                 self._fence_retry_at = time.monotonic() + 1.0
-                raise KeyStoreUnavailableError(
-                    "cannot encrypt: the keyring could not be confirmed (key store unreachable)"
-                ) from exc
+                raise KeyStoreUnavailableError(_UNCONFIRMED) from exc
             if not confirmed:
                 raise KeyStoreUnavailableError(
                     "cannot encrypt: this instance's keyring could not be confirmed"

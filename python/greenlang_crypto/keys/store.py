@@ -130,6 +130,15 @@ def _placeholders(sql: str, dialect: str) -> str:
     return placeholders(sql, dialect)
 
 
+def _damaged(description: str) -> ConfigurationError:
+    """The error for a SQLite file that is not a database, or a malformed one.
+
+    Only the exact ``sqlite3.DatabaseError`` means that (its subclasses are other failures);
+    waiting will not help: the file must be restored.
+    """
+    return ConfigurationError(f"the key store {description} is damaged or not a database")
+
+
 def _sqlite_outage(exc: sqlite3.OperationalError) -> bool:
     """Whether SQLite failed to reach its file rather than refusing the statement itself.
 
@@ -256,11 +265,7 @@ class KeyStore:
                     f"the key store is unavailable ({type(exc).__name__})"
                 ) from exc
             if type(exc) is sqlite3.DatabaseError:
-                # "file is not a database", "database disk image is malformed": waiting will
-                # not help, the file must be restored.
-                raise ConfigurationError(
-                    f"the key store {self._description} is damaged or not a database"
-                ) from exc
+                raise _damaged(self._description) from exc
             raise
         finally:
             cur.close()
@@ -978,10 +983,7 @@ def open_key_store(
                 return open_sqlite(path, timeout=30, autocommit=False)
             except sqlite3.DatabaseError as exc:
                 if type(exc) is sqlite3.DatabaseError:
-                    # Not a database, or a malformed one: the file must be restored.
-                    raise ConfigurationError(
-                        f"the key store sqlite:///{path} is damaged or not a database"
-                    ) from exc
+                    raise _damaged(f"sqlite:///{path}") from exc
                 raise
 
         if path != ":memory:":
