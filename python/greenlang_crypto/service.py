@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from greenlang_crypto import _forks
+from greenlang_crypto import _forks, composition
 from greenlang_crypto import streams as _streams
 from greenlang_crypto._core import (
     STREAM_DEFAULT_SEGMENT,
@@ -88,7 +88,6 @@ from greenlang_crypto.keys.store import (
     InstanceRecord,
     KeyStore,
     KeyVersion,
-    open_key_store,
 )
 from greenlang_crypto.providers.base import (
     CreatesMasterKeys,
@@ -248,12 +247,8 @@ class EncryptionService:
         self._slow_counts: Counter[tuple[str, str]] = Counter()
         # Streams, counted once each when they finish: (operation, data class) -> [ops, bytes].
         self._stream_counts: dict[tuple[str, str], list[int]] = {}
-        self.provider: KeyProvider = provider or self._build_provider()
-        self.store = key_store or open_key_store(
-            self.config.resolved_key_store_url,
-            pool_size=self.config.key_store_pool_size,
-            transaction_pooler=self.config.key_store_transaction_pooler,
-        )
+        self.provider: KeyProvider = provider or composition.build_provider(self.config)
+        self.store = key_store or composition.build_key_store(self.config)
         self._limits = KeyLimits(max_messages=self.config.max_messages_per_dek)
         ttl = self.config.cache_ttl_seconds
         self._cache_ttl = ttl
@@ -363,34 +358,11 @@ class EncryptionService:
         finally:
             os.close(lock_fd)
 
-    def _build_provider(self) -> KeyProvider:
-        if self.config.provider == "local":
-            from greenlang_crypto.providers.local import LocalKeyProvider
-
-            return LocalKeyProvider(self.config.data_dir)
-        try:
-            from greenlang_crypto.providers.aws_kms import AwsKmsKeyProvider
-        except ModuleNotFoundError as exc:
-            raise ConfigurationError(
-                f"the aws-kms provider needs the aws extra (missing {exc.name}): "
-                'pip install "greenlang-crypto[aws]"'
-            ) from None
-
-        return AwsKmsKeyProvider(
-            keys=self.config.kms_key_ids,
-            region=self.config.kms_region,
-            endpoint_url=self.config.kms_endpoint_url,
-        )
-
     def _build_branch_keys(
         self, scope: str | ScopeMapper | None, key_cache: RedisKeyCache | None
     ) -> BranchKeys:
-        if key_cache is None and self.config.key_cache_url:
-            from greenlang_crypto.redis_cache import RedisKeyCache
-
-            key_cache = RedisKeyCache.from_url(
-                self.config.key_cache_url, ttl_seconds=self.config.cache_ttl_seconds
-            )
+        if key_cache is None:
+            key_cache = composition.build_key_cache(self.config)
         keyring = self._keyring
         return BranchKeys(
             self.store,
