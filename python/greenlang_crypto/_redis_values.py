@@ -9,13 +9,12 @@ hand the answers here.
 
 from __future__ import annotations
 
-import fnmatch
-import re
 import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from greenlang_crypto._redis_glob import compile_redis_glob
 from greenlang_crypto.context import EncryptionContext
 from greenlang_crypto.exceptions import ConfigurationError, InvalidArgumentError
 
@@ -34,8 +33,9 @@ class KeyPattern:
     """Which keys hold encrypted values, and under which encryption context.
 
     Attributes:
-        pattern: A glob on the key name, as Redis ``MATCH`` understands it (``*``, ``?``,
-            ``[...]``), for example ``"session:*"``.
+        pattern: A glob on the key name, matched byte for byte as Redis ``MATCH`` matches it
+            (``*``, ``?``, ``[...]``, ``[^...]``, backslash escapes), for example ``"session:*"``.
+            A pattern Redis would read past its end (an unterminated ``[``) is refused.
         data_class: The context's ``data_class`` for these values.
         tenant_id: The context's ``tenant_id``: a fixed string, or a callable that derives it
             from the key name (a ``str``).
@@ -50,10 +50,8 @@ class _Rule:
     __slots__ = ("context", "match", "pattern")
 
     def __init__(self, pattern: KeyPattern) -> None:
-        if not isinstance(pattern.pattern, str) or not pattern.pattern:
-            raise ConfigurationError("a key pattern must be a non-empty str")
         self.pattern = pattern
-        self.match = re.compile(fnmatch.translate(pattern.pattern)).match
+        self.match = compile_redis_glob(pattern.pattern)
         # A fixed tenant gives one context for every key of the pattern: built once.
         self.context = (
             EncryptionContext(tenant_id=pattern.tenant_id, data_class=pattern.data_class)
@@ -139,7 +137,8 @@ class RedisValueCodec:
         if hit is not None:
             return hit
         text = _key_text(key)
-        found = next((rule for rule in self._rules if rule.match(text)), None)
+        raw = text.encode("utf-8", "surrogateescape")
+        found = next((rule for rule in self._rules if rule.match(raw)), None)
         entry = (text, found, _bound(b"s", text, None) if found is not None else b"")
         if len(self._memo) >= _MEMO_LIMIT:
             self._memo.clear()  # bounded memory under many distinct keys
