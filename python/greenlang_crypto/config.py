@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from greenlang_crypto._urls import redact_url
 from greenlang_crypto.exceptions import ConfigurationError
 
 __all__ = ["EncryptionServiceConfig", "default_data_dir"]
@@ -99,6 +100,16 @@ class EncryptionServiceConfig:
     keyring_refresh_seconds: float = 5.0
     key_store_pool_size: int = 4
     key_store_transaction_pooler: bool = False
+
+    def __repr__(self) -> str:
+        # URLs may carry a password (postgresql://user:pw@host, redis://:pw@host): never shown.
+        shown = []
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if spec.name.endswith("_url") and isinstance(value, str):
+                value = redact_url(value)
+            shown.append(f"{spec.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
