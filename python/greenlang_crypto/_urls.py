@@ -37,6 +37,8 @@ def redact_url(url: str) -> str:
             query = urlencode(
                 [(k, _MASK if k.lower() in _SECRET_PARAMS else v) for k, v in pairs], safe="*/"
             )
+        if netloc == parts.netloc and query == parts.query:
+            return url  # nothing secret: shown exactly as given
         return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
     except ValueError:
         return f"{url.split('://', 1)[0]}://{_MASK}"
