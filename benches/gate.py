@@ -1,7 +1,7 @@
 """Benchmark gate: measures our operations against peers in the same run and fails when a
 ratio misses its target (targets come from the issues; see README "Performance").
 
-Usage: python benches/gate.py [--suite core|service|all] [--json PATH]
+Usage: python benches/gate.py [--suite core|service|cli|all] [--json PATH]
 
 A check that misses is measured again (up to two more times) before the gate fails, because a
 single noisy neighbour on a 2-core machine can skew one measurement.
@@ -35,6 +35,9 @@ EXTRA_RETRIES = {
     "two threads on 1 MiB seals vs one thread (throughput)": 3,
     "stream encrypt 256 MiB file to file vs plain 1 MiB copy (throughput; goal 0.8x)": 2,
     "stream decrypt 256 MiB file to file vs plain 1 MiB copy (throughput; goal 0.8x)": 2,
+    # A new process per sample: its start-up (imports, page faults) is what a neighbour's
+    # burst slows most.
+    "CLI encrypt 3 B file vs CLI --help (wall time, new process)": 2,
 }
 
 
@@ -277,9 +280,16 @@ def service_checks() -> list[Check]:
     return checks + gate_observability.checks()
 
 
+def cli_checks() -> list[Check]:
+    # The command as a user runs it: start-up cost, and encrypt/decrypt against age.
+    from benches import gate_cli
+
+    return gate_cli.checks()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--suite", choices=["core", "service", "all"], default="all")
+    ap.add_argument("--suite", choices=["core", "service", "cli", "all"], default="all")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--retries", type=int, default=2)
     args = ap.parse_args()
@@ -288,6 +298,8 @@ def main() -> int:
         checks += core_checks()
     if args.suite in ("service", "all"):
         checks += service_checks()
+    if args.suite in ("cli", "all"):
+        checks += cli_checks()
     results: list[Ratio] = []
     failed = 0
     for check in checks:

@@ -65,26 +65,28 @@ def _per_thread_store(url: str, schema: str) -> Any:
     """A key store whose transactions run on one psycopg connection per thread, held for good:
     the store before the pool, with today's statements.
 
-    Only ``_tx`` differs from the pooled store, so both sides run the same ``get_dek`` (its
-    retry wrapper included). The statements name their tables unqualified, as the old store's
-    did, and resolve through the connection's ``search_path``; the pooled store's cursor
-    qualifies them in each statement instead, which is part of what the check measures.
+    Only the database's ``transaction`` differs from the pooled store, so both sides run the
+    same ``get_dek`` (its retry wrapper included). The statements name their tables
+    unqualified, as the old store's did, and resolve through the connection's
+    ``search_path``; the pooled store's cursor qualifies them in each statement instead,
+    which is part of what the check measures.
     """
     from greenlang_crypto._db import open_postgres, pg_dsn
-    from greenlang_crypto.keys.store import _PG_LOCK, KeyStore
+    from greenlang_crypto.keys.connection import PG_LOCK, Database
+    from greenlang_crypto.keys.store import KeyStore
 
     dsn = pg_dsn(url)
 
-    class PerThreadStore(KeyStore):
+    class PerThreadDatabase(Database):
         @contextmanager
-        def _tx(self, *, serialized: bool = False) -> Iterator[Any]:
-            # KeyStore._conn keeps one connection per thread (threading.local), opened by the
-            # factory below on the thread's first transaction.
-            conn = self._conn()
+        def transaction(self, *, serialized: bool = False) -> Iterator[Any]:
+            # Database.connection keeps one connection per thread (threading.local), opened
+            # by the factory below on the thread's first transaction.
+            conn = self.connection()
             cur = conn.cursor()
             try:
                 if serialized:
-                    cur.execute(f"SELECT pg_advisory_xact_lock({_PG_LOCK})")
+                    cur.execute(f"SELECT pg_advisory_xact_lock({PG_LOCK})")
                 yield cur
                 conn.commit()
             except BaseException:
@@ -92,6 +94,9 @@ def _per_thread_store(url: str, schema: str) -> Any:
                 raise
             finally:
                 cur.close()
+
+    class PerThreadStore(KeyStore):
+        database_type = PerThreadDatabase
 
     def connect() -> Any:
         return open_postgres(dsn, schema=schema, connect_timeout=10, what="the key store")

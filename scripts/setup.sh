@@ -11,6 +11,7 @@ command -v redis-server >/dev/null 2>&1 || need_apt="$need_apt redis-server"
 # Fault tests: PgBouncer in transaction mode, and libfaketime to step one process's clock.
 [ -x /usr/sbin/pgbouncer ] || need_apt="$need_apt pgbouncer"
 command -v faketime >/dev/null 2>&1 || need_apt="$need_apt faketime"
+command -v age >/dev/null 2>&1 || need_apt="$need_apt age"
 if [ -n "$need_apt" ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need_apt >/dev/null

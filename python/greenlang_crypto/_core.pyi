@@ -28,12 +28,14 @@ __all__ = [
     "STREAM_MAX_SEGMENT",
     "STREAM_MIN_SEGMENT",
     "BlindIndexKey",
+    "CacheSlot",
     "CachedOpener",
     "CachedSealer",
     "DataKey",
     "DekCache",
     "EnvelopeHeader",
     "EnvelopeSealer",
+    "ManualClock",
     "StreamDecryptor",
     "StreamEncryptor",
     "StreamHeader",
@@ -210,7 +212,16 @@ class EnvelopeSealer:
 class DekCache:
     """Bounded LRU cache of data keys with a TTL and per-key usage limits."""
 
-    def __new__(cls, max_entries: int = 1000, ttl_seconds: float = 300.0) -> DekCache: ...
+    def __new__(
+        cls,
+        max_entries: int = 1000,
+        ttl_seconds: float = 300.0,
+        *,
+        clock: ManualClock | None = None,
+    ) -> DekCache:
+        """A cache reading TTLs and its fence on ``clock`` (the system clock when None)."""
+    def now_ns(self) -> int:
+        """The cache's clock reading in nanoseconds (the clock its TTL and fence use)."""
     @property
     def min_key_version(self) -> int:
         """The lowest key version :meth:`open` serves from the cache (0: no limit)."""
@@ -237,10 +248,10 @@ class DekCache:
         """Drops entries past their TTL or out of budget; returns how many were dropped."""
     def clear(self) -> None: ...
     def set_fence(self, deadline_ns: int | None = None) -> None:
-        """Seals through this cache miss from ``deadline_ns`` (``monotonic_ns()``) on."""
+        """Seals through this cache miss from ``deadline_ns`` (of :meth:`now_ns`) on."""
     @property
     def fence_deadline(self) -> int | None:
-        """The fence deadline in ``monotonic_ns()`` nanoseconds, or None."""
+        """The fence deadline in nanoseconds of the cache's clock, or None."""
     def __len__(self) -> int: ...
     @property
     def ttl_seconds(self) -> float: ...
@@ -248,6 +259,19 @@ class DekCache:
     def max_entries(self) -> int: ...
     def stats(self) -> dict[str, int]: ...
     def usage(self) -> dict[str, float]: ...
+    def __reduce__(self) -> NoReturn: ...
+
+@final
+class ManualClock:
+    """A monotonic clock that stands still until advanced (tests step past TTLs with it)."""
+
+    def __new__(cls, start_ns: int = 0) -> ManualClock: ...
+    def now_ns(self) -> int:
+        """The current reading in nanoseconds."""
+    def advance(self, seconds: float) -> None:
+        """Moves the clock forward by ``seconds`` (finite, not negative)."""
+    def set_ns(self, ns: int) -> None:
+        """Sets the reading to ``ns`` nanoseconds, in either direction."""
     def __reduce__(self) -> NoReturn: ...
 
 @final
@@ -267,19 +291,28 @@ class CachedOpener:
         """The same as calling the opener (cheaper per call as a bound method)."""
 
 @final
+class CacheSlot:
+    """Holds a service's current encryption cache for the sealers that seal through it."""
+
+    def __new__(cls, cache: DekCache) -> CacheSlot: ...
+    def get(self) -> DekCache:
+        """The cache in the slot now."""
+    def set(self, cache: DekCache) -> None:
+        """Puts ``cache`` in the slot; the next seal through it uses ``cache``."""
+
+@final
 class CachedSealer:
     """Per-column encryptor: cached sealer in one Rust call, else ``fallback(value)``.
 
-    The encryption cache is read from ``owner.<cache_attr>`` on every call (the owner replaces
-    it when its primary key version changes). ``None`` stays ``None``; a ``str`` (``text``) or
+    The encryption cache is read from ``slot`` on every call (the service sets a new one there
+    when its primary key version changes). ``None`` stays ``None``; a ``str`` (``text``) or
     ``bytes`` value up to ``max_plaintext`` bytes is sealed when its sealer is cached and
     younger than ``max_age`` seconds; anything else goes to ``fallback``.
     """
 
     def __new__(
         cls,
-        owner: object,
-        cache_attr: str,
+        slot: CacheSlot,
         context: Buffer,
         associated_data: Buffer | None,
         fallback: Callable[[Any], Any],
@@ -317,7 +350,7 @@ def live_data_keys() -> int:
 
 def random_bytes(n: int) -> bytes: ...
 def monotonic_ns() -> int:
-    """The monotonic clock of DEK caches and their fences, in nanoseconds."""
+    """The system monotonic clock of DEK caches and their fences, in nanoseconds."""
 
 # -- Branch keys (DEKs derived from a branch key with HKDF-SHA256) -------------------------
 

@@ -126,7 +126,7 @@ def open_postgres(
 ) -> Any:
     """Opens a psycopg connection whose unqualified table names resolve in ``schema`` only.
 
-    Never in a stale copy elsewhere on the search path (an older release's ``public`` tables).
+    Never in a stale copy elsewhere on the search path (tables created before V012 in ``public``).
 
     Raises:
         ConfigurationError: psycopg is not installed.

@@ -43,6 +43,7 @@ __all__ = [
     "ensure_private_file",
     "open_private_append",
     "output_error",
+    "regular_file_size",
     "sweep_stale_temporaries",
 ]
 
@@ -136,6 +137,28 @@ def output_error(path: str | os.PathLike[str], exc: OSError) -> OutputError:
     Only the path and the system's short reason are named: never any of the data.
     """
     return OutputError(f"cannot write {os.fspath(path)}: {exc.strerror or type(exc).__name__}")
+
+
+def regular_file_size(src: object) -> int | None:
+    """The bytes left in ``src`` when it is a regular file (known before reading), else None.
+
+    Pipes, terminals, sockets and objects without a descriptor have no size to know.
+    """
+    fileno = getattr(src, "fileno", None)
+    if fileno is None:
+        return None
+    try:
+        st = os.fstat(fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    tell = getattr(src, "tell", None)
+    try:
+        pos = tell() if tell is not None else 0
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pos = 0
+    return max(0, st.st_size - pos)
 
 
 class OutputFile(io.FileIO):

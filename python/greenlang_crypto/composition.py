@@ -1,28 +1,90 @@
-"""The composition root: the one place that builds providers, key stores and shared caches.
+"""The composition root: the one place that builds what a configuration describes.
 
-Front doors (the CLI, the API, the compliance and SQLAlchemy commands) and the service itself
-ask this module for what a configuration describes, so a provider is built, and its optional
-dependency reported, in exactly one way. Each builder imports its dependency only when called:
-a command that needs no KMS never pays for importing boto3.
+Providers, key stores, the shared key cache, the service, its audit log and its metrics
+collector are built here and nowhere else. The front doors (the CLI, the API, the compliance
+and SQLAlchemy commands) and the service itself ask this module, so a provider is built, its
+optional dependency reported, and an audit log opened, in exactly one way. Each builder
+imports its dependency only when called: a command that needs no KMS never pays for
+importing boto3, and one that writes no audit record never imports the audit package.
+
+:class:`Composition` is the lazy form for one-shot commands: it opens the service or the
+audit log on first use only, and closes what it opened.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Final
 
 from greenlang_crypto.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from greenlang_crypto.audit import AuditLog
     from greenlang_crypto.config import EncryptionServiceConfig
+    from greenlang_crypto.events import ServiceObserver, TypedServiceObserver
     from greenlang_crypto.keys.store import KeyStore
+    from greenlang_crypto.metrics import EncryptionMetrics
     from greenlang_crypto.providers.base import KeyProvider
     from greenlang_crypto.redis_cache import RedisKeyCache
+    from greenlang_crypto.service import EncryptionService
 
-__all__ = ["build_key_cache", "build_key_store", "build_provider"]
+__all__ = [
+    "AUDIT_URL_ENV",
+    "FROM_ENV",
+    "Composition",
+    "WiredService",
+    "audit_url_from_env",
+    "build_key_cache",
+    "build_key_store",
+    "build_metrics",
+    "build_observed_service",
+    "build_provider",
+    "build_service",
+    "create_local_master_key",
+    "init_local_service",
+    "local_master_key_exists",
+    "open_audit_log",
+    "require_initialized",
+]
+
+#: The environment variable naming the audit log (a sink URL) of every writer.
+AUDIT_URL_ENV: Final = "GLC_AUDIT_URL"
 
 
-def build_provider(config: EncryptionServiceConfig) -> KeyProvider:
+class _FromEnv:
+    """The type of :data:`FROM_ENV`."""
+
+    def __repr__(self) -> str:
+        return "FROM_ENV"
+
+
+#: ``open_audit_log(url=FROM_ENV)``: the sink ``$GLC_AUDIT_URL`` names, else the default.
+FROM_ENV: Final = _FromEnv()
+
+
+def audit_url_from_env() -> str | None:
+    """The audit sink URL in ``$GLC_AUDIT_URL``; None (the SQLite default) when unset or empty."""
+    return os.environ.get(AUDIT_URL_ENV) or None
+
+
+# -- providers, stores, caches ----------------------------------------------------------------
+
+
+def build_provider(
+    config: EncryptionServiceConfig,
+    *,
+    kms_observer: Callable[[str, str, float], None] | None = None,
+) -> KeyProvider:
     """The key provider ``config`` names (the local one, or AWS KMS).
+
+    Args:
+        config: The configuration.
+        kms_observer: With AWS KMS, the callback timing each KMS call (a metrics
+            collector's ``kms_observer``); ignored by the local provider.
 
     Raises:
         ConfigurationError: The provider needs an extra that is not installed.
@@ -38,10 +100,12 @@ def build_provider(config: EncryptionServiceConfig) -> KeyProvider:
             f"the aws-kms provider needs the aws extra (missing {exc.name}): "
             'pip install "greenlang-crypto[aws]"'
         ) from None
+    extra: dict[str, Any] = {} if kms_observer is None else {"observer": kms_observer}
     return AwsKmsKeyProvider(
         keys=config.kms_key_ids,
         region=config.kms_region,
         endpoint_url=config.kms_endpoint_url,
+        **extra,
     )
 
 
@@ -63,3 +127,300 @@ def build_key_cache(config: EncryptionServiceConfig) -> RedisKeyCache | None:
     from greenlang_crypto.redis_cache import RedisKeyCache
 
     return RedisKeyCache.from_url(config.key_cache_url, ttl_seconds=config.cache_ttl_seconds)
+
+
+# -- the embedded default (local provider) ----------------------------------------------------
+
+
+def local_master_key_exists(data_dir: str | os.PathLike[str]) -> bool:
+    """Whether the local provider's data directory ``data_dir`` holds a master key."""
+    from greenlang_crypto.providers.local import LocalKeyProvider
+
+    return bool(LocalKeyProvider(data_dir).versions())
+
+
+def create_local_master_key(data_dir: str | os.PathLike[str]) -> None:
+    """Creates the local provider's first master key in ``data_dir`` (which must exist)."""
+    from greenlang_crypto.providers.local import LocalKeyProvider
+
+    LocalKeyProvider(data_dir).create_master_key()
+
+
+def require_initialized(config: EncryptionServiceConfig) -> None:
+    """Refuses, before anything is created, to work on an embedded default never initialized.
+
+    Without this check a command run before ``init`` would create an empty key store (and
+    the data directory) on its way to failing. Other configurations pass: their provider and
+    key store are the operator's.
+
+    Raises:
+        ConfigurationError: The local provider's data directory holds no master key.
+    """
+    if config.provider != "local" or config.key_store_url is not None:
+        return
+    if not local_master_key_exists(config.data_dir):
+        raise ConfigurationError(
+            f"{config.data_dir} is not initialized; run `greenlang-crypto init` first"
+        )
+
+
+# -- the service ------------------------------------------------------------------------------
+
+
+def build_service(
+    config: EncryptionServiceConfig,
+    *,
+    provider: KeyProvider | None = None,
+    observers: Iterable[ServiceObserver | TypedServiceObserver] = (),
+    per_operation_events: bool = False,
+) -> EncryptionService:
+    """The encryption service ``config`` describes.
+
+    Args:
+        config: The configuration.
+        provider: A provider already built (by :func:`build_provider`), else the one
+            ``config`` names.
+        observers: Service observers (an audit log, a metrics collector).
+        per_operation_events: One event per encrypt or decrypt instead of counters.
+    """
+    from greenlang_crypto.service import EncryptionService
+
+    return EncryptionService(
+        config,
+        provider=provider,
+        observers=observers,
+        per_operation_events=per_operation_events,
+    )
+
+
+def init_local_service(config: EncryptionServiceConfig) -> EncryptionService:
+    """Creates the embedded default ``config`` describes if missing; a service on it.
+
+    See :meth:`EncryptionService.init_local` (idempotent, safe across processes).
+    """
+    from greenlang_crypto.service import EncryptionService
+
+    return EncryptionService.init_local(config=config)
+
+
+# -- observers --------------------------------------------------------------------------------
+
+
+def open_audit_log(
+    config: EncryptionServiceConfig,
+    *,
+    url: str | _FromEnv | None = FROM_ENV,
+    actor: str = "service",
+    anchor_urls: Sequence[str] = (),
+    each_anchor: bool = False,
+    start_thread: bool = True,
+    flush_interval: float = 10.0,
+    timeout: float = 2.0,
+) -> AuditLog:
+    """Opens the audit log of ``config``'s data directory (not attached to any service).
+
+    Args:
+        config: The configuration (its data directory holds the default SQLite log).
+        url: The sink URL; :data:`FROM_ENV` (the default) reads ``$GLC_AUDIT_URL``; None is
+            the SQLite log in the data directory.
+        actor: Who writes the records of this log.
+        anchor_urls: Anchors besides the default one (the file beside a file log); empty:
+            the log's default anchors (that file and ``$GLC_AUDIT_ANCHORS``, as one).
+        each_anchor: The default anchors as separate anchors, each checked and written on
+            its own (what the one-shot commands publish to); ``anchor_urls`` is then unused.
+        start_thread: Start the background flusher (a server); one-shot commands write
+            synchronously and pass False.
+        flush_interval: Seconds between background flushes.
+        timeout: Sink write and lock timeout in seconds.
+
+    Raises:
+        ConfigurationError: The URL or an anchor URL is not usable.
+    """
+    from greenlang_crypto.audit import AuditLog, open_audit_sink
+    from greenlang_crypto.audit.anchors import configured_anchors, default_anchor, open_anchor
+
+    sink_url = audit_url_from_env() if isinstance(url, _FromEnv) else url
+    sink = open_audit_sink(sink_url, config.data_dir, timeout=timeout)
+    try:
+        anchors: list[Any] | None = None
+        if each_anchor:
+            anchors = list(configured_anchors(sink))
+        elif anchor_urls:
+            default = default_anchor(sink)
+            anchors = ([default] if default is not None else []) + [
+                open_anchor(u) for u in anchor_urls
+            ]
+        return AuditLog(
+            sink,
+            flush_interval=flush_interval,
+            actor=actor,
+            start_thread=start_thread,
+            anchors=anchors,
+        )
+    except BaseException:
+        sink.close()
+        raise
+
+
+def build_metrics() -> EncryptionMetrics:
+    """A metrics collector, to give the service as an observer and bind to it afterwards."""
+    from greenlang_crypto.metrics import EncryptionMetrics
+
+    return EncryptionMetrics()
+
+
+class WiredService:
+    """A service built with an audit log and a metrics collector as its observers.
+
+    Attributes:
+        service: The encryption service.
+        audit: Its audit log, attached.
+        metrics: Its metrics collector, bound to the service and the audit log.
+    """
+
+    __slots__ = ("audit", "metrics", "service")
+
+    def __init__(
+        self, service: EncryptionService, audit: AuditLog, metrics: EncryptionMetrics
+    ) -> None:
+        self.service = service
+        self.audit = audit
+        self.metrics = metrics
+
+
+def build_observed_service(
+    config: EncryptionServiceConfig,
+    *,
+    audit_url: str | _FromEnv | None = FROM_ENV,
+    anchor_urls: Sequence[str] = (),
+    per_operation_events: bool = False,
+    flush_interval: float = 10.0,
+    audit_timeout: float = 2.0,
+) -> WiredService:
+    """The service with its audit log and metrics collector wired, as a server runs it.
+
+    With ``provider = "aws-kms"`` the KMS provider reports each call to the collector. The
+    audit log runs its background flusher. Arguments as for :func:`open_audit_log`.
+    """
+    metrics = build_metrics()
+    audit = open_audit_log(
+        config,
+        url=audit_url,
+        anchor_urls=anchor_urls,
+        flush_interval=flush_interval,
+        timeout=audit_timeout,
+    )
+    try:
+        provider = None
+        if config.provider == "aws-kms":
+            # Only then: taking the observer moves KMS call counting to the provider.
+            provider = build_provider(config, kms_observer=metrics.kms_observer)
+        service = build_service(
+            config,
+            provider=provider,
+            observers=[audit, metrics],
+            per_operation_events=per_operation_events,
+        )
+    except BaseException:
+        audit.close()
+        raise
+    audit.attach(service)
+    metrics.bind(service, audit=audit)
+    return WiredService(service, audit, metrics)
+
+
+# -- the lazy form for one-shot commands ------------------------------------------------------
+
+
+class Composition:
+    """What one command needs, opened on first use and closed by :meth:`close`.
+
+    A command that encrypts opens the service only; one that changes keys also opens an
+    audit log per audited action. Nothing is opened before it is asked for.
+
+    Args:
+        config: The configuration.
+        actor: Who the audit records of this command name.
+        check_initialized: Refuse an embedded default never initialized (see
+            :func:`require_initialized`) before opening the service.
+        close_service: Close the service in :meth:`close`. A one-shot command that leaves it
+            to the interpreter's exit passes False.
+    """
+
+    def __init__(
+        self,
+        config: EncryptionServiceConfig,
+        *,
+        actor: str = "service",
+        check_initialized: bool = True,
+        close_service: bool = True,
+    ) -> None:
+        self.config = config
+        self.actor = actor
+        self._check = check_initialized
+        self._close_service = close_service
+        self._service: EncryptionService | None = None
+
+    @property
+    def service(self) -> EncryptionService:
+        """The service, built on first access."""
+        if self._service is None:
+            if self._check:
+                require_initialized(self.config)
+            self._service = build_service(self.config)
+        return self._service
+
+    @property
+    def opened_service(self) -> bool:
+        """Whether :attr:`service` was built."""
+        return self._service is not None
+
+    def open_audit_log(self, *, each_anchor: bool = True, attach: bool = True) -> AuditLog:
+        """This command's audit log (``$GLC_AUDIT_URL``), attached to the service.
+
+        Args:
+            each_anchor: Publish to each configured anchor on its own (see
+                :func:`open_audit_log`).
+            attach: Attach it to the service (which opens the service).
+        """
+        audit = open_audit_log(
+            self.config, actor=self.actor, each_anchor=each_anchor, start_thread=False
+        )
+        if attach:
+            try:
+                audit.attach(self.service)
+            except BaseException:
+                audit.sink.close()
+                raise
+        return audit
+
+    @contextmanager
+    def audited(self, action: str) -> Iterator[AuditLog]:
+        """Runs a security-relevant action behind an audit intent record, as this actor.
+
+        The intent is written first and must succeed: with the audit sink down the action
+        fails closed (``AuditSinkUnavailableError``) and nothing changes. The log is closed
+        (its checkpoint published) when the block ends.
+        """
+        from greenlang_crypto.audit import acting_as
+
+        audit = self.open_audit_log()
+        try:
+            # One intent and one outcome per action: the service's key-change guard (the
+            # audit log) writes nothing more inside an open audited block.
+            with acting_as(self.actor), audit.audited(action, self.actor):
+                yield audit
+        finally:
+            audit.close()
+
+    def close(self) -> None:
+        """Closes the service if this composition built it (and was asked to)."""
+        service, self._service = self._service, None
+        if service is not None and self._close_service:
+            service.close()
+
+    def __enter__(self) -> Composition:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

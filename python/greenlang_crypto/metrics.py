@@ -1,4 +1,4 @@
-"""Prometheus metrics, read from the service at scrape time by a custom collector.
+"""Prometheus metrics, read from the observed service at scrape time by a custom collector.
 
 Hot-path counters live in Rust atomics (ARCHITECTURE rule 5); :class:`EncryptionMetrics` turns
 them into Prometheus samples only when Prometheus scrapes, so an encryption costs the same with
@@ -25,7 +25,8 @@ Exported families (names are used by ``monitoring/dashboards`` and ``monitoring/
 * ``gl_encryption_dek_age_seconds``, ``gl_encryption_nonce_budget_used_ratio``: the oldest
   cached DEK and the largest fraction of a DEK's message budget used.
 * ``gl_encryption_reencryption_rows_total{status}``, ``gl_encryption_reencryption_remaining_rows``.
-* ``gl_encryption_audit_sink_up``: 1 when the audit sink took the last write, else 0.
+* ``gl_encryption_audit_sink_up``: 1 when the audit sink took the last write, else 0 (the
+  audit log pushes each change to the collector; see :meth:`AuditLog.add_sink_listener`).
 * ``gl_encryption_branch_key_unwraps_total``, ``gl_encryption_branch_key_created_total``:
   branch keys unwrapped (one KMS Decrypt each, at most once per TTL) and created;
   ``gl_encryption_branch_key_derivations_total``: DEKs derived from branch keys, counted in
@@ -52,8 +53,7 @@ if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
     from prometheus_client.registry import CollectorRegistry
 
-    from greenlang_crypto.audit import AuditLog
-    from greenlang_crypto.service import EncryptionService
+    from greenlang_crypto.observing import ObservedService, SinkStateSource
     from greenlang_crypto.stats import ServiceStats
 
 __all__ = [
@@ -174,19 +174,21 @@ class EncryptionMetrics:
 
     Args:
         service: The service to read (can be bound later with :meth:`bind`).
-        audit: The audit log whose sink state is exported.
+        audit: The audit log whose sink state is exported (it pushes each change here).
         progress: Re-encryption progress (default: the process-global one).
     """
 
     def __init__(
         self,
-        service: EncryptionService | None = None,
+        service: ObservedService | None = None,
         *,
-        audit: AuditLog | None = None,
+        audit: SinkStateSource | None = None,
         progress: ReencryptionProgress | None = None,
     ) -> None:
         self._service = service
-        self._audit = audit
+        self._audit: SinkStateSource | None = None
+        # The audit sink's state as last pushed by the audit log; None: no audit log, no gauge.
+        self._sink_up: bool | None = None
         self._progress = progress or _PROGRESS
         self._lock = threading.Lock()
         # A scrape thread of the parent may hold it at the fork.
@@ -197,12 +199,26 @@ class EncryptionMetrics:
         self._failed_by_class: Counter[tuple[str, str]] = Counter()
         self._classes: set[str] = set()
         self._mono = _Monotonic()
+        if audit is not None:
+            self._follow(audit)
 
-    def bind(self, service: EncryptionService, *, audit: AuditLog | None = None) -> None:
-        """Sets the service (and optionally the audit log) to read at scrape time."""
+    def bind(self, service: ObservedService, *, audit: SinkStateSource | None = None) -> None:
+        """Sets the service to read at scrape time (and the audit log whose state to export)."""
         self._service = service
         if audit is not None:
-            self._audit = audit
+            self._follow(audit)
+
+    def _follow(self, audit: SinkStateSource) -> None:
+        if audit is self._audit:
+            return
+        self._audit = audit
+
+        def on_sink_state(up: bool) -> None:
+            # A log replaced by a later bind keeps calling; only the current one counts.
+            if self._audit is audit:
+                self._sink_up = up
+
+        audit.add_sink_listener(on_sink_state)
 
     # -- inputs (cheap, called outside the encryption fast path) ----------------------------
 
@@ -296,12 +312,13 @@ class EncryptionMetrics:
                 value=remaining or 0,
             )
         )
-        if self._audit is not None:
+        sink_up = self._sink_up
+        if sink_up is not None:
             out.append(
                 GaugeMetricFamily(
                     "gl_encryption_audit_sink_up",
                     "1 if the audit sink accepted the last write, else 0.",
-                    value=1 if self._audit.sink_up else 0,
+                    value=1 if sink_up else 0,
                 )
             )
         return out
@@ -400,7 +417,7 @@ class EncryptionMetrics:
         return [calls, lat]
 
 
-def _branch_families(svc: EncryptionService, counter: Any, gauge: Any) -> list[Metric]:
+def _branch_families(svc: ObservedService, counter: Any, gauge: Any) -> list[Metric]:
     """Branch keys and the shared Redis key cache (counters kept by the service and Rust)."""
     stats = svc.branch_key_stats()
     out = [
@@ -451,10 +468,10 @@ def _le(bound: float) -> str:
 
 
 def register_metrics(
-    service: EncryptionService,
+    service: ObservedService,
     *,
     registry: CollectorRegistry | None = None,
-    audit: AuditLog | None = None,
+    audit: SinkStateSource | None = None,
     metrics: EncryptionMetrics | None = None,
 ) -> EncryptionMetrics:
     """Registers a collector for ``service`` (default registry: ``prometheus_client.REGISTRY``).

@@ -1,18 +1,18 @@
 //! AES-256-GCM with random 96-bit nonces (NIST SP 800-38D) over aws-lc-rs.
 //!
 //! The sealed layout produced here is `nonce (12) || ciphertext || tag (16)`. No function in this
-//! module takes a nonce from its caller: nonces come from AWS-LC's random generator. The
+//! module takes a nonce from its caller: nonces come from the kernel's random generator. The
 //! caller-nonce primitive used for interop lives in [`crate::core::aead::hazmat`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
-use aws_lc_rs::{hkdf, hmac, rand};
+use aws_lc_rs::{hkdf, hmac};
 use zeroize::Zeroizing;
 
 use crate::core::error::{Error, Result};
-use crate::core::stats;
+use crate::core::{osrand, stats};
 
 /// Key length of AES-256 in bytes.
 pub const KEY_LEN: usize = 32;
@@ -104,13 +104,13 @@ impl std::fmt::Debug for DataKey {
 }
 
 impl DataKey {
-    /// Generates a fresh random key from AWS-LC's generator.
+    /// Generates a fresh random key from the kernel's generator.
     ///
     /// # Errors
     /// [`Error::Crypto`] if the random generator fails.
     pub fn generate(limits: UsageLimits) -> Result<Self> {
         let mut secret = Zeroizing::new([0u8; KEY_LEN]);
-        rand::fill(&mut secret[..])?;
+        osrand::fill(&mut secret[..])?;
         Self::from_secret(secret, limits)
     }
 
@@ -394,11 +394,11 @@ impl DataKey {
     }
 }
 
-/// Random nonces drawn from AWS-LC's generator in blocks.
+/// Random nonces drawn from the kernel's generator in blocks.
 ///
-/// One `RAND_bytes` call costs about 0.5 µs here whatever its length (AWS-LC mixes fresh
-/// entropy into every call), which would dominate a 64-byte seal. The pool draws 64 nonces per
-/// call and hands each out once. Every value still comes from AWS-LC's DRBG; what the pool adds
+/// One `getrandom` system call costs about 0.5 µs here whatever its length, which would
+/// dominate a 64-byte seal. The pool draws 64 nonces per call and hands each out once. Every
+/// value still comes from the kernel's generator; what the pool adds
 /// is state that a `fork()` would copy, so a `pthread_atfork` child handler bumps a generation
 /// counter and a pool filled before the fork is discarded unused. Without that, parent and
 /// child would hand out the same nonces.
@@ -407,7 +407,7 @@ pub mod nonce_pool {
 
     use super::NONCE_LEN;
     use crate::core::error::Result;
-    use crate::core::fork;
+    use crate::core::{fork, osrand};
 
     const POOL_NONCES: usize = 64;
 
@@ -426,13 +426,13 @@ pub mod nonce_pool {
     /// Returns a fresh random nonce.
     ///
     /// # Errors
-    /// [`crate::core::Error::Crypto`] if AWS-LC's generator fails.
+    /// [`crate::core::Error::Crypto`] if the kernel's generator fails.
     pub fn next() -> Result<[u8; NONCE_LEN]> {
         let generation = fork::generation();
         POOL.with(|cell| {
             let mut pool = cell.borrow_mut();
             if pool.next >= POOL_NONCES || pool.generation != generation {
-                aws_lc_rs::rand::fill(&mut pool.buf)?;
+                osrand::fill(&mut pool.buf)?;
                 pool.next = 0;
                 pool.generation = generation;
             }

@@ -79,7 +79,7 @@ pub fn new_sealer(
     limits: UsageLimits,
 ) -> Result<Sealer> {
     let mut salt = [0u8; BRANCH_SALT_LEN];
-    aws_lc_rs::rand::fill(&mut salt)?;
+    crate::core::osrand::fill(&mut salt)?;
     let dek = derive_dek(branch_key, branch_id, &salt, canonical_context, limits)?;
     let spec = HeaderSpec {
         key_version,

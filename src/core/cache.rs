@@ -11,6 +11,7 @@ use std::sync::{Arc, MutexGuard, Weak};
 use std::time::Duration;
 
 use crate::core::aead::DataKey;
+use crate::core::clock::Clock;
 use crate::core::error::{Error, Result};
 use crate::core::fork::{self, ForkSafeMutex};
 
@@ -50,32 +51,7 @@ pub struct CacheUsage {
     pub max_budget_used: f64,
 }
 
-/// Monotonic time from the coarse clock (a few ns to read, millisecond resolution).
-///
-/// The precise clock costs tens of nanoseconds under KVM, a measurable share of a 64-byte
-/// seal; a TTL measured in minutes does not need better than millisecond resolution.
-pub fn now() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC_COARSE exists on Linux.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    if rc != 0 {
-        return Duration::ZERO;
-    }
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-/// A reading of [`now`] in nanoseconds (saturating; a u64 of nanoseconds lasts 584 years).
-pub fn duration_ns(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// The monotonic clock the cache and its fence use, in nanoseconds.
-pub fn monotonic_ns() -> u64 {
-    duration_ns(now())
-}
+pub use crate::core::clock::{duration_ns, monotonic_ns, now};
 
 struct Entry<V> {
     key: Arc<V>,
@@ -140,7 +116,9 @@ pub struct DekCache<V: Cached = DataKey> {
     uid: u64,
     /// Hits served by a memo, which does not take the lock.
     memo_hits: AtomicU64,
-    /// Nanoseconds of [`now`] from which memoized lookups miss (`u64::MAX`: never). The
+    /// Where TTLs, entry ages and the fence deadline are read from.
+    clock: Clock,
+    /// Nanoseconds of the cache's clock from which memoized lookups miss (`u64::MAX`: never). The
     /// owner's self-fencing deadline: past it, every seal goes to the owner's slow path,
     /// which confirms its view of the keyring first. Checked against the clock reading the
     /// lookup makes anyway, so the fence costs one atomic load on the hot path.
@@ -163,6 +141,14 @@ impl<V: Cached> DekCache<V> {
     /// # Errors
     /// [`Error::InvalidArgument`] when `max_entries` is 0 or the TTL is zero or over a day.
     pub fn new(max_entries: usize, ttl: Duration) -> Result<Self> {
+        Self::with_clock(max_entries, ttl, Clock::System)
+    }
+
+    /// Like [`DekCache::new`], reading entry ages and the fence deadline from `clock`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when `max_entries` is 0 or the TTL is zero or over a day.
+    pub fn with_clock(max_entries: usize, ttl: Duration, clock: Clock) -> Result<Self> {
         if max_entries == 0 || max_entries > 1_000_000 {
             return Err(Error::InvalidArgument("max_entries must be in 1..=1000000"));
         }
@@ -178,19 +164,25 @@ impl<V: Cached> DekCache<V> {
             epoch: AtomicU64::new(0),
             uid: NEXT_CACHE_UID.fetch_add(1, Ordering::Relaxed),
             memo_hits: AtomicU64::new(0),
+            clock,
             fence_ns: AtomicU64::new(u64::MAX),
         })
     }
 
-    /// Sets the fence: from `deadline_ns` (a reading of [`now`] in nanoseconds) on,
+    /// Sets the fence: from `deadline_ns` (a reading of the cache's clock in nanoseconds) on,
     /// [`DekCache::get_memoized`] misses. `u64::MAX` lifts it; 0 closes the cache at once.
     pub fn set_fence_ns(&self, deadline_ns: u64) {
         self.fence_ns.store(deadline_ns, Ordering::Release);
     }
 
-    /// The fence deadline in nanoseconds of [`now`] (`u64::MAX`: none).
+    /// The fence deadline in nanoseconds of the cache's clock (`u64::MAX`: none).
     pub fn fence_ns(&self) -> u64 {
         self.fence_ns.load(Ordering::Acquire)
+    }
+
+    /// The clock entry ages and the fence deadline are read from.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// The configured time to live.
@@ -240,7 +232,8 @@ impl<V: Cached> DekCache<V> {
 
     /// Like [`DekCache::get`], also returning the entry's age (for refresh-ahead).
     pub fn get_with_age(&self, id: &[u8]) -> Option<(Arc<V>, Duration)> {
-        self.lookup(id, now()).map(|(k, age, _)| (k, age))
+        self.lookup(id, self.clock.now())
+            .map(|(k, age, _)| (k, age))
     }
 
     /// Like [`DekCache::get_with_age`], served from `memo` when it remembers a hit on `id`
@@ -251,7 +244,7 @@ impl<V: Cached> DekCache<V> {
         memo: &mut Option<Memo<V>>,
         id: &[u8],
     ) -> Option<(Arc<V>, Duration)> {
-        let now = now();
+        let now = self.clock.now();
         if duration_ns(now) >= self.fence_ns.load(Ordering::Acquire) {
             return None;
         }
@@ -337,7 +330,7 @@ impl<V: Cached> DekCache<V> {
     /// Inserts or replaces the key under `id`, evicting expired entries first and then the
     /// least recently used ones to stay within the bound.
     pub fn put(&self, id: &[u8], key: Arc<V>) {
-        let now = now();
+        let now = self.clock.now();
         let mut inner = self.lock();
         inner.tick += 1;
         let tick = inner.tick;
@@ -410,7 +403,7 @@ impl<V: Cached> DekCache<V> {
     /// memory until evicted; the service calls this periodically so that no key outlives its
     /// TTL by more than one refresh period.
     pub fn purge_expired(&self) -> usize {
-        let now = now();
+        let now = self.clock.now();
         let mut inner = self.lock();
         let before = inner.map.len();
         inner.map.retain(|_, e| self.usable(e, now));
@@ -454,7 +447,7 @@ impl<V: Cached> DekCache<V> {
 
     /// Age of the oldest entry and the largest budget fraction in use, for gauges.
     pub fn usage(&self) -> CacheUsage {
-        let now = now();
+        let now = self.clock.now();
         let inner = self.lock();
         let mut u = CacheUsage::default();
         for e in inner.map.values() {
@@ -473,6 +466,7 @@ impl<V: Cached> DekCache<V> {
 mod tests {
     use super::*;
     use crate::core::aead::UsageLimits;
+    use crate::core::clock::ManualClock;
 
     fn key() -> Arc<DataKey> {
         Arc::new(DataKey::generate(UsageLimits::default()).unwrap())
@@ -509,10 +503,12 @@ mod tests {
 
     #[test]
     fn ttl_expiry() {
-        let c: DekCache = DekCache::new(10, Duration::from_millis(30)).unwrap();
+        let m = ManualClock::new(0);
+        let c: DekCache = DekCache::with_clock(10, Duration::from_millis(30), m.clock()).unwrap();
         c.put(b"a", key());
+        m.advance(Duration::from_millis(29));
         assert!(c.get(b"a").is_some());
-        std::thread::sleep(Duration::from_millis(40));
+        m.advance(Duration::from_millis(1));
         assert!(c.get(b"a").is_none());
         assert_eq!(c.stats().expirations, 1);
         assert!(c.is_empty());
@@ -623,11 +619,14 @@ mod tests {
 
     #[test]
     fn memo_never_serves_an_expired_key() {
-        let c: DekCache = DekCache::new(10, Duration::from_millis(30)).unwrap();
+        let m = ManualClock::new(0);
+        let c: DekCache = DekCache::with_clock(10, Duration::from_millis(30), m.clock()).unwrap();
         c.put(b"a", key());
         let mut memo = None;
         assert!(memo_hit(&c, &mut memo, b"a").is_some());
-        std::thread::sleep(Duration::from_millis(40));
+        m.advance(Duration::from_millis(29));
+        assert!(memo_hit(&c, &mut memo, b"a").is_some());
+        m.advance(Duration::from_millis(1));
         assert!(memo_hit(&c, &mut memo, b"a").is_none());
         assert_eq!(c.stats().expirations, 1);
     }
@@ -678,6 +677,48 @@ mod tests {
         c.put(b"a", Arc::clone(&k2));
         assert!(memo_hit(&c, &mut memo, b"a").is_some());
         assert!(memo_hit(&other, &mut memo, b"a").is_none());
+    }
+
+    #[test]
+    fn manual_clock_drives_ttl_age_and_fence() {
+        let m = ManualClock::new(1_000);
+        let c: DekCache = DekCache::with_clock(10, Duration::from_secs(60), m.clock()).unwrap();
+        assert_eq!(c.clock().now_ns(), 1_000);
+        c.put(b"a", key());
+        let mut memo = None;
+        m.advance(Duration::from_secs(59));
+        let (_, age) = c.get_memoized(&mut memo, b"a").unwrap();
+        assert_eq!(age, Duration::from_secs(59));
+        assert_eq!(c.get_with_age(b"a").unwrap().1, Duration::from_secs(59));
+        assert!((c.usage().max_age_seconds - 59.0).abs() < 1e-9);
+        // The fence is read on the same clock: a deadline one second ahead holds until the
+        // clock reaches it, however long the test really takes.
+        c.set_fence_ns(m.now_ns() + 1_000_000_000);
+        assert!(c.get_memoized(&mut memo, b"a").is_some());
+        m.advance(Duration::from_millis(999));
+        assert!(c.get_memoized(&mut memo, b"a").is_some());
+        m.advance(Duration::from_millis(1));
+        assert!(c.get_memoized(&mut memo, b"a").is_none());
+        c.set_fence_ns(u64::MAX);
+        // Exactly at the TTL the entry is gone, from the memo and from the map.
+        assert!(c.get_memoized(&mut memo, b"a").is_none());
+        assert_eq!(c.stats().expirations, 1);
+        c.put(b"b", key());
+        m.advance(Duration::from_secs(61));
+        assert_eq!(c.purge_expired(), 1);
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn manual_clock_does_not_affect_system_caches() {
+        let m = ManualClock::new(0);
+        let manual: DekCache = DekCache::with_clock(10, Duration::from_secs(1), m.clock()).unwrap();
+        let system: DekCache = DekCache::new(10, Duration::from_secs(1)).unwrap();
+        manual.put(b"a", key());
+        system.put(b"a", key());
+        m.advance(Duration::from_secs(2));
+        assert!(manual.get(b"a").is_none());
+        assert!(system.get(b"a").is_some());
     }
 
     #[test]

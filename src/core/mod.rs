@@ -6,11 +6,13 @@
 pub mod aead;
 pub mod branch;
 pub mod cache;
+pub mod clock;
 pub mod context;
 pub mod envelope;
 pub mod error;
 pub mod fork;
 pub mod index;
+pub mod osrand;
 pub mod pool;
 pub mod stats;
 pub mod stream;

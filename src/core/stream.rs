@@ -43,7 +43,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Mutex, PoisonError};
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
-use aws_lc_rs::{digest, hkdf, rand};
+use aws_lc_rs::{digest, hkdf};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
@@ -373,8 +373,8 @@ impl Encryptor {
     ) -> Result<Self> {
         let mut salt = [0u8; SALT_LEN];
         let mut prefix = [0u8; PREFIX_LEN];
-        rand::fill(&mut salt)?;
-        rand::fill(&mut prefix)?;
+        crate::core::osrand::fill(&mut salt)?;
+        crate::core::osrand::fill(&mut prefix)?;
         Self::with_randomness(
             dek,
             key_ref,

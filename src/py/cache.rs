@@ -11,10 +11,12 @@ use pyo3::types::{PyBytes, PyDict};
 
 use crate::core::aead::DataKey;
 use crate::core::cache::{Cached, DekCache, Memo};
+use crate::core::clock::Clock;
 use crate::core::envelope::{self, Sealer};
 use crate::core::stats::{LabelTotals, SampledHistogram, LATENCY_BUCKETS};
 use crate::core::Error;
 use crate::py::bufs::{bytes_arg, maybe_detach, new_bytes, opt_bytes_arg};
+use crate::py::clock::PyManualClock;
 use crate::py::envelope::{seal_with, PyEnvelopeSealer};
 use crate::py::errors::{guard, to_py, CoreResultExt};
 use crate::py::keys::PyDataKey;
@@ -105,8 +107,12 @@ fn item_to_py(py: Python<'_>, item: &Item) -> PyResult<Py<PyAny>> {
 #[pymethods]
 impl PyDekCache {
     #[new]
-    #[pyo3(signature = (max_entries=1000, ttl_seconds=300.0))]
-    fn new(max_entries: usize, ttl_seconds: f64) -> PyResult<Self> {
+    #[pyo3(signature = (max_entries=1000, ttl_seconds=300.0, *, clock=None))]
+    fn new(
+        max_entries: usize,
+        ttl_seconds: f64,
+        clock: Option<PyRef<'_, PyManualClock>>,
+    ) -> PyResult<Self> {
         if !ttl_seconds.is_finite() || ttl_seconds <= 0.0 {
             return Err(to_py(Error::InvalidArgument(
                 "ttl must be in (0, 86400] seconds",
@@ -115,7 +121,12 @@ impl PyDekCache {
         let ttl = Duration::try_from_secs_f64(ttl_seconds)
             .map_err(|_| to_py(Error::InvalidArgument("ttl must be in (0, 86400] seconds")))?;
         Ok(PyDekCache {
-            inner: DekCache::new(max_entries, ttl).py()?,
+            inner: DekCache::with_clock(
+                max_entries,
+                ttl,
+                clock.map_or(Clock::System, |c| c.clock()),
+            )
+            .py()?,
             totals: Arc::new(LabelTotals::default()),
             // One call in 16 is timed (see SampledHistogram).
             latency: SampledHistogram::new(4),
@@ -264,9 +275,10 @@ impl PyDekCache {
         })
     }
 
-    /// Sets the self-fencing deadline, in nanoseconds of `monotonic_ns()`: from then on a
-    /// seal through this cache misses (the caller confirms its keyring view first). 0 closes
-    /// the cache to sealing at once; `None` lifts the fence.
+    /// Sets the self-fencing deadline, in nanoseconds of the cache's clock (`monotonic_ns()`,
+    /// or the `ManualClock` it was built on): from then on a seal through this cache misses
+    /// (the caller confirms its keyring view first). 0 closes the cache to sealing at once;
+    /// `None` lifts the fence.
     #[pyo3(signature = (deadline_ns=None))]
     fn set_fence(&self, deadline_ns: Option<u64>) {
         self.inner.set_fence_ns(deadline_ns.unwrap_or(u64::MAX));
@@ -303,6 +315,11 @@ impl PyDekCache {
 
     fn __len__(&self) -> usize {
         self.inner.len()
+    }
+
+    /// The cache's clock reading in nanoseconds (the clock its TTL and fence are read on).
+    fn now_ns(&self) -> u64 {
+        self.inner.clock().now_ns()
     }
 
     /// Configured TTL in seconds.
@@ -562,6 +579,59 @@ impl PyCachedOpener {
     }
 }
 
+/// The current encryption cache of a service, shared with the sealers that seal through it.
+///
+/// The service sets a new cache here whenever it replaces its caches (a new primary key
+/// version); every sealer reads the slot on each call, so no value is sealed under a version
+/// the service has moved away from. A lock guards the reference only: readers copy it out and
+/// release the lock before sealing, so a seal that releases the GIL never holds it.
+#[pyclass(frozen, name = "CacheSlot", module = "greenlang_crypto._core")]
+pub struct PyCacheSlot {
+    cache: std::sync::RwLock<Py<PyDekCache>>,
+}
+
+impl PyCacheSlot {
+    /// The cache in the slot now (a new reference).
+    fn current(&self, py: Python<'_>) -> Py<PyDekCache> {
+        let guard = self
+            .cache
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        guard.clone_ref(py)
+    }
+}
+
+#[pymethods]
+impl PyCacheSlot {
+    #[new]
+    fn new(cache: Py<PyDekCache>) -> Self {
+        PyCacheSlot {
+            cache: std::sync::RwLock::new(cache),
+        }
+    }
+
+    /// The cache in the slot now.
+    fn get(&self, py: Python<'_>) -> Py<PyDekCache> {
+        self.current(py)
+    }
+
+    /// Puts `cache` in the slot; the next seal through it uses `cache`.
+    fn set(&self, cache: Py<PyDekCache>) {
+        // The previous reference is dropped after the lock is released.
+        let _previous = std::mem::replace(
+            &mut *self
+                .cache
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            cache,
+        );
+    }
+
+    fn __repr__(&self) -> String {
+        "<CacheSlot>".to_owned()
+    }
+}
+
 /// A per-column encryptor for database parameters: one call per value, with the context and
 /// associated data fixed.
 ///
@@ -570,13 +640,12 @@ impl PyCachedOpener {
 /// `max_plaintext`, any failure) goes to `fallback(value)`, the service's own encrypt, which
 /// fetches a DEK, accounts for failures and raises the typed error.
 ///
-/// The encryption cache is read from `owner.<cache_attr>` on every call, not kept: the service
+/// The encryption cache is read from a [`PyCacheSlot`] on every call, not kept: the service
 /// replaces that cache when its primary key version changes, and a value sealed after that
 /// must use the new version.
 #[pyclass(frozen, name = "CachedSealer", module = "greenlang_crypto._core")]
 pub struct PyCachedSealer {
-    owner: Py<PyAny>,
-    cache_attr: Py<pyo3::types::PyString>,
+    slot: Py<PyCacheSlot>,
     context: Vec<u8>,
     aad: Vec<u8>,
     text: bool,
@@ -588,12 +657,10 @@ pub struct PyCachedSealer {
 #[pymethods]
 impl PyCachedSealer {
     #[new]
-    #[pyo3(signature = (owner, cache_attr, context, associated_data, fallback, *, text=false,
+    #[pyo3(signature = (slot, context, associated_data, fallback, *, text=false,
                         max_age=None, max_plaintext=usize::MAX))]
-    #[allow(clippy::too_many_arguments)]
     fn new(
-        owner: Py<PyAny>,
-        cache_attr: &Bound<'_, pyo3::types::PyString>,
+        slot: Py<PyCacheSlot>,
         context: &Bound<'_, PyAny>,
         associated_data: Option<&Bound<'_, PyAny>>,
         fallback: Py<PyAny>,
@@ -604,8 +671,7 @@ impl PyCachedSealer {
         let context = bytes_arg(context, "context")?.into_owned();
         crate::core::context::validate(&context).py()?;
         Ok(PyCachedSealer {
-            owner,
-            cache_attr: cache_attr.clone().unbind(),
+            slot,
             context,
             aad: opt_bytes_arg(associated_data, "associated_data")?.into_owned(),
             text,
@@ -631,8 +697,6 @@ impl PyCachedSealer {
             return Ok(value.clone());
         }
         let fast = guard(|| {
-            let cache = self.owner.bind(py).getattr(self.cache_attr.bind(py))?;
-            let cache = cache.cast::<PyDekCache>()?;
             // Exact types only: subclasses (a pre-sealed value, for example) and every other
             // type take the fallback, which knows what they mean.
             let utf8;
@@ -648,6 +712,7 @@ impl PyCachedSealer {
             if pt.len() > self.max_plaintext {
                 return Ok(None);
             }
+            let cache = self.slot.get().current(py);
             cache
                 .get()
                 .seal_hit(py, &self.context, pt, &self.aad, self.max_age)

@@ -3,6 +3,7 @@
 mod branch;
 mod bufs;
 mod cache;
+mod clock;
 mod envelope;
 pub(crate) mod errors;
 mod hazmat;
@@ -46,7 +47,7 @@ fn live_data_keys() -> u64 {
     crate::core::stats::live_data_keys()
 }
 
-/// Random bytes from AWS-LC's generator (for ids and salts; never for nonces of this library,
+/// Random bytes from the kernel's generator (for ids and salts; never for nonces of this library,
 /// which are drawn inside the seal call).
 #[pyfunction]
 fn random_bytes(py: Python<'_>, n: usize) -> PyResult<Bound<'_, PyBytes>> {
@@ -56,15 +57,16 @@ fn random_bytes(py: Python<'_>, n: usize) -> PyResult<Bound<'_, PyBytes>> {
         )));
     }
     bufs::new_bytes(py, n, |out| {
-        aws_lc_rs::rand::fill(out).map_err(|_| errors::to_py(crate::core::Error::Crypto))
+        crate::core::osrand::fill(out).map_err(|_| errors::to_py(crate::core::Error::Crypto))
     })
 }
 
 /// The monotonic clock (coarse, millisecond resolution) that DEK caches and their fences
-/// use, in nanoseconds. It keeps running while the process is stopped.
+/// use unless built on a `ManualClock`, in nanoseconds. It keeps running while the process
+/// is stopped.
 #[pyfunction]
 fn monotonic_ns() -> u64 {
-    crate::core::cache::monotonic_ns()
+    crate::core::clock::monotonic_ns()
 }
 
 #[pymodule(gil_used = false)]
@@ -92,8 +94,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<envelope::PyEnvelopeHeader>()?;
     m.add_class::<envelope::PyEnvelopeSealer>()?;
     m.add_class::<cache::PyDekCache>()?;
+    m.add_class::<clock::PyManualClock>()?;
     m.add_class::<cache::PyCachedOpener>()?;
     m.add_class::<cache::PyCachedSealer>()?;
+    m.add_class::<cache::PyCacheSlot>()?;
     m.add_class::<hazmat::PyAesGcm>()?;
     m.add_class::<stream::PyStreamEncryptor>()?;
     m.add_class::<stream::PyStreamDecryptor>()?;

@@ -95,9 +95,6 @@ def test_unit_tests_pass_against_the_installed_wheel(
             # that need them run against the checkout in the main suite.
             "-m",
             "not integration",
-            # The demo script drives the checkout's own virtualenv, not an installed wheel.
-            "--deselect",
-            "tests/unit/test_cli.py::test_readme_run_demo",
         ],
         cwd=work,
         capture_output=True,

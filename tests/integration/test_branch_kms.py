@@ -22,7 +22,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from typing import Any
 import pytest
 
 from greenlang_crypto import EncryptionContext, parse_envelope
+from greenlang_crypto._core import ManualClock
 from greenlang_crypto.config import EncryptionServiceConfig
 from greenlang_crypto.exceptions import DecryptionError
 from greenlang_crypto.keys.branch import branch_key_context
@@ -46,6 +46,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TENANTS = 1000
 PER_TENANT = 10
 REFRESH = 0.5
+#: The cache TTL of the per-TTL test, on a manual clock (the longest the policy allows).
+TTL = 300.0
 #: Scheduling slack on top of the refresh bound: four busy Python processes share two cores.
 SLACK = 1.5
 #: A Redis database of these tests' own (others use 0 and 3), wiped before and after.
@@ -56,27 +58,6 @@ def _need(what: str, hint: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{what} is not available (CI must start it: {hint})")
     pytest.skip(f"{what} is not available; {hint}")
-
-
-@pytest.fixture
-def pg_database() -> Iterator[str]:
-    """A database of this test's own (its key store tables and its LISTEN/NOTIFY traffic)."""
-    base = os.environ.get("GLC_PG_URL")
-    if not base:
-        _need("PostgreSQL (GLC_PG_URL)", "scripts/services.sh")
-    assert base is not None
-    import psycopg
-
-    dsn = base.replace("postgresql+psycopg://", "postgresql://", 1)
-    name = f"glc_branch_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    head, _, _ = dsn.rpartition("/")
-    try:
-        yield f"{head}/{name}"
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
@@ -122,9 +103,14 @@ def _config(
 
 
 def _service(
-    config: EncryptionServiceConfig, key_cache: RedisKeyCache | None = None
+    config: EncryptionServiceConfig,
+    key_cache: RedisKeyCache | None = None,
+    clock: ManualClock | None = None,
 ) -> tuple[EncryptionService, list[tuple[str, dict[str, str]]]]:
-    """A service whose KMS requests are recorded as botocore sends them (target, context)."""
+    """A service whose KMS requests are recorded as botocore sends them (target, context).
+
+    With ``clock``, the service's caches and keyring read it instead of the system clock.
+    """
     provider = AwsKmsKeyProvider(
         keys=config.kms_key_ids,
         region="us-east-1",
@@ -140,7 +126,9 @@ def _service(
 
     for client in provider.clients.values():
         client.meta.events.register("before-send.kms", count)
-    return EncryptionService(config, provider=provider, key_cache=key_cache), sent
+    if clock is None:
+        return EncryptionService(config, provider=provider, key_cache=key_cache), sent
+    return EncryptionService(config, provider=provider, key_cache=key_cache, clock=clock), sent
 
 
 def _env(config: EncryptionServiceConfig) -> dict[str, str]:
@@ -225,20 +213,22 @@ def test_one_kms_call_per_process_per_ttl(
         kms_arn,
         tmp_path,
         branch_key_scope="service",
-        cache_ttl_seconds=1.0,
+        cache_ttl_seconds=TTL,
     )
     creator, created = _service(config)
     creator.encrypt(b"x", EncryptionContext("t0", "pii"))
     assert [t for t, _ in created] == ["TrentService.GenerateDataKey"]
-    svc, sent = _service(config)
-    for rnd in range(2):
-        started = time.monotonic()
+    # The service's caches read a manual clock: a TTL window ends when the test says so, not
+    # when a slow round happens to cross it.
+    clock = ManualClock()
+    svc, sent = _service(config, clock=clock)
+    # Round 0 opens a window, round 1 ends one second before it closes, round 2 starts the
+    # next window: one unwrap per TTL window, however many tenants.
+    for rnd, (step, unwraps) in enumerate([(0.0, 1), (TTL - 1.0, 1), (1.0, 2)]):
+        clock.advance(step)
         for t in range(100):
             svc.encrypt(b"x", EncryptionContext(f"t{t}-{rnd}", "pii"))
-        assert time.monotonic() - started < 0.9, "the round must fit in one TTL"
-        # One unwrap per TTL window, however many tenants.
-        assert [t for t, _ in sent] == ["TrentService.Decrypt"] * (rnd + 1)
-        time.sleep(1.1)
+        assert [t for t, _ in sent] == ["TrentService.Decrypt"] * unwraps, f"round {rnd}"
     svc.close()
     creator.close()
 
@@ -290,7 +280,7 @@ def test_isolation_and_crypto_shredding_over_kms(
     # A wrapped branch key copied into another tenant's row does not unwrap at KMS: its
     # EncryptionContext names the scope and the id it was made for.
     store = open_key_store(pg_database)
-    with store._tx() as cur:
+    with store.db.transaction() as cur:
         cur.execute(
             "UPDATE glc_branch_keys SET wrapped = "
             "(SELECT wrapped FROM glc_branch_keys WHERE scope = 'tenant:t1') "
@@ -342,7 +332,7 @@ def test_cold_processes_read_redis_which_holds_no_secrets(
     # The plaintext branch keys, as KMS returns them (to search for them below).
     kms = kms_client(kms_endpoint)
     store = open_key_store(pg_database)
-    with store._tx() as cur:
+    with store.db.transaction() as cur:
         cur.execute("SELECT branch_id, scope, wrapped FROM glc_branch_keys")
         rows = cur.fetchall()
     store.close()

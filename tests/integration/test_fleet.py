@@ -15,8 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,28 +30,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 REFRESH = 0.5
 #: Scheduling slack on top of the refresh bound: five busy Python processes share two cores.
 SLACK = 1.5
-
-
-@pytest.fixture
-def pg_database() -> Iterator[str]:
-    """A database of its own (so LISTEN/NOTIFY and the key store tables are this test's)."""
-    base = os.environ.get("GLC_PG_URL")
-    if not base:
-        if os.environ.get("CI"):
-            pytest.fail("GLC_PG_URL is not set (CI must start PostgreSQL: scripts/services.sh)")
-        pytest.skip("GLC_PG_URL not set; start services with scripts/services.sh")
-    import psycopg
-
-    dsn = base.replace("postgresql+psycopg://", "postgresql://", 1)
-    name = f"glc_fleet_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    head, _, _ = dsn.rpartition("/")
-    try:
-        yield f"{head}/{name}"
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _env(data_dir: Path, store_url: str, extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,29 +32,6 @@ SKIPS = [
     *("--allow-skip", "infra.multi_region"),
     *("--allow-skip", "infra.alarms"),
 ]
-
-
-@pytest.fixture
-def pg_dsn() -> str:
-    url = os.environ.get("GLC_PG_URL")
-    if not url:
-        if os.environ.get("CI"):
-            pytest.fail("GLC_PG_URL is not set (CI must start PostgreSQL: scripts/services.sh)")
-        pytest.skip("GLC_PG_URL not set; start services with scripts/services.sh")
-    return url.replace("postgresql+psycopg://", "postgresql://", 1)
-
-
-@pytest.fixture
-def audit_db(pg_dsn: str) -> Iterator[str]:
-    """A database of its own for the audit log; its URL."""
-    name = f"glc_hostile_anchor_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{pg_dsn.rpartition('/')[0]}/{name}"
-    finally:
-        with psycopg.connect(pg_dsn, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 class Site:
@@ -109,8 +85,9 @@ class Site:
 
 
 @pytest.fixture
-def site(tmp_path: Path, audit_db: str) -> Site:
-    s = Site(tmp_path, audit_db)
+def site(tmp_path: Path, pg_database: str) -> Site:
+    """A site whose audit log is a database of the test's own."""
+    s = Site(tmp_path, pg_database)
     init = s.cli("init")
     assert init.returncode == 0, init.stderr
     return s

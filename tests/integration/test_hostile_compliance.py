@@ -32,16 +32,6 @@ PLAINTEXT_ROWS = 12_000
 
 
 @pytest.fixture
-def pg_dsn() -> str:
-    url = os.environ.get("GLC_PG_URL")
-    if not url:
-        if os.environ.get("CI"):
-            pytest.fail("GLC_PG_URL is not set (CI must start PostgreSQL: scripts/services.sh)")
-        pytest.skip("GLC_PG_URL not set; start services with scripts/services.sh")
-    return url.replace("postgresql+psycopg://", "postgresql://", 1)
-
-
-@pytest.fixture
 def data(tmp_path: Path) -> Path:
     """An initialized data directory with an audit log (one audited rotation)."""
     d = tmp_path / "data"

@@ -11,7 +11,6 @@ engine logs every result row it fetches at DEBUG; the jobs read values past it.
 from __future__ import annotations
 
 import io
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,16 +46,6 @@ LOGGERS = [
 ]
 CTX = ["--tenant", "acme", "--data-class", "pii"]
 ROWS = 2_000
-
-
-@pytest.fixture
-def pg_dsn() -> str:
-    url = os.environ.get("GLC_PG_URL")
-    if not url:
-        if os.environ.get("CI"):
-            pytest.fail("GLC_PG_URL is not set (CI must start PostgreSQL: scripts/services.sh)")
-        pytest.skip("GLC_PG_URL not set; start services with scripts/services.sh")
-    return url.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
 @pytest.fixture

@@ -1,12 +1,9 @@
 """One schema: the key store uses the tables the migrations create (``encryption.*`` on
-PostgreSQL), moves a store that an older release created in ``public``, and its DDL comes
+PostgreSQL), moves a store created in ``public`` before V012, and its DDL comes
 from the packaged SQL files only."""
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,7 +13,7 @@ from greenlang_crypto.sql import GROUPS, statements
 
 pytestmark = pytest.mark.integration
 
-#: The key store as an older release created it in `public` (before the use counters).
+#: The key store as created before V012, in `public` (before the use counters).
 _OLD_PUBLIC_DDL = [
     "CREATE TABLE public.glc_key_versions (version INTEGER PRIMARY KEY, state TEXT NOT NULL, "
     "provider TEXT NOT NULL, wrapping_key_id TEXT NOT NULL, created_at DOUBLE PRECISION NOT "
@@ -39,24 +36,6 @@ _OLD_PUBLIC_DDL = [
 ]
 
 
-@pytest.fixture
-def database() -> Iterator[str]:
-    base = os.environ.get("GLC_PG_URL")
-    if not base:
-        pytest.skip("GLC_PG_URL not set; start services with scripts/services.sh")
-    import psycopg
-
-    dsn = base.replace("postgresql+psycopg://", "postgresql://", 1)
-    name = f"glc_schema_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{dsn.rpartition('/')[0]}/{name}"
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def _query(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
     import psycopg
 
@@ -77,27 +56,27 @@ def _columns(url: str, schema: str) -> dict[str, set[str]]:
     return out
 
 
-def test_key_store_lives_in_the_encryption_schema(database: str) -> None:
-    store = open_key_store(database)
+def test_key_store_lives_in_the_encryption_schema(pg_database: str) -> None:
+    store = open_key_store(pg_database)
     store.add_primary_version("local", "local:master-v1")
     store.close()
-    tables = _columns(database, "encryption")
+    tables = _columns(pg_database, "encryption")
     assert {"glc_key_versions", "glc_deks", "glc_instances", "glc_keyring_changes"} <= set(tables)
     assert {"messages", "bytes"} <= tables["glc_deks"]
-    assert _columns(database, "public") == {}
+    assert _columns(pg_database, "public") == {}
 
 
-def test_a_public_key_store_moves_into_the_encryption_schema(database: str) -> None:
+def test_a_public_key_store_moves_into_the_encryption_schema(pg_database: str) -> None:
     import psycopg
 
-    with psycopg.connect(database, autocommit=True) as conn:
+    with psycopg.connect(pg_database, autocommit=True) as conn:
         # What V011 made next to it: empty tables in `encryption`.
         for statement in statements("keystore", "postgresql"):
             if "glc_key_versions (" in statement or statement.startswith("CREATE SCHEMA"):
                 conn.execute(statement)
         for statement in _OLD_PUBLIC_DDL:
             conn.execute(statement)
-    store = open_key_store(database)
+    store = open_key_store(pg_database)
     assert [v.version for v in store.versions()] == [1, 2]
     assert store.count_deks_by_version() == {1: 1}
     assert store.usage_by_version() == {1: (1, 0, 0)}  # the counters were added in place
@@ -106,21 +85,21 @@ def test_a_public_key_store_moves_into_the_encryption_schema(database: str) -> N
         "local:master-v2",
     }
     store.close()
-    assert _columns(database, "public") == {}
+    assert _columns(pg_database, "public") == {}
 
 
-def test_store_ddl_equals_the_migrations(database: str) -> None:
+def test_store_ddl_equals_the_migrations(pg_database: str) -> None:
     from sqlalchemy import create_engine
 
     from greenlang_crypto.sqlalchemy.schema import apply_migrations
 
-    engine = create_engine(database.replace("postgresql://", "postgresql+psycopg://", 1))
+    engine = create_engine(pg_database.replace("postgresql://", "postgresql+psycopg://", 1))
     apply_migrations(engine)
     engine.dispose()
-    migrated = _columns(database, "encryption")
-    store = open_key_store(database, schema="store_made")
+    migrated = _columns(pg_database, "encryption")
+    store = open_key_store(pg_database, schema="store_made")
     store.close()
-    made = _columns(database, "store_made")
+    made = _columns(pg_database, "store_made")
     assert made
     assert {t: migrated[t] for t in made} == made
 

@@ -17,8 +17,6 @@ import re
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -264,28 +262,6 @@ def test_concurrent_rotations_on_the_embedded_default(
         assert f"{key.removeprefix('local:')}.key" in files, key
     assert not [n for n in files if not n.endswith(".key")], files
     print(f"\nlocal: {len(versions)} versions, {summary(outcomes)}")
-
-
-@pytest.fixture
-def pg_database() -> Iterator[str]:
-    """A database of this test's own, so its key store starts empty and is dropped after."""
-    base = os.environ.get("GLC_PG_URL")
-    if not base:
-        if os.environ.get("CI"):
-            pytest.fail("GLC_PG_URL is not set (CI must start PostgreSQL: scripts/services.sh)")
-        pytest.skip("GLC_PG_URL not set; start services with scripts/services.sh")
-    import psycopg
-
-    dsn = base.replace("postgresql+psycopg://", "postgresql://", 1)
-    name = f"glc_race_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    head, _, _ = dsn.rpartition("/")
-    try:
-        yield f"{head}/{name}"
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_concurrent_rotations_on_kms_with_postgresql(

@@ -29,7 +29,7 @@ def _store_url(tmp_path: Path) -> str:
 def _reset_pg(url: str) -> None:
     if url.startswith("postgresql"):
         store = open_key_store(url)
-        with store._tx() as cur:
+        with store.db.transaction() as cur:
             cur.execute("TRUNCATE glc_deks, glc_key_versions, glc_keyring")
         store.close()
 

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests._forking import fork
 
 from greenlang_crypto import EncryptionContext
 from greenlang_crypto.audit import AuditLog
 from greenlang_crypto.audit.sinks import SqliteAuditSink
 from greenlang_crypto.config import EncryptionServiceConfig
 from greenlang_crypto.service import EncryptionService
+from tests._forking import fork
 
 CTX = EncryptionContext("acme", "pii")
 
@@ -85,15 +85,15 @@ def test_a_forked_child_sees_rotations_and_registers_as_an_instance(data: Path) 
 def test_a_forked_child_opens_its_own_key_store_connection(data: Path) -> None:
     svc = service(data, refresh=0)
     store = svc._keyring._store
-    parents = store._conn()
+    parents = store.db.connection()
 
     def child() -> bool:
-        mine = store._conn()
+        mine = store.db.connection()
         env = svc.encrypt(b"x", CTX)
         return mine is not parents and svc.decrypt(env, CTX) == b"x"
 
     assert fork(child)() is True
-    assert store._conn() is parents
+    assert store.db.connection() is parents
     svc.close()
 
 

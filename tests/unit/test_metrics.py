@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +25,7 @@ from greenlang_crypto.metrics import (
 )
 from greenlang_crypto.providers.local import LocalKeyProvider
 from greenlang_crypto.service import EncryptionService
+from tests.observed import observed_stub
 
 CTX = {"tenant_id": "tenant-must-not-be-a-label", "data_class": "pii"}
 Wired = tuple[EncryptionService, EncryptionMetrics, AuditLog, CollectorRegistry]
@@ -250,3 +251,63 @@ def test_promtool_accepts_the_exposition(wired: Wired, tmp_path: Path) -> None:
         [promtool, "check", "metrics"], input=body, capture_output=True, timeout=60, check=False
     )
     assert res.returncode == 0, res.stdout.decode() + res.stderr.decode()
+
+
+class _SinkSource:
+    """An audit log as metrics see it: something that pushes the sink state."""
+
+    def __init__(self, up: bool) -> None:
+        self.up = up
+        self.listeners: list[Callable[[bool], None]] = []
+
+    def add_sink_listener(self, listener: Callable[[bool], None]) -> None:
+        self.listeners.append(listener)
+        listener(self.up)
+
+    def push(self, up: bool) -> None:
+        self.up = up
+        for listener in self.listeners:
+            listener(up)
+
+
+def test_bound_to_the_observer_protocol_alone(tmp_path: Path) -> None:
+    stub = observed_stub(tmp_path)
+    stub.ops = {("encrypt", "pii"): 7}
+    stub.branch = {"unwraps": 2, "created": 1, "derivations": 40, "cached_keys": 1}
+    stub.redis = {"hit": 5, "miss": 1}
+    metrics = EncryptionMetrics(progress=ReencryptionProgress())
+    registry = CollectorRegistry(auto_describe=False)
+    register_metrics(stub, registry=registry, metrics=metrics)
+    s = _samples(registry)
+    assert (
+        _v(
+            s,
+            "gl_encryption_operations_total",
+            operation="encrypt",
+            status="success",
+            data_class="pii",
+        )
+        == 7
+    )
+    assert _v(s, "gl_encryption_key_cache_hits_total", key_type="encrypt") == 3
+    assert _v(s, "gl_encryption_branch_key_unwraps_total") == 2
+    assert _v(s, "gl_encryption_branch_key_derivations_total") == 40
+    assert _v(s, "gl_encryption_key_cache_redis_total", outcome="hit") == 5
+    assert stub.stats_reads == 1  # one snapshot per scrape
+
+
+def test_the_sink_gauge_is_the_last_state_the_audit_log_pushed(tmp_path: Path) -> None:
+    first, second = _SinkSource(up=False), _SinkSource(up=True)
+    metrics = EncryptionMetrics(observed_stub(tmp_path), audit=first)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(metrics)
+    assert _v(_samples(registry), "gl_encryption_audit_sink_up") == 0
+    first.push(True)
+    assert _v(_samples(registry), "gl_encryption_audit_sink_up") == 1
+    metrics.bind(observed_stub(tmp_path), audit=first)  # the same log: not followed twice
+    assert len(first.listeners) == 1
+    metrics.bind(observed_stub(tmp_path), audit=second)
+    first.push(False)  # a log no longer bound is ignored
+    assert _v(_samples(registry), "gl_encryption_audit_sink_up") == 1
+    second.push(False)
+    assert _v(_samples(registry), "gl_encryption_audit_sink_up") == 0

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from greenlang_crypto import EncryptionContext, parse_envelope
+from greenlang_crypto._core import ManualClock
 from greenlang_crypto.config import EncryptionServiceConfig
 from greenlang_crypto.exceptions import (
     ConfigurationError,
@@ -60,12 +61,17 @@ class CountingProvider(LocalKeyProvider):
         return super().decrypt_data_key(*a, **kw)
 
 
-def make(tmp_path: Path, **cfg: Any) -> tuple[EncryptionService, CountingProvider]:
+def make(
+    tmp_path: Path, *, clock: ManualClock | None = None, **cfg: Any
+) -> tuple[EncryptionService, CountingProvider]:
+    """A service on the counting provider; with ``clock``, its caches and keyring read it."""
     provider = CountingProvider(tmp_path)
     if not provider.versions():
         provider.create_master_key()
-    svc = EncryptionService(EncryptionServiceConfig(data_dir=tmp_path, **cfg), provider=provider)
-    return svc, provider
+    config = EncryptionServiceConfig(data_dir=tmp_path, **cfg)
+    if clock is None:
+        return EncryptionService(config, provider=provider), provider
+    return EncryptionService(config, provider=provider, clock=clock), provider
 
 
 def test_round_trip_stored_and_inline(tmp_path: Path) -> None:
@@ -272,9 +278,18 @@ def test_usage_limit_rolls_to_new_dek(tmp_path: Path) -> None:
 
 
 def test_ttl_refresh(tmp_path: Path) -> None:
-    svc, provider = make(tmp_path, cache_ttl_seconds=0.2, refresh_ahead_fraction=0.5)
+    # Refresh-ahead: a DEK older than ttl * fraction is replaced before its TTL runs out.
+    clock = ManualClock()
+    svc, provider = make(tmp_path, clock=clock, cache_ttl_seconds=200, refresh_ahead_fraction=0.5)
     svc.encrypt(b"v", CTX)
-    time.sleep(0.15)
+    clock.advance(99.0)
+    svc.encrypt(b"v", CTX)
+    assert provider.generate_calls == 1
+    clock.advance(1.0)
+    svc.encrypt(b"v", CTX)
+    assert provider.generate_calls == 2
+    # The new DEK starts its own age: the next refresh is another 100 s away.
+    clock.advance(99.0)
     svc.encrypt(b"v", CTX)
     assert provider.generate_calls == 2
 
@@ -344,7 +359,8 @@ def test_repr_has_no_secrets(tmp_path: Path) -> None:
 def test_outage_cached_keys_keep_working_until_ttl(tmp_path: Path) -> None:
     # The outage policy: during a provider outage, envelopes whose DEK is cached still
     # decrypt; a cache miss fails with a typed error; after the TTL everything fails closed.
-    svc, provider = make(tmp_path, cache_ttl_seconds=1.5)
+    clock = ManualClock()
+    svc, provider = make(tmp_path, clock=clock, cache_ttl_seconds=60)
     warm = svc.encrypt(b"warm", CTX)
     other, _ = make(tmp_path)
     cold = other.encrypt(b"cold", EncryptionContext("t9", "pii"))
@@ -358,7 +374,9 @@ def test_outage_cached_keys_keep_working_until_ttl(tmp_path: Path) -> None:
     assert svc.encrypt(b"more", CTX)
     with pytest.raises(KmsUnavailableError):
         svc.decrypt(cold, EncryptionContext("t9", "pii"))
-    time.sleep(1.6)
+    clock.advance(59.0)
+    assert svc.decrypt(warm, CTX) == b"warm"
+    clock.advance(1.0)
     with pytest.raises(KmsUnavailableError):
         svc.decrypt(warm, CTX)
     with pytest.raises(KmsUnavailableError):

@@ -6,9 +6,9 @@ import io
 from pathlib import Path
 
 import pytest
-from test_streams import AD, CTX, SEG, data, make, seal
 
 from greenlang_crypto.exceptions import DecryptionError
+from tests.unit.test_streams import AD, CTX, SEG, data, make, seal
 
 
 def test_a_failed_read_is_counted_as_a_failure_once(tmp_path: Path) -> None:

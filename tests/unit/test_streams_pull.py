@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_streams import AD, CTX, SEG, OneWay, data, make
 
 from greenlang_crypto.exceptions import KmsUnavailableError, PayloadTooLargeError
 from greenlang_crypto.streams import EncryptingReader
+from tests.unit.test_streams import AD, CTX, SEG, OneWay, data, make
 
 
 def test_pulled_stream_round_trips_and_is_counted_once(tmp_path: Path) -> None:

@@ -29,8 +29,8 @@ from greenlang_crypto.api.guard import (
 )
 from greenlang_crypto.api.refusals import RefusalAggregator
 from greenlang_crypto.api.routes import API_PREFIX, build_router
-from greenlang_crypto.audit import AuditLog, open_audit_sink
-from greenlang_crypto.audit.anchors import default_anchor, open_anchor
+from greenlang_crypto.audit import AuditLog
+from greenlang_crypto.composition import build_observed_service
 from greenlang_crypto.config import EncryptionServiceConfig
 from greenlang_crypto.metrics import EncryptionMetrics, exposition
 from greenlang_crypto.service import EncryptionService
@@ -165,31 +165,15 @@ def build_stack(
     """
     from prometheus_client import CollectorRegistry
 
-    metrics = EncryptionMetrics()
-    sink = open_audit_sink(audit_url, config.data_dir, timeout=audit_timeout)
-    chosen = None
-    if anchors:
-        default = default_anchor(sink)
-        chosen = ([default] if default is not None else []) + [open_anchor(u) for u in anchors]
-    audit = AuditLog(sink, flush_interval=flush_interval, anchors=chosen)
-    provider = None
-    if config.provider == "aws-kms":
-        from greenlang_crypto.providers.aws_kms import AwsKmsKeyProvider
-
-        provider = AwsKmsKeyProvider(
-            keys=config.kms_key_ids,
-            region=config.kms_region,
-            endpoint_url=config.kms_endpoint_url,
-            observer=metrics.kms_observer,
-        )
-    service = EncryptionService(
+    built = build_observed_service(
         config,
-        provider=provider,
-        observers=[audit, metrics],
+        audit_url=audit_url,
+        anchor_urls=anchors,
         per_operation_events=per_operation_events,
+        flush_interval=flush_interval,
+        audit_timeout=audit_timeout,
     )
-    audit.attach(service)
-    metrics.bind(service, audit=audit)
+    service, audit, metrics = built.service, built.audit, built.metrics
     registry = CollectorRegistry(auto_describe=False)
     registry.register(metrics)
     return Stack(service, audit, metrics, registry)

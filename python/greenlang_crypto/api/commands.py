@@ -13,13 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from greenlang_crypto.composition import audit_url_from_env, open_audit_log
 from greenlang_crypto.exceptions import ConfigurationError
 
 __all__ = ["register"]
 
 
 def _audit_url(args: argparse.Namespace) -> str | None:
-    url: str | None = args.audit_url or os.environ.get("GLC_AUDIT_URL") or None
+    url: str | None = args.audit_url or audit_url_from_env()
     return url
 
 
@@ -30,16 +31,6 @@ def _anchor_urls(args: argparse.Namespace) -> list[str]:
         env = os.environ.get("GLC_AUDIT_ANCHORS", "")
         given = [u.strip() for u in env.split(",") if u.strip()]
     return given
-
-
-def _anchors(sink: Any, urls: list[str]) -> list[Any] | None:
-    """The default anchor beside a file log plus the named ones; None: the default alone."""
-    from greenlang_crypto.audit.anchors import default_anchor, open_anchor
-
-    if not urls:
-        return None
-    default = default_anchor(sink)
-    return ([default] if default is not None else []) + [open_anchor(u) for u in urls]
 
 
 def cmd_serve(args: argparse.Namespace, make_config: Callable[[argparse.Namespace], Any]) -> int:
@@ -131,12 +122,17 @@ def _open_audit(
     make_service: Callable[[argparse.Namespace], Any],
     make_config: Callable[[argparse.Namespace], Any],
 ) -> Any:
-    from greenlang_crypto.audit import AuditLog, open_audit_sink
-
-    config = make_config(args)
-    sink = open_audit_sink(_audit_url(args), config.data_dir)
-    audit = AuditLog(sink, start_thread=False, anchors=_anchors(sink, _anchor_urls(args)))
-    audit.bind(make_service(args))
+    audit = open_audit_log(
+        make_config(args),
+        url=_audit_url(args),
+        anchor_urls=_anchor_urls(args),
+        start_thread=False,
+    )
+    try:
+        audit.bind(make_service(args))
+    except BaseException:
+        audit.sink.close()
+        raise
     return audit
 
 

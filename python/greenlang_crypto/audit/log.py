@@ -2,37 +2,27 @@
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import contextvars
-import json
 import logging
 import os
 import threading
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from greenlang_crypto import _forks
-from greenlang_crypto._files import open_private_append
+from greenlang_crypto.audit._aggregates import OperationAggregator
+from greenlang_crypto.audit._chain_key import load_chain_key
+from greenlang_crypto.audit._dead_letter import append_dead_letter, pending_path, take_pending
+from greenlang_crypto.audit._recorder import AdminRecorder, acting_as, current_actor
 from greenlang_crypto.audit.anchors import AuditAnchor, default_anchor
-from greenlang_crypto.audit.chain import (
-    _ROOT_META,
-    AUDIT_CONTEXT,
-    ChainKey,
-    _unwrap_root,
-)
+from greenlang_crypto.audit.chain import ChainKey
 from greenlang_crypto.audit.records import (
     AuditEntry,
     AuditRecord,
     Checkpoint,
-    Scalar,
     _now_iso,
     _scalar,
-    entry_from_dict,
-    entry_to_dict,
 )
 from greenlang_crypto.audit.sinks.base import AuditQuery, AuditRecordRejectedError, AuditSink
 from greenlang_crypto.audit.verifier import VerifyProblem, VerifyResult, _verify
@@ -43,10 +33,9 @@ from greenlang_crypto.events import (
     make_event,
 )
 from greenlang_crypto.exceptions import AuditSinkUnavailableError
+from greenlang_crypto.observing import ObservedService, SinkListener, SystemKeyHandle
 
-if TYPE_CHECKING:
-    from greenlang_crypto.service import EncryptionService
-    from greenlang_crypto.stats import ServiceStats
+__all__ = ["AuditLog", "acting_as", "current_actor"]
 
 _log = logging.getLogger("greenlang_crypto.audit")
 
@@ -75,38 +64,8 @@ _DATA_EVENTS = frozenset(
     {"encryption_performed", "decryption_performed", "key_cache_hit", "key_cache_miss"}
 )
 
-#: The actor a front door is acting for (token subject, ``cli:<user>``); the key-change guard
-#: records it, since the service itself does not know who called it.
-_ACTOR: contextvars.ContextVar[str | None] = contextvars.ContextVar("glc_audit_actor", default=None)
 
-
-@contextlib.contextmanager
-def acting_as(actor: str) -> Iterator[None]:
-    """Names the actor for the audit records written inside the block (per thread/task).
-
-    Front doors wrap service calls in it, so the records the service's key-change guard writes
-    carry the caller, not ``service``.
-    """
-    token = _ACTOR.set(actor)
-    try:
-        yield
-    finally:
-        _ACTOR.reset(token)
-
-
-#: Depth of :meth:`AuditLog.audited` blocks open in this thread/task. A key-change guard
-#: inside one writes nothing: the enclosing block's intent is already stored (fail-closed
-#: holds) and its outcome covers the change, so a front door that audits its command and a
-#: service that audits its method never produce two records for one action.
-_OPEN: contextvars.ContextVar[int] = contextvars.ContextVar("glc_audit_open", default=0)
-
-
-def current_actor(default: str) -> str:
-    """The actor set by :func:`acting_as`, else ``default``."""
-    return _ACTOR.get() or default
-
-
-class AuditLog:
+class AuditLog(AdminRecorder):
     """The audit log: a :class:`~greenlang_crypto.events.ServiceObserver` and admin recorder.
 
     Typical wiring (the observer must exist before the service, and the service before the
@@ -167,14 +126,11 @@ class AuditLog:
         self._write_lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._chain: ChainKey | None = None
-        self._service: EncryptionService | None = None
-        self._stats: Callable[[], ServiceStats] | None = None
-        self._per_op = False
-        self._last_ops: dict[tuple[str, str], int] = {}
-        self._attributed: Counter[tuple[str, str, str]] = Counter()
-        self._carry: Counter[tuple[str, str]] = Counter()
-        self._window_start = _now_iso()
+        self._system_keys: SystemKeyHandle | None = None
+        self._aggregates = OperationAggregator()
         self._sink_up = True
+        self._sink_lock = threading.Lock()
+        self._sink_listeners: list[SinkListener] = []
         self._dropped = 0
         self._dropped_reported = 0
         self._stop = threading.Event()
@@ -190,14 +146,9 @@ class AuditLog:
         self._buffer_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._flush_lock = threading.Lock()
+        self._sink_lock = threading.Lock()
         self._buffer = deque()
-        self._attributed = Counter()
-        self._carry = Counter()
-        self._window_start = _now_iso()
-        try:
-            self._last_ops = self._read_ops()
-        except Exception:  # counted from zero instead
-            self._last_ops = {}
+        self._aggregates.restart()
         if self._thread is not None and not self._stop.is_set():
             self._stop = threading.Event()
             self._wake = threading.Event()
@@ -209,21 +160,19 @@ class AuditLog:
 
     # -- wiring ------------------------------------------------------------------------
 
-    def bind(self, service: EncryptionService) -> None:
+    def bind(self, service: ObservedService) -> None:
         """Binds the service without writing or starting anything.
 
         The log keeps the service's ``stats`` callable (read at each flush for the aggregated
-        records) and uses its system-key methods for the chain's root key; it never reaches
-        into the service's provider or key store.
+        records) and its :class:`~greenlang_crypto.observing.SystemKeyHandle` for the chain's
+        root key; it never reaches into the service's provider or key store.
         """
-        self._service = service
-        self._stats = service.stats
-        self._per_op = service.per_operation_events
-        self._last_ops = self._read_ops()
+        self._system_keys = service.system_keys
+        self._aggregates.bind(service.stats, per_operation=service.per_operation_events)
         if self.dead_letter is None:
             self.dead_letter = Path(service.config.data_dir) / "audit-deadletter.jsonl"
 
-    def attach(self, service: EncryptionService) -> None:
+    def attach(self, service: ObservedService) -> None:
         """Binds the service, loads or creates the chain key, and starts the flusher.
 
         If the sink is down the chain key is retried at each flush, and events stay buffered
@@ -234,7 +183,7 @@ class AuditLog:
         try:
             self._ensure_chain()
         except AuditSinkUnavailableError:
-            self._sink_up = False
+            self._set_sink_up(False)
             _log.warning("audit sink %s is down at start; buffering", self.sink.description)
         if self._start_thread and self._thread is None:
             self._start_flusher()
@@ -242,23 +191,9 @@ class AuditLog:
     def _ensure_chain(self, *, create: bool = True) -> ChainKey | None:
         if self._chain is not None:
             return self._chain
-        service = self._service
-        if service is None:
+        if self._system_keys is None:
             raise AuditSinkUnavailableError("audit log is not attached to a service")
-        stored = self.sink.get_meta(_ROOT_META)
-        if stored is None:
-            if not create:
-                return None
-            generated = service.generate_system_key(AUDIT_CONTEXT)
-            candidate = json.dumps(
-                {
-                    "provider": service.provider_name,
-                    "key_id": generated.key_id,
-                    "wrapped": base64.b64encode(generated.wrapped).decode(),
-                }
-            )
-            stored = self.sink.put_meta_if_absent(_ROOT_META, candidate)
-        self._chain = ChainKey.from_root(_unwrap_root(service.unwrap_system_key, stored))
+        self._chain = load_chain_key(self.sink, self._system_keys, create=create)
         return self._chain
 
     def _chain_key(self) -> ChainKey:
@@ -275,7 +210,7 @@ class AuditLog:
     def on_service_event(self, ev: ServiceEvent) -> None:
         """Turns a service event into a buffered record (never blocks, never raises)."""
         event = ev.event_name
-        if isinstance(ev, KeyCacheHit) and not self._per_op:
+        if isinstance(ev, KeyCacheHit) and not self._aggregates.per_operation:
             return
         fields = ev.fields()
         details = {k: _scalar(v) for k, v in fields.items() if k in _DETAIL_FIELDS}
@@ -303,155 +238,14 @@ class AuditLog:
                 self._dropped += 1
             self._buffer.append(entry)
 
-    # -- admin actions -----------------------------------------------------------------
-
-    def record(
-        self,
-        action: str,
-        *,
-        actor: str,
-        outcome: str = "success",
-        key_id: str | None = None,
-        key_version: int | None = None,
-        context_digest: str | None = None,
-        data_class: str | None = None,
-        request_id: str | None = None,
-        reason: str | None = None,
-        details: Mapping[str, Scalar] | None = None,
-        required: bool = True,
-    ) -> AuditRecord | None:
-        """Writes one record now (admin actions, API decrypts, denials).
-
-        Args:
-            action: The action name (for example ``key_rotate``).
-            actor: Who acts.
-            outcome: ``intent`` before acting, then ``success`` or ``failure``; ``denied``.
-            key_id: Wrapping key id.
-            key_version: Key version.
-            context_digest: Hex context digest (never the context itself).
-            data_class: Data class.
-            request_id: Request id.
-            reason: The stated reason.
-            details: Further non-secret scalars.
-            required: When true (security-relevant actions) a sink failure raises; when false
-                the record is buffered instead.
-
-        Returns:
-            The sealed record, or None when it was buffered.
-
-        Raises:
-            AuditSinkUnavailableError: ``required`` and the sink did not take the record; the
-                caller must not perform the action.
-        """
-        entry = AuditEntry(
-            action=action,
-            actor=actor,
-            outcome=outcome,
-            key_id=key_id,
-            key_version=key_version,
-            context_digest=context_digest,
-            data_class=data_class,
-            request_id=request_id,
-            reason=reason,
-            details=dict(details or {}),
-        )
-        if not required:
-            self._enqueue(entry)
-            self._wake.set()
-            return None
-        records = self._write([entry])
-        return records[-1]
-
-    @contextlib.contextmanager
-    def audited(
-        self,
-        action: str,
-        actor: str | None = None,
-        *,
-        key_id: str | None = None,
-        key_version: int | None = None,
-        request_id: str | None = None,
-        reason: str | None = None,
-        details: Mapping[str, object] | None = None,
-    ) -> Iterator[dict[str, Scalar]]:
-        """The one audited path for a security-relevant change: intent, act, outcome.
-
-        Entering writes the ``intent`` record synchronously; if the sink does not store it,
-        :class:`AuditSinkUnavailableError` is raised and the block never runs, so nothing
-        changes. Leaving writes ``success`` (with whatever the block put in the yielded dict,
-        for example a job summary; its ``key_version`` and ``key_id`` entries replace those
-        fields) or, on an exception, ``failure`` with the error type, then
-        re-raises. The outcome record is written at once when the sink takes it, else buffered
-        (the change has happened; it must not be reported as failed because of the audit).
-
-        Args:
-            action: The action name (for example ``key_retire``).
-            actor: Who acts; default the :func:`acting_as` actor, else this log's actor.
-            key_id: Wrapping key id.
-            key_version: Key version concerned.
-            request_id: Request id.
-            reason: The stated reason.
-            details: Non-secret scalars for the intent record (kept in the outcome too).
-
-        Yields:
-            A dict of further details for the outcome record.
-        """
-        who = actor or current_actor(self.actor)
-        base = {str(k): _scalar(v) for k, v in (details or {}).items()}
-        common: dict[str, Any] = {
-            "actor": who,
-            "key_id": key_id,
-            "key_version": key_version,
-            "request_id": request_id,
-            "reason": reason,
-        }
-        self.record(action, outcome="intent", details=base, **common)
-        extra: dict[str, Scalar] = {}
-        token = _OPEN.set(_OPEN.get() + 1)
-        try:
-            yield extra
-        except BaseException as exc:
-            _OPEN.reset(token)
-            failed = {**base, **extra, "error_type": type(exc).__name__}
-            self._record_outcome(action, "failure", failed, common)
-            raise
-        _OPEN.reset(token)
-        # The block may name the key the change produced (for example the new version).
-        done = dict(common)
-        for name in ("key_version", "key_id"):
-            if name in extra:
-                done[name] = extra.pop(name)
-        self._record_outcome(action, "success", {**base, **extra}, done)
-
-    def _record_outcome(
-        self, action: str, outcome: str, details: Mapping[str, Scalar], common: Mapping[str, Any]
-    ) -> None:
-        try:
-            self.record(action, outcome=outcome, details=details, **common)
-        except AuditSinkUnavailableError:
-            self.record(action, outcome=outcome, details=details, required=False, **common)
-
-    def key_change(
-        self, action: str, details: Mapping[str, object]
-    ) -> contextlib.AbstractContextManager[None]:
-        """:class:`~greenlang_crypto.events.KeyChangeGuard`: :meth:`audited` for the service.
-
-        The actor is the one a front door set with :func:`acting_as`, else this log's actor.
-        Inside an open :meth:`audited` block (a front door auditing the whole command) it
-        writes nothing: that block's records already cover the change.
-        """
-        if _OPEN.get() > 0:
-            return contextlib.nullcontext()
-        return _discard_yield(self.audited(action, details=details))
+    # -- admin actions (record, audited, key_change: AdminRecorder) ----------------------
 
     def note_operation(self, operation: str, data_class: str, actor: str) -> None:
         """Attributes one successful encrypt or decrypt to ``actor`` in the next aggregate.
 
         Costs one counter increment; the API calls it so aggregates carry the caller.
         """
-        if not self._per_op:
-            with self._buffer_lock:
-                self._attributed[(operation, data_class, actor)] += 1
+        self._aggregates.note(operation, data_class, actor)
 
     def require_available(self) -> None:
         """Raises unless the sink takes a write right now (the probe writes; see ``ping``).
@@ -466,14 +260,14 @@ class AuditLog:
             self._ensure_chain()
             self.sink.ping()
         except AuditSinkUnavailableError:
-            self._sink_up = False
+            self._set_sink_up(False)
             raise
         except Exception as exc:
-            self._sink_up = False
+            self._set_sink_up(False)
             raise AuditSinkUnavailableError(
                 f"audit log unavailable ({type(exc).__name__})"
             ) from None
-        self._sink_up = True
+        self._set_sink_up(True)
 
     probe = require_available
 
@@ -488,62 +282,18 @@ class AuditLog:
                 # The sink is up; these values are refused. Not an outage.
                 raise
             except AuditSinkUnavailableError:
-                self._sink_up = False
+                self._set_sink_up(False)
                 raise
             except Exception as exc:
                 # A provider failure while loading the chain key also makes the log unusable.
-                self._sink_up = False
+                self._set_sink_up(False)
                 raise AuditSinkUnavailableError(
                     f"audit log unavailable ({type(exc).__name__})"
                 ) from None
-            self._sink_up = True
+            self._set_sink_up(True)
             if records:
                 self._last_written = (records[-1].seq, records[-1].hmac)
             return records
-
-    def _read_ops(self) -> dict[tuple[str, str], int]:
-        if self._stats is None:
-            return {}
-        ops = self._stats().operations
-        return {(op, dc): c.count for op, by_dc in ops.items() for dc, c in by_dc.items()}
-
-    def _aggregates(self) -> list[AuditEntry]:
-        if self._stats is None or self._per_op:
-            return []
-        # Snapshot the API attributions before the service counters: an operation the API
-        # noted has always been counted by the service already.
-        with self._buffer_lock:
-            attributed, self._attributed = self._attributed, Counter()
-        now_ops = self._read_ops()
-        start, end = self._window_start, _now_iso()
-        self._window_start = end
-        out: list[AuditEntry] = []
-        for (op, dc), total in sorted(now_ops.items()):
-            delta = total - self._last_ops.get((op, dc), 0)
-            if delta < 0:  # a counter reset (a new cache after rotation)
-                delta = total
-            by_actor = {a: n for (o, d, a), n in attributed.items() if o == op and d == dc}
-            rest = delta - sum(by_actor.values()) - self._carry[(op, dc)]
-            self._carry[(op, dc)] = max(0, -rest)
-            if rest > 0:
-                by_actor[self.actor] = by_actor.get(self.actor, 0) + rest
-            for actor, n in sorted(by_actor.items()):
-                if n <= 0:
-                    continue
-                out.append(
-                    AuditEntry(
-                        action="encryption_performed"
-                        if op == "encrypt"
-                        else "decryption_performed",
-                        actor=actor,
-                        outcome="success",
-                        time=end,
-                        data_class=dc,
-                        details={"aggregated": True, "count": n, "since": start},
-                    )
-                )
-        self._last_ops = now_ops
-        return out
 
     def flush(self) -> int:
         """Writes aggregates and buffered events now; returns the records written.
@@ -555,7 +305,7 @@ class AuditLog:
             return self._flush()
 
     def _flush(self) -> int:
-        entries = self._aggregates()
+        entries = self._aggregates.take(self.actor)
         with self._buffer_lock:
             entries = list(self._buffer) + entries
             self._buffer.clear()
@@ -629,43 +379,17 @@ class AuditLog:
 
     def _dead_letter(self, entries: Sequence[AuditEntry], why: str) -> bool:
         """Appends ``entries`` to the dead-letter file (0600); whether they were stored."""
-        if self.dead_letter is None or not entries:
+        if self.dead_letter is None:
             return False
-        lines = b"".join(
-            (json.dumps({"why": why, **entry_to_dict(e)}, sort_keys=True) + "\n").encode()
-            for e in entries
-        )
-        try:
-            fd = open_private_append(self.dead_letter)
-            try:
-                os.write(fd, lines)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            _log.error("audit dead-letter %s unwritable (%s)", self.dead_letter, type(exc).__name__)
-            return False
-        return True
+        return append_dead_letter(self.dead_letter, entries, why)
 
     def _load_pending(self) -> None:
         """Re-queues what an earlier shutdown could not flush (``why = pending``)."""
         if self.dead_letter is None:
             return
-        path = self.dead_letter.with_name(self.dead_letter.name + ".pending")
-        try:
-            data = path.read_bytes()
-        except OSError:
-            return
-        pending: list[AuditEntry] = []
-        for line in data.splitlines():
-            try:
-                pending.append(entry_from_dict(json.loads(line)))
-            except (ValueError, KeyError, TypeError):
-                continue
+        pending = take_pending(self.dead_letter)
         with self._buffer_lock:
             self._buffer = deque(pending + list(self._buffer))
-        with contextlib.suppress(OSError):
-            path.unlink()
 
     def _persist_pending(self) -> int:
         """At shutdown with the sink down: writes the buffer where :meth:`attach` finds it."""
@@ -674,12 +398,7 @@ class AuditLog:
             self._buffer.clear()
         if not entries or self.dead_letter is None:
             return 0
-        saved = self.dead_letter
-        self.dead_letter = saved.with_name(saved.name + ".pending")
-        try:
-            ok = self._dead_letter(entries, "pending")
-        finally:
-            self.dead_letter = saved
+        ok = append_dead_letter(pending_path(self.dead_letter), entries, "pending")
         return len(entries) if ok else 0
 
     # -- checkpoints -------------------------------------------------------------------
@@ -758,6 +477,30 @@ class AuditLog:
     def sink_up(self) -> bool:
         """Whether the last write (or check) reached the sink."""
         return self._sink_up
+
+    def add_sink_listener(self, listener: SinkListener) -> None:
+        """Pushes the sink state to ``listener``: the current one now, then every change.
+
+        A listener is called with true when the sink takes a write again after a failure, and
+        with false when a write or check fails after a success; it must be quick and must not
+        call back into the log's writing methods. An exception it raises is logged, not
+        propagated.
+        """
+        with self._sink_lock:
+            self._sink_listeners.append(listener)
+            _tell(listener, self._sink_up)
+
+    def _set_sink_up(self, up: bool) -> None:
+        if up == self._sink_up:
+            return
+        # Under the lock, so listeners see the changes in the order the log made them and
+        # the last value pushed is always the log's own.
+        with self._sink_lock:
+            if up == self._sink_up:
+                return
+            self._sink_up = up
+            for listener in self._sink_listeners:
+                _tell(listener, up)
 
     @property
     def buffered(self) -> int:
@@ -868,7 +611,8 @@ def _opt_str(value: object) -> str | None:
     return None if value is None else str(value)
 
 
-@contextlib.contextmanager
-def _discard_yield(cm: contextlib.AbstractContextManager[Any]) -> Iterator[None]:
-    with cm:
-        yield
+def _tell(listener: SinkListener, up: bool) -> None:
+    try:
+        listener(up)
+    except Exception as exc:  # a listener must not break the log's writes
+        _log.warning("audit sink listener failed: %s", type(exc).__name__)

@@ -8,7 +8,6 @@ outage).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from greenlang_crypto.composition import audit_url_from_env, open_audit_log
 from greenlang_crypto.exceptions import (
     ConfigurationError,
     GreenlangCryptoError,
@@ -132,15 +132,13 @@ def _audit_verifier(service: Any, grace_seconds: float = _ANCHOR_GRACE) -> Calla
     when records older than ``grace_seconds`` have no checkpoint: the anchors would not
     notice those records being cut.
     """
-    url = os.environ.get("GLC_AUDIT_URL") or None
+    url = audit_url_from_env()
 
     def verify() -> Any:
-        from greenlang_crypto.audit import AuditLog, open_audit_sink
         from greenlang_crypto.audit.verifier import unanchored_records
 
-        sink = open_audit_sink(url, service.config.data_dir)
+        audit = open_audit_log(service.config, url=url, start_thread=False)
         try:
-            audit = AuditLog(sink, start_thread=False)
             audit.bind(service)
             result = audit.verify()
             problems = list(result.problems)
@@ -162,7 +160,7 @@ def _audit_verifier(service: Any, grace_seconds: float = _ANCHOR_GRACE) -> Calla
         finally:
             # Only the sink: this check reads, and closing the log would publish a
             # checkpoint of whatever head the database holds now, vouching for it.
-            sink.close()
+            audit.sink.close()
         if problems:
             detail = "; ".join(f"seq {p.seq}: {p.kind} ({p.detail})" for p in problems[:10])
         else:

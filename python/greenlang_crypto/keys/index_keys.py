@@ -17,7 +17,7 @@ from greenlang_crypto import _forks
 from greenlang_crypto._core import BlindIndexKey, DataKey
 from greenlang_crypto.context import EncryptionContext
 from greenlang_crypto.exceptions import KeyStateError
-from greenlang_crypto.keys.store import IndexKeyRecord
+from greenlang_crypto.keys.index_key_store import IndexKeyRecord
 
 __all__ = ["INDEX_ROOT_CONTEXT", "IndexKeys"]
 

@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from greenlang_crypto import _forks
 from greenlang_crypto._core import monotonic_ns
@@ -43,7 +41,14 @@ from greenlang_crypto.keys.store import (
     KeyVersion,
 )
 
-__all__ = ["Keyring", "KeyringSnapshot", "fence_seconds", "liveness_seconds"]
+__all__ = [
+    "SYSTEM_CLOCK",
+    "Keyring",
+    "KeyringSnapshot",
+    "MonotonicClock",
+    "fence_seconds",
+    "liveness_seconds",
+]
 
 _log = logging.getLogger("greenlang_crypto.keyring")
 
@@ -67,6 +72,37 @@ def fence_seconds(refresh_seconds: float) -> float:
     and the database and the time a confirmation takes to commit.
     """
     return 2.0 * refresh_seconds + 1.0
+
+
+def _new_instance_id() -> str:
+    # 128 random bits as hex, the shape uuid4().hex had, without importing uuid (and with it
+    # platform) into every process that opens a service.
+    return os.urandom(16).hex()
+
+
+class MonotonicClock(Protocol):
+    """A monotonic clock in nanoseconds: the system one, or ``_core.ManualClock`` in tests."""
+
+    def now_ns(self) -> int:
+        """The current reading in nanoseconds."""
+        ...
+
+
+class _SystemClock:
+    """The system clock the DEK caches read (:func:`~greenlang_crypto._core.monotonic_ns`)."""
+
+    __slots__ = ()
+
+    def now_ns(self) -> int:
+        """The current reading of ``monotonic_ns()``."""
+        return monotonic_ns()
+
+    def __repr__(self) -> str:
+        return "SYSTEM_CLOCK"
+
+
+#: The clock of a keyring (and of DEK caches) built without one.
+SYSTEM_CLOCK: MonotonicClock = _SystemClock()
 
 
 #: CLOCK_BOOTTIME minus CLOCK_MONOTONIC grows only while the whole machine is suspended.
@@ -105,6 +141,10 @@ class Keyring:
             the provider name and wrapping key of version 1 when the store is empty.
         refresh_seconds: Bound on how stale this instance's view may get; 0 disables the
             background thread (and the heartbeat): tests and benchmarks only.
+        clock: The clock fence deadlines are read on (:data:`SYSTEM_CLOCK` when None). The
+            caches that receive those deadlines must read the same clock: pass the
+            ``ManualClock`` given to them. A machine suspend is still detected on the system
+            clocks; it closes the fence (deadline 0), which means the same on any clock.
 
     Raises:
         ConfigurationError: The store does not have exactly one primary version.
@@ -116,13 +156,16 @@ class Keyring:
         create_first_version: Callable[[], tuple[str, str]],
         *,
         refresh_seconds: float = 5.0,
+        clock: MonotonicClock | None = None,
     ) -> None:
         self._store = store
+        #: Where fence deadlines are read from (the caches' clock).
+        self.clock: MonotonicClock = SYSTEM_CLOCK if clock is None else clock
         self._create_first = create_first_version
         self.refresh_seconds = refresh_seconds
         #: Seconds a confirmation lets this instance seal (0: not fenced, refresh is off).
         self.fence_seconds = fence_seconds(refresh_seconds) if refresh_seconds > 0 else 0.0
-        #: ``monotonic_ns()`` from which this instance must confirm before sealing again
+        #: :attr:`clock` reading from which this instance must confirm before sealing again
         #: (None: not fenced). 0 until the first confirmation in :meth:`start`.
         self.fence_deadline_ns: int | None = 0 if self.fence_seconds else None
         self._fence_listeners: list[Callable[[int | None], None]] = []
@@ -133,8 +176,8 @@ class Keyring:
         self._tick_listeners: list[Callable[[], None]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.instance_id = uuid.uuid4().hex
-        self.host = socket.gethostname()
+        self.instance_id = _new_instance_id()
+        self.host = os.uname().nodename
         self.pid = os.getpid()
         self.started_at = time.time()
         self.refreshes = 0
@@ -147,7 +190,7 @@ class Keyring:
         # once so the child registers and catches up on changes made since it was forked.
         self._lock = threading.Lock()
         self._confirm_lock = threading.Lock()
-        self.instance_id = uuid.uuid4().hex
+        self.instance_id = _new_instance_id()
         self.pid = os.getpid()
         self.started_at = time.time()
         self.refreshes = 0
@@ -251,7 +294,7 @@ class Keyring:
             # Each failed round loaded a newer view; only a burst of key changes (racing
             # rotations) makes more than one necessary.
             for _ in range(50):
-                started = monotonic_ns()
+                started = self.clock.now_ns()
                 with self._lock:
                     # Under the keyring lock: the snapshot read here has been applied by
                     # every listener (the service's caches follow it) before it is confirmed.
@@ -422,7 +465,7 @@ class _Listener:
             # instance (after a failover every instance reconnects at once), and is sent from
             # another session (the key store's pool), as key changes are: a session hears its
             # own notifications even through a pooler that would lose everyone else's.
-            probe = f"glc_probe_{uuid.uuid4().hex}"
+            probe = f"glc_probe_{_new_instance_id()}"
             conn.execute(f"LISTEN {probe}")
             self._notify(probe)
             # A key-change notification may arrive first; the tick right after connecting

@@ -12,10 +12,11 @@ the audit sinks and the column jobs create exactly what the migrations create.
 from __future__ import annotations
 
 import re
+import zlib
 from functools import cache
 from importlib import resources
 
-__all__ = ["GROUPS", "migration_files", "statements"]
+__all__ = ["GROUPS", "migration_files", "schema_marker", "statements"]
 
 #: The groups the migrations are divided into.
 GROUPS = ("keystore", "audit", "jobs", "columns")
@@ -30,6 +31,17 @@ def migration_files() -> list[str]:
     """Names of the up-migrations, in order."""
     names = [e.name for e in resources.files(__name__).iterdir() if _FILE.match(e.name)]
     return sorted(names)
+
+
+def schema_marker() -> int:
+    """A 31-bit digest of the set of migrations, for SQLite's ``PRAGMA user_version``.
+
+    A SQLite file stamped with it already holds every table these migrations create, so
+    opening it again skips reading, translating and running the DDL (a one-shot CLI command
+    opens the key store once per run). A new migration changes the digest, and the next open
+    runs the (idempotent) DDL again and restamps the file.
+    """
+    return zlib.crc32("\n".join(migration_files()).encode()) & 0x7FFFFFFF
 
 
 def _split(script: str) -> list[tuple[str, str]]:
@@ -87,7 +99,7 @@ def statements(group: str, dialect: str, *, schema: str = _DEFAULT_SCHEMA) -> li
         schema: PostgreSQL schema for the tables (default ``encryption``, the migrations'
             own); a lowercase SQL identifier. Ignored for SQLite, which has no schemas.
 
-    With ``schema="public"`` the blocks that move tables an older release left in ``public``
+    With ``schema="public"`` the blocks that move tables created before V012 (in ``public``)
     are left out (there is nothing to move). Every statement is idempotent (``IF NOT EXISTS``,
     ``ON CONFLICT DO NOTHING``), except that on SQLite an ``ALTER TABLE ... ADD COLUMN`` fails
     with "duplicate column" when the column exists, which the caller treats as done.

@@ -148,13 +148,9 @@ def _cli_actor() -> str:
 
 def _open_audit(service: Any) -> Any:
     """The audit log of the service's data directory (or ``$GLC_AUDIT_URL``)."""
-    from greenlang_crypto.audit import AuditLog, open_audit_sink
+    from greenlang_crypto.composition import open_audit_log
 
-    audit = AuditLog(
-        open_audit_sink(os.environ.get("GLC_AUDIT_URL") or None, service.config.data_dir),
-        start_thread=False,
-        actor=_cli_actor(),
-    )
+    audit = open_audit_log(service.config, actor=_cli_actor(), start_thread=False)
     audit.attach(service)
     return audit
 

@@ -7,7 +7,6 @@ GLC_PG_URL the tests skip locally and fail when ``CI`` is set.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,43 +14,25 @@ from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
 from greenlang_crypto.config import EncryptionServiceConfig
 from greenlang_crypto.providers.local import LocalKeyProvider
 from greenlang_crypto.service import EncryptionService
+from tests.conftest import pg_private_database
 
 pytestmark = pytest.mark.integration
-
-
-def _base_url() -> str:
-    url = os.environ.get("GLC_PG_URL")
-    if not url:
-        if os.environ.get("CI"):
-            pytest.fail("GLC_PG_URL is not set (CI must start PostgreSQL: scripts/services.sh)")
-        pytest.skip("GLC_PG_URL not set: start PostgreSQL with `bash scripts/services.sh start`")
-    return url
 
 
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """URL of a private database with pgcrypto, created for this session."""
-    base = make_url(_base_url())
-    name = f"glc_sa_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        url = base.set(database=name)
+    with pg_private_database("glc_sa", sqlalchemy_url=True) as url:
         eng = create_engine(url)
         with eng.begin() as conn:
             conn.execute(text("CREATE EXTENSION IF NOT EXISTS pgcrypto"))
         eng.dispose()
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        yield url
 
 
 @pytest.fixture

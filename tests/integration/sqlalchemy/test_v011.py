@@ -2,40 +2,32 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
 from greenlang_crypto.sqlalchemy.schema import (
     apply_migrations,
     available_migrations,
     revert_migrations,
 )
+from tests.conftest import pg_private_database
 from tests.integration.sqlalchemy._jobs import run_cli
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def fresh_db(pg_url: str) -> Iterator[tuple[Engine, str]]:
+def fresh_db() -> Iterator[tuple[Engine, str]]:
     """A database of its own: V011 touches fixed names (users, encryption.*)."""
-    base = make_url(pg_url)
-    name = f"glc_v011_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = base.set(database=name)
-    eng = create_engine(url)
-    try:
-        yield eng, url.render_as_string(hide_password=False)
-    finally:
-        eng.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with pg_private_database("glc_v011", sqlalchemy_url=True) as url:
+        eng = create_engine(url)
+        try:
+            yield eng, url
+        finally:
+            eng.dispose()
 
 
 def _columns(engine: Engine, schema: str, table: str) -> set[str]:

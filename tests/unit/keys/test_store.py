@@ -61,3 +61,49 @@ def test_a_damaged_file_is_a_typed_error(tmp_path: Path) -> None:
         (tmp_path / name).unlink(missing_ok=True)
     with pytest.raises(ConfigurationError, match="damaged or not a database"):
         open_key_store(f"sqlite:///{tmp_path / 'keystore.db'}")
+
+
+def test_the_store_keeps_versions_deks_usage_and_index_keys(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    assert store.dialect == "sqlite" and repr(store).startswith("KeyStore(sqlite:///")
+    assert store.pool_connections() == 0 and store.listen_dsn is None
+    store.retry_seconds = 0.25
+    assert store.db.retry_seconds == 0.25
+    v2 = store.add_primary_version("local", "local:v2")
+    assert [v.state for v in store.versions()] == ["active", "primary"]
+    dek = store.insert_dek(v2.version, "local", "local:v2", b"wrapped", {"t": "1"}, b"d")
+    old = store.insert_dek(1, "local", "local:v1", b"old", {}, b"")
+    store.record_usage({dek: (4, 64)}, retry_seconds=0.0)
+    assert store.usage_by_version() == {1: (1, 0, 0), 2: (1, 4, 64)}
+    record = store.get_dek(dek)
+    assert record is not None and record.context == {"t": "1"}
+    assert store.replace_wrapped(old, b"old", b"rewrapped", "local:v2")
+    assert [len(batch) for batch in store.iter_deks()] == [2]
+    store.set_wrapping_key(1, "local:v2")
+    assert store.destroy_wrapping_key("local:v1") == 1
+    assert {w.wrapping_key_id for w in store.wrapping_keys()} == {"local:v1", "local:v2"}
+    assert store.retire_below(2) == 2 and store.min_decryption_version() == 2
+    assert store.delete_deks_below(2) == 1 and store.count_deks_by_version() == {2: 1}
+    assert store.add_index_key("local", "local:v2", b"root") == 1
+    assert store.replace_index_wrapped(1, b"root", b"root2", "local:v2")
+    store.add_index_key("local", "local:v2", b"next")
+    store.set_index_key_state(1, "retired")
+    assert [(k.state, k.wrapped) for k in store.index_keys()] == [
+        ("retired", b"root2"),
+        ("primary", b"next"),
+    ]
+    assert store.unfinished_job_ranges() == 0
+    store.notify("glc_keyring")  # SQLite: nothing to send
+    store.close()
+
+
+def test_instances_are_listed_pruned_and_removed_through_the_store(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    assert _beat(store, "a", expected=None)
+    now, rows = store.instances_and_clock()
+    assert [r.instance_id for r in rows] == ["a"] and now >= rows[0].last_seen
+    store.remove_instance("a")
+    assert store.instances() == []
+    assert _beat(store, "b", expected=None)
+    assert store.prune_instances(now + 3600) == 1
+    store.close()

@@ -421,7 +421,7 @@ class PostgresAuditSink(_SqlAuditSink):
         )
 
     def _ddl(self, cur: Any) -> None:
-        # Tables an older release left in `public` move here (the V012 migration's audit
+        # Tables created before V012 (in `public`) move here (the V012 migration's audit
         # part); the advisory lock serializes instances connecting at once.
         run_ddl(cur, "audit", "postgresql", schema=self.schema, lock_id=_PG_LOCK)
 

@@ -1,0 +1,330 @@
+# ruff: noqa: S608
+# SQL text here is assembled only from identifiers quoted by the dialect's identifier preparer
+# (table, column and schema names from the job spec) and the pk type read from pg_attribute;
+# every value travels as a bound parameter.
+"""The batches of column jobs: classify rows, CAS-write them, verify, quarantine, checkpoint."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from greenlang_crypto import parse_envelope
+from greenlang_crypto.exceptions import GreenlangCryptoError, KeyStateError
+from greenlang_crypto.sqlalchemy._common import is_envelope, location_aad, row_aad
+from greenlang_crypto.sqlalchemy._job_ranges import _JobTables
+from greenlang_crypto.sqlalchemy._job_spec import JobReport, _Row, _Write
+from greenlang_crypto.sqlalchemy._job_sql import _LeaseLostError, _value_rows, _version_byte
+
+# Every part of the column jobs logs under the name of the public module, so that one logging
+# setting covers a job whichever of its modules speaks.
+_log = logging.getLogger("greenlang_crypto.sqlalchemy.migrate")
+
+
+class _JobBatches(_JobTables):
+    """The row work of a column job: one batch is one transaction (see ``ColumnJob``)."""
+
+    # -- classification ------------------------------------------------------------------
+
+    def _aad(self, row: _Row) -> bytes:
+        s = self.spec
+        if s.bind_row:
+            return row_aad(s.table, s.column, row.pk, row.tenant)
+        return location_aad(s.table, s.column)
+
+    def _plan_rows(
+        self, rows: Sequence[_Row], report: JobReport
+    ) -> tuple[list[_Write], list[tuple[_Row, str, int | None]]]:
+        """Decides per row: skip, write (encrypt / re-encrypt / re-index) or quarantine."""
+        svc = self.service
+        writes: list[_Write] = []
+        bad: list[tuple[_Row, str, int | None]] = []
+        to_encrypt: list[tuple[_Row, bytes]] = []
+        # The version byte of an index value is public (like an envelope's key version).
+        wanted_kv = self._target_index_version or 0
+        for row in rows:
+            value = row.value
+            if value is None:
+                report.skipped += 1
+                continue
+            ctx = self._contexts.get(row.tenant)
+            if not is_envelope(value):
+                if self.forbid_plaintext:
+                    bad.append((row, "plaintext in phase 2", None))
+                    continue
+                if self.spec.kind == "str":
+                    try:
+                        value.decode("utf-8")
+                    except UnicodeDecodeError:
+                        bad.append((row, "plaintext is not UTF-8", None))
+                        continue
+                to_encrypt.append((row, value))
+                continue
+            try:
+                version = parse_envelope(value).key_version
+            except GreenlangCryptoError as exc:
+                bad.append((row, f"malformed envelope ({type(exc).__name__})", None))
+                continue
+            needs_key = self.mode == "reencrypt" and version < self._target_version
+            idx_stale = self._index is not None and (
+                row.index is None
+                or (self.mode == "reencrypt" and _version_byte(row.index) != wanted_kv)
+            )
+            if not needs_key and not idx_stale:
+                report.skipped += 1
+                continue
+            try:
+                plaintext = svc.decrypt(value, ctx, associated_data=self._aad(row))
+            except GreenlangCryptoError as exc:
+                # The error type tells operators a missing or retired key version from a
+                # failed tag, using only the key version in the public header.
+                bad.append((row, type(exc).__name__, version))
+                continue
+            new_value = (
+                svc.encrypt(plaintext, ctx, associated_data=self._aad(row)) if needs_key else None
+            )
+            writes.append(
+                _Write(
+                    row,
+                    plaintext,
+                    new_value,
+                    self._target_version if needs_key else version,
+                    self._index_of(plaintext, row),
+                )
+            )
+        # Plaintext rows are encrypted in one batch call per context.
+        by_tenant: dict[str, list[tuple[_Row, bytes]]] = {}
+        for row, pt in to_encrypt:
+            by_tenant.setdefault(row.tenant, []).append((row, pt))
+        for tenant, items in by_tenant.items():
+            ctx = self._contexts.get(tenant)
+            sealed = svc.encrypt_batch(
+                [pt for _, pt in items], ctx, associated_data=[self._aad(r) for r, _ in items]
+            )
+            for (row, pt), env in zip(items, sealed, strict=True):
+                writes.append(_Write(row, pt, env, self._target_version, self._index_of(pt, row)))
+        return writes, bad
+
+    def _index_of(self, plaintext: bytes, row: _Row) -> bytes | None:
+        if self._index is None:
+            return None
+        value: str | bytes = plaintext.decode("utf-8") if self.spec.kind == "str" else plaintext
+        return bytes(
+            self._index.compute(value, tenant_id=row.tenant, version=self._target_index_version)
+        )
+
+    # -- batches -------------------------------------------------------------------------
+
+    def _select(
+        self, conn: Connection, where: str, params: dict[str, Any], *, limit: bool = False
+    ) -> list[_Row]:
+        n = self._names(conn)
+        tenant = f"t.{n['tenant']}" if self.spec.tenant_column else "NULL"
+        index = f"t.{n['idx']}" if self.spec.index_column else "NULL"
+        sql = (
+            f"SELECT t.{n['pk']}, t.{n['pk']}::text, t.{n['col']}, {tenant}, {index}, "
+            f"t.xmin::text FROM {n['t']} AS t WHERE {where} ORDER BY t.{n['pk']}"
+        )
+        if limit:
+            sql += f" LIMIT {int(self.batch_size)}"
+        fixed = self.spec.tenant_id
+        return [
+            _Row(
+                pk,
+                pk_text,
+                None if value is None else bytes(value),
+                fixed if fixed is not None else str(tenant_value),
+                None if index_value is None else bytes(index_value),
+                str(xmin),
+            )
+            for pk, pk_text, value, tenant_value, index_value, xmin in _value_rows(
+                conn, sql, params
+            )
+        ]
+
+    def _write(self, conn: Connection, writes: Sequence[_Write]) -> list[_Write]:
+        """CAS-updates ``writes``; verifies what was written; returns the rows that lost."""
+        if not writes:
+            return []
+        n = self._names(conn)
+        pk_type = self._pk_sql_type(conn)
+        params: dict[str, Any] = {}
+        values = []
+        for i, w in enumerate(writes):
+            params[f"p{i}"] = w.row.pk_text
+            # Compare on the row version (xmin), never on the old value: in phase 1 that is
+            # the plaintext, and bound values end up in statement logs and exceptions.
+            params[f"o{i}"] = w.row.xmin
+            params[f"k{i}"] = w.key_version
+            params[f"x{i}"] = w.index
+            if w.new_value is not None:
+                params[f"n{i}"] = w.new_value
+                new = f"CAST(:n{i} AS bytea)"
+            else:
+                new = "NULL"  # only the index changes; the column keeps its value
+            values.append(
+                f"(CAST(:p{i} AS {pk_type}), CAST(:o{i} AS xid), {new}::bytea, "
+                f"CAST(:k{i} AS integer), CAST(:x{i} AS bytea))"
+            )
+        sets = [f"{n['col']} = COALESCE(v.new_value, t.{n['col']})"]
+        if self.spec.version_column:
+            sets.append(f"{n['ver']} = v.key_version")
+        if self.spec.index_column:
+            sets.append(f"{n['idx']} = v.idx")
+        sql = (
+            f"UPDATE {n['t']} AS t SET {', '.join(sets)} "
+            f"FROM (VALUES {', '.join(values)}) AS v(pk, old, new_value, key_version, idx) "
+            f"WHERE t.{n['pk']} = v.pk AND t.xmin = v.old "
+            f"RETURNING t.{n['pk']}::text"
+        )
+        # The UPDATE returns keys only: it runs through SQLAlchemy (its events, its error
+        # handling), and whatever it returns may reach the engine's DEBUG log. The values
+        # it wrote are read back on the DBAPI cursor, in the same transaction (the rows are
+        # locked by the UPDATE until the batch commits).
+        done = {str(pk_text) for (pk_text,) in conn.execute(text(sql), params)}
+        if not done:
+            return list(writes)
+        returned_index = f"t.{n['idx']}" if self.spec.index_column else "NULL"
+        stored_rows = _value_rows(
+            conn,
+            f"SELECT t.{n['pk']}::text, t.{n['col']}, {returned_index} FROM {n['t']} AS t "
+            f"WHERE t.{n['pk']} = ANY(CAST(:pks AS {pk_type}[]))",
+            {"pks": sorted(done)},
+        )
+        by_pk = {w.row.pk_text: w for w in writes}
+        verified: set[str] = set()
+        for pk_text, stored, index in stored_rows:
+            w = by_pk[pk_text]
+            # Verify after write, before the batch commits: what the database now holds
+            # decrypts to the plaintext.
+            ctx = self._contexts.get(w.row.tenant)
+            back = self.service.decrypt(bytes(stored), ctx, associated_data=self._aad(w.row))
+            if not hmac.compare_digest(back, w.plaintext):
+                raise KeyStateError(f"verification failed for row {pk_text}; batch rolled back")
+            if w.index is not None and not hmac.compare_digest(bytes(index), w.index):
+                raise KeyStateError(f"index verification failed for row {pk_text}")
+            verified.add(pk_text)
+        if verified != done:
+            raise KeyStateError("rows written by the batch could not be read back; rolled back")
+        return [w for w in writes if w.row.pk_text not in done]
+
+    def _quarantine(
+        self, conn: Connection, bad: Sequence[tuple[_Row, str, int | None]], report: JobReport
+    ) -> None:
+        n = self._names(conn)
+        for row, reason, version in bad:
+            conn.execute(
+                text(
+                    f"INSERT INTO {n['quarantine']} "
+                    "(job, table_name, column_name, pk, reason, key_version) "
+                    "VALUES (:j, :t, :c, :pk, :r, :v) ON CONFLICT (job, pk) DO UPDATE SET "
+                    "reason = EXCLUDED.reason, key_version = EXCLUDED.key_version, "
+                    "detected_at = now()"
+                ),
+                {
+                    "j": self.job_name,
+                    "t": self.spec.table,
+                    "c": self.spec.column,
+                    "pk": row.pk_text,
+                    "r": reason,
+                    "v": version,
+                },
+            )
+            report.quarantined.append((row.pk_text, reason, version))
+            _log.warning(
+                "quarantined %s.%s pk=%s: %s (key version %s)",
+                self.spec.table,
+                self.spec.column,
+                row.pk_text,
+                reason,
+                version,
+            )
+
+    def _batch(self, range_id: int, hi: str | None, report: JobReport) -> tuple[bool, int]:
+        """One transaction: renew the lease, read, write, verify, quarantine, checkpoint.
+
+        Returns:
+            Whether the range is finished, and the rows read.
+
+        Raises:
+            _LeaseLostError: Another worker holds the range now (nothing was written).
+        """
+        with self.engine.begin() as conn:
+            n = self._names(conn)
+            # Renewing first both proves this worker still owns the range and locks its row
+            # until the batch commits; the checkpoint comes from the table, so a range taken
+            # back resumes where its last committed batch ended.
+            owned = conn.execute(
+                text(
+                    f"UPDATE {n['ranges']} SET lease_until = clock_timestamp() + "
+                    "make_interval(secs => :lease) WHERE job = :j AND range_id = :i "
+                    "AND owner = :w AND state = 'running' RETURNING COALESCE(last_pk, lo)"
+                ),
+                {"lease": self.lease_seconds, "j": self.job_name, "i": range_id, "w": self.worker},
+            ).first()
+            if owned is None:
+                raise _LeaseLostError(range_id)
+            last: str | None = owned[0]
+            pk_type = self._pk_sql_type(conn)
+            cond = ["TRUE"]
+            params: dict[str, Any] = {}
+            if last is not None:
+                cond.append(f"t.{n['pk']} > CAST(:last AS {pk_type})")
+                params["last"] = last
+            if hi is not None:
+                cond.append(f"t.{n['pk']} <= CAST(:hi AS {pk_type})")
+                params["hi"] = hi
+            rows = self._select(conn, " AND ".join(cond), params, limit=True)
+            local = JobReport(self.job_name)
+            if rows:
+                writes, bad = self._plan_rows(rows, local)
+                lost = self._write(conn, writes)
+                # Every CAS round counts the rows it really changed, so the total is exact
+                # however many rounds the application's own writes force.
+                local.written += len(writes) - len(lost)
+                for _ in range(3):
+                    if not lost:
+                        break
+                    # The application changed these rows after they were read: re-read and
+                    # decide again on their current values (never overwrite the new value).
+                    local.contended += len(lost)
+                    fresh = self._select(
+                        conn,
+                        f"t.{n['pk']} = ANY(CAST(:pks AS {pk_type}[]))",
+                        {"pks": [w.row.pk_text for w in lost]},
+                    )
+                    writes, more_bad = self._plan_rows(fresh, local)
+                    bad.extend(more_bad)
+                    lost = self._write(conn, writes)
+                    local.written += len(writes) - len(lost)
+                for w in lost:
+                    bad.append((w.row, "concurrent updates (retry the job)", w.key_version))
+                self._quarantine(conn, bad, local)
+            finished = len(rows) < self.batch_size
+            conn.execute(
+                text(
+                    f"UPDATE {n['ranges']} SET last_pk = :last, processed = processed + :n, "
+                    "state = :state, lease_until = clock_timestamp() + "
+                    "make_interval(secs => :lease) WHERE job = :j AND range_id = :i"
+                ),
+                {
+                    "last": rows[-1].pk_text if rows else last,
+                    "n": len(rows),
+                    "state": "done" if finished else "running",
+                    "lease": self.lease_seconds,
+                    "j": self.job_name,
+                    "i": range_id,
+                },
+            )
+        # Only a committed batch counts.
+        report.scanned += len(rows)
+        report.written += local.written
+        report.skipped += local.skipped
+        report.contended += local.contended
+        report.quarantined.extend(local.quarantined)
+        return finished, len(rows)

@@ -1,0 +1,60 @@
+"""``greenlang-crypto keys`` in process (:mod:`greenlang_crypto.cli.keys`).
+
+``keys status`` and ``keys retire --force`` against a live instance in another process are in
+``tests/integration/cli/test_keys.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.clirun import RunCli
+
+
+def test_list_rotate_and_retire(run_cli: RunCli) -> None:
+    code, out, _ = run_cli("keys", "list", "--json")
+    assert code == 0
+    assert [(v["version"], v["state"]) for v in json.loads(out)] == [(1, "primary")]
+    code, out, err = run_cli("keys", "rotate")
+    assert code == 0, err
+    assert out.startswith("rotated: v1 -> v2")
+    code, out, _ = run_cli("keys", "list")
+    lines = out.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("v1") and "active" in lines[0]
+    assert lines[1].startswith("v2") and "primary" in lines[1]
+    code, out, err = run_cli("keys", "retire", "--below", "2")
+    assert code == 0, err
+    assert "minimum decryption version is now 2" in out
+
+
+def test_rewrap_moves_data_keys_to_the_primary(run_cli: RunCli, tmp_path: Path) -> None:
+    src = tmp_path / "in.txt"
+    src.write_bytes(b"value")
+    ctx = ["--tenant", "t", "--data-class", "d"]
+    code, _, err = run_cli("encrypt", *ctx, "-i", str(src), "-o", str(tmp_path / "in.glc"))
+    assert code == 0, err
+    assert run_cli("keys", "rotate")[0] == 0
+    code, out, err = run_cli("keys", "rewrap")
+    assert code == 0, err
+    assert out.startswith("rewrapped 1 stored DEK(s) under ")
+
+
+def test_key_changes_are_audited(run_cli: RunCli) -> None:
+    assert run_cli("keys", "rotate")[0] == 0
+    code, out, err = run_cli("audit", "tail", "-n", "10")
+    assert code == 0, err
+    assert "key_rotate" in out
+
+
+def test_branch_commands_need_a_target_and_a_confirmation(
+    run_cli: RunCli, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        run_cli("keys", "branch-rotate")
+    assert exc.value.code == 2
+    assert "one of the arguments --scope --tenant is required" in capsys.readouterr().err
+    code, _, err = run_cli("keys", "branch-delete", "--tenant", "acme")
+    assert code == 2 and "--yes" in err

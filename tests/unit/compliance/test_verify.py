@@ -1,0 +1,320 @@
+"""The compliance controls without PostgreSQL or KMS: a local service, SQLite columns, the
+repository's Terraform module and the report's own rules.
+
+The same run against PostgreSQL, the moto KMS server and the CLI is in
+``tests/integration/compliance/test_verify.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from greenlang_crypto import EncryptionContext
+from greenlang_crypto.compliance import verify
+from greenlang_crypto.compliance.verify import (
+    FRAMEWORKS,
+    ColumnSpec,
+    ControlResult,
+    Report,
+    check_audit,
+    check_columns,
+    check_service,
+    check_terraform,
+    run_verification,
+)
+from greenlang_crypto.exceptions import AuditSinkUnavailableError, GreenlangCryptoError
+from greenlang_crypto.service import EncryptionService
+
+ROOT = Path(__file__).resolve().parents[3]
+KMS_MODULE = ROOT / "terraform" / "modules" / "kms"
+CTX = EncryptionContext(tenant_id="acme", data_class="pii")
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EncryptionService]:
+    svc = EncryptionService.init_local(tmp_path_factory.mktemp("verify-keys"))
+    yield svc
+    svc.close()
+
+
+def by_control(results: list[ControlResult]) -> dict[str, ControlResult]:
+    return {r.control: r for r in results}
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("users.email", ColumnSpec("users", "email", "id")),
+        ("app.users.email", ColumnSpec("app.users", "email", "id")),
+        ("users.email:user_id", ColumnSpec("users", "email", "user_id")),
+        ("users.email:", ColumnSpec("users", "email", "id")),
+    ],
+)
+def test_a_column_spec_is_parsed(spec: str, expected: ColumnSpec) -> None:
+    assert ColumnSpec.parse(spec) == expected
+
+
+@pytest.mark.parametrize("spec", ["email", ".email", "users.", "", ":id"])
+def test_a_column_spec_without_table_and_column_is_refused(spec: str) -> None:
+    with pytest.raises(GreenlangCryptoError, match=r"\[schema.\]table.column\[:pk\]"):
+        ColumnSpec.parse(spec)
+
+
+def test_identifiers_are_quoted_and_anything_else_refused() -> None:
+    assert verify._ident("app.user_accounts") == '"app"."user_accounts"'
+    for bad in ('users"; DROP TABLE x; --', "a b", "a-b", "users.", ""):
+        with pytest.raises(GreenlangCryptoError, match="invalid SQL identifier"):
+            verify._ident(bad)
+
+
+def test_only_well_formed_envelopes_count_as_encrypted(service: EncryptionService) -> None:
+    sealed = service.encrypt(b"alice@example.com", CTX)
+    assert verify._is_envelope(sealed) is True
+    assert verify._is_envelope(memoryview(sealed)) is True
+    assert verify._is_envelope(b"alice@example.com") is False
+    assert verify._is_envelope(sealed[:10]) is False
+    assert verify._is_envelope(sealed.hex()) is False  # text, even if it holds an envelope
+
+
+def _result(control: str, status: str) -> ControlResult:
+    return ControlResult(control, status, f"{control} detail", FRAMEWORKS[control])
+
+
+def test_a_report_passes_only_without_failures_or_unallowed_skips() -> None:
+    passing = Report(1.0, [_result("crypto.algorithm", "pass")])
+    assert passing.ok and passing.failed == [] and passing.unallowed_skips == []
+    failing = Report(1.0, [_result("crypto.algorithm", "fail")])
+    assert not failing.ok and [r.control for r in failing.failed] == ["crypto.algorithm"]
+    skipped = [_result("crypto.algorithm", "pass"), _result("audit.chain", "skipped")]
+    assert not Report(1.0, skipped).ok
+    assert Report(1.0, skipped, allowed_skips=frozenset({"audit.chain"})).ok
+
+
+def test_the_json_report_summarizes_and_lists_every_control() -> None:
+    report = Report(
+        42.0,
+        [
+            _result("crypto.algorithm", "pass"),
+            _result("keys.rotation", "fail"),
+            _result("audit.chain", "skipped"),
+            _result("infra.alarms", "skipped"),
+        ],
+        allowed_skips=frozenset({"infra.alarms"}),
+    )
+    doc = json.loads(report.to_json())
+    assert doc["generated_at"] == 42.0
+    assert doc["summary"] == {
+        "pass": 1,
+        "fail": 1,
+        "skipped": 2,
+        "skipped_not_allowed": ["audit.chain"],
+        "ok": False,
+    }
+    assert [c["control"] for c in doc["controls"]] == [
+        "crypto.algorithm",
+        "keys.rotation",
+        "audit.chain",
+        "infra.alarms",
+    ]
+    assert doc["controls"][0]["frameworks"] == FRAMEWORKS["crypto.algorithm"]
+
+
+def test_the_text_report_names_each_status_and_what_made_it_incomplete() -> None:
+    text = Report(
+        0.0, [_result("crypto.algorithm", "pass"), _result("audit.chain", "skipped")]
+    ).to_text()
+    assert "[PASS   ] crypto.algorithm" in text
+    assert "[SKIPPED] audit.chain" in text
+    assert "1 passed, 0 failed, 1 skipped" in text
+    assert "incomplete: audit.chain skipped without --allow-skip" in text
+    complete = Report(0.0, [_result("crypto.algorithm", "pass")]).to_text()
+    assert "incomplete" not in complete
+
+
+def test_the_service_controls_of_a_fresh_local_service_pass(service: EncryptionService) -> None:
+    results = by_control(check_service(service))
+    assert set(results) == {
+        "crypto.algorithm",
+        "keys.cache_ttl",
+        "keys.usage_limit",
+        "keys.provider_health",
+        "keys.rotation",
+    }
+    assert {r.status for r in results.values()} == {"pass"}
+    assert results["keys.rotation"].detail.startswith("local primary key version 1 is 0 days old")
+    assert results["keys.cache_ttl"].evidence == {"ttl_seconds": service.config.cache_ttl_seconds}
+
+
+def _fake_service(**overrides: Any) -> Any:
+    versions = [SimpleNamespace(version=1, state="primary", wrapping_key_id="arn:k1", created_at=0)]
+    fields: dict[str, Any] = {
+        "config": SimpleNamespace(cache_ttl_seconds=300, max_messages_per_dek=2**32),
+        "provider_name": "aws-kms",
+        "provider_health": lambda: SimpleNamespace(ok=True, detail="kms ok"),
+        "versions": lambda: versions,
+        "rotation_status": lambda key_id: {"rotation_enabled": True, "rotation_period_days": 90},
+    }
+    fields.update(overrides)
+    return SimpleNamespace(**fields)
+
+
+def test_kms_rotation_is_read_from_the_provider_for_every_active_key() -> None:
+    results = by_control(check_service(_fake_service()))
+    assert results["keys.rotation"].status == "pass"
+    assert results["keys.rotation"].evidence == {
+        "keys": {"arn:k1": {"enabled": True, "period_days": 90}}
+    }
+    off = by_control(
+        check_service(_fake_service(rotation_status=lambda key_id: {"rotation_enabled": False}))
+    )
+    assert off["keys.rotation"].status == "fail"
+
+    def unreadable(key_id: str) -> Any:
+        raise AuditSinkUnavailableError("x")
+
+    broken = by_control(check_service(_fake_service(rotation_status=unreadable)))
+    assert broken["keys.rotation"].status == "fail"
+    assert broken["keys.rotation"].evidence["keys"] == {
+        "arn:k1": "error: AuditSinkUnavailableError"
+    }
+
+
+def test_a_long_cache_ttl_too_many_messages_or_a_down_provider_fail() -> None:
+    results = by_control(
+        check_service(
+            _fake_service(
+                config=SimpleNamespace(cache_ttl_seconds=301, max_messages_per_dek=2**32 + 1),
+                provider_health=lambda: SimpleNamespace(ok=False, detail="kms unavailable"),
+            )
+        )
+    )
+    assert results["keys.cache_ttl"].status == "fail"
+    assert results["keys.usage_limit"].status == "fail"
+    assert results["keys.provider_health"].status == "fail"
+    assert results["keys.provider_health"].detail == "aws-kms: kms unavailable"
+
+
+@pytest.fixture
+def users_db(tmp_path: Path, service: EncryptionService) -> str:
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, email BLOB, note BLOB)")
+    for i in range(1, 21):
+        value = service.encrypt(f"user{i}@example.com".encode(), CTX)
+        conn.execute("INSERT INTO users VALUES (?, ?, ?)", (i, value, None))
+    conn.commit()
+    conn.close()
+    return f"sqlite:///{db}"
+
+
+def test_columns_holding_only_envelopes_or_null_pass(users_db: str) -> None:
+    result = check_columns(users_db, [ColumnSpec("users", "email"), ColumnSpec("users", "note")])
+    assert result.status == "pass"
+    assert result.detail == "scanned 40 values in 2 column(s): all NULL or valid envelopes"
+    assert result.evidence == {"plaintext_rows": {}, "plaintext_counts": {}}
+
+
+def test_every_plaintext_value_is_counted_and_the_first_ids_listed(users_db: str) -> None:
+    conn = sqlite3.connect(users_db.removeprefix("sqlite:///"))
+    conn.executemany(
+        "UPDATE users SET email = ? WHERE id = ?", [(b"bob@example.org", i) for i in (3, 7, 11, 19)]
+    )
+    conn.commit()
+    conn.close()
+    result = check_columns(users_db, [ColumnSpec("users", "email")], limit=2)
+    assert result.status == "fail"
+    assert result.evidence == {
+        "plaintext_rows": {"users.email": ["3", "7"]},
+        "plaintext_counts": {"users.email": 4},
+    }
+    assert "4 plaintext value(s) found" in result.detail
+    assert "bob@example.org" not in json.dumps(result.evidence) + result.detail
+
+
+def test_no_declared_columns_is_a_skip(users_db: str) -> None:
+    assert check_columns(users_db, []).status == "skipped"
+
+
+def test_the_repository_terraform_module_passes_every_infra_control() -> None:
+    results = by_control(check_terraform(KMS_MODULE))
+    assert {c: r.status for c, r in results.items()} == {
+        "infra.kms_rotation": "pass",
+        "infra.deletion_window": "pass",
+        "infra.multi_region": "pass",
+        "infra.alarms": "pass",
+    }
+
+
+def test_a_missing_module_skips_and_a_weak_one_fails(tmp_path: Path) -> None:
+    assert {r.status for r in check_terraform(tmp_path / "none")} == {"skipped"}
+    (tmp_path / "main.tf").write_text(
+        'resource "aws_kms_key" "main" {\n'
+        "  enable_key_rotation = false\n"
+        "}\n"
+        'variable "deletion_window_in_days" {\n'
+        "  default = 7\n"
+        "}\n"
+    )
+    results = by_control(check_terraform(tmp_path))
+    assert {c: r.status for c, r in results.items()} == {
+        "infra.kms_rotation": "fail",
+        "infra.deletion_window": "fail",
+        "infra.multi_region": "fail",
+        "infra.alarms": "fail",
+    }
+    assert "rotation off on: ['main']" in results["infra.kms_rotation"].detail
+
+
+def test_the_audit_control_reports_what_verification_found() -> None:
+    assert check_audit(None).status == "skipped"
+    assert check_audit(lambda: SimpleNamespace(ok=True, detail="120 records")).detail == (
+        "120 records"
+    )
+    broken = check_audit(lambda: SimpleNamespace(ok=False, detail="gap after seq 9"))
+    assert (broken.status, broken.detail) == ("fail", "gap after seq 9")
+    assert check_audit(lambda: True).detail == "chain verified"
+    assert check_audit(lambda: False).status == "fail"
+
+    def unavailable() -> Any:
+        raise AuditSinkUnavailableError("disk full at /var/secret")
+
+    failed = check_audit(unavailable)
+    assert failed.status == "fail"
+    assert failed.detail == "audit verification failed: AuditSinkUnavailableError"
+
+
+def test_a_run_is_incomplete_until_each_skip_is_allowed_by_name(
+    service: EncryptionService, users_db: str, tmp_path: Path
+) -> None:
+    report = run_verification(service, terraform_dir=tmp_path / "none")
+    skipped = sorted(r.control for r in report.unallowed_skips)
+    assert skipped == [
+        "audit.chain",
+        "data.columns_encrypted",
+        "infra.alarms",
+        "infra.deletion_window",
+        "infra.kms_rotation",
+        "infra.multi_region",
+    ]
+    assert not report.ok
+    complete = run_verification(
+        service,
+        db_url=users_db,
+        columns=[ColumnSpec("users", "email")],
+        terraform_dir=KMS_MODULE,
+        audit_verify=lambda: True,
+    )
+    assert complete.ok, complete.to_text()
+    assert run_verification(service, terraform_dir=tmp_path / "none", allow_skip=skipped).ok
+
+
+def test_allowing_an_unknown_control_is_an_error(service: EncryptionService) -> None:
+    with pytest.raises(GreenlangCryptoError, match="unknown control"):
+        run_verification(service, allow_skip=["keys.rotaton"])
