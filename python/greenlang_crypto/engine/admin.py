@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 from greenlang_crypto.context import EncryptionContext
 from greenlang_crypto.exceptions import DecryptionError, InvalidArgumentError, KeyStateError
-from greenlang_crypto.keys.branch import branch_key_context
 from greenlang_crypto.keys.index_keys import INDEX_ROOT_CONTEXT
 from greenlang_crypto.providers.base import (
     CreatesMasterKeys,
@@ -206,6 +205,8 @@ class KeyAdmin:
         return done
 
     def _rewrap_branch_keys(self, new_wrapping_key_id: str) -> int:
+        from greenlang_crypto.keys.branch import branch_key_context
+
         rows = self._runtime.branches.rows
         done = 0
         for batch in rows.iter_all():
@@ -399,7 +400,7 @@ class KeyAdmin:
 
     def key_cache_stats(self) -> dict[str, int]:
         """Outcomes of the shared Redis key cache (empty when none is configured)."""
-        cache = self._runtime.branches.shared_cache
+        cache = self._runtime.shared_cache
         return {} if cache is None else cache.stats()
 
     # -- blind-index keys ------------------------------------------------------------------

@@ -35,7 +35,6 @@ from greenlang_crypto.exceptions import (
     KmsAccessDeniedError,
     PayloadTooLargeError,
 )
-from greenlang_crypto.keys.branch import dek_cache_id
 from greenlang_crypto.providers.base import EnforcesKeyAllowList
 
 from ._common import (
@@ -386,7 +385,7 @@ class Envelope:
     def _stored_dek(self, dek_id: int) -> DekRecord | None:
         """A stored DEK row, from the shared Redis key cache when one is configured."""
         runtime = self._runtime
-        cache = runtime.branches.shared_cache
+        cache = runtime.shared_cache
         if cache is None:
             return runtime.store.get_dek(dek_id)
         from greenlang_crypto.redis_cache import dek_record_from_json, dek_record_to_json
@@ -403,6 +402,8 @@ class Envelope:
         self, header: EnvelopeHeader, envelope: bytes, ctx: EncryptionContext
     ) -> DataKey:
         # The cache id covers the context: the derived DEK depends on it.
+        from greenlang_crypto.keys.branch import dek_cache_id
+
         runtime = self._runtime
         ref_id = dek_cache_id(envelope, ctx.canonical)
         with runtime.flight(b"dec|" + ref_id):

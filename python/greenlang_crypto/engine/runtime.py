@@ -36,7 +36,6 @@ from greenlang_crypto.exceptions import (
     KeyRetiredError,
     KeyStoreUnavailableError,
 )
-from greenlang_crypto.keys.branch import BRANCH_DEK_PREFIX, BranchKeys, ScopeMapper
 from greenlang_crypto.keys.index_keys import INDEX_ROOT_CONTEXT, IndexKeys
 from greenlang_crypto.keys.keyring import Keyring, KeyringSnapshot
 from greenlang_crypto.providers.base import KeyLimits, NamesCurrentKey
@@ -46,6 +45,7 @@ from ._common import FLIGHT_STRIPES, REFERENCES
 if TYPE_CHECKING:
     from greenlang_crypto.config import EncryptionServiceConfig
     from greenlang_crypto.context import EncryptionContext
+    from greenlang_crypto.keys.branch import BranchKeys, ScopeMapper
     from greenlang_crypto.keys.store import IndexKeyRecord, KeyStore, KeyVersion
     from greenlang_crypto.providers.base import KeyProvider
     from greenlang_crypto.redis_cache import RedisKeyCache
@@ -143,21 +143,46 @@ class Runtime:
         # Self-fencing: seals stop at this deadline until the keyring confirms its view again.
         self._fence_lock = threading.Lock()
         self._fence_retry_at = 0.0
+        #: The fleet's shared Redis cache of wrapped key records (None when not configured).
+        self.shared_cache = composition.build_key_cache(config) if key_cache is None else key_cache
+        self._branch_scope = branch_scope or config.branch_key_scope
+        self._branches: BranchKeys | None = None
+        self._branches_lock = threading.Lock()
+        _forks.fresh_locks_after_fork(self, "_branches_lock")
         keyring = self.keyring
-        self.branches = BranchKeys(
-            store,
-            provider,
-            branch_scope or config.branch_key_scope,
-            ttl=ttl,
-            max_entries=config.cache_max_entries,
-            epoch=lambda: keyring.snapshot.epoch,
-            shared_cache=composition.build_key_cache(config) if key_cache is None else key_cache,
-            emit=events.emit,
-            **self._clock_kw,
-        )
         self.apply_snapshot(None, keyring.snapshot)
         self._listen()
         self._finalizer: weakref.finalize[Any, Any] = weakref.finalize(self, _stop_keyring, keyring)
+
+    @property
+    def branches(self) -> BranchKeys:
+        """The branch keys, built on first use.
+
+        A process that never uses branch references (a one-shot CLI command, most services)
+        neither imports nor builds them; nothing is cached before that first use, so there
+        is nothing a later build could miss.
+        """
+        branches = self._branches
+        if branches is None:
+            with self._branches_lock:
+                branches = self._branches
+                if branches is None:
+                    from greenlang_crypto.keys.branch import BranchKeys
+
+                    keyring = self.keyring
+                    branches = BranchKeys(
+                        self.store,
+                        self.provider,
+                        self._branch_scope,
+                        ttl=self.cache_ttl,
+                        max_entries=self.config.cache_max_entries,
+                        epoch=lambda: keyring.snapshot.epoch,
+                        shared_cache=self.shared_cache,
+                        emit=self.events.emit,
+                        **self._clock_kw,
+                    )
+                    self._branches = branches
+        return branches
 
     def _listen(self) -> None:
         # The keyring (and its thread) must not keep the runtime alive: weak callbacks.
@@ -263,14 +288,19 @@ class Runtime:
         # New DEKs are derived from the current branch keys (the branch encryption cache starts
         # over: a derivation costs no KMS call); after a deletion or rewrap, DEKs derived from
         # branch keys are dropped from the decryption cache too.
+        branches = self._branches
+        if branches is None:
+            return  # never used: nothing derived from a branch key is cached
         try:
-            changed, dropped = self.branches.apply_changes()
+            changed, dropped = branches.apply_changes()
         except Exception as exc:  # the store is down: the next epoch change retries
             _log.warning("branch key changes not loaded: %s", type(exc).__name__)
             return
         if changed:
             self.replace_enc_caches(only="branch")
         if dropped:
+            from greenlang_crypto.keys.branch import BRANCH_DEK_PREFIX
+
             self.dec_cache.remove_prefix(BRANCH_DEK_PREFIX)
 
     def replace_enc_caches(self, only: str | None = None) -> None:
@@ -315,7 +345,8 @@ class Runtime:
         for cache in self.enc_caches.values():
             cache.purge_expired()
         self.index.purge()
-        self.branches.purge()
+        if self._branches is not None:
+            self._branches.purge()
         self.prune_usage()
 
     # -- fencing ---------------------------------------------------------------------------
@@ -520,7 +551,8 @@ class Runtime:
             self.replace_enc_caches()
             self.dec_cache.clear()
         self.index.clear()
-        self.branches.clear()
+        if self._branches is not None:
+            self._branches.clear()
 
     def _after_fork_in_child(self) -> None:
         # A parent thread may have been inside a KMS call under a flight lock at the fork.

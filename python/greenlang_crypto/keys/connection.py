@@ -16,12 +16,15 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
-from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from greenlang_crypto import _forks
 from greenlang_crypto._db import open_sqlite, placeholders, run_ddl
 from greenlang_crypto.exceptions import ConfigurationError, KeyStoreUnavailableError
-from greenlang_crypto.keys.pgpool import PgPool, retrying
+from greenlang_crypto.keys._retry import retrying
+
+if TYPE_CHECKING:
+    from greenlang_crypto.keys.pgpool import PgPool
 from greenlang_crypto.sql import schema_marker
 
 __all__ = ["PG_LOCK", "Database", "damaged", "idempotent", "sqlite_connector"]

@@ -28,13 +28,14 @@ import re
 import select
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from functools import lru_cache
 from typing import Any, TypeVar
 
 from greenlang_crypto import _forks
 from greenlang_crypto.exceptions import ConfigurationError, KeyStoreUnavailableError
+from greenlang_crypto.keys._retry import retrying
 
 __all__ = ["PgPool", "is_outage", "qualify", "retrying"]
 
@@ -345,27 +346,3 @@ class PgPool:
                 pool.close(timeout=2.0)
             except Exception as exc:  # a dead server: nothing left to release
                 _log.debug("closing the key store pool failed: %s", type(exc).__name__)
-
-
-def retrying(
-    fn: Callable[[], T],
-    *,
-    budget_seconds: float,
-    first_delay: float = 0.05,
-    max_delay: float = 1.0,
-) -> T:
-    """Calls ``fn`` until it does not raise :class:`KeyStoreUnavailableError`.
-
-    Only for idempotent work (reads, upserts, monotonic counters). Backs off exponentially
-    and gives up once ``budget_seconds`` have passed, re-raising the last error.
-    """
-    deadline = time.monotonic() + budget_seconds
-    delay = first_delay
-    while True:
-        try:
-            return fn()
-        except KeyStoreUnavailableError:
-            if time.monotonic() + delay >= deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, max_delay)

@@ -15,7 +15,7 @@ the store's :class:`~greenlang_crypto.keys.connection.Database`:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from greenlang_crypto._db import pg_dsn, schema_name
 from greenlang_crypto.exceptions import ConfigurationError
@@ -24,7 +24,6 @@ from greenlang_crypto.keys.connection import Database, sqlite_connector
 from greenlang_crypto.keys.index_key_store import IndexKeyRecord, IndexKeyStore
 from greenlang_crypto.keys.instances import InstanceRecord, InstanceStore
 from greenlang_crypto.keys.jobs import unfinished_job_ranges
-from greenlang_crypto.keys.pgpool import PgPool
 from greenlang_crypto.keys.versions import (
     KEY_STATES,
     DekRecord,
@@ -33,6 +32,9 @@ from greenlang_crypto.keys.versions import (
     StoredDeks,
     WrappingKeyRecord,
 )
+
+if TYPE_CHECKING:
+    from greenlang_crypto.keys.pgpool import PgPool
 
 __all__ = [
     "KEY_STATES",
@@ -338,6 +340,8 @@ def open_key_store(
         # Table names are written into each statement with their schema, never through a
         # session's search_path: that also works through a transaction-mode pooler, and never
         # resolves to a stale copy elsewhere on the search path.
+        from greenlang_crypto.keys.pgpool import PgPool
+
         pool = PgPool(dsn, schema=schema, size=pool_size, transaction_pooler=transaction_pooler)
         host = dsn.split("@")[-1]
         store = KeyStore(

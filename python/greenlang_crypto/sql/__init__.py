@@ -11,10 +11,11 @@ the audit sinks and the column jobs create exactly what the migrations create.
 
 from __future__ import annotations
 
+import os
 import re
 import zlib
 from functools import cache
-from importlib import resources
+from pathlib import Path
 
 __all__ = ["GROUPS", "migration_files", "schema_marker", "statements"]
 
@@ -25,11 +26,14 @@ _FILE = re.compile(r"^V\d{3}__[a-z0-9_]+\.sql$")
 _GROUP = re.compile(r"^--\s*group:\s*([a-z_]+)\s*$")
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
 _DEFAULT_SCHEMA = "encryption"
+#: The migrations sit beside this module: the package, which holds a compiled extension,
+#: is always installed as files (never imported from a zip), so no resource reader is needed.
+_DIR = Path(__file__).parent
 
 
 def migration_files() -> list[str]:
     """Names of the up-migrations, in order."""
-    names = [e.name for e in resources.files(__name__).iterdir() if _FILE.match(e.name)]
+    names = [name for name in os.listdir(_DIR) if _FILE.match(name)]
     return sorted(names)
 
 
@@ -74,7 +78,7 @@ def _split(script: str) -> list[tuple[str, str]]:
 def _all() -> tuple[tuple[str, str], ...]:
     pairs: list[tuple[str, str]] = []
     for name in migration_files():
-        pairs.extend(_split(resources.files(__name__).joinpath(name).read_text(encoding="utf-8")))
+        pairs.extend(_split((_DIR / name).read_text(encoding="utf-8")))
     return tuple(pairs)
 
 
