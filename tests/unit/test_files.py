@@ -3,6 +3,7 @@ directories checked, outputs and directories that appear whole or not at all."""
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 from collections.abc import Iterator
@@ -168,3 +169,26 @@ def test_the_sweep_removes_only_our_old_temporaries(tmp_path: Path) -> None:
     removed = sweep_stale_temporaries(tmp_path)
     assert sorted(removed) == sorted([ours.name, ours_dir.name])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fresh.name, theirs.name])
+
+
+def test_regular_file_size_counts_from_the_position(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"z" * 100)
+    with open(path, "rb") as f:
+        assert regular_file_size(f) == 100
+        f.seek(30)
+        assert regular_file_size(f) == 70
+        f.seek(500)
+        assert regular_file_size(f) == 0
+
+
+def test_regular_file_size_is_none_for_what_is_not_a_regular_file() -> None:
+    assert regular_file_size(io.BytesIO(b"abc")) is None
+    assert regular_file_size(object()) is None
+    r, w = os.pipe()
+    try:
+        with open(r, "rb", closefd=False) as pipe:
+            assert regular_file_size(pipe) is None
+    finally:
+        os.close(r)
+        os.close(w)

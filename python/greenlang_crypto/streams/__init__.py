@@ -22,6 +22,7 @@ import types
 from typing import Any
 
 from greenlang_crypto._files import atomic_output
+from greenlang_crypto._files import regular_file_size as regular_file_size
 from greenlang_crypto.streams import _io, _pipeline
 from greenlang_crypto.streams._io import RUN_BYTES as RUN_BYTES
 from greenlang_crypto.streams._io import TAG_LEN as TAG_LEN
@@ -33,7 +34,6 @@ from greenlang_crypto.streams._io import _Writable as _Writable
 from greenlang_crypto.streams._io import _write_all as _write_all
 from greenlang_crypto.streams._io import as_reader as as_reader
 from greenlang_crypto.streams._io import is_stream
-from greenlang_crypto.streams._io import regular_file_size as regular_file_size
 from greenlang_crypto.streams._open import DecryptingReader, decrypt_to, read_header
 from greenlang_crypto.streams._pipeline import _write_runs as _write_runs
 from greenlang_crypto.streams._pipeline import _Writer as _Writer

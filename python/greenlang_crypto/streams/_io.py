@@ -9,8 +9,6 @@ setting (see the package's ``__init__``) tunes them all.
 from __future__ import annotations
 
 import io
-import os
-import stat
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
@@ -120,22 +118,3 @@ def _write_all(dst: _Writable, view: memoryview) -> None:
         if n >= len(view):
             return
         view = view[n:]
-
-
-def regular_file_size(src: object) -> int | None:
-    """The size of ``src`` when it is a regular file (known before reading), else ``None``."""
-    fileno = getattr(src, "fileno", None)
-    if fileno is None:
-        return None
-    try:
-        st = os.fstat(fileno())
-    except (OSError, ValueError, io.UnsupportedOperation):
-        return None
-    if not stat.S_ISREG(st.st_mode):
-        return None
-    tell = getattr(src, "tell", None)
-    try:
-        pos = tell() if tell is not None else 0
-    except (OSError, io.UnsupportedOperation):
-        pos = 0
-    return max(0, st.st_size - pos)

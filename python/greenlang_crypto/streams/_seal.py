@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from greenlang_crypto._core import StreamEncryptor, wipe_buffer
+from greenlang_crypto._files import regular_file_size
 from greenlang_crypto.exceptions import PayloadTooLargeError
 from greenlang_crypto.streams import _io
 from greenlang_crypto.streams._io import (
@@ -13,7 +14,6 @@ from greenlang_crypto.streams._io import (
     _Writable,
     _write_all,
     as_reader,
-    regular_file_size,
 )
 from greenlang_crypto.streams._pipeline import _write_runs
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -122,26 +120,3 @@ def test_write_all_finishes_short_writes_and_refuses_non_blocking() -> None:
 
     with pytest.raises(InvalidArgumentError, match="non-blocking"):
         _io._write_all(Blocked(), memoryview(b"abc"))
-
-
-def test_regular_file_size_counts_from_the_position(tmp_path: Path) -> None:
-    path = tmp_path / "f"
-    path.write_bytes(b"z" * 100)
-    with open(path, "rb") as f:
-        assert _io.regular_file_size(f) == 100
-        f.seek(30)
-        assert _io.regular_file_size(f) == 70
-        f.seek(500)
-        assert _io.regular_file_size(f) == 0
-
-
-def test_regular_file_size_is_none_for_what_is_not_a_regular_file() -> None:
-    assert _io.regular_file_size(io.BytesIO(b"abc")) is None
-    assert _io.regular_file_size(object()) is None
-    r, w = os.pipe()
-    try:
-        with open(r, "rb", closefd=False) as pipe:
-            assert _io.regular_file_size(pipe) is None
-    finally:
-        os.close(r)
-        os.close(w)

@@ -34,7 +34,7 @@ OFFERED = {
     "encrypt_to": _seal,
     "is_stream": _io,
     "read_header": _open,
-    "regular_file_size": _io,
+    "regular_file_size": _files,
     "sealed_runs": _seal,
 }
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from greenlang_crypto import _forks
-from greenlang_crypto._files import open_private_append
+from greenlang_crypto._files import atomic_output, open_private_append
 from greenlang_crypto.audit.chain import _HEAD_META, ChainKey
 from greenlang_crypto.audit.records import AuditEntry, AuditRecord
 from greenlang_crypto.audit.sinks.base import AuditQuery
@@ -92,19 +92,9 @@ class JsonLinesAuditSink:
         return {str(k): str(v) for k, v in data.items()}
 
     def _write_meta(self, meta: Mapping[str, str]) -> None:
-        tmp = self.meta_path.with_name(self.meta_path.name + ".tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                json.dump(dict(meta), fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.meta_path)
-        except BaseException:
-            # A full disk leaves a truncated copy: removed, the sidecar itself is untouched.
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
+        # Whole or not at all: a full disk leaves the previous sidecar untouched.
+        with atomic_output(self.meta_path, mode=0o600) as fh:
+            fh.write(json.dumps(dict(meta)).encode())
 
     @staticmethod
     def _last_line(f: Any) -> bytes | None:
