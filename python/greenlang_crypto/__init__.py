@@ -17,6 +17,7 @@ from greenlang_crypto._core import (
 from greenlang_crypto.context import EncryptionContext
 from greenlang_crypto.exceptions import (
     ConfigurationError,
+    DataErasedError,
     DecryptionError,
     GreenlangCryptoError,
     InvalidContextError,
@@ -35,6 +36,7 @@ __version__ = "0.1.0"
 __all__ = [
     "FORMAT_VERSION",
     "ConfigurationError",
+    "DataErasedError",
     "DataKey",
     "DecryptionError",
     "DekCache",

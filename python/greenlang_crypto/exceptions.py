@@ -16,6 +16,7 @@ from typing import ClassVar
 __all__ = [
     "AuditSinkUnavailableError",
     "ConfigurationError",
+    "DataErasedError",
     "DecryptionError",
     "GreenlangCryptoError",
     "InternalError",
@@ -132,10 +133,28 @@ class KeyRetiredError(GreenlangCryptoError):
         self.min_version = min_version
 
 
-class KeyNotFoundError(GreenlangCryptoError):
-    """A stored data key referenced by an envelope is missing from the key store."""
+class KeyNotFoundError(DecryptionError):
+    """The key an envelope names is not in the key store (unknown, forged or deleted).
+
+    A :class:`DecryptionError`, with the same message: a reference is read from the
+    envelope, which anyone can write, so the error never names the id it looked for and does
+    not tell a forged reference from a missing key by its text.
+    """
 
     reason = "key_not_found"
+
+
+class DataErasedError(KeyNotFoundError):
+    """The value's key was erased on purpose (crypto-shredded): the data cannot come back.
+
+    Raised when the key store records the deletion of the key's scope (a tenant erased with
+    ``keys branch-delete``); an unknown reference stays a plain :class:`KeyNotFoundError`.
+    """
+
+    reason = "erased"
+
+    def __init__(self, message: str = "decryption failed: the data was erased") -> None:
+        super().__init__(message)
 
 
 class KeyStateError(GreenlangCryptoError):

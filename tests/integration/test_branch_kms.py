@@ -289,8 +289,9 @@ def test_isolation_and_crypto_shredding_over_kms(
     store.close()
     svc.close()
     summary = _decrypt_in_fresh_process(config, path)
-    # t0 is shredded, t2's key no longer unwraps, everyone else is untouched.
-    assert summary["errors"] == {"KeyNotFoundError": PER_TENANT, "DecryptionError": PER_TENANT}
+    # t0 is shredded (a typed erasure, not a missing key), t2's key no longer unwraps,
+    # everyone else is untouched.
+    assert summary["errors"] == {"DataErasedError": PER_TENANT, "DecryptionError": PER_TENANT}
     assert summary["ok"] == 3 * PER_TENANT
 
 

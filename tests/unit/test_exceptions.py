@@ -10,6 +10,7 @@ from greenlang_crypto import _core, exceptions
 from greenlang_crypto.exceptions import (
     AuditSinkUnavailableError,
     ConfigurationError,
+    DataErasedError,
     DecryptionError,
     GreenlangCryptoError,
     InternalError,
@@ -50,6 +51,7 @@ REASONS: dict[type[GreenlangCryptoError], str] = {
     KeyVersionUnavailableError: "key_version_unavailable",
     KeyRetiredError: "key_retired",
     KeyNotFoundError: "key_not_found",
+    DataErasedError: "erased",
     KeyStateError: "key_state",
     KmsError: "kms",
     KmsUnavailableError: "kms",

@@ -344,10 +344,10 @@ class Envelope:
         assert header.dek_id is not None
         if header.dek_id >= MAX_DEK_ID:
             # No stored DEK has such an id; the header is forged or corrupt.
-            raise KeyNotFoundError("stored DEK is not in the key store")
+            raise KeyNotFoundError()
         record = self._stored_dek(header.dek_id)
         if record is None:
-            raise KeyNotFoundError(f"stored DEK {header.dek_id} is not in the key store")
+            raise KeyNotFoundError()
         provider = self._runtime.provider
         if record.key_version != header.key_version or record.provider != provider.name:
             raise DecryptionError()

@@ -48,6 +48,7 @@ from greenlang_crypto._core import (
 from greenlang_crypto.context import EncryptionContext
 from greenlang_crypto.exceptions import (
     ConfigurationError,
+    DataErasedError,
     DecryptionError,
     KeyNotFoundError,
 )
@@ -364,7 +365,8 @@ class BranchKeys:
         """The DEK of a branch envelope, derived again from its branch key.
 
         Raises:
-            KeyNotFoundError: The branch key does not exist (deleted: crypto-shredded).
+            DataErasedError: The context's scope was erased (its branch keys deleted).
+            KeyNotFoundError: No such branch key (a forged or unknown reference).
             DecryptionError: The branch key belongs to another tenant, key version or
                 provider than the envelope and context claim (opaque).
         """
@@ -372,7 +374,9 @@ class BranchKeys:
         assert branch_id is not None
         record = self._record(branch_id)
         if record is None:
-            raise KeyNotFoundError(f"branch key {branch_id} is not in the key store")
+            if self.rows.was_erased(self.scope_of(ctx)):
+                raise DataErasedError()
+            raise KeyNotFoundError()
         if record.key_version != header.key_version or record.provider != provider_name:
             raise DecryptionError()
         if record.scope.startswith("tenant:") and record.scope != "tenant:" + ctx.tenant_id:

@@ -234,6 +234,17 @@ class BranchKeyStore:
                 self._changed(cur, scope, "delete")
             return ids
 
+    def was_erased(self, scope: str) -> bool:
+        """Whether ``scope``'s branch keys were deleted (erased) at some point."""
+        with self._db.transaction() as cur:
+            cur.execute(
+                self._db.sql(
+                    "SELECT 1 FROM glc_branch_key_changes WHERE scope = ? AND action = ? LIMIT 1"
+                ),
+                (scope, "delete"),
+            )
+            return cur.fetchone() is not None
+
     def delete_below(self, min_version: int) -> int:
         """Deletes branch keys of key versions below ``min_version`` (retirement)."""
         with self._db.transaction(serialized=True) as cur:

@@ -36,3 +36,20 @@ def test_a_column_sealer_follows_a_rotation(svc: EncryptionService) -> None:
     assert seal(None) is None
     opened = svc.value_decryptor(CTX, text=True)
     assert opened(svc.encrypt_str("é", CTX)) == "é"
+
+
+def test_a_forged_stored_reference_is_an_opaque_decryption_error(svc: EncryptionService) -> None:
+    from greenlang_crypto.exceptions import DecryptionError, KeyNotFoundError
+
+    envelope = bytearray(svc.encrypt(b"v", CTX, key_reference="stored"))
+    dek_id = parse_envelope(bytes(envelope)).dek_id
+    assert dek_id is not None
+    at = bytes(envelope).index(dek_id.to_bytes(8, "big"))
+    for forged in (dek_id + 1000, 2**63 + 5):
+        envelope[at : at + 8] = forged.to_bytes(8, "big")
+        with pytest.raises(KeyNotFoundError) as info:
+            svc.decrypt(bytes(envelope), CTX)
+        # A DecryptionError with the same text: no id, nothing to tell it from tampering.
+        assert isinstance(info.value, DecryptionError)
+        assert str(info.value) == str(DecryptionError())
+        assert str(forged) not in str(info.value)

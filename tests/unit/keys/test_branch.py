@@ -20,6 +20,7 @@ from greenlang_crypto import _core as core
 from greenlang_crypto.config import EncryptionServiceConfig
 from greenlang_crypto.exceptions import (
     ConfigurationError,
+    DataErasedError,
     DecryptionError,
     InvalidArgumentError,
     InvalidEnvelopeError,
@@ -281,22 +282,42 @@ def test_tenant_isolation_and_crypto_shredding(tmp_path: Path) -> None:
     other = _service(tmp_path)  # a second instance on the same key store
     assert other.decrypt(env_a, A) == b"alice"
     assert svc.delete_branch_keys("tenant:tenant-a") == 1
-    with pytest.raises(KeyNotFoundError):
+    # Erased, and typed as such (a DecryptionError like every unreadable value).
+    with pytest.raises(DataErasedError):
         svc.decrypt(env_a, A)
     assert svc.decrypt(env_b, B) == b"bob"
     # The other instance drops A's keys and derived DEKs once it loads the change.
     other.refresh_keyring()
-    with pytest.raises(KeyNotFoundError):
+    with pytest.raises(DataErasedError):
         other.decrypt(env_a, A)
     assert other.decrypt(env_b, B) == b"bob"
     # New data for the tenant gets a new branch key; the old data stays unreadable.
     fresh = svc.encrypt(b"alice-2", A)
     assert parse_envelope(fresh).branch_id != parse_envelope(env_a).branch_id
     assert other.decrypt(fresh, A) == b"alice-2"
-    with pytest.raises(KeyNotFoundError):
+    with pytest.raises(DataErasedError):
         other.decrypt(env_a, A)
     svc.close()
     other.close()
+
+
+def test_an_unknown_branch_reference_is_opaque_and_names_no_id(tmp_path: Path) -> None:
+    svc = _service(tmp_path)
+    env = bytearray(svc.encrypt(b"alice", A))
+    header = parse_envelope(bytes(env))
+    assert header.branch_id is not None
+    # Point the envelope at a branch id that does not exist, in a scope never erased.
+    raw_id = header.branch_id.to_bytes(4, "big")
+    at = bytes(env).index(raw_id)
+    forged_id = (header.branch_id ^ 0x5A5A5A5A) & 0xFFFFFFFF
+    env[at : at + 4] = forged_id.to_bytes(4, "big")
+    with pytest.raises(KeyNotFoundError) as info:
+        svc.decrypt(bytes(env), A)
+    assert not isinstance(info.value, DataErasedError)
+    assert isinstance(info.value, DecryptionError)
+    assert str(info.value) == str(DecryptionError())
+    assert str(forged_id) not in str(info.value) and str(header.branch_id) not in str(info.value)
+    svc.close()
 
 
 def test_a_tenant_key_never_serves_another_tenant(tmp_path: Path) -> None:
