@@ -238,7 +238,7 @@ class Database:
 
     def migrate(self) -> None:
         """Creates or upgrades the key store tables from the packaged migrations' DDL."""
-        marker = schema_marker() if self.pool is None else None
+        marker = schema_marker() if self.dialect == "sqlite" else None
         if marker is not None:
             with self.transaction() as cur:
                 cur.execute("PRAGMA user_version")
