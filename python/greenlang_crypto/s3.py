@@ -345,7 +345,8 @@ class EncryptedS3Client:
 
         Raises:
             DecryptionError: The header does not verify (another bucket or key, context, or a
-                changed byte), or a segment fails while reading.
+                changed byte), a ranged read finds the object cut or extended (its length is
+                authenticated before any is reported), or a segment fails while reading.
             InvalidArgumentError: A malformed or unsatisfiable ``Range``.
         """
         binding = object_binding(Bucket, Key)
@@ -376,11 +377,12 @@ class EncryptedS3Client:
             extra["IfMatch"] = head["ETag"]
         source = _RangedObject(self._client, Bucket, Key, int(head["ContentLength"]), extra)
         reader = self._service.open_decrypting(source, context, binding, close_source=True)
-        size = reader.size
-        assert size is not None  # the source is seekable
         try:
+            # The object's length is proven (its final segment opened) before it is reported
+            # in ContentRange or used to check the range: a truncated object is refused here.
+            size = reader.verify_size()
             start, end = _parse_range(Range, size)
-        except InvalidArgumentError:
+        except BaseException:
             reader.close()
             raise
         reader.seek(start)

@@ -183,6 +183,33 @@ class DecryptingReader(io.RawIOBase):
         """
         return self._size
 
+    def verify_size(self) -> int:
+        """The plaintext length, authenticated: the final segment is opened first.
+
+        :attr:`size` is computed from the source's length, which whoever stored the stream can
+        change. This opens the last segment, whose tag covers its "final" flag, so a stream
+        cut short (inside a segment or at a boundary) or extended fails here, before any
+        length is reported. The segment stays loaded for a read that reaches it.
+
+        Raises:
+            io.UnsupportedOperation: The source is not seekable.
+            DecryptionError: The stream was cut or extended, or does not authenticate.
+        """
+        self._check_open()
+        if not self._seekable:
+            raise io.UnsupportedOperation("the source is not seekable")
+        if self._failed:
+            raise DecryptionError()
+        assert self._segments is not None and self._size is not None
+        try:
+            self._load_at(self._segments - 1, 1)
+        except DecryptionError:
+            self._failed = True
+            self._failure = DecryptionError()
+            self._buf_first, self._buf_len = -1, 0
+            raise DecryptionError() from None
+        return self._size
+
     def readinto(self, buffer: Any) -> int:
         """Reads plaintext into ``buffer``; returns the bytes read (0 at the end).
 
