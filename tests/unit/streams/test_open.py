@@ -130,6 +130,27 @@ def test_a_cut_stream_fails_at_its_apparent_end(
         reader.readall()
 
 
+def test_verify_size_proves_the_length_before_reporting_it(
+    keys: StreamKeys, data: Callable[[int], bytes]
+) -> None:
+    pt = data(3 * SEG + 7)
+    blob = sealed(keys, pt)
+    with open_reader(keys, io.BytesIO(blob)) as reader:
+        assert reader.verify_size() == len(pt)
+        reader.seek(SEG)
+        assert reader.read(10) == pt[SEG : SEG + 10]
+    # Cut at a segment boundary, or inside one: the apparent size is shorter, and unproven.
+    for cut in (blob[: len(blob) - (7 + 16)], blob[: len(blob) - 100]):
+        with open_reader(keys, io.BytesIO(cut)) as reader:
+            assert reader.size is not None and reader.size < len(pt)
+            with pytest.raises(DecryptionError):
+                reader.verify_size()
+            with pytest.raises(DecryptionError):
+                reader.read(1)  # the failure sticks
+    with open_reader(keys, Pipe(blob)) as reader, pytest.raises(io.UnsupportedOperation):
+        reader.verify_size()
+
+
 def test_close_reports_the_bytes_and_may_close_the_source(
     keys: StreamKeys, data: Callable[[int], bytes]
 ) -> None:
