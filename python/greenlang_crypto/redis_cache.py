@@ -8,7 +8,16 @@ unwraps through its provider (KMS), so Redis never sees a usable key.
 Entries are stamped with the keyring epoch of the process that wrote them, and a reader takes
 an entry only when that stamp is at least the epoch it has loaded itself. Every key change
 (rotation, deletion, rewrap, retirement) raises the epoch, so no entry written before a change
-is served after an instance has learned about it.
+is served after an instance has learned about it. An entry stamped above the reader's own
+epoch is taken only once the key store confirms that epoch.
+
+Redis is not trusted: whoever can write to it could plant, replay or edit entries. So every
+entry carries a MAC over its name, epoch and record (:class:`SharedEntry`), under a key
+derived from the very key the record wraps. Only a process that can unwrap that key through
+the provider (KMS) can make or check the MAC, and a reader checks it right after unwrapping,
+before it uses the key or the record. An entry rebuilt from a key-store backup, moved to
+another name, or re-stamped with another epoch fails the check and the reader goes to the key
+store instead.
 
 Redis is an optimization and never a dependency of the data path: any Redis error (refused
 connection, timeout, a bad entry) is counted and treated as a miss, and after an error the
@@ -23,15 +32,55 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from greenlang_crypto import _forks
 
 if TYPE_CHECKING:
+    from greenlang_crypto._core import DataKey
     from greenlang_crypto.keys.store import DekRecord
 
-__all__ = ["RedisKeyCache", "dek_record_from_json", "dek_record_to_json"]
+__all__ = ["RedisKeyCache", "SharedEntry", "dek_record_from_json", "dek_record_to_json"]
+
+#: The HKDF purpose of an entry's MAC key, derived from the key the entry's record wraps.
+_MAC_PURPOSE = b"glc/shared-key-cache/entry-mac/v1"
+
+
+def _message(name: str, epoch: int, record: dict[str, Any]) -> bytes:
+    # Canonical JSON of the three authenticated fields, with a domain prefix.
+    body = json.dumps([name, epoch, record], sort_keys=True, separators=(",", ":"))
+    return b"glc-shared-key-cache/v1\x00" + body.encode()
+
+
+def entry_tag(key: DataKey, name: str, epoch: int, record: dict[str, Any]) -> bytes:
+    """The MAC of an entry, under a key derived from ``key`` (the key the record wraps)."""
+    return key.derive_index_key(_MAC_PURPOSE).compute(_message(name, epoch, record))
+
+
+@dataclass(frozen=True, slots=True)
+class SharedEntry:
+    """One entry read from the cache: not trusted until :meth:`verify` passes.
+
+    Attributes:
+        name: The entry's name (without the prefix).
+        epoch: The keyring epoch its writer had loaded.
+        record: The wrapped key record.
+        tag: The MAC the writer computed.
+    """
+
+    name: str
+    epoch: int
+    record: dict[str, Any]
+    tag: bytes
+
+    def verify(self, key: DataKey) -> bool:
+        """Whether the MAC holds under ``key``, the key the record unwrapped to."""
+        return key.derive_index_key(_MAC_PURPOSE).verify(
+            _message(self.name, self.epoch, self.record), self.tag
+        )
+
 
 _log = logging.getLogger("greenlang_crypto.redis_cache")
 
@@ -60,7 +109,9 @@ class RedisKeyCache:
         self._backoff = backoff_seconds
         self._down_until = 0.0
         self._lock = threading.Lock()
-        #: Outcomes: hit, miss, stale (older epoch), error, skipped (in backoff), write.
+        #: Outcomes: hit, miss, stale (older epoch), unconfirmed (a newer epoch the key store
+        #: does not confirm), forged (a MAC or record check failed), error, skipped (in
+        #: backoff), write.
         self.outcomes: Counter[str] = Counter()
         # redis-py replaces its own connections in a child; only this lock is ours.
         _forks.fresh_locks_after_fork(self, "_lock")
@@ -106,8 +157,24 @@ class RedisKeyCache:
         # The type only: a redis error message may echo the command and its arguments.
         _log.warning("redis key cache unavailable, using the key store: %s", type(exc).__name__)
 
-    def get(self, name: str, min_epoch: int) -> dict[str, Any] | None:
-        """The record stored under ``name`` if written at ``min_epoch`` or later, else None."""
+    def get(
+        self,
+        name: str,
+        min_epoch: int,
+        *,
+        confirm_epoch: Callable[[int], bool] | None = None,
+    ) -> SharedEntry | None:
+        """The entry stored under ``name`` if written at ``min_epoch`` or later, else None.
+
+        The entry is not verified yet: the caller unwraps its key and calls
+        :meth:`SharedEntry.verify` (and :meth:`reject` when that fails).
+
+        Args:
+            name: The entry's name.
+            min_epoch: The keyring epoch the reader has loaded.
+            confirm_epoch: Asks the key store whether an epoch above ``min_epoch`` is real
+                (typically a keyring refresh); without it, such entries are refused.
+        """
         if not self._available():
             return None
         try:
@@ -122,6 +189,7 @@ class RedisKeyCache:
             entry = json.loads(raw)
             epoch = int(entry["epoch"])
             record = entry["record"]
+            tag = bytes.fromhex(str(entry["tag"]))
             if not isinstance(record, dict):
                 raise TypeError("record")
         except (ValueError, KeyError, TypeError):
@@ -130,14 +198,32 @@ class RedisKeyCache:
         if epoch < min_epoch:
             self._count("stale")
             return None
+        if epoch > min_epoch and (confirm_epoch is None or not confirm_epoch(epoch)):
+            self._count("unconfirmed")
+            return None
         self._count("hit")
-        return record
+        return SharedEntry(name, epoch, record, tag)
 
-    def put(self, name: str, record: dict[str, Any], epoch: int) -> None:
-        """Stores ``record`` (wrapped keys and metadata only) stamped with ``epoch``."""
+    def reject(self) -> None:
+        """Counts an entry whose MAC or record did not check out (the caller reads the store)."""
+        self._count("forged")
+        _log.warning("redis key cache entry refused: it does not authenticate")
+
+    def put(self, name: str, record: dict[str, Any], epoch: int, key: DataKey) -> None:
+        """Stores ``record`` (wrapped keys and metadata only) stamped with ``epoch``.
+
+        Args:
+            name: The entry's name.
+            record: The wrapped key record.
+            epoch: The keyring epoch the writer has loaded.
+            key: The key ``record`` wraps, unwrapped: the entry's MAC key derives from it.
+        """
         if not self._available():
             return
-        payload = json.dumps({"epoch": epoch, "record": record}, separators=(",", ":"))
+        tag = entry_tag(key, name, epoch, record)
+        payload = json.dumps(
+            {"epoch": epoch, "record": record, "tag": tag.hex()}, separators=(",", ":")
+        )
         try:
             self._client.set(self._prefix + name, payload, px=self._ttl_ms)
         except Exception as exc:  # a failed write only costs the next reader a database read
@@ -155,7 +241,7 @@ class RedisKeyCache:
             self._failed(exc)
 
     def stats(self) -> dict[str, int]:
-        """Outcome counters (hit, miss, stale, error, skipped, write)."""
+        """Outcome counters (hit, miss, stale, unconfirmed, forged, error, skipped, write)."""
         with self._lock:
             return dict(self.outcomes)
 

@@ -551,3 +551,142 @@ def test_damaged_stale_and_foreign_redis_entries_fall_back_to_the_key_store(
         assert reader.key_cache_stats()["write"] >= 1
         reader.close()
     client.close()
+
+
+# -- a Redis writer is an attacker: the shared cache authenticates its entries -------------------
+
+
+def _entries(client: Any) -> dict[bytes, dict[str, Any]]:
+    return {name: json.loads(client.get(name) or b"{}") for name in client.scan_iter("glc:keys:*")}
+
+
+def _plant(client: Any, name: bytes | str, entry: dict[str, Any]) -> None:
+    client.set(name, json.dumps(entry).encode())
+
+
+def test_redis_cannot_unshred_an_erased_tenant_by_replaying_or_restamping_its_entries(
+    tmp_path: Path, pg_database: str, kms_endpoint: str, kms_arn: str, redis_url: str
+) -> None:
+    import redis
+
+    from greenlang_crypto.exceptions import DataErasedError
+
+    config = _config(
+        pg_database,
+        kms_endpoint,
+        kms_arn,
+        tmp_path,
+        branch_key_scope="tenant",
+        key_cache_url=redis_url,
+    )
+    admin, _ = _service(config)
+    acme = EncryptionContext("acme", "pii")
+    env = admin.encrypt(b"alice@example.com", acme)
+    old_id = parse_envelope(env).branch_id
+    client = redis.Redis.from_url(redis_url)
+    saved = _entries(client)
+    assert {e["record"]["branch_id"] for e in saved.values()} == {old_id}
+    assert admin.delete_branch_keys("tenant:acme") == 1
+    store = open_key_store(pg_database)
+    epoch_now = store.epoch()
+    store.close()
+    # The attacker puts the deleted key's entries back: once re-stamped far ahead (the key
+    # store does not confirm that epoch), once at exactly the store's epoch (the MAC, which
+    # covers the epoch, fails), and once as they were (stale).
+    for restamp, refused_as in (
+        (epoch_now + 100, "unconfirmed"),
+        (epoch_now, "forged"),
+        (None, "stale"),
+    ):
+        for name, entry in saved.items():
+            _plant(client, name, entry if restamp is None else {**entry, "epoch": restamp})
+        fresh, _ = _service(config)
+        with pytest.raises(DataErasedError):
+            fresh.decrypt(env, acme)
+        with pytest.raises(DataErasedError):
+            admin.decrypt(env, acme)
+        # New writes for the tenant go under a new key, never the erased one.
+        assert parse_envelope(fresh.encrypt(b"new", acme)).branch_id != old_id
+        stats = fresh.key_cache_stats()
+        assert stats.get(refused_as, 0) >= 1 and stats.get("hit", 0) == stats.get("forged", 0)
+        fresh.close()
+    admin.close()
+    client.close()
+
+
+def test_a_record_rebuilt_from_a_backup_or_planted_across_scopes_is_refused(
+    tmp_path: Path, pg_database: str, kms_endpoint: str, kms_arn: str, redis_url: str
+) -> None:
+    import redis
+
+    config = _config(
+        pg_database,
+        kms_endpoint,
+        kms_arn,
+        tmp_path,
+        branch_key_scope="tenant",
+        key_cache_url=redis_url,
+    )
+    writer, _ = _service(config)
+    a, b = EncryptionContext("tenant-a", "pii"), EncryptionContext("tenant-b", "pii")
+    id_a = parse_envelope(writer.encrypt(b"a", a)).branch_id
+    id_b = parse_envelope(writer.encrypt(b"b", b)).branch_id
+    writer.close()
+    client = redis.Redis.from_url(redis_url)
+    entries = _entries(client)
+    name_a = next(n for n in entries if n.endswith(b":tenant:tenant-a"))
+    name_b = next(n for n in entries if n.endswith(b":tenant:tenant-b"))
+    # B's current entry in A's slot: A's new data must not be sealed under B's key.
+    _plant(client, name_a, entries[name_b])
+    reader, _ = _service(config)
+    assert parse_envelope(reader.encrypt(b"a2", a)).branch_id == id_a
+    assert reader.key_cache_stats()["forged"] >= 1
+    reader.close()
+    # A's own record, rebuilt from a copy of the key store (no key, so no valid MAC), at the
+    # current epoch.
+    rebuilt = {**entries[name_a], "tag": "00" * 32}
+    _plant(client, name_a, rebuilt)
+    reader, _ = _service(config)
+    assert parse_envelope(reader.encrypt(b"a3", a)).branch_id == id_a
+    assert reader.key_cache_stats()["forged"] >= 1
+    # ... and the refused entries were replaced by genuine ones, which a later reader uses.
+    reader.close()
+    cold, _ = _service(config)
+    assert parse_envelope(cold.encrypt(b"a4", a)).branch_id == id_a
+    assert parse_envelope(cold.encrypt(b"b4", b)).branch_id == id_b
+    assert cold.key_cache_stats().get("forged", 0) == 0
+    cold.close()
+    client.close()
+
+
+def test_replaying_the_old_current_entry_after_a_rotation_keeps_nothing_on_the_old_key(
+    tmp_path: Path, pg_database: str, kms_endpoint: str, kms_arn: str, redis_url: str
+) -> None:
+    import redis
+
+    config = _config(
+        pg_database,
+        kms_endpoint,
+        kms_arn,
+        tmp_path,
+        branch_key_scope="tenant",
+        key_cache_url=redis_url,
+    )
+    admin, _ = _service(config)
+    ctx = EncryptionContext("globex", "pii")
+    old_id = parse_envelope(admin.encrypt(b"v", ctx)).branch_id
+    client = redis.Redis.from_url(redis_url)
+    current = next(n for n in _entries(client) if n.startswith(b"glc:keys:branch:current:"))
+    old_entry = _entries(client)[current]
+    new_id = admin.rotate_branch_key("tenant:globex")
+    assert new_id != old_id
+    store = open_key_store(pg_database)
+    epoch_now = store.epoch()
+    store.close()
+    for replay in (old_entry, {**old_entry, "epoch": epoch_now}):
+        _plant(client, current, replay)
+        fresh, _ = _service(config)
+        assert parse_envelope(fresh.encrypt(b"w", ctx)).branch_id == new_id
+        fresh.close()
+    admin.close()
+    client.close()

@@ -9,10 +9,26 @@ from typing import Any
 import pytest
 
 from greenlang_crypto import _forks
+from greenlang_crypto._core import DataKey
 from greenlang_crypto.keys.store import DekRecord
-from greenlang_crypto.redis_cache import RedisKeyCache, dek_record_from_json, dek_record_to_json
+from greenlang_crypto.redis_cache import (
+    RedisKeyCache,
+    SharedEntry,
+    dek_record_from_json,
+    dek_record_to_json,
+)
 
 RECORD = {"version": 3, "wrapped": "ab01", "wrapping_key_id": "local:1"}
+#: The key RECORD stands for: the entries' MACs derive from it.
+KEY = DataKey.generate()
+
+
+def record_of(entry: SharedEntry | None) -> dict[str, Any] | None:
+    """The record of an entry whose MAC holds under KEY (None for no entry)."""
+    if entry is None:
+        return None
+    assert entry.verify(KEY)
+    return entry.record
 
 
 class FakeClient:
@@ -62,16 +78,20 @@ def eager(client: FakeClient) -> RedisKeyCache:
 def test_a_record_written_at_an_epoch_is_served_at_that_epoch_or_below(
     cache: RedisKeyCache, client: FakeClient
 ) -> None:
-    cache.put("branch:1", RECORD, epoch=7)
+    cache.put("branch:1", RECORD, epoch=7, key=KEY)
     assert client.calls == [("set", "t:branch:1", 2500)]
-    assert json.loads(client.data["t:branch:1"]) == {"epoch": 7, "record": RECORD}
-    assert cache.get("branch:1", min_epoch=7) == RECORD
-    assert cache.get("branch:1", min_epoch=3) == RECORD
-    assert cache.stats() == {"write": 1, "hit": 2}
+    stored = json.loads(client.data["t:branch:1"])
+    assert stored["epoch"] == 7 and stored["record"] == RECORD and len(stored["tag"]) == 64
+    assert record_of(cache.get("branch:1", min_epoch=7)) == RECORD
+    # A reader behind the writer takes the entry only once the key store confirms epoch 7.
+    assert cache.get("branch:1", min_epoch=3) is None
+    assert record_of(cache.get("branch:1", min_epoch=3, confirm_epoch=lambda e: e <= 7)) == RECORD
+    assert cache.get("branch:1", min_epoch=3, confirm_epoch=lambda e: e <= 6) is None
+    assert cache.stats() == {"write": 1, "hit": 2, "unconfirmed": 2}
 
 
 def test_a_record_from_before_a_key_change_is_stale(cache: RedisKeyCache) -> None:
-    cache.put("dek:9", RECORD, epoch=4)
+    cache.put("dek:9", RECORD, epoch=4, key=KEY)
     assert cache.get("dek:9", min_epoch=5) is None
     assert cache.stats() == {"write": 1, "stale": 1}
 
@@ -82,7 +102,7 @@ def test_a_missing_entry_is_a_miss(cache: RedisKeyCache) -> None:
 
 
 def test_the_ttl_is_whole_milliseconds_and_at_least_one(client: FakeClient) -> None:
-    RedisKeyCache(client, ttl_seconds=0.0001).put("k", RECORD, 1)
+    RedisKeyCache(client, ttl_seconds=0.0001).put("k", RECORD, 1, key=KEY)
     assert client.calls[-1] == ("set", "glc:keys:k", 1)
 
 
@@ -103,8 +123,8 @@ def test_a_damaged_entry_is_an_error_and_a_miss_without_backing_off(
     client.data["t:k"] = stored
     assert cache.get("k", min_epoch=0) is None
     assert cache.stats() == {"error": 1}
-    cache.put("k", RECORD, 1)  # Redis itself is fine: the next call still goes there
-    assert cache.get("k", min_epoch=0) == RECORD
+    cache.put("k", RECORD, 1, key=KEY)  # Redis itself is fine: the next call still goes there
+    assert record_of(cache.get("k", min_epoch=1)) == RECORD
 
 
 def test_an_outage_costs_one_call_then_the_cache_stays_away_for_the_backoff(
@@ -117,7 +137,7 @@ def test_an_outage_costs_one_call_then_the_cache_stays_away_for_the_backoff(
         "redis key cache unavailable, using the key store: ConnectionError"
     ]
     calls = len(client.calls)
-    cache.put("k", RECORD, 1)
+    cache.put("k", RECORD, 1, key=KEY)
     assert cache.get("k", min_epoch=0) is None
     cache.delete(["k"])
     assert len(client.calls) == calls  # nothing sent while backing off
@@ -130,8 +150,8 @@ def test_after_the_backoff_the_cache_is_used_again(
     client.fail = ConnectionError("down")
     assert eager.get("k", min_epoch=0) is None
     client.fail = None
-    eager.put("k", RECORD, 1)
-    assert eager.get("k", min_epoch=0) == RECORD
+    eager.put("k", RECORD, 1, key=KEY)
+    assert record_of(eager.get("k", min_epoch=1)) == RECORD
     assert eager.stats() == {"error": 1, "write": 1, "hit": 1}
 
 
@@ -139,7 +159,7 @@ def test_failed_writes_and_deletes_are_swallowed_and_counted(
     eager: RedisKeyCache, client: FakeClient
 ) -> None:
     client.fail = TimeoutError("slow")
-    eager.put("k", RECORD, 1)
+    eager.put("k", RECORD, 1, key=KEY)
     assert eager.stats() == {"error": 1}
     eager.delete(["a", "b"])
     assert eager.stats() == {"error": 2}
@@ -149,8 +169,8 @@ def test_failed_writes_and_deletes_are_swallowed_and_counted(
 def test_delete_removes_prefixed_names_and_sends_nothing_for_none(
     cache: RedisKeyCache, client: FakeClient
 ) -> None:
-    cache.put("a", RECORD, 1)
-    cache.put("b", RECORD, 1)
+    cache.put("a", RECORD, 1, key=KEY)
+    cache.put("b", RECORD, 1, key=KEY)
     client.calls.clear()
     cache.delete([])
     assert client.calls == []
@@ -176,7 +196,7 @@ def test_the_lock_is_renewed_in_a_forked_child(cache: RedisKeyCache) -> None:
 
 
 def test_repr_shows_the_prefix_and_counters_only(cache: RedisKeyCache) -> None:
-    cache.put("k", {"wrapped": "deadbeef"}, 1)
+    cache.put("k", {"wrapped": "deadbeef"}, 1, key=KEY)
     text = repr(cache)
     assert text == "RedisKeyCache(prefix='t:', outcomes={'write': 1})"
 
@@ -219,3 +239,33 @@ def test_a_dek_entry_missing_a_field_or_absent_reads_as_none() -> None:
     del data["provider"]
     assert dek_record_from_json(data) is None
     assert dek_record_from_json(None) is None
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda e: {**e, "epoch": e["epoch"] + 5},  # re-stamped to look newer
+        lambda e: {**e, "record": {**e["record"], "wrapping_key_id": "local:2"}},
+        lambda e: {**e, "tag": "00" * 32},  # rebuilt without the key (from a backup)
+    ],
+)
+def test_an_edited_entry_does_not_authenticate(
+    cache: RedisKeyCache, client: FakeClient, edit: Any
+) -> None:
+    cache.put("branch:1", RECORD, 7, key=KEY)
+    client.data["t:branch:1"] = json.dumps(edit(json.loads(client.data["t:branch:1"]))).encode()
+    entry = cache.get("branch:1", min_epoch=7, confirm_epoch=lambda e: True)
+    assert entry is not None and not entry.verify(KEY)
+
+
+def test_an_entry_moved_to_another_name_or_checked_with_another_key_fails(
+    cache: RedisKeyCache, client: FakeClient
+) -> None:
+    cache.put("branch:current:1:tenant:a", RECORD, 7, key=KEY)
+    client.data["t:branch:current:1:tenant:b"] = client.data["t:branch:current:1:tenant:a"]
+    moved = cache.get("branch:current:1:tenant:b", min_epoch=7)
+    assert moved is not None and not moved.verify(KEY)
+    same = cache.get("branch:current:1:tenant:a", min_epoch=7)
+    assert same is not None and same.verify(KEY) and not same.verify(DataKey.generate())
+    cache.reject()
+    assert cache.stats()["forged"] == 1

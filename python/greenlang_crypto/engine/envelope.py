@@ -345,7 +345,24 @@ class Envelope:
         if header.dek_id >= MAX_DEK_ID:
             # No stored DEK has such an id; the header is forged or corrupt.
             raise KeyNotFoundError()
-        record = self._stored_dek(header.dek_id)
+        runtime = self._runtime
+        cache = runtime.shared_cache
+        if cache is not None:
+            key = self._unwrap_shared_dek(header, ctx)
+            if key is not None:
+                return key
+        record = runtime.store.get_dek(header.dek_id)
+        key = self._unwrap_dek_record(record, header, ctx)
+        if cache is not None and record is not None:
+            from greenlang_crypto.redis_cache import dek_record_to_json
+
+            epoch = runtime.keyring.snapshot.epoch
+            cache.put(f"dek:{header.dek_id}", dek_record_to_json(record), epoch, key)
+        return key
+
+    def _unwrap_dek_record(
+        self, record: DekRecord | None, header: EnvelopeHeader, ctx: EncryptionContext
+    ) -> DataKey:
         if record is None:
             raise KeyNotFoundError()
         provider = self._runtime.provider
@@ -354,6 +371,37 @@ class Envelope:
         return provider.decrypt_data_key(
             record.wrapping_key_id, record.wrapped, ctx, self._runtime.limits
         )
+
+    def _unwrap_shared_dek(self, header: EnvelopeHeader, ctx: EncryptionContext) -> DataKey | None:
+        """The DEK from the shared cache's record, once its entry authenticates; else None."""
+        from greenlang_crypto.redis_cache import dek_record_from_json
+
+        runtime = self._runtime
+        cache = runtime.shared_cache
+        assert cache is not None and header.dek_id is not None
+        keyring = runtime.keyring
+        entry = cache.get(
+            f"dek:{header.dek_id}",
+            keyring.snapshot.epoch,
+            confirm_epoch=keyring.confirms_epoch,
+        )
+        if entry is None:
+            return None
+        record = dek_record_from_json(entry.record)
+        if record is None or record.dek_id != header.dek_id:
+            cache.reject()
+            return None
+        try:
+            key = self._unwrap_dek_record(record, header, ctx)
+        except DecryptionError:
+            # The record the cache holds does not fit this envelope (or KMS refused it under
+            # this context): the key store decides, not Redis.
+            cache.reject()
+            return None
+        if not entry.verify(key):
+            cache.reject()
+            return None
+        return key
 
     def _unwrap_inline(self, header: EnvelopeHeader, ctx: EncryptionContext) -> DataKey:
         assert header.key_id is not None and header.wrapped_dek is not None
@@ -381,22 +429,6 @@ class Envelope:
             # The provider refused, before any request, a key id that only the envelope
             # names: a forged or foreign envelope, reported like any other.
             raise DecryptionError() from None
-
-    def _stored_dek(self, dek_id: int) -> DekRecord | None:
-        """A stored DEK row, from the shared Redis key cache when one is configured."""
-        runtime = self._runtime
-        cache = runtime.shared_cache
-        if cache is None:
-            return runtime.store.get_dek(dek_id)
-        from greenlang_crypto.redis_cache import dek_record_from_json, dek_record_to_json
-
-        epoch = runtime.keyring.snapshot.epoch
-        record = dek_record_from_json(cache.get(f"dek:{dek_id}", epoch))
-        if record is None:
-            record = runtime.store.get_dek(dek_id)
-            if record is not None:
-                cache.put(f"dek:{dek_id}", dek_record_to_json(record), epoch)
-        return record
 
     def _branch_data_key(
         self, header: EnvelopeHeader, envelope: bytes, ctx: EncryptionContext

@@ -178,6 +178,7 @@ class Runtime:
                         max_entries=self.config.cache_max_entries,
                         epoch=lambda: keyring.snapshot.epoch,
                         shared_cache=self.shared_cache,
+                        confirm_epoch=keyring.confirms_epoch,
                         emit=self.events.emit,
                         **self._clock_kw,
                     )

@@ -50,6 +50,7 @@ from greenlang_crypto.exceptions import (
     ConfigurationError,
     DataErasedError,
     DecryptionError,
+    GreenlangCryptoError,
     KeyNotFoundError,
 )
 from greenlang_crypto.keys.branch_store import BranchKeyRecord, BranchKeyStore
@@ -57,7 +58,7 @@ from greenlang_crypto.keys.store import KeyStore, KeyVersion
 from greenlang_crypto.providers.base import KeyLimits, KeyProvider
 
 if TYPE_CHECKING:
-    from greenlang_crypto.redis_cache import RedisKeyCache
+    from greenlang_crypto.redis_cache import RedisKeyCache, SharedEntry
 
 __all__ = [
     "BRANCH_DEK_PREFIX",
@@ -134,6 +135,8 @@ class BranchKeys:
         max_entries: Bound on unwrapped branch keys held.
         epoch: Returns the keyring epoch this instance has loaded.
         shared_cache: Optional Redis cache of wrapped records, shared by a fleet.
+        confirm_epoch: Asks the key store whether an epoch above the loaded one is real (a
+            shared entry stamped with a newer epoch is used only then).
         emit: Receives events (``branch_key_created``, ``branch_key_unwrapped``...).
         clock: The clock the unwrapped-key cache reads its TTL on (the system clock when
             None): the service's clock, so its tests step past a TTL without sleeping.
@@ -149,6 +152,7 @@ class BranchKeys:
         max_entries: int,
         epoch: Callable[[], int],
         shared_cache: RedisKeyCache | None = None,
+        confirm_epoch: Callable[[int], bool] | None = None,
         emit: BranchObserver | None = None,
         clock: ManualClock | None = None,
     ) -> None:
@@ -159,6 +163,7 @@ class BranchKeys:
         self._epoch = epoch
         self._seen_epoch = epoch()
         self.shared_cache = shared_cache
+        self._confirm_epoch = confirm_epoch
         self._emit = emit
         self._keys = DekCache(max_entries, ttl, clock=clock)
         # Records are small, but one per scope a process has seen: bounded like the keys.
@@ -227,44 +232,112 @@ class BranchKeys:
                 record = self.rows.current(scope, version.version)
                 if record is None:
                     record, created = self._create(scope, version, rotate=False)
-                self._share(record, current=True)
+                if self.shared_cache is not None:
+                    # The entry's MAC needs the key: the sealer unwraps it next anyway.
+                    key = created if created is not None else self._unwrapped(record)
+                    self._share(record, key, current=True)
             self._remember(record)
             return record, created
 
-    def _record(self, branch_id: int) -> BranchKeyRecord | None:
+    def _record(self, branch_id: int) -> tuple[BranchKeyRecord | None, bool]:
+        """The record of ``branch_id``, and whether it was just read from the key store.
+
+        A record read from the store is shared only after the caller has checked it against
+        the request and unwrapped its key (the entry's MAC needs the key).
+        """
         record = self._fresh(self._records.get(branch_id))
         if record is not None:
-            return record
+            return record, False
         record = self._shared_by_id(branch_id)
+        from_store = record is None
         if record is None:
             self.counts["store_reads"] += 1
             record = self.rows.get(branch_id)
             if record is None:
-                return None
-            self._share(record, current=False)
+                return None, False
         self._remember(record, current=False)
-        return record
+        return record, from_store
 
     def _shared_current(self, scope: str, key_version: int) -> BranchKeyRecord | None:
         if self.shared_cache is None:
             return None
-        data = self.shared_cache.get(f"branch:current:{key_version}:{scope}", self._epoch())
-        return _from_shared(data)
+        entry = self.shared_cache.get(
+            f"branch:current:{key_version}:{scope}",
+            self._epoch(),
+            confirm_epoch=self._confirm_epoch,
+        )
+        record = self._from_entry(entry)
+        if record is None:
+            return None
+        # The slot's own scope and version, and a key that still takes new data.
+        if record.scope != scope or record.key_version != key_version or record.state != "active":
+            self.shared_cache.reject()
+            return None
+        return record if self._verified(record, entry) else None
 
     def _shared_by_id(self, branch_id: int) -> BranchKeyRecord | None:
         if self.shared_cache is None:
             return None
-        return _from_shared(self.shared_cache.get(f"branch:id:{branch_id}", self._epoch()))
+        entry = self.shared_cache.get(
+            f"branch:id:{branch_id}", self._epoch(), confirm_epoch=self._confirm_epoch
+        )
+        record = self._from_entry(entry)
+        if record is None:
+            return None
+        if record.branch_id != branch_id:
+            self.shared_cache.reject()
+            return None
+        return record if self._verified(record, entry) else None
 
-    def _share(self, record: BranchKeyRecord, *, current: bool) -> None:
+    def _from_entry(self, entry: SharedEntry | None) -> BranchKeyRecord | None:
+        if entry is None:
+            return None
+        record = _from_shared(entry.record)
+        if record is None and self.shared_cache is not None:
+            self.shared_cache.reject()
+        return record
+
+    def _verified(self, record: BranchKeyRecord, entry: SharedEntry | None) -> bool:
+        """Unwraps the record's key and checks the entry's MAC with it; False: read the store.
+
+        A key unwrapped here enters the key cache only once the MAC holds, so a planted
+        entry never leaves a key behind. A scope's deleted ids are never served: deletion
+        raises the epoch, and an entry cannot be re-stamped without its key.
+        """
+        assert entry is not None and self.shared_cache is not None
+        key = self._keys.get(_key_id(record.branch_id))
+        if not isinstance(key, DataKey):
+            try:
+                key = self._provider.decrypt_data_key(
+                    record.wrapping_key_id,
+                    record.wrapped,
+                    branch_key_context(record.scope, record.branch_id),
+                    KeyLimits(),
+                )
+            except GreenlangCryptoError:
+                # KMS refused the blob under the context the record claims: planted.
+                self.shared_cache.reject()
+                return False
+            self.counts["unwraps"] += 1
+            if not entry.verify(key):
+                self.shared_cache.reject()
+                return False
+            self._keys.put(_key_id(record.branch_id), key)
+            return True
+        if not entry.verify(key):
+            self.shared_cache.reject()
+            return False
+        return True
+
+    def _share(self, record: BranchKeyRecord, key: DataKey, *, current: bool) -> None:
         if self.shared_cache is None:
             return
         epoch = self._epoch()
         data = record.as_json()
-        self.shared_cache.put(f"branch:id:{record.branch_id}", data, epoch)
+        self.shared_cache.put(f"branch:id:{record.branch_id}", data, epoch, key)
         if current and record.state == "active":
             self.shared_cache.put(
-                f"branch:current:{record.key_version}:{record.scope}", data, epoch
+                f"branch:current:{record.key_version}:{record.scope}", data, epoch, key
             )
 
     # -- keys ----------------------------------------------------------------------------
@@ -372,7 +445,7 @@ class BranchKeys:
         """
         branch_id = header.branch_id
         assert branch_id is not None
-        record = self._record(branch_id)
+        record, from_store = self._record(branch_id)
         if record is None:
             if self.rows.was_erased(self.scope_of(ctx)):
                 raise DataErasedError()
@@ -384,6 +457,8 @@ class BranchKeys:
             # keeps one tenant's request from unwrapping another tenant's key at KMS.
             raise DecryptionError()
         key = self._unwrapped(record)
+        if from_store:
+            self._share(record, key, current=False)
         return branch_data_key(
             key,
             envelope,

@@ -254,6 +254,17 @@ class Keyring:
         self.reload()
         return True
 
+    def confirms_epoch(self, epoch: int) -> bool:
+        """Whether the key store has reached ``epoch`` (reloading the keyring when it has).
+
+        For values from elsewhere (a shared cache entry) that claim a newer epoch than the one
+        loaded: they count only once the key store itself confirms it.
+        """
+        if epoch <= self.snapshot.epoch:
+            return True
+        self.refresh()
+        return epoch <= self.snapshot.epoch
+
     def add_listener(
         self, listener: Callable[[KeyringSnapshot | None, KeyringSnapshot], None]
     ) -> None:

@@ -547,7 +547,8 @@ def test_stored_dek_records_round_trip_through_json(tmp_path: Path) -> None:
 
 def test_key_cache_failures_on_write_and_delete_are_contained() -> None:
     cache = RedisKeyCache.from_url(DEAD_REDIS, backoff_seconds=0)
-    cache.put("a", {"x": 1}, 1)
+    key = core.DataKey.generate()
+    cache.put("a", {"x": 1}, 1, key)
     cache.delete(["a", "b"])
     cache.delete([])
     assert cache.get("a", 0) is None
@@ -555,7 +556,7 @@ def test_key_cache_failures_on_write_and_delete_are_contained() -> None:
     # In backoff nothing is sent at all.
     waiting = RedisKeyCache.from_url(DEAD_REDIS, backoff_seconds=60)
     assert waiting.get("a", 0) is None
-    waiting.put("a", {"x": 1}, 1)
+    waiting.put("a", {"x": 1}, 1, key)
     waiting.delete(["a"])
     assert waiting.stats() == {"error": 1, "skipped": 2}
 
