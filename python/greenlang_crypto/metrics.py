@@ -32,7 +32,9 @@ Exported families (names are used by ``monitoring/dashboards`` and ``monitoring/
   ``gl_encryption_branch_key_derivations_total``: DEKs derived from branch keys, counted in
   Rust (process-wide); ``gl_encryption_branch_keys_cached``: unwrapped branch keys held.
 * ``gl_encryption_key_cache_redis_total{outcome}``: the shared Redis cache of wrapped keys
-  (``hit``, ``miss``, ``stale``, ``error``, ``skipped``, ``write``).
+  (``hit``, ``miss``, ``stale``, ``unconfirmed``, ``forged``, ``error``, ``skipped``,
+  ``write``). ``forged`` counts entries refused because they do not authenticate: someone
+  writes to Redis who should not.
 
 Counters stay monotonic across cache replacement (a rotation starts new Rust caches): a drop
 in a raw reading is treated as a reset and the previous value is carried forward.

@@ -59,6 +59,10 @@ REQUIRED_ALERTS = {
     "GreenlangCryptoAuditSinkDown": ("gl_encryption_audit_sink_up", "== 0"),
     "GreenlangCryptoBranchKeyUnwrapsHigh": ("gl_encryption_branch_key_unwraps_total", "> 5"),
     "GreenlangCryptoRedisKeyCacheErrors": ('gl_encryption_key_cache_redis_total{outcome="error"}',),
+    "GreenlangCryptoRedisKeyCacheForged": (
+        'gl_encryption_key_cache_redis_total{outcome="forged"}',
+        "> 0",
+    ),
 }
 
 # Dashboard topics: a panel whose title matches must query these metrics.
