@@ -21,6 +21,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,6 +47,28 @@ def with_database(url: str, name: str) -> str:
 def libpq_url(url: str) -> str:
     """``url`` in the form psycopg and libpq take (no ``+psycopg`` driver suffix)."""
     return url.replace(_DRIVER_PREFIX, "postgresql://", 1)
+
+
+def pg_query(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Rows of one statement, on a connection of its own (autocommit)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        return list(conn.execute(sql, params).fetchall())
+
+
+def pg_columns(url: str, schema: str, table: str) -> list[tuple[str, str]]:
+    """``(name, type)`` of a table's columns, in order."""
+    return [
+        (str(c), str(t))
+        for c, t in pg_query(
+            url,
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
+            schema,
+            table,
+        )
+    ]
 
 
 @contextlib.contextmanager

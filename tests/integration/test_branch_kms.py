@@ -564,14 +564,12 @@ def _plant(client: Any, name: bytes | str, entry: dict[str, Any]) -> None:
     client.set(name, json.dumps(entry).encode())
 
 
-def test_redis_cannot_unshred_an_erased_tenant_by_replaying_or_restamping_its_entries(
+@pytest.fixture
+def config(
     tmp_path: Path, pg_database: str, kms_endpoint: str, kms_arn: str, redis_url: str
-) -> None:
-    import redis
-
-    from greenlang_crypto.exceptions import DataErasedError
-
-    config = _config(
+) -> EncryptionServiceConfig:
+    """Per-tenant branch keys, shared through the Redis key cache."""
+    return _config(
         pg_database,
         kms_endpoint,
         kms_arn,
@@ -579,6 +577,23 @@ def test_redis_cannot_unshred_an_erased_tenant_by_replaying_or_restamping_its_en
         branch_key_scope="tenant",
         key_cache_url=redis_url,
     )
+
+
+def _store_epoch(url: str) -> int:
+    store = open_key_store(url)
+    try:
+        return store.epoch()
+    finally:
+        store.close()
+
+
+def test_redis_cannot_unshred_an_erased_tenant_by_replaying_or_restamping_its_entries(
+    config: EncryptionServiceConfig, pg_database: str, redis_url: str
+) -> None:
+    import redis
+
+    from greenlang_crypto.exceptions import DataErasedError
+
     admin, _ = _service(config)
     acme = EncryptionContext("acme", "pii")
     env = admin.encrypt(b"alice@example.com", acme)
@@ -587,9 +602,7 @@ def test_redis_cannot_unshred_an_erased_tenant_by_replaying_or_restamping_its_en
     saved = _entries(client)
     assert {e["record"]["branch_id"] for e in saved.values()} == {old_id}
     assert admin.delete_branch_keys("tenant:acme") == 1
-    store = open_key_store(pg_database)
-    epoch_now = store.epoch()
-    store.close()
+    epoch_now = _store_epoch(pg_database)
     # The attacker puts the deleted key's entries back: once re-stamped far ahead (the key
     # store does not confirm that epoch), once at exactly the store's epoch (the MAC, which
     # covers the epoch, fails), and once as they were (stale).
@@ -615,18 +628,10 @@ def test_redis_cannot_unshred_an_erased_tenant_by_replaying_or_restamping_its_en
 
 
 def test_a_record_rebuilt_from_a_backup_or_planted_across_scopes_is_refused(
-    tmp_path: Path, pg_database: str, kms_endpoint: str, kms_arn: str, redis_url: str
+    config: EncryptionServiceConfig, pg_database: str, redis_url: str
 ) -> None:
     import redis
 
-    config = _config(
-        pg_database,
-        kms_endpoint,
-        kms_arn,
-        tmp_path,
-        branch_key_scope="tenant",
-        key_cache_url=redis_url,
-    )
     writer, _ = _service(config)
     a, b = EncryptionContext("tenant-a", "pii"), EncryptionContext("tenant-b", "pii")
     id_a = parse_envelope(writer.encrypt(b"a", a)).branch_id
@@ -660,18 +665,10 @@ def test_a_record_rebuilt_from_a_backup_or_planted_across_scopes_is_refused(
 
 
 def test_replaying_the_old_current_entry_after_a_rotation_keeps_nothing_on_the_old_key(
-    tmp_path: Path, pg_database: str, kms_endpoint: str, kms_arn: str, redis_url: str
+    config: EncryptionServiceConfig, pg_database: str, redis_url: str
 ) -> None:
     import redis
 
-    config = _config(
-        pg_database,
-        kms_endpoint,
-        kms_arn,
-        tmp_path,
-        branch_key_scope="tenant",
-        key_cache_url=redis_url,
-    )
     admin, _ = _service(config)
     ctx = EncryptionContext("globex", "pii")
     old_id = parse_envelope(admin.encrypt(b"v", ctx)).branch_id
@@ -680,9 +677,7 @@ def test_replaying_the_old_current_entry_after_a_rotation_keeps_nothing_on_the_o
     old_entry = _entries(client)[current]
     new_id = admin.rotate_branch_key("tenant:globex")
     assert new_id != old_id
-    store = open_key_store(pg_database)
-    epoch_now = store.epoch()
-    store.close()
+    epoch_now = _store_epoch(pg_database)
     for replay in (old_entry, {**old_entry, "epoch": epoch_now}):
         _plant(client, current, replay)
         fresh, _ = _service(config)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -13,26 +12,7 @@ from greenlang_crypto.exceptions import InvalidArgumentError
 from greenlang_crypto.providers.local import LocalKeyProvider
 from greenlang_crypto.service import EncryptionService
 from greenlang_crypto.sql import statements
-
-
-def _query(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as conn:
-        return list(conn.execute(sql, params).fetchall())
-
-
-def _columns(url: str, schema: str, table: str) -> list[tuple[str, str]]:
-    return [
-        (str(c), str(t))
-        for c, t in _query(
-            url,
-            "SELECT column_name, data_type FROM information_schema.columns "
-            "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
-            schema,
-            table,
-        )
-    ]
+from tests.conftest import pg_columns
 
 
 def _service(data_dir: Path) -> EncryptionService:
@@ -64,10 +44,10 @@ def test_job_tables_come_from_the_packaged_sql(pg_database: str, tmp_path: Path)
             for statement in statements("jobs", "postgresql", schema=migrated):
                 conn.execute(statement)
         for table in ("glc_job_ranges", "glc_quarantine"):
-            assert _columns(pg_database, "job_state", table) == _columns(
+            assert pg_columns(pg_database, "job_state", table) == pg_columns(
                 pg_database, migrated, table
             )
-            assert _columns(pg_database, "job_state", table)
+            assert pg_columns(pg_database, "job_state", table)
         assert job.run().ok
     finally:
         svc.close()

@@ -6,17 +6,12 @@ tests/integration/sqlalchemy (test_migrate.py and test_jobs_faults.py).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 
 from greenlang_crypto import EncryptionContext, parse_envelope
-from greenlang_crypto.config import EncryptionServiceConfig
-from greenlang_crypto.providers.local import LocalKeyProvider
 from greenlang_crypto.service import EncryptionService
 from greenlang_crypto.sqlalchemy import EMAIL
 from greenlang_crypto.sqlalchemy._common import location_aad, row_aad
@@ -25,24 +20,6 @@ from greenlang_crypto.sqlalchemy.migrate import ColumnJob
 
 CTX = EncryptionContext(tenant_id="acme", data_class="pii")
 AAD = location_aad("people", "email")
-
-
-@pytest.fixture
-def service(tmp_path: Path) -> Iterator[EncryptionService]:
-    d = tmp_path / "keys"
-    d.mkdir()
-    LocalKeyProvider(d).create_master_key()
-    svc = EncryptionService(EncryptionServiceConfig(data_dir=d))
-    yield svc
-    svc.close()
-
-
-@pytest.fixture
-def engine() -> Iterator[Engine]:
-    # Planning rows never touches the database: an engine that cannot connect shows it.
-    eng = create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")
-    yield eng
-    eng.dispose()
 
 
 def make_job(engine: Engine, service: EncryptionService, **kw: Any) -> ColumnJob:

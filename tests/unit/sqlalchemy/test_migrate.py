@@ -6,7 +6,6 @@ Runs against PostgreSQL are in tests/integration/sqlalchemy (test_migrate.py and
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +14,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 
 from greenlang_crypto import EncryptionContext
-from greenlang_crypto.config import EncryptionServiceConfig
 from greenlang_crypto.exceptions import InvalidArgumentError, KeyStateError
-from greenlang_crypto.providers.local import LocalKeyProvider
 from greenlang_crypto.service import EncryptionService
 from greenlang_crypto.sqlalchemy import EMAIL, _job_spec, migrate
 from greenlang_crypto.sqlalchemy._common import location_aad
@@ -25,24 +22,6 @@ from greenlang_crypto.sqlalchemy._job_spec import DryRunReport, _Row
 
 CTX = EncryptionContext(tenant_id="acme", data_class="pii")
 AAD = location_aad("people", "email")
-
-
-@pytest.fixture
-def service(tmp_path: Path) -> Iterator[EncryptionService]:
-    d = tmp_path / "keys"
-    d.mkdir()
-    LocalKeyProvider(d).create_master_key()
-    svc = EncryptionService(EncryptionServiceConfig(data_dir=d))
-    yield svc
-    svc.close()
-
-
-@pytest.fixture
-def engine() -> Iterator[Engine]:
-    # Constructing a job never connects: an engine that cannot connect shows it.
-    eng = create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")
-    yield eng
-    eng.dispose()
 
 
 def spec(**kw: Any) -> migrate.ColumnSpec:

@@ -19,6 +19,7 @@ from greenlang_crypto.exceptions import GreenlangCryptoError
 from greenlang_crypto.providers.local import LocalKeyProvider
 from greenlang_crypto.service import EncryptionService
 from greenlang_crypto.sql import statements
+from tests.conftest import pg_columns, pg_query
 
 CTX = EncryptionContext(tenant_id="t1", data_class="pii")
 
@@ -28,26 +29,6 @@ def audit_stack(data_dir: Path, sink: Any) -> tuple[EncryptionService, AuditLog]
     svc = EncryptionService(EncryptionServiceConfig(data_dir=data_dir), observers=[audit])
     audit.attach(svc)
     return svc, audit
-
-
-def _query(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as conn:
-        return list(conn.execute(sql, params).fetchall())
-
-
-def _columns(url: str, schema: str, table: str) -> list[tuple[str, str]]:
-    return [
-        (str(c), str(t))
-        for c, t in _query(
-            url,
-            "SELECT column_name, data_type FROM information_schema.columns "
-            "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
-            schema,
-            table,
-        )
-    ]
 
 
 def _service(data_dir: Path) -> EncryptionService:
@@ -83,7 +64,7 @@ def test_postgres_sink_uses_the_encryption_schema(pg_database: str, tmp_path: Pa
     assert audit.verify().ok
     audit.close()
     svc.close()
-    tables = _query(
+    tables = pg_query(
         pg_database,
         "SELECT table_schema, table_name FROM information_schema.tables "
         "WHERE table_name LIKE 'glc_audit%%' ORDER BY 1, 2",
@@ -98,7 +79,9 @@ def test_postgres_sink_uses_the_encryption_schema(pg_database: str, tmp_path: Pa
         for statement in statements("audit", "postgresql", schema=migrated):
             conn.execute(statement)
     for table in ("glc_audit", "glc_audit_meta"):
-        assert _columns(pg_database, "encryption", table) == _columns(pg_database, migrated, table)
+        assert pg_columns(pg_database, "encryption", table) == pg_columns(
+            pg_database, migrated, table
+        )
 
 
 @pytest.mark.integration
@@ -110,7 +93,7 @@ def test_an_audit_log_left_in_public_moves_with_its_chain(pg_database: str, tmp_
     for i in range(4):
         old.record("admin_action", actor=f"op{i}")
     old.close()
-    assert _query(pg_database, "SELECT count(*) FROM public.glc_audit") == [(4,)]
+    assert pg_query(pg_database, "SELECT count(*) FROM public.glc_audit") == [(4,)]
 
     new = AuditLog(PostgresAuditSink(pg_database), start_thread=False, anchors=[])
     new.attach(svc)
@@ -120,8 +103,8 @@ def test_an_audit_log_left_in_public_moves_with_its_chain(pg_database: str, tmp_
     assert new.verify().records == 5
     new.close()
     svc.close()
-    assert _query(pg_database, "SELECT to_regclass('public.glc_audit')") == [(None,)]
-    assert _query(pg_database, "SELECT count(*) FROM encryption.glc_audit") == [(5,)]
+    assert pg_query(pg_database, "SELECT to_regclass('public.glc_audit')") == [(None,)]
+    assert pg_query(pg_database, "SELECT count(*) FROM encryption.glc_audit") == [(5,)]
 
 
 @pytest.mark.integration
@@ -140,8 +123,8 @@ def test_two_audit_logs_are_never_merged(pg_database: str, tmp_path: Path) -> No
     with psycopg.connect(pg_database, autocommit=True) as conn:
         for statement in statements("audit", "postgresql"):
             conn.execute(statement)
-    assert _query(pg_database, "SELECT actor FROM public.glc_audit") == [("public",)]
-    assert _query(pg_database, "SELECT actor FROM encryption.glc_audit") == [("encryption",)]
+    assert pg_query(pg_database, "SELECT actor FROM public.glc_audit") == [("public",)]
+    assert pg_query(pg_database, "SELECT actor FROM encryption.glc_audit") == [("encryption",)]
     svc.close()
 
 
