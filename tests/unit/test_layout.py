@@ -11,8 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
+import greenlang_crypto
+
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGE = ROOT / "python" / "greenlang_crypto"
+# The package as imported: the checkout's python/ in development, the installed wheel in the
+# install check (which holds the same modules).
+PACKAGE = Path(greenlang_crypto.__file__).resolve().parent
 UNIT = ROOT / "tests" / "unit"
 _NO_MIRROR = frozenset({"__init__.py", "__main__.py"})
 
