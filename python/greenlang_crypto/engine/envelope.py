@@ -393,9 +393,10 @@ class Envelope:
             return None
         try:
             key = self._unwrap_dek_record(record, header, ctx)
-        except DecryptionError:
-            # The record the cache holds does not fit this envelope (or KMS refused it under
-            # this context): the key store decides, not Redis.
+        except GreenlangCryptoError:
+            # The record the cache holds does not fit this envelope, or the provider refused
+            # it (another context, a key id off the allow-list): the key store decides, not
+            # Redis. A real provider outage fails again on the key store's record.
             cache.reject()
             return None
         if not entry.verify(key):

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from greenlang_crypto import parse_envelope
@@ -53,3 +55,52 @@ def test_a_forged_stored_reference_is_an_opaque_decryption_error(svc: Encryption
         assert isinstance(info.value, DecryptionError)
         assert str(info.value) == str(DecryptionError())
         assert str(forged) not in str(info.value)
+
+
+class _Redis:
+    """GET / SET / DELETE on a dict, as the shared key cache uses redis-py."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    def get(self, name: str) -> bytes | None:
+        return self.data.get(name)
+
+    def set(self, name: str, value: str, *, px: int) -> bool:
+        self.data[name] = value.encode()
+        return True
+
+    def delete(self, *names: str) -> int:
+        return sum(self.data.pop(n, None) is not None for n in names)
+
+
+def test_a_planted_dek_entry_never_fails_or_steers_a_decrypt(tmp_path: Path) -> None:
+    import json
+
+    from greenlang_crypto.config import EncryptionServiceConfig
+    from greenlang_crypto.redis_cache import RedisKeyCache
+
+    EncryptionService.init_local(tmp_path).close()
+    redis = _Redis()
+    config = EncryptionServiceConfig(data_dir=tmp_path, keyring_refresh_seconds=0)
+    writer = EncryptionService(config, key_cache=RedisKeyCache(redis))
+    envelope = writer.encrypt(b"v", CTX, key_reference="stored")
+    writer.close()
+    first = EncryptionService(config, key_cache=RedisKeyCache(redis))
+    assert first.decrypt(envelope, CTX) == b"v"  # read from the key store, then shared
+    first.close()
+    dek_id = parse_envelope(envelope).dek_id
+    [name] = [n for n in redis.data if n.endswith(f"dek:{dek_id}")]
+    genuine = json.loads(redis.data[name])
+    plants = [
+        # A key id the provider does not have, and an edited record with the genuine tag.
+        {**genuine, "record": {**genuine["record"], "wrapping_key_id": "local:99"}},
+        {**genuine, "record": {**genuine["record"], "created_at": 1.0}},
+    ]
+    for plant in plants:
+        redis.data[name] = json.dumps(plant).encode()
+        cache = RedisKeyCache(redis)
+        reader = EncryptionService(config, key_cache=cache)
+        assert reader.decrypt(envelope, CTX) == b"v"  # from the key store's row
+        assert cache.stats()["forged"] == 1
+        reader.close()
