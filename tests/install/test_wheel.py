@@ -17,6 +17,9 @@ TEST_DEPS = (
     "cryptography>=42",
     "cryptography-vectors>=42",
     "httpx>=0.27",
+    # starlette's TestClient (tests/unit/api) prefers httpx2 and warns, which the test
+    # settings turn into an error, when only httpx is installed; the dev extra has it too.
+    "httpx2",
 )
 
 
