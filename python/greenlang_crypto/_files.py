@@ -39,6 +39,7 @@ __all__ = [
     "atomic_directory",
     "atomic_output",
     "check_private_dir",
+    "create_once",
     "ensure_private_dir",
     "ensure_private_file",
     "open_private_append",
@@ -94,6 +95,35 @@ def ensure_private_file(path: str | os.PathLike[str]) -> Path:
     finally:
         os.close(fd)
     return p
+
+
+def create_once(path: str | os.PathLike[str], data: bytes) -> bool:
+    """Creates ``path`` (0600) holding ``data``, whole, unless it exists; True if this call did.
+
+    For a file several processes may create at once (a generated secret): the data is written
+    and synced under a temporary name, then hard-linked to ``path``, which fails when another
+    process got there first. A reader never sees the file empty or half written, and no
+    process overwrites another's.
+    """
+    target = Path(path)
+    temp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.new")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(temp, target)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
 
 
 def open_private_append(path: str | os.PathLike[str]) -> int:

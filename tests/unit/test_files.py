@@ -192,3 +192,20 @@ def test_regular_file_size_is_none_for_what_is_not_a_regular_file() -> None:
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_create_once_publishes_whole_and_never_overwrites(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from greenlang_crypto._files import create_once
+
+    target = tmp_path / "secret"
+    contenders = [bytes([i]) * 64 for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        won = list(pool.map(lambda data: create_once(target, data), contenders))
+    assert won.count(True) == 1
+    assert target.read_bytes() == contenders[won.index(True)]
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert create_once(target, b"later") is False
+    assert target.read_bytes() == contenders[won.index(True)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["secret"]  # no temporaries left

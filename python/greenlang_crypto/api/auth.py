@@ -28,6 +28,8 @@ from typing import Any
 
 from fastapi import HTTPException, Request, status
 
+from greenlang_crypto._files import create_once
+
 __all__ = [
     "FLEET_PERMISSION",
     "KNOWN_PERMISSIONS",
@@ -243,13 +245,9 @@ def dev_secret(data_dir: str | os.PathLike[str], *, create: bool = True) -> str:
         if not create:
             raise FileNotFoundError(str(path))
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # another process created it first: use theirs
-        else:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_hex(32))
+        # Whole or absent, and never overwritten: a process that loses the race uses the
+        # winner's secret, and no process reads a file still being written.
+        create_once(path, secrets.token_hex(32).encode())
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         raise PermissionError(f"{path} must not be readable by group or others")
