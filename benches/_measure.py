@@ -148,11 +148,18 @@ def paired_ratio(
         ratios.append(a / b)
         t_ours.append(a)
         t_peer.append(b)
+    return ratio_of_rounds(name, ratios, t_ours, t_peer, target)
+
+
+def ratio_of_rounds(
+    name: str, ratios: list[float], ours: list[float], peer: list[float], target: float
+) -> Ratio:
+    """The lower-is-better check of paired rounds: the median ratio and each side's median."""
     return Ratio(
         name,
         statistics.median(ratios),
         target,
         False,
-        statistics.median(t_ours),
-        statistics.median(t_peer),
+        statistics.median(ours),
+        statistics.median(peer),
     )

@@ -22,7 +22,6 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from benches._measure import Ratio
+from benches._measure import Ratio, ratio_of_rounds
 
 Check = Callable[[], Ratio]
 
@@ -92,14 +91,7 @@ def _paired(
         ratios.append(a / b)
         t_ours.append(a)
         t_peer.append(b)
-    return Ratio(
-        name,
-        statistics.median(ratios),
-        target,
-        False,
-        statistics.median(t_ours),
-        statistics.median(t_peer),
-    )
+    return ratio_of_rounds(name, ratios, t_ours, t_peer, target)
 
 
 class _Workspace:
