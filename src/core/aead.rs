@@ -5,6 +5,7 @@
 //! caller-nonce primitive used for interop lives in [`crate::core::aead::hazmat`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
@@ -70,6 +71,26 @@ const COMMITMENT_LABEL: &[u8] = b"greenlang-crypto/v1/key-commitment";
 const FINGERPRINT_LABEL: &[u8] = b"greenlang-crypto/v1/key-fingerprint";
 /// HKDF salt for derived subkeys (RFC 5869, section 3.1: a fixed, non-secret salt is fine).
 const HKDF_SALT: &[u8] = b"greenlang-crypto/v1/hkdf-salt";
+/// HKDF salt of the envelope v2 key schedule (docs/FORMAT.md, "Key schedule (v2)").
+const V2_SALT: &[u8] = b"greenlang-crypto/v2/envelope";
+/// HKDF info of the AES-256-GCM key of envelope v2.
+const V2_AEAD_INFO: &[u8] = b"greenlang-crypto/v2/aes-256-gcm-key";
+/// HKDF info of the key commitment of envelope v2.
+const V2_COMMITMENT_INFO: &[u8] = b"greenlang-crypto/v2/key-commitment";
+
+/// The keys envelope v2 derives from a DEK: the DEK itself never keys AES-GCM, so the same
+/// DEK can feed the stream key schedule and the commitment without one use weakening another.
+pub struct EnvelopeKeys {
+    aead: LessSafeKey,
+    commitment: [u8; 32],
+}
+
+impl EnvelopeKeys {
+    /// The 32-byte key commitment a v2 header carries.
+    pub fn commitment(&self) -> &[u8; 32] {
+        &self.commitment
+    }
+}
 
 /// A 256-bit data encryption key with usage counters.
 ///
@@ -79,6 +100,9 @@ const HKDF_SALT: &[u8] = b"greenlang-crypto/v1/hkdf-salt";
 /// usage counters, and key bytes are never duplicated.
 pub struct DataKey {
     key: LessSafeKey,
+    /// Derived on first use and kept for the key's life, so a v2 seal costs what a v1 seal
+    /// does: the HKDF runs once per DEK, not once per message.
+    envelope_v2: OnceLock<EnvelopeKeys>,
     secret: Zeroizing<[u8; KEY_LEN]>,
     limits: UsageLimits,
     messages: AtomicU64,
@@ -133,6 +157,7 @@ impl DataKey {
         stats::data_key_created();
         Ok(DataKey {
             key: LessSafeKey::new(unbound),
+            envelope_v2: OnceLock::new(),
             secret,
             limits,
             messages: AtomicU64::new(0),
@@ -240,6 +265,50 @@ impl DataKey {
     /// # Errors
     /// As [`DataKey::seal_into`], except for the budget check.
     pub fn seal_reserved(&self, aad: &[u8], plaintext: &[u8], out: &mut [u8]) -> Result<()> {
+        self.seal_reserved_with(&self.key, aad, plaintext, out)
+    }
+
+    /// [`DataKey::seal_reserved`] under the AES-GCM key of envelope format `version` (the DEK
+    /// itself for v1, its derived key for v2); the budget is this key's either way.
+    ///
+    /// # Errors
+    /// As [`DataKey::seal_reserved`]; [`Error::UnsupportedVersion`] for another version.
+    pub fn seal_reserved_for(
+        &self,
+        version: u8,
+        aad: &[u8],
+        plaintext: &[u8],
+        out: &mut [u8],
+    ) -> Result<()> {
+        self.seal_reserved_with(self.aead_for(version)?, aad, plaintext, out)
+    }
+
+    /// [`DataKey::seal_into`] under the AES-GCM key of envelope format `version`.
+    ///
+    /// # Errors
+    /// As [`DataKey::seal_into`]; [`Error::UnsupportedVersion`] for another version.
+    pub fn seal_into_for(
+        &self,
+        version: u8,
+        aad: &[u8],
+        plaintext: &[u8],
+        out: &mut [u8],
+    ) -> Result<()> {
+        let aead = self.aead_for(version)?;
+        if out.len() != Self::sealed_len(plaintext.len())? {
+            return Err(Error::InvalidArgument("output buffer has the wrong length"));
+        }
+        self.reserve(1, plaintext.len() as u64)?;
+        self.seal_reserved_with(aead, aad, plaintext, out)
+    }
+
+    fn seal_reserved_with(
+        &self,
+        aead: &LessSafeKey,
+        aad: &[u8],
+        plaintext: &[u8],
+        out: &mut [u8],
+    ) -> Result<()> {
         if out.len() != Self::sealed_len(plaintext.len())? {
             return Err(Error::InvalidArgument("output buffer has the wrong length"));
         }
@@ -252,7 +321,7 @@ impl DataKey {
         nonce_out.copy_from_slice(&nonce_bytes);
         // Out-of-place sealing writes the ciphertext straight into the caller's buffer, which
         // saves a copy of the whole payload compared with sealing in place.
-        self.key.seal_out_of_place_scatter(
+        aead.seal_out_of_place_scatter(
             Nonce::assume_unique_for_key(nonce_bytes),
             Aad::from(aad),
             plaintext,
@@ -280,7 +349,31 @@ impl DataKey {
     /// # Errors
     /// [`Error::Authentication`] on any tag failure, [`Error::Malformed`] when too short.
     pub fn open_into(&self, aad: &[u8], sealed: &[u8], out: &mut [u8]) -> Result<()> {
-        let result = self.open_unrecorded(aad, sealed, out);
+        self.open_into_with(&self.key, aad, sealed, out)
+    }
+
+    /// [`DataKey::open_into`] under the AES-GCM key of envelope format `version`.
+    ///
+    /// # Errors
+    /// As [`DataKey::open_into`]; [`Error::UnsupportedVersion`] for another version.
+    pub fn open_into_for(
+        &self,
+        version: u8,
+        aad: &[u8],
+        sealed: &[u8],
+        out: &mut [u8],
+    ) -> Result<()> {
+        self.open_into_with(self.aead_for(version)?, aad, sealed, out)
+    }
+
+    fn open_into_with(
+        &self,
+        aead: &LessSafeKey,
+        aad: &[u8],
+        sealed: &[u8],
+        out: &mut [u8],
+    ) -> Result<()> {
+        let result = Self::open_unrecorded(aead, aad, sealed, out);
         match &result {
             Ok(()) => stats::record_open(1, out.len() as u64),
             Err(e) => stats::record_open_failure(e),
@@ -288,7 +381,12 @@ impl DataKey {
         result
     }
 
-    fn open_unrecorded(&self, aad: &[u8], sealed: &[u8], out: &mut [u8]) -> Result<()> {
+    fn open_unrecorded(
+        aead: &LessSafeKey,
+        aad: &[u8],
+        sealed: &[u8],
+        out: &mut [u8],
+    ) -> Result<()> {
         let pt_len = Self::opened_len(sealed.len())?;
         if out.len() != pt_len {
             return Err(Error::InvalidArgument("output buffer has the wrong length"));
@@ -296,9 +394,7 @@ impl DataKey {
         let (nonce, rest) = sealed.split_at(NONCE_LEN);
         let (ct, tag) = rest.split_at(pt_len);
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| Error::InvalidNonce)?;
-        let opened = self
-            .key
-            .open_separate_gather(nonce, Aad::from(aad), ct, tag, out);
+        let opened = aead.open_separate_gather(nonce, Aad::from(aad), ct, tag, out);
         if opened.is_err() {
             zeroize::Zeroize::zeroize(out);
             return Err(Error::Authentication);
@@ -332,6 +428,55 @@ impl DataKey {
     /// be opened under two different keys (GCM alone is not key-committing).
     pub fn commitment(&self) -> [u8; 32] {
         self.mac_label(COMMITMENT_LABEL)
+    }
+
+    /// The envelope v2 keys of this DEK, derived on first use and then kept:
+    /// `PRK = HKDF-Extract("greenlang-crypto/v2/envelope", DEK)`, the AES-256-GCM key is
+    /// `HKDF-Expand(PRK, "greenlang-crypto/v2/aes-256-gcm-key", 32)` and the commitment
+    /// `HKDF-Expand(PRK, "greenlang-crypto/v2/key-commitment", 32)` (RFC 5869).
+    ///
+    /// # Errors
+    /// [`Error::Crypto`] if the derivation fails.
+    pub fn envelope_keys(&self) -> Result<&EnvelopeKeys> {
+        if let Some(keys) = self.envelope_v2.get() {
+            return Ok(keys);
+        }
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, V2_SALT).extract(&self.secret[..]);
+        let mut aead_key = Zeroizing::new([0u8; KEY_LEN]);
+        prk.expand(&[V2_AEAD_INFO], hkdf::HKDF_SHA256)?
+            .fill(&mut aead_key[..])?;
+        let mut commitment = [0u8; 32];
+        prk.expand(&[V2_COMMITMENT_INFO], hkdf::HKDF_SHA256)?
+            .fill(&mut commitment[..])?;
+        let unbound = UnboundKey::new(&AES_256_GCM, &aead_key[..])
+            .map_err(|_| Error::InvalidKey("key rejected"))?;
+        // Two threads may derive at once; both results are equal and the loser's is dropped.
+        let _ = self.envelope_v2.set(EnvelopeKeys {
+            aead: LessSafeKey::new(unbound),
+            commitment,
+        });
+        self.envelope_v2.get().ok_or(Error::Crypto)
+    }
+
+    /// The key commitment of envelope format `version` (v1: HMAC of a label under the DEK;
+    /// v2: the derived commitment).
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedVersion`] for another version, [`Error::Crypto`] if derivation fails.
+    pub fn commitment_for(&self, version: u8) -> Result<[u8; 32]> {
+        match version {
+            1 => Ok(self.commitment()),
+            2 => Ok(*self.envelope_keys()?.commitment()),
+            v => Err(Error::UnsupportedVersion(v)),
+        }
+    }
+
+    fn aead_for(&self, version: u8) -> Result<&LessSafeKey> {
+        match version {
+            1 => Ok(&self.key),
+            2 => Ok(&self.envelope_keys()?.aead),
+            v => Err(Error::UnsupportedVersion(v)),
+        }
     }
 
     /// A public, non-secret 8-byte identifier of the key for logs and audit records.

@@ -77,11 +77,13 @@ pub fn new_sealer(
     key_version: u32,
     canonical_context: &[u8],
     limits: UsageLimits,
+    format_version: u8,
 ) -> Result<Sealer> {
     let mut salt = [0u8; BRANCH_SALT_LEN];
     crate::core::osrand::fill(&mut salt)?;
     let dek = derive_dek(branch_key, branch_id, &salt, canonical_context, limits)?;
     let spec = HeaderSpec {
+        version: format_version,
         key_version,
         key_ref: KeyRef::Branch { branch_id, salt },
         context_digest: false,
@@ -114,7 +116,9 @@ pub fn dek_for(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::envelope::{self, branch_dek_id, key_ref_id, parse, with_key_ref_id};
+    use crate::core::envelope::{
+        self, branch_dek_id, key_ref_id, parse, with_key_ref_id, VERSION_2,
+    };
 
     fn ctx(tenant: &str) -> Vec<u8> {
         context::encode([("tenant_id", tenant), ("data_class", "pii")]).unwrap()
@@ -188,10 +192,10 @@ mod tests {
     #[test]
     fn compact_round_trip_and_envelope_size() {
         let b = branch();
-        let sealer = new_sealer(&b, 0xDEAD_BEEF, 4, &ctx("a"), limits()).unwrap();
+        let sealer = new_sealer(&b, 0xDEAD_BEEF, 4, &ctx("a"), limits(), VERSION_2).unwrap();
         let env = sealer.seal(b"", &[9u8; 16]).unwrap();
-        // 8 fixed + 12 reference + 12 nonce + 16 ciphertext + 16 tag.
-        assert_eq!(env.len(), 64);
+        // 8 fixed + 12 reference + 32 commitment + 12 nonce + 16 ciphertext + 16 tag.
+        assert_eq!(env.len(), 96);
         let p = parse(&env).unwrap();
         assert_eq!(p.key_version, 4);
         let KeyRef::Branch { branch_id, salt } = p.key_ref else {
@@ -230,7 +234,7 @@ mod tests {
         let id = branch_dek_id(1, &[3u8; 8], &c);
         assert_eq!(id.len(), 1 + 4 + 8 + 1 + 32);
         let b = branch();
-        let env = new_sealer(&b, 1, 1, &c, limits())
+        let env = new_sealer(&b, 1, 1, &c, limits(), VERSION_2)
             .unwrap()
             .seal(b"", b"v")
             .unwrap();
@@ -247,8 +251,8 @@ mod tests {
     #[test]
     fn fresh_sealers_use_fresh_salts() {
         let b = branch();
-        let s1 = new_sealer(&b, 1, 1, &ctx("a"), limits()).unwrap();
-        let s2 = new_sealer(&b, 1, 1, &ctx("a"), limits()).unwrap();
+        let s1 = new_sealer(&b, 1, 1, &ctx("a"), limits(), VERSION_2).unwrap();
+        let s2 = new_sealer(&b, 1, 1, &ctx("a"), limits(), VERSION_2).unwrap();
         assert_ne!(s1.header(), s2.header());
         assert_ne!(s1.key().commitment(), s2.key().commitment());
     }
@@ -256,7 +260,7 @@ mod tests {
     #[test]
     fn derived_keys_keep_their_budget() {
         let b = branch();
-        let s = new_sealer(&b, 1, 1, &ctx("a"), UsageLimits::new(2, u64::MAX).unwrap()).unwrap();
+        let s = new_sealer(&b, 1, 1, &ctx("a"), UsageLimits::new(2, u64::MAX).unwrap(), VERSION_2).unwrap();
         s.seal(b"", b"1").unwrap();
         s.seal(b"", b"2").unwrap();
         assert_eq!(s.seal(b"", b"3"), Err(Error::KeyUsageExceeded));
@@ -265,7 +269,7 @@ mod tests {
     #[test]
     fn every_truncation_and_bit_flip_rejected() {
         let b = branch();
-        let env = new_sealer(&b, 9, 2, &ctx("a"), limits())
+        let env = new_sealer(&b, 9, 2, &ctx("a"), limits(), VERSION_2)
             .unwrap()
             .seal(b"row", b"plaintext!")
             .unwrap();
@@ -294,7 +298,7 @@ mod tests {
     fn parser_is_bounded_on_any_prefix_and_kind() {
         // Every short input and every flag byte parses or fails without panicking.
         let b = branch();
-        let env = new_sealer(&b, 9, 2, &ctx("a"), limits())
+        let env = new_sealer(&b, 9, 2, &ctx("a"), limits(), VERSION_2)
             .unwrap()
             .seal(b"", b"x")
             .unwrap();
@@ -313,6 +317,7 @@ mod tests {
         let b = branch();
         let k = branch();
         let spec = HeaderSpec {
+            version: crate::core::envelope::VERSION_1,
             key_version: 1,
             key_ref: KeyRef::Stored { dek_id: 1 },
             context_digest: false,

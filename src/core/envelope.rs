@@ -1,9 +1,12 @@
-//! Wire format v1 (normative description: docs/FORMAT.md).
+//! Wire formats v1 and v2 (normative description: docs/FORMAT.md).
+//!
+//! Both share one layout; v2 differs in that the commitment is mandatory and that AES-GCM
+//! runs under a key derived from the DEK (see [`DataKey::envelope_keys`]), never the DEK.
 //!
 //! ```text
 //! off len  field
 //! 0   1    magic 0xFA (never valid in UTF-8, so a stored text value and an envelope differ)
-//! 1   1    format version (0x01)
+//! 1   1    format version (0x01 or 0x02)
 //! 2   1    algorithm (0x01 = AES-256-GCM, random 96-bit nonce, 128-bit tag)
 //! 3   1    flags: bits 0-1 key reference kind (1 inline, 2 stored, 3 branch), bit 4 context
 //!          digest present, bit 5 key commitment present; every other bit must be 0
@@ -16,7 +19,7 @@
 //!                  u16 key id length (1..=2048) + key id (UTF-8),
 //!                  u16 wrapped DEK length (1..=4096) + wrapped DEK
 //! ..  32   SHA-256 of the canonical context        (if bit 4)
-//! ..  32   key commitment                          (if bit 5; mandatory for inline)
+//! ..  32   key commitment                          (if bit 5; mandatory for inline and v2)
 //! ..  12   nonce
 //! ..  n    ciphertext
 //! ..  16   tag
@@ -32,8 +35,11 @@ use crate::core::error::{Error, Result};
 
 /// First byte of every envelope.
 pub const MAGIC: u8 = 0xFA;
-/// The format version this module writes.
+/// Format version 1: AES-GCM under the DEK, commitment optional except for inline references.
 pub const VERSION_1: u8 = 0x01;
+/// Format version 2: key-committing, AES-GCM under a key derived from the DEK. Written by
+/// default.
+pub const VERSION_2: u8 = 0x02;
 /// AES-256-GCM with a random 96-bit nonce and a 128-bit tag.
 pub const ALG_AES_256_GCM: u8 = 0x01;
 /// Key reference kind: the wrapped DEK travels in the envelope.
@@ -85,13 +91,15 @@ pub enum KeyRef<'a> {
 /// What to write into a header.
 #[derive(Debug, Clone, Copy)]
 pub struct HeaderSpec<'a> {
+    /// Envelope format version to write ([`VERSION_1`] or [`VERSION_2`]).
+    pub version: u8,
     /// Key version of the keyring.
     pub key_version: u32,
     /// The key reference.
     pub key_ref: KeyRef<'a>,
     /// Whether to include the SHA-256 of the canonical context.
     pub context_digest: bool,
-    /// Whether to include the key commitment (forced on for inline references).
+    /// Whether to include the key commitment (forced on for inline references and for v2).
     pub commitment: bool,
 }
 
@@ -134,9 +142,12 @@ pub fn encode_header(
     canonical_context: &[u8],
 ) -> Result<Vec<u8>> {
     context::validate(canonical_context)?;
+    if spec.version != VERSION_1 && spec.version != VERSION_2 {
+        return Err(Error::UnsupportedVersion(spec.version));
+    }
     let mut flags = 0u8;
     let mut out = Vec::with_capacity(96);
-    out.extend_from_slice(&[MAGIC, VERSION_1, ALG_AES_256_GCM, 0]);
+    out.extend_from_slice(&[MAGIC, spec.version, ALG_AES_256_GCM, 0]);
     out.extend_from_slice(&spec.key_version.to_be_bytes());
     let commitment = match spec.key_ref {
         KeyRef::Stored { dek_id } => {
@@ -145,9 +156,10 @@ pub fn encode_header(
             spec.commitment
         }
         KeyRef::Branch { branch_id, salt } => {
-            // The DEK is a function of the branch key, this salt and the context, all of which
-            // the reader must reproduce, so one header cannot name two keys: no commitment
-            // needed unless asked for.
+            // v1 leaves the commitment out unless asked: the reader derives the DEK from the
+            // branch key, this salt and the context it presents. That does not stop a holder
+            // of the branch key from building one body that opens under two contexts, which
+            // is why v2 always commits.
             flags |= KIND_BRANCH;
             out.extend_from_slice(&branch_id.to_be_bytes());
             out.extend_from_slice(&salt);
@@ -187,9 +199,9 @@ pub fn encode_header(
         flags |= FLAG_CONTEXT_DIGEST;
         out.extend_from_slice(&context::digest(canonical_context));
     }
-    if commitment {
+    if commitment || spec.version == VERSION_2 {
         flags |= FLAG_COMMITMENT;
-        out.extend_from_slice(&key.commitment());
+        out.extend_from_slice(&key.commitment_for(spec.version)?);
     }
     out[3] = flags;
     Ok(out)
@@ -240,12 +252,15 @@ pub fn seal_into(
     if out.len() != envelope_len(header.len(), plaintext.len())? {
         return Err(Error::InvalidArgument("output buffer has the wrong length"));
     }
+    let version = *header
+        .get(1)
+        .ok_or(Error::InvalidArgument("header too short"))?;
     let (head, body) = out.split_at_mut(header.len());
     head.copy_from_slice(header);
     if reserved {
-        key.seal_reserved(aad, plaintext, body)
+        key.seal_reserved_for(version, aad, plaintext, body)
     } else {
-        key.seal_into(aad, plaintext, body)
+        key.seal_into_for(version, aad, plaintext, body)
     }
 }
 
@@ -291,8 +306,9 @@ pub fn parse(envelope: &[u8]) -> Result<Parsed<'_>> {
     if prefix[0] != MAGIC {
         return Err(Error::Malformed("not an envelope"));
     }
-    if prefix[1] != VERSION_1 {
-        return Err(Error::UnsupportedVersion(prefix[1]));
+    let version = prefix[1];
+    if version != VERSION_1 && version != VERSION_2 {
+        return Err(Error::UnsupportedVersion(version));
     }
     if prefix[2] != ALG_AES_256_GCM {
         return Err(Error::UnsupportedAlgorithm(prefix[2]));
@@ -300,6 +316,9 @@ pub fn parse(envelope: &[u8]) -> Result<Parsed<'_>> {
     let flags = prefix[3];
     if flags & !FLAG_KNOWN != 0 {
         return Err(Error::Malformed("unknown flags"));
+    }
+    if version == VERSION_2 && flags & FLAG_COMMITMENT == 0 {
+        return Err(Error::Malformed("v2 envelope without key commitment"));
     }
     let key_version = u32::from_be_bytes([prefix[4], prefix[5], prefix[6], prefix[7]]);
     let key_ref = match flags & FLAG_KIND_MASK {
@@ -369,7 +388,7 @@ pub fn parse(envelope: &[u8]) -> Result<Parsed<'_>> {
         return Err(Error::Malformed("truncated"));
     }
     Ok(Parsed {
-        version: VERSION_1,
+        version,
         algorithm: ALG_AES_256_GCM,
         key_version,
         key_ref,
@@ -388,7 +407,10 @@ pub fn parse(envelope: &[u8]) -> Result<Parsed<'_>> {
 pub fn check_bindings(parsed: &Parsed<'_>, key: &DataKey, canonical_context: &[u8]) -> Result<()> {
     use subtle::ConstantTimeEq;
     if let Some(c) = parsed.commitment {
-        if !bool::from(c.ct_eq(&key.commitment()[..])) {
+        let expected = key
+            .commitment_for(parsed.version)
+            .map_err(|_| Error::Authentication)?;
+        if !bool::from(c.ct_eq(&expected[..])) {
             return Err(Error::Authentication);
         }
     }
@@ -468,14 +490,14 @@ fn open_with_aad_parts(
             buf[pos..pos + part.len()].copy_from_slice(part);
             pos += part.len();
         }
-        return key.open_into(&buf[..pos], parsed.body, out);
+        return key.open_into_for(parsed.version, &buf[..pos], parsed.body, out);
     }
     let mut aad = Vec::with_capacity(total);
     aad.extend_from_slice(parsed.header);
     for part in parts {
         aad.extend_from_slice(part);
     }
-    key.open_into(&aad, parsed.body, out)
+    key.open_into_for(parsed.version, &aad, parsed.body, out)
 }
 
 /// Associated data up to this size is built on the stack when opening.
@@ -750,6 +772,7 @@ mod tests {
 
     fn inline_spec(wrapped: &[u8]) -> HeaderSpec<'_> {
         HeaderSpec {
+            version: crate::core::envelope::VERSION_1,
             key_version: 3,
             key_ref: KeyRef::Inline {
                 provider: "local",
@@ -763,11 +786,96 @@ mod tests {
 
     fn stored_spec() -> HeaderSpec<'static> {
         HeaderSpec {
+            version: crate::core::envelope::VERSION_1,
             key_version: 1,
             key_ref: KeyRef::Stored { dek_id: 42 },
             context_digest: false,
             commitment: false,
         }
+    }
+
+    fn v2(spec: HeaderSpec<'_>) -> HeaderSpec<'_> {
+        HeaderSpec {
+            version: VERSION_2,
+            ..spec
+        }
+    }
+
+    #[test]
+    fn v2_commits_and_stays_compact() {
+        let k = dek();
+        let env = seal(&k, &v2(stored_spec()), &ctx(), b"row", &[7u8; 16]).unwrap();
+        // 8 fixed + 8 id + 32 commitment + 12 nonce + 16 ciphertext + 16 tag.
+        assert_eq!(env.len(), 92);
+        let p = parse(&env).unwrap();
+        assert_eq!(p.version, VERSION_2);
+        assert_eq!(p.commitment.unwrap(), &k.commitment_for(VERSION_2).unwrap()[..]);
+        assert_eq!(open(&k, &env, &ctx(), b"row").unwrap(), vec![7u8; 16]);
+        // Another DEK fails at the commitment, before any decryption.
+        assert_eq!(
+            open(&dek(), &env, &ctx(), b"row").unwrap_err(),
+            Error::Authentication
+        );
+    }
+
+    #[test]
+    fn v2_separates_the_aead_key_from_the_dek() {
+        let k = dek();
+        assert_ne!(k.commitment_for(VERSION_1).unwrap(), k.commitment_for(VERSION_2).unwrap());
+        let env = seal(&k, &v2(stored_spec()), &ctx(), b"", b"secret").unwrap();
+        let p = parse(&env).unwrap();
+        let aad = associated_data(p.header, &ctx(), b"");
+        // The body does not open under the DEK itself: AES-GCM ran under the derived key.
+        let mut out = vec![0u8; p.plaintext_len()];
+        assert_eq!(
+            k.open_into(&aad, p.body, &mut out).unwrap_err(),
+            Error::Authentication
+        );
+        k.open_into_for(VERSION_2, &aad, p.body, &mut out).unwrap();
+        assert_eq!(out, b"secret");
+    }
+
+    #[test]
+    fn v2_without_commitment_is_rejected() {
+        let k = dek();
+        let env = seal(&k, &v2(stored_spec()), &ctx(), b"", b"x").unwrap();
+        let mut bad = env.clone();
+        bad[3] &= !FLAG_COMMITMENT;
+        assert_eq!(
+            parse(&bad).unwrap_err(),
+            Error::Malformed("v2 envelope without key commitment")
+        );
+    }
+
+    #[test]
+    fn v2_every_truncation_and_bit_flip_rejected() {
+        let k = dek();
+        for spec in [v2(stored_spec()), v2(inline_spec(b"wrapped"))] {
+            let env = seal(&k, &spec, &ctx(), b"aad", b"payload").unwrap();
+            for cut in 0..env.len() {
+                assert!(open(&k, &env[..cut], &ctx(), b"aad").is_err());
+            }
+            for i in 0..env.len() {
+                for bit in 0..8 {
+                    let mut bad = env.clone();
+                    bad[i] ^= 1 << bit;
+                    assert!(open(&k, &bad, &ctx(), b"aad").is_err(), "byte {i} bit {bit}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn v1_and_v2_of_one_key_open_side_by_side() {
+        let k = dek();
+        let old = seal(&k, &stored_spec(), &ctx(), b"", b"one").unwrap();
+        let new = seal(&k, &v2(stored_spec()), &ctx(), b"", b"two").unwrap();
+        assert_eq!(open(&k, &old, &ctx(), b"").unwrap(), b"one");
+        assert_eq!(open(&k, &new, &ctx(), b"").unwrap(), b"two");
+        // Relabelling a v2 envelope as v1 (or back) changes an authenticated header byte.
+        let mut relabelled = new.clone();
+        relabelled[1] = VERSION_1;
+        assert!(open(&k, &relabelled, &ctx(), b"").is_err());
     }
 
     #[test]
@@ -871,7 +979,7 @@ mod tests {
     fn versions_and_algorithms_outside_allow_list() {
         let k = dek();
         let env = seal(&k, &stored_spec(), &ctx(), b"", b"x").unwrap();
-        for v in [0u8, 2, 0xff] {
+        for v in [0u8, 3, 0xff] {
             let mut bad = env.clone();
             bad[1] = v;
             assert_eq!(parse(&bad).unwrap_err(), Error::UnsupportedVersion(v));
@@ -939,6 +1047,7 @@ mod tests {
         let k = dek();
         let long = "x".repeat(MAX_KEY_ID_LEN + 1);
         let bad = HeaderSpec {
+            version: crate::core::envelope::VERSION_1,
             key_version: 1,
             key_ref: KeyRef::Inline {
                 provider: "p",

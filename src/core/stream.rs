@@ -635,6 +635,7 @@ mod tests {
     fn setup() -> (DataKey, Vec<u8>) {
         let dek = DataKey::generate(UsageLimits::default()).unwrap();
         let spec = HeaderSpec {
+            version: crate::core::envelope::VERSION_1,
             key_version: 1,
             key_ref: KeyRef::Stored { dek_id: 7 },
             context_digest: false,
@@ -848,6 +849,7 @@ mod tests {
         let other = DataKey::generate(UsageLimits::default()).unwrap();
         let inline = envelope::encode_header(
             &HeaderSpec {
+                version: crate::core::envelope::VERSION_1,
                 key_version: 1,
                 key_ref: KeyRef::Inline {
                     provider: "local",
@@ -866,6 +868,7 @@ mod tests {
         let limited = DataKey::generate(UsageLimits::new(1, 10).unwrap()).unwrap();
         let kr2 = envelope::encode_header(
             &HeaderSpec {
+                version: crate::core::envelope::VERSION_1,
                 key_version: 1,
                 key_ref: KeyRef::Stored { dek_id: 1 },
                 context_digest: false,

@@ -13,10 +13,11 @@ use crate::py::keys::{limits, PyDataKey};
 
 /// A sealer for `context` under a DEK freshly derived from `branch_key` (new random salt).
 ///
-/// Its envelopes carry the branch key reference (`branch_id`, salt) and `key_version`.
+/// Its envelopes carry the branch key reference (`branch_id`, salt) and `key_version`, in
+/// envelope format `format_version` (2 by default; 1 only for readers that predate v2).
 #[pyfunction]
 #[pyo3(signature = (branch_key, *, branch_id, key_version, context, max_messages=None,
-                    max_bytes=None))]
+                    max_bytes=None, format_version=2))]
 pub fn branch_sealer(
     branch_key: &PyDataKey,
     branch_id: u32,
@@ -24,6 +25,7 @@ pub fn branch_sealer(
     context: &Bound<'_, PyAny>,
     max_messages: Option<u64>,
     max_bytes: Option<u64>,
+    format_version: u8,
 ) -> PyResult<PyEnvelopeSealer> {
     guard(|| {
         let ctx = bytes_arg(context, "context")?;
@@ -33,6 +35,7 @@ pub fn branch_sealer(
             key_version,
             &ctx,
             limits(max_messages, max_bytes)?,
+            format_version,
         )
         .py()?;
         Ok(PyEnvelopeSealer {

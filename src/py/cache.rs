@@ -1,7 +1,7 @@
 //! `DekCache`: the Rust DEK cache exposed to Python, with one-call fast paths for sealing and
 //! opening on a hit.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,6 +89,9 @@ pub struct PyDekCache {
     /// Envelopes whose key version is below this are never opened from the cache: a hit is
     /// reported as a miss, so the caller's slow path checks the keyring and refuses.
     min_key_version: AtomicU32,
+    /// When set, envelopes without a key commitment are never opened from the cache (a miss,
+    /// so the caller's slow path applies the commitment policy and raises its typed error).
+    require_commitment: AtomicBool,
 }
 
 fn item_to_py(py: Python<'_>, item: &Item) -> PyResult<Py<PyAny>> {
@@ -131,6 +134,7 @@ impl PyDekCache {
             // One call in 16 is timed (see SampledHistogram).
             latency: SampledHistogram::new(4),
             min_key_version: AtomicU32::new(0),
+            require_commitment: AtomicBool::new(false),
         })
     }
 
@@ -138,6 +142,18 @@ impl PyDekCache {
     #[getter]
     fn min_key_version(&self) -> u32 {
         self.min_key_version.load(Ordering::Acquire)
+    }
+
+    /// Whether `open` refuses envelopes without a key commitment (reported as a miss).
+    #[getter]
+    fn require_commitment(&self) -> bool {
+        self.require_commitment.load(Ordering::Acquire)
+    }
+
+    /// Makes `open` refuse envelopes without a key commitment from now on (it cannot be
+    /// turned off again on this cache).
+    fn set_require_commitment(&self) {
+        self.require_commitment.store(true, Ordering::Release);
     }
 
     /// Raises the lowest key version `open` serves from the cache; it never goes down.
@@ -253,7 +269,7 @@ impl PyDekCache {
             let ctx = bytes_arg(context, "context")?;
             let aad = opt_bytes_arg(associated_data, "associated_data")?;
             let parsed = envelope::parse(&env).py()?;
-            if parsed.key_version < self.min_key_version.load(Ordering::Acquire) {
+            if self.refuses(&parsed) {
                 return Ok(None);
             }
             let Some(item) = self.get_for_open(&parsed, &ctx) else {
@@ -421,6 +437,13 @@ impl PyDekCache {
         }
     }
 
+    /// Whether the cache must not open `parsed` (its key version is below the minimum, or it
+    /// has no commitment while commitments are required): reported as a miss.
+    fn refuses(&self, parsed: &envelope::Parsed<'_>) -> bool {
+        parsed.key_version < self.min_key_version.load(Ordering::Acquire)
+            || (parsed.commitment.is_none() && self.require_commitment.load(Ordering::Acquire))
+    }
+
     /// The cached key an envelope refers to under `ctx`, through this thread's open memo.
     fn get_for_open(&self, parsed: &envelope::Parsed<'_>, ctx: &[u8]) -> Option<Arc<Item>> {
         envelope::with_key_ref_id(parsed, ctx, |id| {
@@ -440,7 +463,7 @@ impl PyDekCache {
         text: bool,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
         let parsed = envelope::parse(env).py()?;
-        if parsed.key_version < self.min_key_version.load(Ordering::Acquire) {
+        if self.refuses(&parsed) {
             return Ok(None);
         }
         let Some(item) = self.get_for_open(&parsed, ctx) else {

@@ -233,10 +233,12 @@ pub(crate) fn seal_with<'py>(
 #[pymethods]
 impl PyEnvelopeSealer {
     /// Builds a sealer. Give either `dek_id` (stored reference) or `provider`, `key_id` and
-    /// `wrapped_dek` (inline reference).
+    /// `wrapped_dek` (inline reference). `format_version` is 2 (key-committing, the default)
+    /// or 1 (for readers that predate v2).
     #[new]
     #[pyo3(signature = (key, *, key_version, context, dek_id=None, provider=None, key_id=None,
-                        wrapped_dek=None, context_digest=false, commitment=false))]
+                        wrapped_dek=None, context_digest=false, commitment=false,
+                        format_version=2))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         key: &PyDataKey,
@@ -248,6 +250,7 @@ impl PyEnvelopeSealer {
         wrapped_dek: Option<&Bound<'_, PyAny>>,
         context_digest: bool,
         commitment: bool,
+        format_version: u8,
     ) -> PyResult<Self> {
         guard(|| {
             let ctx = bytes_arg(context, "context")?;
@@ -266,6 +269,7 @@ impl PyEnvelopeSealer {
                 }
             };
             let spec = HeaderSpec {
+                version: format_version,
                 key_version,
                 key_ref,
                 context_digest,

@@ -71,7 +71,7 @@ fn monotonic_ns() -> u64 {
 
 #[pymodule(gil_used = false)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add("FORMAT_VERSION", crate::core::envelope::VERSION_1)?;
+    m.add("FORMAT_VERSION", crate::core::envelope::VERSION_2)?;
     m.add("MAX_MESSAGES_CAP", crate::core::aead::MAX_MESSAGES_CAP)?;
     m.add("GCM_MAX_PLAINTEXT", crate::core::aead::GCM_MAX_PLAINTEXT)?;
     m.add("DETACH_THRESHOLD", bufs::DETACH_THRESHOLD)?;

@@ -69,13 +69,20 @@ def test_header_fields(key: core.DataKey) -> None:
     assert h.has_commitment and h.plaintext_len == 5 and h.dek_id is None
     assert env[0] == 0xFA and env[1] == core.FORMAT_VERSION
     s = core.parse_envelope(stored(key).seal(b"x"))
-    assert (s.kind, s.dek_id, s.provider, s.has_commitment) == ("stored", 99, None, False)
-    assert s.key_ref_id == core.stored_key_ref_id(99)
+    # Format v2 (the default) commits every envelope to its key; v1 only inline ones.
+    assert (s.kind, s.dek_id, s.provider, s.has_commitment) == ("stored", 99, None, True)
+    assert s.version == 2 and s.key_ref_id == core.stored_key_ref_id(99)
+    v1 = core.EnvelopeSealer(key, key_version=1, context=CTX, dek_id=99, format_version=1)
+    h1 = core.parse_envelope(v1.seal(b"x"))
+    assert (h1.version, h1.has_commitment) == (1, False)
 
 
 def test_compact_stored_envelope(key: core.DataKey) -> None:
-    # A 16-byte PII value with a stored key reference must stay within 64 bytes.
-    assert len(stored(key).seal(b"0123456789abcdef")) == 60
+    # A 16-byte PII value with a stored key reference: 60 bytes in v1, and within 100 bytes
+    # in v2 (the 32-byte commitment is the only growth).
+    assert len(stored(key).seal(b"0123456789abcdef")) == 92
+    v1 = core.EnvelopeSealer(key, key_version=1, context=CTX, dek_id=99, format_version=1)
+    assert len(v1.seal(b"0123456789abcdef")) == 60
 
 
 @pytest.mark.parametrize("make", [stored, inline])
@@ -111,11 +118,11 @@ def test_empty_and_header_only(key: core.DataKey, blob: bytes) -> None:
 
 def test_unknown_version_and_algorithm(key: core.DataKey) -> None:
     env = bytearray(stored(key).seal(b"x"))
-    for version in (0, 2, 255):
+    for version in (0, 3, 255):
         env[1] = version
         with pytest.raises(UnsupportedFormatError):
             core.parse_envelope(bytes(env))
-    env[1] = 1
+    env[1] = 2
     env[2] = 2
     with pytest.raises(UnsupportedFormatError, match="algorithm"):
         core.open_envelope(key, bytes(env), CTX)

@@ -143,8 +143,8 @@ def test_header_fields_and_compact_size() -> None:
     ctx = A.canonical
     sealer = core.branch_sealer(key, branch_id=77, key_version=5, context=ctx)
     env = sealer.seal(b"0123456789abcdef")
-    # 8 fixed + 4 branch id + 8 salt + 12 nonce + 16 ciphertext + 16 tag.
-    assert len(env) == 64
+    # 8 fixed + 4 branch id + 8 salt + 32 commitment + 12 nonce + 16 ciphertext + 16 tag.
+    assert len(env) == 96
     h = core.parse_envelope(env)
     assert (h.kind, h.branch_id, h.key_version, h.dek_id, h.provider) == (
         "branch",
@@ -153,7 +153,10 @@ def test_header_fields_and_compact_size() -> None:
         None,
         None,
     )
-    assert not h.has_commitment and h.context_digest is None
+    assert h.has_commitment and h.context_digest is None and h.version == 2
+    v1 = core.branch_sealer(key, branch_id=77, key_version=5, context=ctx, format_version=1)
+    h1 = core.parse_envelope(v1.seal(b"0123456789abcdef"))
+    assert (h1.version, h1.has_commitment, h1.plaintext_len) == (1, False, 16)
     # The decryption-cache id covers the context (the derived DEK depends on it).
     assert core.dek_cache_id(env, ctx) != core.dek_cache_id(env, B.canonical)
     assert core.dek_cache_id(env, ctx).startswith(
