@@ -260,7 +260,15 @@ mod tests {
     #[test]
     fn derived_keys_keep_their_budget() {
         let b = branch();
-        let s = new_sealer(&b, 1, 1, &ctx("a"), UsageLimits::new(2, u64::MAX).unwrap(), VERSION_2).unwrap();
+        let s = new_sealer(
+            &b,
+            1,
+            1,
+            &ctx("a"),
+            UsageLimits::new(2, u64::MAX).unwrap(),
+            VERSION_2,
+        )
+        .unwrap();
         s.seal(b"", b"1").unwrap();
         s.seal(b"", b"2").unwrap();
         assert_eq!(s.seal(b"", b"3"), Err(Error::KeyUsageExceeded));

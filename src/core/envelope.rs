@@ -809,7 +809,10 @@ mod tests {
         assert_eq!(env.len(), 92);
         let p = parse(&env).unwrap();
         assert_eq!(p.version, VERSION_2);
-        assert_eq!(p.commitment.unwrap(), &k.commitment_for(VERSION_2).unwrap()[..]);
+        assert_eq!(
+            p.commitment.unwrap(),
+            &k.commitment_for(VERSION_2).unwrap()[..]
+        );
         assert_eq!(open(&k, &env, &ctx(), b"row").unwrap(), vec![7u8; 16]);
         // Another DEK fails at the commitment, before any decryption.
         assert_eq!(
@@ -821,7 +824,10 @@ mod tests {
     #[test]
     fn v2_separates_the_aead_key_from_the_dek() {
         let k = dek();
-        assert_ne!(k.commitment_for(VERSION_1).unwrap(), k.commitment_for(VERSION_2).unwrap());
+        assert_ne!(
+            k.commitment_for(VERSION_1).unwrap(),
+            k.commitment_for(VERSION_2).unwrap()
+        );
         let env = seal(&k, &v2(stored_spec()), &ctx(), b"", b"secret").unwrap();
         let p = parse(&env).unwrap();
         let aad = associated_data(p.header, &ctx(), b"");
@@ -859,7 +865,10 @@ mod tests {
                 for bit in 0..8 {
                     let mut bad = env.clone();
                     bad[i] ^= 1 << bit;
-                    assert!(open(&k, &bad, &ctx(), b"aad").is_err(), "byte {i} bit {bit}");
+                    assert!(
+                        open(&k, &bad, &ctx(), b"aad").is_err(),
+                        "byte {i} bit {bit}"
+                    );
                 }
             }
         }
