@@ -3,7 +3,8 @@
 - A warm encrypt of 64 B with a branch-derived DEK against today's per-context cached encrypt
   (a stored DEK), one context and 100 tenants in turn: the derived DEK is cached like any
   other, so a branch key must add nothing to the hot path (target <= 1.2x).
-- The envelope of a 16-byte value with a branch key reference (target <= 64 bytes).
+- The envelope of a 16-byte value with a branch key reference, in the key-committing format
+  v2 (target <= 100 bytes; 96 measured: v1's 64 plus the 32-byte commitment).
 - Against the AWS Material Providers Library (aws-cryptographic-material-providers with
   aws-encryption-sdk 4, unsigned committing suite), measured in the same rounds (>= 500x):
   its hierarchical keyring with one branch key, its key store on DynamoDB and KMS of the
@@ -103,7 +104,7 @@ def checks() -> list[Callable[[], Ratio]]:
             size = len(branch.encrypt(os.urandom(16), tenants[0]))
             branch.close()
             stored.close()
-        return Ratio("envelope bytes of a 16-byte value, branch reference", size, 64, False, 0, 0)
+        return Ratio("envelope bytes of a 16-byte value, branch reference", size, 100, False, 0, 0)
 
     def raw_aes_keyring() -> Any:
         from aws_cryptographic_material_providers.mpl import AwsCryptographicMaterialProviders

@@ -106,16 +106,18 @@ def checks() -> list[Callable[[], Ratio]]:
             lambda: key.open(sealed),
             3.0,
         ),
+        # Both sides commit to their key: our envelope format v2 against the SDK's
+        # committing suite under REQUIRE_ENCRYPT_REQUIRE_DECRYPT.
         speedup(
-            "service encrypt 64 B speed-up over aws-encryption-sdk (caching CMM)",
+            "service encrypt 64 B speed-up over aws-encryption-sdk (committing suite, caching CMM)",
             lambda: svc.encrypt(pt, ctx),
             lambda: esdk_enc(pt),
-            50.0,
+            250.0,
         ),
         speedup(
-            "service decrypt 64 B speed-up over aws-encryption-sdk (caching CMM)",
+            "service decrypt 64 B speed-up over aws-encryption-sdk (committing suite, caching CMM)",
             lambda: svc.decrypt(env, ctx),
             lambda: esdk_dec(esdk_ct),
-            50.0,
+            250.0,
         ),
     ]

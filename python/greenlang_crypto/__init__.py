@@ -16,6 +16,7 @@ from greenlang_crypto._core import (
 )
 from greenlang_crypto.context import EncryptionContext
 from greenlang_crypto.exceptions import (
+    CommitmentPolicyError,
     ConfigurationError,
     DataErasedError,
     DecryptionError,
@@ -35,6 +36,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FORMAT_VERSION",
+    "CommitmentPolicyError",
     "ConfigurationError",
     "DataErasedError",
     "DataKey",

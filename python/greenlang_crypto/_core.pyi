@@ -63,6 +63,7 @@ __all__ = [
     "wipe_buffer",
 ]
 
+#: The envelope format version written by default (2: key-committing).
 FORMAT_VERSION: Final[int]
 MAX_MESSAGES_CAP: Final[int]
 GCM_MAX_PLAINTEXT: Final[int]
@@ -195,6 +196,7 @@ class EnvelopeSealer:
         wrapped_dek: Buffer | None = None,
         context_digest: bool = False,
         commitment: bool = False,
+        format_version: int = 2,
     ) -> EnvelopeSealer: ...
     def seal(self, plaintext: Buffer, associated_data: _AssociatedData = None) -> bytes: ...
     def seal_batch(
@@ -225,6 +227,11 @@ class DekCache:
     @property
     def min_key_version(self) -> int:
         """The lowest key version :meth:`open` serves from the cache (0: no limit)."""
+    @property
+    def require_commitment(self) -> bool:
+        """Whether :meth:`open` refuses envelopes without a key commitment (as a miss)."""
+    def set_require_commitment(self) -> None:
+        """Makes :meth:`open` refuse envelopes without a key commitment (for good)."""
     def raise_min_key_version(self, version: int) -> int:
         """Raises :attr:`min_key_version` (never lowers it); returns the new value."""
     def get(self, id: Buffer) -> DataKey | EnvelopeSealer | None: ...
@@ -362,6 +369,7 @@ def branch_sealer(
     context: Buffer,
     max_messages: int | None = None,
     max_bytes: int | None = None,
+    format_version: int = 2,
 ) -> EnvelopeSealer:
     """A sealer for ``context`` under a DEK freshly derived from ``branch_key`` (new salt).
 

@@ -9,7 +9,9 @@ hand the answers here.
 
 from __future__ import annotations
 
+import math
 import struct
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -39,18 +41,44 @@ class KeyPattern:
         data_class: The context's ``data_class`` for these values.
         tenant_id: The context's ``tenant_id``: a fixed string, or a callable that derives it
             from the key name (a ``str``).
+        max_age: Optional freshness bound in seconds. Each value then carries its write time
+            inside the envelope (encrypted and authenticated), and a value older than
+            ``max_age`` reads as missing (``None``), as if Redis had expired it: a ``PERSIST``
+            or a replayed old envelope cannot keep it alive past the bound. Values written
+            without ``max_age`` do not open under a pattern with it (nor the reverse): the
+            mode is part of the associated data. ``None`` (the default): no bound.
+
+    Example:
+        ``KeyPattern("session:*", data_class="session", tenant_id="t1", max_age=3600)``
     """
 
     pattern: str
     data_class: str
     tenant_id: str | Callable[[str], str]
+    max_age: float | None = None
+
+    def __post_init__(self) -> None:
+        age = self.max_age
+        if age is not None and (
+            isinstance(age, bool)
+            or not isinstance(age, int | float)
+            or not math.isfinite(age)
+            or age <= 0
+        ):
+            raise ConfigurationError("max_age must be a positive number of seconds, or None")
+
+
+def _now_ms() -> int:
+    """Wall-clock milliseconds: the one clock every writer and reader of a value shares."""
+    return time.time_ns() // 1_000_000
 
 
 class _Rule:
-    __slots__ = ("context", "match", "pattern")
+    __slots__ = ("context", "match", "max_age_ms", "pattern")
 
     def __init__(self, pattern: KeyPattern) -> None:
         self.pattern = pattern
+        self.max_age_ms = None if pattern.max_age is None else int(pattern.max_age * 1000)
         self.match = compile_redis_glob(pattern.pattern)
         # A fixed tenant gives one context for every key of the pattern: built once.
         self.context = (
@@ -93,14 +121,16 @@ def _value_bytes(value: object) -> bytes:
     raise TypeError(f"a Redis value must be bytes, str, int or float, not {type(value).__name__}")
 
 
-def _bound(kind: bytes, key: str, field: KeyT | None) -> bytes:
+def _bound(kind: bytes, key: str, field: KeyT | None, timed: bool = False) -> bytes:
     """The associated data of one value: its kind, key name and field, each length-prefixed.
 
     Length prefixes make the encoding injective, so no key/field split can be confused with
-    another (``"a:b" + "c"`` against ``"a" + "b:c"``).
+    another (``"a:b" + "c"`` against ``"a" + "b:c"``). A value that carries its write time
+    (``timed``) has another prefix, so it never opens as an untimed one or the reverse.
     """
     raw_key = key.encode("utf-8", "surrogateescape")
-    out = b"glc-redis/v1" + kind + struct.pack(">I", len(raw_key)) + raw_key
+    prefix = b"glc-redis/v1t" if timed else b"glc-redis/v1"
+    out = prefix + kind + struct.pack(">I", len(raw_key)) + raw_key
     if field is not None:
         raw_field = field if isinstance(field, bytes) else _key_text(field).encode("utf-8")
         out += struct.pack(">I", len(raw_field)) + raw_field
@@ -139,7 +169,11 @@ class RedisValueCodec:
         text = _key_text(key)
         raw = text.encode("utf-8", "surrogateescape")
         found = next((rule for rule in self._rules if rule.match(raw)), None)
-        entry = (text, found, _bound(b"s", text, None) if found is not None else b"")
+        entry = (
+            text,
+            found,
+            _bound(b"s", text, None, found.max_age_ms is not None) if found is not None else b"",
+        )
         if len(self._memo) >= _MEMO_LIMIT:
             self._memo.clear()  # bounded memory under many distinct keys
         self._memo[key] = entry
@@ -159,10 +193,12 @@ class RedisValueCodec:
         text, rule, string_aad = self._lookup(key)
         if rule is None:
             return value
-        aad = string_aad if field is None else _bound(b"h", text, field)
-        return self._service.encrypt(
-            _value_bytes(value), rule.context_for(text), associated_data=aad
-        )
+        timed = rule.max_age_ms is not None
+        aad = string_aad if field is None else _bound(b"h", text, field, timed)
+        plain = _value_bytes(value)
+        if timed:
+            plain = struct.pack(">Q", _now_ms()) + plain
+        return self._service.encrypt(plain, rule.context_for(text), associated_data=aad)
 
     def decode(self, key: KeyT, raw: Any, field: KeyT | None = None) -> Any:
         """The value read from ``key`` (and ``field``): decrypted, or as Redis returned it.
@@ -180,8 +216,14 @@ class RedisValueCodec:
                 "the wrapped Redis client must return bytes (create it with "
                 "decode_responses=False; pass decode_responses=True to the wrapper instead)"
             )
-        aad = string_aad if field is None else _bound(b"h", text, field)
+        max_age_ms = rule.max_age_ms
+        aad = string_aad if field is None else _bound(b"h", text, field, max_age_ms is not None)
         plain = self._service.decrypt(raw, rule.context_for(text), associated_data=aad)
+        if max_age_ms is not None:
+            (written,) = struct.unpack_from(">Q", plain)
+            if _now_ms() - written > max_age_ms:
+                return None  # past its freshness bound: as if Redis had expired it
+            plain = plain[8:]
         return plain.decode("utf-8") if self._decode else plain
 
     def decode_hash(self, key: KeyT, raw: Mapping[Any, Any]) -> dict[Any, Any]:

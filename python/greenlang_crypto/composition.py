@@ -45,6 +45,7 @@ __all__ = [
     "build_provider",
     "build_service",
     "create_local_master_key",
+    "init_local_data_dir",
     "init_local_service",
     "local_master_key_exists",
     "open_audit_log",
@@ -144,6 +145,71 @@ def create_local_master_key(data_dir: str | os.PathLike[str]) -> None:
     from greenlang_crypto.providers.local import LocalKeyProvider
 
     LocalKeyProvider(data_dir).create_master_key()
+
+
+def init_local_data_dir(config: EncryptionServiceConfig) -> bool:
+    """Initializes the embedded default ``config`` names if its data directory is new.
+
+    Does what ``greenlang-crypto init`` does: the directory is built beside its name (the
+    first master key, and the keyring when the key store is the embedded one) and renamed into
+    place, so it is whole or absent. Processes starting together on the same new directory
+    all succeed on the one key: the first rename wins and the others find its key. A
+    directory that holds a master key is left alone, as is a configuration with another
+    provider (its keys are the operator's).
+
+    Returns:
+        Whether this call created the master key.
+
+    Raises:
+        ConfigurationError: The directory exists, is not empty and holds no master key (it
+            belongs to something else, or lost its key: a new key would not open its data).
+        OutputError: The directory could not be written (nothing is left).
+    """
+    import contextlib
+    import sqlite3
+    from pathlib import Path
+
+    from greenlang_crypto._files import atomic_directory, output_error
+    from greenlang_crypto.config import EncryptionServiceConfig
+    from greenlang_crypto.exceptions import OutputError
+
+    if config.provider != "local":
+        return False
+    target = Path(config.data_dir)
+    if local_master_key_exists(target):
+        return False
+    foreign = ConfigurationError(
+        f"{target} is not empty and holds no master key; move it away (or empty it) and "
+        "initialize again"
+    )
+    with contextlib.suppress(FileNotFoundError):
+        if any(target.iterdir()):
+            if local_master_key_exists(target):
+                return False  # another process initialized it meanwhile
+            raise foreign
+    values = {name: getattr(config, name) for name in config.__dataclass_fields__}
+    try:
+        with atomic_directory(target) as building:
+            values["data_dir"] = building
+            try:
+                if config.key_store_url is None:
+                    # The keyring lives in the directory too: built with it, whole.
+                    init_local_service(EncryptionServiceConfig(**values)).close()
+                else:
+                    # The keyring lives in the operator's store: the first service opened
+                    # on it creates it, once the master key has its final place.
+                    create_local_master_key(building)
+            except OSError as exc:
+                raise output_error(target, exc) from exc
+            except sqlite3.Error as exc:
+                # The embedded key store is a file of the directory being built: a failure
+                # is a write that failed (a full disk). SQLite's messages name no data.
+                raise OutputError(f"cannot write {target}: {exc}") from exc
+    except FileExistsError:
+        if local_master_key_exists(target):
+            return False  # another process's directory was renamed into place first
+        raise foreign from None
+    return True
 
 
 def require_initialized(config: EncryptionServiceConfig) -> None:

@@ -21,6 +21,12 @@ __all__ = ["EncryptionServiceConfig", "default_data_dir"]
 _PROVIDERS = ("local", "aws-kms")
 _REFERENCES = ("stored", "inline", "branch")
 _BRANCH_SCOPES = ("service", "tenant")
+#: Commitment policies, named as the AWS Encryption SDK names its own.
+COMMITMENT_POLICIES = (
+    "require_encrypt_allow_decrypt",
+    "require_encrypt_require_decrypt",
+    "forbid_encrypt_allow_decrypt",
+)
 
 
 def default_data_dir() -> Path:
@@ -80,6 +86,12 @@ class EncryptionServiceConfig:
         key_store_transaction_pooler: PostgreSQL: the key store URL points at PgBouncer (or
             another pooler) in transaction mode: no server-side prepared statements, and the
             keyring polls instead of listening.
+        commitment_policy: ``require_encrypt_allow_decrypt`` (default: write key-committing
+            envelope format v2, read v1 and v2), ``require_encrypt_require_decrypt`` (also
+            refuse every envelope that does not commit to its key, with
+            :class:`~greenlang_crypto.exceptions.CommitmentPolicyError`; set it once
+            re-encryption has moved all data to v2) or ``forbid_encrypt_allow_decrypt``
+            (write format v1, for a fleet whose older instances cannot read v2 yet).
     """
 
     provider: str = "local"
@@ -100,6 +112,7 @@ class EncryptionServiceConfig:
     keyring_refresh_seconds: float = 5.0
     key_store_pool_size: int = 4
     key_store_transaction_pooler: bool = False
+    commitment_policy: str = "require_encrypt_allow_decrypt"
 
     def __repr__(self) -> str:
         # URLs may carry a password (postgresql://user:pw@host, redis://:pw@host): never shown.
@@ -120,6 +133,8 @@ class EncryptionServiceConfig:
             raise ConfigurationError("provider aws-kms needs at least one kms_key_ids entry")
         if self.key_reference not in _REFERENCES:
             raise ConfigurationError(f"key_reference must be one of {_REFERENCES}")
+        if self.commitment_policy not in COMMITMENT_POLICIES:
+            raise ConfigurationError(f"commitment_policy must be one of {COMMITMENT_POLICIES}")
         if self.branch_key_scope not in _BRANCH_SCOPES:
             raise ConfigurationError(f"branch_key_scope must be one of {_BRANCH_SCOPES}")
         cache_url = self.key_cache_url

@@ -41,6 +41,7 @@ __all__ = [
     "OtherEvent",
     "ServiceEvent",
     "ServiceObserver",
+    "TenantErased",
     "TypedServiceObserver",
     "make_event",
 ]
@@ -62,6 +63,7 @@ EVENTS = frozenset(
         "key_retired",
         "branch_key_created",  # a new branch key from the provider (GenerateDataKey)
         "branch_key_unwrapped",  # a branch key unwrapped through the provider (Decrypt)
+        "tenant_erased",  # a tenant erasure's phase done (phase: erasing, then erased)
     }
 )
 
@@ -253,6 +255,26 @@ class BranchKeyUnwrapped(ServiceEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TenantErased(ServiceEvent):
+    """A phase of a tenant erasure done.
+
+    ``erasing``: no instance encrypts for the tenant any more; then ``erased``: its keys are
+    deleted. The tenant appears only as a digest (``tenant_digest``).
+    """
+
+    name: ClassVar[str] = "tenant_erased"
+    phase: str | None = None
+    tenant_digest: str | None = None
+    purpose: str | None = None
+    stored_deks: int | None = None
+    branch_keys: int | None = None
+    count: int | None = None
+    instances: int | None = None
+    began: bool | None = None
+    completed: bool | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class OtherEvent(ServiceEvent):
     """An event whose name has no type of its own (all its fields are in ``extra``)."""
 
@@ -280,6 +302,7 @@ _TYPES: dict[str, type[ServiceEvent]] = {
         KeyRetired,
         BranchKeyCreated,
         BranchKeyUnwrapped,
+        TenantErased,
     )
 }
 

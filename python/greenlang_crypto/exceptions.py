@@ -15,6 +15,7 @@ from typing import ClassVar
 
 __all__ = [
     "AuditSinkUnavailableError",
+    "CommitmentPolicyError",
     "ConfigurationError",
     "DataErasedError",
     "DecryptionError",
@@ -37,6 +38,7 @@ __all__ = [
     "KmsUnavailableError",
     "OutputError",
     "PayloadTooLargeError",
+    "TenantErasingError",
     "UnavailableError",
     "UnsupportedFormatError",
 ]
@@ -133,6 +135,23 @@ class KeyRetiredError(GreenlangCryptoError):
         self.min_version = min_version
 
 
+class CommitmentPolicyError(DecryptionError):
+    """The envelope does not commit to its key, and the commitment policy requires it.
+
+    Raised under ``commitment_policy="require_encrypt_require_decrypt"`` for envelope format
+    v1 values without a key commitment (stored and branch references written before v2).
+    Re-encrypt them (``db reencrypt``) before turning the policy on. The format version is
+    public, so this error is no decryption oracle.
+    """
+
+    reason = "uncommitted"
+
+    def __init__(
+        self, message: str = "the envelope does not commit to its key (commitment policy)"
+    ) -> None:
+        super().__init__(message)
+
+
 class KeyNotFoundError(DecryptionError):
     """The key an envelope names is not in the key store (unknown, forged or deleted).
 
@@ -147,8 +166,10 @@ class KeyNotFoundError(DecryptionError):
 class DataErasedError(KeyNotFoundError):
     """The value's key was erased on purpose (crypto-shredded): the data cannot come back.
 
-    Raised when the key store records the deletion of the key's scope (a tenant erased with
-    ``keys branch-delete``); an unknown reference stays a plain :class:`KeyNotFoundError`.
+    Raised when the key store records the key's deletion (a tenant erased with
+    ``erase_tenant`` / ``keys erase``, or its branch keys deleted with ``keys branch-delete``),
+    in every key-reference mode that can be erased (stored DEKs and branch keys); an unknown
+    reference stays a plain :class:`KeyNotFoundError`. The message names no key or tenant.
     """
 
     reason = "erased"
@@ -161,6 +182,23 @@ class KeyStateError(GreenlangCryptoError):
     """A key operation is not allowed in the key's current state."""
 
     reason = "key_state"
+
+
+class TenantErasingError(KeyStateError):
+    """An encryption for a tenant whose keys are being erased was refused.
+
+    Between the two phases of ``erase_tenant`` no instance encrypts for the tenant, so no
+    write is acknowledged under a key about to be destroyed. Once the erasure completes,
+    encryptions for the tenant succeed again under fresh keys; an erasure interrupted between
+    its phases keeps refusing until it is run again. The message names no tenant.
+    """
+
+    reason = "erasing"
+
+    def __init__(
+        self, message: str = "encryption refused: the tenant's data is being erased"
+    ) -> None:
+        super().__init__(message)
 
 
 class ConfigurationError(GreenlangCryptoError, ValueError):

@@ -30,7 +30,7 @@ from greenlang_crypto.engine._common import (
     RotationResult,
     ServiceStatus,
 )
-from greenlang_crypto.engine.admin import KeyAdmin
+from greenlang_crypto.engine.admin import ErasureReport, KeyAdmin, tenant_digest
 from greenlang_crypto.engine.envelope import Envelope
 from greenlang_crypto.engine.monitoring import Events, Monitor
 from greenlang_crypto.engine.runtime import Runtime
@@ -51,10 +51,12 @@ if TYPE_CHECKING:
 __all__ = [
     "ContextLike",
     "EncryptionService",
+    "ErasureReport",
     "KeyReference",
     "RotationResult",
     "ServiceStats",
     "ServiceStatus",
+    "tenant_digest",
 ]
 
 _P = ParamSpec("_P")
@@ -139,7 +141,7 @@ class EncryptionService:
         )
         runtime.bind_lifetime(self)
         self._envelope = Envelope(runtime, self._events)
-        self._streaming = Streaming(runtime, self._events, self._envelope.data_key_for)
+        self._streaming = Streaming(runtime, self._events, self._envelope.data_key_for_stream)
         self._admin = KeyAdmin(runtime, self._events)
         self._monitor = Monitor(runtime, self._events)
         # The hot path first, explicitly: the role's bound methods, called without a hop.
@@ -243,6 +245,8 @@ class EncryptionService:
     branch_scope = _Served("_admin", KeyAdmin.branch_scope)
     rotate_branch_key = _Served("_admin", KeyAdmin.rotate_branch_key)
     delete_branch_keys = _Served("_admin", KeyAdmin.delete_branch_keys)
+    erase_tenant = _Served("_admin", KeyAdmin.erase_tenant)
+    is_erased = _Served("_admin", KeyAdmin.is_erased)
     branch_key_stats = _Served("_admin", KeyAdmin.branch_key_stats)
     key_cache_stats = _Served("_admin", KeyAdmin.key_cache_stats)
     index_key_versions = _Served("_admin", KeyAdmin.index_key_versions)
@@ -297,6 +301,15 @@ class EncryptionService:
     def primary_version(self) -> int:
         """The key version new encryptions use."""
         return self._runtime.primary.version
+
+    @property
+    def envelope_format(self) -> int:
+        """The envelope format version this service writes.
+
+        2 unless the commitment policy is ``forbid_encrypt_allow_decrypt``; re-encryption
+        moves older values to it.
+        """
+        return self._runtime.format_version
 
     @property
     def min_decryption_version(self) -> int:

@@ -31,6 +31,7 @@ ACME_REASON = "acme case 4471: refund dispute"
 FLEET_ROUTES = {
     ("GET", f"{API}/keys"),
     ("POST", f"{API}/keys/rotate"),
+    ("POST", f"{API}/keys/erase-tenant"),
     ("POST", f"{API}/rewrap"),
     ("GET", f"{API}/audit"),
     ("GET", f"{API}/status"),
@@ -56,6 +57,8 @@ def _acme_envelope(client: TestClient, make_token: TokenFactory) -> str:
 def _bodies(envelope: str) -> dict[tuple[str, str], Any]:
     return {
         ("POST", f"{API}/keys/rotate"): {"reason": "routine"},
+        # Another tenant than the envelope's, which the rewrap after it still reads.
+        ("POST", f"{API}/keys/erase-tenant"): {"tenant_id": "globex", "reason": "offboarding"},
         ("POST", f"{API}/rewrap"): {"ciphertext": envelope, "context": ACME},
     }
 

@@ -34,6 +34,8 @@ def test_wheel_is_abi3_manylinux_and_complete(wheel: Path) -> None:
         "greenlang_crypto/_core.abi3.so",
         "greenlang_crypto/sql/V011__field_level_encryption.sql",
         "greenlang_crypto/sql/V011__field_level_encryption.down.sql",
+        "greenlang_crypto/sql/example_columns.sql",
+        "greenlang_crypto/sql/example_columns.down.sql",
     ):
         assert required in names, required
 

@@ -194,8 +194,9 @@ def test_thousand_tenants_share_one_branch_key_one_kms_call(
         sent[0][1] == branch_key_context("service", int(sent[0][1]["branch_id"])).as_dict()
     )  # CloudTrail shows the scope
     assert svc.branch_key_stats()["derivations"] >= TENANTS
-    # Every envelope of a 9-byte value is 57 bytes: 8 + 12 reference + 12 + 9 + 16.
-    assert {len(bytes.fromhex(x["env"])) - len(x["pt"]) for x in items} == {48}
+    # Every envelope of a 9-byte value is 89 bytes: 8 + 12 reference + 32 commitment + 12 + 9
+    # + 16.
+    assert {len(bytes.fromhex(x["env"])) - len(x["pt"]) for x in items} == {80}
     svc.close()
     # A fresh process decrypting all 10,000 envelopes: one Decrypt, of the branch key.
     summary = _decrypt_in_fresh_process(config, tmp_path / "envs.jsonl")

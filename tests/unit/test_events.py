@@ -34,6 +34,7 @@ from greenlang_crypto.events import (
     OtherEvent,
     ServiceEvent,
     ServiceObserver,
+    TenantErased,
     TypedServiceObserver,
     make_event,
 )
@@ -52,6 +53,7 @@ TYPED = [
     KeyRetired,
     BranchKeyCreated,
     BranchKeyUnwrapped,
+    TenantErased,
 ]
 
 

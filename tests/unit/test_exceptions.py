@@ -9,6 +9,7 @@ import pytest
 from greenlang_crypto import _core, exceptions
 from greenlang_crypto.exceptions import (
     AuditSinkUnavailableError,
+    CommitmentPolicyError,
     ConfigurationError,
     DataErasedError,
     DecryptionError,
@@ -31,6 +32,7 @@ from greenlang_crypto.exceptions import (
     KmsUnavailableError,
     OutputError,
     PayloadTooLargeError,
+    TenantErasingError,
     UnavailableError,
     UnsupportedFormatError,
 )
@@ -46,6 +48,7 @@ REASONS: dict[type[GreenlangCryptoError], str] = {
     ConfigurationError: "other",
     DecryptionError: "authentication",
     InvalidEnvelopeError: "malformed",
+    CommitmentPolicyError: "uncommitted",
     UnsupportedFormatError: "unsupported_format",
     KeyUsageExceededError: "key_usage_exceeded",
     KeyVersionUnavailableError: "key_version_unavailable",
@@ -53,6 +56,7 @@ REASONS: dict[type[GreenlangCryptoError], str] = {
     KeyNotFoundError: "key_not_found",
     DataErasedError: "erased",
     KeyStateError: "key_state",
+    TenantErasingError: "erasing",
     KmsError: "kms",
     KmsUnavailableError: "kms",
     KmsKeyDisabledError: "kms",

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import String, create_engine, event, inspect, select, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InvalidRequestError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from greenlang_crypto.config import EncryptionServiceConfig
@@ -147,7 +147,12 @@ def test_flush_indexes_and_loads_leave_the_index_out(
         # The index column is not loaded with the entity ...
         assert all("email_bidx" not in u.__dict__ for u in users)
         assert "email_bidx" in inspect(users[0]).unloaded
-        # ... but reading it loads it, and lookups compare it in SQL.
+        # ... reading it raises rather than running a query behind the attribute (which
+        # an asyncio session could not run); it loads when asked for, and lookups compare it
+        # in SQL.
+        with pytest.raises(InvalidRequestError, match="raiseload"):
+            _ = users[3].email_bidx
+        s.refresh(users[3], ["email_bidx"])
         assert users[3].email_bidx == stored[3]
         assert [u.id for u in lookup(s, User.email, "user7@example.com")] == [7]
         assert s.scalars(select(User.id).where(User.email == "JOSÉ@EXAMPLE.COM")).all() == [51]

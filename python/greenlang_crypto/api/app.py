@@ -3,6 +3,11 @@
 ``create_app`` builds a FastAPI app (``debug=False``) around an already wired service, audit log
 and metrics collector; :func:`build_stack` does that wiring from a configuration, the way
 ``greenlang-crypto serve`` does.
+
+A host application embeds the same pieces one by one: :func:`mount_encryption_api` adds the
+API routes (their errors answered by the routes themselves, so the host's exception handlers
+and FastAPI's field-level 422 stay as they were), and :func:`metrics_router` and
+:func:`health_router` give ``/metrics`` and ``/healthz`` as routers to include where it likes.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
@@ -30,7 +35,11 @@ from greenlang_crypto.api.guard import (
 from greenlang_crypto.api.refusals import RefusalAggregator
 from greenlang_crypto.api.routes import API_PREFIX, build_router
 from greenlang_crypto.audit import AuditLog
-from greenlang_crypto.composition import build_observed_service
+from greenlang_crypto.composition import (
+    build_observed_service,
+    init_local_data_dir,
+    require_initialized,
+)
 from greenlang_crypto.config import EncryptionServiceConfig
 from greenlang_crypto.metrics import EncryptionMetrics, exposition
 from greenlang_crypto.service import EncryptionService
@@ -38,7 +47,14 @@ from greenlang_crypto.service import EncryptionService
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
 
-__all__ = ["Stack", "build_stack", "create_app", "mount_encryption_api"]
+__all__ = [
+    "Stack",
+    "build_stack",
+    "create_app",
+    "health_router",
+    "metrics_router",
+    "mount_encryption_api",
+]
 
 _log = logging.getLogger("greenlang_crypto.api")
 
@@ -64,7 +80,13 @@ def mount_encryption_api(
     max_buffered_body_bytes: int | None = None,
     refusal_interval: float = 60.0,
 ) -> RefusalAggregator:
-    """Mounts ``/api/v1/encryption/*`` on a host app, with handlers that never echo requests.
+    """Mounts ``/api/v1/encryption/*`` on a host app; its errors never echo requests.
+
+    Nothing outside the prefix changes: the routes answer their own errors (a fixed 422, the
+    uniform 401 and 403, a bare 500; see :class:`~greenlang_crypto.api.routes.ApiRoute`), so
+    no exception handler is added to ``app`` and its own routes keep FastAPI's field-level
+    422 and whatever handlers it registered. ``/metrics`` and ``/healthz`` are not mounted
+    here: include :func:`metrics_router` and :func:`health_router` for them.
 
     Every request under the prefix is authenticated, and checked against its route's
     permission and scope, before its body is read; a body over its route's limit gets 413
@@ -114,9 +136,54 @@ def mount_encryption_api(
         refusals=refusals,
     )
     app.include_router(router)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(Exception, _internal_error)
     return refusals
+
+
+def metrics_router(registry: CollectorRegistry | None = None) -> APIRouter:
+    """A router serving ``GET /metrics``: ``registry`` in the Prometheus text format.
+
+    Unauthenticated, as scrapers expect: expose it on a network only they reach. It is left
+    out of the OpenAPI schema. Include it with a prefix to serve it elsewhere.
+
+    Args:
+        registry: The registry to expose, for example :attr:`Stack.registry` (default: the
+            global one).
+    """
+    router = APIRouter()
+
+    @router.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        body, content_type = exposition(registry)
+        return Response(content=body, media_type=content_type)
+
+    return router
+
+
+def health_router(service: EncryptionService, audit: AuditLog, *, ttl: float = 2.0) -> APIRouter:
+    """A router serving ``GET /healthz``: the key provider, key store and audit sink checks.
+
+    Answers 200 ``{"status": "ok", "checks": {...}}`` when every check passes, else 503 with
+    ``"degraded"``; booleans only. Unauthenticated, so the checks run at most once per
+    ``ttl`` seconds whatever the request rate. Left out of the OpenAPI schema.
+
+    Args:
+        service: The encryption service.
+        audit: Its audit log.
+        ttl: Seconds a check result is reused.
+    """
+    router = APIRouter()
+    health = _HealthCache(service, audit, ttl=ttl)
+
+    @router.get("/healthz", include_in_schema=False)
+    def healthz() -> JSONResponse:
+        checks = health.checks()
+        ok = all(checks.values())
+        return JSONResponse(
+            status_code=200 if ok else 503,
+            content={"status": "ok" if ok else "degraded", "checks": checks},
+        )
+
+    return router
 
 
 @dataclass
@@ -155,6 +222,7 @@ def build_stack(
     flush_interval: float = 10.0,
     audit_timeout: float = 2.0,
     anchors: Sequence[str] = (),
+    initialize_if_missing: bool = False,
 ) -> Stack:
     """Builds the service with an audit log and a metrics collector as observers.
 
@@ -162,8 +230,27 @@ def build_stack(
     ``anchors`` are URLs of further checkpoint anchors (see
     :func:`~greenlang_crypto.audit.anchors.open_anchor`), besides the default file beside a
     SQLite or JSON-lines log; a PostgreSQL log has no anchor unless one is named here.
+
+    An embedded default (the local provider) must have been initialized (``greenlang-crypto
+    init``) unless ``initialize_if_missing`` is true: a server pointed at the wrong or an
+    unmounted directory should stop, not start sealing data under a new master key. With it,
+    a new data directory is initialized as ``greenlang-crypto init`` would (see
+    :func:`~greenlang_crypto.composition.init_local_data_dir`; processes starting together
+    on a new directory share the one key), and an existing one that holds no master key is
+    refused. Other providers' keys are the operator's, and the flag changes nothing for them.
+
+    Raises:
+        ConfigurationError: The embedded default is not initialized and
+            ``initialize_if_missing`` is false (nothing was created), its data directory is
+            not empty and holds no master key, or the configuration is not usable.
+        OutputError: ``initialize_if_missing`` and the data directory could not be written.
     """
     from prometheus_client import CollectorRegistry
+
+    if initialize_if_missing:
+        init_local_data_dir(config)
+    else:
+        require_initialized(config)
 
     built = build_observed_service(
         config,
@@ -219,23 +306,12 @@ def create_app(
         refusal_interval=refusal_interval,
     )
     app.state.glc_refusals = refusals
-
-    @app.get("/metrics", include_in_schema=False)
-    def metrics() -> Response:
-        body, content_type = exposition(registry)
-        return Response(content=body, media_type=content_type)
-
-    health = _HealthCache(service, audit)
-
-    @app.get("/healthz", include_in_schema=False)
-    def healthz() -> JSONResponse:
-        checks = health.checks()
-        ok = all(checks.values())
-        return JSONResponse(
-            status_code=200 if ok else 503,
-            content={"status": "ok" if ok else "degraded", "checks": checks},
-        )
-
+    app.include_router(metrics_router(registry))
+    app.include_router(health_router(service, audit))
+    # This app is the library's own: whatever else reaches it (an unknown path's body, a
+    # failing scrape) is answered without echoing the request either.
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _internal_error)
     return app
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "JwtAuthorizer",
     "Principal",
     "dev_secret",
+    "dev_settings",
     "mint_token",
     "unauthorized",
 ]
@@ -51,6 +52,7 @@ PERMISSIONS = (
     "encryption:admin",
     "encryption:audit",
     "encryption:read",
+    "encryption:erase",
 )
 #: The grant that lets a token act on the whole fleet (the shared keyring, every tenant's
 #: audit records, the service status). It widens where the other permissions apply rather

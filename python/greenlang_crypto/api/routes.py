@@ -1,14 +1,19 @@
-"""The ``/api/v1/encryption`` router: encrypt, decrypt, keys, rotation, rewrap, audit, status.
+"""The ``/api/v1/encryption`` router: encrypt, decrypt, keys, erasure, rewrap, audit, status.
 
 Every route depends on :func:`require_permission`, and a test walks ``app.routes`` to keep it
 that way. The dependency names the route's permission and scope: ``tenant`` routes (encrypt,
 decrypt) act on the data of the tenant the token names; ``fleet`` routes (keys, rotation,
-rewrap, audit reads, status) act on the shared keyring or on every tenant's records and need
-the fleet grant (:data:`~greenlang_crypto.api.auth.FLEET_PERMISSION`), which no tenant-scoped
-token carries. The guard in front of the router reads the same declarations to refuse a
-request before its body is read. Payloads are strict base64 (RFC 4648 alphabet with padding,
-no whitespace, ASCII only); bad input is a 422 whose body never echoes the request. Plaintext
-is never logged, audited or returned by any route except ``/decrypt``.
+tenant erasure, rewrap, audit reads, status) act on the shared keyring or on every tenant's
+records and need the fleet grant (:data:`~greenlang_crypto.api.auth.FLEET_PERMISSION`),
+which no tenant-scoped token carries. The guard in front of the router reads the same
+declarations to refuse a request before its body is read. Payloads are strict base64 (RFC
+4648 alphabet with padding, no whitespace, ASCII only); bad input is a 422 whose body never
+echoes the request. Plaintext is never logged, audited or returned by any route except
+``/decrypt``.
+
+Error responses are the router's own business (:class:`ApiRoute`): its routes answer a fixed
+422, their ``HTTPException`` as FastAPI's default would, and an unexpected error as a bare 500,
+without an exception handler on the host application, whose own routes keep FastAPI's errors.
 """
 
 # No ``from __future__ import annotations`` here: FastAPI must evaluate the route signatures,
@@ -18,11 +23,15 @@ import binascii
 import logging
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from greenlang_crypto._core import parse_envelope
 from greenlang_crypto.api.auth import Principal
@@ -42,8 +51,9 @@ from greenlang_crypto.exceptions import (
     KeyVersionUnavailableError,
     KmsError,
     PayloadTooLargeError,
+    UnavailableError,
 )
-from greenlang_crypto.service import EncryptionService
+from greenlang_crypto.service import EncryptionService, tenant_digest
 
 __all__ = [
     "API_PREFIX",
@@ -51,6 +61,7 @@ __all__ = [
     "SCOPE_ATTR",
     "SCOPE_FLEET",
     "SCOPE_TENANT",
+    "ApiRoute",
     "build_router",
     "require_permission",
 ]
@@ -142,6 +153,28 @@ class RotateRequest(BaseModel):
     reason: Annotated[str, StringConstraints(strict=True, max_length=500)] | None = None
 
 
+class EraseTenantRequest(BaseModel):
+    """Body of ``POST /keys/erase-tenant``; ``reason`` goes to the audit log."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tenant_id: Label
+    reason: Annotated[str, StringConstraints(strict=True, min_length=1, max_length=500)]
+
+
+class EraseTenantResponse(BaseModel):
+    """What an erasure did (see :class:`~greenlang_crypto.service.ErasureReport`)."""
+
+    tenant_id: str
+    stored_deks_destroyed: int
+    branch_keys_destroyed: int
+    instances_acknowledged: int
+    began: bool
+    completed: bool
+    epoch: int
+    seconds: float
+
+
 class KeyVersionModel(BaseModel):
     """One keyring version."""
 
@@ -205,6 +238,89 @@ class StatusResponse(BaseModel):
     audit_buffered: int
 
 
+class ApiRoute(APIRoute):
+    """The route class of the API router: its errors are answered here, not by the app.
+
+    A host application keeps its own exception handlers and FastAPI's field-level 422 for
+    its own routes; the API's routes answer the same way whatever the host installed:
+
+    * a request that fails validation: 422 ``{"detail": "invalid request"}`` (FastAPI's
+      default body would echo the offending input, which may be plaintext);
+    * an ``HTTPException`` (401, 403 and the mapped library errors): its status, headers and
+      ``{"detail": ...}``, as FastAPI's default handler writes it;
+    * a library error no route mapped: its typed answer, as the routes map it;
+    * any other exception: 500 ``{"detail": "internal error"}``, logged by type only, unless
+      it was raised by the host's code without passing through the library's (an exception
+      of the host's own authorizer, say) and the host registered a handler for its class,
+      which then answers it.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        """The route's handler, wrapped to answer its errors itself."""
+        handler = super().get_route_handler()
+
+        async def answer_errors(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError:
+                return JSONResponse(status_code=422, content={"detail": "invalid request"})
+            except StarletteHTTPException as exc:
+                return _http_error(exc)
+            except GreenlangCryptoError as exc:
+                # A library error a route did not map (none should): its typed answer, never
+                # the host's handler, which may echo its message.
+                return _http_error(_error(exc))
+            except Exception as exc:
+                if _host_handles(request, exc):
+                    raise
+                _log.error("unhandled error on %s: %s", self.path, type(exc).__name__)
+                return JSONResponse(status_code=500, content={"detail": "internal error"})
+
+        return answer_errors
+
+
+def _http_error(exc: StarletteHTTPException) -> Response:
+    headers = getattr(exc, "headers", None)
+    if exc.status_code < 200 or exc.status_code in (204, 205, 304):
+        return Response(status_code=exc.status_code, headers=headers)
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+
+
+# A host's handler for these covers every error: it is no claim on the API's errors.
+_CATCH_ALL = frozenset({Exception, BaseException, object})
+
+
+def _host_handles(request: Request, exc: Exception) -> bool:
+    """Whether the host app should answer ``exc``: its code raised it, and it has a handler.
+
+    Only an exception that never passed through the library's code (the host's authorizer
+    raised it) qualifies: a ``ValueError`` or a driver error from inside the library would
+    otherwise reach a host handler registered for its class, which may echo its message
+    (plaintext, a key store address) to the caller.
+    """
+    if _raised_in_library(exc):
+        return False
+    handlers = getattr(request.scope.get("app"), "exception_handlers", None)
+    if not isinstance(handlers, dict):
+        return False
+    return any(cls in handlers for cls in type(exc).__mro__ if cls not in _CATCH_ALL)
+
+
+def _raised_in_library(exc: BaseException) -> bool:
+    """Whether a frame of ``exc``'s traceback, below the route wrapper, is the library's."""
+    tb = exc.__traceback__
+    # The first frame is the wrapper that caught it (this package's): not evidence.
+    tb = tb.tb_next if tb is not None else None
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        if isinstance(module, str) and (
+            module == "greenlang_crypto" or module.startswith("greenlang_crypto.")
+        ):
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def _b64(value: str) -> bytes:
     if len(value) % 4:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "invalid request")
@@ -241,9 +357,22 @@ def _error(exc: Exception) -> HTTPException:
         return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "key service unavailable")
     if isinstance(exc, AuditSinkUnavailableError):
         return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "audit log unavailable")
+    if isinstance(exc, UnavailableError):
+        # The key store out of reach (or this instance fenced): the same call may succeed
+        # later, which a 400 would deny.
+        return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "service unavailable")
     if isinstance(exc, GreenlangCryptoError):
         return HTTPException(status.HTTP_400_BAD_REQUEST, "request failed")
     raise exc
+
+
+def _tenant_id(value: str) -> str:
+    """``value`` checked as the tenant of an encryption context is (422 when it is not one)."""
+    try:
+        EncryptionContext(tenant_id=value, data_class="erasure")
+    except InvalidContextError:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "invalid request") from None
+    return value
 
 
 def _key_version(envelope: bytes) -> int | None:
@@ -346,7 +475,7 @@ def build_router(
         refusals: Where 403s are counted. Default: a new aggregator, written at the app's
             shutdown through the router's shutdown handler.
     """
-    router = APIRouter(prefix=prefix, tags=["encryption"])
+    router = APIRouter(prefix=prefix, tags=["encryption"], route_class=ApiRoute)
     if refusals is None:
         refusals = RefusalAggregator(audit)
         router.on_shutdown.append(refusals.close)
@@ -364,6 +493,9 @@ def build_router(
     # filtered per tenant: reading them is fleet-wide.
     can_audit = permission("encryption:audit", SCOPE_FLEET)
     can_read = permission("encryption:read", SCOPE_FLEET)
+    # Erasure acts in the shared key store and cannot be undone: fleet-wide, and a permission
+    # of its own, so neither a tenant's application nor a rotation operator can shred data.
+    can_erase = permission("encryption:erase", SCOPE_FLEET)
     rid_dep = Depends(request_id)
 
     @router.post("/encrypt", response_model=EnvelopeResponse)
@@ -473,6 +605,53 @@ def build_router(
         except GreenlangCryptoError as exc:
             raise _error(exc) from None
         return RotateResponse(old_version=result.old_version, new_version=result.new_version)
+
+    @router.post("/keys/erase-tenant", response_model=EraseTenantResponse)
+    def erase_tenant(
+        body: EraseTenantRequest,
+        principal: Annotated[Principal, Depends(can_erase)],
+        rid: Annotated[str, rid_dep],
+    ) -> EraseTenantResponse:
+        """Crypto-shreds one tenant: its data can never be decrypted again (fleet-wide).
+
+        The tenant id travels in the body, as in every other route, so it stays out of access
+        logs, and the audit records name it by digest only
+        (:func:`~greenlang_crypto.service.tenant_digest`). Refused (503, nothing erased) while
+        the audit sink is down. Idempotent: erasing again erases what was written since.
+        """
+        tenant = _tenant_id(body.tenant_id)
+        try:
+            with (
+                acting_as(principal.subject),
+                audit.audited(
+                    "tenant_erase",
+                    principal.subject,
+                    request_id=rid,
+                    reason=body.reason,
+                    details={"tenant_digest": tenant_digest(tenant), "scope_kind": "tenant"},
+                ) as outcome,
+            ):
+                report = service.erase_tenant(tenant)
+                outcome.update(
+                    stored_deks=report.stored_deks_destroyed,
+                    branch_keys=report.branch_keys_destroyed,
+                    instances=report.instances_acknowledged,
+                    began=report.began,
+                    completed=report.completed,
+                    epoch=report.epoch,
+                )
+        except GreenlangCryptoError as exc:
+            raise _error(exc) from None
+        return EraseTenantResponse(
+            tenant_id=report.tenant_id,
+            stored_deks_destroyed=report.stored_deks_destroyed,
+            branch_keys_destroyed=report.branch_keys_destroyed,
+            instances_acknowledged=report.instances_acknowledged,
+            began=report.began,
+            completed=report.completed,
+            epoch=report.epoch,
+            seconds=report.seconds,
+        )
 
     @router.post("/rewrap", response_model=EnvelopeResponse)
     def rewrap(

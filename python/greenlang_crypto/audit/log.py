@@ -58,6 +58,12 @@ _DETAIL_FIELDS = frozenset(
         "size",
         "branch_id",
         "purpose",
+        "phase",
+        "tenant_digest",
+        "stored_deks",
+        "branch_keys",
+        "instances",
+        "completed",
     }
 )
 _DATA_EVENTS = frozenset(

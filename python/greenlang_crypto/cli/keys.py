@@ -1,4 +1,4 @@
-"""``greenlang-crypto keys ...``: list, rotate, rewrap, retire, status and branch keys.
+"""``greenlang-crypto keys ...``: list, rotate, rewrap, retire, status, branch keys, erasure.
 
 Every change is audited and fails closed: its intent record is written first, and with the
 audit sink down nothing changes.
@@ -103,6 +103,42 @@ def _branch(args: argparse.Namespace, stack: Composition) -> int:
     return 0
 
 
+def _erase(args: argparse.Namespace, stack: Composition) -> int:
+    """Erases one tenant (``keys erase --tenant ID --yes``): see ``erase_tenant``."""
+    svc = stack.service
+    tenant = args.tenant
+    if not args.yes:
+        raise GreenlangCryptoError(
+            f"erasing tenant {tenant} makes its data unreadable forever; add --yes"
+        )
+    report = _audited(stack, "tenant_erase", lambda: svc.erase_tenant(tenant))
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "tenant_id": report.tenant_id,
+                    "stored_deks_destroyed": report.stored_deks_destroyed,
+                    "branch_keys_destroyed": report.branch_keys_destroyed,
+                    "instances_acknowledged": report.instances_acknowledged,
+                    "began": report.began,
+                    "completed": report.completed,
+                    "epoch": report.epoch,
+                    "seconds": round(report.seconds, 3),
+                },
+                indent=2,
+            )
+        )
+        return 0
+    done = "erased" if report.completed else "erased (completed by another run)"
+    print(
+        f"tenant {tenant} {done}: {report.stored_deks_destroyed} stored DEK(s) and "
+        f"{report.branch_keys_destroyed} branch key(s) destroyed; "
+        f"{report.instances_acknowledged} other instance(s) acknowledged "
+        f"({report.seconds:.1f}s)"
+    )
+    return 0
+
+
 def _status(args: argparse.Namespace, stack: Composition) -> int:
     """Prints the keyring (epoch, primary, minimum) and which instance runs which epoch."""
     svc = stack.service
@@ -154,6 +190,7 @@ KEYS_COMMANDS: Mapping[str, Callable[[argparse.Namespace, Composition], int]] = 
     "status": _status,
     "branch-rotate": _branch,
     "branch-delete": _branch,
+    "erase": _erase,
 }
 
 

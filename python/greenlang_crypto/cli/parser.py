@@ -103,6 +103,13 @@ def _add_keys(
         target.add_argument("--tenant", help="shorthand for --scope tenant:<id>")
         if name == "branch-delete":
             kb.add_argument("--yes", action="store_true", help="confirm the deletion")
+    ke = ks.add_parser(
+        "erase",
+        help="erase one tenant: destroy its stored DEKs, branch keys and blind-index keys",
+    )
+    ke.add_argument("--tenant", required=True, help="the tenant id to erase")
+    ke.add_argument("--yes", action="store_true", help="confirm the erasure")
+    ke.add_argument("--json", action="store_true", help="print the report as JSON")
     keys.set_defaults(func=run["keys"])
 
 

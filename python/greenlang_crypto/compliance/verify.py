@@ -169,9 +169,17 @@ def check_service(service: Any) -> list[ControlResult]:
     out = [
         _result(
             "crypto.algorithm",
-            FORMAT_VERSION == 1,
-            "envelopes use format v1: AES-256-GCM with 96-bit random nonces, 128-bit tags, "
-            "key commitment on inline references; no other algorithm is accepted",
+            FORMAT_VERSION == 2 and service.envelope_format == 2,
+            f"envelopes are written in format v{service.envelope_format}: AES-256-GCM with "
+            "96-bit random nonces and 128-bit tags"
+            + (
+                ", every envelope committed to its key, the AES key derived from the DEK"
+                if service.envelope_format == 2
+                else "; v1 is kept by commitment_policy=forbid_encrypt_allow_decrypt, "
+                "without key commitment on stored and branch references"
+            )
+            + f" (commitment policy {cfg.commitment_policy}); no other algorithm is accepted",
+            commitment_policy=cfg.commitment_policy,
         ),
         _result(
             "keys.cache_ttl",

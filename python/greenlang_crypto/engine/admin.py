@@ -8,14 +8,23 @@ The reads here write nothing: an index key is created only by the paths that nee
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from greenlang_crypto._core import parse_envelope
 from greenlang_crypto.context import EncryptionContext
-from greenlang_crypto.exceptions import DecryptionError, InvalidArgumentError, KeyStateError
+from greenlang_crypto.exceptions import (
+    DataErasedError,
+    DecryptionError,
+    InvalidArgumentError,
+    KeyStateError,
+)
+from greenlang_crypto.keys.erasures import BRANCH_TENANT_PREFIX, ERASING, tenant_of_scope
 from greenlang_crypto.keys.index_keys import INDEX_ROOT_CONTEXT
 from greenlang_crypto.providers.base import (
     CreatesMasterKeys,
@@ -24,7 +33,7 @@ from greenlang_crypto.providers.base import (
     RotatesKeyOnDemand,
 )
 
-from ._common import ContextLike, RotationResult, as_context
+from ._common import ContextLike, RotationResult, as_bytes, as_context
 
 
 def _key_change_guard() -> type[KeyChangeGuard]:
@@ -43,7 +52,51 @@ if TYPE_CHECKING:
     from .monitoring import Events
     from .runtime import Runtime
 
-__all__ = ["KeyAdmin"]
+__all__ = ["ErasureReport", "KeyAdmin", "tenant_digest"]
+
+#: Per-tenant blind-index purposes end with this, then the tenant id (see sqlalchemy.blind_index).
+_PURPOSE_TENANT = "|tenant="
+
+
+def tenant_digest(tenant_id: str) -> str:
+    """A stable pseudonym of a tenant for audit records and events (a truncated SHA-256).
+
+    Erasure records must not keep the erased tenant's id in clear; whoever knows the id
+    recomputes this to find the records. It is not a secret: a guessed id can be checked.
+    """
+    return hashlib.sha256(b"glc-tenant|" + tenant_id.encode("utf-8")).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureReport:
+    """Outcome of :meth:`KeyAdmin.erase_tenant`.
+
+    Attributes:
+        tenant_id: The erased tenant.
+        stored_deks_destroyed: Stored DEKs this call deleted.
+        branch_keys_destroyed: Branch keys this call deleted.
+        instances_acknowledged: Other live instances that confirmed the erasure (instances
+            silent past their fence count as fenced, not as acknowledging).
+        began: Whether this call began the erasure (False: it joined one under way, left by
+            an interrupted run or run by another admin right now).
+        completed: Whether this call deleted the keys (False: another admin did first).
+        epoch: The keyring epoch at which the erasure completed.
+        seconds: How long the call took.
+    """
+
+    tenant_id: str
+    stored_deks_destroyed: int
+    branch_keys_destroyed: int
+    instances_acknowledged: int
+    began: bool
+    completed: bool
+    epoch: int
+    seconds: float
+
+    @property
+    def keys_destroyed(self) -> int:
+        """Stored DEKs and branch keys this call deleted."""
+        return self.stored_deks_destroyed + self.branch_keys_destroyed
 
 
 class KeyAdmin:
@@ -379,11 +432,17 @@ class KeyAdmin:
     def delete_branch_keys(self, scope: str) -> int:
         """Deletes every branch key of ``scope``: its data can never be decrypted again.
 
-        With per-tenant scopes (``tenant:<id>``) this crypto-shreds one tenant and leaves
-        everyone else's data untouched. Every instance drops the keys (and the DEKs derived
-        from them) within ``keyring_refresh_seconds``; an encryption for the scope afterwards
-        creates a new branch key. Returns the number of branch keys deleted.
+        With per-tenant scopes (``tenant:<id>``) this crypto-shreds one tenant's branch-key
+        data and leaves everyone else's data untouched. Such a deletion runs the two phases
+        of :meth:`erase_tenant` restricted to branch keys (stored DEKs and blind-index keys
+        stay): no instance seals under a key about to be deleted. Other scopes are deleted
+        at once, and every instance drops them within ``keyring_refresh_seconds``. An
+        encryption for the scope afterwards creates a new branch key. Returns the number of
+        branch keys deleted.
         """
+        tenant = tenant_of_scope(scope)
+        if tenant:
+            return self._erase(tenant, stored=False).branch_keys_destroyed
         runtime = self._runtime
         with self.key_change("branch_key_delete", scope=scope):
             ids = runtime.branches.delete_scope(scope)
@@ -402,6 +461,121 @@ class KeyAdmin:
         """Outcomes of the shared Redis key cache (empty when none is configured)."""
         cache = self._runtime.shared_cache
         return {} if cache is None else cache.stats()
+
+    # -- tenant erasure --------------------------------------------------------------------
+
+    def erase_tenant(self, tenant_id: str) -> ErasureReport:
+        """Crypto-shreds one tenant: its stored DEKs, branch keys and blind-index keys.
+
+        Two phases, each a key-state change that every live instance confirms before the
+        next step (:meth:`await_fleet`; an instance paused or cut off past its fence counts
+        as fenced, and confirms the newest view before it seals again):
+
+        1. The tenant is marked *erasing*. Every instance that loads this drops its cached
+           keys and refuses to encrypt for the tenant (:class:`TenantErasingError`), so no
+           write is acknowledged under a key about to be destroyed.
+        2. Its stored DEKs (contexts with this ``tenant_id``) and its branch keys (scope
+           ``tenant:<id>``) are deleted, leaving tombstones, and the tenant is marked
+           *erased*: reading its old data raises :class:`DataErasedError` in every instance,
+           and its per-tenant blind-index keys change (a fresh random salt), so lookups of
+           its old values match nothing.
+
+        Afterwards new encryptions for the same tenant id succeed under fresh keys (a new
+        DEK, a new branch key, new index keys); the data erased stays erased. Running it
+        again erases whatever was written since. It is idempotent and resumable: a run
+        interrupted between the phases leaves the tenant *erasing* (encryptions refused)
+        until it is run again, and two admins erasing one tenant at once join one erasure.
+        Erasing a tenant without keys records the erasure. Inline envelopes (key wrapped in
+        the envelope) are not erased by this; nor is data under a branch key shared by
+        several tenants (scope ``service``).
+
+        Raises:
+            InvalidContextError: ``tenant_id`` is not a valid tenant id.
+            KeyStoreUnavailableError: The key store failed; run it again.
+            AuditSinkUnavailableError: The audit log cannot record the change (nothing done).
+        """
+        # The same rules as a context's tenant_id (type, length, characters).
+        EncryptionContext(tenant_id=tenant_id, data_class="erasure")
+        return self._erase(tenant_id, stored=True)
+
+    def _erase(self, tenant_id: str, *, stored: bool) -> ErasureReport:
+        runtime = self._runtime
+        erasures = runtime.store.erasures
+        started = time.monotonic()
+        digest = tenant_digest(tenant_id)
+        scope = BRANCH_TENANT_PREFIX + tenant_id
+        action = "tenant_erase" if stored else "branch_key_delete"
+        with self.key_change(action, tenant_digest=digest, scope_kind="tenant"):
+            _record, began = erasures.begin(tenant_id)
+            runtime.reload_keyring()
+            # Phase 1 holds once no instance can still seal for the tenant on an older view.
+            self.await_fleet(runtime.keyring.snapshot.epoch)
+            self._events.emit("tenant_erased", phase="erasing", tenant_digest=digest, began=began)
+            erased = erasures.complete(tenant_id, scope, stored=stored)
+            if erased is not None and runtime.shared_cache is not None:
+                # Entries written before are refused anyway (older epoch); removing them
+                # keeps the shredded wrapped keys from lingering in Redis until they expire.
+                runtime.shared_cache.delete(
+                    [f"dek:{i}" for i in erased.dek_ids]
+                    + [f"branch:id:{i}" for i, _ in erased.branch_ids]
+                    + [f"branch:current:{v}:{scope}" for v in {v for _, v in erased.branch_ids}]
+                )
+            runtime.reload_keyring()
+            epoch = runtime.keyring.snapshot.epoch
+            self.await_fleet(epoch)
+            me = runtime.keyring.instance_id
+            acknowledged = sum(
+                1
+                for i in runtime.keyring.live_instances()
+                if i.instance_id != me and i.epoch >= epoch
+            )
+        report = ErasureReport(
+            tenant_id=tenant_id,
+            stored_deks_destroyed=0 if erased is None else len(erased.dek_ids),
+            branch_keys_destroyed=0 if erased is None else len(erased.branch_ids),
+            instances_acknowledged=acknowledged,
+            began=began,
+            completed=erased is not None,
+            epoch=epoch,
+            seconds=time.monotonic() - started,
+        )
+        self._events.emit(
+            "tenant_erased",
+            phase="erased",
+            tenant_digest=digest,
+            purpose="tenant" if stored else "branch-key",
+            stored_deks=report.stored_deks_destroyed,
+            branch_keys=report.branch_keys_destroyed,
+            count=report.keys_destroyed,
+            instances=acknowledged,
+            completed=report.completed,
+        )
+        if not stored:
+            # What a branch-key deletion always reported, for the observers that count it.
+            self._events.emit(
+                "key_retired", purpose="branch-key", count=report.branch_keys_destroyed
+            )
+        return report
+
+    def is_erased(self, envelope: bytes) -> bool:
+        """Whether an envelope's key was erased, read from its public header (no decryption).
+
+        True for a stored-DEK or branch-key envelope whose key a tenant erasure (or a
+        branch-key deletion) destroyed; False otherwise, including inline envelopes (their
+        key travels with them), keys that were never known, and branch keys deleted before
+        the V015 migration (no tombstone was kept then). One indexed key-store read.
+
+        Raises:
+            TypeError: ``envelope`` is not bytes-like.
+            InvalidEnvelopeError: It is not an envelope.
+        """
+        header = parse_envelope(as_bytes(envelope, "envelope"))
+        erasures = self._runtime.store.erasures
+        if header.kind == "stored" and header.dek_id is not None:
+            return erasures.was_erased("stored", header.dek_id)
+        if header.kind == "branch" and header.branch_id is not None:
+            return erasures.was_erased("branch", header.branch_id)
+        return False
 
     # -- blind-index keys ------------------------------------------------------------------
 
@@ -454,8 +628,13 @@ class KeyAdmin:
         it never equals a DEK or a wrapping key, and two purposes never share a key. Creates
         index key version 1 when there is none yet.
 
+        A per-tenant purpose (ending ``|tenant=<id>``) of a tenant erased with
+        :meth:`erase_tenant` derives another key than before the erasure: values indexed
+        before it match nothing.
+
         Raises:
             KeyStateError: The version does not exist or is retired.
+            DataErasedError: The purpose's tenant is being erased right now.
         """
         if not isinstance(purpose, str) or not purpose:
             raise InvalidArgumentError("purpose must be a non-empty str")
@@ -465,7 +644,28 @@ class KeyAdmin:
         record = records.get(version)
         if record is None:
             raise KeyStateError(f"index key version {version} is not usable")
-        return self._runtime.index.key(record, purpose)
+        return self._runtime.index.key(record, self._tenant_purpose(purpose))
+
+    def _tenant_purpose(self, purpose: str) -> str:
+        """``purpose`` with the salt of its tenant's last erasure (when it names an erased one).
+
+        Raises:
+            DataErasedError: The purpose's tenant is being erased.
+        """
+        # The first marker: the library puts the tenant last, and a tenant id may contain it.
+        head, found, tenant = purpose.partition(_PURPOSE_TENANT)
+        if not found or not head:
+            return purpose
+        erasure = self._runtime.store.erasures.get(tenant)
+        if erasure is None:
+            return purpose  # never erased: the key every existing index was built with
+        if erasure.state == ERASING:
+            raise DataErasedError()
+        if erasure.index_salt is None:
+            return purpose
+        # The old key (without this salt) is never derived again, and each erasure replaces
+        # the salt, so index values written before an erasure match nothing after it.
+        return f"{purpose}|erasure={erasure.index_salt.hex()}"
 
     def active_index_versions(self) -> list[int]:
         """Index versions a lookup must match: the primary first, then the active ones.

@@ -23,6 +23,7 @@ from greenlang_crypto._core import (
 )
 from greenlang_crypto.context import EncryptionContext
 from greenlang_crypto.exceptions import (
+    CommitmentPolicyError,
     DecryptionError,
     GreenlangCryptoError,
     InvalidArgumentError,
@@ -194,11 +195,35 @@ class Envelope:
         runtime = self._runtime
         if len(values) > runtime.limits.max_messages:
             raise KeyStateError("batch is larger than one data key's message budget")
+        for _ in range(3):
+            out = self._seal_batch_once(ctx, reference, values, aads)
+            if out is not None:
+                return out
+        raise KeyStateError("the encryption caches kept changing during a batch; retry it")
+
+    def _seal_batch_once(
+        self,
+        ctx: EncryptionContext,
+        reference: str,
+        values: list[bytes],
+        aads: list[bytes | None] | None,
+    ) -> list[bytes] | None:
+        """One attempt at a batch; None when the caches were replaced while it sealed.
+
+        A batch seals with a sealer it holds, not through the cache (which a key change
+        fences shut), so it checks afterwards that the cache it drew the sealer from is still
+        the current one. Caches are replaced when a key change is loaded (a tenant erasure
+        among them) before this instance acknowledges it, so a batch that passes the check
+        was sealed before the change reached this instance; one that fails is thrown away
+        and sealed again under whatever the change allows.
+        """
+        runtime = self._runtime
         cache, sealer = runtime.sealer(ctx, reference)
         try:
             # seal_batch reserves the whole batch's budget in one atomic step (Rust), so a
             # concurrent writer can never take part of it between a check and the seals.
-            return sealer.seal_batch(values, aads)
+            out: list[bytes] = sealer.seal_batch(values, aads)
+            return out if runtime.enc_caches[reference] is cache else None
         except KeyUsageExceededError:
             pass
         # The cached DEK has less budget left than the batch needs: the batch gets a fresh DEK
@@ -207,6 +232,8 @@ class Envelope:
         # budget left (another thread may have put a fresher one meanwhile).
         fresh = runtime.new_sealer(runtime.primary, ctx, reference)
         out = fresh.seal_batch(values, aads)
+        if runtime.enc_caches[reference] is not cache:
+            return None
         with runtime.flight(reference.encode() + b"|" + ctx.canonical):
             current = cache.get(ctx.canonical)
             left = fresh.key.max_messages - fresh.key.messages_used
@@ -298,10 +325,25 @@ class Envelope:
         if key_version < runtime.min_version:
             raise KeyRetiredError(key_version, runtime.min_version)
 
-    def data_key_for(self, envelope: bytes, ctx: EncryptionContext) -> DataKey:
-        """The DEK an envelope (or a stream's key envelope) names, from the cache or provider.
+    def data_key_for_stream(self, key_envelope: bytes, ctx: EncryptionContext) -> DataKey:
+        """The DEK a stream's key envelope names.
+
+        The commitment policy does not apply: a stream's header tag is a PRF of its DEK, so
+        every stream commits to its key whatever its embedded reference carries.
+        """
+        return self.data_key_for(key_envelope, ctx, committed=True)
+
+    def data_key_for(
+        self, envelope: bytes, ctx: EncryptionContext, *, committed: bool = False
+    ) -> DataKey:
+        """The DEK an envelope names, from the cache or the provider.
+
+        ``committed`` says the caller checks a commitment of its own (streams), so the
+        commitment policy is not applied to the envelope's header.
 
         Raises:
+            CommitmentPolicyError: The envelope has no key commitment and the policy
+                requires one.
             DecryptionError: The envelope names a key this service must not use.
             KeyNotFoundError: Its stored DEK is not in the key store.
             KeyVersionUnavailableError: Its key version is not in the keyring.
@@ -309,6 +351,8 @@ class Envelope:
             KmsError: The provider failed (typed by cause).
         """
         header = parse_envelope(envelope)
+        if self._runtime.require_commitment and not committed and not header.has_commitment:
+            raise CommitmentPolicyError()
         self.check_version(header.key_version)
         if header.kind == "branch":
             return self._branch_data_key(header, envelope, ctx)

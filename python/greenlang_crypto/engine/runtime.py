@@ -35,6 +35,7 @@ from greenlang_crypto.exceptions import (
     ConfigurationError,
     KeyRetiredError,
     KeyStoreUnavailableError,
+    TenantErasingError,
 )
 from greenlang_crypto.keys.index_keys import INDEX_ROOT_CONTEXT, IndexKeys
 from greenlang_crypto.keys.keyring import Keyring, KeyringSnapshot
@@ -105,6 +106,12 @@ class Runtime:
         self.store = store
         self.events = events
         self.limits = KeyLimits(max_messages=config.max_messages_per_dek)
+        policy = config.commitment_policy
+        #: The envelope format this service writes: v2 (key-committing) unless the policy
+        #: keeps v1 for a fleet whose older instances cannot read v2 yet.
+        self.format_version = 1 if policy == "forbid_encrypt_allow_decrypt" else 2
+        #: Whether envelopes without a key commitment are refused on decrypt.
+        self.require_commitment = policy == "require_encrypt_require_decrypt"
         ttl = config.cache_ttl_seconds
         self.cache_ttl = ttl
         # Only passed when given, so the caches, the keyring and the branch keys keep their
@@ -217,8 +224,11 @@ class Runtime:
         self._finalizer = weakref.finalize(owner, _stop_keyring, self.keyring)
 
     def new_cache(self) -> DekCache:
-        """A DEK cache with this service's size, TTL and clock."""
-        return DekCache(self.config.cache_max_entries, self.cache_ttl, **self._clock_kw)
+        """A DEK cache with this service's size, TTL, clock and commitment policy."""
+        cache = DekCache(self.config.cache_max_entries, self.cache_ttl, **self._clock_kw)
+        if self.require_commitment:
+            cache.set_require_commitment()
+        return cache
 
     def add_cache_follower(self, follower: CacheFollower) -> None:
         """Keeps ``follower`` up to date with the encryption caches (held weakly)."""
@@ -262,6 +272,8 @@ class Runtime:
         with self.state_lock:
             self._versions = dict(new.versions)
             self.wrapping_keys = new.wrapping_keys
+            #: Tenants being erased: new_sealer refuses them (see KeyAdmin.erase_tenant).
+            self.erasing = new.erasing
             if new.min_decryption_version > self.dec_cache.min_key_version:
                 # Raise the floor inside the Rust cache first, so no hit below it is served
                 # from here on, then drop the keys of retired versions. Inserts of keys fetched
@@ -284,6 +296,21 @@ class Runtime:
                     self.index.forget(version)
             if old is not None and old.epoch != new.epoch:
                 self._apply_branch_changes()
+            if old is not None and (
+                old.erasing != new.erasing or old.erasure_epoch != new.erasure_epoch
+            ):
+                self._apply_erasure_change()
+
+    def _apply_erasure_change(self) -> None:
+        # A tenant erasure began or completed: no sealer, DEK or index key cached before it
+        # may serve again. New caches (the old ones fenced shut, the slot the Rust fast path
+        # reads repointed) send every next seal through new_sealer, which refuses tenants
+        # being erased; the keys derived or unwrapped for everyone else come back on demand.
+        self.replace_enc_caches()
+        self.dec_cache.clear()
+        self.index.clear()
+        if self._branches is not None:
+            self._branches.clear()
 
     def _apply_branch_changes(self) -> None:
         # New DEKs are derived from the current branch keys (the branch encryption cache starts
@@ -394,11 +421,19 @@ class Runtime:
     def new_sealer(
         self, version: KeyVersion, ctx: EncryptionContext, reference: str
     ) -> EnvelopeSealer:
-        """A sealer with a fresh DEK under ``version`` (a provider call, or a derivation)."""
+        """A sealer with a fresh DEK under ``version`` (a provider call, or a derivation).
+
+        Raises:
+            TenantErasingError: The context's tenant is being erased.
+        """
+        if ctx.tenant_id in self.erasing:
+            raise TenantErasingError()
         if reference == "branch":
             # Derived in Rust from the scope's branch key: no KMS call unless the branch key
             # is not unwrapped in this process yet (once per TTL).
-            return self.branches.sealer(version, ctx, self.limits)
+            return self.branches.sealer(
+                version, ctx, self.limits, format_version=self.format_version
+            )
         started = time.perf_counter()
         generated = self.provider.generate_data_key(version.wrapping_key_id, ctx, self.limits)
         emit = self.events.emit
@@ -431,12 +466,17 @@ class Runtime:
             self.dec_cache.put(stored_key_ref_id(dek_id), generated.key, ctx.data_class)
             self._track_usage(dek_id, generated.key)
             return EnvelopeSealer(
-                generated.key, key_version=version.version, context=ctx.canonical, dek_id=dek_id
+                generated.key,
+                key_version=version.version,
+                context=ctx.canonical,
+                dek_id=dek_id,
+                format_version=self.format_version,
             )
         return EnvelopeSealer(
             generated.key,
             key_version=version.version,
             context=ctx.canonical,
+            format_version=self.format_version,
             provider=self.provider.name,
             key_id=generated.key_id,
             wrapped_dek=generated.wrapped,

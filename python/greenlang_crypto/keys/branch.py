@@ -171,6 +171,9 @@ class BranchKeys:
         self._lock = threading.Lock()
         self._stripes = [threading.Lock() for _ in range(_STRIPES)]
         self._current: dict[tuple[str, int], tuple[BranchKeyRecord, float]] = {}
+        # Counts forgets and clears: a record read from the store before one of them is not
+        # remembered after it (it may name a key that was deleted meanwhile).
+        self._generation = 0
         self._records: dict[int, tuple[BranchKeyRecord, float]] = {}
         #: Counters: unwraps (KMS Decrypt), created (GenerateDataKey), store_reads...
         self.counts: Counter[str] = Counter()
@@ -201,9 +204,13 @@ class BranchKeys:
             return None
         return entry[0]
 
-    def _remember(self, record: BranchKeyRecord, *, current: bool = True) -> None:
+    def _remember(
+        self, record: BranchKeyRecord, *, current: bool = True, generation: int | None = None
+    ) -> None:
         now = time.monotonic()
         with self._lock:
+            if generation is not None and generation != self._generation:
+                return  # a deletion or rotation was applied while the record was read
             self._records[record.branch_id] = (record, now)
             if current and record.state == "active":
                 self._current[(record.scope, record.key_version)] = (record, now)
@@ -226,6 +233,7 @@ class BranchKeys:
             if record is not None:
                 return record, None
             created = None
+            generation = self._generation
             record = self._shared_current(scope, version.version)
             if record is None:
                 self.counts["store_reads"] += 1
@@ -236,7 +244,7 @@ class BranchKeys:
                     # The entry's MAC needs the key: the sealer unwraps it next anyway.
                     key = created if created is not None else self._unwrapped(record)
                     self._share(record, key, current=True)
-            self._remember(record)
+            self._remember(record, generation=generation)
             return record, created
 
     def _record(self, branch_id: int) -> tuple[BranchKeyRecord | None, bool]:
@@ -409,12 +417,19 @@ class BranchKeys:
         return key
 
     def sealer(
-        self, version: KeyVersion, ctx: EncryptionContext, limits: KeyLimits
+        self,
+        version: KeyVersion,
+        ctx: EncryptionContext,
+        limits: KeyLimits,
+        *,
+        format_version: int = 2,
     ) -> EnvelopeSealer:
         """A sealer under a DEK freshly derived for ``ctx`` from its scope's branch key.
 
         Creates the scope's branch key under ``version`` on first use (one KMS
-        GenerateDataKey); otherwise unwraps it at most once per TTL (one KMS Decrypt).
+        GenerateDataKey); otherwise unwraps it at most once per TTL (one KMS Decrypt). Its
+        envelopes are in format ``format_version`` (2, key-committing, unless the commitment
+        policy keeps 1).
         """
         record, created = self._current_record(self.scope_of(ctx), version)
         key = created if created is not None else self._unwrapped(record)
@@ -425,6 +440,7 @@ class BranchKeys:
             context=ctx.canonical,
             max_messages=limits.max_messages,
             max_bytes=limits.max_bytes,
+            format_version=format_version,
         )
 
     def data_key(
@@ -447,7 +463,7 @@ class BranchKeys:
         assert branch_id is not None
         record, from_store = self._record(branch_id)
         if record is None:
-            if self.rows.was_erased(self.scope_of(ctx)):
+            if self.rows.erased(branch_id) or self.rows.was_erased(self.scope_of(ctx)):
                 raise DataErasedError()
             raise KeyNotFoundError()
         if record.key_version != header.key_version or record.provider != provider_name:
@@ -496,6 +512,7 @@ class BranchKeys:
 
     def _forget_scope(self, scope: str, *, drop_keys: bool, ids: list[int] | None = None) -> None:
         with self._lock:
+            self._generation += 1
             self._current = {k: v for k, v in self._current.items() if k[0] != scope}
             if not drop_keys:
                 return
@@ -536,6 +553,7 @@ class BranchKeys:
         """Drops every record and unwrapped branch key held by this process."""
         self._keys.clear()
         with self._lock:
+            self._generation += 1
             self._current = {}
             self._records = {}
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from greenlang_crypto._core import random_bytes
-from greenlang_crypto.exceptions import KeyStateError
+from greenlang_crypto.exceptions import KeyStateError, TenantErasingError
+from greenlang_crypto.keys.erasures import ERASING, tenant_of_scope
 from greenlang_crypto.keys.store import KeyStore
 
 __all__ = ["BranchKeyRecord", "BranchKeyStore"]
@@ -112,6 +113,7 @@ class BranchKeyStore:
     def __init__(self, store: KeyStore) -> None:
         self._db = store.db
         self._changes = store.changes
+        self._erasures = store.erasures
 
     def _changed(self, cur: Any, scope: str, action: str) -> int:
         epoch = self._changes.bump_and_read(cur)
@@ -156,7 +158,12 @@ class BranchKeyStore:
         """A random 32-bit id not in use yet (ids reveal neither volume nor order)."""
         for _ in range(16):
             candidate = int.from_bytes(random_bytes(4), "big")
-            if candidate and self.get(candidate) is None:
+            # An erased key's id is never reused: its tombstone keeps answering "erased".
+            if (
+                candidate
+                and self.get(candidate) is None
+                and not self._erasures.was_erased("branch", candidate)
+            ):
                 return candidate
         raise KeyStateError("could not allocate a branch key id")
 
@@ -167,9 +174,22 @@ class BranchKeyStore:
         created one first, which is then returned instead (``record`` is discarded). With
         ``rotate`` it replaces the active key, which turns ``decrypt_only``, and the change
         reaches every instance through the keyring.
+
+        Raises:
+            TenantErasingError: The scope's tenant is being erased (checked in the same
+                serialized transaction, so no branch key of the tenant is stored after its
+                erasure began).
         """
         with self._db.transaction(serialized=True) as cur:
             sql = self._db.sql
+            tenant = tenant_of_scope(record.scope)
+            if tenant is not None:
+                cur.execute(
+                    sql("SELECT state FROM glc_tenant_erasures WHERE tenant_id = ?"), (tenant,)
+                )
+                row = cur.fetchone()
+                if row is not None and row[0] == ERASING:
+                    raise TenantErasingError()
             cur.execute(
                 sql(
                     f"SELECT {_COLUMNS} FROM glc_branch_keys WHERE scope = ? "  # noqa: S608
@@ -230,12 +250,22 @@ class BranchKeyStore:
             )
             ids = [(int(r[0]), int(r[1])) for r in cur.fetchall()]
             if ids:
+                tenant = tenant_of_scope(scope)
+                for branch_id, _version in ids:
+                    self._erasures.tombstone(cur, "branch", branch_id, tenant)
                 cur.execute(sql("DELETE FROM glc_branch_keys WHERE scope = ?"), (scope,))
                 self._changed(cur, scope, "delete")
             return ids
 
+    def erased(self, branch_id: int) -> bool:
+        """Whether branch key ``branch_id`` was erased (its tombstone is recorded)."""
+        return self._erasures.was_erased("branch", branch_id)
+
     def was_erased(self, scope: str) -> bool:
-        """Whether ``scope``'s branch keys were deleted (erased) at some point."""
+        """Whether ``scope``'s branch keys were deleted (erased) at some point.
+
+        (Per key, :meth:`TenantErasures.was_erased` answers from the tombstones.)
+        """
         with self._db.transaction() as cur:
             cur.execute(
                 self._db.sql(

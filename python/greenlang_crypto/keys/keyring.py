@@ -122,6 +122,9 @@ class KeyringSnapshot:
         wrapping_keys: ``(provider, key id)`` of every wrapping key a version has had and an
             operator has not destroyed: inline envelopes may name any of them.
         index_keys: Blind-index root key versions (wrapped), ascending.
+        erasing: Tenants being erased now: no instance encrypts for them.
+        erasure_epoch: The epoch of the latest tenant-erasure change (0: none yet); when it
+            moves, instances drop every cached key (see ``KeyAdmin.erase_tenant``).
     """
 
     epoch: int
@@ -130,6 +133,8 @@ class KeyringSnapshot:
     min_decryption_version: int
     wrapping_keys: frozenset[tuple[str, str]]
     index_keys: tuple[IndexKeyRecord, ...] = field(default=())
+    erasing: frozenset[str] = field(default=frozenset())
+    erasure_epoch: int = 0
 
 
 class Keyring:
@@ -233,6 +238,8 @@ class Keyring:
             min_decryption_version=minimum,
             wrapping_keys=wrapping,
             index_keys=tuple(self._store.index_keys()),
+            erasing=self._store.erasures.erasing(),
+            erasure_epoch=self._store.erasures.last_change(),
         )
 
     def reload(self) -> KeyringSnapshot:

@@ -9,7 +9,8 @@ the store's :class:`~greenlang_crypto.keys.connection.Database`:
 - :mod:`~greenlang_crypto.keys.index_key_store`: blind-index root keys;
 - :mod:`~greenlang_crypto.keys.instances`: service instances (heartbeats, liveness);
 - :mod:`~greenlang_crypto.keys.changes`: the change counter (epoch) and NOTIFY;
-- :mod:`~greenlang_crypto.keys.branch_store`: branch keys (used through ``BranchKeys``).
+- :mod:`~greenlang_crypto.keys.branch_store`: branch keys (used through ``BranchKeys``);
+- :mod:`~greenlang_crypto.keys.erasures`: tenant erasures and tombstones of erased keys.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from greenlang_crypto._db import pg_dsn, schema_name
 from greenlang_crypto.exceptions import ConfigurationError
 from greenlang_crypto.keys.changes import NOTIFY_CHANNEL, KeyringChanges
 from greenlang_crypto.keys.connection import Database, sqlite_connector
+from greenlang_crypto.keys.erasures import TenantErasures
 from greenlang_crypto.keys.index_key_store import IndexKeyRecord, IndexKeyStore
 from greenlang_crypto.keys.instances import InstanceRecord, InstanceStore
 from greenlang_crypto.keys.jobs import unfinished_job_ranges
@@ -87,6 +89,8 @@ class KeyStore:
         self._deks = StoredDeks(self.db)
         self._index_keys = IndexKeyStore(self.db, self.changes)
         self._instances = InstanceStore(self.db)
+        #: Tenant erasures and the tombstones of erased keys.
+        self.erasures = TenantErasures(self.db, self.changes)
         #: PostgreSQL only: the DSN a keyring uses for its LISTEN connection.
         self.listen_dsn: str | None = None
         #: PostgreSQL only: the DSN points at a transaction-mode pooler (LISTEN cannot work).
@@ -181,7 +185,11 @@ class KeyStore:
         context: dict[str, str],
         context_digest: bytes,
     ) -> int:
-        """Stores a wrapped DEK and commits; returns its new random 63-bit id."""
+        """Stores a wrapped DEK and commits; returns its new random 63-bit id.
+
+        Raises:
+            TenantErasingError: The context's tenant is being erased.
+        """
         return self._deks.insert_dek(
             key_version, provider, wrapping_key_id, wrapped, context, context_digest
         )
@@ -200,7 +208,11 @@ class KeyStore:
         return self._deks.usage_by_version()
 
     def get_dek(self, dek_id: int) -> DekRecord | None:
-        """Loads one stored DEK row (None when absent or not a valid id)."""
+        """Loads one stored DEK row (None when absent or not a valid id).
+
+        Raises:
+            DataErasedError: The DEK was erased with its tenant.
+        """
         return self._deks.get_dek(dek_id)
 
     def iter_deks(self, batch_size: int = 500) -> Iterator[list[DekRecord]]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from greenlang_crypto._core import random_bytes
-from greenlang_crypto.exceptions import KeyStateError
+from greenlang_crypto.exceptions import DataErasedError, KeyStateError, TenantErasingError
 from greenlang_crypto.keys.changes import KeyringChanges
 from greenlang_crypto.keys.connection import Database, idempotent
 
@@ -302,8 +302,15 @@ class StoredDeks:
         context: dict[str, str],
         context_digest: bytes,
     ) -> int:
-        """Stores a wrapped DEK and commits; returns its new random 63-bit id."""
+        """Stores a wrapped DEK and commits; returns its new random 63-bit id.
+
+        Raises:
+            TenantErasingError: The context's tenant is being erased (checked in the same
+                statement as the insert, so no DEK of the tenant is stored after its
+                erasure began).
+        """
         now = time.time()
+        tenant_id = context.get("tenant_id")
         for _ in range(5):
             # Random ids (not a sequence) so ids reveal neither volume nor order.
             dek_id = int.from_bytes(random_bytes(8), "big") >> 1
@@ -312,8 +319,10 @@ class StoredDeks:
                     cur.execute(
                         self.db.sql(
                             "INSERT INTO glc_deks (dek_id, key_version, provider, "
-                            "wrapping_key_id, wrapped, context_json, context_digest, created_at) "
-                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                            "wrapping_key_id, wrapped, context_json, context_digest, created_at, "
+                            "tenant_id) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS "
+                            "(SELECT 1 FROM glc_tenant_erasures WHERE tenant_id = ? "
+                            "AND state = 'erasing')"
                         ),
                         (
                             dek_id,
@@ -324,12 +333,18 @@ class StoredDeks:
                             json.dumps(context, sort_keys=True),
                             context_digest,
                             now,
+                            tenant_id,
+                            tenant_id,
                         ),
                     )
-                return dek_id
+                    inserted = cur.rowcount
             except Exception as exc:  # an id collision retries; anything else propagates
                 if "unique" not in str(exc).lower() and "duplicate" not in str(exc).lower():
                     raise
+                continue
+            if inserted == 0:
+                raise TenantErasingError()
+            return dek_id
         raise KeyStateError("could not allocate a DEK id")
 
     def record_usage(
@@ -372,7 +387,29 @@ class StoredDeks:
 
         ``dek_id`` comes from an envelope header, so any 64-bit value can arrive here; ids
         are 63-bit (see :meth:`insert_dek`), and the databases' signed BIGINT would overflow.
+
+        Raises:
+            DataErasedError: The DEK was erased (its tenant's erasure left a tombstone).
         """
+        record = self._load(dek_id)
+        if record is None and 0 <= dek_id < 2**63:
+            # Only a miss pays for the second read: was it erased, or never there?
+            with self.db.one() as cur:
+                cur.execute(
+                    self.db.sql(
+                        "SELECT 1 FROM glc_erased_keys WHERE kind = 'stored' AND key_id = ?"
+                    ),
+                    (dek_id,),
+                )
+                if cur.fetchone() is not None:
+                    raise DataErasedError()
+        return record
+
+    @idempotent
+    def _load_retrying(self, dek_id: int) -> DekRecord | None:
+        return self._load(dek_id)
+
+    def _load(self, dek_id: int) -> DekRecord | None:
         if not 0 <= dek_id < 2**63:
             return None
         with self.db.one() as cur:
@@ -411,7 +448,8 @@ class StoredDeks:
                 ids = [int(r[0]) for r in cur.fetchall()]
             if not ids:
                 return
-            records = [r for r in (self.get_dek(i) for i in ids) if r is not None]
+            # Rows deleted since the page was read (an erasure, a retirement) are skipped.
+            records = [r for r in map(self._load_retrying, ids) if r is not None]
             yield records
             last = ids[-1]
 

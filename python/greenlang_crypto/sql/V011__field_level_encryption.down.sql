@@ -1,31 +1,6 @@
--- Reverts V011. Drops the encrypted and blind-index columns it added, and the encryption
--- schema with the key store, audit log and job tables: run it only on a database whose
--- encrypted data is disposable (development, tests). pgcrypto stays installed (other users).
-
-DO $$
-DECLARE
-    target RECORD;
-BEGIN
-    FOR target IN
-        SELECT * FROM (VALUES
-            ('security.login_attempts', 'ip_address'),
-            ('users', 'email'),
-            ('users', 'phone'),
-            ('api_keys', 'key_value')
-        ) AS t(tbl, col)
-    LOOP
-        IF to_regclass(target.tbl) IS NOT NULL THEN
-            EXECUTE format('DROP INDEX IF EXISTS %s',
-                           CASE WHEN position('.' in target.tbl) > 0
-                                THEN split_part(target.tbl, '.', 1) || '.' ELSE '' END
-                           || quote_ident('glc_' || replace(target.tbl, '.', '_') || '_'
-                                          || target.col || '_bidx'));
-            EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS %I, DROP COLUMN IF EXISTS %I, '
-                           'DROP COLUMN IF EXISTS %I', target.tbl, target.col || '_enc',
-                           target.col || '_key_version', target.col || '_bidx');
-        END IF;
-    END LOOP;
-END
-$$;
+-- Reverts V011: drops the encryption schema with the key store, audit log, job tables and the
+-- migration ledger: run it only on a database whose encrypted data is disposable
+-- (development, tests). Application tables are not touched (the example columns have their
+-- own revert, example_columns.down.sql). pgcrypto stays installed (other users).
 
 DROP SCHEMA IF EXISTS encryption CASCADE;

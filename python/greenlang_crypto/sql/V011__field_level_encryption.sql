@@ -1,6 +1,9 @@
 -- V011: field-level encryption (greenlang-crypto).
 -- Idempotent: every statement is IF NOT EXISTS / guarded, so it can run again safely.
--- Applied by `greenlang-crypto db migrate`, which records it in public.glc_schema_migrations.
+-- Applied by `greenlang-crypto db migrate`, which records it in
+-- encryption.glc_schema_migrations. Like every V*.sql file it creates and alters objects of
+-- the `encryption` schema only (plus the pgcrypto extension); the application's own tables
+-- are left to the application (example_columns.sql shows the encrypted columns they need).
 -- The `-- group:` lines mark which part of the package creates the tables that follow at run
 -- time (greenlang_crypto.sql.statements): these files are the only DDL of the project.
 
@@ -95,34 +98,3 @@ CREATE TABLE IF NOT EXISTS encryption.glc_quarantine (
     detected_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (job, pk)
 );
-
--- group: columns
--- Encrypted and blind-index columns beside the usual PII columns, only where the tables
--- exist. `<col>_enc` holds the envelope, `<col>_key_version` mirrors its key version (written
--- in the same UPDATE), `<col>_bidx` the blind index (first byte = index key version).
-DO $$
-DECLARE
-    target RECORD;
-BEGIN
-    FOR target IN
-        SELECT * FROM (VALUES
-            ('security.login_attempts', 'ip_address'),
-            ('users', 'email'),
-            ('users', 'phone'),
-            ('api_keys', 'key_value')
-        ) AS t(tbl, col)
-    LOOP
-        IF to_regclass(target.tbl) IS NOT NULL THEN
-            EXECUTE format('ALTER TABLE %s ADD COLUMN IF NOT EXISTS %I BYTEA',
-                           target.tbl, target.col || '_enc');
-            EXECUTE format('ALTER TABLE %s ADD COLUMN IF NOT EXISTS %I INTEGER',
-                           target.tbl, target.col || '_key_version');
-            EXECUTE format('ALTER TABLE %s ADD COLUMN IF NOT EXISTS %I BYTEA',
-                           target.tbl, target.col || '_bidx');
-            EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %s (%I)',
-                           'glc_' || replace(target.tbl, '.', '_') || '_' || target.col || '_bidx',
-                           target.tbl, target.col || '_bidx');
-        END IF;
-    END LOOP;
-END
-$$;

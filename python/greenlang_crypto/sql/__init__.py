@@ -1,12 +1,20 @@
 """Packaged SQL: the migrations, and the one source of every table the package creates.
 
 ``greenlang-crypto db migrate`` applies the migrations; the key store, the audit sinks and the
-column jobs create their tables at run time from the same files.
+column jobs create their tables at run time from the same files. The migrations create and
+alter objects of the library's own schema ``encryption`` only (:data:`LIBRARY_SCHEMA`, with
+the migration ledger :data:`LEDGER_TABLE` in it), so a project whose own migration tool owns
+the rest of the database sees nothing of them outside that schema.
 
 The ``V*.sql`` files are written for PostgreSQL and mark their parts with ``-- group: NAME``
 lines. :func:`statements` returns the statements of one group, in migration order, for
 PostgreSQL (in a schema of the caller's choice) or translated for SQLite, so the key store,
 the audit sinks and the column jobs create exactly what the migrations create.
+
+``example_columns.sql`` (:data:`EXAMPLE_COLUMNS`, and its ``.down.sql``) is no migration: it
+adds the encrypted columns of the requirements document's application tables (``users``,
+``api_keys``, ``security.login_attempts``) and is applied only on request
+(``db migrate --example-columns``). Its statements are the ``columns`` group.
 """
 
 from __future__ import annotations
@@ -17,15 +25,35 @@ import zlib
 from functools import cache
 from pathlib import Path
 
-__all__ = ["GROUPS", "migration_files", "schema_marker", "statements"]
+__all__ = [
+    "EXAMPLE_COLUMNS",
+    "GROUPS",
+    "LEDGER_TABLE",
+    "LIBRARY_SCHEMA",
+    "library_indexes",
+    "library_tables",
+    "migration_files",
+    "schema_marker",
+    "statements",
+]
 
-#: The groups the migrations are divided into.
+#: The groups the packaged SQL is divided into; ``columns`` is the example
+#: (:data:`EXAMPLE_COLUMNS`), which the migrations do not apply.
 GROUPS = ("keystore", "audit", "jobs", "columns")
+#: The schema the migrations create and alter; nothing of theirs lives outside it.
+LIBRARY_SCHEMA = "encryption"
+#: The table, in :data:`LIBRARY_SCHEMA`, recording the applied migrations (releases before
+#: it moved there kept it in ``public``).
+LEDGER_TABLE = "glc_schema_migrations"
+#: The example of the application-side columns, applied only on request.
+EXAMPLE_COLUMNS = "example_columns.sql"
 
 _FILE = re.compile(r"^V\d{3}__[a-z0-9_]+\.sql$")
 _GROUP = re.compile(r"^--\s*group:\s*([a-z_]+)\s*$")
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
-_DEFAULT_SCHEMA = "encryption"
+_DEFAULT_SCHEMA = LIBRARY_SCHEMA
+_CREATE_TABLE = re.compile(r"\bCREATE TABLE IF NOT EXISTS encryption\.([a-z0-9_]+)")
+_CREATE_INDEX = re.compile(r"\bCREATE INDEX IF NOT EXISTS ([a-z0-9_]+)\s+ON\s+encryption\.")
 #: The migrations sit beside this module: the package, which holds a compiled extension,
 #: is always installed as files (never imported from a zip), so no resource reader is needed.
 _DIR = Path(__file__).parent
@@ -35,6 +63,24 @@ def migration_files() -> list[str]:
     """Names of the up-migrations, in order."""
     names = [name for name in os.listdir(_DIR) if _FILE.match(name)]
     return sorted(names)
+
+
+def library_tables() -> frozenset[str]:
+    """Names of the tables the migrations create in :data:`LIBRARY_SCHEMA`, and the ledger.
+
+    Read from the migration files themselves, so a new migration's tables are included.
+    """
+    names = {
+        m.group(1) for _, statement in _migrations() for m in _CREATE_TABLE.finditer(statement)
+    }
+    return frozenset({*names, LEDGER_TABLE})
+
+
+def library_indexes() -> frozenset[str]:
+    """Names of the indexes the migrations create on tables of :data:`LIBRARY_SCHEMA`."""
+    return frozenset(
+        m.group(1) for _, statement in _migrations() for m in _CREATE_INDEX.finditer(statement)
+    )
 
 
 def schema_marker() -> int:
@@ -75,11 +121,17 @@ def _split(script: str) -> list[tuple[str, str]]:
 
 
 @cache
-def _all() -> tuple[tuple[str, str], ...]:
+def _migrations() -> tuple[tuple[str, str], ...]:
     pairs: list[tuple[str, str]] = []
     for name in migration_files():
         pairs.extend(_split((_DIR / name).read_text(encoding="utf-8")))
     return tuple(pairs)
+
+
+@cache
+def _all() -> tuple[tuple[str, str], ...]:
+    # The example last: its statements alter application tables, never the library's.
+    return (*_migrations(), *_split((_DIR / EXAMPLE_COLUMNS).read_text(encoding="utf-8")))
 
 
 def _to_sqlite(statement: str) -> str | None:
@@ -98,7 +150,9 @@ def statements(group: str, dialect: str, *, schema: str = _DEFAULT_SCHEMA) -> li
     """The DDL of one group, in migration order, ready to execute one statement at a time.
 
     Args:
-        group: One of :data:`GROUPS` (``keystore``, ``audit``, ``jobs``, ``columns``).
+        group: One of :data:`GROUPS` (``keystore``, ``audit``, ``jobs``, or ``columns``:
+            the example's application columns, which ``db migrate`` applies only with
+            ``--example-columns``).
         dialect: ``postgresql`` or ``sqlite``.
         schema: PostgreSQL schema for the tables (default ``encryption``, the migrations'
             own); a lowercase SQL identifier. Ignored for SQLite, which has no schemas.

@@ -14,11 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from greenlang_crypto.sqlalchemy._common import FromRow, is_envelope
+    from greenlang_crypto.sqlalchemy._job_spec import ColumnSpec, JobSpecMismatchError
+    from greenlang_crypto.sqlalchemy._purge import PurgeReport, purge_erased
     from greenlang_crypto.sqlalchemy.blind_index import (
         EMAIL,
         PHONE,
         BlindIndex,
         IndexValue,
+        alookup,
         casefold,
         collapse_whitespace,
         digits,
@@ -27,7 +30,7 @@ if TYPE_CHECKING:
         nfkc,
         strip,
     )
-    from greenlang_crypto.sqlalchemy.engine import psycopg_engine_options
+    from greenlang_crypto.sqlalchemy.engine import async_engine_options, psycopg_engine_options
     from greenlang_crypto.sqlalchemy.pgcrypto import PgcryptoString
     from greenlang_crypto.sqlalchemy.types import (
         EncryptedBytes,
@@ -35,12 +38,17 @@ if TYPE_CHECKING:
         EncryptedString,
         EncryptedText,
         EncryptedType,
+        SealedColumnError,
         SealedValue,
     )
 
 #: Where each exported name lives (module under this package).
 _EXPORTS = {
     "FromRow": "_common",
+    "ColumnSpec": "_job_spec",
+    "JobSpecMismatchError": "_job_spec",
+    "PurgeReport": "_purge",
+    "purge_erased": "_purge",
     "is_envelope": "_common",
     **{
         name: "blind_index"
@@ -49,6 +57,7 @@ _EXPORTS = {
             "PHONE",
             "BlindIndex",
             "IndexValue",
+            "alookup",
             "casefold",
             "collapse_whitespace",
             "digits",
@@ -58,6 +67,7 @@ _EXPORTS = {
             "strip",
         )
     },
+    "async_engine_options": "engine",
     "psycopg_engine_options": "engine",
     "PgcryptoString": "pgcrypto",
     **{
@@ -68,6 +78,7 @@ _EXPORTS = {
             "EncryptedString",
             "EncryptedText",
             "EncryptedType",
+            "SealedColumnError",
             "SealedValue",
         )
     },
@@ -89,6 +100,7 @@ __all__ = [
     "EMAIL",
     "PHONE",
     "BlindIndex",
+    "ColumnSpec",
     "EncryptedBytes",
     "EncryptedJSON",
     "EncryptedString",
@@ -96,8 +108,13 @@ __all__ = [
     "EncryptedType",
     "FromRow",
     "IndexValue",
+    "JobSpecMismatchError",
     "PgcryptoString",
+    "PurgeReport",
+    "SealedColumnError",
     "SealedValue",
+    "alookup",
+    "async_engine_options",
     "casefold",
     "collapse_whitespace",
     "digits",
@@ -106,5 +123,6 @@ __all__ = [
     "nfc",
     "nfkc",
     "psycopg_engine_options",
+    "purge_erased",
     "strip",
 ]

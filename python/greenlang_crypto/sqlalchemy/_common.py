@@ -6,10 +6,14 @@ value written by one could not be read by the other; both build them here.
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar, cast
+
+from sqlalchemy.util import concurrency as _concurrency
 
 from greenlang_crypto import _forks
 from greenlang_crypto.context import EncryptionContext
@@ -25,12 +29,16 @@ __all__ = [
     "FromRow",
     "ServiceRef",
     "TenantSpec",
+    "in_async_greenlet",
     "is_envelope",
     "is_service",
     "location_aad",
+    "off_the_loop",
     "resolve_service",
     "row_aad",
 ]
+
+_T = TypeVar("_T")
 
 #: First byte of every envelope (docs/FORMAT.md). It never occurs in UTF-8, so a stored text
 #: value and an envelope cannot be confused.
@@ -190,3 +198,43 @@ class ContextCache:
                     self._by_tenant.clear()
                 self._by_tenant[tenant_id] = ctx
         return ctx
+
+
+# SQLAlchemy 2.1 names it await_; 2.0 await_only (kept in 2.1 as a deprecated alias).
+_await: Callable[[Any], Any] = getattr(_concurrency, "await_", None) or _concurrency.await_only
+
+
+_getcurrent: Callable[[], object] | None
+try:
+    # By name: greenlet ships no type stubs, and it is optional (asyncio sessions need it).
+    _getcurrent = importlib.import_module("greenlet").getcurrent
+except ImportError:  # no greenlet installed: then no asyncio session either
+    _getcurrent = None
+
+
+def in_async_greenlet() -> bool:
+    """Whether this runs inside the greenlet of SQLAlchemy's asyncio extension.
+
+    The test ``sqlalchemy.util.concurrency.in_greenlet`` makes (the marker SQLAlchemy sets on
+    its greenlets), done directly: it runs once per row-bound value read, and the shim around
+    SQLAlchemy's own function costs ten times as much.
+    """
+    if _getcurrent is None:
+        return False
+    return getattr(_getcurrent(), "__sqlalchemy_greenlet_provider__", False) is True
+
+
+def off_the_loop(fn: Callable[..., _T], *args: Any) -> _T:
+    """``fn(*args)``, moved to a worker thread when called under an asyncio session.
+
+    SQLAlchemy's asyncio extension runs a flush, a statement's parameter processing and the
+    ORM's row loading in a greenlet on the event loop's thread, so a KMS call made there
+    (a DEK cache miss, an index key read) would stop every other task of the loop for its
+    round trip. Inside that greenlet this hands ``fn`` to ``asyncio.to_thread`` and suspends
+    the greenlet until it is done, as the asyncio drivers do for their own I/O; the loop keeps
+    running other tasks meanwhile. Anywhere else (a sync session, a thread) ``fn`` runs here.
+    Only the slow paths call this: a cache hit never leaves the caller's thread.
+    """
+    if not in_async_greenlet():
+        return fn(*args)
+    return cast("_T", _await(asyncio.to_thread(fn, *args)))

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import TextClause
 
 from greenlang_crypto import parse_envelope
 from greenlang_crypto.exceptions import GreenlangCryptoError, KeyStateError
@@ -40,74 +41,83 @@ class _JobBatches(_JobTables):
     def _plan_rows(
         self, rows: Sequence[_Row], report: JobReport
     ) -> tuple[list[_Write], list[tuple[_Row, str, int | None]]]:
-        """Decides per row: skip, write (encrypt / re-encrypt / re-index) or quarantine."""
+        """Decides per row: skip, write (encrypt / re-encrypt / re-index) or quarantine.
+
+        Each row is classified and (when it is an envelope that needs work) decrypted on its
+        own, so one bad row is quarantined alone; the new envelopes are then sealed in one
+        batch call per tenant, and the index values computed in one call per index key.
+        """
         svc = self.service
         writes: list[_Write] = []
         bad: list[tuple[_Row, str, int | None]] = []
-        to_encrypt: list[tuple[_Row, bytes]] = []
+        # Writes that get a new envelope, per tenant (one seal_batch call each).
+        to_seal: dict[str, list[_Write]] = {}
         # The version byte of an index value is public (like an envelope's key version).
         wanted_kv = self._target_index_version or 0
+        reencrypt = self.mode == "reencrypt"
+        target = self._target_version
+        envelope_format = svc.envelope_format
+        has_index = self._index is not None
+        utf8 = self.spec.kind == "str"
         for row in rows:
             value = row.value
             if value is None:
                 report.skipped += 1
                 continue
-            ctx = self._contexts.get(row.tenant)
             if not is_envelope(value):
                 if self.forbid_plaintext:
                     bad.append((row, "plaintext in phase 2", None))
                     continue
-                if self.spec.kind == "str":
+                if utf8:
                     try:
                         value.decode("utf-8")
                     except UnicodeDecodeError:
                         bad.append((row, "plaintext is not UTF-8", None))
                         continue
-                to_encrypt.append((row, value))
+                w = _Write(row, value, None, target, None)
+                writes.append(w)
+                to_seal.setdefault(row.tenant, []).append(w)
                 continue
             try:
-                version = parse_envelope(value).key_version
+                header = parse_envelope(value)
             except GreenlangCryptoError as exc:
                 bad.append((row, f"malformed envelope ({type(exc).__name__})", None))
                 continue
-            needs_key = self.mode == "reencrypt" and version < self._target_version
-            idx_stale = self._index is not None and (
-                row.index is None
-                or (self.mode == "reencrypt" and _version_byte(row.index) != wanted_kv)
+            # Re-encryption also moves values of an older envelope format (v1, without key
+            # commitment) to the one the service writes, even under the target key version.
+            needs_key = reencrypt and (
+                header.key_version < target or header.version < envelope_format
+            )
+            idx_stale = has_index and (
+                row.index is None or (reencrypt and _version_byte(row.index) != wanted_kv)
             )
             if not needs_key and not idx_stale:
                 report.skipped += 1
                 continue
             try:
-                plaintext = svc.decrypt(value, ctx, associated_data=self._aad(row))
+                plaintext = svc.decrypt(
+                    value, self._contexts.get(row.tenant), associated_data=self._aad(row)
+                )
             except GreenlangCryptoError as exc:
                 # The error type tells operators a missing or retired key version from a
                 # failed tag, using only the key version in the public header.
-                bad.append((row, type(exc).__name__, version))
+                bad.append((row, type(exc).__name__, header.key_version))
                 continue
-            new_value = (
-                svc.encrypt(plaintext, ctx, associated_data=self._aad(row)) if needs_key else None
-            )
-            writes.append(
-                _Write(
-                    row,
-                    plaintext,
-                    new_value,
-                    self._target_version if needs_key else version,
-                    self._index_of(plaintext, row),
-                )
-            )
-        # Plaintext rows are encrypted in one batch call per context.
-        by_tenant: dict[str, list[tuple[_Row, bytes]]] = {}
-        for row, pt in to_encrypt:
-            by_tenant.setdefault(row.tenant, []).append((row, pt))
-        for tenant, items in by_tenant.items():
-            ctx = self._contexts.get(tenant)
+            w = _Write(row, plaintext, None, target if needs_key else header.key_version, None)
+            writes.append(w)
+            if needs_key:
+                to_seal.setdefault(row.tenant, []).append(w)
+        for tenant, group in to_seal.items():
             sealed = svc.encrypt_batch(
-                [pt for _, pt in items], ctx, associated_data=[self._aad(r) for r, _ in items]
+                [w.plaintext for w in group],
+                self._contexts.get(tenant),
+                associated_data=[self._aad(w.row) for w in group],
             )
-            for (row, pt), env in zip(items, sealed, strict=True):
-                writes.append(_Write(row, pt, env, self._target_version, self._index_of(pt, row)))
+            for w, envelope in zip(group, sealed, strict=True):
+                w.new_value = envelope
+        if has_index and writes:
+            for w, index in zip(writes, self._indexes_of(writes), strict=True):
+                w.index = index
         return writes, bad
 
     def _index_of(self, plaintext: bytes, row: _Row) -> bytes | None:
@@ -117,6 +127,28 @@ class _JobBatches(_JobTables):
         return bytes(
             self._index.compute(value, tenant_id=row.tenant, version=self._target_index_version)
         )
+
+    def _indexes_of(self, writes: Sequence[_Write]) -> list[bytes]:
+        """:meth:`_index_of` of every write: one MAC call per index key (purpose)."""
+        index = self._index
+        assert index is not None
+        version = self._target_index_version
+        if version is None:
+            version = index.active_versions()[0]
+        if self.spec.kind == "str":
+            data = index.normalize_many([w.plaintext.decode("utf-8") for w in writes])
+        else:
+            data = [bytes(w.plaintext) for w in writes]
+        groups: dict[str, list[int]] = {}
+        for i, w in enumerate(writes):
+            groups.setdefault(index.purpose_for(w.row.tenant), []).append(i)
+        out: list[bytes] = [b""] * len(writes)
+        for purpose, members in groups.items():
+            key = index._key(version, purpose)
+            macs = key.compute_batch([data[i] for i in members], index.length, version)
+            for i, mac in zip(members, macs, strict=True):
+                out[i] = bytes(mac)
+        return out
 
     # -- batches -------------------------------------------------------------------------
 
@@ -147,70 +179,71 @@ class _JobBatches(_JobTables):
             )
         ]
 
+    def _write_statement(self, conn: Connection) -> TextClause:
+        """The batch's compare-and-swap UPDATE (built once per job: one statement text, so
+        SQLAlchemy's compiled cache, psycopg's query cache and the server's prepared
+        statements all serve every batch)."""
+        if self._write_sql is None:
+            n = self._names(conn)
+            pk_type = self._pk_sql_type(conn)
+            sets = [f"{n['col']} = COALESCE(v.new_value, t.{n['col']})"]
+            if self.spec.version_column:
+                sets.append(f"{n['ver']} = v.key_version")
+            if self.spec.index_column:
+                sets.append(f"{n['idx']} = v.idx")
+            returned_index = f"t.{n['idx']}" if self.spec.index_column else "NULL"
+            # One array parameter per field, whatever the batch size: a VALUES list of one
+            # row per parameter set costs the driver and the server a new parse and plan of
+            # a statement thousands of parameters long for every batch.
+            self._write_sql = text(
+                f"UPDATE {n['t']} AS t SET {', '.join(sets)} "
+                f"FROM unnest(CAST(:pks AS {pk_type}[]), CAST(:olds AS xid[]), "
+                "CAST(:new_values AS bytea[]), CAST(:key_versions AS integer[]), "
+                "CAST(:indexes AS bytea[])) AS v(pk, old, new_value, key_version, idx) "
+                f"WHERE t.{n['pk']} = v.pk AND t.xmin = v.old "
+                f"RETURNING t.{n['pk']}::text, t.{n['col']}, {returned_index}"
+            )
+        return self._write_sql
+
     def _write(self, conn: Connection, writes: Sequence[_Write]) -> list[_Write]:
         """CAS-updates ``writes``; verifies what was written; returns the rows that lost."""
         if not writes:
             return []
-        n = self._names(conn)
-        pk_type = self._pk_sql_type(conn)
-        params: dict[str, Any] = {}
-        values = []
-        for i, w in enumerate(writes):
-            params[f"p{i}"] = w.row.pk_text
+        params = {
+            "pks": [w.row.pk_text for w in writes],
             # Compare on the row version (xmin), never on the old value: in phase 1 that is
             # the plaintext, and bound values end up in statement logs and exceptions.
-            params[f"o{i}"] = w.row.xmin
-            params[f"k{i}"] = w.key_version
-            params[f"x{i}"] = w.index
-            if w.new_value is not None:
-                params[f"n{i}"] = w.new_value
-                new = f"CAST(:n{i} AS bytea)"
-            else:
-                new = "NULL"  # only the index changes; the column keeps its value
-            values.append(
-                f"(CAST(:p{i} AS {pk_type}), CAST(:o{i} AS xid), {new}::bytea, "
-                f"CAST(:k{i} AS integer), CAST(:x{i} AS bytea))"
-            )
-        sets = [f"{n['col']} = COALESCE(v.new_value, t.{n['col']})"]
-        if self.spec.version_column:
-            sets.append(f"{n['ver']} = v.key_version")
-        if self.spec.index_column:
-            sets.append(f"{n['idx']} = v.idx")
-        sql = (
-            f"UPDATE {n['t']} AS t SET {', '.join(sets)} "
-            f"FROM (VALUES {', '.join(values)}) AS v(pk, old, new_value, key_version, idx) "
-            f"WHERE t.{n['pk']} = v.pk AND t.xmin = v.old "
-            f"RETURNING t.{n['pk']}::text"
-        )
-        # The UPDATE returns keys only: it runs through SQLAlchemy (its events, its error
-        # handling), and whatever it returns may reach the engine's DEBUG log. The values
-        # it wrote are read back on the DBAPI cursor, in the same transaction (the rows are
-        # locked by the UPDATE until the batch commits).
-        done = {str(pk_text) for (pk_text,) in conn.execute(text(sql), params)}
-        if not done:
+            "olds": [w.row.xmin for w in writes],
+            # NULL: only the index changes; the column keeps its value.
+            "new_values": [w.new_value for w in writes],
+            "key_versions": [w.key_version for w in writes],
+            "indexes": [w.index for w in writes],
+        }
+        # The UPDATE runs through SQLAlchemy (its events, its error handling); the rows it
+        # returns, the values as the database now holds them, are fetched from the DBAPI
+        # cursor, not through the result object, which would log each row at DEBUG level.
+        result = conn.execute(self._write_statement(conn), params)
+        try:
+            stored_rows = result.cursor.fetchall()
+        finally:
+            result.close()
+        if not stored_rows:
             return list(writes)
-        returned_index = f"t.{n['idx']}" if self.spec.index_column else "NULL"
-        stored_rows = _value_rows(
-            conn,
-            f"SELECT t.{n['pk']}::text, t.{n['col']}, {returned_index} FROM {n['t']} AS t "
-            f"WHERE t.{n['pk']} = ANY(CAST(:pks AS {pk_type}[]))",
-            {"pks": sorted(done)},
-        )
         by_pk = {w.row.pk_text: w for w in writes}
-        verified: set[str] = set()
+        done: set[str] = set()
+        decrypt = self.service.decrypt
         for pk_text, stored, index in stored_rows:
             w = by_pk[pk_text]
             # Verify after write, before the batch commits: what the database now holds
-            # decrypts to the plaintext.
+            # (returned by the UPDATE itself, from the row versions it wrote and keeps
+            # locked until the commit) decrypts to the plaintext.
             ctx = self._contexts.get(w.row.tenant)
-            back = self.service.decrypt(bytes(stored), ctx, associated_data=self._aad(w.row))
+            back = decrypt(bytes(stored), ctx, associated_data=self._aad(w.row))
             if not hmac.compare_digest(back, w.plaintext):
                 raise KeyStateError(f"verification failed for row {pk_text}; batch rolled back")
             if w.index is not None and not hmac.compare_digest(bytes(index), w.index):
                 raise KeyStateError(f"index verification failed for row {pk_text}")
-            verified.add(pk_text)
-        if verified != done:
-            raise KeyStateError("rows written by the batch could not be read back; rolled back")
+            done.add(pk_text)
         return [w for w in writes if w.row.pk_text not in done]
 
     def _quarantine(
@@ -254,7 +287,7 @@ class _JobBatches(_JobTables):
         Raises:
             _LeaseLostError: Another worker holds the range now (nothing was written).
         """
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             n = self._names(conn)
             # Renewing first both proves this worker still owns the range and locks its row
             # until the batch commits; the checkpoint comes from the table, so a range taken

@@ -11,16 +11,18 @@ code above it only processes rows.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.elements import TextClause
 
 from greenlang_crypto._core import ENVELOPE_MAGIC
 from greenlang_crypto.exceptions import (
@@ -74,6 +76,40 @@ class _JobTables:
     _target_version: int
     _target_index_version: int | None
     _pk_type: str | None
+    #: The caller's connection (an Alembic migration's), or None: the job opens its own.
+    _connection: Connection | None = None
+    #: The batch UPDATE, built on first use (``_JobBatches._write_statement``).
+    _write_sql: TextClause | None = None
+
+    # -- transactions --------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        """One unit of the job's work: a transaction of its own, or a savepoint.
+
+        On the caller's connection every unit is a SAVEPOINT inside the caller's transaction:
+        a failed unit rolls back alone (the caller's transaction stays usable), and nothing
+        commits before the caller does. The job opening a second connection instead would
+        wait on the locks the caller's open transaction holds (an ``ALTER TABLE`` of the same
+        table, for one) while the caller waits for the job: a deadlock no timeout resolves.
+        """
+        if self._connection is None:
+            with self.engine.begin() as conn:
+                yield conn
+        else:
+            with self._connection.begin_nested():
+                yield self._connection
+
+    def _connect(self) -> contextlib.AbstractContextManager[Connection]:
+        """A connection for reads (the caller's, inside a savepoint, when one was given)."""
+        if self._connection is None:
+            return self._own_connection()
+        return self._begin()
+
+    @contextlib.contextmanager
+    def _own_connection(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            yield conn
 
     # -- SQL helpers ---------------------------------------------------------------------
 
@@ -111,7 +147,7 @@ class _JobTables:
         The DDL is the ``jobs`` group of the ``sql/`` files (what ``db migrate`` creates), in
         ``state_schema``.
         """
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             # Concurrent workers would race on CREATE ... IF NOT EXISTS (catalog unique index).
             conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('glc_job_tables'))"))
             conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {_quote(conn, self.state_schema)}"))
@@ -121,7 +157,7 @@ class _JobTables:
     def reset(self) -> None:
         """Forgets every run of this job (ranges and checkpoints; a later run starts over)."""
         self.ensure_tables()
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             n = self._names(conn)
             conn.execute(
                 text(f"DELETE FROM {n['ranges']} WHERE job = :b OR starts_with(job, :p)"),
@@ -129,7 +165,7 @@ class _JobTables:
             )
 
     def _plan(self) -> None:
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             n = self._names(conn)
             # One planner at a time per job, so concurrent workers join one run.
             conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:j))"), {"j": self.job_base})
@@ -177,7 +213,7 @@ class _JobTables:
 
     def _claim(self) -> tuple[int, str | None] | None:
         """Takes a pending range, an expired one, or one of this worker's own: (id, hi)."""
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             n = self._names(conn)
             # A range row locked by a batch in progress is skipped: its worker is alive even
             # when that batch outlasts the lease.
@@ -198,7 +234,7 @@ class _JobTables:
 
     def _open_ranges(self) -> list[_OpenRange]:
         """The ranges of this run that are not done yet, with their holders and leases."""
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             n = self._names(conn)
             rows = conn.execute(
                 text(
@@ -216,7 +252,7 @@ class _JobTables:
 
     def _remaining(self) -> int:
         """Rows not yet read by this run (an estimate for progress; the total is counted)."""
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             n = self._names(conn)
             total = conn.execute(text(f"SELECT count(*) FROM {n['t']}")).scalar() or 0
             done = (
@@ -242,6 +278,14 @@ class _JobTables:
             except DBAPIError as exc:
                 if not (isinstance(exc, _RETRYABLE) or exc.connection_invalidated):
                     raise
+                if self._connection is not None:
+                    # The caller's transaction died with its connection: everything the job
+                    # did in it is gone, so only a rerun of the caller (the migration) helps.
+                    raise KeyStoreUnavailableError(
+                        f"the connection of job {self.job_name} failed "
+                        f"({type(exc.orig or exc).__name__}); its transaction was rolled back, "
+                        "rerun the migration"
+                    ) from exc
                 attempt += 1
                 if attempt > self.max_retries:
                     # Only the error type: the driver's message may quote the statement.
@@ -265,7 +309,7 @@ class _JobTables:
     def _release(self) -> None:
         """Gives this worker's unfinished ranges back at once (after a failure)."""
         try:
-            with self.engine.begin() as conn:
+            with self._begin() as conn:
                 n = self._names(conn)
                 conn.execute(
                     text(
@@ -286,7 +330,7 @@ class _JobTables:
         blind index also envelopes whose index is missing or, in re-encryption, made with
         another index key version. The key version is the header's bytes 4-7 (big-endian).
         """
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             n = self._names(conn)
             col = n["col"]
             # CASE, not AND: SQL does not promise to evaluate AND left to right, and
@@ -303,9 +347,11 @@ class _JobTables:
                 )
                 needs.append(
                     f"({envelope} AND (CASE WHEN octet_length({col}) >= 8 "
-                    f"THEN ({version}) < :target ELSE false END))"
+                    f"THEN ({version}) < :target OR get_byte({col}, 1) < :format "
+                    "ELSE false END))"
                 )
                 params["target"] = self._target_version
+                params["format"] = self.service.envelope_format
             if self.spec.index_column:
                 idx = n["idx"]
                 stale = f"{idx} IS NULL"

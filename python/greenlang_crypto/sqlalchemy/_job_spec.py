@@ -41,6 +41,10 @@ class ColumnSpec:
         index_normalizer: Its normalizers (as declared on the model).
         index_length: Its MAC length.
         index_per_tenant: Whether it uses per-tenant keys.
+        model: The model column it was built from (see :meth:`from_model`), if any.
+
+    Prefer :meth:`from_model`: a spec written by hand must repeat the model's settings
+    exactly, and a job on a spec that differs writes values the application cannot read.
     """
 
     table: str
@@ -58,6 +62,11 @@ class ColumnSpec:
     index_length: int = 16
     index_per_tenant: bool = False
 
+    #: The model column this spec was built from (:meth:`from_model`), or given by hand so
+    #: that a job checks the spec against it; ``None``: nothing to check against. Not part of
+    #: the spec's identity (equality, repr).
+    model: Any = field(default=None, compare=False, repr=False)
+
     def __post_init__(self) -> None:
         if (self.tenant_id is None) == (self.tenant_column is None):
             raise InvalidArgumentError("give exactly one of tenant_id and tenant_column")
@@ -68,13 +77,48 @@ class ColumnSpec:
     def from_model(
         cls, column: Any, *, version_column: str | None = None, **overrides: Any
     ) -> ColumnSpec:
-        """Builds the spec of an encrypted model column (a ``Column`` or mapped attribute)."""
+        """Builds the spec of an encrypted model column: the one source of the job's settings.
+
+        Everything that decides how a value is encrypted and indexed (table and column as
+        the type binds them, primary key, data class, tenant, row binding, kind, blind-index
+        column, purpose, normalizers, length, per-tenant keys) is read from the column type
+        and the :class:`~greenlang_crypto.sqlalchemy.BlindIndex` declared over it, so the job
+        writes exactly what the application's reads expect. The spec remembers the column
+        (:attr:`model`), and a :class:`~greenlang_crypto.sqlalchemy.migrate.ColumnJob` run
+        on it first round-trips a sample value (see
+        :func:`greenlang_crypto.sqlalchemy._job_check.check_job`).
+
+        Example::
+
+            from greenlang_crypto.sqlalchemy import ColumnSpec
+            from greenlang_crypto.sqlalchemy.migrate import ColumnJob
+
+            spec = ColumnSpec.from_model(User.email, version_column="email_key_version")
+            ColumnJob(engine, service, spec, mode="encrypt").run()
+
+        The CLI does the same with ``--model myapp.models:User.email``.
+
+        Args:
+            column: A mapped attribute (``User.email``) or a ``Column`` of a ``Table``.
+            version_column: Optional integer column mirroring each value's key version (the
+                model does not say which column that is).
+            overrides: Other :class:`ColumnSpec` fields. A setting the model decides may be
+                repeated only with the model's value.
+
+        Raises:
+            InvalidArgumentError: The column is not encrypted, its table has no single-column
+                primary key, its tenant is a callable, or its ``FromRow`` attribute names no
+                column.
+            JobSpecMismatchError: An override contradicts the model (the message names the
+                settings).
+        """
         from greenlang_crypto.sqlalchemy._common import FromRow
         from greenlang_crypto.sqlalchemy.blind_index import index_for_source
         from greenlang_crypto.sqlalchemy.types import EncryptedBytes, EncryptedType
 
-        col: Column[Any] = column.property.columns[0] if hasattr(column, "property") else column
-        typ = col.type
+        prop = getattr(column, "property", None)
+        col: Column[Any] = prop.columns[0] if prop is not None else column
+        typ = getattr(col, "type", None)
         if not isinstance(typ, EncryptedType):
             raise InvalidArgumentError("not an encrypted column")
         table, name = typ.table_column
@@ -89,11 +133,11 @@ class ColumnSpec:
             "bind_row": typ.bind_row,
             "kind": "bytes" if isinstance(typ, EncryptedBytes) else "str",
             "version_column": version_column,
+            "model": column,
         }
         tenant = typ.tenant_id
         if isinstance(tenant, FromRow):
-            tenant_col = col.table.c[tenant.attribute]  # attribute == column name required
-            spec["tenant_column"] = tenant_col.name
+            spec["tenant_column"] = _row_tenant_column(prop, col, tenant.attribute)
         elif isinstance(tenant, str):
             spec["tenant_id"] = tenant
         else:
@@ -108,8 +152,107 @@ class ColumnSpec:
                 index_length=index.length,
                 index_per_tenant=index.per_tenant,
             )
-        spec.update(overrides)
-        return cls(**spec)
+        built = cls(**spec)
+        if not overrides:
+            return built
+        given = dict(overrides)
+        given.pop("model", None)
+        differing = built.differences(given)
+        if differing:
+            raise JobSpecMismatchError(
+                f"the settings given contradict the model {table}.{name}: " + "; ".join(differing)
+            )
+        return cls(**{**spec, **given})
+
+    def effective_index_purpose(self) -> str | None:
+        """The blind-index purpose the job uses (``None`` without an index column)."""
+        if self.index_column is None:
+            return None
+        return self.index_purpose or f"{self.table}.{self.column}"
+
+    def differences(self, given: dict[str, Any]) -> list[str]:
+        """The settings in ``given`` (field name -> value) that differ from this spec's.
+
+        Each entry names the setting, its CLI flag, and both values (settings only, never a
+        row value). ``None`` means not given. Fields that the model does not decide
+        (``version_column``) never differ.
+
+        Raises:
+            InvalidArgumentError: ``given`` names a field :class:`ColumnSpec` does not have.
+        """
+        out: list[str] = []
+        for name, value in given.items():
+            if value is None:
+                continue  # not given
+            label = MODEL_SETTINGS.get(name)
+            if label is None:
+                if name not in _FREE_SETTINGS:
+                    raise InvalidArgumentError(f"ColumnSpec has no field {name!r}")
+                continue
+            if name == "index_purpose":
+                mine: Any = self.effective_index_purpose()
+            else:
+                mine = getattr(self, name)
+            theirs = _as_steps(value) if name == "index_normalizer" else value
+            if theirs != mine:
+                out.append(f"{label}: given {_show(theirs)}, model {_show(mine)}")
+        return out
+
+
+#: The settings a model decides, with the words (and CLI flag) an error message uses for them.
+MODEL_SETTINGS: dict[str, str] = {
+    "table": "table (--table)",
+    "column": "column (--column)",
+    "pk": "primary key (--pk)",
+    "data_class": "data class (--data-class)",
+    "tenant_id": "fixed tenant (--tenant)",
+    "tenant_column": "tenant column (--tenant-column)",
+    "bind_row": "row binding (--bind-row)",
+    "kind": "value kind (--kind)",
+    "index_column": "index column (--index-column)",
+    "index_purpose": "index purpose (--index-purpose)",
+    "index_normalizer": "index normalizer (--index-normalizer)",
+    "index_length": "index length (--index-length)",
+    "index_per_tenant": "index per tenant (--index-per-tenant)",
+}
+_FREE_SETTINGS = frozenset({"version_column"})
+
+
+class JobSpecMismatchError(InvalidArgumentError):
+    """A column job's settings contradict the model column the application reads with.
+
+    Raised before any row is written; the message names each differing setting.
+    """
+
+
+def _as_steps(value: Any) -> Any:
+    if value is None:
+        return ()
+    if callable(value):
+        return (value,)
+    return tuple(value)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "(" + ", ".join(getattr(v, "__name__", type(v).__name__) for v in value) + ")"
+    return repr(value)
+
+
+def _row_tenant_column(prop: Any, col: Column[Any], attribute: str) -> str:
+    """The column behind a ``FromRow`` attribute (through the mapper when there is one)."""
+    mapper = getattr(prop, "parent", None)
+    if mapper is not None:
+        attr = mapper.attrs.get(attribute)
+        columns = getattr(attr, "columns", None)
+        if columns:
+            return str(columns[0].name)
+    try:
+        return str(col.table.c[attribute].name)
+    except KeyError:
+        raise InvalidArgumentError(
+            f"FromRow({attribute!r}) names no column of {col.table.name!r}"
+        ) from None
 
 
 @dataclass

@@ -47,13 +47,19 @@ from greenlang_crypto.exceptions import InvalidArgumentError
 # any mapper using blind indexes is configured, also when this module is imported directly
 # rather than through the package's lazy exports.
 from greenlang_crypto.sqlalchemy import _orm_loader  # noqa: F401
-from greenlang_crypto.sqlalchemy._common import FromRow, ServiceRef, resolve_service
+from greenlang_crypto.sqlalchemy._common import (
+    FromRow,
+    ServiceRef,
+    off_the_loop,
+    resolve_service,
+)
 
 # index_for_source is re-exported: it has always been importable from here.
 from greenlang_crypto.sqlalchemy._index_lookup import IndexType, index_for_source
 from greenlang_crypto.sqlalchemy.types import EncryptedType
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
     from sqlalchemy.orm import Session
 
     from greenlang_crypto._core import BlindIndexKey
@@ -63,6 +69,7 @@ __all__ = [
     "PHONE",
     "BlindIndex",
     "IndexValue",
+    "alookup",
     "casefold",
     "collapse_whitespace",
     "digits",
@@ -79,16 +86,16 @@ Normalizer = Callable[[str], str]
 class _IndexParam(TypeDecorator[bytes]):
     """The type of a lookup's index-value parameters: ``bytes`` bound as they are.
 
-    psycopg and sqlite3 bind ``bytes`` as bytea / BLOB themselves, so the DBAPI ``Binary()``
-    wrapper of ``LargeBinary`` is skipped for them, as the column types do.
+    psycopg, sqlite3 and asyncpg bind ``bytes`` as bytea / BLOB themselves, so the DBAPI
+    ``Binary()`` wrapper of ``LargeBinary`` is skipped for them, as the column types do.
     """
 
     impl = LargeBinary
     cache_ok = True
 
     def bind_processor(self, dialect: Dialect) -> Any:
-        """None for psycopg and pysqlite; the impl's wrapper for other drivers."""
-        if dialect.driver in ("psycopg", "pysqlite"):
+        """None for psycopg, pysqlite and asyncpg; the impl's wrapper for other drivers."""
+        if dialect.driver in ("psycopg", "pysqlite", "asyncpg"):
             return None
         return self.impl_instance.bind_processor(dialect)
 
@@ -170,11 +177,13 @@ class IndexValue(bytes):
 class _KeyCache:
     """Index keys and active versions of one blind-index column."""
 
-    __slots__ = ("__weakref__", "keys", "lock", "versions")
+    __slots__ = ("__weakref__", "epoch", "keys", "lock", "versions")
 
     def __init__(self) -> None:
         self.keys: dict[tuple[int, str], BlindIndexKey] = {}
         self.versions: tuple[list[int], float] = ([], 0.0)
+        #: The service's keyring epoch the cached keys were derived under.
+        self.epoch: int | None = None
         self.lock = threading.Lock()
         _forks.fresh_locks_after_fork(self, "lock")
 
@@ -201,7 +210,16 @@ class BlindIndex(IndexType):
         refresh_seconds: How long the list of active index versions is cached.
         orm_deferred: Leave the index column out of ORM entity loads (default). Lookups
             compare it in SQL and flushes only write it, so loading it into every object would
-            cost a column per row for nothing; reading the attribute loads it on access.
+            cost a column per row for nothing. The column is deferred with raiseload: reading
+            the unloaded attribute raises SQLAlchemy's ``InvalidRequestError`` rather than
+            running a query behind the attribute (which an ``AsyncSession`` cannot do: it
+            would fail with ``MissingGreenlet``); ``options(undefer(User.email_bidx))`` or
+            ``session.refresh(user, ["email_bidx"])`` loads it.
+
+    With a per-tenant index over a row tenant (``FromRow``), ``==`` has no tenant to pick
+    the key with; compare with ``User.email.matches(value, tenant_id=...)`` (see
+    :meth:`.types.EncryptedType.comparator_factory.matches`), or pass ``tenant_id`` to
+    :func:`lookup` / :func:`alookup`.
     """
 
     impl = LargeBinary
@@ -283,7 +301,11 @@ class BlindIndex(IndexType):
         if isinstance(spec, str):
             return spec
         if isinstance(spec, FromRow):
-            raise InvalidArgumentError("per-tenant index on a row-tenant column: pass tenant_id")
+            raise InvalidArgumentError(
+                f"the blind index over {self.source!r} is per tenant and the tenant comes from "
+                f"the row: compare with {self.source}.matches(value, tenant_id=...) instead of "
+                "==, or pass tenant_id to lookup()"
+            )
         return spec()
 
     def normalize(self, value: str | bytes) -> bytes:
@@ -302,15 +324,40 @@ class BlindIndex(IndexType):
     # -- keys ----------------------------------------------------------------------------
 
     def active_versions(self) -> list[int]:
-        """Active index key versions, primary first (cached for ``refresh_seconds``)."""
+        """Active index key versions, primary first (cached for ``refresh_seconds``).
+
+        Any key change the service has loaded (a tenant erasure gives an erased tenant a new
+        index key; a retirement drops a version) empties the cached keys at once: a
+        long-running process never indexes or looks up with a key the key store replaced.
+        """
+        epoch = getattr(self._service(), "keyring_epoch", None)
+        if epoch != self._cache.epoch:
+            with self._cache.lock:
+                self._cache.keys = {}
+                self._cache.versions = ([], 0.0)
+                self._cache.epoch = epoch
         versions, at = self._cache.versions
         now = time.monotonic()
         if not versions or now - at > self.refresh_seconds:
-            versions = list(self._service().active_index_versions())
+            versions = list(off_the_loop(self._service().active_index_versions))
             if any(not 1 <= v <= 255 for v in versions):
                 raise InvalidArgumentError("blind-index key versions must be in 1..255")
             self._cache.versions = (versions, now)
         return versions
+
+    def keys_cached(self, tenant_id: str | None = None) -> bool:
+        """Whether a lookup of ``tenant_id`` needs no key-store or KMS call (keys cached).
+
+        Raises:
+            InvalidArgumentError: A per-tenant index over a row tenant without ``tenant_id``.
+        """
+        versions, at = self._cache.versions
+        if not versions or time.monotonic() - at > self.refresh_seconds:
+            return False
+        if getattr(self._service(), "keyring_epoch", None) != self._cache.epoch:
+            return False
+        purpose = self.purpose_for(tenant_id)
+        return all((v, purpose) in self._cache.keys for v in versions)
 
     def refresh(self) -> None:
         """Forgets the cached versions and keys (after a rotation or retirement)."""
@@ -321,7 +368,7 @@ class BlindIndex(IndexType):
     def _key(self, version: int, purpose: str) -> BlindIndexKey:
         key = self._cache.keys.get((version, purpose))
         if key is None:
-            key = self._service().blind_index_key(purpose, version)
+            key = off_the_loop(self._service().blind_index_key, purpose, version)
             with self._cache.lock:
                 self._cache.keys[(version, purpose)] = key
         return key
@@ -448,7 +495,7 @@ class BlindIndex(IndexType):
         (it is a bytes subclass), so the DBAPI ``Binary()`` wrapper is skipped for them.
         """
         impl = self.impl_instance.bind_processor(dialect)
-        if dialect.driver in ("psycopg", "pysqlite"):
+        if dialect.driver in ("psycopg", "pysqlite", "asyncpg"):
             impl = None
         compute = self.compute
 
@@ -463,7 +510,7 @@ class BlindIndex(IndexType):
 
     def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
         """None where the driver already returns ``bytes`` (no Python call per row)."""
-        if dialect.driver in ("psycopg", "pysqlite"):
+        if dialect.driver in ("psycopg", "pysqlite", "asyncpg"):
             return None
         return super().result_processor(dialect, coltype)
 
@@ -505,11 +552,65 @@ def lookup(
     Returns:
         The matching objects, after decrypting each candidate and comparing the normalized
         plaintexts in constant time (a truncated index returns a superset).
+
+    Raises:
+        InvalidArgumentError: The attribute has no blind index, or ``session`` is an
+            ``AsyncSession`` (use :func:`alookup`).
     """
-    column = attribute.property.columns[0]
-    index_col = index_for_source(column)
-    if index_col is None:
-        raise InvalidArgumentError("the attribute has no blind index")
+    if hasattr(session, "sync_session"):
+        raise InvalidArgumentError(
+            "lookup() takes a Session; with an AsyncSession use await alookup(session, ...)"
+        )
+    index, stmt = _lookup_statement(attribute, value, tenant_id, statement)
+    rows = session.scalars(stmt).all()
+    key = attribute.key
+    return [row for row in rows if index.values_equal(getattr(row, key), value)]
+
+
+async def alookup(
+    session: AsyncSession,
+    attribute: Any,
+    value: Any,
+    *,
+    tenant_id: str | None = None,
+    statement: Any = None,
+) -> list[Any]:
+    """:func:`lookup` for an ``AsyncSession``: the same arguments, awaited.
+
+    The index value is computed on a worker thread when its key is not cached yet (the key
+    read may call the key store and the KMS), so the event loop never waits on it.
+
+    Example::
+
+        async with AsyncSession(engine) as session:
+            users = await alookup(session, User.email, "a@x.org", tenant_id="t1")
+
+    Returns:
+        The matching objects (true matches only, as :func:`lookup`).
+
+    Raises:
+        InvalidArgumentError: The attribute has no blind index, or the index is per tenant
+            over a row tenant and ``tenant_id`` is missing.
+    """
+    import asyncio
+
+    index = _index_of(attribute)
+    if index.keys_cached(tenant_id):
+        index, stmt = _lookup_statement(attribute, value, tenant_id, statement)
+    else:
+        index, stmt = await asyncio.to_thread(
+            _lookup_statement, attribute, value, tenant_id, statement
+        )
+    rows = (await session.scalars(stmt)).all()
+    key = attribute.key
+    return [row for row in rows if index.values_equal(getattr(row, key), value)]
+
+
+def _lookup_statement(
+    attribute: Any, value: Any, tenant_id: str | None, statement: Any
+) -> tuple[BlindIndex, Any]:
+    """The blind index of ``attribute`` and the select of the candidate rows."""
+    index_col = _index_column_of(attribute)
     index: BlindIndex = index_col.type
     entity = attribute.class_
     # Built through a variable typed Any: mypy 2.4 crashes expanding select()'s overloads
@@ -517,9 +618,19 @@ def lookup(
     make_select: Any = select
     stmt = statement if statement is not None else make_select(entity)
     index_attr = getattr(entity, _attr_key(entity, index_col))
-    rows = session.scalars(stmt.where(index.where(index_attr, value, tenant_id=tenant_id))).all()
-    key = attribute.key
-    return [row for row in rows if index.values_equal(getattr(row, key), value)]
+    return index, stmt.where(index.where(index_attr, value, tenant_id=tenant_id))
+
+
+def _index_column_of(attribute: Any) -> Any:
+    index_col = index_for_source(attribute.property.columns[0])
+    if index_col is None:
+        raise InvalidArgumentError("the attribute has no blind index")
+    return index_col
+
+
+def _index_of(attribute: Any) -> BlindIndex:
+    index: BlindIndex = _index_column_of(attribute).type
+    return index
 
 
 def _attr_key(entity: Any, column: Column[Any]) -> str:

@@ -1,8 +1,21 @@
 """``greenlang-crypto db ...``: schema migrations and column jobs (PostgreSQL).
 
-Commands: ``db migrate [--down]``, ``db status``, ``db encrypt-column``, ``db reencrypt``.
+Commands: ``db migrate [--down] [--example-columns]``, ``db status``, ``db encrypt-column``,
+``db reencrypt``, ``db purge-erased``.
 The database URL comes from ``--url``, else ``GLC_DATABASE_URL``, else ``GLC_PG_URL``.
 SQLAlchemy is imported only when a ``db`` command runs.
+
+A column job takes its settings from the model with ``--model package.module:Class.attr``
+(imported from the current directory or ``PYTHONPATH``), the safe path: the job then encrypts
+and indexes exactly as the column type reads, a flag that contradicts the model is refused
+(exit 2, naming the setting), and a sample value is round-tripped through the model's type
+before any row is written. Flags alone (``--table``, ``--tenant-column``, ``--bind-row``,
+...) still work, unchecked, with a warning on stderr.
+
+``db purge-erased`` NULLs (``--action null``, the default) or deletes (``--action delete``)
+the rows whose envelopes' keys were erased, judged from the envelope headers without
+decrypting; it resumes after a crash from its checkpoint in ``glc_purge_runs``, and
+``--dry-run`` only counts. It prints scanned / erased / purged (``--json``: the whole report).
 
 A job command exits 0 only when every range of its run is done and a direct count finds no
 row left to process; 1 when rows remain or were quarantined; and with the library's typed
@@ -13,6 +26,7 @@ still hold ranges (``JobIncompleteError``, after printing this worker's summary)
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import subprocess
@@ -22,7 +36,7 @@ from typing import Any
 
 from greenlang_crypto.exceptions import ConfigurationError, JobIncompleteError
 
-__all__ = ["register"]
+__all__ = ["column_spec", "load_model_column", "register"]
 
 _NORMALIZERS = ("none", "email", "phone", "casefold", "nfc", "strip")
 _DEFAULT_LEASE_SECONDS = 60.0
@@ -40,9 +54,20 @@ def register(
     def with_url(p: argparse.ArgumentParser) -> None:
         p.add_argument("--url", help="SQLAlchemy URL (default $GLC_DATABASE_URL or $GLC_PG_URL)")
 
-    mig = ds.add_parser("migrate", help="apply (or --down: revert) the packaged SQL migrations")
+    mig = ds.add_parser(
+        "migrate",
+        help="apply (or --down: revert) the packaged SQL migrations of the library's own "
+        "schema `encryption`",
+    )
     with_url(mig)
     mig.add_argument("--down", action="store_true", help="revert the applied migrations")
+    mig.add_argument(
+        "--example-columns",
+        action="store_true",
+        help="also add the example encrypted columns to the application tables users, "
+        "api_keys and security.login_attempts where they exist (sql/example_columns.sql); "
+        "with --down, drop only those columns and leave the library's schema",
+    )
     mig.set_defaults(func=_cmd_migrate)
 
     st = ds.add_parser("status", help="applied migrations, job ranges and quarantined rows")
@@ -56,21 +81,22 @@ def register(
     ):
         p = ds.add_parser(name, help=text)
         with_url(p)
-        p.add_argument("--table", required=True)
-        p.add_argument("--column", required=True)
-        p.add_argument("--pk", default="id")
-        p.add_argument("--data-class", default="pii")
-        tenant = p.add_mutually_exclusive_group(required=True)
+        _column_arguments(p)
+        tenant = p.add_mutually_exclusive_group()
         tenant.add_argument("--tenant", help="fixed tenant_id of the column's context")
         tenant.add_argument("--tenant-column", help="column holding each row's tenant_id")
-        p.add_argument("--bind-row", action="store_true", help="values are bound to the pk")
-        p.add_argument("--kind", choices=["str", "bytes"], default="str")
-        p.add_argument("--version-column", help="integer column mirroring the key version")
-        p.add_argument("--index-column", help="blind-index column to (re)compute")
+        p.add_argument(
+            "--bind-row",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="values are bound to the pk (default: the model's, else no)",
+        )
+        p.add_argument("--data-class", help="data_class of the context (default: pii)")
+        p.add_argument("--kind", choices=["str", "bytes"], default=None)
         p.add_argument("--index-purpose")
-        p.add_argument("--index-normalizer", choices=_NORMALIZERS, default="none")
-        p.add_argument("--index-length", type=int, default=16)
-        p.add_argument("--index-per-tenant", action="store_true")
+        p.add_argument("--index-normalizer", choices=_NORMALIZERS, default=None)
+        p.add_argument("--index-length", type=int, default=None)
+        p.add_argument("--index-per-tenant", action=argparse.BooleanOptionalAction, default=None)
         p.add_argument("--batch-size", type=int, default=500)
         p.add_argument("--dry-run", action="store_true", help="count rows per state only")
         p.add_argument("--worker", help="worker name (a restarted worker resumes its ranges)")
@@ -109,6 +135,41 @@ def register(
             func=lambda a, mode=mode: _cmd_job(a, mode, make_service),
             job_mode=mode,
         )
+
+    pg = ds.add_parser(
+        "purge-erased",
+        help="NULL (or delete) the rows of a column whose keys were erased (crypto-shredded)",
+    )
+    with_url(pg)
+    _column_arguments(pg)
+    pg.add_argument(
+        "--action",
+        choices=["null", "delete"],
+        default="null",
+        help="null: the column, its index and version columns become NULL (default); "
+        "delete: the rows are deleted",
+    )
+    pg.add_argument("--batch-size", type=int, default=500)
+    pg.add_argument("--dry-run", action="store_true", help="count only; change nothing")
+    pg.add_argument("--restart", action="store_true", help="forget the checkpoint, start over")
+    pg.add_argument("--json", action="store_true", help="print the report as JSON")
+    pg.add_argument("--state-schema", default="encryption")
+    pg.set_defaults(func=lambda a: _cmd_purge(a, make_service))
+
+
+def _column_arguments(p: argparse.ArgumentParser) -> None:
+    """Where the column is: from ``--model``, or spelled out with flags."""
+    p.add_argument(
+        "--model",
+        help="the model attribute, package.module:Class.attribute (imported from the "
+        "current directory or PYTHONPATH): the job takes every setting from it and checks "
+        "a sample before writing (recommended)",
+    )
+    p.add_argument("--table")
+    p.add_argument("--column")
+    p.add_argument("--pk", help="primary-key column (default: id)")
+    p.add_argument("--version-column", help="integer column mirroring the key version")
+    p.add_argument("--index-column", help="blind-index column")
 
 
 def _url(args: argparse.Namespace) -> str:
@@ -160,16 +221,28 @@ class _RowsLeftError(Exception):
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    from greenlang_crypto.sqlalchemy.schema import apply_migrations, revert_migrations
+    from greenlang_crypto.sqlalchemy.schema import (
+        apply_example_columns,
+        apply_migrations,
+        revert_example_columns,
+        revert_migrations,
+    )
 
     engine = _engine(args)
     try:
-        if args.down:
+        if args.down and args.example_columns:
+            # Only the example: the key store holds keys that data elsewhere still needs.
+            revert_example_columns(engine)
+            print("reverted: example columns")
+        elif args.down:
             done = revert_migrations(engine)
             print("reverted: " + (", ".join(done) or "nothing"))
         else:
             done = apply_migrations(engine)
             print("applied: " + (", ".join(done) or "nothing (up to date)"))
+            if args.example_columns:
+                apply_example_columns(engine)
+                print("applied: example columns")
     finally:
         engine.dispose()
     return 0
@@ -199,33 +272,131 @@ def _normalizer(name: str) -> tuple[Any, ...]:
     }[name]
 
 
+def load_model_column(path: str) -> Any:
+    """The model attribute ``package.module:Class.attribute`` names (``--model``).
+
+    The module is imported from the current directory or ``PYTHONPATH``.
+
+    Raises:
+        InvalidArgumentError: The path is malformed, the module does not import, or the
+            attribute does not exist.
+    """
+    from greenlang_crypto.exceptions import InvalidArgumentError
+
+    module_name, sep, attr_path = path.partition(":")
+    if not sep or not module_name or not attr_path or not all(attr_path.split(".")):
+        raise InvalidArgumentError(
+            f"--model {path!r}: expected package.module:Class.attribute "
+            "(for example app.models:User.email)"
+        )
+    # A console script's sys.path starts with its own directory, not the working one.
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as exc:  # the application's module may fail in any way at import
+        raise InvalidArgumentError(
+            f"--model {path!r}: cannot import {module_name!r} ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())})"
+        ) from None
+    for part in attr_path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise InvalidArgumentError(f"--model {path!r}: no attribute {part!r}") from None
+    return obj
+
+
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    """The spec settings given as flags (``None``: not given)."""
+    normalizer = getattr(args, "index_normalizer", None)
+    return {
+        "table": args.table,
+        "column": args.column,
+        "pk": args.pk,
+        "data_class": getattr(args, "data_class", None),
+        "tenant_id": getattr(args, "tenant", None),
+        "tenant_column": getattr(args, "tenant_column", None),
+        "bind_row": getattr(args, "bind_row", None),
+        "kind": getattr(args, "kind", None),
+        "index_column": args.index_column,
+        "index_purpose": getattr(args, "index_purpose", None),
+        "index_normalizer": None if normalizer is None else _normalizer(normalizer),
+        "index_length": getattr(args, "index_length", None),
+        "index_per_tenant": getattr(args, "index_per_tenant", None),
+    }
+
+
+def column_spec(args: argparse.Namespace, *, need_tenant: bool = True) -> Any:
+    """The job's :class:`ColumnSpec`: from ``--model`` (flags must agree), else from flags.
+
+    Raises:
+        JobSpecMismatchError: A flag contradicts the model (the message names the setting).
+        InvalidArgumentError: ``--model`` is unusable, or without it a required flag is
+            missing.
+    """
+    from greenlang_crypto.exceptions import InvalidArgumentError
+    from greenlang_crypto.sqlalchemy._job_spec import ColumnSpec, JobSpecMismatchError
+
+    given = _given(args)
+    if args.model:
+        column = load_model_column(args.model)
+        try:
+            spec = ColumnSpec.from_model(column, version_column=args.version_column)
+        except JobSpecMismatchError:
+            raise
+        except InvalidArgumentError as exc:
+            raise InvalidArgumentError(f"--model {args.model!r}: {exc}") from None
+        differing = spec.differences(given)
+        if differing:
+            raise JobSpecMismatchError(
+                f"flags contradict the model {args.model}: "
+                + "; ".join(differing)
+                + " (leave them out: --model gives them)"
+            )
+        return spec
+    missing = [f"--{n}" for n in ("table", "column") if given[n] is None]
+    if need_tenant and given["tenant_id"] is None and given["tenant_column"] is None:
+        missing.append("--tenant or --tenant-column")
+    if missing:
+        raise InvalidArgumentError(
+            "give --model package.module:Class.attribute, or " + ", ".join(missing)
+        )
+    if not need_tenant:
+        return None
+    print(
+        "warning: the job's settings come from flags alone and cannot be checked against the "
+        "model the application reads with; a flag that differs from the model (for example "
+        "--bind-row with a FromRow tenant) writes values every read refuses. Pass --model "
+        "package.module:Class.attribute to take them from the model.",
+        file=sys.stderr,
+    )
+    defaults: dict[str, Any] = {
+        "pk": "id",
+        "data_class": "pii",
+        "bind_row": False,
+        "kind": "str",
+        "index_normalizer": (),
+        "index_length": 16,
+        "index_per_tenant": False,
+    }
+    settings: dict[str, Any] = {k: (defaults.get(k) if v is None else v) for k, v in given.items()}
+    return ColumnSpec(**settings, version_column=args.version_column)
+
+
 def _cmd_job(args: argparse.Namespace, mode: str, make_service: Callable[..., Any]) -> int:
+    spec = column_spec(args)
     if args.workers > 1 and not args.dry_run:
         return _spawn_workers(args)
     from greenlang_crypto.audit import acting_as
+    from greenlang_crypto.sqlalchemy._job_check import check_job
     from greenlang_crypto.sqlalchemy.migrate import (
         ColumnJob,
-        ColumnSpec,
         enforce_ciphertext,
         retire_if_clear,
     )
 
-    spec = ColumnSpec(
-        table=args.table,
-        column=args.column,
-        pk=args.pk,
-        data_class=args.data_class,
-        tenant_id=args.tenant,
-        tenant_column=args.tenant_column,
-        bind_row=args.bind_row,
-        kind=args.kind,
-        version_column=args.version_column,
-        index_column=args.index_column,
-        index_purpose=args.index_purpose,
-        index_normalizer=_normalizer(args.index_normalizer),
-        index_length=args.index_length,
-        index_per_tenant=args.index_per_tenant,
-    )
     service = make_service(args)
     engine = _engine(args)
     bar: Any = None
@@ -254,6 +425,9 @@ def _cmd_job(args: argparse.Namespace, mode: str, make_service: Callable[..., An
             state_schema=args.state_schema,
             progress=progress,
         )
+        # With --model: the spec agrees with the model on a sample, before anything is
+        # audited or written (exit 2 naming the setting otherwise).
+        check_job(job)
         if args.dry_run:
             print(json.dumps(job.dry_run().as_dict(), indent=2))
             return 0
@@ -336,6 +510,79 @@ def _cmd_job(args: argparse.Namespace, mode: str, make_service: Callable[..., An
     finally:
         if bar is not None:
             bar.close()
+        engine.dispose()
+        service.close()
+
+
+def _cmd_purge(args: argparse.Namespace, make_service: Callable[..., Any]) -> int:
+    """``db purge-erased``: prints the report; exit 0 once every row was scanned."""
+    from greenlang_crypto.audit import acting_as
+    from greenlang_crypto.sqlalchemy._purge import PurgeTarget, purge_erased
+
+    if args.model:
+        target = PurgeTarget.of(column_spec(args, need_tenant=False))
+    else:
+        column_spec(args, need_tenant=False)  # --table and --column are given
+        target = PurgeTarget(
+            table=args.table,
+            column=args.column,
+            pk=args.pk or "id",
+            index_column=args.index_column,
+            version_column=args.version_column,
+        )
+    service = make_service(args)
+    engine = _engine(args)
+    try:
+
+        def purge() -> Any:
+            return purge_erased(
+                engine,
+                target,
+                service,
+                action=args.action,
+                dry_run=args.dry_run,
+                batch_size=args.batch_size,
+                restart=args.restart,
+                state_schema=args.state_schema,
+            )
+
+        if args.dry_run:
+            report = purge()
+        else:
+            audit = _open_audit(service)
+            try:
+                with (
+                    acting_as(_cli_actor()),
+                    audit.audited(
+                        "db_purge_erased",
+                        details={
+                            "table": target.table,
+                            "column": target.column,
+                            "action": args.action,
+                        },
+                    ) as outcome,
+                ):
+                    report = purge()
+                    outcome.update(
+                        {k: report.as_dict()[k] for k in ("run", "scanned", "erased", "purged")}
+                    )
+            finally:
+                audit.close()
+        data = report.as_dict()
+        if args.json:
+            print(json.dumps(data))
+        else:
+            verb = "would purge" if report.dry_run else "purged"
+            count = report.erased if report.dry_run else report.purged
+            resumed = f" (resumed after pk {report.resumed_after})" if report.resumed_after else ""
+            print(
+                f"{target.table}.{target.column}: scanned {report.scanned}, erased "
+                f"{report.erased}, {verb} {count} (action {args.action}){resumed}; "
+                f"left alone: {report.not_envelope} not envelopes, "
+                f"{report.unreadable_header} unreadable headers"
+            )
+        return 0
+    finally:
         engine.dispose()
         service.close()
 

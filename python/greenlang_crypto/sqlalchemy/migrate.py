@@ -75,16 +75,19 @@ ranges, leases, retries, the remaining count); ``_job_spec`` holds the spec and 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from sqlalchemy import text
-from sqlalchemy.engine import Engine
+from sqlalchemy import CheckConstraint, text
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.sql.elements import conv
 
 from greenlang_crypto import parse_envelope
 from greenlang_crypto._core import ENVELOPE_MAGIC
@@ -115,6 +118,8 @@ __all__ = [
     "DryRunReport",
     "JobReport",
     "PlaintextFoundError",
+    "ciphertext_check",
+    "ciphertext_check_name",
     "enforce_ciphertext",
     "retire_if_clear",
 ]
@@ -128,7 +133,11 @@ class ColumnJob(_JobBatches):
     """Encrypts (``mode="encrypt"``) or re-encrypts (``mode="reencrypt"``) one column.
 
     Args:
-        engine: A PostgreSQL engine.
+        engine: A PostgreSQL engine; or a connection in an open transaction (an Alembic
+            migration's ``op.get_bind()``), on which the job then runs entirely: each batch
+            is a SAVEPOINT, nothing commits before the caller's transaction does, and the
+            job opens no connection of its own (which would wait on the caller's locks).
+            A lost connection is then not retried (its transaction is gone).
         service: The EncryptionService (the only thing that encrypts or decrypts).
         spec: The column.
         mode: ``encrypt`` (phase 1 migration) or ``reencrypt`` (move to the primary version).
@@ -154,7 +163,7 @@ class ColumnJob(_JobBatches):
 
     def __init__(
         self,
-        engine: Engine,
+        engine: Engine | Connection,
         service: EncryptionService,
         spec: ColumnSpec,
         *,
@@ -187,7 +196,11 @@ class ColumnJob(_JobBatches):
             raise InvalidArgumentError("wait_leases must not be negative")
         if max_retries < 0:
             raise InvalidArgumentError("max_retries must not be negative")
-        self.engine = engine
+        if isinstance(engine, Connection):
+            self._connection = engine
+            self.engine = engine.engine
+        else:
+            self.engine = engine
         self.service = service
         self.spec = spec
         self.mode = mode
@@ -248,6 +261,9 @@ class ColumnJob(_JobBatches):
                 :attr:`last_report` holds this worker's figures.
             KeyStateError: Verification after write failed (the batch was rolled back).
         """
+        from greenlang_crypto.sqlalchemy._job_check import check_job
+
+        check_job(self)  # a spec built from a model must round-trip a sample before any write
         started = time.perf_counter()
         self.last_report = None
         self._retrying(None, self.ensure_tables)
@@ -323,7 +339,7 @@ class ColumnJob(_JobBatches):
         out = DryRunReport(self.spec.table, self.spec.column)
         last: str | None = None
         while True:
-            with self.engine.connect() as conn:
+            with self._connect() as conn:
                 n = self._names(conn)
                 pk_type = self._pk_sql_type(conn)
                 cond, params = "TRUE", {}
@@ -361,7 +377,7 @@ class ColumnJob(_JobBatches):
     def quarantined(self) -> list[tuple[str, str, int | None]]:
         """The quarantine entries of this job: ``(pk, reason, key_version)``."""
         self.ensure_tables()
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             n = self._names(conn)
             return [
                 (str(pk), str(reason), version)
@@ -375,32 +391,100 @@ class ColumnJob(_JobBatches):
             ]
 
 
-def enforce_ciphertext(engine: Engine, spec: ColumnSpec, *, add_constraint: bool = True) -> None:
+# Quotes the column of a model's constraint as the job quotes it on PostgreSQL.
+_PG = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+
+def ciphertext_check_name(column: str) -> str:
+    """The name of the phase-2 CHECK constraint of ``column``: ``glc_<column>_is_envelope``.
+
+    One name whoever creates the constraint (:func:`enforce_ciphertext`, the CLI's phase 2,
+    the Alembic operation ``op.forbid_plaintext``, a model declaring :func:`ciphertext_check`).
+    """
+    return f"glc_{column}_is_envelope"
+
+
+def _ciphertext_predicate(col: str) -> str:
+    """The phase-2 condition on the quoted column ``col``: NULL or an envelope (0xFA first)."""
+    magic = f"get_byte({col}, 0) = {ENVELOPE_MAGIC:d}"
+    return f"{col} IS NULL OR (octet_length({col}) > 0 AND {magic})"
+
+
+def ciphertext_check(column: str, *, name: str | None = None) -> CheckConstraint:
+    """The phase-2 CHECK constraint of ``column``, for a model's ``__table_args__``.
+
+    The same name and condition that :func:`enforce_ciphertext` (and ``op.forbid_plaintext``)
+    create, so a model declaring it matches the database: ``metadata.create_all`` of a fresh
+    database creates it too. The name is final (``conv``): a ``naming_convention`` on the
+    model's MetaData does not rename it. Declare it only once phase 2 is applied: phase 1
+    still stores plaintext.
+
+    Args:
+        column: The encrypted column's name.
+        name: Another constraint name (default :func:`ciphertext_check_name`).
+    """
+    quoted = _PG.identifier_preparer.quote(column)
+    return CheckConstraint(
+        _ciphertext_predicate(quoted), name=conv(name or ciphertext_check_name(column))
+    )
+
+
+@contextlib.contextmanager
+def _unit(engine: Engine | Connection) -> Iterator[Connection]:
+    """A transaction on ``engine``, or a SAVEPOINT in the open transaction of a connection."""
+    if isinstance(engine, Connection):
+        with engine.begin_nested():
+            yield engine
+    else:
+        with engine.begin() as conn:
+            yield conn
+
+
+def enforce_ciphertext(
+    engine: Engine | Connection,
+    spec: ColumnSpec,
+    *,
+    add_constraint: bool = True,
+    name: str | None = None,
+) -> None:
     """Phase 2: fails if any value is not an envelope, then keeps new plaintext out.
 
     The check is ``col IS NULL OR get_byte(col, 0) = 250`` (``ENVELOPE_MAGIC``, 0xFA);
-    with ``add_constraint`` it becomes a CHECK constraint ``glc_<column>_is_envelope``.
+    with ``add_constraint`` it becomes the CHECK constraint :func:`ciphertext_check_name`
+    (or ``name``), unless the table has a constraint of that name already.
+
+    Args:
+        engine: A PostgreSQL engine (one transaction), or a connection in an open transaction
+            (an Alembic migration's; the work is a SAVEPOINT in it).
+        spec: The column.
+        add_constraint: Also add the CHECK constraint.
+        name: The constraint name (default :func:`ciphertext_check_name`).
 
     Raises:
-        PlaintextFoundError: Some rows hold plaintext (their count is in the message).
+        PlaintextFoundError: Some rows hold plaintext (their count is in the message); nothing
+            was changed.
     """
-    with engine.begin() as conn:
+    constraint = name or ciphertext_check_name(spec.column)
+    with _unit(engine) as conn:
         t, col = _quote(conn, spec.table), _quote(conn, spec.column)
-        magic = f"get_byte({col}, 0) = {ENVELOPE_MAGIC:d}"
-        predicate = f"{col} IS NULL OR (octet_length({col}) > 0 AND {magic})"
+        predicate = _ciphertext_predicate(col)
         bad = conn.execute(text(f"SELECT count(*) FROM {t} WHERE NOT ({predicate})")).scalar()
         if bad:
             raise PlaintextFoundError(f"{bad} row(s) of {spec.table}.{spec.column} hold plaintext")
         if add_constraint:
-            name = _quote(conn, f"glc_{spec.column}_is_envelope")
             exists = conn.execute(
                 text(
                     "SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass(:t) AND conname = :n"
                 ),
-                {"t": t, "n": f"glc_{spec.column}_is_envelope"},
+                {"t": t, "n": constraint},
             ).first()
             if not exists:
-                conn.execute(text(f"ALTER TABLE {t} ADD CONSTRAINT {name} CHECK ({predicate})"))
+                conn.execute(
+                    text(
+                        f"ALTER TABLE {t} ADD CONSTRAINT {_quote(conn, constraint)} "
+                        f"CHECK ({predicate})"
+                    )
+                )
 
 
 def retire_if_clear(

@@ -19,9 +19,18 @@ Per flush:
   object never exposes ciphertext and is not marked dirty again.
 * ``load`` / ``refresh``: decrypt row-bound values with the loaded primary key and tenant.
 
-Before a mapper is configured, its blind-index columns are made deferred (unless declared with
-``BlindIndex(..., orm_deferred=False)``): entity loads leave them out, since nothing in Python
-needs them (lookups compare them in SQL, flushes only write them).
+Per Session execution (``do_orm_execute``), once a model with a row-bound column exists: a
+select of row-bound columns as columns (``select(User.id, User.tenant_id, User.email)``) is
+decrypted row by row with the row's binding columns, or refused with
+:class:`~.types.SealedColumnError` naming the columns it lacks. Entity loads are left to the
+``load`` hook.
+
+Before a mapper is configured, its blind-index columns are made deferred with raiseload
+(unless declared with ``BlindIndex(..., orm_deferred=False)``): entity loads leave them out,
+since nothing in Python needs them (lookups compare them in SQL, flushes only write them), and
+reading the attribute of a loaded object raises SQLAlchemy's ``InvalidRequestError`` instead of
+running a query behind the attribute, which under asyncio would fail with ``MissingGreenlet``.
+``options(undefer(User.email_bidx))`` or ``session.refresh(user, ["email_bidx"])`` loads it.
 """
 
 from __future__ import annotations
@@ -32,13 +41,26 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import event, inspect
-from sqlalchemy.orm import ColumnProperty, InstanceState, Mapper, Session, attributes
+from sqlalchemy.orm import (
+    ColumnProperty,
+    InstanceState,
+    Mapper,
+    ORMExecuteState,
+    Session,
+    attributes,
+)
 from sqlalchemy.orm.base import instance_state
 
 from greenlang_crypto.exceptions import InvalidArgumentError
 from greenlang_crypto.sqlalchemy._common import FromRow
 from greenlang_crypto.sqlalchemy.blind_index import BlindIndex
-from greenlang_crypto.sqlalchemy.types import EncryptedType, SealedValue
+from greenlang_crypto.sqlalchemy.types import (
+    ORM_CHECKED,
+    EncryptedType,
+    SealedColumnError,
+    SealedValue,
+    row_bound_slots,
+)
 
 __all__ = ["install"]
 
@@ -254,6 +276,11 @@ def _build(mapper: Mapper[Any]) -> _Binder | None:
         typ = prop.columns[0].type
         if isinstance(typ, EncryptedType) and typ.bind_row:
             binder.sealed.append((prop.key, typ))
+            if isinstance(typ.tenant_id, FromRow):
+                # Column selects find the row tenant by its column (see row_bound_slots).
+                tenant_prop = mapper.get_property(typ.tenant_id.attribute)
+                if isinstance(tenant_prop, ColumnProperty) and len(tenant_prop.columns) == 1:
+                    typ.tenant_column = tenant_prop.columns[0].name
         elif isinstance(typ, BlindIndex):
             table = prop.columns[0].table
             assert table is not None
@@ -278,6 +305,8 @@ def install(mapper: Mapper[Any]) -> None:
     event.listen(mapper, "before_insert", binder.before_insert, raw=True)
     event.listen(mapper, "before_update", binder.before_update, raw=True)
     if binder.sealed:
+        if not event.contains(Session, "do_orm_execute", _decrypt_column_selects):
+            event.listen(Session, "do_orm_execute", _decrypt_column_selects)
         event.listen(mapper, "after_insert", lambda m, c, t: binder.after_write(t))
         event.listen(mapper, "after_update", lambda m, c, t: binder.after_write(t))
         cls = mapper.class_
@@ -297,6 +326,66 @@ def install(mapper: Mapper[Any]) -> None:
 
 def _keep_old(target: Any, value: Any, oldvalue: Any, initiator: Any) -> None:
     """No-op "set" listener whose only job is to request active history."""
+
+
+def _decrypt_column_selects(state: ORMExecuteState) -> Any:
+    """``do_orm_execute``: decrypt the row-bound columns of a column select, or refuse it."""
+    stmt: Any = state.statement
+    if not state.is_select:
+        returning = getattr(stmt, "returning_column_descriptions", None)
+        if returning and _slots(returning):
+            # RETURNING rows are not decrypted column by column; returning the entity
+            # (insert(User).returning(User)) goes through the load hook.
+            raise SealedColumnError(
+                "RETURNING a row-bound encrypted column is not decrypted: return the entity"
+            )
+        state.update_execution_options(**{ORM_CHECKED: True})
+        return None
+    raw = getattr(stmt, "_raw_columns", None)
+    if raw is None:
+        # A textual select: the Core check sees its result columns.
+        return None
+    state.update_execution_options(**{ORM_CHECKED: True})
+    if state.is_column_load or state.is_relationship_load:
+        return None
+    # The common case, entity loads and selects of other columns, costs one pass here.
+    if not any(_may_be_row_bound(c) for c in raw):
+        return None
+    slots = _slots(stmt.column_descriptions)
+    if not slots:
+        return None
+    frozen = state.invoke_statement().freeze()
+    rows = []
+    for row in frozen.data:
+        values = list(row)
+        for pos, typ, pk_positions, tenant_pos in slots:
+            sealed = values[pos]
+            if sealed is None:
+                continue
+            pks = [values[i] for i in pk_positions]
+            pk: object = pks[0] if len(pks) == 1 else tuple(pks)
+            tenant = None if tenant_pos is None else str(values[tenant_pos])
+            values[pos] = typ.decrypt_value(sealed, pk, tenant)
+        rows.append(tuple(values))
+    return frozen.with_new_rows(rows)()  # type: ignore[arg-type]
+
+
+def _slots(descriptions: Any) -> list[tuple[int, EncryptedType, list[int], int | None]]:
+    """row_bound_slots of a statement's column descriptions (entities take one position)."""
+    return row_bound_slots(
+        [None if isinstance(d.get("type"), type) else d.get("expr") for d in descriptions]
+    )
+
+
+def _may_be_row_bound(raw_column: Any) -> bool:
+    typ = getattr(raw_column, "type", None)
+    if isinstance(typ, EncryptedType):
+        return typ.bind_row
+    # A subquery or other FROM selected whole: look at its columns.
+    columns = getattr(raw_column, "exported_columns", None)
+    if columns is None or getattr(raw_column, "_annotations", {}).get("parententity"):
+        return False
+    return any(isinstance(c.type, EncryptedType) and c.type.bind_row for c in columns)
 
 
 @event.listens_for(Session, "before_flush")
@@ -364,8 +453,10 @@ def _defer_blind_indexes(mapper: Mapper[Any], class_: type) -> None:
                 ("deferred", True),
                 ("instrument", prop.instrument),
             )
-            if prop.raiseload:
-                key += (("raiseload", True),)
+            # raiseload: an unloaded index attribute never runs a query when read (under
+            # asyncio that query would fail with MissingGreenlet).
+            prop.raiseload = True
+            key += (("raiseload", True),)
             prop.strategy_key = key
 
 

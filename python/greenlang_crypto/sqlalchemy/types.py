@@ -13,7 +13,26 @@ Each value is encrypted under an :class:`~greenlang_crypto.context.EncryptionCon
   assigned by the database *during* the INSERT, too late for the ciphertext in that INSERT, so
   row binding requires a client-side primary key: set explicitly, or a Python-side
   ``default=`` (``uuid.uuid4``, a sequence-free generator), which the hook evaluates early.
-  Through Core, a row-bound column reads as ciphertext (:class:`SealedValue`).
+
+  Selecting a row-bound column as a column (``select(User.id, User.tenant_id, User.email)``)
+  through a Session decrypts it when the row also holds its binding columns (the primary key
+  and the ``FromRow`` tenant of the same table); without them, or through a Core connection
+  (which has no place to decrypt a value with the rest of its row), the execution raises
+  :class:`SealedColumnError` naming what to add. ``type_coerce(User.email, LargeBinary)``
+  selects the stored envelope itself, on purpose.
+
+*Erased tenants.* A value whose key was erased (crypto-shredded) raises
+:class:`~greenlang_crypto.exceptions.DataErasedError`; with ``skip_erased=True`` the column
+reads as ``None`` instead, so one shredded row does not fail a query over many tenants.
+
+*asyncio.* Under SQLAlchemy's asyncio extension (``AsyncSession``, ``AsyncConnection``) the
+slow paths (a DEK cache miss, which calls the KMS; an index key read) run on a worker thread
+while the event loop goes on, and cache hits run in place (see
+:func:`~._common.off_the_loop`). That covers flushes, statement parameters, and every row an
+``AsyncSession`` loads. One exception: the rows of ``await async_conn.execute(...)`` (Core)
+are converted when the application reads them, after the await, outside SQLAlchemy's
+greenlet; a miss there blocks the loop for one KMS round trip. ``await async_conn.stream(...)``
+or an ``AsyncSession`` avoids it.
 
 ``None`` is SQL NULL in both directions and is never encrypted; ``""`` round-trips as an
 envelope of zero bytes, distinct from NULL. Comparing an encrypted column with ``==`` is
@@ -23,17 +42,19 @@ ciphertexts never compare equal, so a plain comparison would silently match noth
 
 from __future__ import annotations
 
+import functools
 import json
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import Column, LargeBinary, Table, event
-from sqlalchemy.engine import Dialect
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.sql.elements import ColumnElement, Label
 from sqlalchemy.types import TypeDecorator
 
 from greenlang_crypto.context import EncryptionContext
-from greenlang_crypto.exceptions import DecryptionError, InvalidArgumentError
+from greenlang_crypto.exceptions import DataErasedError, DecryptionError, InvalidArgumentError
 
 # Imported for its effect: the ORM hooks (row binding, blind-index filling) are loaded before
 # any mapper using these types is configured, also when this module is imported directly
@@ -44,8 +65,10 @@ from greenlang_crypto.sqlalchemy._common import (
     FromRow,
     ServiceRef,
     TenantSpec,
+    in_async_greenlet,
     is_envelope,
     location_aad,
+    off_the_loop,
     resolve_service,
     row_aad,
 )
@@ -57,7 +80,9 @@ __all__ = [
     "EncryptedString",
     "EncryptedText",
     "EncryptedType",
+    "SealedColumnError",
     "SealedValue",
+    "row_bound_slots",
 ]
 
 
@@ -65,11 +90,33 @@ class SealedValue(bytes):
     """A ciphertext that the column type passes through unchanged.
 
     The ORM hooks of row-bound columns put one into the attribute just before the INSERT or
-    UPDATE (and restore the plaintext right after); reading a row-bound column through Core
-    returns one.
+    UPDATE (and restore the plaintext right after), and read one from the database before
+    decrypting it with the row's primary key and tenant. Application code never receives one
+    from a query (see :class:`SealedColumnError`); binding one writes a stored envelope as is.
     """
 
     __slots__ = ()
+
+
+class SealedColumnError(InvalidArgumentError):
+    """A row-bound column was selected where its value cannot be decrypted.
+
+    Raised when the statement executes, before it reaches the database, instead of returning
+    ciphertext: a row-bound value can only be decrypted with its row's primary key and tenant,
+    so a column select must include them, and run through a Session. ``columns`` names the
+    binding columns to add (empty when the select has them but runs on a Core connection, or
+    selects an expression over the column rather than the column).
+
+    Example::
+
+        session.execute(select(User.id, User.email))
+        # SealedColumnError: ... add users.tenant_id to the select
+        session.execute(select(User.id, User.tenant_id, User.email))  # plaintext e-mails
+    """
+
+    def __init__(self, message: str, columns: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.columns = tuple(columns)
 
 
 class EncryptedType(TypeDecorator[Any]):
@@ -84,10 +131,28 @@ class EncryptedType(TypeDecorator[Any]):
         location: Override the ``"table|column"`` binding (default: taken from the column).
         allow_plaintext: Read a stored non-envelope value as plaintext instead of failing.
             Only for phase 1 of a plaintext-to-ciphertext migration (see :mod:`.migrate`).
+        skip_erased: Read a value whose key was erased (its tenant crypto-shredded) as
+            ``None`` instead of raising :class:`~greenlang_crypto.exceptions.DataErasedError`,
+            so that a query over many tenants still returns the others' rows. Any other
+            decryption failure still raises.
 
     Raises:
         InvalidArgumentError: A row-bound or row-tenant column is written outside an ORM flush,
             or a str holds a lone surrogate (before any KMS call).
+        SealedColumnError: A row-bound column is selected without its binding columns, or
+            through a Core connection.
+        DataErasedError: The value's key was erased (unless ``skip_erased``).
+
+    Example::
+
+        class User(Base):
+            __tablename__ = "users"
+            id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+            tenant_id: Mapped[str]
+            email: Mapped[str] = mapped_column(
+                EncryptedString(svc, data_class="pii", tenant_id=FromRow("tenant_id"),
+                                skip_erased=True)
+            )
     """
 
     impl = LargeBinary
@@ -102,6 +167,7 @@ class EncryptedType(TypeDecorator[Any]):
         bind_row: bool = False,
         location: str | None = None,
         allow_plaintext: bool = False,
+        skip_erased: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(data_class, str) or not data_class:
@@ -115,6 +181,16 @@ class EncryptedType(TypeDecorator[Any]):
         self.bind_row = bind_row or isinstance(tenant_id, FromRow)
         self.location = location
         self.allow_plaintext = allow_plaintext
+        self.skip_erased = skip_erased
+        # tenant -> until when its DEK is taken as cached (asyncio row-bound reads).
+        self._warm: dict[str, float] = {}
+        #: Name of the table column holding the row tenant (set by the ORM hooks from the
+        #: mapping; the FromRow attribute name until then).
+        self.tenant_column: str | None = (
+            tenant_id.attribute if isinstance(tenant_id, FromRow) else None
+        )
+        if self.bind_row:
+            _watch_row_bound_selects()
         self._contexts = ContextCache(data_class)
         self._aad: bytes | None = location_aad(*location.split("|", 1)) if location else None
         self._table_column: tuple[str, str] | None = (
@@ -183,7 +259,11 @@ class EncryptedType(TypeDecorator[Any]):
             return None
         if type(value) is SealedValue:
             return bytes(value)
-        return resolve_service(self.service).encrypt(self.to_bytes(value), ctx, associated_data=aad)
+        svc = resolve_service(self.service)
+        if not in_async_greenlet():
+            return svc.encrypt(self.to_bytes(value), ctx, associated_data=aad)
+        encrypt = functools.partial(svc.encrypt, associated_data=aad)
+        return off_the_loop(encrypt, self.to_bytes(value), ctx)
 
     def _decrypt_raw(self, stored: Any, ctx: EncryptionContext, aad: bytes | None) -> bytes:
         """Plaintext bytes of a stored value (a phase-1 plaintext is returned as stored)."""
@@ -191,12 +271,21 @@ class EncryptedType(TypeDecorator[Any]):
             stored = bytes(stored)
         if self.allow_plaintext and not is_envelope(stored):
             return stored  # type: ignore[no-any-return]
-        return resolve_service(self.service).decrypt(stored, ctx, associated_data=aad)
+        svc = resolve_service(self.service)
+        if not in_async_greenlet():
+            return svc.decrypt(stored, ctx, associated_data=aad)
+        decrypt = functools.partial(svc.decrypt, associated_data=aad)
+        return off_the_loop(decrypt, stored, ctx)
 
     def _decrypt_one(self, stored: Any, ctx: EncryptionContext, aad: bytes | None) -> Any:
         if stored is None:
             return None
-        return self.from_bytes(self._decrypt_raw(stored, ctx, aad))
+        try:
+            return self.from_bytes(self._decrypt_raw(stored, ctx, aad))
+        except DataErasedError:
+            if self.skip_erased:
+                return None
+            raise
 
     def encrypt_value(
         self, value: Any, pk: object = None, tenant_id: str | None = None
@@ -221,14 +310,52 @@ class EncryptedType(TypeDecorator[Any]):
         else:
             aads = [self.associated_data_for()] * len(values)
         to_bytes = self.to_bytes
-        return resolve_service(self.service).encrypt_batch(
-            [to_bytes(v) for v in values], ctx, associated_data=aads
-        )
+        data = [to_bytes(v) for v in values]
+        svc = resolve_service(self.service)
+        batch = functools.partial(svc.encrypt_batch, associated_data=aads)
+        if not in_async_greenlet():
+            return batch(data, ctx)
+        # Under asyncio: seal the first value through the cache alone. A hit means the batch
+        # will hit too, and runs here; a miss sends the whole batch to a worker thread.
+        probe = svc.value_encryptor(ctx, associated_data=aads[0], fallback=_raise_miss)
+        try:
+            first = probe(data[0])
+        except _CacheMissError:
+            return off_the_loop(batch, data, ctx)
+        rest = svc.encrypt_batch(data[1:], ctx, associated_data=aads[1:]) if data[1:] else []
+        return [first, *rest]
 
     def decrypt_value(self, stored: bytes, pk: object = None, tenant_id: str | None = None) -> Any:
-        """Decrypts one stored value of this column (plaintext passes in phase 1 only)."""
+        """Decrypts one stored value of this column (plaintext passes in phase 1 only).
+
+        Raises:
+            DecryptionError: The value does not authenticate under this binding.
+            DataErasedError: Its key was erased (``None`` is returned with ``skip_erased``).
+        """
         ctx = self.context_for(tenant_id)
-        return self._decrypt_one(stored, ctx, self.associated_data_for(pk, ctx.tenant_id))
+        aad = self.associated_data_for(pk, ctx.tenant_id)
+        if stored is None or self.allow_plaintext or not in_async_greenlet():
+            return self._decrypt_one(stored, ctx, aad)
+        # Under asyncio: a cache-only probe opens the value when its DEK is cached, and a
+        # miss takes _decrypt_one, which moves the KMS call off the event loop. The probe
+        # costs a few microseconds, so once it has hit, the context's next values are opened
+        # directly for a second (the DEK is cached for minutes): a load of many rows probes
+        # once per tenant.
+        now = time.monotonic()
+        warm = self._warm
+        if warm.get(ctx.tenant_id, 0.0) > now:
+            return self._decrypt_one(stored, ctx, aad)
+        opener = resolve_service(self.service).value_decryptor(
+            ctx, associated_data=aad, fallback=_raise_miss
+        )
+        try:
+            data = opener(stored)
+        except _CacheMissError:
+            return self._decrypt_one(stored, ctx, aad)
+        if len(warm) > 10_000:
+            warm.clear()
+        warm[ctx.tenant_id] = now + 1.0
+        return self.from_bytes(data)
 
     def _check_writable(self) -> None:
         if self.bind_row:
@@ -256,8 +383,14 @@ class EncryptedType(TypeDecorator[Any]):
         if not (is_str or type(self) is EncryptedBytes):
             # Other types serialize in Python first; only the sealing is fast.
             to_bytes = self.to_bytes
-            # Its fallback is the service's own encrypt: the value is serialized already.
-            fast = svc.value_encryptor(ctx, associated_data=aad)
+            # Its fallback is the service's own encrypt (the value is serialized already),
+            # off the event loop under asyncio.
+            seal = functools.partial(svc.encrypt, associated_data=aad)
+
+            def sealed_fallback(data: Any) -> Any:
+                return off_the_loop(seal, data, ctx)
+
+            fast = svc.value_encryptor(ctx, associated_data=aad, fallback=sealed_fallback)
 
             def process(value: Any) -> Any:
                 if value is None or type(value) is SealedValue:
@@ -287,14 +420,24 @@ class EncryptedType(TypeDecorator[Any]):
 
             return svc.value_decryptor(ctx, associated_data=aad, text=is_str, fallback=fallback)
 
+        skip_erased = self.skip_erased
+
         def raw(value: Any) -> Any:
-            return decrypt_raw(value, ctx, aad)
+            try:
+                return decrypt_raw(value, ctx, aad)
+            except DataErasedError:
+                if skip_erased:
+                    return _ERASED
+                raise
 
         opener = svc.value_decryptor(ctx, associated_data=aad, fallback=raw)
         from_bytes = self.from_bytes
 
         def process(value: Any) -> Any:
-            return None if value is None else from_bytes(opener(value))
+            if value is None:
+                return None
+            data = opener(value)
+            return None if data is _ERASED else from_bytes(data)
 
         return process
 
@@ -343,14 +486,14 @@ class EncryptedType(TypeDecorator[Any]):
     # encryption each extra Python call is a visible share of a 10,000-row insert or select
     # (benches/gate_sqlalchemy.py).
     def bind_processor(self, dialect: Dialect) -> Any:
-        """Encrypt, then the impl's DBAPI binary wrapping (none for psycopg and pysqlite)."""
+        """Encrypt, then the impl's DBAPI binary wrapping (none for psycopg, pysqlite, asyncpg)."""
         if self.bind_row or self._aad is None:
             return super().bind_processor(dialect)
         impl = self.impl_instance.bind_processor(dialect)
         encrypt = self._per_tenant(self._encryptor)
-        if impl is None or dialect.driver in ("psycopg", "pysqlite"):
-            # Both drivers bind plain bytes natively as bytea / BLOB; skipping the per-value
-            # DBAPI Binary() wrapper object saves a Python allocation per row.
+        if impl is None or dialect.driver in ("psycopg", "pysqlite", "asyncpg"):
+            # These drivers bind plain bytes natively as bytea / BLOB (asyncpg's Binary() is
+            # the identity); skipping the per-value wrapper saves a Python call per row.
             return encrypt
 
         def process(value: Any) -> Any:
@@ -374,21 +517,59 @@ class EncryptedType(TypeDecorator[Any]):
         return process
 
     class comparator_factory(TypeDecorator.Comparator[Any]):  # noqa: N801 - SQLAlchemy's name
-        """Redirects ``==`` to the column's blind index; other comparisons are refused."""
+        """Redirects ``==`` to the column's blind index; other comparisons are refused.
+
+        :meth:`matches` is the same comparison with an explicit tenant, for per-tenant
+        indexes whose tenant comes from the row.
+        """
 
         def __hash__(self) -> int:
             return hash(self.expr)
 
-        def __eq__(self, other: Any) -> ColumnElement[bool]:  # type: ignore[override]
-            if other is None:
-                return self.expr.is_(None)
+        def _index_column(self) -> Any:
             index_col = index_for_source(self.expr)
             if index_col is None:
                 raise InvalidArgumentError(
                     "an encrypted column can only be compared through a blind index; "
                     "declare BlindIndex(...) on it"
                 )
+            return index_col
+
+        def __eq__(self, other: Any) -> ColumnElement[bool]:  # type: ignore[override]
+            if other is None:
+                return self.expr.is_(None)
+            index_col = self._index_column()
             return index_col.type.where(index_col, other)  # type: ignore[no-any-return]
+
+        def matches(self, value: Any, *, tenant_id: str | None = None) -> ColumnElement[bool]:
+            """A SQL predicate: this column's plaintext equals ``value`` (by its blind index).
+
+            The predicate compares the blind-index column (``index_col IN (...)``, one value
+            per active index key version), so a B-tree index on that column serves it; it
+            can be used anywhere a boolean SQL expression goes: ``where()``, a join's ``ON``,
+            a subquery, an aliased entity. ``tenant_id`` picks the tenant's key of a
+            per-tenant index (required when the column takes its tenant from the row); it is
+            a Python value, as the index value is computed here, not in SQL. With a truncated
+            index the predicate can match false positives (see :func:`.blind_index.lookup`).
+
+            Example::
+
+                stmt = select(User.id).where(User.email.matches("a@x.org", tenant_id="t1"))
+                stmt = select(Order).join(
+                    User, (Order.user_id == User.id)
+                    & User.email.matches("a@x.org", tenant_id="t1")
+                )
+
+            Raises:
+                InvalidArgumentError: The column has no blind index, or the index is per-tenant
+                    over a row tenant and ``tenant_id`` is missing.
+            """
+            if value is None:
+                return self.expr.is_(None)
+            index_col = self._index_column()
+            return index_col.type.where(  # type: ignore[no-any-return]
+                index_col, value, tenant_id=tenant_id
+            )
 
         def __ne__(self, other: Any) -> ColumnElement[bool]:  # type: ignore[override]
             if other is None:
@@ -494,6 +675,130 @@ class EncryptedJSON(EncryptedType):
     def python_type(self) -> type[Any]:
         """``object`` (any JSON value)."""
         return object
+
+
+#: What the raw fallback of a non-text column returns for an erased value (skip_erased).
+_ERASED: Any = object()
+
+
+class _CacheMissError(Exception):
+    """The cache-only probe missed: the caller takes its slow path (off the event loop)."""
+
+
+def _raise_miss(value: Any) -> Any:
+    raise _CacheMissError
+
+
+# -- row-bound columns in column selects --------------------------------------------------
+
+#: Execution option the ORM hooks set on every Session execution they have inspected, so
+#: the Core check below leaves those to them.
+ORM_CHECKED = "_glc_row_bound_checked"
+
+
+def _row_bound_type(expr: Any) -> EncryptedType | None:
+    typ = getattr(expr, "type", None)
+    return typ if isinstance(typ, EncryptedType) and typ.bind_row else None
+
+
+def _plain_column(expr: Any) -> Any:
+    """The column under labels (``User.email.label("e")``), or None for other expressions."""
+    while isinstance(expr, Label):
+        expr = expr.element
+    clause = getattr(expr, "__clause_element__", None)
+    if clause is not None:
+        expr = clause()
+        while isinstance(expr, Label):
+            expr = expr.element
+    if getattr(expr, "table", None) is None or len(getattr(expr, "base_columns", ())) != 1:
+        return None
+    return expr
+
+
+def row_bound_slots(
+    columns: Sequence[Any],
+) -> list[tuple[int, EncryptedType, list[int], int | None]]:
+    """Where the row-bound columns of a result row are, and where their bindings are.
+
+    Args:
+        columns: The row's column expressions in order (``None`` for an entity, which
+            occupies a position but is never a binding column).
+
+    Returns:
+        ``(position, type, primary-key positions, tenant position or None)`` per row-bound
+        column; empty when the row has none.
+
+    Raises:
+        SealedColumnError: A row-bound column's primary key or tenant is not in the row, or
+            the row holds an expression over a row-bound column rather than the column.
+    """
+    slots: list[tuple[int, EncryptedType, list[int], int | None]] = []
+    plain = [None if c is None else _plain_column(c) for c in columns]
+    for pos, expr in enumerate(columns):
+        typ = None if expr is None else _row_bound_type(expr)
+        if typ is None:
+            continue
+        col = plain[pos]
+        if col is None:
+            raise SealedColumnError(
+                "an expression over a row-bound encrypted column cannot be decrypted; select "
+                "the column itself (with its primary key and tenant) or "
+                "type_coerce(column, LargeBinary) for the stored envelope"
+            )
+        (base,) = col.base_columns
+        table = base.table
+        wanted = list(table.primary_key.columns)
+        if isinstance(typ.tenant_id, FromRow):
+            tenant_col = table.c.get(typ.tenant_column or typ.tenant_id.attribute)
+            if tenant_col is None:
+                raise SealedColumnError(
+                    f"no column for the row tenant {typ.tenant_id.attribute!r} in {table.name}"
+                )
+            wanted.append(tenant_col)
+        found: dict[Any, int] = {}
+        for j, other in enumerate(plain):
+            if other is None or other.table is not col.table:
+                continue
+            (other_base,) = other.base_columns
+            for w in wanted:
+                if other_base is w and w not in found:
+                    found[w] = j
+        missing = [f"{table.name}.{w.name}" for w in wanted if w not in found]
+        if missing:
+            raise SealedColumnError(
+                f"row-bound column {table.name}.{base.name} is decrypted with its row's "
+                f"primary key and tenant: add {', '.join(missing)} to the select (or select "
+                "type_coerce(column, LargeBinary) for the stored envelope)",
+                missing,
+            )
+        pk_positions = [found[w] for w in table.primary_key.columns]
+        tenant_pos = found[wanted[-1]] if isinstance(typ.tenant_id, FromRow) else None
+        slots.append((pos, typ, pk_positions, tenant_pos))
+    return slots
+
+
+def _watch_row_bound_selects() -> None:
+    """Installs the Core check once, when the first row-bound column type is made."""
+    if not event.contains(Engine, "before_execute", _check_core_execute):
+        event.listen(Engine, "before_execute", _check_core_execute)
+
+
+def _check_core_execute(
+    conn: Any, clauseelement: Any, multiparams: Any, params: Any, execution_options: Any
+) -> None:
+    # A Core connection returns rows as the driver gives them, with no step that sees a whole
+    # row: a row-bound value would come back as ciphertext. Refuse it before the database
+    # does any work (the ORM's own executions were checked by its hook already).
+    if execution_options.get(ORM_CHECKED):
+        return
+    columns = getattr(clauseelement, "exported_columns", None)
+    if not columns or not any(_row_bound_type(c) is not None for c in columns):
+        return
+    row_bound_slots(list(columns))  # raises with the columns to add when some are missing
+    raise SealedColumnError(
+        "row-bound encrypted columns are decrypted by a Session: run this select with "
+        "session.execute() (or select type_coerce(column, LargeBinary) for the envelope)"
+    )
 
 
 @event.listens_for(Column, "after_parent_attach")

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, undefer
 
 from greenlang_crypto.exceptions import InvalidArgumentError
 from greenlang_crypto.service import EncryptionService
@@ -203,11 +203,17 @@ def test_per_tenant_index_keys(engine: Engine, service: EncryptionService, uniqu
                 [Member(id=1, tenant="a", email="x@y.z"), Member(id=2, tenant="b", email="x@y.z")]
             )
             s.commit()
-            a, b = (m.email_bidx for m in s.scalars(select(Member).order_by(Member.id)))
+            loaded = s.scalars(
+                select(Member).options(undefer(Member.email_bidx)).order_by(Member.id)
+            )
+            a, b = (m.email_bidx for m in loaded)
             assert a is not None and b is not None and a != b
             assert [m.id for m in lookup(s, Member.email, "X@Y.Z", tenant_id="b")] == [2]
-            with pytest.raises(InvalidArgumentError):
+            # == has no tenant to pick the key with: the error names the public form.
+            with pytest.raises(InvalidArgumentError, match=r"email\.matches\(value, tenant_id"):
                 s.scalars(select(Member).where(Member.email == "x@y.z")).all()
+            matched = select(Member.id).where(Member.email.matches("X@y.z", tenant_id="a"))
+            assert s.scalars(matched).all() == [1]
     finally:
         Base.metadata.drop_all(engine)
 
@@ -285,3 +291,75 @@ def test_lookup_uses_the_btree_index(
         assert "Index" in plan and "Seq Scan" not in plan, plan
     finally:
         md.drop_all(pg_engine)
+
+
+def _plan(conn: Any, stmt: Any, engine: Engine) -> str:
+    compiled = stmt.compile(engine)
+    rows = conn.exec_driver_sql("EXPLAIN " + str(compiled), compiled.params)
+    return "\n".join(r[0] for r in rows)
+
+
+def test_matches_is_a_per_tenant_predicate_served_by_the_index(
+    pg_engine: Engine, service: EncryptionService, table_name: str
+) -> None:
+    class Base(DeclarativeBase):
+        pass
+
+    class Member(Base):
+        __tablename__ = f"{table_name}_members"
+        id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+        tenant: Mapped[str] = mapped_column(String(20))
+        email: Mapped[str | None] = mapped_column(
+            EncryptedString(service, data_class="pii", tenant_id=FromRow("tenant"))
+        )
+        email_bidx: Mapped[bytes | None] = mapped_column(
+            BlindIndex("email", normalizer=EMAIL, per_tenant=True), index=True
+        )
+
+    class Order(Base):
+        __tablename__ = f"{table_name}_orders"
+        id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+        member_id: Mapped[int] = mapped_column(Integer)
+
+    Base.metadata.create_all(pg_engine)
+    try:
+        with Session(pg_engine) as s:
+            s.add_all(
+                Member(id=i, tenant=f"t{i % 3}", email=f"u{i // 3}@x.org") for i in range(3000)
+            )
+            s.add_all(Order(id=i, member_id=i % 3000) for i in range(0, 6000, 7))
+            s.commit()
+        with pg_engine.connect() as conn:
+            conn.execute(text(f"ANALYZE {Member.__tablename__}"))
+            conn.execute(text(f"ANALYZE {Order.__tablename__}"))
+            conn.commit()
+        # u5@x.org exists in all three tenants (ids 15, 16, 17); t1's key finds id 16 only.
+        where = Member.email.matches(" U5@X.org", tenant_id="t1")
+        join = (
+            select(Order.id).join(Member, (Order.member_id == Member.id) & where).order_by(Order.id)
+        )
+        sub = select(Order.id).where(
+            Order.member_id.in_(select(Member.id).where(where).scalar_subquery())
+        )
+        with Session(pg_engine) as s:
+            assert s.scalars(select(Member.id).where(where)).all() == [16]
+            expected = [i for i in range(0, 6000, 7) if i % 3000 == 16]
+            assert s.scalars(join).all() == expected
+            assert sorted(s.scalars(sub).all()) == expected
+            # A tenant that has no such row, and NULL, are ordinary predicates too.
+            assert (
+                s.scalars(
+                    select(Member.id).where(Member.email.matches("u5@x.org", tenant_id="t9"))
+                ).all()
+                == []
+            )
+            assert s.scalars(select(Member.id).where(Member.email.matches(None))).all() == []
+            with pytest.raises(InvalidArgumentError, match=r"matches\(value, tenant_id=\.\.\.\)"):
+                _ = Member.email == "u5@x.org"
+        with pg_engine.connect() as conn:
+            conn.execute(text("SET enable_seqscan = off"))
+            for stmt in (select(Member.id).where(where), join, sub):
+                plan = _plan(conn, stmt, pg_engine)
+                assert f"ix_{Member.__tablename__}_email_bidx" in plan, plan
+    finally:
+        Base.metadata.drop_all(pg_engine)

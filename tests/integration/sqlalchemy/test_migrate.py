@@ -231,7 +231,7 @@ def test_backend_terminated_mid_batch(
     updates = {"n": 0}
 
     def kill_on_second_update(conn: Any, cursor: Any, statement: str, *a: Any) -> None:
-        if statement.startswith("UPDATE") and " FROM (VALUES" in statement:
+        if statement.startswith("UPDATE") and " FROM unnest(" in statement:
             updates["n"] += 1
             if updates["n"] == 2:
                 pid = conn.connection.dbapi_connection.info.backend_pid
@@ -264,7 +264,7 @@ def test_concurrent_app_writes_are_never_lost(
     def app_writes_between_read_and_write(conn: Any, cursor: Any, statement: str, *a: Any) -> None:
         # The application updates rows of the batch after the job read them: half through
         # the encrypted column type, half as legacy plaintext.
-        if not (statement.startswith("UPDATE") and " FROM (VALUES" in statement):
+        if not (statement.startswith("UPDATE") and " FROM unnest(" in statement):
             return
         with lock:
             counter["n"] += 1

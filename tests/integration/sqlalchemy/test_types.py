@@ -7,10 +7,24 @@ import uuid
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select, text, update
+from sqlalchemy import (
+    Column,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    func,
+    insert,
+    select,
+    text,
+    true,
+    type_coerce,
+    update,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import StatementError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column
 
 from greenlang_crypto import parse_envelope
 from greenlang_crypto.exceptions import (
@@ -26,6 +40,7 @@ from greenlang_crypto.sqlalchemy import (
     EncryptedString,
     EncryptedText,
     FromRow,
+    SealedColumnError,
     SealedValue,
 )
 
@@ -248,8 +263,17 @@ def test_row_binding_rejects_a_copy_into_another_row_or_tenant(
             s.commit()
         table = Base.metadata.tables[Account.__tablename__]
         with engine.connect() as conn:
-            raw = {r.id: r for r in conn.execute(select(table.c.id, table.c.email, table.c.phone))}
-        assert isinstance(raw[ids[0]].email, SealedValue)  # Core sees ciphertext only
+            # Core never returns a row-bound value as if it were one: it refuses the select,
+            # and hands out the stored envelope only when asked for it by type.
+            with pytest.raises(SealedColumnError, match="Session"):
+                conn.execute(select(table.c.id, table.c.tenant_id, table.c.email))
+            envelopes = select(
+                table.c.id,
+                type_coerce(table.c.email, LargeBinary).label("email"),
+                type_coerce(table.c.phone, LargeBinary).label("phone"),
+            )
+            raw = {r.id: r for r in conn.execute(envelopes)}
+        assert parse_envelope(bytes(raw[ids[0]].email)).key_version >= 1
         for col, src, dst in (("email", 0, 1), ("phone", 0, 1), ("email", 0, 2)):
             with engine.begin() as conn:
                 conn.execute(
@@ -302,5 +326,66 @@ def test_row_binding_requires_client_side_pk(
         with pytest.raises(StatementError) as err, engine.begin() as conn:
             conn.execute(insert(Base.metadata.tables[Counter.__tablename__]), [{"secret": "x"}])
         assert isinstance(err.value.orig, InvalidArgumentError)
+    finally:
+        Base.metadata.drop_all(engine)
+
+
+# -- column selects of row-bound columns ---------------------------------------------------
+
+
+def test_column_selects_decrypt_with_the_binding_or_name_what_is_missing(
+    engine: Engine, service: EncryptionService, unique: Any
+) -> None:
+    Base, Account, _ = _models(service, unique("cols"))
+    Base.metadata.create_all(engine)
+    name = Account.__tablename__
+    try:
+        with Session(engine) as s:
+            s.add_all(
+                [
+                    Account(tenant_id="t1", email="a@x.org", phone="+1 555", note="n1"),
+                    Account(tenant_id="t2", email=None, phone="+1 666", note=None),
+                ]
+            )
+            s.commit()
+        with Session(engine) as s:
+            # No silent ciphertext: the primary key and the tenant are named when missing.
+            with pytest.raises(SealedColumnError) as err:
+                s.execute(select(Account.id, Account.email))
+            assert err.value.columns == (f"{name}.tenant_id",)
+            assert f"add {name}.tenant_id to the select" in str(err.value)
+            with pytest.raises(SealedColumnError) as err:
+                s.execute(select(Account.tenant_id, Account.email))
+            assert err.value.columns == (f"{name}.id",)
+            with pytest.raises(SealedColumnError) as err:
+                s.scalars(select(Account.phone))  # bound to the row without a row tenant
+            assert err.value.columns == (f"{name}.id",)
+            with pytest.raises(SealedColumnError, match="expression"):
+                s.execute(select(Account.id, Account.tenant_id, func.max(Account.email)))
+            # With the binding columns in the row (in any order, labelled or not): plaintext.
+            rows = s.execute(
+                select(
+                    Account.email.label("mail"), Account.tenant_id, Account.phone, Account.id
+                ).order_by(Account.tenant_id)
+            ).all()
+            assert [(r.mail, r.tenant_id, r.phone) for r in rows] == [
+                ("a@x.org", "t1", "+1 555"),
+                (None, "t2", "+1 666"),
+            ]
+            # Through a subquery and an alias, the binding is that of the same FROM.
+            sub = select(Account.id, Account.tenant_id, Account.email).subquery()
+            got = {r.email for r in s.execute(select(sub.c.email, sub.c.id, sub.c.tenant_id))}
+            assert got == {"a@x.org", None}
+            other = aliased(Account)
+            with pytest.raises(SealedColumnError):
+                # The alias's email with the base entity's key and tenant: not its binding.
+                s.execute(select(Account.id, Account.tenant_id, other.email).join(other, true()))
+            got = {r.email for r in s.execute(select(other.id, other.tenant_id, other.email))}
+            assert got == {"a@x.org", None}
+            # Plain (table-bound) columns decrypt as they do for entities; entity loads too.
+            assert sorted(filter(None, s.scalars(select(Account.note)))) == ["n1"]
+            assert {a.email for a in s.scalars(select(Account))} == {"a@x.org", None}
+            mixed = s.execute(select(Account, Account.id, Account.tenant_id, Account.email))
+            assert {(a.email, e) for a, _, _, e in mixed} == {("a@x.org", "a@x.org"), (None, None)}
     finally:
         Base.metadata.drop_all(engine)

@@ -1,4 +1,5 @@
-"""V011: applied idempotently with and without the PII tables, then reverted."""
+"""The migrations: applied idempotently with and without the PII tables, then reverted; they
+leave the application's tables alone (the scope itself: ``test_migrate_scope.py``)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,10 @@ def _columns(engine: Engine, schema: str, table: str) -> set[str]:
         )
 
 
+def _versions() -> list[str]:
+    return [v for v, _ in available_migrations()]
+
+
 def test_packaged() -> None:
     assert ("V011", "V011__field_level_encryption.sql") in available_migrations()
 
@@ -60,13 +65,15 @@ def test_apply_twice_then_down(fresh_db: tuple[Engine, str], with_pii_tables: bo
             )
             conn.execute(text("CREATE TABLE users (id bigint PRIMARY KEY, email text, phone text)"))
             conn.execute(text("CREATE TABLE api_keys (id bigint PRIMARY KEY, key_value text)"))
-    # V012 (the fleet keyring tables), V013 (branch keys) and V014 (instance fences) follow
-    # V011 in the packaged migrations.
-    assert apply_migrations(engine) == ["V011", "V012", "V013", "V014"]
+    # V012 (the fleet keyring tables), V013 (branch keys), V014 (instance fences) and any
+    # later migration follow V011.
+    assert _versions()[:4] == ["V011", "V012", "V013", "V014"]
+    assert apply_migrations(engine) == _versions()
     assert apply_migrations(engine) == []  # recorded: not applied again
     with engine.begin() as conn:  # the script itself is idempotent as well
-        conn.execute(text("DELETE FROM public.glc_schema_migrations"))
-    assert apply_migrations(engine) == ["V011", "V012", "V013", "V014"]
+        conn.execute(text("DELETE FROM encryption.glc_schema_migrations"))
+    assert apply_migrations(engine) == _versions()
+    assert not _columns(engine, "public", "glc_schema_migrations")
     for table in (
         "glc_key_versions",
         "glc_keyring",
@@ -88,24 +95,21 @@ def test_apply_twice_then_down(fresh_db: tuple[Engine, str], with_pii_tables: bo
             ).scalar()
             == 1
         )
-    if with_pii_tables:
-        assert {"email_enc", "email_bidx", "email_key_version", "phone_enc", "phone_bidx"} <= (
-            _columns(engine, "public", "users")
-        )
-        assert {"ip_address_enc", "ip_address_bidx"} <= _columns(
-            engine, "security", "login_attempts"
-        )
-        assert {"key_value_enc", "key_value_bidx"} <= _columns(engine, "public", "api_keys")
-        with engine.connect() as conn:
-            assert (
-                conn.execute(
-                    text("SELECT count(*) FROM pg_indexes WHERE indexname LIKE 'glc_%_bidx'")
-                ).scalar()
-                == 4
-            )
-    assert revert_migrations(engine) == ["V014", "V013", "V012", "V011"]
+    if with_pii_tables:  # the application's tables are the application's
+        assert _columns(engine, "public", "users") == {"id", "email", "phone"}
+        assert _columns(engine, "security", "login_attempts") == {"id", "ip_address"}
+        assert _columns(engine, "public", "api_keys") == {"id", "key_value"}
+    with engine.connect() as conn:
+        assert not conn.execute(
+            text("SELECT count(*) FROM pg_indexes WHERE indexname LIKE 'glc_%_bidx'")
+        ).scalar()
+    assert revert_migrations(engine) == _versions()[::-1]
     assert revert_migrations(engine) == []
     assert not _columns(engine, "encryption", "glc_deks")
+    with engine.connect() as conn:  # nothing left, the ledger neither
+        assert not conn.execute(
+            text("SELECT count(*) FROM pg_namespace WHERE nspname = 'encryption'")
+        ).scalar()
     if with_pii_tables:
         assert _columns(engine, "public", "users") == {"id", "email", "phone"}
         assert _columns(engine, "security", "login_attempts") == {"id", "ip_address"}
@@ -118,7 +122,8 @@ def test_cli_migrate_up_and_down(fresh_db: tuple[Engine, str], tmp_path: object)
 
     base[0] = sys.executable
     up = run_cli(base)
-    assert up.returncode == 0 and "applied: V011, V012, V013, V014" in up.stdout, up.stderr
+    assert up.returncode == 0 and f"applied: {', '.join(_versions())}\n" == up.stdout, up.stderr
     assert "up to date" in run_cli(base).stdout
     down = run_cli([*base, "--down"])
-    assert down.returncode == 0 and "reverted: V014, V013, V012, V011" in down.stdout
+    assert down.returncode == 0 and f"reverted: {', '.join(_versions()[::-1])}\n" == down.stdout
+    assert run_cli([*base, "--down"]).stdout == "reverted: nothing\n"

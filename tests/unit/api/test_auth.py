@@ -85,6 +85,7 @@ def test_the_permission_names() -> None:
         "encryption:admin",
         "encryption:audit",
         "encryption:read",
+        "encryption:erase",
     )
     assert FLEET_PERMISSION == "encryption:fleet"
     assert (*PERMISSIONS, FLEET_PERMISSION) == KNOWN_PERMISSIONS

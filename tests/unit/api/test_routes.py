@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI, HTTPException, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from starlette.requests import Request
@@ -46,7 +47,7 @@ from greenlang_crypto.exceptions import (
     KmsUnavailableError,
     PayloadTooLargeError,
 )
-from greenlang_crypto.service import EncryptionService
+from greenlang_crypto.service import EncryptionService, tenant_digest
 
 
 def http_error(call: Any, *args: Any) -> HTTPException:
@@ -244,7 +245,16 @@ def test_every_route_declares_a_permission_dependency() -> None:
     assert len(api_routes) == len(router.routes)
     assert {r.path for r in api_routes} == {
         f"{API_PREFIX}/{name}"
-        for name in ("encrypt", "decrypt", "keys", "keys/rotate", "rewrap", "audit", "status")
+        for name in (
+            "encrypt",
+            "decrypt",
+            "keys",
+            "keys/rotate",
+            "keys/erase-tenant",
+            "rewrap",
+            "audit",
+            "status",
+        )
     }
     for route in api_routes:
         calls = [d.call for d in route.dependant.dependencies]
@@ -305,3 +315,203 @@ def test_a_fleet_route_refuses_a_tenant_token(
     status = client.get(f"{API_PREFIX}/status")
     assert status.status_code == 200
     assert status.json()["provider"] == "local" and status.json()["primary_version"] == 1
+
+
+# -- the route class: errors answered by the routes themselves ---------------------------------
+
+
+def test_an_http_error_is_written_as_fastapis_default_would() -> None:
+    r = routes._http_error(HTTPException(403, "forbidden", headers={"X-A": "1"}))
+    assert (r.status_code, r.body, r.headers["x-a"]) == (403, b'{"detail":"forbidden"}', "1")
+    # Statuses that carry no body get none.
+    empty = routes._http_error(HTTPException(304))
+    assert (empty.status_code, empty.body) == (304, b"")
+
+
+class _HostError(ValueError):
+    pass
+
+
+def test_only_a_hosts_handler_for_the_errors_own_class_claims_it() -> None:
+    app = FastAPI()
+    request = Request({"type": "http", "app": app, "headers": []})
+    assert not routes._host_handles(request, _HostError())
+    app.add_exception_handler(Exception, lambda r, e: Response())
+    assert not routes._host_handles(request, _HostError())  # a catch-all claims nothing
+    app.add_exception_handler(ValueError, lambda r, e: Response())
+    assert routes._host_handles(request, _HostError())
+    assert not routes._host_handles(request, RuntimeError())
+    assert not routes._host_handles(Request({"type": "http", "headers": []}), _HostError())
+
+
+def test_the_router_answers_its_own_validation_errors(
+    wired: tuple[TestClient, AuditLog, list[Principal]],
+) -> None:
+    client = wired[0]
+    # The app has FastAPI's default handler only: the route itself answers, echoing nothing.
+    default = client.app.exception_handlers[RequestValidationError]  # type: ignore[attr-defined]
+    assert default.__module__ == "fastapi.exception_handlers"
+    r = client.post(f"{API_PREFIX}/encrypt", json={"plaintext": "bm8gZWNobw==", "x": "zz-secret"})
+    assert (r.status_code, r.json()) == (422, {"detail": "invalid request"})
+    assert "zz-secret" not in r.text
+
+
+# -- tenant erasure ----------------------------------------------------------------------------
+
+ERASER = Principal("ops", None, frozenset({"encryption:erase", FLEET_PERMISSION}))
+ERASE = f"{API_PREFIX}/keys/erase-tenant"
+
+
+def _seal(client: TestClient, current: list[Principal], tenant: str) -> str:
+    current[0] = Principal("app", tenant, frozenset({"encryption:encrypt"}))
+    ctx = {"tenant_id": tenant, "data_class": "pii"}
+    r = client.post(f"{API_PREFIX}/encrypt", json={"plaintext": "c2VjcmV0", "context": ctx})
+    assert r.status_code == 200, r.text
+    sealed: str = r.json()["ciphertext"]
+    return sealed
+
+
+def _open(client: TestClient, current: list[Principal], tenant: str, sealed: str) -> Any:
+    current[0] = Principal("app", tenant, frozenset({"encryption:decrypt"}))
+    ctx = {"tenant_id": tenant, "data_class": "pii"}
+    return client.post(
+        f"{API_PREFIX}/decrypt", json={"ciphertext": sealed, "context": ctx, "reason": "check"}
+    )
+
+
+def test_erasing_a_tenant_shreds_its_data_only_and_is_audited_by_digest(
+    wired: tuple[TestClient, AuditLog, list[Principal]],
+) -> None:
+    client, audit, current = wired
+    acme = _seal(client, current, "acme")
+    globex = _seal(client, current, "globex")
+    current[0] = ERASER
+    r = client.post(
+        ERASE,
+        json={"tenant_id": "acme", "reason": "contract ended"},
+        headers={"X-Request-ID": "erase-1"},
+    )
+    assert r.status_code == 200, r.text
+    report = r.json()
+    assert report["tenant_id"] == "acme"
+    assert report["stored_deks_destroyed"] == 1 and report["branch_keys_destroyed"] == 0
+    assert report["began"] is True and report["completed"] is True
+    assert set(report) == {
+        "tenant_id",
+        "stored_deks_destroyed",
+        "branch_keys_destroyed",
+        "instances_acknowledged",
+        "began",
+        "completed",
+        "epoch",
+        "seconds",
+    }
+    # Acme's data is gone for good (the same opaque answer as any missing key); globex's stays.
+    gone = _open(client, current, "acme", acme)
+    assert (gone.status_code, gone.json()) == (400, {"detail": "decryption failed"})
+    assert base64.b64decode(_open(client, current, "globex", globex).json()["plaintext"]) == (
+        b"secret"
+    )
+    # New data for the tenant id is sealed under a fresh key.
+    fresh = _seal(client, current, "acme")
+    assert _open(client, current, "acme", fresh).status_code == 200
+    # One intent and one outcome, naming the tenant by digest only.
+    audit.flush()
+    records = audit.query(AuditQuery(action="tenant_erase"))
+    assert [x.entry.outcome for x in records] == ["intent", "success"]
+    for x in records:
+        e = x.entry
+        assert (e.actor, e.request_id, e.reason) == ("ops", "erase-1", "contract ended")
+        assert e.details["tenant_digest"] == tenant_digest("acme")
+    assert records[1].entry.details["stored_deks"] == 1
+    assert records[1].entry.details["completed"] is True
+    dump = repr([x.to_dict() for x in audit.tail(200)])
+    assert "'acme'" not in dump and "tenant:acme" not in dump
+    assert audit.verify().ok
+    # Erasing again is no error: nothing written since, nothing destroyed.
+    current[0] = ERASER
+    again = client.post(ERASE, json={"tenant_id": "acme", "reason": "again"})
+    assert again.status_code == 200 and again.json()["stored_deks_destroyed"] == 1  # the fresh one
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"tenant_id": "", "reason": "r"},
+        {"tenant_id": "a" * 257, "reason": "r"},
+        {"tenant_id": 7, "reason": "r"},
+        {"tenant_id": ["acme"], "reason": "r"},
+        {"tenant_id": "acme"},
+        {"tenant_id": "acme", "reason": ""},
+        {"tenant_id": "acme", "reason": "r" * 501},
+        {"tenant_id": "acme", "reason": "r", "scope": "service"},
+        {"reason": "r"},
+    ],
+    ids=[
+        "empty",
+        "too-long",
+        "number",
+        "list",
+        "no-reason",
+        "empty-reason",
+        "long-reason",
+        "extra-field",
+        "no-tenant",
+    ],
+)
+def test_bad_erase_input_is_422_and_changes_nothing(
+    wired: tuple[TestClient, AuditLog, list[Principal]], body: dict[str, Any]
+) -> None:
+    client, audit, current = wired
+    acme = _seal(client, current, "acme")
+    current[0] = ERASER
+    r = client.post(ERASE, json=body)
+    assert (r.status_code, r.json()) == (422, {"detail": "invalid request"})
+    assert _open(client, current, "acme", acme).status_code == 200
+    audit.flush()
+    assert audit.query(AuditQuery(action="tenant_erase")) == []
+
+
+def test_the_tenant_id_is_checked_by_the_context_rules() -> None:
+    assert routes._tenant_id("acme") == "acme"
+    # A string the schema's type and length allow, but no context can hold.
+    exc = http_error(routes._tenant_id, "acme\ud800")
+    assert (exc.status_code, exc.detail) == (422, "invalid request")
+
+
+def test_a_lone_surrogate_tenant_id_is_422_and_changes_nothing(
+    wired: tuple[TestClient, AuditLog, list[Principal]],
+) -> None:
+    client, audit, current = wired
+    current[0] = ERASER
+    # Refused while the body is parsed; the route's own check stands behind that.
+    raw = b'{"tenant_id": "acme\\ud800", "reason": "r"}'
+    r = client.post(ERASE, content=raw, headers={"Content-Type": "application/json"})
+    assert (r.status_code, r.json()) == (422, {"detail": "invalid request"})
+    audit.flush()
+    assert audit.query(AuditQuery(action="tenant_erase")) == []
+
+
+@pytest.mark.parametrize(
+    "principal",
+    [
+        # A rotation operator: fleet-wide, but without the erase permission.
+        Principal("ops", None, frozenset({"encryption:admin", FLEET_PERMISSION})),
+        # A tenant's own application, even holding the permission.
+        Principal("app", "acme", frozenset({"encryption:erase"})),
+        # The permission without the fleet grant.
+        Principal("ops", None, frozenset({"encryption:erase"})),
+    ],
+    ids=["admin", "tenant", "no-fleet-grant"],
+)
+def test_erasure_without_the_permission_is_an_opaque_403(
+    wired: tuple[TestClient, AuditLog, list[Principal]], principal: Principal
+) -> None:
+    client, audit, current = wired
+    acme = _seal(client, current, "acme")
+    current[0] = principal
+    r = client.post(ERASE, json={"tenant_id": "acme", "reason": "r"})
+    assert (r.status_code, r.json()) == (403, {"detail": "forbidden"})
+    assert _open(client, current, "acme", acme).status_code == 200
+    audit.flush()
+    assert audit.query(AuditQuery(action="tenant_erase")) == []

@@ -58,3 +58,30 @@ def test_branch_commands_need_a_target_and_a_confirmation(
     assert "one of the arguments --scope --tenant is required" in capsys.readouterr().err
     code, _, err = run_cli("keys", "branch-delete", "--tenant", "acme")
     assert code == 2 and "--yes" in err
+
+
+def test_keys_erase_needs_a_tenant_and_a_confirmation_and_reports(
+    run_cli: RunCli, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        run_cli("keys", "erase")
+    assert exc.value.code == 2 and "--tenant" in capsys.readouterr().err
+    src = tmp_path / "in.txt"
+    src.write_bytes(b"value")
+    sealed = tmp_path / "in.glc"
+    ctx = ["--tenant", "acme", "--data-class", "d"]
+    assert run_cli("encrypt", *ctx, "-i", str(src), "-o", str(sealed))[0] == 0
+    code, _, err = run_cli("keys", "erase", "--tenant", "acme")
+    assert code == 2 and "--yes" in err
+    assert run_cli("decrypt", *ctx, "-i", str(sealed), "-o", str(tmp_path / "back"))[0] == 0
+    code, out, err = run_cli("keys", "erase", "--tenant", "acme", "--yes")
+    assert code == 0, err
+    assert out.startswith("tenant acme erased: 1 stored DEK(s) and 0 branch key(s) destroyed")
+    code, _, err = run_cli("decrypt", *ctx, "-i", str(sealed), "-o", str(tmp_path / "gone"))
+    assert code != 0 and "erased" in err and "acme" not in err
+    code, out, err = run_cli("keys", "erase", "--tenant", "acme", "--yes", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["completed"] and report["stored_deks_destroyed"] == 0
+    code, out, _ = run_cli("audit", "tail", "-n", "30")
+    assert '"action": "tenant_erase"' in out and "acme" not in out

@@ -305,3 +305,57 @@ def test_bound_values_are_macs_unless_already_computed() -> None:
     assert index.process_bind_param(" A@example.com", DIALECT) == stored
     assert index.process_result_value(None, DIALECT) is None
     assert index.process_result_value(memoryview(stored), DIALECT) == stored
+
+
+# -- asyncio -------------------------------------------------------------------------------
+
+
+def test_keys_cached_says_when_a_lookup_needs_no_key_read(service: EncryptionService) -> None:
+    table = Table(
+        "accounts",
+        MetaData(),
+        Column("id", Integer, primary_key=True),
+        Column("tenant", String(9)),
+        Column("email", EncryptedString(service, data_class="pii", tenant_id=FromRow("tenant"))),
+        Column("email_bidx", BlindIndex("email", per_tenant=True)),
+    )
+    index = table.c.email_bidx.type
+    assert not index.keys_cached("t1")
+    index.compute("a@x.org", tenant_id="t1")
+    assert index.keys_cached("t1")
+    assert not index.keys_cached("t2")  # another tenant, another key
+    with pytest.raises(InvalidArgumentError, match="matches"):
+        index.keys_cached()
+    index.refresh()
+    assert not index.keys_cached("t1")
+
+
+def test_lookup_refuses_an_async_session_and_names_alookup(service: EncryptionService) -> None:
+    import asyncio
+    import inspect
+
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+    from sqlalchemy.orm import registry
+
+    from greenlang_crypto.sqlalchemy import alookup, lookup
+
+    table = Table(
+        "lookup_accounts",
+        MetaData(),
+        Column("id", Integer, primary_key=True),
+        Column("email", EncryptedString(service, data_class="pii", tenant_id="t1")),
+        Column("email_bidx", BlindIndex("email")),
+    )
+
+    class Account:
+        email: Any
+
+    registry().map_imperatively(Account, table)
+
+    # Building an engine and a session connects to nothing.
+    engine = create_async_engine("postgresql+asyncpg://nobody@127.0.0.1:1/none")
+    session = AsyncSession(engine)
+    with pytest.raises(InvalidArgumentError, match=r"await alookup\(session"):
+        lookup(session, Account.email, "a@x.org")  # type: ignore[arg-type]
+    assert inspect.iscoroutinefunction(alookup)
+    asyncio.run(engine.dispose())

@@ -1,13 +1,16 @@
 """``greenlang-crypto db ...`` (:mod:`greenlang_crypto.sqlalchemy.commands`), in process.
 
 What runs here needs no database: the URL and lease settings, the parser, the arguments of
-the worker processes. Migrations and column jobs on PostgreSQL are integration tests
-(``tests/integration/sqlalchemy``).
+the worker processes, the settings from flags or ``--model`` up to the first query. Migrations,
+column jobs and purges on PostgreSQL are integration tests (``tests/integration/sqlalchemy``:
+``test_model_jobs.py`` and ``test_purge.py`` for ``--model`` and ``purge-erased``).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -67,21 +70,103 @@ def test_worker_arguments_drop_the_options_they_replace() -> None:
     assert stripped == ["db", "reencrypt", "--workers", "4", "--table", "t"]
 
 
-def test_register_builds_the_db_group() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command")
     commands.register(sub, lambda a: None, lambda a: None)
+    return parser
+
+
+def test_register_builds_the_db_group() -> None:
+    parser = _parser()
     args = parser.parse_args(
         ["db", "encrypt-column", "--table", "users", "--column", "email", "--tenant", "acme"]
     )
     assert (args.db_command, args.job_mode, args.phase) == ("encrypt-column", "encrypt", 1)
-    assert (args.pk, args.batch_size, args.workers, args.kind) == ("id", 500, 1, "str")
+    assert (args.batch_size, args.workers) == (500, 1)
+    # Settings a model decides default to "not given", so --model can tell them apart.
+    assert (args.pk, args.kind, args.bind_row, args.index_per_tenant) == (None, None, None, None)
     args = parser.parse_args(
         ["db", "reencrypt", "--table", "t", "--column", "c", "--tenant-column", "tid"]
     )
     assert args.job_mode == "reencrypt" and args.retire is False
+    assert (
+        parser.parse_args(["db", "reencrypt", "--model", "m:C.a", "--no-bind-row"]).bind_row
+        is False
+    )
+    args = parser.parse_args(["db", "purge-erased", "--model", "m:C.a"])
+    assert (args.action, args.dry_run, args.json, args.batch_size) == ("null", False, False, 500)
     with pytest.raises(SystemExit):
-        parser.parse_args(["db", "reencrypt", "--table", "t", "--column", "c"])
+        parser.parse_args(["db", "purge-erased", "--model", "m:C.a", "--action", "shred"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["db", "reencrypt", "--tenant", "a", "--tenant-column", "b"])
+
+
+def test_flags_without_a_model_build_the_spec_with_the_old_defaults(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = _parser().parse_args(
+        ["db", "encrypt-column", "--table", "users", "--column", "email", "--tenant", "acme",
+         "--index-column", "email_bidx", "--index-normalizer", "email"]
+    )  # fmt: skip
+    spec = commands.column_spec(args)
+    assert (spec.table, spec.column, spec.pk, spec.data_class) == ("users", "email", "id", "pii")
+    assert (spec.tenant_id, spec.bind_row, spec.kind, spec.index_length) == (
+        "acme",
+        False,
+        "str",
+        16,
+    )
+    assert spec.index_normalizer == bi.EMAIL and spec.model is None
+    assert "warning: the job's settings come from flags alone" in capsys.readouterr().err
+
+
+def test_a_missing_setting_without_a_model_is_a_typed_error(
+    no_url: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["db", "encrypt-column", "--table", "users", "--column", "email"]) == 2
+    assert capsys.readouterr().err == (
+        "error: InvalidArgumentError: give --model package.module:Class.attribute, or "
+        "--tenant or --tenant-column\n"
+    )
+    assert cli.main(["db", "purge-erased", "--column", "email"]) == 2
+    assert "or --table" in capsys.readouterr().err
+
+
+def test_a_bad_model_path_is_a_typed_error(
+    no_url: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (tmp_path / "glc_cmd_models.py").write_text(
+        "from sqlalchemy import Column, Integer, MetaData, Table\n"
+        "class User:\n"
+        "    plain = Column('plain', Integer)\n"
+        "    Table('u', MetaData(), Column('id', Integer, primary_key=True), plain)\n"
+    )
+    (tmp_path / "glc_cmd_broken.py").write_text("raise RuntimeError('no config')\n")
+    monkeypatch.chdir(tmp_path)  # --model imports from the working directory
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    cases = {
+        "glc_cmd_models": "expected package.module:Class.attribute",
+        "glc_cmd_models:": "expected package.module:Class.attribute",
+        "glc_cmd_models:User.": "expected package.module:Class.attribute",
+        "glc_cmd_nowhere:User.email": "cannot import 'glc_cmd_nowhere' (ModuleNotFoundError",
+        "glc_cmd_broken:User.email": "cannot import 'glc_cmd_broken' (RuntimeError: no config)",
+        "glc_cmd_models:User.email": "no attribute 'email'",
+        "glc_cmd_models:User.plain": "not an encrypted column",
+    }
+    try:
+        for path, message in cases.items():
+            for command in ("encrypt-column", "reencrypt", "purge-erased"):
+                assert cli.main(["db", command, "--model", path]) == 2, path
+                err = capsys.readouterr().err
+                assert err.startswith(f"error: InvalidArgumentError: --model {path!r}: "), err
+                assert message in err, err
+    finally:
+        for name in ("glc_cmd_models", "glc_cmd_broken"):
+            sys.modules.pop(name, None)
 
 
 def test_db_without_a_url_is_one_error_line(

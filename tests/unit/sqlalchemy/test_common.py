@@ -89,3 +89,51 @@ def test_the_context_cache_is_bounded() -> None:
         cache.get(f"t{i}")
     assert cache.get("t0") is not first  # dropped when the cache was emptied
     assert cache.get("t0") == first
+
+
+# -- off the event loop --------------------------------------------------------------------
+
+
+def test_off_the_loop_runs_in_place_outside_an_asyncio_session() -> None:
+    import threading
+
+    from greenlang_crypto.sqlalchemy._common import in_async_greenlet, off_the_loop
+
+    assert not in_async_greenlet()
+    assert off_the_loop(threading.get_ident) == threading.get_ident()
+
+
+def test_off_the_loop_moves_the_call_to_a_thread_in_the_greenlet() -> None:
+    import asyncio
+    import threading
+    import time
+
+    from sqlalchemy.util import greenlet_spawn
+
+    from greenlang_crypto.sqlalchemy._common import in_async_greenlet, off_the_loop
+
+    def slow_call() -> int:
+        time.sleep(0.3)
+        return threading.get_ident()
+
+    def in_greenlet() -> tuple[bool, int]:
+        # What a flush does when a DEK is not cached: a blocking call, from sync code.
+        return in_async_greenlet(), off_the_loop(slow_call)
+
+    async def main() -> tuple[bool, int, int]:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        inside, ident = await greenlet_spawn(in_greenlet)
+        ticker.cancel()
+        return inside, ident, ticks
+
+    inside, ident, ticks = asyncio.run(main())
+    assert inside and ident != threading.get_ident()
+    assert ticks >= 10  # the loop went on while the call slept

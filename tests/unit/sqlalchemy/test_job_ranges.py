@@ -124,3 +124,18 @@ def test_a_stuck_run_waits_at_least_a_second() -> None:
     job.count_remaining = lambda: 0  # type: ignore[method-assign]
     ranges = [_OpenRange(0, "running", "w", "t", 0, 0.0)]
     assert job._incomplete(ranges, JobReport(job.job_name)).retry_after == 1.0
+
+
+def test_on_the_callers_connection_a_lost_connection_is_not_retried(sleeps: list[float]) -> None:
+    # The caller's transaction (a migration's) died with the connection: a retry on a new
+    # one would run outside it, so the job gives up at once and the caller reruns.
+    job = tables(max_retries=5)
+    job._connection = object()  # type: ignore[assignment]
+    op = Flaky(lost())
+    with pytest.raises(KeyStoreUnavailableError, match="rerun the migration"):
+        job._retrying(JobReport(job.job_name), op, "x")
+    assert op.calls == 1
+    assert sleeps == []
+    other = Flaky(lost(IntegrityError))
+    with pytest.raises(IntegrityError):
+        job._retrying(None, other, "x")

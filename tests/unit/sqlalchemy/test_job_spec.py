@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from greenlang_crypto.config import EncryptionServiceConfig
 from greenlang_crypto.exceptions import GreenlangCryptoError, InvalidArgumentError
@@ -19,6 +20,7 @@ from greenlang_crypto.sqlalchemy._job_spec import (
     ColumnSpec,
     DryRunReport,
     JobReport,
+    JobSpecMismatchError,
     PlaintextFoundError,
 )
 
@@ -87,11 +89,102 @@ def test_from_model_with_a_fixed_tenant_and_overrides(service: EncryptionService
         Column("body", EncryptedBytes(service, data_class="docs", tenant_id="acme")),
         schema="app",
     )
-    spec = ColumnSpec.from_model(t.c.body, data_class="other")
+    spec = ColumnSpec.from_model(t.c.body, version_column="body_kv", data_class="docs")
     assert (spec.table, spec.column, spec.kind) == ("app.docs", "body", "bytes")
     assert spec.tenant_id == "acme"
-    assert spec.data_class == "other"
+    assert spec.data_class == "docs"  # repeating the model's value is fine
+    assert spec.version_column == "body_kv"
     assert spec.index_column is None
+    assert spec.model is t.c.body
+
+
+def test_overrides_that_contradict_the_model_are_refused(service: EncryptionService) -> None:
+    md = MetaData()
+    t = Table(
+        "docs",
+        md,
+        Column("id", Integer, primary_key=True),
+        Column("tenant", String(20)),
+        Column("body", EncryptedString(service, data_class="docs", tenant_id=FromRow("tenant"))),
+        Column("body_idx", BlindIndex("body", normalizer=EMAIL)),
+    )
+    with pytest.raises(JobSpecMismatchError, match=r"data class \(--data-class\)") as info:
+        ColumnSpec.from_model(t.c.body, data_class="other")
+    assert "given 'other', model 'docs'" in str(info.value)
+    with pytest.raises(JobSpecMismatchError, match=r"row binding \(--bind-row\)"):
+        ColumnSpec.from_model(t.c.body, bind_row=False)
+    with pytest.raises(JobSpecMismatchError, match=r"fixed tenant \(--tenant\)"):
+        ColumnSpec.from_model(t.c.body, tenant_id="acme")
+    with pytest.raises(JobSpecMismatchError, match=r"index normalizer.*given \(\), model") as n:
+        ColumnSpec.from_model(t.c.body, index_normalizer=())
+    assert str(n.value).endswith("given (), model (strip, nfc, casefold)")
+    with pytest.raises(JobSpecMismatchError, match=r"index purpose"):
+        ColumnSpec.from_model(t.c.body, index_purpose="elsewhere")
+    assert issubclass(JobSpecMismatchError, InvalidArgumentError)
+    # The model's own values, and the default purpose spelled out, are no contradiction.
+    spec = ColumnSpec.from_model(
+        t.c.body, bind_row=True, tenant_column="tenant", index_purpose="docs.body"
+    )
+    assert spec.bind_row and spec.effective_index_purpose() == "docs.body"
+
+
+def test_differences_name_every_setting_and_ignore_what_is_not_given(
+    service: EncryptionService,
+) -> None:
+    md = MetaData()
+    t = Table(
+        "p",
+        md,
+        Column("id", Integer, primary_key=True),
+        Column("v", EncryptedString(service, data_class="d", tenant_id="x")),
+    )
+    spec = ColumnSpec.from_model(t.c.v)
+    assert spec.differences({"table": None, "bind_row": None, "version_column": "kv"}) == []
+    found = spec.differences({"table": "q", "pk": "uid", "kind": "bytes", "index_length": 8})
+    assert [f.split(":")[0] for f in found] == [
+        "table (--table)",
+        "primary key (--pk)",
+        "value kind (--kind)",
+        "index length (--index-length)",
+    ]
+    with pytest.raises(InvalidArgumentError, match="no field 'colour'"):
+        spec.differences({"colour": "red"})
+    # The model reference is no part of the spec's identity.
+    assert spec == ColumnSpec("p", "v", data_class="d", tenant_id="x")
+    assert "model" not in repr(spec)
+
+
+def test_from_row_through_a_mapper_uses_the_attribute_s_column(
+    service: EncryptionService,
+) -> None:
+    class Base(DeclarativeBase):
+        pass
+
+    class Account(Base):
+        __tablename__ = "accounts"
+        id: Mapped[int] = mapped_column(Integer, primary_key=True)
+        # The attribute and its column are named differently.
+        org: Mapped[str] = mapped_column("org_id", String(20))
+        secret: Mapped[str] = mapped_column(
+            EncryptedString(service, data_class="d", tenant_id=FromRow("org"))
+        )
+
+    spec = ColumnSpec.from_model(Account.secret)
+    assert (spec.table, spec.column, spec.tenant_column, spec.bind_row) == (
+        "accounts",
+        "secret",
+        "org_id",
+        True,
+    )
+    md = MetaData()
+    t = Table(
+        "lost",
+        md,
+        Column("id", Integer, primary_key=True),
+        Column("w", EncryptedString(service, data_class="d", tenant_id=FromRow("nobody"))),
+    )
+    with pytest.raises(InvalidArgumentError, match="FromRow\\('nobody'\\) names no column"):
+        ColumnSpec.from_model(t.c.w)
 
 
 def test_from_model_refuses_what_a_job_cannot_migrate(service: EncryptionService) -> None:

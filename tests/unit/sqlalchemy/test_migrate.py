@@ -35,6 +35,8 @@ def test_the_module_offers_the_public_names() -> None:
         "DryRunReport",
         "JobReport",
         "PlaintextFoundError",
+        "ciphertext_check",
+        "ciphertext_check_name",
         "enforce_ciphertext",
         "retire_if_clear",
     ]
@@ -151,3 +153,23 @@ def test_retire_if_clear_retires_only_when_every_column_is_clear() -> None:
     clear: Any = [FakeJob("a", 0, svc), FakeJob("b", 0, svc)]
     assert migrate.retire_if_clear(clear, 2, delete_stored_deks=True) == {"a.c": 0, "b.c": 0}
     assert svc.calls == [(2, True)]
+
+
+def test_the_phase_two_constraint_has_one_name_and_keeps_it_under_naming_conventions() -> None:
+    from sqlalchemy import Column, Integer, LargeBinary, MetaData, Table
+    from sqlalchemy.dialects import postgresql
+    from sqlalchemy.schema import AddConstraint
+
+    assert migrate.ciphertext_check_name("email") == "glc_email_is_envelope"
+    md = MetaData(naming_convention={"ck": "ck_%(table_name)s_%(constraint_name)s"})
+    table = Table(
+        "people",
+        md,
+        Column("id", Integer, primary_key=True),
+        Column("Mail", LargeBinary),
+        migrate.ciphertext_check("Mail"),
+    )
+    (check,) = [c for c in table.constraints if c.name and "envelope" in c.name]
+    ddl = str(AddConstraint(check).compile(dialect=postgresql.dialect()))
+    assert 'CONSTRAINT "glc_Mail_is_envelope" CHECK' in ddl
+    assert '"Mail" IS NULL OR (octet_length("Mail") > 0 AND get_byte("Mail", 0) = 250)' in ddl

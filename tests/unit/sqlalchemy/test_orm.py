@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import String, inspect
-from sqlalchemy.orm import DeclarativeBase, Mapped, configure_mappers, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, configure_mappers, mapped_column
 
 from greenlang_crypto.config import EncryptionServiceConfig
 from greenlang_crypto.exceptions import InvalidArgumentError
@@ -89,6 +89,9 @@ def test_only_mappers_with_encrypted_or_index_columns_get_hooks() -> None:
 def test_index_columns_are_deferred_unless_declared_otherwise() -> None:
     mapper = inspect(_models(lambda: None)["User"])
     assert mapper.attrs.email_bidx.deferred
+    # raiseload: reading the unloaded attribute never runs a query (MissingGreenlet under
+    # asyncio); undefer() or refresh() loads it.
+    assert mapper.attrs.email_bidx.raiseload
     assert not mapper.attrs.phone_bidx.deferred
     assert not mapper.attrs.email.deferred
 
@@ -133,3 +136,51 @@ def test_row_binding_needs_a_key_and_a_tenant(service: EncryptionService) -> Non
     assert user_binder is not None
     with pytest.raises(InvalidArgumentError, match="'tenant' is None"):
         user_binder.before_write(models["User"](id="u1", email="x"), insert=True)
+
+
+def test_row_tenant_columns_are_named_for_column_selects() -> None:
+    models = _models(lambda: None)
+    # The attribute "tenant" maps the column "tenant"; column selects look for that column.
+    assert models["User"].__table__.c.email.type.tenant_column == "tenant"
+
+
+def test_column_selects_through_a_session(service: EncryptionService) -> None:
+    from sqlalchemy import create_engine, select, text, update
+
+    from greenlang_crypto.sqlalchemy.types import SealedColumnError
+
+    models = _models(service)
+    User, Counter = models["User"], models["Counter"]
+    engine = create_engine("sqlite://")
+    User.metadata.create_all(engine)
+    try:
+        with Session(engine) as s:
+            s.add_all([User(id="u1", tenant="acme", email="a@x.org"), Counter(id=1, note="n")])
+            s.commit()
+        with Session(engine) as s:
+            with pytest.raises(SealedColumnError) as err:
+                s.execute(select(User.id, User.email))
+            assert err.value.columns == (f"{User.__tablename__}.tenant",)
+            assert s.execute(select(User.tenant, User.email, User.id)).all() == [
+                ("acme", "a@x.org", "u1")
+            ]
+            assert s.execute(select(Counter.note, Counter.id)).all() == [("n", 1)]
+            # Entity loads and selects of other columns are untouched.
+            assert s.scalars(select(User.phone)).all() == [None]
+            assert [c.note for c in s.scalars(select(Counter))] == ["n"]
+            # RETURNING: the entity is decrypted by the load hook; a bare column is refused.
+            changed = s.scalars(
+                update(Counter).where(Counter.id == 1).values(id=1).returning(Counter)
+            ).all()
+            assert [c.note for c in changed] == ["n"]
+            with pytest.raises(SealedColumnError, match="return the entity"):
+                s.execute(update(Counter).values(id=1).returning(Counter.id, Counter.note))
+        # A textual select typed with a row-bound column is refused by the Core check.
+        with Session(engine) as s, pytest.raises(SealedColumnError):
+            s.execute(
+                text(f"SELECT id, note FROM {Counter.__tablename__}").columns(
+                    Counter.id, Counter.note
+                )
+            )
+    finally:
+        engine.dispose()

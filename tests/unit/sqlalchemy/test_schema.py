@@ -1,6 +1,7 @@
-"""The packaged migrations in process: found in order with their down scripts, and refused on a
-database that is not PostgreSQL before anything is written (applying them:
-``tests/integration/sqlalchemy/test_v011.py``)."""
+"""The packaged migrations in process: found in order with their down scripts, the example
+columns kept apart from them, and refused on a database that is not PostgreSQL before anything
+is written (applying them: ``tests/integration/sqlalchemy/test_v011.py`` and
+``test_migrate_scope.py``)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,18 @@ import pytest
 from sqlalchemy import create_engine, inspect
 from sqlalchemy.engine import Engine
 
+from greenlang_crypto import cli
 from greenlang_crypto.exceptions import ConfigurationError
+from greenlang_crypto.sql import EXAMPLE_COLUMNS
 from greenlang_crypto.sqlalchemy.schema import (
+    _LEGACY_RECORDS,
     _NAME,
+    _RECORDS,
     _read,
+    apply_example_columns,
     apply_migrations,
     available_migrations,
+    revert_example_columns,
     revert_migrations,
     status,
 )
@@ -66,13 +73,48 @@ def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
 
 
 def test_migrations_refuse_a_database_that_is_not_postgresql(sqlite_engine: Engine) -> None:
-    with pytest.raises(ConfigurationError, match="PostgreSQL"):
-        apply_migrations(sqlite_engine)
-    with pytest.raises(ConfigurationError, match="PostgreSQL"):
-        revert_migrations(sqlite_engine)
-    with pytest.raises(ConfigurationError, match="PostgreSQL"):
-        status(sqlite_engine)
+    for call in (
+        apply_migrations,
+        revert_migrations,
+        status,
+        apply_example_columns,
+        revert_example_columns,
+    ):
+        with pytest.raises(ConfigurationError, match="PostgreSQL"):
+            call(sqlite_engine)
     assert inspect(sqlite_engine).get_table_names() == []  # nothing was created
+
+
+def test_the_ledger_lives_in_the_library_schema() -> None:
+    assert _RECORDS == "encryption.glc_schema_migrations"
+    assert _LEGACY_RECORDS == "public.glc_schema_migrations"
+
+
+def test_the_example_is_packaged_with_its_revert_but_is_no_migration() -> None:
+    names = {name for _, name in available_migrations()}
+    assert EXAMPLE_COLUMNS not in names
+    assert not any("example" in name for name in names)
+    up, down = _read(EXAMPLE_COLUMNS), _read(EXAMPLE_COLUMNS.replace(".sql", ".down.sql"))
+    for table in ("users", "api_keys", "security.login_attempts"):
+        assert f"'{table}'" in up and f"'{table}'" in down
+    assert "ADD COLUMN IF NOT EXISTS" in up and "DROP COLUMN IF EXISTS" in down
+
+
+def test_no_migration_names_an_application_table() -> None:
+    # The tables the example alters are the application's; the migrations must leave them.
+    for _, name in available_migrations():
+        for script in (_read(name), _read(name.replace(".sql", ".down.sql"))):
+            for table in ("'users'", "'api_keys'", "login_attempts", "_bidx'"):
+                assert table not in script, (name, table)
+
+
+@pytest.mark.parametrize("down", [False, True])
+def test_the_cli_takes_example_columns_and_refuses_sqlite(
+    down: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["db", "migrate", "--url", "sqlite://", "--example-columns"]
+    assert cli.main([*argv, "--down"] if down else argv) == 2
+    assert "the SQL migrations are for PostgreSQL" in capsys.readouterr().err
 
 
 def test_reverting_down_to_the_newest_version_touches_no_database(sqlite_engine: Engine) -> None:

@@ -253,3 +253,96 @@ def test_comparisons_without_an_index_are_refused() -> None:
         _ = table.c.email == "a@example.com"
     with pytest.raises(InvalidArgumentError, match="only =="):
         _ = table.c.email != "a@example.com"
+
+
+# -- skip_erased, matches, column selects -------------------------------------------------
+
+
+def test_skip_erased_defaults_to_raising() -> None:
+    assert not EncryptedString(lambda: None, data_class="pii", tenant_id="t").skip_erased
+    typ = EncryptedJSON(lambda: None, data_class="pii", tenant_id="t", skip_erased=True)
+    assert typ.skip_erased
+
+
+def test_matches_is_the_index_predicate_with_a_tenant(service: EncryptionService) -> None:
+    table = _users(
+        Column("tenant", String(20)),
+        Column(
+            "email",
+            EncryptedString(service, data_class="pii", tenant_id=FromRow("tenant")),
+        ),
+        Column("email_bidx", BlindIndex("email", per_tenant=True)),
+    )
+    expr = table.c.email.matches("a@example.com", tenant_id="t1")
+    assert _sql(expr) == '"app.users".email_bidx = ?'
+    index = table.c.email_bidx.type
+    (param,) = expr.compile(dialect=DIALECT).params.values()
+    assert param == index.compute("a@example.com", tenant_id="t1")
+    assert param != index.compute("a@example.com", tenant_id="t2")
+    assert _sql(table.c.email.matches(None)) == '"app.users".email IS NULL'
+    # == cannot pick the tenant's key: the error names the public form.
+    with pytest.raises(InvalidArgumentError, match=r"email\.matches\(value, tenant_id=\.\.\.\)"):
+        _ = table.c.email == "a@example.com"
+    plain = _users(Column("email", EncryptedString(service, data_class="pii", tenant_id="t")))
+    with pytest.raises(InvalidArgumentError, match="blind index"):
+        plain.c.email.matches("a@example.com", tenant_id="t")
+
+
+def test_row_bound_slots_find_the_binding_or_name_it() -> None:
+    from sqlalchemy import func, select
+
+    from greenlang_crypto.sqlalchemy.types import SealedColumnError, row_bound_slots
+
+    typ = EncryptedString(lambda: None, data_class="pii", tenant_id=FromRow("tenant"))
+    table = _users(Column("tenant", String(20)), Column("email", typ), Column("note", String(9)))
+    c = table.c
+    assert row_bound_slots([c.id, c.note]) == []
+    assert row_bound_slots([c.email.label("e"), None, c.tenant, c.id]) == [(0, typ, [3], 2)]
+    with pytest.raises(SealedColumnError) as err:
+        row_bound_slots([c.id, c.email])
+    assert err.value.columns == ("app.users.tenant",)
+    assert isinstance(err.value, InvalidArgumentError)
+    with pytest.raises(SealedColumnError) as err:
+        row_bound_slots([c.email])
+    assert err.value.columns == ("app.users.id", "app.users.tenant")
+    with pytest.raises(SealedColumnError, match="expression"):
+        row_bound_slots([c.id, c.tenant, func.max(c.email)])
+    # Another FROM's key and tenant are not this column's binding.
+    alias = table.alias("other")
+    with pytest.raises(SealedColumnError):
+        row_bound_slots([c.id, c.tenant, alias.c.email])
+    sub = select(c.id, c.tenant, c.email).subquery()
+    assert row_bound_slots([sub.c.email, sub.c.id, sub.c.tenant]) == [(0, typ, [1], 2)]
+
+
+def test_core_selects_of_row_bound_columns_are_refused(service: EncryptionService) -> None:
+    from sqlalchemy import LargeBinary, create_engine, insert, select, type_coerce
+
+    from greenlang_crypto.sqlalchemy.types import SealedColumnError
+
+    typ = EncryptedString(service, data_class="pii", tenant_id="t1", bind_row=True)
+    table = Table(
+        "notes",
+        MetaData(),
+        Column("id", Integer, primary_key=True),
+        Column("body", typ),
+        Column("title", String(20)),
+    )
+    engine = create_engine("sqlite://")
+    table.create(engine)
+    try:
+        sealed = typ.encrypt_value("secret", 1)
+        with engine.begin() as conn:
+            conn.execute(insert(table), [{"id": 1, "body": SealedValue(sealed), "title": "t"}])
+            with pytest.raises(SealedColumnError) as err:
+                conn.execute(select(table.c.body))
+            assert err.value.columns == ("notes.id",)
+            with pytest.raises(SealedColumnError, match="Session"):
+                conn.execute(select(table.c.id, table.c.body))
+            with pytest.raises(SealedColumnError, match="Session"):
+                conn.execute(insert(table).returning(table.c.id, table.c.body), {"id": 2})
+            assert conn.execute(select(table.c.title)).scalar() == "t"
+            raw = conn.execute(select(type_coerce(table.c.body, LargeBinary))).scalar()
+            assert raw == sealed and typ.decrypt_value(raw, 1) == "secret"
+    finally:
+        engine.dispose()
