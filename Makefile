@@ -5,7 +5,7 @@ PY := .venv/bin/python
 export AWS_LC_SYS_CMAKE_BUILDER := 0
 
 .DEFAULT_GOAL := help
-.PHONY: help setup install build wheel run services services-stop lint fmt test-rust test-py test-install faults gate bench ci
+.PHONY: help setup install build wheel run services services-stop lint fmt test-rust test-py test-install faults gate bench docs ci
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -89,6 +89,9 @@ gate: ## Benchmark gate: ratios against peers measured in the same run (PostgreS
 bench: ## Full pytest-benchmark run with peers (reports, no gate)
 	$(PY) -m pytest benches --benchmark-only --benchmark-group-by=group -q
 
+docs: ## Build the documentation site in strict mode
+	@NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
 # The gate runs before the Python tests: right after them PostgreSQL keeps the second core busy
 # (autovacuum, checkpoints after bulk inserts), which the two-thread scaling check would see.
-ci: setup lint test-rust gate test-install test-py ## Everything CI runs: set-up, lint, gate, all tests
+ci: setup lint test-rust gate test-install docs test-py ## Everything CI runs: set-up, lint, gate, all tests

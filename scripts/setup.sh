@@ -33,5 +33,5 @@ if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "maturin>=1.9.4,<2"
 # Build the Rust extension in release mode and install the package editable with all extras.
-AWS_LC_SYS_CMAKE_BUILDER=0 .venv/bin/python -m pip install -q -e ".[all,dev]"
+AWS_LC_SYS_CMAKE_BUILDER=0 .venv/bin/python -m pip install -q -e ".[all,dev,docs]"
 PATH="$PWD/.venv/bin:$PATH" bash scripts/install_infra_tools.sh
