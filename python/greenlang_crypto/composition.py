@@ -102,8 +102,11 @@ def build_provider(
             'pip install "greenlang-crypto[aws]"'
         ) from None
     extra: dict[str, Any] = {} if kms_observer is None else {"observer": kms_observer}
+    # Tenant keys join the allow-list after the primary and its replicas: a DEK wrapped under
+    # one is unwrapped only because the configuration names it.
+    tenant_keys = tuple(k for k in config.tenant_kms_keys.values() if k not in config.kms_key_ids)
     return AwsKmsKeyProvider(
-        keys=config.kms_key_ids,
+        keys=(*config.kms_key_ids, *dict.fromkeys(tenant_keys)),
         region=config.kms_region,
         endpoint_url=config.kms_endpoint_url,
         **extra,

@@ -7,6 +7,7 @@ not at its first encryption.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -19,6 +20,35 @@ from greenlang_crypto.exceptions import ConfigurationError
 __all__ = ["EncryptionServiceConfig", "default_data_dir"]
 
 _PROVIDERS = ("local", "aws-kms")
+_KMS_KEY_ARN = re.compile(r"arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]{1,128}")
+
+
+def _tenant_keys(raw: object) -> dict[str, str]:
+    """``{tenant: KMS key ARN}`` from a mapping or ``"t1=arn,t2=arn"``, validated."""
+    if isinstance(raw, str):
+        pairs = []
+        for item in (s.strip() for s in raw.split(",")):
+            if not item:
+                continue
+            tenant, sep, arn = item.partition("=")
+            if not sep:
+                raise ConfigurationError("tenant_kms_keys entries are tenant=key-ARN")
+            pairs.append((tenant.strip(), arn.strip()))
+        raw = dict(pairs)
+    if not isinstance(raw, Mapping):
+        raise ConfigurationError("tenant_kms_keys must map tenant ids to KMS key ARNs")
+    out: dict[str, str] = {}
+    for tenant, arn in raw.items():
+        if not isinstance(tenant, str) or not tenant or not isinstance(arn, str):
+            raise ConfigurationError("tenant_kms_keys must map tenant ids to KMS key ARNs")
+        # A full key ARN, never an alias: a tenant key must name one key for good, so the
+        # rewrap can tell a tenant's DEKs apart and its deletion can be scheduled.
+        if not _KMS_KEY_ARN.fullmatch(arn):
+            raise ConfigurationError("tenant_kms_keys values must be KMS key ARNs")
+        out[tenant] = arn
+    return out
+
+
 _REFERENCES = ("stored", "inline", "branch")
 _BRANCH_SCOPES = ("service", "tenant")
 #: Commitment policies, named as the AWS Encryption SDK names its own.
@@ -92,6 +122,12 @@ class EncryptionServiceConfig:
             :class:`~greenlang_crypto.exceptions.CommitmentPolicyError`; set it once
             re-encryption has moved all data to v2) or ``forbid_encrypt_allow_decrypt``
             (write format v1, for a fleet whose older instances cannot read v2 yet).
+        tenant_kms_keys: AWS KMS only: tenants that get a KMS key of their own, as
+            ``{tenant_id: key ARN}`` (``GLC_TENANT_KMS_KEYS="t1=arn:...,t2=arn:..."``). Their
+            DEKs and branch keys are generated under that key instead of the version's, stay
+            on it through rewraps, and ``erase_tenant(..., schedule_kms_key_deletion=True)``
+            schedules its deletion, so even a backup of the key store cannot bring the
+            tenant's data back once the key is gone. The keys join the provider's allow-list.
     """
 
     provider: str = "local"
@@ -113,6 +149,7 @@ class EncryptionServiceConfig:
     key_store_pool_size: int = 4
     key_store_transaction_pooler: bool = False
     commitment_policy: str = "require_encrypt_allow_decrypt"
+    tenant_kms_keys: Mapping[str, str] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         # URLs may carry a password (postgresql://user:pw@host, redis://:pw@host): never shown.
@@ -133,6 +170,9 @@ class EncryptionServiceConfig:
             raise ConfigurationError("provider aws-kms needs at least one kms_key_ids entry")
         if self.key_reference not in _REFERENCES:
             raise ConfigurationError(f"key_reference must be one of {_REFERENCES}")
+        object.__setattr__(self, "tenant_kms_keys", _tenant_keys(self.tenant_kms_keys))
+        if self.tenant_kms_keys and self.provider != "aws-kms":
+            raise ConfigurationError("tenant_kms_keys needs provider aws-kms")
         if self.commitment_policy not in COMMITMENT_POLICIES:
             raise ConfigurationError(f"commitment_policy must be one of {COMMITMENT_POLICIES}")
         if self.branch_key_scope not in _BRANCH_SCOPES:
@@ -200,6 +240,8 @@ class EncryptionServiceConfig:
                     "key_store_pool_size",
                 ):
                     converted[f.name] = int(raw)
+                elif f.name == "tenant_kms_keys":
+                    converted[f.name] = _tenant_keys(raw)
                 elif f.name == "key_store_transaction_pooler":
                     converted[f.name] = _as_bool(raw)
                 elif f.name == "data_dir":

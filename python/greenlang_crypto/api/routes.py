@@ -30,7 +30,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response,
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from greenlang_crypto._core import parse_envelope
@@ -160,6 +160,9 @@ class EraseTenantRequest(BaseModel):
 
     tenant_id: Label
     reason: Annotated[str, StringConstraints(strict=True, min_length=1, max_length=500)]
+    #: Then schedule the deletion of the tenant's own KMS key (``tenant_kms_keys``).
+    schedule_kms_key_deletion: StrictBool = False
+    pending_window_days: Annotated[int, Field(strict=True, ge=7, le=30)] = 30
 
 
 class EraseTenantResponse(BaseModel):
@@ -173,6 +176,7 @@ class EraseTenantResponse(BaseModel):
     completed: bool
     epoch: int
     seconds: float
+    kms_key_deletion_date: str | None = None
 
 
 class KeyVersionModel(BaseModel):
@@ -631,7 +635,11 @@ def build_router(
                     details={"tenant_digest": tenant_digest(tenant), "scope_kind": "tenant"},
                 ) as outcome,
             ):
-                report = service.erase_tenant(tenant)
+                report = service.erase_tenant(
+                    tenant,
+                    schedule_kms_key_deletion=body.schedule_kms_key_deletion,
+                    pending_window_days=body.pending_window_days,
+                )
                 outcome.update(
                     stored_deks=report.stored_deks_destroyed,
                     branch_keys=report.branch_keys_destroyed,
@@ -651,6 +659,7 @@ def build_router(
             completed=report.completed,
             epoch=report.epoch,
             seconds=report.seconds,
+            kms_key_deletion_date=report.kms_key_deletion_date,
         )
 
     @router.post("/rewrap", response_model=EnvelopeResponse)

@@ -111,7 +111,15 @@ def _erase(args: argparse.Namespace, stack: Composition) -> int:
         raise GreenlangCryptoError(
             f"erasing tenant {tenant} makes its data unreadable forever; add --yes"
         )
-    report = _audited(stack, "tenant_erase", lambda: svc.erase_tenant(tenant))
+    report = _audited(
+        stack,
+        "tenant_erase",
+        lambda: svc.erase_tenant(
+            tenant,
+            schedule_kms_key_deletion=args.schedule_kms_key_deletion,
+            pending_window_days=args.pending_window_days,
+        ),
+    )
     if args.json:
         print(
             json.dumps(
@@ -124,6 +132,7 @@ def _erase(args: argparse.Namespace, stack: Composition) -> int:
                     "completed": report.completed,
                     "epoch": report.epoch,
                     "seconds": round(report.seconds, 3),
+                    "kms_key_deletion_date": report.kms_key_deletion_date,
                 },
                 indent=2,
             )
@@ -136,6 +145,8 @@ def _erase(args: argparse.Namespace, stack: Composition) -> int:
         f"{report.instances_acknowledged} other instance(s) acknowledged "
         f"({report.seconds:.1f}s)"
     )
+    if report.kms_key_deletion_date:
+        print(f"its KMS key is scheduled for deletion on {report.kms_key_deletion_date}")
     return 0
 
 

@@ -108,6 +108,18 @@ def _add_keys(
         help="erase one tenant: destroy its stored DEKs, branch keys and blind-index keys",
     )
     ke.add_argument("--tenant", required=True, help="the tenant id to erase")
+    ke.add_argument(
+        "--schedule-kms-key-deletion",
+        action="store_true",
+        help="then schedule the deletion of the tenant's own KMS key (tenant_kms_keys), so "
+        "no backup of its keys can be unwrapped again",
+    )
+    ke.add_argument(
+        "--pending-window-days",
+        type=int,
+        default=30,
+        help="days before KMS deletes the key (7-30; default 30)",
+    )
     ke.add_argument("--yes", action="store_true", help="confirm the erasure")
     ke.add_argument("--json", action="store_true", help="print the report as JSON")
     keys.set_defaults(func=run["keys"])

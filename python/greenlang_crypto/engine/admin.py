@@ -8,6 +8,7 @@ The reads here write nothing: an index key is created only by the paths that nee
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections import Counter
@@ -82,6 +83,8 @@ class ErasureReport:
         completed: Whether this call deleted the keys (False: another admin did first).
         epoch: The keyring epoch at which the erasure completed.
         seconds: How long the call took.
+        kms_key_deletion_date: When the tenant's own KMS key will be deleted (ISO 8601),
+            when this call scheduled it; None otherwise.
     """
 
     tenant_id: str
@@ -92,6 +95,7 @@ class ErasureReport:
     completed: bool
     epoch: int
     seconds: float
+    kms_key_deletion_date: str | None = None
 
     @property
     def keys_destroyed(self) -> int:
@@ -216,15 +220,18 @@ class KeyAdmin:
         Each row is replaced by compare-and-swap, so concurrent rewraps never lose an update.
         The previous wrapping keys stay in the keyring's history: inline envelopes that name
         them keep decrypting until an operator destroys them (:meth:`destroy_wrapping_key`).
-        Returns the number of rows rewrapped.
+        Keys wrapped under a tenant's own KMS key (``tenant_kms_keys``) stay on it: moving
+        them would let a backup outlive that key's deletion. Returns the number of rows
+        rewrapped.
         """
         runtime = self._runtime
         store, provider = runtime.store, runtime.provider
+        keep = {new_wrapping_key_id, *runtime.tenant_kms_keys.values()}
         with self.key_change("key_rewrap", wrapping_key_id=new_wrapping_key_id):
             done = 0
             for batch in store.iter_deks():
                 for record in batch:
-                    if record.wrapping_key_id == new_wrapping_key_id:
+                    if record.wrapping_key_id in keep:
                         continue
                     ctx = EncryptionContext.from_mapping(record.context)
                     new_blob = provider.reencrypt_data_key(
@@ -248,7 +255,7 @@ class KeyAdmin:
                 store.replace_index_wrapped(
                     index_record.version, index_record.wrapped, new_blob, new_wrapping_key_id
                 )
-            done += self._rewrap_branch_keys(new_wrapping_key_id)
+            done += self._rewrap_branch_keys(new_wrapping_key_id, keep)
             for version in store.versions():
                 if version.provider == provider.name:
                     store.set_wrapping_key(version.version, new_wrapping_key_id)
@@ -257,14 +264,14 @@ class KeyAdmin:
         self._events.emit("key_rewrapped", key_id=new_wrapping_key_id, count=done)
         return done
 
-    def _rewrap_branch_keys(self, new_wrapping_key_id: str) -> int:
+    def _rewrap_branch_keys(self, new_wrapping_key_id: str, keep: set[str]) -> int:
         from greenlang_crypto.keys.branch import branch_key_context
 
         rows = self._runtime.branches.rows
         done = 0
         for batch in rows.iter_all():
             for record in batch:
-                if record.wrapping_key_id == new_wrapping_key_id:
+                if record.wrapping_key_id in keep:
                     continue
                 new_blob = self._runtime.provider.reencrypt_data_key(
                     record.wrapping_key_id,
@@ -464,7 +471,13 @@ class KeyAdmin:
 
     # -- tenant erasure --------------------------------------------------------------------
 
-    def erase_tenant(self, tenant_id: str) -> ErasureReport:
+    def erase_tenant(
+        self,
+        tenant_id: str,
+        *,
+        schedule_kms_key_deletion: bool = False,
+        pending_window_days: int = 30,
+    ) -> ErasureReport:
         """Crypto-shreds one tenant: its stored DEKs, branch keys and blind-index keys.
 
         Two phases, each a key-state change that every live instance confirms before the
@@ -489,14 +502,48 @@ class KeyAdmin:
         the envelope) are not erased by this; nor is data under a branch key shared by
         several tenants (scope ``service``).
 
+        Deleting key rows does not reach a backup of the key store taken before: restored,
+        it unwraps again while the KMS key that wrapped its rows lives. A tenant with a KMS
+        key of its own (``tenant_kms_keys``) closes that gap: ``schedule_kms_key_deletion``
+        schedules that key's deletion (KMS ScheduleKeyDeletion, ``pending_window_days``
+        7-30) once the keys are destroyed, after which no backup, and no inline envelope,
+        of the tenant's data can be decrypted.
+
         Raises:
+            InvalidArgumentError: ``schedule_kms_key_deletion`` for a tenant without a KMS
+                key of its own, or a pending window outside 7-30 days (nothing is done).
             InvalidContextError: ``tenant_id`` is not a valid tenant id.
             KeyStoreUnavailableError: The key store failed; run it again.
             AuditSinkUnavailableError: The audit log cannot record the change (nothing done).
         """
         # The same rules as a context's tenant_id (type, length, characters).
         EncryptionContext(tenant_id=tenant_id, data_class="erasure")
-        return self._erase(tenant_id, stored=True)
+        own_key = self._runtime.tenant_kms_keys.get(tenant_id)
+        if schedule_kms_key_deletion:
+            if own_key is None:
+                raise InvalidArgumentError("the tenant has no KMS key of its own to delete")
+            if (
+                isinstance(pending_window_days, bool)
+                or not isinstance(pending_window_days, int)
+                or not 7 <= pending_window_days <= 30
+            ):
+                raise InvalidArgumentError("pending_window_days must be 7-30 (KMS limits)")
+        report = self._erase(tenant_id, stored=True)
+        if not schedule_kms_key_deletion or own_key is None:
+            return report
+        # After the keys are gone and the fleet has confirmed: the KMS key is the last
+        # thing that could unwrap a backup of them.
+        schedule: Any = getattr(self._runtime.provider, "schedule_key_deletion", None)
+        if schedule is None:
+            raise InvalidArgumentError("the key provider cannot delete KMS keys")
+        when = str(schedule(own_key, pending_window_days))
+        self._events.emit(
+            "tenant_erased",
+            phase="kms_key_deletion_scheduled",
+            tenant_digest=tenant_digest(tenant_id),
+            key_id=own_key,
+        )
+        return dataclasses.replace(report, kms_key_deletion_date=when)
 
     def _erase(self, tenant_id: str, *, stored: bool) -> ErasureReport:
         runtime = self._runtime

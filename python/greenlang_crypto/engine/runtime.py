@@ -106,6 +106,8 @@ class Runtime:
         self.store = store
         self.events = events
         self.limits = KeyLimits(max_messages=config.max_messages_per_dek)
+        #: Tenants with a KMS key of their own (see EncryptionServiceConfig.tenant_kms_keys).
+        self.tenant_kms_keys: dict[str, str] = dict(config.tenant_kms_keys)
         policy = config.commitment_policy
         #: The envelope format this service writes: v2 (key-committing) unless the policy
         #: keeps v1 for a fleet whose older instances cannot read v2 yet.
@@ -187,6 +189,7 @@ class Runtime:
                         shared_cache=self.shared_cache,
                         confirm_epoch=keyring.confirms_epoch,
                         emit=self.events.emit,
+                        wrapping_key=self.branch_wrapping_key,
                         **self._clock_kw,
                     )
                     self._branches = branches
@@ -418,6 +421,22 @@ class Runtime:
         """The single-flight lock of one cache key."""
         return self.flights[hash(cache_id) % FLIGHT_STRIPES]
 
+    def wrapping_key_for(self, version: KeyVersion, tenant_id: str | None) -> str:
+        """The KMS key a new DEK or branch key of ``tenant_id`` is generated under.
+
+        The tenant's own key when ``tenant_kms_keys`` names one, else the version's.
+        """
+        if tenant_id is not None:
+            own = self.tenant_kms_keys.get(tenant_id)
+            if own is not None:
+                return own
+        return version.wrapping_key_id
+
+    def branch_wrapping_key(self, version: KeyVersion, scope: str) -> str:
+        """The KMS key a new branch key of ``scope`` is generated under (see above)."""
+        tenant = scope[len("tenant:") :] if scope.startswith("tenant:") else None
+        return self.wrapping_key_for(version, tenant)
+
     def new_sealer(
         self, version: KeyVersion, ctx: EncryptionContext, reference: str
     ) -> EnvelopeSealer:
@@ -435,7 +454,9 @@ class Runtime:
                 version, ctx, self.limits, format_version=self.format_version
             )
         started = time.perf_counter()
-        generated = self.provider.generate_data_key(version.wrapping_key_id, ctx, self.limits)
+        generated = self.provider.generate_data_key(
+            self.wrapping_key_for(version, ctx.tenant_id), ctx, self.limits
+        )
         emit = self.events.emit
         emit(
             "key_cache_miss",

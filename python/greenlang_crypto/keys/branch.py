@@ -140,6 +140,8 @@ class BranchKeys:
         emit: Receives events (``branch_key_created``, ``branch_key_unwrapped``...).
         clock: The clock the unwrapped-key cache reads its TTL on (the system clock when
             None): the service's clock, so its tests step past a TTL without sleeping.
+        wrapping_key: Returns the KMS key a new branch key of a scope is generated under
+            (default: the key version's; a tenant with a KMS key of its own gets that one).
     """
 
     def __init__(
@@ -155,9 +157,11 @@ class BranchKeys:
         confirm_epoch: Callable[[int], bool] | None = None,
         emit: BranchObserver | None = None,
         clock: ManualClock | None = None,
+        wrapping_key: Callable[[KeyVersion, str], str] | None = None,
     ) -> None:
         self.rows = BranchKeyStore(store)
         self._provider = provider
+        self._wrapping_key = wrapping_key or (lambda version, _scope: version.wrapping_key_id)
         self._scope_of = scope_mapper(scope)
         self._ttl = ttl
         self._epoch = epoch
@@ -355,7 +359,7 @@ class BranchKeys:
     ) -> tuple[BranchKeyRecord, DataKey | None]:
         branch_id = self.rows.new_id()
         generated = self._provider.generate_data_key(
-            version.wrapping_key_id, branch_key_context(scope, branch_id), KeyLimits()
+            self._wrapping_key(version, scope), branch_key_context(scope, branch_id), KeyLimits()
         )
         self.counts["created"] += 1
         record = self.rows.insert(

@@ -609,6 +609,32 @@ class AwsKmsKeyProvider:
             ),
         )
 
+    def schedule_key_deletion(self, key_id: str, pending_window_days: int = 30) -> str:
+        """Schedules the deletion of a configured key (KMS ScheduleKeyDeletion).
+
+        Used by a tenant erasure for a tenant with a KMS key of its own. The key is disabled
+        for use at once and deleted after ``pending_window_days`` (7-30); until then an
+        operator can still cancel in KMS. Returns the deletion date (ISO 8601).
+
+        Raises:
+            KmsAccessDeniedError: ``key_id`` is not on this provider's allow-list.
+            KmsError: Or a subclass, as for the other calls.
+        """
+        target = self._resolve(key_id)[0]
+        answer = self._observed(
+            "ScheduleKeyDeletion",
+            lambda: self._call(
+                "ScheduleKeyDeletion",
+                [target],
+                # The key id, not the ARN: the client is the key's own region's, so both name
+                # the same key, and some KMS emulators accept only the id here.
+                lambda c, t: c.schedule_key_deletion(
+                    KeyId=t.resource, PendingWindowInDays=pending_window_days
+                ),
+            ),
+        )
+        return _iso(answer.get("DeletionDate")) or ""
+
     def rotation_status(self, key_id: str) -> dict[str, Any]:
         """Automatic-rotation settings and rotation history of a configured key.
 

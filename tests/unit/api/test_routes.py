@@ -405,7 +405,9 @@ def test_erasing_a_tenant_shreds_its_data_only_and_is_audited_by_digest(
         "completed",
         "epoch",
         "seconds",
+        "kms_key_deletion_date",
     }
+    assert report["kms_key_deletion_date"] is None  # acme has no KMS key of its own
     # Acme's data is gone for good (the same opaque answer as any missing key); globex's stays.
     gone = _open(client, current, "acme", acme)
     assert (gone.status_code, gone.json()) == (400, {"detail": "decryption failed"})
