@@ -330,7 +330,8 @@ class BlindIndex(IndexType):
         index key; a retirement drops a version) empties the cached keys at once: a
         long-running process never indexes or looks up with a key the key store replaced.
         """
-        epoch = getattr(self._service(), "keyring_epoch", None)
+        svc = self._service()
+        epoch = getattr(svc, "keyring_epoch", None)
         if epoch != self._cache.epoch:
             with self._cache.lock:
                 self._cache.keys = {}
@@ -339,10 +340,13 @@ class BlindIndex(IndexType):
         versions, at = self._cache.versions
         now = time.monotonic()
         if not versions or now - at > self.refresh_seconds:
-            versions = list(off_the_loop(self._service().active_index_versions))
+            versions = list(off_the_loop(svc.active_index_versions))
             if any(not 1 <= v <= 255 for v in versions):
                 raise InvalidArgumentError("blind-index key versions must be in 1..255")
             self._cache.versions = (versions, now)
+            # The read may have created the first index key, itself a key change: take the
+            # epoch that includes it, or the keys derived next would be dropped at once.
+            self._cache.epoch = getattr(svc, "keyring_epoch", None)
         return versions
 
     def keys_cached(self, tenant_id: str | None = None) -> bool:

@@ -305,8 +305,7 @@ def install(mapper: Mapper[Any]) -> None:
     event.listen(mapper, "before_insert", binder.before_insert, raw=True)
     event.listen(mapper, "before_update", binder.before_update, raw=True)
     if binder.sealed:
-        if not event.contains(Session, "do_orm_execute", _decrypt_column_selects):
-            event.listen(Session, "do_orm_execute", _decrypt_column_selects)
+        watch_sessions()
         event.listen(mapper, "after_insert", lambda m, c, t: binder.after_write(t))
         event.listen(mapper, "after_update", lambda m, c, t: binder.after_write(t))
         cls = mapper.class_
@@ -322,6 +321,12 @@ def install(mapper: Mapper[Any]) -> None:
             event.listen(getattr(cls, attr), "set", _keep_old, active_history=True)
         event.listen(cls, "load", lambda t, ctx: binder.decrypt_loaded(t), raw=False)
         event.listen(cls, "refresh", lambda t, ctx, keys: binder.decrypt_loaded(t, keys))
+
+
+def watch_sessions() -> None:
+    """Installs the ``do_orm_execute`` hook that decrypts row-bound column selects, once."""
+    if not event.contains(Session, "do_orm_execute", _decrypt_column_selects):
+        event.listen(Session, "do_orm_execute", _decrypt_column_selects)
 
 
 def _keep_old(target: Any, value: Any, oldvalue: Any, initiator: Any) -> None:

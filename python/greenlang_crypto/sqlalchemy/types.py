@@ -778,9 +778,19 @@ def row_bound_slots(
 
 
 def _watch_row_bound_selects() -> None:
-    """Installs the Core check once, when the first row-bound column type is made."""
+    """Installs the Core check and the Session hook, once, at the first row-bound type.
+
+    The Session hook is installed here, not when the model's mapper is configured:
+    SQLAlchemy configures mappers lazily, inside the first query that needs them, and that
+    query would already be past the hooks, so the Core check would refuse it.
+    """
     if not event.contains(Engine, "before_execute", _check_core_execute):
         event.listen(Engine, "before_execute", _check_core_execute)
+    # Imported here: orm imports this module (and a model may be declared before any
+    # Session exists, in which case this is the moment the hook must be in place).
+    from greenlang_crypto.sqlalchemy.orm import watch_sessions
+
+    watch_sessions()
 
 
 def _check_core_execute(

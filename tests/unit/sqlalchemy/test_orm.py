@@ -184,3 +184,52 @@ def test_column_selects_through_a_session(service: EncryptionService) -> None:
             )
     finally:
         engine.dispose()
+
+
+def test_the_first_query_of_a_process_loads_row_bound_columns(tmp_path: Path) -> None:
+    # SQLAlchemy configures mappers lazily, inside the first query that needs them: the
+    # Session hook must already be in place then, or that query is refused as a Core select.
+    # Only a fresh process has unconfigured mappers, so the check runs in one.
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        import uuid
+        import sqlalchemy as sa
+        from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+        from greenlang_crypto.service import EncryptionService
+        from greenlang_crypto.sqlalchemy import EncryptedString, FromRow
+
+        svc = EncryptionService.init_local({str(tmp_path / "keys")!r})
+
+        class Base(DeclarativeBase):
+            pass
+
+        class User(Base):
+            __tablename__ = "users"
+            id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+            tenant_id: Mapped[str] = mapped_column(sa.String(64))
+            email: Mapped[str] = mapped_column(
+                EncryptedString(svc, data_class="pii", tenant_id=FromRow("tenant_id"))
+            )
+
+        engine = sa.create_engine({f"sqlite:///{tmp_path / 'db.sqlite'}"!r})
+        uid = uuid.uuid4()
+        with engine.begin() as conn:  # Core only: the mapper stays unconfigured
+            Base.metadata.create_all(conn)
+        with Session(engine) as s:  # the first ORM work of the process: a read
+            assert s.get(User, uid) is None
+            s.add(User(id=uid, tenant_id="t1", email="a@x.org"))
+            s.commit()
+        with Session(engine) as s:
+            assert s.get(User, uid).email == "a@x.org"
+        print("ok")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok"

@@ -1,0 +1,1 @@
+"""A small FastAPI + SQLAlchemy application whose users' e-mail addresses are encrypted."""
