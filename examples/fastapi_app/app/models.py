@@ -43,8 +43,6 @@ class User(Base):
     name: Mapped[str] = mapped_column(sa.String(200))
 
 
-# The library installs its Session hook for row-bound columns when a mapper using them is
-# configured, and SQLAlchemy configures mappers lazily, inside the first ORM query; that
-# first query (session.get(User, ...) in a new process) would be refused with
-# SealedColumnError. Configuring them at import time avoids it.
+# Configure the mappers at import time: a model error then fails the app at start-up rather
+# than in its first request.
 orm.configure_mappers()
