@@ -28,3 +28,12 @@ _HOOKS = __name__.rpartition(".")[0] + ".orm"
 def _load_hooks() -> None:
     # Repeated on every configuration run: after the first, the import is a dictionary lookup.
     importlib.import_module(_HOOKS)
+
+
+def watch_sessions() -> None:
+    """Installs the hooks' Session listener now (for the first row-bound column type).
+
+    SQLAlchemy configures mappers lazily, inside the first query that needs them, which is
+    too late for a Session listener installed at configuration to see that query.
+    """
+    importlib.import_module(_HOOKS).watch_sessions()

@@ -59,7 +59,7 @@ from greenlang_crypto.exceptions import DataErasedError, DecryptionError, Invali
 # Imported for its effect: the ORM hooks (row binding, blind-index filling) are loaded before
 # any mapper using these types is configured, also when this module is imported directly
 # rather than through the package's lazy exports.
-from greenlang_crypto.sqlalchemy import _orm_loader  # noqa: F401
+from greenlang_crypto.sqlalchemy import _orm_loader
 from greenlang_crypto.sqlalchemy._common import (
     ContextCache,
     FromRow,
@@ -786,11 +786,7 @@ def _watch_row_bound_selects() -> None:
     """
     if not event.contains(Engine, "before_execute", _check_core_execute):
         event.listen(Engine, "before_execute", _check_core_execute)
-    # Imported here: orm imports this module (and a model may be declared before any
-    # Session exists, in which case this is the moment the hook must be in place).
-    from greenlang_crypto.sqlalchemy.orm import watch_sessions
-
-    watch_sessions()
+    _orm_loader.watch_sessions()
 
 
 def _check_core_execute(
