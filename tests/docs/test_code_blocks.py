@@ -1,4 +1,4 @@
-"""Every Python block of the documentation site (docs/**/*.md) runs, against the current code.
+"""Every Python block of the documentation site (docs/**/*.md) and README.md runs, as written.
 
 Each chain of blocks (a block and the ``<!-- docs: continue -->`` blocks after it) runs in a
 fresh module namespace, in its own temporary working directory, with ``GLC_DATA_DIR`` set to a
@@ -19,7 +19,8 @@ import pytest
 from tests.docs.blocks import Block, block_module, chains, python_blocks, run_block
 
 ROOT = Path(__file__).resolve().parents[2]
-PAGES = sorted((ROOT / "docs").rglob("*.md"))
+# README.md is the first page most readers see; its examples are held to the site's rules.
+PAGES = [*sorted((ROOT / "docs").rglob("*.md")), ROOT / "README.md"]
 BLOCKS = [block for page in PAGES for block in python_blocks(page)]
 CHAINS = chains(BLOCKS)
 
@@ -27,7 +28,11 @@ CHAINS = chains(BLOCKS)
 def test_the_site_has_blocks_to_run() -> None:
     # A collector that found nothing would pass every page.
     assert len(CHAINS) >= 10
-    assert {chain[0].path.name for chain in CHAINS} >= {"getting-started.md", "index.md"}
+    assert {chain[0].path.name for chain in CHAINS} >= {
+        "getting-started.md",
+        "index.md",
+        "README.md",
+    }
 
 
 def test_few_blocks_are_exempt_and_each_says_why() -> None:
