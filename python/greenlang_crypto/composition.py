@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from greenlang_crypto.exceptions import ConfigurationError
@@ -153,28 +154,31 @@ def create_local_master_key(data_dir: str | os.PathLike[str]) -> None:
 def init_local_data_dir(config: EncryptionServiceConfig) -> bool:
     """Initializes the embedded default ``config`` names if its data directory is new.
 
-    Does what ``greenlang-crypto init`` does: the directory is built beside its name (the
-    first master key, and the keyring when the key store is the embedded one) and renamed into
-    place, so it is whole or absent. Processes starting together on the same new directory
-    all succeed on the one key: the first rename wins and the others find its key. A
+    Does what ``greenlang-crypto init`` does: an absent directory is built beside its name
+    (the first master key, and the keyring when the key store is the embedded one) and renamed
+    into place, so it is whole or absent; an existing empty one (a volume's mount point, which
+    no rename may replace) is built in a hidden directory inside it, under a lock on it, and
+    its master keys moved into place last. Processes starting together on the same new
+    directory all succeed on the one key: the first wins and the others find its key. A
     directory that holds a master key is left alone, as is a configuration with another
-    provider (its keys are the operator's).
+    provider (its keys are the operator's). With a key store of the operator's (a
+    PostgreSQL URL) that already holds a keyring, a new master key would not open it: that
+    is refused.
 
     Returns:
         Whether this call created the master key.
 
     Raises:
         ConfigurationError: The directory exists, is not empty and holds no master key (it
-            belongs to something else, or lost its key: a new key would not open its data).
+            belongs to something else, or lost its key: a new key would not open its data),
+            or it holds no master key while the configured key store already holds a keyring
+            (made under a master key that is elsewhere).
+        KeyStoreUnavailableError: The configured key store could not be reached to check.
         OutputError: The directory could not be written (nothing is left).
     """
     import contextlib
-    import sqlite3
-    from pathlib import Path
 
-    from greenlang_crypto._files import atomic_directory, output_error
-    from greenlang_crypto.config import EncryptionServiceConfig
-    from greenlang_crypto.exceptions import OutputError
+    from greenlang_crypto._files import atomic_directory
 
     if config.provider != "local":
         return False
@@ -185,34 +189,149 @@ def init_local_data_dir(config: EncryptionServiceConfig) -> bool:
         f"{target} is not empty and holds no master key; move it away (or empty it) and "
         "initialize again"
     )
+    if (
+        config.key_store_url is not None
+        and _keyring_exists(config)
+        # Another process starting on the same directory may have put its key in place
+        # (and then made the keyring) since the check above.
+        and not local_master_key_exists(target)
+    ):
+        # The keyring lives in the operator's store and was made under a master key this
+        # directory does not hold (a volume not mounted, the wrong path): a new key would
+        # start a service that seals data no other instance reads and reads none of the old.
+        raise ConfigurationError(
+            f"{target} holds no master key, but the key store already holds a keyring: put "
+            "the master key it was created with there (or point data_dir at it); a new "
+            "master key would not open it"
+        )
+    if target.exists() and not target.is_dir():
+        raise ConfigurationError(f"{target} is not a directory")
+    if target.is_dir():
+        # It exists: often a volume's mount point, which no rename may replace (EBUSY).
+        # Built inside it, if empty, under a lock that the processes starting on it take in
+        # turn (one may be building in it now).
+        return _init_in_place(config, target, foreign)
     with contextlib.suppress(FileNotFoundError):
         if any(target.iterdir()):
             if local_master_key_exists(target):
                 return False  # another process initialized it meanwhile
             raise foreign
-    values = {name: getattr(config, name) for name in config.__dataclass_fields__}
     try:
         with atomic_directory(target) as building:
-            values["data_dir"] = building
-            try:
-                if config.key_store_url is None:
-                    # The keyring lives in the directory too: built with it, whole.
-                    init_local_service(EncryptionServiceConfig(**values)).close()
-                else:
-                    # The keyring lives in the operator's store: the first service opened
-                    # on it creates it, once the master key has its final place.
-                    create_local_master_key(building)
-            except OSError as exc:
-                raise output_error(target, exc) from exc
-            except sqlite3.Error as exc:
-                # The embedded key store is a file of the directory being built: a failure
-                # is a write that failed (a full disk). SQLite's messages name no data.
-                raise OutputError(f"cannot write {target}: {exc}") from exc
+            _build_data_dir(config, building, target)
     except FileExistsError:
         if local_master_key_exists(target):
             return False  # another process's directory was renamed into place first
         raise foreign from None
     return True
+
+
+#: The prefix of the directory an in-place initialization builds in (inside the target).
+_IN_PLACE_PREFIX = ".glc-init-in-place-"
+
+
+def _build_data_dir(config: EncryptionServiceConfig, building: Path, target: Path) -> None:
+    """What ``greenlang-crypto init`` creates, in ``building`` (errors name ``target``)."""
+    import sqlite3
+
+    from greenlang_crypto._files import output_error
+    from greenlang_crypto.config import EncryptionServiceConfig
+    from greenlang_crypto.exceptions import OutputError
+
+    values = {name: getattr(config, name) for name in config.__dataclass_fields__}
+    values["data_dir"] = building
+    try:
+        if config.key_store_url is None:
+            # The keyring lives in the directory too: built with it, whole.
+            init_local_service(EncryptionServiceConfig(**values)).close()
+        else:
+            # The keyring lives in the operator's store: the first service opened on it
+            # creates it, once the master key has its final place.
+            create_local_master_key(building)
+    except OSError as exc:
+        raise output_error(target, exc) from exc
+    except sqlite3.Error as exc:
+        # The embedded key store is a file of the directory being built: a failure is a
+        # write that failed (a full disk). SQLite's messages name no data.
+        raise OutputError(f"cannot write {target}: {exc}") from exc
+
+
+def _init_in_place(
+    config: EncryptionServiceConfig, target: Path, foreign: ConfigurationError
+) -> bool:
+    """Initializes the existing, empty directory ``target`` without replacing it.
+
+    Starters take turns on an exclusive lock of the directory: the first builds everything in
+    a hidden directory inside it, then moves the entries into place with the master keys
+    last (a directory with the key is a whole one); the others then find the key. A hidden
+    directory a killed run left is removed under the lock.
+    """
+    import fcntl
+    import secrets
+    import shutil
+
+    from greenlang_crypto._files import output_error
+
+    try:
+        fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise output_error(target, exc) from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            raise output_error(target, exc) from exc
+        if local_master_key_exists(target):
+            return False  # another process initialized it while this one waited
+        for entry in target.iterdir():
+            if entry.name.startswith(_IN_PLACE_PREFIX):
+                shutil.rmtree(entry, ignore_errors=True)  # a killed run's (the lock is ours)
+        if any(target.iterdir()):
+            raise foreign
+        building = target / f"{_IN_PLACE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            os.mkdir(building, 0o700)
+            _build_data_dir(config, building, target)
+            names = sorted(os.listdir(building), key=lambda name: name == "master-keys")
+            for name in names:
+                _sync_path(building / name)
+                os.rename(building / name, target / name)
+            os.rmdir(building)
+            os.fsync(fd)
+        except OSError as exc:
+            raise output_error(target, exc) from exc
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
+    finally:
+        os.close(fd)  # releases the lock
+    return True
+
+
+def _sync_path(path: Path) -> None:
+    """Syncs ``path`` and, for a directory, everything under it (before it is moved)."""
+    walk = os.walk(path) if path.is_dir() else [(str(path.parent), [], [path.name])]
+    for directory, _dirs, files in walk:
+        for name in files:
+            fd = os.open(os.path.join(directory, name), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if path.is_dir():
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def _keyring_exists(config: EncryptionServiceConfig) -> bool:
+    """Whether the key store ``config`` names holds key versions (opens and closes it)."""
+    store = build_key_store(config)
+    try:
+        return bool(store.versions())
+    finally:
+        store.close()
 
 
 def require_initialized(config: EncryptionServiceConfig) -> None:

@@ -182,12 +182,17 @@ _RACER = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("processes", [2, 4])
+@pytest.mark.parametrize(("processes", "existing"), [(2, False), (4, False), (4, True)])
 def test_processes_racing_on_a_new_directory_all_succeed_with_one_key(
-    tmp_path: Path, processes: int
+    tmp_path: Path, processes: int, existing: bool
 ) -> None:
     data_dir = tmp_path / "race" / "crypto"
     go = tmp_path / "go"
+    if existing:
+        # An existing empty directory (a volume's mount point, say) is initialized in place:
+        # the same directory, not one renamed over it.
+        data_dir.mkdir(parents=True)
+        before = data_dir.stat()
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", _RACER, str(data_dir), str(go), f"racer-{i}"],
@@ -207,6 +212,10 @@ def test_processes_racing_on_a_new_directory_all_succeed_with_one_key(
     assert len({json.dumps(r["versions"]) for r in results}) == 1
     assert len(list((data_dir / "master-keys").glob("master-v*.key"))) == 1
     assert [p.name for p in data_dir.parent.iterdir()] == ["crypto"]
+    assert not [p.name for p in data_dir.iterdir() if p.name.startswith(".glc")]
+    if existing:
+        after = data_dir.stat()
+        assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
     stack = build_stack(EncryptionServiceConfig(data_dir=data_dir), flush_interval=60.0)
     try:
         for i, r in enumerate(results):
@@ -215,3 +224,58 @@ def test_processes_racing_on_a_new_directory_all_succeed_with_one_key(
             assert opened == f"racer-{i}".encode()
     finally:
         stack.close()
+
+
+_IN_MOUNT = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from greenlang_crypto.api import build_stack
+    from greenlang_crypto.config import EncryptionServiceConfig
+    from greenlang_crypto.context import EncryptionContext
+
+    config = EncryptionServiceConfig(data_dir=Path(sys.argv[1]))
+    stack = build_stack(config, flush_interval=60.0, initialize_if_missing=True)
+    try:
+        ctx = EncryptionContext("acme", "pii")
+        assert stack.service.decrypt(stack.service.encrypt(b"row", ctx), ctx) == b"row"
+    finally:
+        stack.close()
+    again = build_stack(config, flush_interval=60.0, initialize_if_missing=True)
+    again.close()
+    print(sorted(p.name for p in Path(sys.argv[1]).iterdir()))
+    """
+)
+
+
+def test_an_empty_mount_point_is_initialized_in_place(tmp_path: Path) -> None:
+    # A container's data directory is usually a volume mounted on an empty directory: no
+    # rename can replace a mount point (EBUSY), so it is initialized in place. The mount is
+    # made in a user and mount namespace of the test's own (util-linux `unshare`).
+    mount = tmp_path / "volume"
+    mount.mkdir()
+    script = 'mount -t tmpfs glc-test "$1" && shift && exec "$@"'
+    res = subprocess.run(
+        [
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "--mount",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            str(mount),
+            sys.executable,
+            "-c",
+            _IN_MOUNT,
+            str(mount),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=False,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT / "python")),
+    )
+    assert res.returncode == 0, res.stderr.decode()
+    assert "master-keys" in res.stdout.decode() and "keystore.db" in res.stdout.decode()

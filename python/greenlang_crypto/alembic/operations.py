@@ -24,7 +24,9 @@ Importing :mod:`greenlang_crypto.alembic` registers them on Alembic's ``op``:
   ``op.allow_plaintext``.
 
 All of them need PostgreSQL. The jobs need an online migration (they read and write rows);
-under ``alembic upgrade --sql`` only ``defer=True`` works.
+under ``alembic upgrade --sql`` only ``defer=True`` works, and writes the command into the
+script as SQL comments (stdout is the script there). Offline, the type change cannot read the
+catalog first: the script checks, when it runs, that the column is not ``bytea`` already.
 """
 
 from __future__ import annotations

@@ -242,7 +242,9 @@ def build_stack(
     Raises:
         ConfigurationError: The embedded default is not initialized and
             ``initialize_if_missing`` is false (nothing was created), its data directory is
-            not empty and holds no master key, or the configuration is not usable.
+            not empty and holds no master key, it holds none while the configured key store
+            already holds a keyring (made under a master key kept elsewhere), or the
+            configuration is not usable.
         OutputError: ``initialize_if_missing`` and the data directory could not be written.
     """
     from prometheus_client import CollectorRegistry

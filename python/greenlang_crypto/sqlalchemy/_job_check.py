@@ -29,9 +29,9 @@ import hmac
 import weakref
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Text, cast, select
 
-from greenlang_crypto.exceptions import GreenlangCryptoError
+from greenlang_crypto.exceptions import GreenlangCryptoError, UnavailableError
 from greenlang_crypto.sqlalchemy._common import FromRow
 from greenlang_crypto.sqlalchemy._index_lookup import index_for_source
 from greenlang_crypto.sqlalchemy._job_batches import _JobBatches as ColumnJob
@@ -67,6 +67,8 @@ def check_job(job: ColumnJob) -> None:
             model's column type (the message names the differing settings).
         InvalidArgumentError: The model column cannot be migrated (see
             :meth:`ColumnSpec.from_model`).
+        UnavailableError: The sample row was deleted between its two reads, again and again
+            (nothing was checked or written; run again).
     """
     spec = job.spec
     if spec.model is None or _checked.get(job) is spec:
@@ -116,24 +118,30 @@ def _sample_row(job: ColumnJob, col: Any, spec: ColumnSpec) -> tuple[Any, Any, s
             n = job._names(conn)
             where = f"WHERE t.{n['tenant']} IS NOT NULL " if spec.tenant_column else ""
             tenant_sql = f"t.{n['tenant']}::text" if spec.tenant_column else "NULL"
-            rows = _value_rows(
-                conn,
-                f"SELECT t.{n['pk']}, {tenant_sql} FROM {n['t']} AS t {where}"
-                f"ORDER BY t.{n['pk']} LIMIT 1",
-                {},
-            )
-            if not rows:
-                return None
-            job_pk, tenant = rows[0]
-            # The same row through the model's own column types: the primary key as the ORM
-            # puts it into the identity that row binding renders.
-            table = col.table
-            pk_col = next(iter(table.primary_key.columns))
-            query = select(pk_col).order_by(pk_col).limit(1)
-            if spec.tenant_column:
-                query = query.where(table.c[spec.tenant_column].is_not(None))
-            orm_pk = conn.execute(query).scalar()
-        return job_pk, orm_pk, spec.tenant_id if spec.tenant_id is not None else str(tenant)
+            pk_col = next(iter(col.table.primary_key.columns))
+            # The application may delete the row between the two reads: read again then.
+            for _attempt in range(5):
+                rows = _value_rows(
+                    conn,
+                    f"SELECT t.{n['pk']}, t.{n['pk']}::text, {tenant_sql} FROM {n['t']} AS t "
+                    f"{where}ORDER BY t.{n['pk']} LIMIT 1",
+                    {},
+                )
+                if not rows:
+                    return None
+                job_pk, pk_text, tenant = rows[0]
+                # The same row through the model's own column types: the primary key as the
+                # ORM puts it into the identity that row binding renders. Picked by its key,
+                # not as "the first row" again: a row inserted in between may sort first.
+                query = select(pk_col).where(cast(pk_col, Text) == pk_text)
+                orm_pk = conn.execute(query).scalar()
+                if orm_pk is not None:
+                    tenant_id = spec.tenant_id if spec.tenant_id is not None else str(tenant)
+                    return job_pk, orm_pk, tenant_id
+        raise UnavailableError(
+            "the sample row of the pre-write check kept disappearing (rows deleted "
+            "meanwhile); run the job again"
+        )
 
     return job._retrying(None, read)
 

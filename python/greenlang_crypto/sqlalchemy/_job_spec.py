@@ -122,6 +122,18 @@ class ColumnSpec:
         if not isinstance(typ, EncryptedType):
             raise InvalidArgumentError("not an encrypted column")
         table, name = typ.table_column
+        # The spec's table and column are both where the job writes and what it binds each
+        # value to. A type bound elsewhere (location=, kept after a rename) would have the job
+        # write into the location's table, or bind to the wrong place: refused.
+        where = getattr(col, "table", None)
+        physical = (getattr(where, "fullname", None), getattr(col, "name", None))
+        if physical != (table, name):
+            raise InvalidArgumentError(
+                f"the column {physical[0]}.{physical[1]} binds its values to the location "
+                f"{table}.{name} (location=), and a column job writes and binds one table and "
+                "column: it cannot take this column from the model (a purge can: pass a "
+                "PurgeTarget naming the table and column)"
+            )
         pk_cols = list(col.table.primary_key.columns)
         if len(pk_cols) != 1:
             raise InvalidArgumentError("the job needs a single-column primary key")

@@ -52,7 +52,7 @@ from greenlang_crypto.exceptions import (
 )
 from greenlang_crypto.sqlalchemy._common import is_envelope
 from greenlang_crypto.sqlalchemy._job_spec import ColumnSpec
-from greenlang_crypto.sqlalchemy._job_sql import _MAX_RETRY_DELAY, _RETRYABLE, _quote, _value_rows
+from greenlang_crypto.sqlalchemy._job_sql import _MAX_RETRY_DELAY, _RETRYABLE, _value_rows
 
 __all__ = [
     "PURGE_ACTIONS",
@@ -66,6 +66,19 @@ _log = logging.getLogger("greenlang_crypto.sqlalchemy.purge")
 
 #: What a purge does with an erased row: NULL its values, or delete it.
 PURGE_ACTIONS = ("null", "delete")
+
+
+def _quote(conn: Connection, name: str) -> str:
+    """``name`` (``schema.table`` or a column) quoted for SQL run through ``text()``.
+
+    The preparer of a driver that reads ``%`` as a placeholder doubles it, and ``text()``
+    doubles it again: a column ``e%mail`` would be looked for as ``e%%mail``. The preparer's
+    doubling is undone here (the statement is also used as a bound ``to_regclass`` value).
+    """
+    prep = conn.dialect.identifier_preparer
+    doubles = prep.quote("%") != '"%"'
+    quoted = (prep.quote(part) for part in name.split("."))
+    return ".".join(q.replace("%%", "%") if doubles else q for q in quoted)
 
 
 class ErasureChecker(Protocol):
@@ -209,8 +222,10 @@ def purge_erased(
         The run's totals (over every process that worked on it).
 
     Raises:
-        InvalidArgumentError: A bad argument, a table or column that does not exist, or
-            ``action="null"`` on a NOT NULL column (nothing was written).
+        InvalidArgumentError: A bad argument, a table or column that does not exist, a pk
+            that is not a unique NOT NULL key, or ``action="null"`` on a NOT NULL column
+            (nothing was written); or the database refused a batch's change (a foreign key,
+            a trigger, a grant: that batch rolled back, earlier ones stay purged).
         KeyStoreUnavailableError: The database stayed unreachable through ``max_retries``
             retries (committed batches stay; rerun to resume).
     """
@@ -289,7 +304,7 @@ class _Purge:
                 time.sleep(min(_MAX_RETRY_DELAY, self.retry_delay * 2 ** (attempt - 1)))
 
     def _validate(self) -> None:
-        """The table and columns exist, and NULL is allowed where the action writes it."""
+        """The table and columns exist, the pk is a key, and NULL is allowed where written."""
         t = self.target
         with self.engine.connect() as conn:
             table = _quote(conn, t.table)
@@ -303,11 +318,21 @@ class _Purge:
                 ),
                 {"t": table},
             ).all()
-        columns = {str(name): (str(typ), bool(notnull)) for name, typ, notnull in rows}
-        wanted = [t.pk, t.column, t.index_column, t.version_column]
-        for name in wanted:
-            if name is not None and name not in columns:
-                raise InvalidArgumentError(f"no column {name!r} in {t.table!r}")
+            columns = {str(name): (str(typ), bool(notnull)) for name, typ, notnull in rows}
+            wanted = [t.pk, t.column, t.index_column, t.version_column]
+            for name in wanted:
+                if name is not None and name not in columns:
+                    raise InvalidArgumentError(f"no column {name!r} in {t.table!r}")
+            # A unique index (or the primary key) on the pk column alone, not partial.
+            unique = conn.execute(
+                text(
+                    "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a "
+                    "ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
+                    "WHERE i.indrelid = to_regclass(:t) AND i.indisunique AND i.indnkeyatts = 1 "
+                    "AND i.indpred IS NULL AND i.indexprs IS NULL AND a.attname = :pk)"
+                ),
+                {"t": table, "pk": t.pk},
+            ).scalar()
         if columns[t.column][0] != "bytea":
             raise InvalidArgumentError(f"{t.table}.{t.column} is not a bytea column")
         if self.action == "null":
@@ -316,6 +341,14 @@ class _Purge:
                     raise InvalidArgumentError(
                         f"{t.table}.{name} is NOT NULL: use action 'delete' for this column"
                     )
+        if not (unique and columns[t.pk][1]):
+            # Pages are read by `pk > checkpoint`: rows sharing a value with the last row of
+            # a page would be passed over (and rows without one never read), their erased
+            # values left in place.
+            raise InvalidArgumentError(
+                f"{t.table}.{t.pk} is not unique and NOT NULL (no primary key or unique "
+                "index on it alone): give the primary key as pk"
+            )
         self._pk_type = columns[t.pk][0]
 
     def _ensure_table(self) -> None:
@@ -404,15 +437,18 @@ class _Purge:
                 continue
             try:
                 header = parse_envelope(stored)
-                ref = (header.kind, header.dek_id, header.branch_id)
-                gone = seen.get(ref)
-                if gone is None:
-                    gone = bool(self.service.is_erased(stored))
-                    if header.kind in ("stored", "branch"):
-                        seen[ref] = gone
             except GreenlangCryptoError:
                 bad += 1
                 continue
+            ref = (header.kind, header.dek_id, header.branch_id)
+            gone = seen.get(ref)
+            if gone is None:
+                # Outside the try: a key store that cannot answer is no bad header. Its error
+                # ends the batch (rolled back, checkpoint unmoved), so no erased row is passed
+                # over as unreadable and a rerun resumes here.
+                gone = bool(self.service.is_erased(stored))
+                if header.kind in ("stored", "branch"):
+                    seen[ref] = gone
             if gone:
                 erased.append(str(pk_text))
         return erased, plain, bad
@@ -485,7 +521,24 @@ class _Purge:
                         if extra is not None:
                             sets.append(f"{_quote(conn, extra)} = NULL")
                     sql = f"UPDATE {n['t']} SET {', '.join(sets)} WHERE {match}"
-                purged = conn.execute(text(sql), pks).rowcount
+                try:
+                    purged = conn.execute(text(sql), pks).rowcount
+                except DBAPIError as exc:
+                    if isinstance(exc, _RETRYABLE) or exc.connection_invalidated:
+                        raise  # a lost connection: the batch is retried
+                    # A foreign key, a trigger, a constraint or a grant refuses the change.
+                    # SQLAlchemy's message would show the statement and the row keys; the
+                    # constraint's name (a name, never a value) says which one.
+                    diag = getattr(exc.orig, "diag", None)
+                    constraint = getattr(diag, "constraint_name", None)
+                    why = type(exc.orig or exc).__name__ + (
+                        f", constraint {constraint}" if constraint else ""
+                    )
+                    raise InvalidArgumentError(
+                        f"the database refused to {self.action} erased rows of "
+                        f"{t.table}.{t.column} ({why}); this batch was rolled back, earlier "
+                        "batches stay purged and a rerun resumes here"
+                    ) from None
             done = len(rows) < self.batch_size
             conn.execute(
                 text(

@@ -164,3 +164,39 @@ def test_an_empty_table_is_checked_on_its_settings_only(
         check_job(bad)
     # No row to bind a sample to: no probe is encrypted (no key made for an invented tenant).
     assert _round_trip(bad, model_spec) == []
+
+
+def test_a_row_inserted_during_the_sample_read_is_no_mismatch(
+    app: tuple[ModuleType, Engine], service: EncryptionService
+) -> None:
+    # The sample's primary key is read twice, as the job reads it and through the model's
+    # column type. The application inserting a row that sorts first in between (a random
+    # UUID key does that all the time) must not turn into a reported mismatch: both reads
+    # are of the one row.
+    from sqlalchemy import event
+
+    models, engine = app
+    fill_docs(engine, ROWS)
+    model_spec = ColumnSpec.from_model(models.Doc.email)
+    job = ColumnJob(engine, service, model_spec)
+    inserted: list[bool] = []
+
+    def insert_first(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        # The model's read of the sample row: the job's own read has just run.
+        if not inserted and "FROM docs" in statement and "docs.id" in statement:
+            inserted.append(True)
+            with engine.connect() as other, other.begin():
+                other.execute(
+                    text(
+                        "INSERT INTO docs (id, tenant_id, email) "
+                        "VALUES (0, 't0', convert_to('late@example.com', 'UTF8'))"
+                    )
+                )
+
+    event.listen(engine, "before_cursor_execute", insert_first)
+    try:
+        found = _round_trip(job, model_spec)
+    finally:
+        event.remove(engine, "before_cursor_execute", insert_first)
+    assert inserted == [True]  # the race did happen
+    assert found == []

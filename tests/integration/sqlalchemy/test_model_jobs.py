@@ -103,6 +103,21 @@ def test_with_the_model_every_row_is_written_and_reads_through_the_orm(
     assert "warning" not in err
     summary = json.loads(out.strip().splitlines()[-1])
     assert (summary["written"], summary["remaining"], summary["quarantined"]) == (20, 0, 0)
+    # The audit records name the column the job changed, taken from the model.
+    import sqlite3
+
+    audit = sqlite3.connect(data_dir / "audit.db")
+    try:
+        details = [
+            json.loads(d)
+            for (d,) in audit.execute(
+                "SELECT details FROM glc_audit WHERE action = 'db_encrypt' ORDER BY seq"
+            )
+        ]
+    finally:
+        audit.close()
+    assert len(details) == 2  # intent, outcome
+    assert all((d["table"], d["column"]) == ("docs", "email") for d in details), details
     index = models.Doc.__table__.c.email_bidx.type
     # The CLI's service made the first index key; this process learns of it now.
     service.refresh_keyring()

@@ -167,12 +167,17 @@ def test_bad_arguments_change_nothing(
     with engine.begin() as conn:
         conn.execute(text("DELETE FROM docs WHERE email IS NULL"))
         conn.execute(text("ALTER TABLE docs ALTER COLUMN email_bidx SET NOT NULL"))
+        conn.execute(text("ALTER TABLE docs ADD COLUMN alt integer UNIQUE"))  # NULLs allowed
     before = raw_rows(engine)
     cases: list[tuple[Any, dict[str, Any], str]] = [
         (models.Doc.email, {}, "docs.email_bidx is NOT NULL: use action 'delete'"),
         (PurgeTarget("nowhere", "email"), {}, "no table 'nowhere'"),
         (PurgeTarget("docs", "mail"), {}, "no column 'mail' in 'docs'"),
         (PurgeTarget("docs", "email", pk="uid"), {}, "no column 'uid'"),
+        # Pages are read by `pk > checkpoint`: rows sharing a value with a page's last row
+        # would be passed over, so the key must be unique.
+        (PurgeTarget("docs", "email", pk="tenant_id"), {}, "docs.tenant_id is not unique"),
+        (PurgeTarget("docs", "email", pk="alt"), {}, "docs.alt is not unique and NOT NULL"),
         (PurgeTarget("docs", "tenant_id"), {}, "is not a bytea column"),
         (models.Doc.email, {"version_column": "kv"}, "no column 'kv'"),
         (models.Doc.tenant_id, {}, "not an encrypted column"),
@@ -480,9 +485,61 @@ def test_a_key_store_outage_stops_the_purge_instead_of_skipping_rows(
                 finally:
                     with psycopg.connect(admin, autocommit=True) as conn:
                         conn.execute(f'ALTER DATABASE "{store_db}" ALLOW_CONNECTIONS true')
-                report = purge_erased(engine, models.Doc.email, svc, batch_size=5)
+                report = purge_erased(
+                    engine, models.Doc.email, svc, batch_size=5, version_column="email_kv"
+                )
                 assert (report.scanned, report.erased, report.purged) == (36, 12, 12)
                 assert report.finished and report.unreadable_header == 0
                 assert all(r[2:] == (None, None, None) for r in _by_tenant(engine)["t1"])
         finally:
             svc.close()
+
+
+@pytest.mark.parametrize("erasable", ["stored"], indirect=True)
+def test_a_delete_the_database_refuses_is_a_typed_error_naming_no_rows(
+    app: tuple[ModuleType, Engine, str], erasable: EncryptionService
+) -> None:
+    # Another table references the erased tenant's rows: the database refuses the DELETE.
+    # The batch rolls back, and the error is the library's, naming neither SQL nor keys.
+    models, engine, _ = app
+    erasable.erase_tenant("t2")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE refs (doc_id integer REFERENCES docs (id))"))
+        conn.execute(text("INSERT INTO refs VALUES (3)"))  # a t2 row (ids 3, 6, ...)
+    before = raw_rows(engine)
+    with pytest.raises(InvalidArgumentError, match="refused") as refused:
+        purge_erased(engine, models.Doc.email, erasable, action="delete", batch_size=50)
+    message = str(refused.value)
+    assert "ForeignKeyViolation, constraint refs_doc_id_fkey" in message
+    assert "DELETE" not in message and "pks" not in message and "[SQL" not in message
+    assert raw_rows(engine) == before
+
+
+@pytest.mark.parametrize("erasable", ["stored"], indirect=True)
+def test_awkward_identifiers_are_quoted_for_the_driver(erasable: EncryptionService) -> None:
+    # A percent sign reads as a placeholder to the driver; a quote and capitals need quoting.
+    from greenlang_crypto import EncryptionContext
+
+    gone = erasable.encrypt(b"x", EncryptionContext(tenant_id="gone", data_class="pii"))
+    kept = erasable.encrypt(b"y", EncryptionContext(tenant_id="kept", data_class="pii"))
+    with private_engine("glc_purge_names") as (_, engine):
+        with engine.begin() as conn:
+            conn.exec_driver_sql('CREATE SCHEMA "App"')
+            conn.exec_driver_sql(
+                'CREATE TABLE "App"."Do""cs" ("I%%d" int PRIMARY KEY, "e%%mail" bytea)'
+            )
+            conn.execute(
+                text('INSERT INTO "App"."Do""cs" VALUES (1, :g), (2, :k)'), {"g": gone, "k": kept}
+            )
+        erasable.erase_tenant("gone")
+        target = PurgeTarget('App.Do"cs', "e%mail", pk="I%d")
+        dry = purge_erased(engine, target, erasable, dry_run=True)
+        assert (dry.scanned, dry.erased) == (2, 1)
+        report = purge_erased(engine, target, erasable, batch_size=1)
+        assert (report.scanned, report.erased, report.purged) == (2, 1, 1)
+        with engine.connect() as conn:
+            rows = conn.execute(text('SELECT * FROM "App"."Do""cs" ORDER BY 1')).all()
+        assert [(r[0], None if r[1] is None else bytes(r[1])) for r in rows] == [
+            (1, None),
+            (2, kept),
+        ]

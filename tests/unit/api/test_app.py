@@ -379,6 +379,12 @@ def test_an_empty_directory_is_initialized_and_a_foreign_one_refused(tmp_path: P
         build_stack(EncryptionServiceConfig(data_dir=foreign), initialize_if_missing=True)
     assert [p.name for p in foreign.iterdir()] == ["keystore.db"]
     assert (foreign / "keystore.db").read_bytes() == b"someone's keyring"
+    # A file where the directory should be: the same typed refusal, the file untouched.
+    afile = tmp_path / "afile"
+    afile.write_bytes(b"x")
+    with pytest.raises(ConfigurationError, match="is not a directory"):
+        build_stack(EncryptionServiceConfig(data_dir=afile), initialize_if_missing=True)
+    assert afile.read_bytes() == b"x"
 
 
 FLEET_READER = Principal("ops", None, frozenset({"encryption:audit", "encryption:fleet"}))
@@ -435,3 +441,44 @@ def test_a_library_error_escaping_a_route_keeps_its_typed_answer(
         with TestClient(host, raise_server_exceptions=False) as client:
             r = client.get(f"{API_PREFIX}/audit")
             assert (r.status_code, r.json()) == (503, {"detail": "service unavailable"})
+
+
+def test_a_new_directory_is_not_given_a_master_key_for_a_keyring_it_cannot_open(
+    tmp_path: Path,
+) -> None:
+    # With a shared key store (PostgreSQL) the keyring is not in the data directory. A new,
+    # empty directory (a volume not mounted, the wrong path) next to a store that already
+    # holds a keyring must not get a fresh master key: the service would start, seal new
+    # data under a key no other instance has, and read none of the old data.
+    from tests.conftest import pg_private_database
+
+    ctx = EncryptionContext(tenant_id="acme", data_class="pii")
+    with pg_private_database("glc_app_init") as url:
+        first = build_stack(
+            EncryptionServiceConfig(data_dir=tmp_path / "right", key_store_url=url),
+            flush_interval=60.0,
+            initialize_if_missing=True,
+        )
+        try:
+            sealed = first.service.encrypt(b"row", ctx)
+        finally:
+            first.close()
+        wrong = tmp_path / "wrong"
+        with pytest.raises(ConfigurationError, match="already holds a keyring") as refused:
+            build_stack(
+                EncryptionServiceConfig(data_dir=wrong, key_store_url=url),
+                flush_interval=60.0,
+                initialize_if_missing=True,
+            )
+        assert url.rpartition("@")[0] not in str(refused.value)  # no credentials named
+        assert not wrong.exists()
+        # The right directory still opens the keyring and its data.
+        again = build_stack(
+            EncryptionServiceConfig(data_dir=tmp_path / "right", key_store_url=url),
+            flush_interval=60.0,
+            initialize_if_missing=True,
+        )
+        try:
+            assert again.service.decrypt(sealed, ctx) == b"row"
+        finally:
+            again.close()

@@ -212,6 +212,39 @@ def test_from_model_refuses_what_a_job_cannot_migrate(service: EncryptionService
         ColumnSpec.from_model(t2.c.w)
 
 
+def test_from_model_refuses_a_type_bound_to_another_location(service: EncryptionService) -> None:
+    # A table renamed from `users` keeps its values' binding with location="users|email".
+    # The job names its table and column once, for both the rows it writes and the binding:
+    # taken from the location it would write into `users.email` (another table, perhaps
+    # the application's plaintext one), and taken from the table it would bind every value
+    # to the wrong place. It is refused, naming both.
+    md = MetaData()
+    t = Table(
+        "accounts",
+        md,
+        Column("id", Integer, primary_key=True),
+        Column(
+            "email_enc",
+            EncryptedString(service, data_class="pii", tenant_id="acme", location="users|email"),
+        ),
+    )
+    with pytest.raises(InvalidArgumentError, match="location") as refused:
+        ColumnSpec.from_model(t.c.email_enc)
+    assert "accounts.email_enc" in str(refused.value) and "users.email" in str(refused.value)
+    # A location that names the column's own place is no override.
+    md2 = MetaData()
+    t2 = Table(
+        "users",
+        md2,
+        Column("id", Integer, primary_key=True),
+        Column(
+            "email",
+            EncryptedString(service, data_class="pii", tenant_id="acme", location="users|email"),
+        ),
+    )
+    assert ColumnSpec.from_model(t2.c.email).table == "users"
+
+
 def test_dry_run_report_counts_below_a_version() -> None:
     report = DryRunReport("t", "c", null=2, plaintext=3)
     report.by_key_version.update({1: 4, 2: 5, 3: 6})
