@@ -6,6 +6,7 @@ not at its first encryption.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -76,6 +77,31 @@ def _as_bool(raw: object) -> bool:
     raise ValueError("not a boolean")
 
 
+#: The rotation policy's durations (seconds; ``None`` or 0: off).
+_POLICY_PERIODS = (
+    "rotation_period_seconds",
+    "reencrypt_within_seconds",
+    "retire_after_seconds",
+    "index_rotation_period_seconds",
+)
+
+
+def _policy_period(name: str, value: object) -> float | None:
+    """A policy duration as a positive float, or ``None`` for off (``None`` or 0).
+
+    Raises:
+        ConfigurationError: Not a number, negative, or not finite.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(f"{name} must be a number of seconds")
+    seconds = float(value)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ConfigurationError(f"{name} must be a finite number of seconds >= 0 (0: off)")
+    return seconds or None
+
+
 @dataclass(frozen=True)
 class EncryptionServiceConfig:
     """Configuration of :class:`~greenlang_crypto.service.EncryptionService`.
@@ -128,6 +154,19 @@ class EncryptionServiceConfig:
             on it through rewraps, and ``erase_tenant(..., schedule_kms_key_deletion=True)``
             schedules its deletion, so even a backup of the key store cannot bring the
             tenant's data back once the key is gone. The keys join the provider's allow-list.
+        rotation_period_seconds: Rotation policy: the autopilot
+            (:func:`greenlang_crypto.sqlalchemy.autopilot.run_autopilot_once`) rotates once
+            the primary key version is older than this many seconds (``31536000``: a year).
+            ``None`` or 0: off (the default; rotate by hand).
+        reencrypt_within_seconds: Rotation policy: how long after a rotation data may still
+            be under an older version; past it the autopilot reports re-encryption as
+            overdue. ``None`` or 0: no deadline.
+        retire_after_seconds: Rotation policy: the grace period after a rotation before the
+            autopilot retires the older versions (only once no registered column has a row
+            under them and no live instance seals under them). ``None`` or 0: the autopilot
+            never retires.
+        index_rotation_period_seconds: Rotation policy for blind-index root keys, as
+            ``rotation_period_seconds`` (``None`` or 0: off).
     """
 
     provider: str = "local"
@@ -150,6 +189,10 @@ class EncryptionServiceConfig:
     key_store_transaction_pooler: bool = False
     commitment_policy: str = "require_encrypt_allow_decrypt"
     tenant_kms_keys: Mapping[str, str] = field(default_factory=dict)
+    rotation_period_seconds: float | None = None
+    reencrypt_within_seconds: float | None = None
+    retire_after_seconds: float | None = None
+    index_rotation_period_seconds: float | None = None
 
     def __repr__(self) -> str:
         # URLs may carry a password (postgresql://user:pw@host, redis://:pw@host): never shown.
@@ -200,6 +243,8 @@ class EncryptionServiceConfig:
             object.__setattr__(self, "keyring_refresh_seconds", self.cache_ttl_seconds)
         if not 1 <= self.key_store_pool_size <= 100:
             raise ConfigurationError("key_store_pool_size must be in 1..100")
+        for name in _POLICY_PERIODS:
+            object.__setattr__(self, name, _policy_period(name, getattr(self, name)))
         url = self.key_store_url
         if url is not None and not url.startswith(("sqlite:///", "postgresql", "postgres://")):
             raise ConfigurationError("key_store_url must be sqlite:/// or postgresql://")
@@ -240,6 +285,8 @@ class EncryptionServiceConfig:
                     "key_store_pool_size",
                 ):
                     converted[f.name] = int(raw)
+                elif f.name in _POLICY_PERIODS:
+                    converted[f.name] = None if raw is None or raw == "" else float(raw)
                 elif f.name == "tenant_kms_keys":
                     converted[f.name] = _tenant_keys(raw)
                 elif f.name == "key_store_transaction_pooler":

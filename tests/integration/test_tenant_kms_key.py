@@ -155,9 +155,7 @@ def test_a_deletion_request_without_a_tenant_key_changes_nothing(
 
 def test_tenant_keys_are_validated_and_allowed(tmp_path: Path, kms_keys: Any) -> None:
     with pytest.raises(ConfigurationError, match="aws-kms"):
-        EncryptionServiceConfig(
-            data_dir=tmp_path, tenant_kms_keys={"acme": kms_keys.single_arn}
-        )
+        EncryptionServiceConfig(data_dir=tmp_path, tenant_kms_keys={"acme": kms_keys.single_arn})
     with pytest.raises(ConfigurationError, match="ARN"):
         EncryptionServiceConfig(
             provider="aws-kms",

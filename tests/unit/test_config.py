@@ -274,3 +274,50 @@ def test_from_toml_errors_are_configuration_errors(tmp_path: Path) -> None:
     extra.write_text("[greenlang_crypto]\nproviderr = 'local'\n")
     with pytest.raises(ConfigurationError, match="providerr"):
         EncryptionServiceConfig.from_toml(extra)
+
+
+_POLICY = (
+    "rotation_period_seconds",
+    "reencrypt_within_seconds",
+    "retire_after_seconds",
+    "index_rotation_period_seconds",
+)
+
+
+def test_the_rotation_policy_is_off_by_default(tmp_path: Path) -> None:
+    c = cfg(tmp_path)
+    assert [getattr(c, name) for name in _POLICY] == [None] * 4
+
+
+@pytest.mark.parametrize("name", _POLICY)
+@pytest.mark.parametrize("raw", [-1, -0.001, float("nan"), float("inf"), "60", True])
+def test_bad_policy_durations_are_refused_by_name(tmp_path: Path, name: str, raw: object) -> None:
+    with pytest.raises(ConfigurationError, match=name):
+        cfg(tmp_path, **{name: raw})
+
+
+@pytest.mark.parametrize("name", _POLICY)
+def test_policy_durations_are_floats_and_zero_is_off(tmp_path: Path, name: str) -> None:
+    assert getattr(cfg(tmp_path, **{name: 60}), name) == 60.0
+    assert isinstance(getattr(cfg(tmp_path, **{name: 60}), name), float)
+    assert getattr(cfg(tmp_path, **{name: 0}), name) is None
+
+
+def test_policy_durations_from_the_environment(tmp_path: Path) -> None:
+    c = EncryptionServiceConfig.from_env(
+        {
+            "GLC_DATA_DIR": str(tmp_path),
+            "GLC_ROTATION_PERIOD_SECONDS": "31536000",
+            "GLC_REENCRYPT_WITHIN_SECONDS": "2592000.5",
+            "GLC_RETIRE_AFTER_SECONDS": "0",
+            "GLC_INDEX_ROTATION_PERIOD_SECONDS": "",
+        }
+    )
+    assert c.rotation_period_seconds == 31536000.0
+    assert c.reencrypt_within_seconds == 2592000.5
+    assert c.retire_after_seconds is None
+    assert c.index_rotation_period_seconds is None
+    with pytest.raises(ConfigurationError, match="retire_after_seconds"):
+        EncryptionServiceConfig.from_mapping({"data_dir": tmp_path, "retire_after_seconds": "x"})
+    with pytest.raises(ConfigurationError, match="rotation_period_seconds"):
+        EncryptionServiceConfig.from_mapping({"data_dir": tmp_path, "rotation_period_seconds": -5})

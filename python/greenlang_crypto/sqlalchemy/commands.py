@@ -156,6 +156,11 @@ def register(
     pg.add_argument("--state-schema", default="encryption")
     pg.set_defaults(func=lambda a: _cmd_purge(a, make_service))
 
+    # The rotation autopilot's step (``db autopilot --once``) lives in a module of its own.
+    from greenlang_crypto.sqlalchemy._autopilot_cli import add_autopilot_command
+
+    add_autopilot_command(ds, make_service)
+
 
 def _column_arguments(p: argparse.ArgumentParser) -> None:
     """Where the column is: from ``--model``, or spelled out with flags."""
@@ -403,7 +408,7 @@ def _cmd_job(args: argparse.Namespace, mode: str, make_service: Callable[..., An
     try:
         progress = None
         if not args.no_progress and not args.dry_run:
-            bar = _bar(f"{mode} {args.table}.{args.column}")
+            bar = _bar(f"{mode} {spec.table}.{spec.column}")
             if bar is not None:
 
                 def progress(processed: int, remaining: int) -> None:
@@ -445,8 +450,9 @@ def _cmd_job(args: argparse.Namespace, mode: str, make_service: Callable[..., An
                 audit.audited(
                     f"db_{mode}",
                     details={
-                        "table": args.table,
-                        "column": args.column,
+                        # The spec's: with --model, --table and --column are not given.
+                        "table": spec.table,
+                        "column": spec.column,
                         "phase": phase if mode == "encrypt" else None,
                         "retire": retire,
                         "delete_stored_deks": bool(getattr(args, "delete_stored_deks", False)),

@@ -155,7 +155,12 @@ def test_the_service_controls_of_a_fresh_local_service_pass(service: EncryptionS
 def _fake_service(**overrides: Any) -> Any:
     versions = [SimpleNamespace(version=1, state="primary", wrapping_key_id="arn:k1", created_at=0)]
     fields: dict[str, Any] = {
-        "config": SimpleNamespace(cache_ttl_seconds=300, max_messages_per_dek=2**32),
+        "config": SimpleNamespace(
+            cache_ttl_seconds=300,
+            max_messages_per_dek=2**32,
+            commitment_policy="require_encrypt_allow_decrypt",
+        ),
+        "envelope_format": 2,
         "provider_name": "aws-kms",
         "provider_health": lambda: SimpleNamespace(ok=True, detail="kms ok"),
         "versions": lambda: versions,
@@ -190,7 +195,12 @@ def test_a_long_cache_ttl_too_many_messages_or_a_down_provider_fail() -> None:
     results = by_control(
         check_service(
             _fake_service(
-                config=SimpleNamespace(cache_ttl_seconds=301, max_messages_per_dek=2**32 + 1),
+                config=SimpleNamespace(
+                    cache_ttl_seconds=301,
+                    max_messages_per_dek=2**32 + 1,
+                    commitment_policy="forbid_encrypt_allow_decrypt",
+                ),
+                envelope_format=1,
                 provider_health=lambda: SimpleNamespace(ok=False, detail="kms unavailable"),
             )
         )
@@ -198,6 +208,11 @@ def test_a_long_cache_ttl_too_many_messages_or_a_down_provider_fail() -> None:
     assert results["keys.cache_ttl"].status == "fail"
     assert results["keys.usage_limit"].status == "fail"
     assert results["keys.provider_health"].status == "fail"
+    # Writing envelope format v1 (no key commitment on stored references) fails too.
+    assert results["crypto.algorithm"].status == "fail"
+    assert results["crypto.algorithm"].evidence == {
+        "commitment_policy": "forbid_encrypt_allow_decrypt"
+    }
     assert results["keys.provider_health"].detail == "aws-kms: kms unavailable"
 
 

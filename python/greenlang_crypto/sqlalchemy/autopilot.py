@@ -1,0 +1,629 @@
+"""Rotation on autopilot: one idempotent step that rotates, re-encrypts and retires when due.
+
+:func:`run_autopilot_once` carries out the rotation policy of the service's configuration
+(``rotation_period_seconds``, ``reencrypt_within_seconds``, ``retire_after_seconds``) over
+the columns of a :class:`ColumnRegistry`, doing whatever is due and returning an
+:class:`AutopilotReport`. It is safe to run every minute from a scheduler:
+
+* **One runner across the fleet.** The step holds a PostgreSQL session advisory lock
+  (``pg_try_advisory_lock`` on :data:`AUTOPILOT_LOCK_KEY`) on one connection for its whole
+  duration. A second runner does not wait: it returns at once with status ``held`` and who
+  holds the lock (the holder's ``application_name`` and backend pid). A runner killed at any
+  point loses its session, and with it the lock. Before a key change the step checks that its
+  session still holds the lock (after a database restart it does not) and stops if not.
+* **Rotate** when the primary key version is older than ``rotation_period_seconds``
+  (:meth:`EncryptionService.rotate`).
+* **Re-encrypt** every registered column to the primary key and index versions with a
+  :class:`~greenlang_crypto.sqlalchemy.migrate.ColumnJob` (``mode="reencrypt"``, worker name
+  :data:`AUTOPILOT_WORKER`), within ``budget_seconds`` and optionally at most
+  ``max_rows_per_second``. The job checkpoints every batch, so a step stopped by its budget,
+  or killed, resumes at the next step exactly after the last committed batch. The budget is
+  checked after each batch: a step may overrun it by one batch.
+* **Retire** (:meth:`EncryptionService.retire_versions_below`) the versions that stopped
+  being primary at least ``retire_after_seconds`` ago, and only when every registered column
+  counts 0 rows under them (a dry run over the envelope headers), the registry has no
+  encrypted column a job cannot take, and the service names no blocker (a live instance that
+  still seals under them, unfinished job ranges). With ``delete_stored_deks`` (default) the
+  stored DEKs of the retired versions are deleted as ``keys retire --delete-stored-deks``
+  does.
+
+Every action is recorded through ``audit`` when one is given (the CLI always gives its audit
+log): ``key_rotate``, ``db_reencrypt`` and ``key_retire`` records with ``via: autopilot``,
+intent first, so with the audit sink down nothing changes. The service also emits its own
+``key_rotated``/``key_retired`` events to its observers either way.
+
+Exit codes of ``greenlang-crypto db autopilot --once`` (:attr:`AutopilotReport.exit_code`):
+0 done (nothing is due now) or held by another runner, 10 progressing (work remains for the
+next step), 20 blocked (the reasons say why), 3 unavailable (the database or key store is
+down; the CLI's code for outages).
+
+Not acted on yet: ``index_rotation_period_seconds`` (index key versions record no creation
+time); the report notes it when it is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+
+from greenlang_crypto.exceptions import (
+    InvalidArgumentError,
+    JobIncompleteError,
+    KeyStateError,
+    KeyStoreUnavailableError,
+)
+from greenlang_crypto.sqlalchemy._job_spec import ColumnSpec, JobReport
+from greenlang_crypto.sqlalchemy._registry import ColumnRegistry
+from greenlang_crypto.sqlalchemy.migrate import ColumnJob
+
+if TYPE_CHECKING:
+    from greenlang_crypto.audit import AuditLog
+    from greenlang_crypto.service import EncryptionService
+
+__all__ = [
+    "AUTOPILOT_LOCK_KEY",
+    "AUTOPILOT_WORKER",
+    "EXIT_BLOCKED",
+    "EXIT_DONE",
+    "EXIT_PROGRESSING",
+    "AutopilotReport",
+    "ColumnRegistry",
+    "run_autopilot_once",
+]
+
+#: The advisory lock key every autopilot runner takes (``b"glap"`` as an integer).
+AUTOPILOT_LOCK_KEY = 0x676C6170
+#: The worker name of the autopilot's column jobs: the next runner takes back at once the
+#: ranges a killed runner held (only one runner acts at a time, so the name is never shared).
+AUTOPILOT_WORKER = "glc-autopilot"
+
+#: Exit codes: nothing due (or another runner holds the lock), work remains, blocked.
+EXIT_DONE = 0
+EXIT_PROGRESSING = 10
+EXIT_BLOCKED = 20
+
+_STATUSES = ("done", "progressing", "blocked", "held")
+
+
+@dataclass
+class AutopilotReport:
+    """What one autopilot step found and did.
+
+    Attributes:
+        status: ``done`` (nothing is due now), ``progressing`` (work remains for the next
+            step), ``blocked`` (something prevents a due action; see :attr:`reasons`) or
+            ``held`` (another runner holds the lock; see :attr:`holder`).
+        reasons: Why the step is blocked or progressing, one sentence each.
+        actions: What the step did, in order (``{"action": "rotate", ...}``).
+        columns: Per ``table.column``: the re-encryption figures of this step and the rows
+            still to do (``remaining``).
+        primary_version: The primary key version after the step.
+        min_decryption_version: The minimum decryption version after the step.
+        next_rotation_at: When the next rotation is due (UNIX seconds; ``None``: no policy).
+        next_retirement_at: When the next retirement is due, if a version is waiting for it.
+        overdue: Deadlines of the policy that have passed (re-encryption behind schedule).
+        notes: Facts that change nothing (a policy setting not acted on yet).
+        holder: With status ``held``: who holds the lock (application name and pid).
+        seconds: Wall time of the step.
+    """
+
+    status: str = "done"
+    reasons: list[str] = field(default_factory=list)
+    actions: list[dict[str, Any]] = field(default_factory=list)
+    columns: dict[str, dict[str, Any]] = field(default_factory=dict)
+    primary_version: int | None = None
+    min_decryption_version: int | None = None
+    next_rotation_at: float | None = None
+    next_retirement_at: float | None = None
+    overdue: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    holder: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        """0 done or held, 10 progressing, 20 blocked (see the module docstring)."""
+        if self.status == "blocked":
+            return EXIT_BLOCKED
+        if self.status == "progressing":
+            return EXIT_PROGRESSING
+        return EXIT_DONE
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-friendly dict (names, counts and versions only; never a row value)."""
+        return {
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "reasons": list(self.reasons),
+            "actions": [dict(a) for a in self.actions],
+            "columns": {k: dict(v) for k, v in self.columns.items()},
+            "primary_version": self.primary_version,
+            "min_decryption_version": self.min_decryption_version,
+            "next_rotation_at": self.next_rotation_at,
+            "next_retirement_at": self.next_retirement_at,
+            "overdue": list(self.overdue),
+            "notes": list(self.notes),
+            "holder": self.holder,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class _BudgetSpentError(Exception):
+    """Raised from a job's progress callback once the step's time budget is spent."""
+
+
+class _FleetLock:
+    """The autopilot's session advisory lock, on a connection held for the step."""
+
+    def __init__(self, engine: Engine, key: int) -> None:
+        self.engine = engine
+        self.key = key
+        self.label = f"glc-autopilot {socket.gethostname()}:{os.getpid()}"[:63]
+        self.conn: Connection | None = None
+        self.acquired = False
+
+    def __enter__(self) -> _FleetLock:
+        try:
+            conn = self.engine.connect()
+        except DBAPIError as exc:
+            raise KeyStoreUnavailableError(
+                f"the autopilot cannot reach the database ({type(exc.orig).__name__})"
+            ) from exc
+        self.conn = conn
+        try:
+            # Autocommit: the session holds the lock, and no transaction stays open for the
+            # step (an idle transaction would hold back vacuum on a busy database).
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            conn.execute(
+                text("SELECT set_config('application_name', :n, false)"), {"n": self.label}
+            )
+            self.acquired = bool(
+                conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key}).scalar()
+            )
+        except DBAPIError as exc:
+            self._close()
+            raise KeyStoreUnavailableError(
+                f"the autopilot cannot take its lock ({type(exc.orig).__name__})"
+            ) from exc
+        return self
+
+    def holder(self) -> str:
+        """Who holds the lock: ``application_name (pid N)``, or ``unknown`` if it was freed."""
+        assert self.conn is not None
+        row = self.conn.execute(
+            text(
+                "SELECT a.application_name, l.pid FROM pg_locks l "
+                "LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 "
+                "AND l.objid::bigint = :k AND l.objsubid = 1 "
+                "AND l.database = (SELECT oid FROM pg_database "
+                "WHERE datname = current_database()) LIMIT 1"
+            ),
+            {"k": self.key},
+        ).first()
+        if row is None:
+            return "unknown (released meanwhile)"
+        return f"{row[0] or 'unnamed'} (pid {row[1]})"
+
+    def check(self) -> None:
+        """Raises unless this session still holds the lock (a restart of PostgreSQL drops it).
+
+        Raises:
+            KeyStoreUnavailableError: The lock or its connection is gone.
+        """
+        assert self.conn is not None
+        try:
+            held = self.conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() "
+                    "AND locktype = 'advisory' AND granted AND classid = 0 "
+                    "AND objid::bigint = :k AND objsubid = 1"
+                ),
+                {"k": self.key},
+            ).scalar()
+        except DBAPIError as exc:
+            raise KeyStoreUnavailableError(
+                "the autopilot lost its lock connection; another runner may act now"
+            ) from exc
+        if not held:
+            raise KeyStoreUnavailableError("the autopilot no longer holds its lock")
+
+    def _close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+        with contextlib.suppress(DBAPIError):
+            if self.acquired:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+            conn.execute(text("RESET application_name"))
+        with contextlib.suppress(DBAPIError):
+            conn.close()
+
+    def __exit__(self, *exc: object) -> None:
+        self._close()
+
+
+def _audited(
+    audit: AuditLog | None, action: str, **fields: Any
+) -> contextlib.AbstractContextManager[dict[str, Any]]:
+    if audit is None:
+        return contextlib.nullcontext({})
+    return audit.audited(action, **fields)
+
+
+def run_autopilot_once(
+    engine: Engine,
+    service: EncryptionService,
+    registry: ColumnRegistry,
+    *,
+    budget_seconds: float = 50.0,
+    max_rows_per_second: float | None = None,
+    clock: Callable[[], float] = time.time,
+    audit: AuditLog | None = None,
+    delete_stored_deks: bool = True,
+    batch_size: int = 500,
+    state_schema: str = "encryption",
+    lock_key: int = AUTOPILOT_LOCK_KEY,
+) -> AutopilotReport:
+    """Does whatever the rotation policy says is due now, then reports (see the module doc).
+
+    Args:
+        engine: The application's PostgreSQL engine (the registered columns' database).
+        service: The EncryptionService; its ``config`` holds the policy.
+        registry: The columns to re-encrypt and count before a retirement.
+        budget_seconds: Time for the step's re-encryption (checked after every batch).
+        max_rows_per_second: Cap on the rows re-encryption reads per second (``None``: none),
+            so the step yields to application traffic.
+        clock: The wall clock in UNIX seconds the policy's ages are measured with (tests
+            inject one that jumps ahead).
+        audit: The audit log every action is recorded in (intent first: with its sink down
+            nothing changes). ``None``: only the service's own events.
+        delete_stored_deks: On retirement, also delete the retired versions' stored DEKs
+            (needed whenever stored DEKs exist; every registered column counted 0 rows).
+        batch_size: Rows per re-encryption batch.
+        state_schema: Schema of the job tables.
+        lock_key: The advisory lock key (tests use their own).
+
+    Returns:
+        The report; its :attr:`~AutopilotReport.exit_code` is the CLI's.
+
+    Raises:
+        InvalidArgumentError: A bad argument (nothing was done).
+        KeyStoreUnavailableError: The database or key store is unreachable, or the lock was
+            lost in the middle of the step (what was done is committed; rerun later).
+        AuditSinkUnavailableError: The audit sink refused an intent record (that action and
+            the rest of the step were not done).
+    """
+    if engine.dialect.name != "postgresql":
+        raise InvalidArgumentError("the autopilot runs on PostgreSQL")
+    if not budget_seconds > 0:
+        raise InvalidArgumentError("budget_seconds must be positive")
+    if max_rows_per_second is not None and not max_rows_per_second > 0:
+        raise InvalidArgumentError("max_rows_per_second must be positive (or None)")
+    started = time.monotonic()
+    deadline = started + budget_seconds
+    report = AutopilotReport()
+    with _FleetLock(engine, lock_key) as lock:
+        if not lock.acquired:
+            report.status = "held"
+            report.holder = lock.holder()
+            report.reasons.append(f"held by another runner: {report.holder}")
+        else:
+            _Step(
+                engine, service, registry, report, lock, clock, audit, deadline,
+                max_rows_per_second, delete_stored_deks, batch_size, state_schema,
+            ).run()  # fmt: skip
+    report.seconds = time.monotonic() - started
+    return report
+
+
+class _Step:
+    """One autopilot step under the lock (its phases share the report and the budget)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        service: EncryptionService,
+        registry: ColumnRegistry,
+        report: AutopilotReport,
+        lock: _FleetLock,
+        clock: Callable[[], float],
+        audit: AuditLog | None,
+        deadline: float,
+        max_rows_per_second: float | None,
+        delete_stored_deks: bool,
+        batch_size: int,
+        state_schema: str,
+    ) -> None:
+        self.engine = engine
+        self.service = service
+        self.registry = registry
+        self.report = report
+        self.lock = lock
+        self.clock = clock
+        self.audit = audit
+        self.deadline = deadline
+        self.max_rps = max_rows_per_second
+        self.delete_stored_deks = delete_stored_deks
+        self.batch_size = batch_size
+        self.state_schema = state_schema
+        self.config = service.config
+        self.blocked: list[str] = []
+        self.pending: list[str] = []
+
+    def run(self) -> None:
+        self.service.refresh_keyring()
+        self._rotate_if_due()
+        columns_clear = self._reencrypt()
+        self._retire_if_due(columns_clear)
+        if self.config.index_rotation_period_seconds is not None:
+            self.report.notes.append(
+                "index_rotation_period_seconds is not acted on yet: index key versions "
+                "record no creation time (rotate with EncryptionService.rotate_index_key)"
+            )
+        report = self.report
+        report.primary_version = self.service.primary_version
+        report.min_decryption_version = self.service.min_decryption_version
+        if self.blocked:
+            report.status = "blocked"
+        elif self.pending:
+            report.status = "progressing"
+        else:
+            report.status = "done"
+        report.reasons = self.blocked + self.pending
+
+    # -- rotation --------------------------------------------------------------------------
+
+    def _primary_created_at(self) -> float:
+        versions = self.service.versions()
+        primary = self.service.primary_version
+        return next(v.created_at for v in versions if v.version == primary)
+
+    def _rotate_if_due(self) -> None:
+        period = self.config.rotation_period_seconds
+        if period is None:
+            return
+        now = self.clock()
+        due = self._primary_created_at() + period
+        if now >= due:
+            self.lock.check()
+            old = self.service.primary_version
+            with _audited(
+                self.audit,
+                "key_rotate",
+                key_version=old,
+                details={"old_version": old, "via": "autopilot"},
+            ) as outcome:
+                result = self.service.rotate()
+                outcome["new_version"] = result.new_version
+            self.report.actions.append(
+                {"action": "rotate", "old_version": old, "new_version": result.new_version}
+            )
+            due = self._primary_created_at() + period
+        self.report.next_rotation_at = due
+
+    # -- re-encryption ---------------------------------------------------------------------
+
+    def _pacer(self) -> Callable[[int, int], None]:
+        """A job progress callback that caps the row rate and stops at the deadline."""
+        began = time.monotonic()
+
+        def progress(processed: int, remaining: int) -> None:
+            now = time.monotonic()
+            if self.max_rps is not None:
+                # Sleep until `processed` rows fit the rate, but never past the deadline.
+                wait = began + processed / self.max_rps - now
+                if wait > 0:
+                    time.sleep(min(wait, max(0.0, self.deadline - now)))
+                    now = time.monotonic()
+            if remaining and now >= self.deadline:
+                raise _BudgetSpentError
+
+        return progress
+
+    def _reencrypt(self) -> bool:
+        """Advances every column; returns whether all of them have nothing left to do."""
+        clear = True
+        for spec in self.registry:
+            name = f"{spec.table}.{spec.column}"
+            if not self._reencrypt_column(spec, name):
+                clear = False
+        if not clear:
+            self._check_schedule()
+        return clear
+
+    def _job(self, spec: ColumnSpec, job_name: str | None = None) -> ColumnJob:
+        return ColumnJob(
+            self.engine,
+            self.service,
+            spec,
+            mode="reencrypt",
+            job_name=job_name,
+            worker=AUTOPILOT_WORKER,
+            batch_size=self.batch_size,
+            state_schema=self.state_schema,
+            # Ranges of a manual `db reencrypt` still running are waited for at the next step.
+            wait_leases=0.0,
+            progress=self._pacer(),
+        )
+
+    def _open_runs(self, job: ColumnJob) -> list[str]:
+        """Job names (without run id) of this column's re-encryption runs not finished yet.
+
+        Left by a step stopped by its budget, a killed runner, or a manual ``db reencrypt``.
+        """
+        with self.engine.connect() as conn:
+            table = conn.execute(
+                text("SELECT to_regclass(:t)::text"),
+                {"t": f"{self.state_schema}.glc_job_ranges"},
+            ).scalar()
+            if table is None:
+                return []
+            prefix = f"reencrypt:{job.spec.table}.{job.spec.column}:v"
+            # `table` is to_regclass's own rendering of a schema validated by the job.
+            found = conn.execute(
+                text(
+                    f"SELECT DISTINCT split_part(job, '@', 1) FROM {table} "  # noqa: S608
+                    "WHERE starts_with(job, :p) AND state <> 'done'"
+                ),
+                {"p": prefix},
+            ).scalars()
+            return sorted(str(base) for base in found)
+
+    def _forget_stale_runs(self, job: ColumnJob, open_runs: list[str]) -> None:
+        """Drops unfinished runs toward an older primary: their target is moot after a rotation.
+
+        Their ranges would otherwise count as unfinished jobs and block every retirement.
+        """
+        for base in open_runs:
+            if base != job.job_base:
+                self._job(job.spec, job_name=base).reset()
+                self.report.actions.append({"action": "forget-stale-run", "job": base})
+
+    def _reencrypt_column(self, spec: ColumnSpec, name: str) -> bool:
+        # Writes are compare-and-swap and safe beside any writer, but two runners sharing the
+        # worker name would share ranges: after a database restart dropped the lock, stop.
+        self.lock.check()
+        job = self._job(spec)
+        remaining = job.count_remaining()
+        figures: dict[str, Any] = {"remaining": remaining}
+        self.report.columns[name] = figures
+        open_runs = self._open_runs(job)
+        self._forget_stale_runs(job, open_runs)
+        if remaining == 0 and job.job_base not in open_runs:
+            return True
+        if time.monotonic() >= self.deadline:
+            self.pending.append(f"{name}: {remaining} row(s) to re-encrypt (budget spent)")
+            return False
+        stopped: str | None = None
+        with _audited(
+            self.audit,
+            "db_reencrypt",
+            details={"table": spec.table, "column": spec.column, "via": "autopilot"},
+        ) as outcome:
+            try:
+                result: JobReport | None = job.run()
+            except _BudgetSpentError:
+                result, stopped = job.last_report, "budget spent"
+            except JobIncompleteError:
+                result, stopped = job.last_report, "other workers hold ranges of its job"
+            if result is not None:
+                summary = {k: v for k, v in result.summary().items() if k != "job"}
+                outcome.update(summary)
+                outcome["job"] = result.job
+                figures.update(summary)
+            if stopped is not None:
+                outcome["stopped"] = stopped
+        self.report.actions.append({"action": "reencrypt", "column": name, **figures})
+        if stopped is not None or result is None:
+            figures["remaining"] = job.count_remaining()
+            self.pending.append(
+                f"{name}: {figures['remaining']} row(s) to re-encrypt ({stopped or 'stopped'})"
+            )
+            return False
+        # The whole run's entries: a run resumed over several steps quarantined some rows
+        # in earlier ones.
+        quarantined = job.quarantined() if result.remaining else []
+        if quarantined:
+            reasons = sorted({reason for _, reason, _ in quarantined})
+            self.blocked.append(
+                f"{name}: {len(quarantined)} row(s) quarantined "
+                f"({', '.join(reasons)}); see `db status`, fix or remove them"
+            )
+            return False
+        if result.remaining:
+            self.pending.append(f"{name}: {result.remaining} row(s) to re-encrypt")
+            return False
+        return True
+
+    def _check_schedule(self) -> None:
+        within = self.config.reencrypt_within_seconds
+        if within is None:
+            return
+        since = self._primary_created_at()
+        if self.clock() >= since + within:
+            self.report.overdue.append(
+                f"re-encryption to v{self.service.primary_version} is behind schedule: "
+                f"due {within:g} s after the rotation"
+            )
+
+    # -- retirement ------------------------------------------------------------------------
+
+    def _retire_if_due(self, columns_clear: bool) -> None:
+        grace = self.config.retire_after_seconds
+        if grace is None:
+            return
+        service = self.service
+        primary, floor = service.primary_version, service.min_decryption_version
+        rotated = {
+            v.version: v.rotated_at
+            for v in service.versions()
+            if floor <= v.version < primary and v.rotated_at is not None
+        }
+        if not rotated:
+            return
+        now = self.clock()
+        ready = [v for v, at in rotated.items() if at + grace <= now]
+        waiting = [at + grace for v, at in rotated.items() if at + grace > now]
+        self.report.next_retirement_at = min(waiting) if waiting else None
+        if not ready:
+            return
+        below = max(ready) + 1
+        blockers = [
+            f"{name} is encrypted but the autopilot cannot re-encrypt it: {why}"
+            for name, why in sorted(self.registry.unsupported.items())
+        ]
+        if columns_clear:
+            blockers += self._rows_below(below)
+        if not columns_clear and not blockers:
+            self.pending.append(f"retiring versions below {below} waits for re-encryption")
+            return
+        blockers += service.retirement_blockers(below)
+        if blockers:
+            self.blocked += [f"retiring versions below {below} is blocked: {b}" for b in blockers]
+            return
+        self.lock.check()
+        try:
+            with _audited(
+                self.audit,
+                "key_retire",
+                key_version=below,
+                details={
+                    "min_version": below,
+                    "delete_stored_deks": self.delete_stored_deks,
+                    "via": "autopilot",
+                },
+            ):
+                service.retire_versions_below(below, delete_stored_deks=self.delete_stored_deks)
+        except KeyStateError as exc:
+            self.blocked.append(f"retiring versions below {below} is blocked: {exc}")
+            return
+        self.report.actions.append({"action": "retire", "below": below})
+        self.report.next_retirement_at = None
+
+    def _rows_below(self, below: int) -> list[str]:
+        """What every registered column still holds under versions below ``below``."""
+        out = []
+        for spec in self.registry:
+            counted = self._job(spec).dry_run(verify=False)
+            under = sum(n for v, n in counted.by_key_version.items() if v < below)
+            parts = []
+            if under:
+                parts.append(f"{under} row(s) under versions below {below}")
+            if counted.plaintext:
+                parts.append(f"{counted.plaintext} plaintext row(s)")
+            bad = sum(counted.undecryptable.values())
+            if bad:
+                parts.append(f"{bad} row(s) with an unreadable envelope header")
+            if parts:
+                out.append(f"{spec.table}.{spec.column} has " + ", ".join(parts))
+        return out

@@ -1,0 +1,70 @@
+"""``greenlang-crypto db autopilot`` without a database: parser, --model, --version-column.
+
+The command against PostgreSQL (its report, exit codes and audit records) is tested in
+``tests/integration/test_autopilot.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from greenlang_crypto import cli
+from greenlang_crypto.exceptions import ConfigurationError, InvalidArgumentError
+from greenlang_crypto.sqlalchemy import _autopilot_cli as ap
+
+
+def test_the_command_is_registered_under_db_and_needs_once_and_model(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = cli.build_parser()
+    args = parser.parse_args(
+        ["db", "autopilot", "--once", "--model", "app.models:Base", "--budget-seconds", "5"]
+    )
+    assert (args.once, args.model, args.budget_seconds) == (True, "app.models:Base", 5.0)
+    assert (args.max_rows_per_second, args.json, args.keep_stored_deks) == (None, False, False)
+    assert args.version_column == []
+    for given, missing in ((["--model", "m:B"], "--once"), (["--once"], "--model")):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["db", "autopilot", *given])
+        assert f"required: {missing}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args(["db", "autopilot", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "0 done" in shown and "10 progressing" in shown and "20 blocked" in shown
+
+
+def test_load_models_names_what_is_wrong() -> None:
+    with pytest.raises(InvalidArgumentError, match=r"expected package\.module:Base"):
+        ap.load_models("no-colon")
+    with pytest.raises(InvalidArgumentError, match="cannot import 'no_such_mod_xyz'"):
+        ap.load_models("no_such_mod_xyz:Base")
+    with pytest.raises(InvalidArgumentError, match="no attribute 'Nope'"):
+        ap.load_models("greenlang_crypto.sqlalchemy.autopilot:Nope")
+    loaded = ap.load_models("greenlang_crypto.sqlalchemy.autopilot:ColumnRegistry")
+    assert loaded.__name__ == "ColumnRegistry"
+
+
+def test_version_columns() -> None:
+    assert ap._version_columns(["users.email=email_kv", "app.docs.body=kv"]) == {
+        "users.email": "email_kv",
+        "app.docs.body": "kv",
+    }
+    for bad in ("users.email", "email=kv", "users.email="):
+        with pytest.raises(InvalidArgumentError, match=r"TABLE\.COLUMN=VERSION_COLUMN"):
+            ap._version_columns([bad])
+
+
+def test_the_url_comes_from_the_flag_then_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("GLC_DATABASE_URL", "GLC_PG_URL"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigurationError, match="pass --url"):
+        ap._url(argparse.Namespace(url=None))
+    monkeypatch.setenv("GLC_PG_URL", "postgresql://pg/x")
+    assert ap._url(argparse.Namespace(url=None)) == "postgresql://pg/x"
+    monkeypatch.setenv("GLC_DATABASE_URL", "postgresql://db/x")
+    assert ap._url(argparse.Namespace(url=None)) == "postgresql://db/x"
+    assert ap._url(argparse.Namespace(url="postgresql://f/x")) == "postgresql://f/x"
