@@ -16,8 +16,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import TextClause
 
 from greenlang_crypto import parse_envelope
+from greenlang_crypto._core import ENVELOPE_MAGIC
 from greenlang_crypto.exceptions import GreenlangCryptoError, KeyStateError
-from greenlang_crypto.sqlalchemy._common import is_envelope, location_aad, row_aad
+from greenlang_crypto.sqlalchemy._common import location_aad, row_aad
 from greenlang_crypto.sqlalchemy._job_ranges import _JobTables
 from greenlang_crypto.sqlalchemy._job_spec import JobReport, _Row, _Write
 from greenlang_crypto.sqlalchemy._job_sql import _LeaseLostError, _value_rows, _version_byte
@@ -36,7 +37,9 @@ class _JobBatches(_JobTables):
         s = self.spec
         if s.bind_row:
             return row_aad(s.table, s.column, row.pk, row.tenant)
-        return location_aad(s.table, s.column)
+        if self._location_aad is None:
+            self._location_aad = location_aad(s.table, s.column)
+        return self._location_aad
 
     def _plan_rows(
         self, rows: Sequence[_Row], report: JobReport
@@ -59,12 +62,18 @@ class _JobBatches(_JobTables):
         envelope_format = svc.envelope_format
         has_index = self._index is not None
         utf8 = self.spec.kind == "str"
+        decrypt = svc.decrypt
+        contexts = self._contexts
+        # Most columns have one tenant and one binding for every row: look them up once.
+        fixed = self.spec.tenant_id
+        fixed_ctx = None if fixed is None else contexts.get(fixed)
+        fixed_aad = None if self.spec.bind_row else self._aad(rows[0]) if rows else None
         for row in rows:
             value = row.value
             if value is None:
                 report.skipped += 1
                 continue
-            if not is_envelope(value):
+            if not value or value[0] != ENVELOPE_MAGIC:  # not an envelope (is_envelope)
                 if self.forbid_plaintext:
                     bad.append((row, "plaintext in phase 2", None))
                     continue
@@ -95,8 +104,10 @@ class _JobBatches(_JobTables):
                 report.skipped += 1
                 continue
             try:
-                plaintext = svc.decrypt(
-                    value, self._contexts.get(row.tenant), associated_data=self._aad(row)
+                plaintext = decrypt(
+                    value,
+                    contexts.get(row.tenant) if fixed_ctx is None else fixed_ctx,
+                    associated_data=self._aad(row) if fixed_aad is None else fixed_aad,
                 )
             except GreenlangCryptoError as exc:
                 # The error type tells operators a missing or retired key version from a
@@ -139,6 +150,10 @@ class _JobBatches(_JobTables):
             data = index.normalize_many([w.plaintext.decode("utf-8") for w in writes])
         else:
             data = [bytes(w.plaintext) for w in writes]
+        if not index.per_tenant:
+            # One key for every row.
+            key = index._key(version, index.purpose_for(None))
+            return list(map(bytes, key.compute_batch(data, index.length, version)))
         groups: dict[str, list[int]] = {}
         for i, w in enumerate(writes):
             groups.setdefault(index.purpose_for(w.row.tenant), []).append(i)
@@ -152,18 +167,13 @@ class _JobBatches(_JobTables):
 
     # -- batches -------------------------------------------------------------------------
 
-    def _select(
-        self, conn: Connection, where: str, params: dict[str, Any], *, limit: bool = False
-    ) -> list[_Row]:
-        n = self._names(conn)
+    def _columns(self, n: dict[str, str]) -> str:
+        """The select list of a row read (pk, pk as text, value, tenant, index, xmin)."""
         tenant = f"t.{n['tenant']}" if self.spec.tenant_column else "NULL"
         index = f"t.{n['idx']}" if self.spec.index_column else "NULL"
-        sql = (
-            f"SELECT t.{n['pk']}, t.{n['pk']}::text, t.{n['col']}, {tenant}, {index}, "
-            f"t.xmin::text FROM {n['t']} AS t WHERE {where} ORDER BY t.{n['pk']}"
-        )
-        if limit:
-            sql += f" LIMIT {int(self.batch_size)}"
+        return f"t.{n['pk']}, t.{n['pk']}::text, t.{n['col']}, {tenant}, {index}, t.xmin::text"
+
+    def _rows(self, found: Sequence[Sequence[Any]]) -> list[_Row]:
         fixed = self.spec.tenant_id
         return [
             _Row(
@@ -174,15 +184,68 @@ class _JobBatches(_JobTables):
                 None if index_value is None else bytes(index_value),
                 str(xmin),
             )
-            for pk, pk_text, value, tenant_value, index_value, xmin in _value_rows(
-                conn, sql, params
-            )
+            for pk, pk_text, value, tenant_value, index_value, xmin in found
         ]
 
+    def _select(
+        self, conn: Connection, where: str, params: dict[str, Any], *, limit: bool = False
+    ) -> list[_Row]:
+        n = self._names(conn)
+        sql = f"SELECT {self._columns(n)} FROM {n['t']} AS t WHERE {where} ORDER BY t.{n['pk']}"
+        if limit:
+            sql += f" LIMIT {int(self.batch_size)}"
+        return self._rows(_value_rows(conn, sql, params))
+
+    def _lock_and_read(
+        self, conn: Connection, range_id: int, hi: str | None
+    ) -> tuple[str | None, list[_Row]]:
+        """Locks the range's row (proving this worker owns it) and reads its next batch.
+
+        One statement, one round trip: the lock's checkpoint bounds the read. Returns the
+        checkpoint and the rows after it.
+
+        Raises:
+            _LeaseLostError: The range is no longer this worker's (nothing is locked).
+        """
+        if self._batch_sql is None:
+            n = self._names(conn)
+            pk, pk_type = n["pk"], self._pk_sql_type(conn)
+            upper = f" AND t.{pk} <= CAST(:hi AS {pk_type})"
+            limit = f" ORDER BY t.{pk} LIMIT {int(self.batch_size)}"
+            read = f"SELECT {self._columns(n)} FROM {n['t']} AS t WHERE "
+            # Two branches, one of which the checkpoint switches off, rather than one
+            # "checkpoint IS NULL OR pk > checkpoint" condition: that one could not bound the
+            # primary-key index scan, which would then pass every row already done.
+            body = (
+                f"({read}r.last IS NULL{{upper}}{limit}) UNION ALL "
+                f"({read}t.{pk} > CAST(r.last AS {pk_type}){{upper}}{limit})"
+            )
+            self._batch_sql = {
+                bounded: (
+                    f"WITH r AS (SELECT COALESCE(last_pk, lo) AS last FROM {n['ranges']} "
+                    "WHERE job = :j AND range_id = :i AND owner = :w AND state = 'running' "
+                    "FOR UPDATE) "
+                    "SELECT r.last, b.* FROM r LEFT JOIN LATERAL ("
+                    f"{body.format(upper=upper if bounded else '')}"
+                    ") AS b(pk, pk_text, value, tenant, idx, row_xmin) ON true ORDER BY b.pk"
+                )
+                for bounded in (False, True)
+            }
+        params: dict[str, Any] = {"j": self.job_name, "i": range_id, "w": self.worker}
+        if hi is not None:
+            params["hi"] = hi
+        found = _value_rows(conn, self._batch_sql[hi is not None], params)
+        if not found:
+            raise _LeaseLostError(range_id)
+        # No row after the checkpoint: the outer join's one row carries the checkpoint only.
+        return found[0][0], self._rows([r[1:] for r in found if r[1] is not None])
+
     def _write_statement(self, conn: Connection) -> TextClause:
-        """The batch's compare-and-swap UPDATE (built once per job: one statement text, so
-        SQLAlchemy's compiled cache, psycopg's query cache and the server's prepared
-        statements all serve every batch)."""
+        """The batch's compare-and-swap UPDATE, built once per job.
+
+        One statement text for every batch, so SQLAlchemy's compiled cache, psycopg's query
+        cache and the server's prepared statements all serve each one.
+        """
         if self._write_sql is None:
             n = self._names(conn)
             pk_type = self._pk_sql_type(conn)
@@ -201,6 +264,10 @@ class _JobBatches(_JobTables):
                 "CAST(:new_values AS bytea[]), CAST(:key_versions AS integer[]), "
                 "CAST(:indexes AS bytea[])) AS v(pk, old, new_value, key_version, idx) "
                 f"WHERE t.{n['pk']} = v.pk AND t.xmin = v.old "
+                # The same keys once more, as a condition on the table alone: the planner
+                # cannot see into the arrays, and without it may join by hashing every row
+                # of the table, a scan of the whole table for each batch.
+                f"AND t.{n['pk']} = ANY(CAST(:pks AS {pk_type}[])) "
                 f"RETURNING t.{n['pk']}::text, t.{n['col']}, {returned_index}"
             )
         return self._write_sql
@@ -232,16 +299,24 @@ class _JobBatches(_JobTables):
         by_pk = {w.row.pk_text: w for w in writes}
         done: set[str] = set()
         decrypt = self.service.decrypt
+        contexts = self._contexts
+        fixed = self.spec.tenant_id
+        fixed_ctx = None if fixed is None else contexts.get(fixed)
+        fixed_aad = None if self.spec.bind_row else self._aad(writes[0].row)
+        same = hmac.compare_digest
         for pk_text, stored, index in stored_rows:
             w = by_pk[pk_text]
             # Verify after write, before the batch commits: what the database now holds
             # (returned by the UPDATE itself, from the row versions it wrote and keeps
             # locked until the commit) decrypts to the plaintext.
-            ctx = self._contexts.get(w.row.tenant)
-            back = decrypt(bytes(stored), ctx, associated_data=self._aad(w.row))
-            if not hmac.compare_digest(back, w.plaintext):
+            back = decrypt(
+                bytes(stored),
+                contexts.get(w.row.tenant) if fixed_ctx is None else fixed_ctx,
+                associated_data=self._aad(w.row) if fixed_aad is None else fixed_aad,
+            )
+            if not same(back, w.plaintext):
                 raise KeyStateError(f"verification failed for row {pk_text}; batch rolled back")
-            if w.index is not None and not hmac.compare_digest(bytes(index), w.index):
+            if w.index is not None and not same(bytes(index), w.index):
                 raise KeyStateError(f"index verification failed for row {pk_text}")
             done.add(pk_text)
         return [w for w in writes if w.row.pk_text not in done]
@@ -289,30 +364,14 @@ class _JobBatches(_JobTables):
         """
         with self._begin() as conn:
             n = self._names(conn)
-            # Renewing first both proves this worker still owns the range and locks its row
-            # until the batch commits; the checkpoint comes from the table, so a range taken
-            # back resumes where its last committed batch ended.
-            owned = conn.execute(
-                text(
-                    f"UPDATE {n['ranges']} SET lease_until = clock_timestamp() + "
-                    "make_interval(secs => :lease) WHERE job = :j AND range_id = :i "
-                    "AND owner = :w AND state = 'running' RETURNING COALESCE(last_pk, lo)"
-                ),
-                {"lease": self.lease_seconds, "j": self.job_name, "i": range_id, "w": self.worker},
-            ).first()
-            if owned is None:
-                raise _LeaseLostError(range_id)
-            last: str | None = owned[0]
+            # Locking the range's row first proves this worker still owns the range and keeps
+            # it until the batch commits: a claim skips locked rows, so nobody takes over the
+            # range meanwhile, however long the batch takes. The lease itself is renewed by
+            # the checkpoint below, in the same transaction (a renewal at the start would be
+            # overwritten by it before anyone could see it). The checkpoint comes from the
+            # table, so a range taken back resumes where its last committed batch ended.
+            last, rows = self._lock_and_read(conn, range_id, hi)
             pk_type = self._pk_sql_type(conn)
-            cond = ["TRUE"]
-            params: dict[str, Any] = {}
-            if last is not None:
-                cond.append(f"t.{n['pk']} > CAST(:last AS {pk_type})")
-                params["last"] = last
-            if hi is not None:
-                cond.append(f"t.{n['pk']} <= CAST(:hi AS {pk_type})")
-                params["hi"] = hi
-            rows = self._select(conn, " AND ".join(cond), params, limit=True)
             local = JobReport(self.job_name)
             if rows:
                 writes, bad = self._plan_rows(rows, local)

@@ -78,8 +78,15 @@ class _JobTables:
     _pk_type: str | None
     #: The caller's connection (an Alembic migration's), or None: the job opens its own.
     _connection: Connection | None = None
+    #: The connection a run's units share (``_holding``), or None: each checks one out.
+    _held: Connection | None = None
     #: The batch UPDATE, built on first use (``_JobBatches._write_statement``).
     _write_sql: TextClause | None = None
+    #: The batch's lock-and-read statement, without and with an upper bound (built on first
+    #: use, ``_JobBatches._lock_and_read``).
+    _batch_sql: dict[bool, str] | None = None
+    #: The associated data of a column not bound to rows (built on first use).
+    _location_aad: bytes | None = None
 
     # -- transactions --------------------------------------------------------------------
 
@@ -93,12 +100,39 @@ class _JobTables:
         wait on the locks the caller's open transaction holds (an ``ALTER TABLE`` of the same
         table, for one) while the caller waits for the job: a deadlock no timeout resolves.
         """
-        if self._connection is None:
-            with self.engine.begin() as conn:
-                yield conn
-        else:
+        if self._connection is not None:
             with self._connection.begin_nested():
                 yield self._connection
+        elif self._held is not None:
+            with self._held.begin():
+                yield self._held
+        else:
+            with self.engine.begin() as conn:
+                yield conn
+
+    @contextlib.contextmanager
+    def _holding(self) -> Iterator[None]:
+        """Keeps one pooled connection for the units of the ``with`` block (a run's batches).
+
+        A checkout per batch costs a round trip each time when the pool pings what it hands
+        out (``pool_pre_ping``, as the CLI's engine does). After a failure the held
+        connection is dropped and every later unit checks out its own again (pinged, so a
+        database restart costs no further retry).
+        """
+        if self._connection is not None:
+            yield
+            return
+        self._held = self.engine.connect()
+        try:
+            yield
+        finally:
+            self._drop_held()
+
+    def _drop_held(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            with contextlib.suppress(Exception):  # a dead connection: the pool discards it
+                held.close()
 
     def _connect(self) -> contextlib.AbstractContextManager[Connection]:
         """A connection for reads (the caller's, inside a savepoint, when one was given)."""
@@ -278,6 +312,7 @@ class _JobTables:
             except DBAPIError as exc:
                 if not (isinstance(exc, _RETRYABLE) or exc.connection_invalidated):
                     raise
+                self._drop_held()
                 if self._connection is not None:
                     # The caller's transaction died with its connection: everything the job
                     # did in it is gone, so only a rerun of the caller (the migration) helps.

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.engine.interfaces import Compiled
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.util import LRUCache
 
 _RETRYABLE = (OperationalError, InterfaceError)
 # Backoff between retries doubles from retry_delay up to this, so that the default retries
@@ -68,6 +70,11 @@ class _LeaseWatch:
         return max(0.05, min(soonest + 0.05, _POLL_SECONDS, self.deadline - now))
 
 
+# Compiled value reads by dialect and SQL text: a job runs the same few statements for every
+# batch. Bounded, as the statements name tables and jobs.
+_compiled: LRUCache[tuple[Dialect, str], Compiled] = LRUCache(256)
+
+
 def _value_rows(conn: Connection, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
     """Runs ``sql`` (``:name`` parameters) on ``conn``'s DBAPI cursor; returns every row.
 
@@ -79,7 +86,11 @@ def _value_rows(conn: Connection, sql: str, params: dict[str, Any]) -> list[tupl
     is raised as SQLAlchemy's matching ``DBAPIError`` (parameters hidden), so the job's
     retries treat it as they treat any other.
     """
-    compiled = text(sql).compile(dialect=conn.dialect)
+    key = (conn.dialect, sql)
+    compiled = _compiled.get(key)
+    if compiled is None:
+        compiled = text(sql).compile(dialect=conn.dialect)
+        _compiled[key] = compiled
     statement = compiled.string
     bound = compiled.construct_params(params)
     fairy = conn.connection
@@ -107,8 +118,16 @@ def _value_rows(conn: Connection, sql: str, params: dict[str, Any]) -> list[tupl
 
 
 def _quote(conn: Connection, name: str) -> str:
+    """``name`` (``schema.table`` or a column) quoted for SQL run through ``text()``.
+
+    The preparer of a driver that reads ``%`` as a placeholder doubles it, and ``text()``
+    doubles it again: a column ``e%mail`` would be looked for as ``e%%mail``. The preparer's
+    doubling is undone here.
+    """
     prep = conn.dialect.identifier_preparer
-    return ".".join(prep.quote(part) for part in name.split("."))
+    doubles = prep.quote("%") != '"%"'
+    quoted = (prep.quote(part) for part in name.split("."))
+    return ".".join(q.replace("%%", "%") if doubles else q for q in quoted)
 
 
 def _version_byte(value: bytes) -> int:

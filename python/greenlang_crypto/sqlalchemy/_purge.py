@@ -52,7 +52,7 @@ from greenlang_crypto.exceptions import (
 )
 from greenlang_crypto.sqlalchemy._common import is_envelope
 from greenlang_crypto.sqlalchemy._job_spec import ColumnSpec
-from greenlang_crypto.sqlalchemy._job_sql import _MAX_RETRY_DELAY, _RETRYABLE, _value_rows
+from greenlang_crypto.sqlalchemy._job_sql import _MAX_RETRY_DELAY, _RETRYABLE, _quote, _value_rows
 
 __all__ = [
     "PURGE_ACTIONS",
@@ -66,19 +66,6 @@ _log = logging.getLogger("greenlang_crypto.sqlalchemy.purge")
 
 #: What a purge does with an erased row: NULL its values, or delete it.
 PURGE_ACTIONS = ("null", "delete")
-
-
-def _quote(conn: Connection, name: str) -> str:
-    """``name`` (``schema.table`` or a column) quoted for SQL run through ``text()``.
-
-    The preparer of a driver that reads ``%`` as a placeholder doubles it, and ``text()``
-    doubles it again: a column ``e%mail`` would be looked for as ``e%%mail``. The preparer's
-    doubling is undone here (the statement is also used as a bound ``to_regclass`` value).
-    """
-    prep = conn.dialect.identifier_preparer
-    doubles = prep.quote("%") != '"%"'
-    quoted = (prep.quote(part) for part in name.split("."))
-    return ".".join(q.replace("%%", "%") if doubles else q for q in quoted)
 
 
 class ErasureChecker(Protocol):

@@ -9,13 +9,17 @@ One machinery serves both jobs (:class:`ColumnJob`, ``mode="encrypt"`` or ``"ree
 * **Keyset batches.** Rows are read in primary-key order, ``batch_size`` at a time, inside pk
   ranges recorded in a job table (``encryption.glc_job_ranges``). Each batch is one
   transaction that writes the rows *and* advances the range's checkpoint, so a killed job
-  resumes exactly after the last committed batch and never commits part of a batch.
-* **Compare-and-swap writes.** One ``UPDATE ... FROM (VALUES ...) WHERE t.pk = v.pk AND
-  t.xmin = v.xmin RETURNING ...`` per batch writes ciphertext, key-version column and blind
-  index together. A row the application changed meanwhile has another ``xmin`` and does not
-  match; it is re-read and processed again (at most three rounds), so an application write
-  is never lost. The old value is never a bound parameter: a phase-1 plaintext would
-  otherwise reach any statement log or exception that shows parameters.
+  resumes exactly after the last committed batch and never commits part of a batch. A batch
+  costs four statements: lock the range and read the rows after its checkpoint (one
+  statement), write, checkpoint, commit. The new envelopes of a batch are sealed in one call
+  per tenant and its index values computed in one call per index key.
+* **Compare-and-swap writes.** One ``UPDATE ... FROM unnest(<one array per field>) AS v
+  WHERE t.pk = v.pk AND t.xmin = v.old RETURNING ...`` per batch writes ciphertext,
+  key-version column and blind index together (one statement text whatever the batch, so
+  it is parsed and planned once). A row the application changed meanwhile has another
+  ``xmin`` and does not match; it is re-read and processed again (at most three rounds), so
+  an application write is never lost. The old value is never a bound parameter: a phase-1
+  plaintext would otherwise reach any statement log or exception that shows parameters.
 * **Runs.** A job's identity is its mode, column, target versions, phase and a run id
   (``<name>@<run id>``). A worker joins the newest run that still has unfinished ranges, else
   starts a new run that rescans the whole table, so a rerun after a failure or after rows
@@ -28,13 +32,18 @@ One machinery serves both jobs (:class:`ColumnJob`, ``mode="encrypt"`` or ``"ree
   then, :class:`~greenlang_crypto.exceptions.JobIncompleteError` says when a rerun can take
   them. Then :attr:`JobReport.remaining` is a direct SQL count of the rows that still need
   the job's work, so a run that reports success has left nothing behind.
-* **Verify after write.** Every value that UPDATE wrote is read back, decrypted and compared
-  with the plaintext before the transaction commits; a mismatch rolls the batch back.
-* **Values stay out of logs.** The statements that return column values (the batch reads
-  and the read-back of what a batch wrote) run on the connection's DBAPI cursor, not
-  through SQLAlchemy's result objects: with the ``sqlalchemy.engine`` logger at DEBUG those
-  print every row they fetch, and in phase 1 the rows are plaintext. The driver itself logs
-  no rows at any level. The writes still go through SQLAlchemy and return keys only.
+* **Verify after write.** The UPDATE returns what it stored (``RETURNING`` the column and
+  the index of every row it wrote, from the new row versions, which stay locked until the
+  batch commits); every returned value is decrypted and compared with the plaintext, and
+  every returned index with the one computed, before the transaction commits; a mismatch
+  rolls the batch back. That is the guarantee of reading the rows back in the same
+  transaction, without a second round trip.
+* **Values stay out of logs.** The statements that return column values (the batch reads)
+  run on the connection's DBAPI cursor, not through SQLAlchemy's result objects: with the
+  ``sqlalchemy.engine`` logger at DEBUG those print every row they fetch, and in phase 1 the
+  rows are plaintext. The driver itself logs no rows at any level. The write runs through
+  SQLAlchemy (its events, its error handling), and the rows it returns (envelopes and index
+  values) are fetched from the DBAPI cursor under the result, never through the result.
 * **Quarantine.** A row that cannot be processed (undecryptable, missing key version,
   plaintext in phase 2, not UTF-8) is recorded in ``encryption.glc_quarantine`` with its pk,
   reason and key version, reported, and left unchanged; never dropped.
@@ -45,9 +54,10 @@ One machinery serves both jobs (:class:`ColumnJob`, ``mode="encrypt"`` or ``"ree
   :class:`~greenlang_crypto.exceptions.KeyStoreUnavailableError` is raised with the driver's
   error as its cause.
 * **Workers.** Several processes split the job: each claims a pending pk range with
-  ``FOR UPDATE SKIP LOCKED`` and holds it with a lease. Every batch first renews the lease of
-  its range and keeps the range row locked until it commits, so nobody takes over a range
-  whose worker is alive; a range whose lease expired (a crashed worker) is claimed again and
+  ``FOR UPDATE SKIP LOCKED`` and holds it with a lease. Every batch first locks the row of
+  its range (failing when the worker no longer owns it) and keeps it locked until it
+  commits, renewing the lease with its checkpoint, so nobody takes over a range whose
+  worker is alive; a range whose lease expired (a crashed worker) is claimed again and
   resumes from its checkpoint, and the worker it was taken from, should it come back, finds
   it no longer owns the range and drops its batch. A worker restarted under the same name
   takes its own ranges back at once.
@@ -271,7 +281,8 @@ class ColumnJob(_JobBatches):
         report = JobReport(self.job_name)
         self.last_report = report
         try:
-            self._work(report)
+            with self._holding():
+                self._work(report)
         except BaseException:
             self._release()
             raise

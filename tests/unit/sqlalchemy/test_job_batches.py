@@ -142,3 +142,37 @@ def test_reencryption_moves_older_envelopes_to_the_primary(
     assert parse_envelope(old).key_version < service.primary_version
     assert service.decrypt(w.new_value, CTX, associated_data=AAD) == b"o@l.d"
     assert job.job_name == f"reencrypt:people.email:v{service.primary_version}"
+
+
+@pytest.mark.parametrize(
+    ("spec", "lengths"),
+    [
+        ({}, (16,)),
+        ({"index_per_tenant": True, "tenant_id": None, "tenant_column": "tenant"}, (16,)),
+        ({"index_length": 3}, (3,)),
+        ({"kind": "bytes", "index_normalizer": ()}, (16,)),
+    ],
+)
+def test_batch_index_values_equal_the_per_row_ones(
+    engine: Engine, service: EncryptionService, spec: dict[str, Any], lengths: tuple[int]
+) -> None:
+    spec_kw = {"index_column": "email_bidx", "index_normalizer": EMAIL, **spec}
+    tenant_id = spec_kw.pop("tenant_id", "acme")
+    column = ColumnSpec("people", "email", tenant_id=tenant_id, **spec_kw)
+    job = ColumnJob(engine, service, column)
+    report = JobReport("j")
+    rows = [
+        row(i, f"  User{i}@Example.COM ".encode(), tenant=("t1", "t2", "t3")[i % 3])
+        for i in range(12)
+    ]
+    writes, bad = job._plan_rows(rows, report)
+    assert bad == [] and len(writes) == 12
+    # One MAC call per key must give each row what the per-row computation gives.
+    for w in writes:
+        assert w.index == job._index_of(w.plaintext, w.row)
+        assert w.index is not None and len(w.index) == 1 + lengths[0]
+    if column.index_per_tenant:
+        assert len({w.index for w in writes}) == 12
+        same_value = [row(1, b"a@b.c", tenant="t1"), row(2, b"a@b.c", tenant="t2")]
+        first, second = job._plan_rows(same_value, report)[0]
+        assert first.index != second.index  # per-tenant keys differ

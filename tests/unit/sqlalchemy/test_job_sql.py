@@ -122,3 +122,21 @@ def test_the_wait_ends_just_after_the_soonest_lease(clock: Clock) -> None:
     watch = _LeaseWatch(patience=30.0)
     assert watch.pause([rng(0, left=0.2), rng(1, left=9.0)]) == pytest.approx(0.25)
     assert watch.pause([rng(0, left=0.0)]) == pytest.approx(0.05)
+
+
+def test_value_rows_compile_each_statement_once_per_dialect(engine: Engine) -> None:
+    sql = "SELECT id FROM t WHERE id = :i"
+    with engine.connect() as conn:
+        assert _job_sql._value_rows(conn, sql, {"i": 1}) == [(1,)]
+        compiled = _job_sql._compiled.get((conn.dialect, sql))
+        assert compiled is not None
+        # Other parameters, the same compiled statement.
+        assert _job_sql._value_rows(conn, sql, {"i": 3}) == [(3,)]
+        assert _job_sql._compiled.get((conn.dialect, sql)) is compiled
+    other = create_engine(f"{engine.url}", paramstyle="named")
+    try:
+        with other.connect() as conn:
+            assert _job_sql._value_rows(conn, sql, {"i": 2}) == [(2,)]
+            assert _job_sql._compiled.get((conn.dialect, sql)) is not compiled
+    finally:
+        other.dispose()
