@@ -292,6 +292,10 @@ def test_deleting_a_tenants_branch_keys_still_works_and_keeps_its_stored_deks(
     assert svc.delete_branch_keys("tenant:acme") == 0
 
 
+@pytest.mark.integration
+@pytest.mark.skipif(
+    not os.environ.get("GLC_REDIS_URL"), reason="GLC_REDIS_URL not set; run scripts/services.sh"
+)
 def test_an_erasure_removes_the_tenants_keys_from_the_shared_redis_cache(
     tmp_path: Path,
 ) -> None:
