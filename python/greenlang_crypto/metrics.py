@@ -35,6 +35,20 @@ Exported families (names are used by ``monitoring/dashboards`` and ``monitoring/
   (``hit``, ``miss``, ``stale``, ``unconfirmed``, ``forged``, ``error``, ``skipped``,
   ``write``). ``forged`` counts entries refused because they do not authenticate: someone
   writes to Redis who should not.
+* ``gl_encryption_key_age_seconds``: age of the primary key version (from the service's
+  in-memory keyring view; absent for a service that does not expose it).
+* From the last rotation autopilot step of this process (pushed into :class:`AutopilotState`
+  by :func:`~greenlang_crypto.sqlalchemy.autopilot.run_autopilot_once`; absent until a step
+  ran; the families are exported without samples until then):
+  ``gl_encryption_column_rows{table,column,key_version}`` (rows of each registered
+  column per key version; ``key_version="none"`` counts non-NULL values in no envelope),
+  ``gl_encryption_autopilot_next_action_seconds{action}`` (seconds until the next due
+  ``rotate``, ``retire`` or ``reencrypt`` deadline, computed at scrape; negative once it has
+  passed), ``gl_encryption_autopilot_behind_schedule`` (deadlines of the policy that passed:
+  re-encryption behind schedule), ``gl_encryption_autopilot_last_run_status{status}`` (1 for
+  the status of the last step, 0 for the others) and
+  ``gl_encryption_autopilot_last_run_timestamp_seconds``. A step that finds the lock held
+  clears the figures (the holder exports the fleet's); a step that failed keeps them.
 
 Counters stay monotonic across cache replacement (a rotation starts new Rust caches): a drop
 in a raw reading is treated as a reset and the previous value is carried forward.
@@ -44,8 +58,10 @@ from __future__ import annotations
 
 import bisect
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from greenlang_crypto import _forks
@@ -59,10 +75,14 @@ if TYPE_CHECKING:
     from greenlang_crypto.stats import ServiceStats
 
 __all__ = [
+    "AUTOPILOT_STATUSES",
     "KMS_BUCKETS",
     "MAX_DATA_CLASSES",
+    "AutopilotSnapshot",
+    "AutopilotState",
     "EncryptionMetrics",
     "ReencryptionProgress",
+    "autopilot_state",
     "exposition",
     "reencryption_progress",
     "register_metrics",
@@ -126,6 +146,100 @@ def reencryption_progress() -> ReencryptionProgress:
     return _PROGRESS
 
 
+#: Statuses of an autopilot step: the report's four, and ``failed`` (it raised: the database,
+#: key store or audit sink was unavailable).
+AUTOPILOT_STATUSES = ("done", "progressing", "blocked", "held", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class AutopilotSnapshot:
+    """What the last autopilot step of this process pushed.
+
+    Attributes:
+        status: One of :data:`AUTOPILOT_STATUSES`.
+        finished_at: When the step ended (UNIX seconds).
+        rows: Rows per ``(table, column, key version)``; the version is a number as text, or
+            ``none`` for non-NULL values in no envelope.
+        next_actions: When each action is next due (UNIX seconds), by action name.
+        behind: How many deadlines of the policy have passed.
+    """
+
+    status: str
+    finished_at: float
+    rows: Mapping[tuple[str, str, str], int]
+    next_actions: Mapping[str, float]
+    behind: int
+
+
+class AutopilotState:
+    """The figures of the last autopilot step, pushed by the step and read at scrape time.
+
+    The step calls :meth:`push` when it ends; the collector reads :meth:`snapshot`. Nothing
+    here calls back into the service or the database. Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        _forks.fresh_locks_after_fork(self, "_lock")
+        self._last: AutopilotSnapshot | None = None
+
+    def push(
+        self,
+        status: str,
+        *,
+        finished_at: float,
+        rows: Mapping[tuple[str, str, str], int] | None = None,
+        next_actions: Mapping[str, float | None] | None = None,
+        behind: int | None = None,
+    ) -> None:
+        """Stores the result of a step.
+
+        ``None`` for ``rows``, ``next_actions`` or ``behind`` keeps the previous figures (a
+        step that did not get the lock, or failed, learned nothing new about them).
+
+        Raises:
+            ValueError: ``status`` is not one of :data:`AUTOPILOT_STATUSES`, or a row count or
+                ``behind`` is negative.
+        """
+        if status not in AUTOPILOT_STATUSES:
+            raise ValueError(f"unknown autopilot status {status!r}")
+        if behind is not None and behind < 0:
+            raise ValueError("behind must be >= 0")
+        if rows is not None and any(n < 0 for n in rows.values()):
+            raise ValueError("row counts must be >= 0")
+        with self._lock:
+            last = self._last
+            self._last = AutopilotSnapshot(
+                status=status,
+                finished_at=float(finished_at),
+                rows=dict(rows) if rows is not None else dict(last.rows if last else {}),
+                next_actions=(
+                    {k: float(v) for k, v in next_actions.items() if v is not None}
+                    if next_actions is not None
+                    else dict(last.next_actions if last else {})
+                ),
+                behind=behind if behind is not None else (last.behind if last else 0),
+            )
+
+    def snapshot(self) -> AutopilotSnapshot | None:
+        """The last recorded step, or ``None`` when no step ran in this process."""
+        with self._lock:
+            return self._last
+
+    def reset(self) -> None:
+        """Forgets everything (tests)."""
+        with self._lock:
+            self._last = None
+
+
+_AUTOPILOT = AutopilotState()
+
+
+def autopilot_state() -> AutopilotState:
+    """The process-global :class:`AutopilotState` the autopilot step pushes into."""
+    return _AUTOPILOT
+
+
 class _Histogram:
     """A cumulative-at-read histogram in plain Python (no prometheus import on the hot path)."""
 
@@ -178,6 +292,8 @@ class EncryptionMetrics:
         service: The service to read (can be bound later with :meth:`bind`).
         audit: The audit log whose sink state is exported (it pushes each change here).
         progress: Re-encryption progress (default: the process-global one).
+        autopilot: The autopilot's last step (default: the process-global one).
+        clock: Wall clock (UNIX seconds) that ages and countdowns are measured with.
     """
 
     def __init__(
@@ -186,8 +302,12 @@ class EncryptionMetrics:
         *,
         audit: SinkStateSource | None = None,
         progress: ReencryptionProgress | None = None,
+        autopilot: AutopilotState | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._service = service
+        self._autopilot = autopilot or _AUTOPILOT
+        self._clock = clock
         self._audit: SinkStateSource | None = None
         # The audit sink's state as last pushed by the audit log; None: no audit log, no gauge.
         self._sink_up: bool | None = None
@@ -297,6 +417,7 @@ class EncryptionMetrics:
                 out.extend(self._service_families(stats, CounterMetricFamily, GaugeMetricFamily))
                 out.append(self._duration_family(stats, HistogramMetricFamily))
                 out.extend(_branch_families(svc, CounterMetricFamily, GaugeMetricFamily))
+                out.extend(self._key_age_family(svc, GaugeMetricFamily))
             out.extend(self._kms_families(CounterMetricFamily, HistogramMetricFamily))
         rows, remaining = self._progress.snapshot()
         reenc = CounterMetricFamily(
@@ -323,7 +444,65 @@ class EncryptionMetrics:
                     value=1 if sink_up else 0,
                 )
             )
+        out.extend(self._autopilot_families(GaugeMetricFamily))
         return out
+
+    def _key_age_family(self, svc: ObservedService, gauge: Any) -> list[Metric]:
+        from greenlang_crypto.observing import PrimaryKeySource
+
+        if not isinstance(svc, PrimaryKeySource):
+            return []
+        age = max(0.0, self._clock() - svc.primary_key_created_at)
+        return [
+            gauge(
+                "gl_encryption_key_age_seconds",
+                "Age of the primary key version (seconds since it was created).",
+                value=age,
+            )
+        ]
+
+    def _autopilot_families(self, gauge: Any) -> list[Metric]:
+        """The autopilot's families; without samples until a step ran in this process.
+
+        Empty rather than zero: a zero would read as "nothing behind, nothing due".
+        """
+        last = self._autopilot.snapshot()
+        rows = gauge(
+            "gl_encryption_column_rows",
+            "Rows of each registered column per key version, at the last autopilot step.",
+            labels=["table", "column", "key_version"],
+        )
+        nxt = gauge(
+            "gl_encryption_autopilot_next_action_seconds",
+            "Seconds until the next due autopilot action (negative: overdue).",
+            labels=["action"],
+        )
+        status = gauge(
+            "gl_encryption_autopilot_last_run_status",
+            "1 for the status of the last autopilot step, 0 for the others.",
+            labels=["status"],
+        )
+        behind = gauge(
+            "gl_encryption_autopilot_behind_schedule",
+            "Deadlines of the rotation policy that have passed at the last autopilot step.",
+            labels=[],
+        )
+        finished = gauge(
+            "gl_encryption_autopilot_last_run_timestamp_seconds",
+            "When the last autopilot step ended (UNIX seconds).",
+            labels=[],
+        )
+        if last is not None:
+            for (table, column, version), n in sorted(last.rows.items()):
+                rows.add_metric([table, column, version], n)
+            now = self._clock()
+            for action, at in sorted(last.next_actions.items()):
+                nxt.add_metric([action], at - now)
+            for name in AUTOPILOT_STATUSES:
+                status.add_metric([name], 1 if name == last.status else 0)
+            behind.add_metric([], last.behind)
+            finished.add_metric([], last.finished_at)
+        return [rows, nxt, behind, status, finished]
 
     def _service_families(self, stats: ServiceStats, counter: Any, gauge: Any) -> list[Metric]:
         ops = counter(

@@ -28,6 +28,7 @@ __all__ = [
     "DataDirConfig",
     "GenerateSystemKey",
     "ObservedService",
+    "PrimaryKeySource",
     "SinkListener",
     "SinkStateSource",
     "SystemKeyHandle",
@@ -113,4 +114,18 @@ class SinkStateSource(Protocol):
 
     def add_sink_listener(self, listener: SinkListener) -> None:
         """Registers ``listener``: called with the current state at once, then at each change."""
+        ...
+
+
+@runtime_checkable
+class PrimaryKeySource(Protocol):
+    """A service that tells when its primary key version was made (the service does).
+
+    Optional beside :class:`ObservedService`: the metrics collector exports the key's age
+    only when the observed service has it. Reading it never calls the key store.
+    """
+
+    @property
+    def primary_key_created_at(self) -> float:
+        """When the primary key version was created (UNIX seconds), as last loaded."""
         ...

@@ -298,6 +298,11 @@ class EncryptionService:
         )
 
     @property
+    def primary_key_created_at(self) -> float:
+        """When the primary key version was created (UNIX seconds; no key-store call)."""
+        return self._runtime.primary.created_at
+
+    @property
     def primary_version(self) -> int:
         """The key version new encryptions use."""
         return self._runtime.primary.version

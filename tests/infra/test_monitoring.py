@@ -42,6 +42,12 @@ METRICS = {
     "gl_encryption_branch_key_derivations_total": "counter",
     "gl_encryption_branch_keys_cached": "gauge",
     "gl_encryption_key_cache_redis_total": "counter",
+    "gl_encryption_key_age_seconds": "gauge",
+    "gl_encryption_column_rows": "gauge",
+    "gl_encryption_autopilot_next_action_seconds": "gauge",
+    "gl_encryption_autopilot_behind_schedule": "gauge",
+    "gl_encryption_autopilot_last_run_status": "gauge",
+    "gl_encryption_autopilot_last_run_timestamp_seconds": "gauge",
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
@@ -63,6 +69,15 @@ REQUIRED_ALERTS = {
         'gl_encryption_key_cache_redis_total{outcome="forged"}',
         "> 0",
     ),
+    "GreenlangCryptoRotationOverdue": (
+        'gl_encryption_autopilot_next_action_seconds{action="rotate"}',
+        "> 3600",
+    ),
+    "GreenlangCryptoReencryptionBehind": (
+        'gl_encryption_autopilot_next_action_seconds{action="reencrypt"}',
+        "> 0",
+    ),
+    "GreenlangCryptoAutopilotBlocked": ("gl_encryption_autopilot_last_run_status",),
 }
 
 # Dashboard topics: a panel whose title matches must query these metrics.
@@ -92,6 +107,9 @@ REQUIRED_PANELS = {
         "gl_encryption_branch_keys_cached",
     ),
     r"redis key cache": ("gl_encryption_key_cache_redis_total",),
+    r"primary key age": ("gl_encryption_key_age_seconds",),
+    r"rows per key version": ("gl_encryption_column_rows",),
+    r"autopilot next action": ("gl_encryption_autopilot_next_action_seconds",),
 }
 
 # Grafana's built-in interval variables, replaced by a fixed duration for promtool.

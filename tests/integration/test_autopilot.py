@@ -29,7 +29,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from greenlang_crypto import parse_envelope
+from greenlang_crypto._core import ENVELOPE_MAGIC
 from greenlang_crypto.config import EncryptionServiceConfig
+from greenlang_crypto.exceptions import KeyStoreUnavailableError
 from greenlang_crypto.providers.local import LocalKeyProvider
 from greenlang_crypto.service import EncryptionService
 from greenlang_crypto.sqlalchemy import EncryptedString
@@ -517,3 +519,133 @@ def test_the_cli_step_with_the_audit_sink_down_changes_nothing(
     assert _versions(engine) == {1: 10}
     fresh = make_service()
     assert fresh.min_decryption_version == 1
+
+
+def test_each_step_pushes_rows_per_version_and_due_dates_to_the_metrics(
+    engine: Engine, make_service: Any, db_url: str
+) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from greenlang_crypto.metrics import EncryptionMetrics, autopilot_state
+    from greenlang_crypto.sqlalchemy.autopilot import AUTOPILOT_LOCK_KEY
+
+    autopilot_state().reset()
+    svc = make_service(
+        rotation_period_seconds=3600, reencrypt_within_seconds=600, retire_after_seconds=60
+    )
+    _fill(engine, 100)
+    # A value in no envelope is counted apart and never shown (the last row: the budget
+    # stops the step before the job reaches it).
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE ap_people SET email = 'secret-plain' WHERE id = 100"))
+    svc.rotate()
+    metrics = EncryptionMetrics(svc)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(metrics)
+    # Ten seconds after the rotation on the policy's clock, the step stops at its budget.
+    report = _step(engine, svc, offset=10, budget_seconds=0.2, max_rows_per_second=100)
+    assert report.status == "progressing"
+    body = generate_latest(registry).decode()
+    assert "secret-plain" not in body and "example.com" not in body
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(body)
+        for s in f.samples
+    }
+    rows = {
+        dict(labels)["key_version"]: v
+        for (name, labels), v in samples.items()
+        if name == "gl_encryption_column_rows"
+    }
+    assert rows["none"] == 1
+    assert rows["1"] > 0 and rows.get("2", 0) > 0 and rows["1"] + rows["2"] == 99
+    assert rows == {k: float(n) for k, n in _labels(_versions_and_plain(engine)).items()}
+    due = {
+        dict(labels)["action"]: v
+        for (name, labels), v in samples.items()
+        if name == "gl_encryption_autopilot_next_action_seconds"
+    }
+    # Due dates keep their distance on the policy's clock: 600 s after the rotation, 10 s
+    # of which had passed; the next rotation an hour after it.
+    assert 580 < due["reencrypt"] <= 590
+    assert 3580 < due["rotate"] <= 3590
+    status = {
+        dict(labels)["status"]: v
+        for (name, labels), v in samples.items()
+        if name == "gl_encryption_autopilot_last_run_status"
+    }
+    assert status["progressing"] == 1 and sum(status.values()) == 1
+    assert samples[("gl_encryption_autopilot_behind_schedule", ())] == 0
+    assert 0 <= samples[("gl_encryption_key_age_seconds", ())] < 60
+    # Past the deadline with rows left: behind schedule, and the countdown is negative.
+    _step(engine, svc, offset=700, budget_seconds=0.1, max_rows_per_second=50)
+    last = autopilot_state().snapshot()
+    assert last is not None and last.behind == 1
+    assert last.next_actions["reencrypt"] < time.time()
+    # A step that finds the lock held drops its figures: the holder's are the fleet's.
+    libpq = "postgresql://" + db_url.partition("://")[2]
+    with psycopg.connect(libpq, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (AUTOPILOT_LOCK_KEY,))
+        assert _step(engine, svc).status == "held"
+    held = autopilot_state().snapshot()
+    assert held is not None and (held.status, held.rows, held.next_actions) == ("held", {}, {})
+    _step(engine, svc, offset=700, budget_seconds=0.1, max_rows_per_second=50)
+    # A step that cannot reach the database is recorded as failed; the figures are kept.
+    dead = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")
+    with pytest.raises(KeyStoreUnavailableError):
+        _step(dead, svc)
+    dead.dispose()
+    last = autopilot_state().snapshot()
+    assert last is not None and last.status == "failed" and last.behind == 1
+    autopilot_state().reset()
+
+
+def _versions_and_plain(engine: Engine) -> dict[int | None, int]:
+    out: dict[int | None, int] = {}
+    with engine.connect() as conn:
+        for (value,) in conn.execute(text("SELECT email FROM ap_people")):
+            raw = bytes(value)
+            v = parse_envelope(raw).key_version if raw[:1] == bytes([ENVELOPE_MAGIC]) else None
+            out[v] = out.get(v, 0) + 1
+    return out
+
+
+def _labels(counts: dict[int | None, int]) -> dict[str, int]:
+    return {"none" if v is None else str(v): n for v, n in counts.items()}
+
+
+def test_a_count_that_fails_keeps_the_report_and_the_previous_figures(
+    engine: Engine, make_service: Any
+) -> None:
+    from sqlalchemy import event
+
+    from greenlang_crypto.metrics import autopilot_state
+
+    autopilot_state().reset()
+    svc = make_service(rotation_period_seconds=3600)
+    _fill(engine, 10)
+    first = _step(engine, svc)
+    assert first.notes == []
+    before = autopilot_state().snapshot()
+    assert before is not None
+    assert before.rows == {("ap_people", "email", "1"): 10}
+
+    # The server cancels the count (as a statement_timeout would); nothing else is touched.
+    def cancel_the_count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "GROUP BY 1" in statement:
+            raise psycopg.errors.QueryCanceled("canceling statement due to statement timeout")
+
+    event.listen(engine, "before_cursor_execute", cancel_the_count)
+    try:
+        svc.rotate()
+        report = _step(engine, svc, offset=10)
+    finally:
+        event.remove(engine, "before_cursor_execute", cancel_the_count)
+    assert report.status == "done" and report.columns["ap_people.email"]["written"] == 10
+    assert report.notes == ["rows per key version were not counted (QueryCanceled)"]
+    after = autopilot_state().snapshot()
+    assert after is not None and after.status == "done"
+    assert after.rows == before.rows  # kept, not emptied
+    assert _versions(engine) == {2: 10}
+    autopilot_state().reset()

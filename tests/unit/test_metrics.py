@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -18,8 +19,10 @@ from greenlang_crypto.config import EncryptionServiceConfig
 from greenlang_crypto.exceptions import DecryptionError, GreenlangCryptoError
 from greenlang_crypto.metrics import (
     MAX_DATA_CLASSES,
+    AutopilotState,
     EncryptionMetrics,
     ReencryptionProgress,
+    autopilot_state,
     reencryption_progress,
     register_metrics,
 )
@@ -311,3 +314,106 @@ def test_the_sink_gauge_is_the_last_state_the_audit_log_pushed(tmp_path: Path) -
     assert _v(_samples(registry), "gl_encryption_audit_sink_up") == 1
     second.push(False)
     assert _v(_samples(registry), "gl_encryption_audit_sink_up") == 0
+
+
+def test_key_age_is_the_primary_versions_age_and_resets_on_rotation(tmp_path: Path) -> None:
+    LocalKeyProvider(tmp_path).create_master_key()
+    svc = EncryptionService(EncryptionServiceConfig(data_dir=tmp_path))
+    try:
+        now = [svc.primary_key_created_at + 500.0]
+        metrics = EncryptionMetrics(svc, progress=ReencryptionProgress(), clock=lambda: now[0])
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(metrics)
+        assert _v(_samples(registry), "gl_encryption_key_age_seconds") == 500
+        svc.rotate()
+        now[0] = svc.primary_key_created_at + 3.0
+        assert _v(_samples(registry), "gl_encryption_key_age_seconds") == 3
+    finally:
+        svc.close()
+
+
+def test_no_key_age_from_a_service_that_does_not_tell_it(tmp_path: Path) -> None:
+    registry = CollectorRegistry(auto_describe=False)
+    register_metrics(observed_stub(tmp_path), registry=registry, metrics=EncryptionMetrics())
+    assert not any(k[0] == "gl_encryption_key_age_seconds" for k in _samples(registry))
+
+
+def test_autopilot_figures_are_the_last_step_pushed(tmp_path: Path) -> None:
+    state = AutopilotState()
+    now = [1000.0]
+    metrics = EncryptionMetrics(
+        observed_stub(tmp_path),
+        progress=ReencryptionProgress(),
+        autopilot=state,
+        clock=lambda: now[0],
+    )
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(metrics)
+    # No step ran: no autopilot samples (not zeros that read as "all is well").
+    assert not any(k[0].startswith("gl_encryption_autopilot") for k in _samples(registry))
+    assert not any(k[0] == "gl_encryption_column_rows" for k in _samples(registry))
+    state.push(
+        "progressing",
+        finished_at=990.0,
+        rows={
+            ("users", "email", "1"): 40,
+            ("users", "email", "2"): 60,
+            ("users", "email", "none"): 1,
+        },
+        next_actions={"rotate": 4600.0, "reencrypt": 1600.0, "retire": None},
+        behind=0,
+    )
+    s = _samples(registry)
+    assert _v(s, "gl_encryption_column_rows", table="users", column="email", key_version="1") == 40
+    assert _v(s, "gl_encryption_column_rows", table="users", column="email", key_version="2") == 60
+    assert (
+        _v(s, "gl_encryption_column_rows", table="users", column="email", key_version="none") == 1
+    )
+    assert _v(s, "gl_encryption_autopilot_next_action_seconds", action="rotate") == 3600
+    assert _v(s, "gl_encryption_autopilot_next_action_seconds", action="reencrypt") == 600
+    assert (
+        "gl_encryption_autopilot_next_action_seconds",
+        frozenset({("action", "retire")}),
+    ) not in s
+    assert _v(s, "gl_encryption_autopilot_last_run_status", status="progressing") == 1
+    assert _v(s, "gl_encryption_autopilot_last_run_status", status="done") == 0
+    assert _v(s, "gl_encryption_autopilot_last_run_timestamp_seconds") == 990
+    assert _v(s, "gl_encryption_autopilot_behind_schedule") == 0
+    # The countdown runs at scrape time and goes negative once the deadline passed.
+    now[0] = 2000.0
+    s = _samples(registry)
+    assert _v(s, "gl_encryption_autopilot_next_action_seconds", action="reencrypt") == -400
+    # A failed step learned nothing new: the figures stay, the status changes.
+    state.push("failed", finished_at=1995.0)
+    s = _samples(registry)
+    assert _v(s, "gl_encryption_autopilot_last_run_status", status="failed") == 1
+    assert _v(s, "gl_encryption_autopilot_last_run_status", status="progressing") == 0
+    assert _v(s, "gl_encryption_column_rows", table="users", column="email", key_version="2") == 60
+    assert _v(s, "gl_encryption_autopilot_next_action_seconds", action="rotate") == 2600
+    state.push("done", finished_at=1999.0, rows={}, next_actions={}, behind=2)
+    s = _samples(registry)
+    assert not any(k[0] == "gl_encryption_column_rows" for k in s)
+    assert _v(s, "gl_encryption_autopilot_behind_schedule") == 2
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"status": "sleeping"},
+        {"status": "done", "behind": -1},
+        {"status": "done", "rows": {("t", "c", "1"): -5}},
+    ],
+)
+def test_autopilot_state_refuses_bad_figures_and_keeps_the_last(bad: dict[str, Any]) -> None:
+    state = AutopilotState()
+    state.push("done", finished_at=1.0, behind=0)
+    status = bad.pop("status")
+    with pytest.raises(ValueError):
+        state.push(status, finished_at=2.0, **bad)
+    last = state.snapshot()
+    assert last is not None and (last.status, last.finished_at) == ("done", 1.0)
+
+
+def test_the_autopilot_state_is_process_global() -> None:
+    assert autopilot_state() is autopilot_state()
+    assert isinstance(autopilot_state(), AutopilotState)

@@ -23,7 +23,13 @@ from typing import Any
 from greenlang_crypto._core import FORMAT_VERSION, parse_envelope
 from greenlang_crypto.exceptions import GreenlangCryptoError
 
-__all__ = ["ColumnSpec", "ControlResult", "Report", "run_verification"]
+__all__ = [
+    "ColumnSpec",
+    "ControlResult",
+    "Report",
+    "check_rotation_policy",
+    "run_verification",
+]
 
 #: Framework references per control id.
 FRAMEWORKS: dict[str, list[str]] = {
@@ -37,6 +43,12 @@ FRAMEWORKS: dict[str, list[str]] = {
     "keys.cache_ttl": ["SOC2 CC6.1", "ISO27001:2022 A.8.24", "ISO27001:2013 A.10.1.2"],
     "keys.usage_limit": ["SOC2 CC6.1", "ISO27001:2022 A.8.24", "ISO27001:2013 A.10.1.2"],
     "keys.rotation": ["SOC2 CC6.1", "ISO27001:2022 A.8.24", "ISO27001:2013 A.10.1.2"],
+    "keys.rotation_policy": [
+        "SOC2 CC6.1",
+        "SOC2 CC6.6",
+        "ISO27001:2022 A.8.24",
+        "ISO27001:2013 A.10.1.2",
+    ],
     "keys.provider_health": ["SOC2 CC6.1", "SOC2 CC7.2"],
     "data.columns_encrypted": [
         "SOC2 CC6.1",
@@ -240,7 +252,81 @@ def check_service(service: Any) -> list[ControlResult]:
                 primary_version=primary.version,
             )
         )
+    out.append(check_rotation_policy(service))
     return out
+
+
+_POLICY_FIELDS = (
+    "rotation_period_seconds",
+    "reencrypt_within_seconds",
+    "retire_after_seconds",
+    "index_rotation_period_seconds",
+)
+
+
+def check_rotation_policy(service: Any, now: float | None = None) -> ControlResult:
+    """The rotation policy of the configuration, and whether the primary key is overdue.
+
+    Passes with the policy's settings when the primary key version is younger than
+    ``rotation_period_seconds``; fails when it is older (the autopilot should have rotated).
+    With no policy (``rotation_period_seconds`` unset or 0) it passes and says so: rotation is
+    then by hand, and ``keys.rotation`` holds the yearly check.
+
+    Args:
+        service: The EncryptionService (its ``config`` and ``versions()``).
+        now: The time to measure ages at (UNIX seconds; default: now).
+    """
+    cfg = service.config
+    policy = {name: getattr(cfg, name) for name in _POLICY_FIELDS}
+    period = policy["rotation_period_seconds"]
+    if not period:
+        return _result(
+            "keys.rotation_policy",
+            True,
+            "no rotation policy (rotation_period_seconds unset): keys are rotated by hand, "
+            "see keys.rotation",
+            policy=policy,
+        )
+    at = time.time() if now is None else now
+    versions = list(service.versions())
+    primary = next(v for v in versions if v.state == "primary")
+    age = max(0.0, at - primary.created_at)
+    due = primary.created_at + period
+    waiting = sorted(
+        v.version
+        for v in versions
+        if v.state in ("active", "decrypt_only") and v.version < primary.version
+    )
+    overdue = age > period
+    detail = (
+        f"rotation policy: rotate every {period:g} s"
+        + (
+            f", re-encrypt within {policy['reencrypt_within_seconds']:g} s"
+            if policy["reencrypt_within_seconds"]
+            else ""
+        )
+        + (
+            f", retire after {policy['retire_after_seconds']:g} s"
+            if policy["retire_after_seconds"]
+            else ", no automatic retirement"
+        )
+        + f"; primary key version {primary.version} is {age:.0f} s old"
+        + (
+            f", overdue by {age - period:.0f} s"
+            if overdue
+            else f", next rotation in {due - at:.0f} s"
+        )
+    )
+    return _result(
+        "keys.rotation_policy",
+        not overdue,
+        detail,
+        policy=policy,
+        primary_version=primary.version,
+        primary_age_seconds=round(age, 3),
+        next_rotation_at=due,
+        older_versions_decrypting=waiting,
+    )
 
 
 def check_columns(db_url: str, columns: Sequence[ColumnSpec], limit: int = 100) -> ControlResult:

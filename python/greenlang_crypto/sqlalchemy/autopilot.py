@@ -32,6 +32,10 @@ log): ``key_rotate``, ``db_reencrypt`` and ``key_retire`` records with ``via: au
 intent first, so with the audit sink down nothing changes. The service also emits its own
 ``key_rotated``/``key_retired`` events to its observers either way.
 
+Each step pushes its figures into :func:`greenlang_crypto.metrics.autopilot_state` (status,
+rows per key version of every registered column, the next due dates; one aggregate per column
+over the envelope headers), which the metrics collector of the same process exports.
+
 Exit codes of ``greenlang-crypto db autopilot --once`` (:attr:`AutopilotReport.exit_code`):
 0 done (nothing is due now) or held by another runner, 10 progressing (work remains for the
 next step), 20 blocked (the reasons say why), 3 unavailable (the database or key store is
@@ -55,6 +59,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
+from greenlang_crypto._core import ENVELOPE_MAGIC
 from greenlang_crypto.exceptions import (
     InvalidArgumentError,
     JobIncompleteError,
@@ -62,6 +67,7 @@ from greenlang_crypto.exceptions import (
     KeyStoreUnavailableError,
 )
 from greenlang_crypto.sqlalchemy._job_spec import ColumnSpec, JobReport
+from greenlang_crypto.sqlalchemy._job_sql import _quote
 from greenlang_crypto.sqlalchemy._registry import ColumnRegistry
 from greenlang_crypto.sqlalchemy.migrate import ColumnJob
 
@@ -309,20 +315,51 @@ def run_autopilot_once(
         raise InvalidArgumentError("budget_seconds must be positive")
     if max_rows_per_second is not None and not max_rows_per_second > 0:
         raise InvalidArgumentError("max_rows_per_second must be positive (or None)")
+    from greenlang_crypto.metrics import autopilot_state
+
     started = time.monotonic()
     deadline = started + budget_seconds
     report = AutopilotReport()
-    with _FleetLock(engine, lock_key) as lock:
-        if not lock.acquired:
-            report.status = "held"
-            report.holder = lock.holder()
-            report.reasons.append(f"held by another runner: {report.holder}")
-        else:
-            _Step(
-                engine, service, registry, report, lock, clock, audit, deadline,
-                max_rows_per_second, delete_stored_deks, batch_size, state_schema,
-            ).run()  # fmt: skip
+    step: _Step | None = None
+    try:
+        with _FleetLock(engine, lock_key) as lock:
+            if not lock.acquired:
+                report.status = "held"
+                report.holder = lock.holder()
+                report.reasons.append(f"held by another runner: {report.holder}")
+            else:
+                step = _Step(
+                    engine, service, registry, report, lock, clock, audit, deadline,
+                    max_rows_per_second, delete_stored_deks, batch_size, state_schema,
+                )  # fmt: skip
+                step.run()
+    except BaseException:
+        # The figures of a step that stopped part-way are not pushed: they may be half new.
+        autopilot_state().push("failed", finished_at=time.time())
+        raise
     report.seconds = time.monotonic() - started
+    if step is None:
+        # Held: another runner acts and exports the fleet's figures. Ours would be from our
+        # last own step and age into false alarms (a rotation "overdue" that it did).
+        autopilot_state().push(
+            report.status, finished_at=time.time(), rows={}, next_actions={}, behind=0
+        )
+        return report
+    # Due dates are pushed on the real clock (scrapes count down on it), keeping the distance
+    # the policy's clock gives them.
+    shift = time.time() - clock()
+    due = {
+        "rotate": report.next_rotation_at,
+        "retire": report.next_retirement_at,
+        "reencrypt": step.reencrypt_due_at,
+    }
+    autopilot_state().push(
+        report.status,
+        finished_at=time.time(),
+        rows=step.rows_by_version,
+        next_actions={k: None if v is None else v + shift for k, v in due.items()},
+        behind=len(report.overdue),
+    )
     return report
 
 
@@ -359,12 +396,18 @@ class _Step:
         self.config = service.config
         self.blocked: list[str] = []
         self.pending: list[str] = []
+        #: Rows per (table, column, key version) counted at the end of the step (metrics);
+        #: ``None`` when the count could not be made.
+        self.rows_by_version: dict[tuple[str, str, str], int] | None = {}
+        #: When the re-encryption to the primary is due, while rows remain to move.
+        self.reencrypt_due_at: float | None = None
 
     def run(self) -> None:
         self.service.refresh_keyring()
         self._rotate_if_due()
         columns_clear = self._reencrypt()
         self._retire_if_due(columns_clear)
+        self._count_versions()
         if self.config.index_rotation_period_seconds is not None:
             self.report.notes.append(
                 "index_rotation_period_seconds is not acted on yet: index key versions "
@@ -550,6 +593,7 @@ class _Step:
         if within is None:
             return
         since = self._primary_created_at()
+        self.reencrypt_due_at = since + within
         if self.clock() >= since + within:
             self.report.overdue.append(
                 f"re-encryption to v{self.service.primary_version} is behind schedule: "
@@ -626,4 +670,47 @@ class _Step:
                 parts.append(f"{bad} row(s) with an unreadable envelope header")
             if parts:
                 out.append(f"{spec.table}.{spec.column} has " + ", ".join(parts))
+        return out
+
+    # -- figures ---------------------------------------------------------------------------
+
+    def _count_versions(self) -> None:
+        """Counts each registered column's rows per key version (one aggregate per column).
+
+        Read from the envelope headers (bytes 4-7, big-endian) in SQL; only names, versions
+        and counts leave the database. Feeds ``gl_encryption_column_rows``.
+        """
+        try:
+            self.rows_by_version = self._counts()
+        except DBAPIError as exc:
+            # The step's actions are committed; a count for the metrics must not undo its
+            # report. The metrics keep the previous figures.
+            self.rows_by_version = None
+            self.report.notes.append(
+                f"rows per key version were not counted ({type(exc.orig).__name__})"
+            )
+
+    def _counts(self) -> dict[tuple[str, str, str], int]:
+        out: dict[tuple[str, str, str], int] = {}
+        magic = f"{ENVELOPE_MAGIC:d}"
+        for spec in self.registry:
+            with self.engine.connect() as conn:
+                col = _quote(conn, spec.column)
+                version = " | ".join(
+                    f"(get_byte({col}, {i})::bigint << {8 * (7 - i)})" for i in range(4, 8)
+                )
+                # Nested CASE: get_byte past the end of a short value is an error, and SQL
+                # does not promise to evaluate AND left to right.
+                found = conn.execute(
+                    text(
+                        f"SELECT CASE WHEN octet_length({col}) >= 8 THEN "  # noqa: S608
+                        f"CASE WHEN get_byte({col}, 0) = {magic} THEN {version} END END, "
+                        f"count(*) FROM {_quote(conn, spec.table)} "
+                        f"WHERE {col} IS NOT NULL GROUP BY 1"
+                    )
+                ).all()
+            for v, n in found:
+                label = "none" if v is None else str(int(v))
+                key = (spec.table, spec.column, label)
+                out[key] = out.get(key, 0) + int(n)
         return out

@@ -25,6 +25,7 @@ from greenlang_crypto.compliance.verify import (
     Report,
     check_audit,
     check_columns,
+    check_rotation_policy,
     check_service,
     check_terraform,
     run_verification,
@@ -146,6 +147,7 @@ def test_the_service_controls_of_a_fresh_local_service_pass(service: EncryptionS
         "keys.usage_limit",
         "keys.provider_health",
         "keys.rotation",
+        "keys.rotation_policy",
     }
     assert {r.status for r in results.values()} == {"pass"}
     assert results["keys.rotation"].detail.startswith("local primary key version 1 is 0 days old")
@@ -159,6 +161,10 @@ def _fake_service(**overrides: Any) -> Any:
             cache_ttl_seconds=300,
             max_messages_per_dek=2**32,
             commitment_policy="require_encrypt_allow_decrypt",
+            rotation_period_seconds=None,
+            reencrypt_within_seconds=None,
+            retire_after_seconds=None,
+            index_rotation_period_seconds=None,
         ),
         "envelope_format": 2,
         "provider_name": "aws-kms",
@@ -199,6 +205,10 @@ def test_a_long_cache_ttl_too_many_messages_or_a_down_provider_fail() -> None:
                     cache_ttl_seconds=301,
                     max_messages_per_dek=2**32 + 1,
                     commitment_policy="forbid_encrypt_allow_decrypt",
+                    rotation_period_seconds=None,
+                    reencrypt_within_seconds=None,
+                    retire_after_seconds=None,
+                    index_rotation_period_seconds=None,
                 ),
                 envelope_format=1,
                 provider_health=lambda: SimpleNamespace(ok=False, detail="kms unavailable"),
@@ -349,3 +359,80 @@ def test_a_run_is_incomplete_until_each_skip_is_allowed_by_name(
 def test_allowing_an_unknown_control_is_an_error(service: EncryptionService) -> None:
     with pytest.raises(GreenlangCryptoError, match="unknown control"):
         run_verification(service, allow_skip=["keys.rotaton"])
+
+
+def _policy(period: float | None, **more: Any) -> Any:
+    return SimpleNamespace(
+        cache_ttl_seconds=300,
+        max_messages_per_dek=2**32,
+        commitment_policy="require_encrypt_allow_decrypt",
+        rotation_period_seconds=period,
+        reencrypt_within_seconds=more.get("within"),
+        retire_after_seconds=more.get("retire"),
+        index_rotation_period_seconds=None,
+    )
+
+
+def _versions(*spec: tuple[int, str, float]) -> Any:
+    made = [
+        SimpleNamespace(version=v, state=state, wrapping_key_id="arn:k1", created_at=at)
+        for v, state, at in spec
+    ]
+    return lambda: made
+
+
+@pytest.mark.parametrize("period", [None, 0])
+def test_no_rotation_policy_passes_and_says_rotation_is_by_hand(period: float | None) -> None:
+    result = check_rotation_policy(_fake_service(config=_policy(period)), now=10**9)
+    assert result.status == "pass"
+    assert "no rotation policy" in result.detail
+    assert result.evidence["policy"]["rotation_period_seconds"] == period
+    assert set(FRAMEWORKS["keys.rotation_policy"]) >= {"SOC2 CC6.6", "ISO27001:2022 A.8.24"}
+
+
+def test_a_primary_younger_than_the_period_passes_with_the_policy_and_next_due_date() -> None:
+    svc = _fake_service(
+        config=_policy(86400, within=3600, retire=7200),
+        versions=_versions((1, "decrypt_only", 0), (2, "primary", 1000)),
+    )
+    result = check_rotation_policy(svc, now=1000 + 86000)
+    assert result.status == "pass"
+    assert result.detail == (
+        "rotation policy: rotate every 86400 s, re-encrypt within 3600 s, retire after 7200 s; "
+        "primary key version 2 is 86000 s old, next rotation in 400 s"
+    )
+    assert result.evidence["next_rotation_at"] == 1000 + 86400
+    assert result.evidence["older_versions_decrypting"] == [1]
+    assert result.evidence["policy"]["retire_after_seconds"] == 7200
+
+
+def test_a_primary_older_than_the_period_fails_as_overdue() -> None:
+    svc = _fake_service(
+        config=_policy(86400), versions=_versions((1, "retired", 0), (2, "primary", 1000))
+    )
+    result = check_rotation_policy(svc, now=1000 + 86400 + 30)
+    assert result.status == "fail"
+    assert "overdue by 30 s" in result.detail and "no automatic retirement" in result.detail
+    assert result.evidence["older_versions_decrypting"] == []
+    # And through check_service, as `verify` runs it (ages measured on the real clock).
+    by = by_control(check_service(svc))
+    assert by["keys.rotation_policy"].status == "fail"
+
+
+def test_a_real_service_with_a_policy_reports_it(tmp_path: Path) -> None:
+    from greenlang_crypto.config import EncryptionServiceConfig
+    from greenlang_crypto.providers.local import LocalKeyProvider
+
+    LocalKeyProvider(tmp_path).create_master_key()
+    svc = EncryptionService(
+        EncryptionServiceConfig(data_dir=tmp_path, rotation_period_seconds=3600)
+    )
+    try:
+        fresh = check_rotation_policy(svc)
+        assert fresh.status == "pass" and fresh.evidence["primary_version"] == 1
+        late = check_rotation_policy(svc, now=svc.primary_key_created_at + 3601)
+        assert late.status == "fail"
+        svc.rotate()
+        assert check_rotation_policy(svc, now=svc.primary_key_created_at + 10).status == "pass"
+    finally:
+        svc.close()
