@@ -13,10 +13,8 @@ key store or the audit sink is down), 2 a usage or typed error.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -92,27 +90,9 @@ def load_models(path: str) -> Any:
         InvalidArgumentError: The path is malformed, the module does not import, or the
             attribute does not exist.
     """
-    module_name, sep, attr_path = path.partition(":")
-    if not sep or not module_name or not attr_path or not all(attr_path.split(".")):
-        raise InvalidArgumentError(
-            f"--model {path!r}: expected package.module:Base (for example app.models:Base)"
-        )
-    # A console script's sys.path starts with its own directory, not the working one.
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.insert(0, cwd)
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except Exception as exc:  # the application's module may fail in any way at import
-        raise InvalidArgumentError(
-            f"--model {path!r}: cannot import {module_name!r} ({type(exc).__name__})"
-        ) from None
-    for part in attr_path.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise InvalidArgumentError(f"--model {path!r}: no attribute {part!r}") from None
-    return obj
+    from greenlang_crypto.sqlalchemy._common import import_path
+
+    return import_path(path, "package.module:Base (for example app.models:Base)")
 
 
 def _version_columns(given: list[str]) -> dict[str, str]:

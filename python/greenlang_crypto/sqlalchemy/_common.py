@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -238,3 +240,35 @@ def off_the_loop(fn: Callable[..., _T], *args: Any) -> _T:
     if not in_async_greenlet():
         return fn(*args)
     return cast("_T", _await(asyncio.to_thread(fn, *args)))
+
+
+def import_path(path: str, expected: str) -> Any:
+    """The object ``package.module:Name.attr`` names (a ``--model`` flag).
+
+    The module is imported from the current directory or ``PYTHONPATH``. ``expected`` is
+    the form shown when ``path`` is malformed, e.g. ``app.models:User.email``.
+
+    Raises:
+        InvalidArgumentError: The path is malformed, the module does not import, or an
+            attribute does not exist.
+    """
+    module_name, sep, attr_path = path.partition(":")
+    if not sep or not module_name or not attr_path or not all(attr_path.split(".")):
+        raise InvalidArgumentError(f"--model {path!r}: expected {expected}")
+    # A console script's sys.path starts with its own directory, not the working one.
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as exc:  # the application's module may fail in any way at import
+        raise InvalidArgumentError(
+            f"--model {path!r}: cannot import {module_name!r} ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())})"
+        ) from None
+    for part in attr_path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise InvalidArgumentError(f"--model {path!r}: no attribute {part!r}") from None
+    return obj

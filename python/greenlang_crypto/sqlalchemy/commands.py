@@ -26,7 +26,6 @@ still hold ranges (``JobIncompleteError``, after printing this worker's summary)
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import subprocess
@@ -286,31 +285,9 @@ def load_model_column(path: str) -> Any:
         InvalidArgumentError: The path is malformed, the module does not import, or the
             attribute does not exist.
     """
-    from greenlang_crypto.exceptions import InvalidArgumentError
+    from greenlang_crypto.sqlalchemy._common import import_path
 
-    module_name, sep, attr_path = path.partition(":")
-    if not sep or not module_name or not attr_path or not all(attr_path.split(".")):
-        raise InvalidArgumentError(
-            f"--model {path!r}: expected package.module:Class.attribute "
-            "(for example app.models:User.email)"
-        )
-    # A console script's sys.path starts with its own directory, not the working one.
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.insert(0, cwd)
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except Exception as exc:  # the application's module may fail in any way at import
-        raise InvalidArgumentError(
-            f"--model {path!r}: cannot import {module_name!r} ({type(exc).__name__}: "
-            f"{' '.join(str(exc).split())})"
-        ) from None
-    for part in attr_path.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise InvalidArgumentError(f"--model {path!r}: no attribute {part!r}") from None
-    return obj
+    return import_path(path, "package.module:Class.attribute (for example app.models:User.email)")
 
 
 def _given(args: argparse.Namespace) -> dict[str, Any]:
