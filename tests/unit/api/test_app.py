@@ -443,6 +443,7 @@ def test_a_library_error_escaping_a_route_keeps_its_typed_answer(
             assert (r.status_code, r.json()) == (503, {"detail": "service unavailable"})
 
 
+@pytest.mark.integration
 def test_a_new_directory_is_not_given_a_master_key_for_a_keyring_it_cannot_open(
     tmp_path: Path,
 ) -> None:

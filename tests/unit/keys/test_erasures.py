@@ -16,7 +16,7 @@ from greenlang_crypto.keys.store import KeyStore, open_key_store
 from tests.conftest import pg_private_database
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KeyStore]:
     if request.param == "sqlite":
         opened = open_key_store(f"sqlite:///{tmp_path / 'keystore.db'}", retry_seconds=0.5)
