@@ -53,7 +53,8 @@ ADMIN_ACTIONS = {
     "key_destroy": "An old wrapping key destroyed after a rewrap.",
     "index_key_rotate": "A new blind-index key version.",
     "index_key_retire": "A blind-index key version retired.",
-    "branch_key_rotate": "A new branch key for one scope (`keys branch-rotate`).",
+    "branch_key_rotate": "A new branch key for one scope (`keys branch-rotate`), or for each "
+    "scope past `branch_rotation_period_seconds` (the autopilot).",
     "branch_key_delete": "A scope's branch keys deleted, crypto-shredding its data.",
     "tenant_erase": "A tenant erased: every key of the tenant deleted (`keys erase`).",
     "envelope_rewrap": "Envelopes re-encrypted under the primary version (`POST /rewrap`).",

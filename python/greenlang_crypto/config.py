@@ -83,6 +83,7 @@ _POLICY_PERIODS = (
     "reencrypt_within_seconds",
     "retire_after_seconds",
     "index_rotation_period_seconds",
+    "branch_rotation_period_seconds",
 )
 
 
@@ -166,7 +167,13 @@ class EncryptionServiceConfig:
             under them and no live instance seals under them). ``None`` or 0: the autopilot
             never retires.
         index_rotation_period_seconds: Rotation policy for blind-index root keys, as
-            ``rotation_period_seconds`` (``None`` or 0: off).
+            ``rotation_period_seconds`` (``None`` or 0: off). The autopilot re-indexes the
+            registered columns under the new index key and retires the old one after
+            ``retire_after_seconds``, as for data keys.
+        branch_rotation_period_seconds: Rotation policy for branch keys (``key_reference
+            = "branch"``): the autopilot gives every scope whose active branch key is older
+            than this a new one (``None`` or 0: off). Data under older branch keys keeps
+            decrypting; it moves with the next data-key rotation's re-encryption.
     """
 
     provider: str = "local"
@@ -193,6 +200,7 @@ class EncryptionServiceConfig:
     reencrypt_within_seconds: float | None = None
     retire_after_seconds: float | None = None
     index_rotation_period_seconds: float | None = None
+    branch_rotation_period_seconds: float | None = None
 
     def __repr__(self) -> str:
         # URLs may carry a password (postgresql://user:pw@host, redis://:pw@host): never shown.
@@ -248,6 +256,11 @@ class EncryptionServiceConfig:
         url = self.key_store_url
         if url is not None and not url.startswith(("sqlite:///", "postgresql", "postgres://")):
             raise ConfigurationError("key_store_url must be sqlite:/// or postgresql://")
+
+    @property
+    def rotation_policy(self) -> dict[str, float | None]:
+        """The rotation policy's durations by setting name (seconds; ``None``: off)."""
+        return {name: getattr(self, name) for name in _POLICY_PERIODS}
 
     @property
     def resolved_key_store_url(self) -> str:

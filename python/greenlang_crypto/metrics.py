@@ -43,8 +43,9 @@ Exported families (names are used by ``monitoring/dashboards`` and ``monitoring/
   ``gl_encryption_column_rows{table,column,key_version}`` (rows of each registered
   column per key version; ``key_version="none"`` counts non-NULL values in no envelope),
   ``gl_encryption_autopilot_next_action_seconds{action}`` (seconds until the next due
-  ``rotate``, ``retire`` or ``reencrypt`` deadline, computed at scrape; negative once it has
-  passed), ``gl_encryption_autopilot_behind_schedule`` (deadlines of the policy that passed:
+  ``rotate``, ``retire``, ``index_rotate``, ``branch_rotate`` or ``reencrypt`` deadline,
+  computed at scrape; negative once it has passed),
+  ``gl_encryption_autopilot_behind_schedule`` (deadlines of the policy that passed:
   re-encryption behind schedule), ``gl_encryption_autopilot_last_run_status{status}`` (1 for
   the status of the last step, 0 for the others) and
   ``gl_encryption_autopilot_last_run_timestamp_seconds``. A step that finds the lock held

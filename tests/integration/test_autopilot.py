@@ -140,12 +140,14 @@ def _step(
 def test_rotation_happens_only_once_the_primary_is_older_than_the_period(
     engine: Engine, make_service: Any
 ) -> None:
-    svc = make_service(rotation_period_seconds=60, index_rotation_period_seconds=60)
+    # The index key's own period is longer: it is not rotated with the data key.
+    svc = make_service(rotation_period_seconds=60, index_rotation_period_seconds=600)
     created = svc.versions()[0].created_at
     early = _step(engine, svc, offset=30)
     assert (early.status, early.exit_code, early.actions) == ("done", EXIT_DONE, [])
-    # The index-key period is not acted on yet, and the report says so.
-    assert [n for n in early.notes if "index_rotation_period_seconds" in n]
+    # No blind index has been used yet: there is no index key to rotate (the first use
+    # makes a fresh one).
+    assert early.next_index_rotation_at is None
     assert svc.primary_version == 1
     assert early.next_rotation_at == pytest.approx(created + 60)
     due = _step(engine, svc, offset=61)
@@ -649,3 +651,199 @@ def test_a_count_that_fails_keeps_the_report_and_the_previous_figures(
     assert after.rows == before.rows  # kept, not emptied
     assert _versions(engine) == {2: 10}
     autopilot_state().reset()
+
+
+def _index_versions(engine: Engine) -> dict[int, int]:
+    """Rows per blind-index key version (the first byte of each stored index value)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT get_byte(email_idx, 0), count(*) FROM ap_people GROUP BY 1")
+        ).all()
+    return {int(v): int(n) for v, n in rows}
+
+
+def _found(engine: Engine, email: str) -> list[int]:
+    with Session(engine) as session:
+        return list(session.scalars(select(Person.id).where(Person.email.matches(email))))
+
+
+def test_an_index_key_past_its_period_is_rotated_reindexed_and_then_retired(
+    engine: Engine, make_service: Any
+) -> None:
+    svc = make_service(index_rotation_period_seconds=60, retire_after_seconds=100)
+    _fill(engine, 40)
+    assert _index_versions(engine) == {1: 40}
+    made = svc.rotation_schedule().next_index_rotation_at
+    early = _step(engine, svc, offset=30)
+    assert (early.actions, early.next_index_rotation_at) == ([], pytest.approx(made))
+    due = _step(engine, svc, offset=61)
+    assert due.actions[0] == {"action": "index-rotate", "old_version": 1, "new_version": 2}
+    assert due.actions[1]["action"] == "reencrypt"
+    # Every row was re-indexed under the new key; the old one waits for its grace period.
+    assert _index_versions(engine) == {2: 40}
+    assert svc.index_key_versions() == [(1, "active"), (2, "primary")]
+    assert due.status == "done" and due.next_retirement_at is not None
+    assert _found(engine, "user7@example.com") == [7]
+    # Past the grace period the old index key is retired, once. (A new instance with the
+    # index period off: on this test's shifted clock the new key would be due again. The
+    # first one leaves the fleet first, or it would count as live until its next heartbeat
+    # shows the new keyring.)
+    svc.close()
+    svc = make_service(retire_after_seconds=100)
+    later = _step(engine, svc, offset=101)
+    assert later.actions == [{"action": "index-retire", "version": 1}], later.as_dict()
+    assert svc.index_key_versions() == [(1, "retired"), (2, "primary")]
+    assert _step(engine, svc, offset=101).actions == []
+    assert _found(engine, "USER7@example.com") == [7]
+    _all_read_back(engine, 40)
+
+
+def test_an_index_key_is_not_retired_while_an_instance_has_not_loaded_its_successor(
+    engine: Engine, make_service: Any, data_dir: Path
+) -> None:
+    svc = make_service(retire_after_seconds=10)
+    _fill(engine, 5)
+    code = (
+        "import time; from greenlang_crypto.config import EncryptionServiceConfig as C; "
+        "from greenlang_crypto.service import EncryptionService as S; "
+        "s = S(C.from_env()); print('ready', flush=True); time.sleep(120)"
+    )
+    env = {**os.environ, "GLC_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO / "python")}
+    other = subprocess.Popen(
+        [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert other.stdout is not None
+        assert other.stdout.readline().split() == ["ready"]
+        # Paused (a VM stopped, a GC pause) before it could see the new index key: on
+        # resuming it would index new rows under the old one.
+        other.send_signal(signal.SIGSTOP)
+        svc.rotate_index_key()
+        report = _step(engine, svc, offset=60)
+        assert report.status == "blocked", report.as_dict()
+        assert any(
+            f":{other.pid} has not loaded the current keyring" in r for r in report.reasons
+        ), report.reasons
+        assert svc.index_key_versions() == [(1, "active"), (2, "primary")]
+        # The reason is kept where `keys status` shows it.
+        last = svc.last_autopilot_step()
+        assert last is not None and last["status"] == "blocked"
+        assert last["reasons"] == report.reasons
+    finally:
+        other.send_signal(signal.SIGCONT)
+        other.kill()
+        other.communicate(timeout=10)
+
+
+def test_branch_keys_past_their_period_are_rotated_and_old_data_stays_readable(
+    engine: Engine, data_dir: Path
+) -> None:
+    svc = EncryptionService(
+        EncryptionServiceConfig(
+            data_dir=data_dir, key_reference="branch", branch_rotation_period_seconds=60
+        )
+    )
+    autopilot_proc.use_service(svc)
+    try:
+        _fill(engine, 10)
+        with engine.connect() as conn:
+            before = {
+                parse_envelope(bytes(v)).branch_id
+                for v in conn.execute(text("SELECT email FROM ap_people")).scalars()
+            }
+        assert len(before) == 1
+        assert _step(engine, svc, offset=30).actions == []
+        due = _step(engine, svc, offset=61)
+        assert due.actions[0] == {"action": "branch-rotate", "scopes": 1}, due.as_dict()
+        _fill(engine, 5, first=11)
+        with engine.connect() as conn:
+            newer = {
+                parse_envelope(bytes(v)).branch_id
+                for v in conn.execute(text("SELECT email FROM ap_people WHERE id > 10")).scalars()
+            }
+        assert newer and newer.isdisjoint(before)
+        _all_read_back(engine, 15)
+    finally:
+        autopilot_proc.use_service(None)
+        svc.close()
+
+
+def test_the_background_thread_carries_out_the_policy_and_stops_between_batches(
+    engine: Engine, make_service: Any
+) -> None:
+    from greenlang_crypto.sqlalchemy.autopilot_thread import AutopilotThread
+
+    svc = make_service(rotation_period_seconds=60, retire_after_seconds=30)
+    _fill(engine, 300)
+    registry = ColumnRegistry.from_metadata(Base)
+    # Slow (60 rows/s, batches of 20): the stop must come between batches, not at the end.
+    pilot = AutopilotThread(
+        engine,
+        svc,
+        registry,
+        interval_seconds=0.2,
+        budget_seconds=30,
+        max_rows_per_second=60,
+        batch_size=20,
+        clock=lambda: time.time() + 61,
+        lock_key=0x676C6171,
+    )
+    pilot.start()
+    deadline = time.monotonic() + 30
+    while _versions(engine).get(2, 0) < 40:
+        assert time.monotonic() < deadline, _versions(engine)
+        time.sleep(0.1)
+    began = time.monotonic()
+    pilot.stop(timeout=10)
+    assert not pilot.running and time.monotonic() - began < 3
+    moved = _versions(engine)
+    assert svc.primary_version == 2 and 0 < moved.get(1, 0) < 300, moved
+    # A new thread resumes from the checkpoint, finishes and retires v1. (Its instance has
+    # the rotation period off: on this test's shifted clock the new primary would be due.)
+    svc2 = make_service(retire_after_seconds=30)
+    steps: list[Any] = []
+    pilot = AutopilotThread(
+        engine,
+        svc2,
+        registry,
+        interval_seconds=0.1,
+        clock=lambda: time.time() + 61,
+        lock_key=0x676C6171,
+        on_step=steps.append,
+    )
+    pilot.start()
+    deadline = time.monotonic() + 30
+    while svc2.min_decryption_version < 2:
+        assert time.monotonic() < deadline, [s and s.as_dict() for s in steps]
+        time.sleep(0.1)
+    pilot.stop(timeout=10)
+    assert _versions(engine) == {2: 300}
+    assert pilot.failures == 0 and svc2.primary_version == 2
+    _all_read_back(engine, 300)
+
+
+def test_a_model_whose_table_does_not_exist_blocks_with_the_reason(
+    engine: Engine, make_service: Any
+) -> None:
+    svc = make_service(retire_after_seconds=10)
+    _fill(engine, 5)
+    svc.rotate()
+    # Models ahead of the database: a table the application's migrations have not made yet.
+    extra = MetaData()
+    Table(
+        "ap_not_migrated",
+        extra,
+        Column("id", Integer, primary_key=True),
+        Column(
+            "secret", EncryptedString(autopilot_proc.service, data_class="pii", tenant_id="acme")
+        ),
+    )
+    registry = ColumnRegistry.from_metadata(Base)
+    for spec in ColumnRegistry.from_metadata(extra):
+        registry.add(spec)
+    report = _step(engine, svc, offset=60, registry=registry)
+    assert (report.status, report.exit_code) == ("blocked", EXIT_BLOCKED), report.as_dict()
+    assert any("table ap_not_migrated does not exist" in r for r in report.reasons)
+    # The other column still moved; nothing was retired on a count that could not be made.
+    assert _versions(engine) == {2: 5}
+    assert svc.min_decryption_version == 1

@@ -67,8 +67,18 @@ def _dispatch_table() -> dict[str, _parser.Handler]:
         "encrypt": cmd_encrypt,
         "decrypt": cmd_decrypt,
         "keys": cmd_keys,
+        "keys-autopilot": _keys_autopilot,
         "status": cmd_status,
     }
+
+
+def _keys_autopilot(args: argparse.Namespace) -> int:
+    """``keys autopilot ...`` runs as ``db autopilot ...`` (global options kept)."""
+    argv: list[str] = args.raw_argv
+    at = argv.index("keys")
+    # "autopilot" is the first word after "keys" that is not an option of the keys group.
+    step = argv.index("autopilot", at)
+    return _main([*argv[:at], "db", "autopilot", *argv[step + 1 :]], bool(args.debug))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,6 +112,7 @@ def _main(argv: Sequence[str], debug: bool) -> int:
         # A command whose extra is missing accepts whatever follows it, so that the user
         # learns which extra to install rather than which of its arguments were wrong.
         args, unknown = parser.parse_known_args(argv)
+        args.raw_argv = list(argv)
         debug = bool(getattr(args, "debug", debug))
         if unknown and not getattr(args, "accepts_any_arguments", False):
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")

@@ -10,12 +10,15 @@ import argparse
 import json
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from greenlang_crypto.cli._common import one_shot
 from greenlang_crypto.cli._io import key_progress
 from greenlang_crypto.composition import Composition
 from greenlang_crypto.exceptions import GreenlangCryptoError
+
+if TYPE_CHECKING:
+    from greenlang_crypto.engine.schedule import RotationSchedule
 
 __all__ = ["KEYS_COMMANDS", "cmd_keys"]
 
@@ -175,6 +178,10 @@ def _status(args: argparse.Namespace, stack: Composition) -> int:
             if i.instance_id != svc.instance_id
         ],
     }
+    schedule = svc.rotation_schedule()
+    if schedule.enabled:
+        doc["rotation_policy"] = schedule.as_dict()
+    doc["autopilot"] = svc.last_autopilot_step()
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
@@ -182,6 +189,16 @@ def _status(args: argparse.Namespace, stack: Composition) -> int:
         f"keyring epoch {doc['epoch']}: primary v{doc['primary_version']}, "
         f"minimum decryption version {doc['min_decryption_version']}"
     )
+    if schedule.enabled:
+        _print_schedule(schedule)
+    last = doc["autopilot"]
+    if last is not None:
+        print(
+            f"autopilot: last step {last['status']} at {_when(last['finished_at'])} "
+            f"by {last['runner']}"
+        )
+        for reason in last["reasons"]:
+            print(f"  {reason}")
     for row in doc["instances"]:
         assert isinstance(row, dict)
         state = ("live" if row["live"] else "stale") + ("" if row["current"] else ", behind")
@@ -190,6 +207,37 @@ def _status(args: argparse.Namespace, stack: Composition) -> int:
             f"v{row['primary_version']:<4} seen {row['last_seen_seconds_ago']}s ago ({state})"
         )
     return 0
+
+
+def _when(at: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"
+
+
+def _print_schedule(schedule: RotationSchedule) -> None:
+    """The policy and its next due dates, one line each (``OVERDUE`` when passed)."""
+    print("rotation policy:")
+    for name, seconds in schedule.policy.items():
+        shown = "off" if seconds is None else _duration(seconds)
+        print(f"  {name.removesuffix('_seconds')}: {shown}")
+    due = [
+        (f"rotate v{schedule.primary_version}", schedule.next_rotation_at),
+        (f"re-encrypt to v{schedule.primary_version} by", schedule.reencrypt_due_at),
+        *((f"retire v{v}", at) for v, at in schedule.retirements),
+        (f"rotate index key v{schedule.index_primary_version}", schedule.next_index_rotation_at),
+        *((f"retire index key v{v}", at) for v, at in schedule.index_retirements),
+        ("rotate the oldest branch key", schedule.next_branch_rotation_at),
+    ]
+    for what, at in due:
+        if at is not None:
+            late = " (OVERDUE)" if at <= schedule.now else ""
+            print(f"  next: {what} at {_when(at)}{late}")
 
 
 #: ``keys <command>``: the function that runs it.

@@ -123,6 +123,14 @@ def _add_keys(
     ke.add_argument("--yes", action="store_true", help="confirm the erasure")
     ke.add_argument("--json", action="store_true", help="print the report as JSON")
     keys.set_defaults(func=run["keys"])
+    # The autopilot needs the models and the database, so it lives in the `db` group; here
+    # it is found beside the other key-lifecycle commands and runs as `db autopilot`.
+    if "keys-autopilot" in run:
+        ks.add_parser(
+            "autopilot",
+            help="one rotation-autopilot step: the same as `db autopilot` (its options follow)",
+            add_help=False,
+        ).set_defaults(func=run["keys-autopilot"], accepts_any_arguments=True)
 
 
 #: The commands this package runs itself; the others come from :mod:`.extensions`.

@@ -35,6 +35,7 @@ from greenlang_crypto.providers.base import (
 )
 
 from ._common import ContextLike, RotationResult, as_bytes, as_context
+from .schedule import RotationSchedule, rotation_schedule
 
 
 def _key_change_guard() -> type[KeyChangeGuard]:
@@ -151,6 +152,57 @@ class KeyAdmin:
         """All key versions (re-read from the key store)."""
         self._runtime.reload_keyring()
         return list(self._runtime.versions.values())
+
+    def rotation_schedule(self, now: float | None = None) -> RotationSchedule:
+        """The rotation policy's due dates from the key store's timestamps (re-read).
+
+        Args:
+            now: The time to compute for (default: the wall clock).
+        """
+        runtime = self._runtime
+        runtime.reload_keyring()
+        snapshot = runtime.keyring.snapshot
+        from greenlang_crypto.keys.branch_store import BranchKeyStore
+
+        primary = runtime.primary.version
+        oldest = BranchKeyStore(runtime.store).oldest_active(primary)
+        return rotation_schedule(
+            runtime.config.rotation_policy,
+            runtime.versions.values(),
+            snapshot.index_keys,
+            oldest,
+            time.time() if now is None else now,
+        )
+
+    def record_autopilot_step(self, status: str, reasons: list[str], runner: str) -> None:
+        """Keeps the rotation autopilot's last outcome in the key store, for ``keys status``.
+
+        Args:
+            status: ``done``, ``progressing`` or ``blocked``.
+            reasons: Why, one sentence each (names and counts only, never a row value).
+            runner: Which process ran the step (host and pid).
+        """
+        self._runtime.store.record_autopilot_step(status, list(reasons), runner, time.time())
+
+    def last_autopilot_step(self) -> dict[str, Any] | None:
+        """The rotation autopilot's last recorded outcome (``None``: it never ran)."""
+        return self._runtime.store.last_autopilot_step()
+
+    def rotate_stale_branch_keys(self, older_than: float, limit: int = 100) -> list[str]:
+        """Rotates the branch keys of up to ``limit`` scopes made before ``older_than``.
+
+        Only active keys under the primary key version count (a data-key rotation gives
+        every scope a new branch key anyway). Returns the scopes rotated, oldest first.
+        """
+        from greenlang_crypto.keys.branch_store import BranchKeyStore
+
+        runtime = self._runtime
+        scopes = BranchKeyStore(runtime.store).scopes_created_before(
+            runtime.primary.version, older_than, limit
+        )
+        for scope in scopes:
+            self.rotate_branch_key(scope)
+        return scopes
 
     def stored_dek_count(self) -> int:
         """How many stored DEKs the key store holds (all versions)."""

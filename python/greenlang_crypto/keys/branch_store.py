@@ -287,6 +287,35 @@ class BranchKeyStore:
                 self._changed(cur, "*", "delete")
             return n
 
+    def oldest_active(self, key_version: int) -> float | None:
+        """Creation time of the oldest active branch key under ``key_version`` (None: none)."""
+        with self._db.transaction() as cur:
+            cur.execute(
+                self._db.sql(
+                    "SELECT MIN(created_at) FROM glc_branch_keys "
+                    "WHERE key_version = ? AND state = 'active'"
+                ),
+                (key_version,),
+            )
+            row = cur.fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def scopes_created_before(self, key_version: int, cutoff: float, limit: int) -> list[str]:
+        """Up to ``limit`` scopes whose active key under ``key_version`` predates ``cutoff``.
+
+        Oldest first, so a caller working through them in bounded steps never starves one.
+        """
+        with self._db.transaction() as cur:
+            cur.execute(
+                self._db.sql(
+                    "SELECT scope, MIN(created_at) AS made FROM glc_branch_keys "
+                    "WHERE key_version = ? AND state = 'active' GROUP BY scope "
+                    "HAVING MAX(created_at) < ? ORDER BY made LIMIT ?"
+                ),
+                (key_version, cutoff, limit),
+            )
+            return [str(r[0]) for r in cur.fetchall()]
+
     def count_by_version(self) -> dict[int, int]:
         """Branch keys per key version."""
         with self._db.transaction() as cur:

@@ -7,7 +7,7 @@ instance reloads its index keys through the keyring's propagation.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from greenlang_crypto.exceptions import KeyStateError
 from greenlang_crypto.keys.changes import KeyringChanges
@@ -26,13 +26,15 @@ class IndexKeyRecord:
         provider: Provider that wrapped it.
         wrapping_key_id: The wrapping key id.
         wrapped: The wrapped root key.
+        created_at: When the version was added (UNIX seconds): the rotation policy's age.
     """
 
     version: int
     state: str
     provider: str
     wrapping_key_id: str
-    wrapped: bytes
+    wrapped: bytes = field(repr=False)
+    created_at: float = 0.0
 
 
 class IndexKeyStore:
@@ -52,10 +54,13 @@ class IndexKeyStore:
         """All index key versions, ascending."""
         with self.db.one() as cur:
             cur.execute(
-                "SELECT version, state, provider, wrapping_key_id, wrapped "
+                "SELECT version, state, provider, wrapping_key_id, wrapped, created_at "
                 "FROM glc_index_keys ORDER BY version"
             )
-            return [IndexKeyRecord(int(v), st, p, w, bytes(b)) for v, st, p, w, b in cur.fetchall()]
+            return [
+                IndexKeyRecord(int(v), st, p, w, bytes(b), float(at))
+                for v, st, p, w, b, at in cur.fetchall()
+            ]
 
     def add_index_key(self, provider: str, wrapping_key_id: str, wrapped: bytes) -> int:
         """Adds index key version N+1 as primary; the previous primary becomes ``active``."""

@@ -15,6 +15,7 @@ the store's :class:`~greenlang_crypto.keys.connection.Database`:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -254,6 +255,40 @@ class KeyStore:
         return self._index_keys.replace_index_wrapped(
             version, old_wrapped, new_wrapped, wrapping_key_id
         )
+
+    # -- the rotation autopilot's last step ----------------------------------------------
+
+    def record_autopilot_step(
+        self, status: str, reasons: list[str], runner: str, finished_at: float
+    ) -> None:
+        """Keeps the outcome of the autopilot's last step (one row, replaced each step)."""
+        with self.db.transaction() as cur:
+            cur.execute(
+                self.db.sql(
+                    "INSERT INTO glc_autopilot_state (name, status, reasons, runner, "
+                    "finished_at) VALUES ('last', ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE "
+                    "SET status = excluded.status, reasons = excluded.reasons, "
+                    "runner = excluded.runner, finished_at = excluded.finished_at"
+                ),
+                (status, json.dumps(reasons), runner, finished_at),
+            )
+
+    def last_autopilot_step(self) -> dict[str, Any] | None:
+        """The autopilot's last step: ``status``, ``reasons``, ``runner``, ``finished_at``."""
+        with self.db.transaction() as cur:
+            cur.execute(
+                "SELECT status, reasons, runner, finished_at FROM glc_autopilot_state "
+                "WHERE name = 'last'"
+            )
+            row = cur.fetchone()
+        if row is None:
+            return None
+        return {
+            "status": str(row[0]),
+            "reasons": [str(r) for r in json.loads(row[1])],
+            "runner": str(row[2]),
+            "finished_at": float(row[3]),
+        }
 
     # -- instances (fleet) ----------------------------------------------------------------
 

@@ -41,8 +41,19 @@ Exit codes of ``greenlang-crypto db autopilot --once`` (:attr:`AutopilotReport.e
 next step), 20 blocked (the reasons say why), 3 unavailable (the database or key store is
 down; the CLI's code for outages).
 
-Not acted on yet: ``index_rotation_period_seconds`` (index key versions record no creation
-time); the report notes it when it is set.
+Blind-index and branch keys follow their own periods. Past ``index_rotation_period_seconds``
+the step adds a blind-index key version; the column jobs re-index every row under it (their
+target is the primary index version), and past ``retire_after_seconds`` the old version is
+retired once no registered column has a value under it and every live instance has loaded
+the keyring that made the new one. Past ``branch_rotation_period_seconds`` each scope whose
+active branch key is older gets a new one (:data:`BRANCH_SCOPES_PER_STEP` a step, oldest
+first); data under the old branch keys stays readable and moves at the next data-key
+re-encryption.
+
+Due dates come from :meth:`EncryptionService.rotation_schedule` (the key store's own
+timestamps), which ``keys status`` prints too. Each step's outcome (status and reasons) is
+kept in the key store (:meth:`EncryptionService.record_autopilot_step`), so ``keys status``
+on any instance shows why a due action is blocked.
 """
 
 from __future__ import annotations
@@ -50,6 +61,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,6 +85,7 @@ from greenlang_crypto.sqlalchemy.migrate import ColumnJob
 
 if TYPE_CHECKING:
     from greenlang_crypto.audit import AuditLog
+    from greenlang_crypto.engine.schedule import RotationSchedule
     from greenlang_crypto.service import EncryptionService
 
 __all__ = [
@@ -91,6 +104,9 @@ AUTOPILOT_LOCK_KEY = 0x676C6170
 #: The worker name of the autopilot's column jobs: the next runner takes back at once the
 #: ranges a killed runner held (only one runner acts at a time, so the name is never shared).
 AUTOPILOT_WORKER = "glc-autopilot"
+
+#: Branch scopes one step rotates at most (the rest wait for the next steps, oldest first).
+BRANCH_SCOPES_PER_STEP = 200
 
 #: Exit codes: nothing due (or another runner holds the lock), work remains, blocked.
 EXIT_DONE = 0
@@ -115,7 +131,11 @@ class AutopilotReport:
         primary_version: The primary key version after the step.
         min_decryption_version: The minimum decryption version after the step.
         next_rotation_at: When the next rotation is due (UNIX seconds; ``None``: no policy).
-        next_retirement_at: When the next retirement is due, if a version is waiting for it.
+        next_retirement_at: When the next retirement is due, if a version (or an index key
+            version) is waiting for it.
+        next_index_rotation_at: When the blind-index key is due for rotation (``None``: no
+            policy, or no index key yet).
+        next_branch_rotation_at: When the oldest branch key is due for rotation.
         overdue: Deadlines of the policy that have passed (re-encryption behind schedule).
         notes: Facts that change nothing (a policy setting not acted on yet).
         holder: With status ``held``: who holds the lock (application name and pid).
@@ -130,6 +150,8 @@ class AutopilotReport:
     min_decryption_version: int | None = None
     next_rotation_at: float | None = None
     next_retirement_at: float | None = None
+    next_index_rotation_at: float | None = None
+    next_branch_rotation_at: float | None = None
     overdue: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     holder: str | None = None
@@ -156,6 +178,8 @@ class AutopilotReport:
             "min_decryption_version": self.min_decryption_version,
             "next_rotation_at": self.next_rotation_at,
             "next_retirement_at": self.next_retirement_at,
+            "next_index_rotation_at": self.next_index_rotation_at,
+            "next_branch_rotation_at": self.next_branch_rotation_at,
             "overdue": list(self.overdue),
             "notes": list(self.notes),
             "holder": self.holder,
@@ -258,6 +282,10 @@ class _FleetLock:
         self._close()
 
 
+def _versions(versions: list[int]) -> str:
+    return ", ".join(f"{v}" for v in sorted(versions))
+
+
 def _audited(
     audit: AuditLog | None, action: str, **fields: Any
 ) -> contextlib.AbstractContextManager[dict[str, Any]]:
@@ -279,6 +307,7 @@ def run_autopilot_once(
     batch_size: int = 500,
     state_schema: str = "encryption",
     lock_key: int = AUTOPILOT_LOCK_KEY,
+    cancel: threading.Event | None = None,
 ) -> AutopilotReport:
     """Does whatever the rotation policy says is due now, then reports (see the module doc).
 
@@ -298,6 +327,8 @@ def run_autopilot_once(
         batch_size: Rows per re-encryption batch.
         state_schema: Schema of the job tables.
         lock_key: The advisory lock key (tests use their own).
+        cancel: Once set, re-encryption stops at its next batch boundary as if the budget
+            were spent (a background thread being stopped).
 
     Returns:
         The report; its :attr:`~AutopilotReport.exit_code` is the CLI's.
@@ -331,6 +362,7 @@ def run_autopilot_once(
                 step = _Step(
                     engine, service, registry, report, lock, clock, audit, deadline,
                     max_rows_per_second, delete_stored_deks, batch_size, state_schema,
+                    cancel or threading.Event(),
                 )  # fmt: skip
                 step.run()
     except BaseException:
@@ -352,6 +384,8 @@ def run_autopilot_once(
         "rotate": report.next_rotation_at,
         "retire": report.next_retirement_at,
         "reencrypt": step.reencrypt_due_at,
+        "index_rotate": report.next_index_rotation_at,
+        "branch_rotate": report.next_branch_rotation_at,
     }
     autopilot_state().push(
         report.status,
@@ -380,8 +414,10 @@ class _Step:
         delete_stored_deks: bool,
         batch_size: int,
         state_schema: str,
+        cancel: threading.Event,
     ) -> None:
         self.engine = engine
+        self.cancel = cancel
         self.service = service
         self.registry = registry
         self.report = report
@@ -405,14 +441,12 @@ class _Step:
     def run(self) -> None:
         self.service.refresh_keyring()
         self._rotate_if_due()
+        self._rotate_index_if_due()
+        self._rotate_branches_if_due()
         columns_clear = self._reencrypt()
         self._retire_if_due(columns_clear)
+        self._retire_index_if_due(columns_clear)
         self._count_versions()
-        if self.config.index_rotation_period_seconds is not None:
-            self.report.notes.append(
-                "index_rotation_period_seconds is not acted on yet: index key versions "
-                "record no creation time (rotate with EncryptionService.rotate_index_key)"
-            )
         report = self.report
         report.primary_version = self.service.primary_version
         report.min_decryption_version = self.service.min_decryption_version
@@ -423,6 +457,20 @@ class _Step:
         else:
             report.status = "done"
         report.reasons = self.blocked + self.pending
+        self._record()
+
+    def _record(self) -> None:
+        """Keeps the outcome in the key store, where ``keys status`` shows it to anyone."""
+        try:
+            self.service.record_autopilot_step(
+                self.report.status, self.report.reasons, self.lock.label
+            )
+        except KeyStoreUnavailableError:
+            # The step's actions are committed; only the note for `keys status` is missing.
+            self.report.notes.append("the outcome was not recorded: the key store is down")
+
+    def _schedule(self) -> RotationSchedule:
+        return self.service.rotation_schedule(now=self.clock())
 
     # -- rotation --------------------------------------------------------------------------
 
@@ -435,9 +483,9 @@ class _Step:
         period = self.config.rotation_period_seconds
         if period is None:
             return
-        now = self.clock()
-        due = self._primary_created_at() + period
-        if now >= due:
+        due = self._schedule().next_rotation_at
+        assert due is not None
+        if self.clock() >= due:
             self.lock.check()
             old = self.service.primary_version
             with _audited(
@@ -454,6 +502,62 @@ class _Step:
             due = self._primary_created_at() + period
         self.report.next_rotation_at = due
 
+    def _rotate_index_if_due(self) -> None:
+        """A new blind-index key once the primary one is older than its period.
+
+        The column jobs then re-index every row under it (their target is the primary index
+        version), and :meth:`_retire_index_if_due` retires the old one once none is left.
+        """
+        if self.config.index_rotation_period_seconds is None:
+            return
+        schedule = self._schedule()
+        due = schedule.next_index_rotation_at
+        # No index key yet: the first blind index creates one, fresh.
+        if due is None or self.clock() < due:
+            self.report.next_index_rotation_at = due
+            return
+        self.lock.check()
+        old = schedule.index_primary_version
+        with _audited(
+            self.audit,
+            "index_key_rotate",
+            key_version=old,
+            details={"old_version": old, "via": "autopilot"},
+        ) as outcome:
+            new = self.service.rotate_index_key()
+            outcome["new_version"] = new
+        self.report.actions.append(
+            {"action": "index-rotate", "old_version": old, "new_version": new}
+        )
+        self.report.next_index_rotation_at = self._schedule().next_index_rotation_at
+
+    def _rotate_branches_if_due(self) -> None:
+        """New branch keys for the scopes whose active one is older than its period.
+
+        At most :data:`BRANCH_SCOPES_PER_STEP` scopes a step, oldest first: a fleet with many
+        tenants catches up over several steps, each short.
+        """
+        period = self.config.branch_rotation_period_seconds
+        if period is None:
+            return
+        due = self._schedule().next_branch_rotation_at
+        if due is None or self.clock() < due:
+            self.report.next_branch_rotation_at = due
+            return
+        self.lock.check()
+        with _audited(
+            self.audit, "branch_key_rotate", details={"scope": "*", "via": "autopilot"}
+        ) as outcome:
+            scopes = self.service.rotate_stale_branch_keys(
+                self.clock() - period, limit=BRANCH_SCOPES_PER_STEP
+            )
+            outcome["scopes"] = len(scopes)
+        self.report.actions.append({"action": "branch-rotate", "scopes": len(scopes)})
+        left = self._schedule().next_branch_rotation_at
+        self.report.next_branch_rotation_at = left
+        if left is not None and self.clock() >= left:
+            self.pending.append("more branch keys are due for rotation (next step)")
+
     # -- re-encryption ---------------------------------------------------------------------
 
     def _pacer(self) -> Callable[[int, int], None]:
@@ -466,9 +570,9 @@ class _Step:
                 # Sleep until `processed` rows fit the rate, but never past the deadline.
                 wait = began + processed / self.max_rps - now
                 if wait > 0:
-                    time.sleep(min(wait, max(0.0, self.deadline - now)))
+                    self.cancel.wait(min(wait, max(0.0, self.deadline - now)))
                     now = time.monotonic()
-            if remaining and now >= self.deadline:
+            if remaining and (now >= self.deadline or self.cancel.is_set()):
                 raise _BudgetSpentError
 
         return progress
@@ -536,6 +640,14 @@ class _Step:
         # Writes are compare-and-swap and safe beside any writer, but two runners sharing the
         # worker name would share ranges: after a database restart dropped the lock, stop.
         self.lock.check()
+        if not self._table_exists(spec):
+            # Models ahead of the database (a migration not applied yet): the column has no
+            # rows to move, but nothing may be retired on a count that could not be made.
+            self.blocked.append(
+                f"{name}: table {spec.table} does not exist (apply the application's "
+                "migrations, or give models that match the database)"
+            )
+            return False
         job = self._job(spec)
         remaining = job.count_remaining()
         figures: dict[str, Any] = {"remaining": remaining}
@@ -587,6 +699,13 @@ class _Step:
             self.pending.append(f"{name}: {result.remaining} row(s) to re-encrypt")
             return False
         return True
+
+    def _table_exists(self, spec: ColumnSpec) -> bool:
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                text("SELECT to_regclass(:t)"), {"t": _quote(conn, spec.table)}
+            ).scalar()
+        return found is not None
 
     def _check_schedule(self) -> None:
         within = self.config.reencrypt_within_seconds
@@ -653,6 +772,67 @@ class _Step:
             return
         self.report.actions.append({"action": "retire", "below": below})
         self.report.next_retirement_at = None
+
+    def _retire_index_if_due(self, columns_clear: bool) -> None:
+        """Retires old blind-index keys once nothing needs them.
+
+        That is: past the grace, no registered row indexed under them, and every live
+        instance has loaded the newer one (so none writes under them any more).
+        """
+        grace = self.config.retire_after_seconds
+        if grace is None:
+            return
+        now = self.clock()
+        retirements = self._schedule().index_retirements
+        ready = [v for v, at in retirements if at is not None and at <= now]
+        waiting = [at for v, at in retirements if at is not None and at > now]
+        if waiting:
+            self.report.next_retirement_at = min(
+                [*waiting, *filter(None, [self.report.next_retirement_at])]
+            )
+        if not ready:
+            return
+        if not columns_clear:
+            self.pending.append(
+                f"retiring index key version(s) {_versions(ready)} waits for re-indexing"
+            )
+            return
+        blockers = self._index_rows_under(ready)
+        service = self.service
+        epoch = service.keyring_epoch
+        blockers += [
+            f"instance {i.host}:{i.pid} has not loaded the current keyring (epoch {i.epoch} "
+            f"< {epoch})"
+            for i in service.live_instances()
+            if i.instance_id != service.instance_id and i.epoch < epoch
+        ]
+        if blockers:
+            self.blocked += [
+                f"retiring index key version(s) {_versions(ready)} is blocked: {b}"
+                for b in blockers
+            ]
+            return
+        self.lock.check()
+        for version in ready:
+            with _audited(
+                self.audit,
+                "index_key_retire",
+                key_version=version,
+                details={"version": version, "via": "autopilot"},
+            ):
+                service.retire_index_key(version)
+            self.report.actions.append({"action": "index-retire", "version": version})
+
+    def _index_rows_under(self, versions: list[int]) -> list[str]:
+        out = []
+        for spec in self.registry:
+            if spec.index_column is None:
+                continue
+            counted = self._job(spec).dry_run(verify=False)
+            under = sum(n for v, n in counted.by_index_version.items() if v in versions)
+            if under:
+                out.append(f"{spec.table}.{spec.index_column} has {under} value(s) under them")
+        return out
 
     def _rows_below(self, below: int) -> list[str]:
         """What every registered column still holds under versions below ``below``."""

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,35 @@ def test_keys_erase_needs_a_tenant_and_a_confirmation_and_reports(
     assert report["completed"] and report["stored_deks_destroyed"] == 0
     code, out, _ = run_cli("audit", "tail", "-n", "30")
     assert '"action": "tenant_erase"' in out and "acme" not in out
+
+
+def test_status_shows_the_rotation_policy_its_due_dates_and_the_autopilots_last_step(
+    run_cli: RunCli, initialized: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, out, _ = run_cli("keys", "status")
+    assert code == 0 and "rotation policy" not in out and "autopilot" not in out
+    monkeypatch.setenv("GLC_ROTATION_PERIOD_SECONDS", str(365 * 86400))
+    monkeypatch.setenv("GLC_RETIRE_AFTER_SECONDS", "604800")
+    code, out, _ = run_cli("keys", "status")
+    assert code == 0
+    assert "rotation_period: 365 days" in out and "retire_after: 7 days" in out
+    assert "reencrypt_within: off" in out
+    assert "next: rotate v1 at " in out and "OVERDUE" not in out
+    # The autopilot's outcome, recorded by whatever process ran it, is shown with its reasons.
+    from greenlang_crypto.config import EncryptionServiceConfig
+    from greenlang_crypto.service import EncryptionService
+
+    with EncryptionService(EncryptionServiceConfig(data_dir=initialized)) as svc:
+        svc.record_autopilot_step("blocked", ["app.users.email: 2 row(s) quarantined"], "h:7")
+    code, out, _ = run_cli("keys", "status")
+    assert "autopilot: last step blocked at " in out and "by h:7" in out
+    assert "  app.users.email: 2 row(s) quarantined" in out
+    code, out, _ = run_cli("keys", "status", "--json")
+    doc = json.loads(out)
+    assert doc["rotation_policy"]["policy"]["rotation_period_seconds"] == 365 * 86400
+    assert doc["autopilot"]["reasons"] == ["app.users.email: 2 row(s) quarantined"]
+    # Past the period the date is marked overdue.
+    monkeypatch.setenv("GLC_ROTATION_PERIOD_SECONDS", "0.001")
+    time.sleep(0.01)
+    code, out, _ = run_cli("keys", "status")
+    assert "next: rotate v1 at " in out and "(OVERDUE)" in out

@@ -67,3 +67,28 @@ def test_branch_keys_are_listed_in_batches_and_rewrapped_by_swap(tmp_path: Path)
     assert not rows.replace_wrapped(made[0], b"w", b"w3", "k3")
     record = rows.get(made[0])
     assert record is not None and (record.wrapped, record.wrapping_key_id) == (b"w2", "k2")
+
+
+def _made_at(rows: BranchKeyStore, scope: str, at: float, key_version: int = 1) -> None:
+    record = BranchKeyRecord(
+        rows.new_id(), scope, 0, key_version, "active", "local", "k1", b"w", at
+    )
+    rows.insert(record, rotate=rows.current(scope, key_version) is not None)
+
+
+def test_the_oldest_active_keys_are_found_per_key_version(tmp_path: Path) -> None:
+    rows = BranchKeyStore(_store(tmp_path))
+    assert rows.oldest_active(1) is None
+    _made_at(rows, "tenant:a", 30.0)
+    _made_at(rows, "tenant:b", 10.0)
+    _made_at(rows, "tenant:c", 20.0)
+    _made_at(rows, "tenant:d", 5.0, key_version=2)
+    assert rows.oldest_active(1) == 10.0
+    assert rows.oldest_active(2) == 5.0
+    # Oldest first, bounded, and only scopes whose active key predates the cutoff.
+    assert rows.scopes_created_before(1, 25.0, limit=10) == ["tenant:b", "tenant:c"]
+    assert rows.scopes_created_before(1, 25.0, limit=1) == ["tenant:b"]
+    # A rotated scope counts by its new key, not the demoted one.
+    _made_at(rows, "tenant:b", 40.0)
+    assert rows.oldest_active(1) == 20.0
+    assert rows.scopes_created_before(1, 35.0, limit=10) == ["tenant:c", "tenant:a"]

@@ -107,3 +107,27 @@ def test_instances_are_listed_pruned_and_removed_through_the_store(tmp_path: Pat
     assert _beat(store, "b", expected=None)
     assert store.prune_instances(now + 3600) == 1
     store.close()
+
+
+def test_the_autopilots_last_step_is_kept_and_replaced(tmp_path: Path) -> None:
+    store = open_key_store(f"sqlite:///{tmp_path / 'keystore.db'}", retry_seconds=0.5)
+    try:
+        assert store.last_autopilot_step() is None
+        store.record_autopilot_step(
+            "blocked", ["t.c has 3 row(s) under versions below 2"], "h:1", 5.0
+        )
+        assert store.last_autopilot_step() == {
+            "status": "blocked",
+            "reasons": ["t.c has 3 row(s) under versions below 2"],
+            "runner": "h:1",
+            "finished_at": 5.0,
+        }
+        store.record_autopilot_step("done", [], "h:2", 6.0)
+        assert store.last_autopilot_step() == {
+            "status": "done",
+            "reasons": [],
+            "runner": "h:2",
+            "finished_at": 6.0,
+        }
+    finally:
+        store.close()

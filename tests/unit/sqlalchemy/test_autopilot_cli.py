@@ -7,6 +7,7 @@ The command against PostgreSQL (its report, exit codes and audit records) is tes
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +69,32 @@ def test_the_url_comes_from_the_flag_then_the_environment(
     monkeypatch.setenv("GLC_DATABASE_URL", "postgresql://db/x")
     assert ap._url(argparse.Namespace(url=None)) == "postgresql://db/x"
     assert ap._url(argparse.Namespace(url="postgresql://f/x")) == "postgresql://f/x"
+
+
+def test_keys_autopilot_runs_as_db_autopilot_with_the_global_options(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    ran: list[argparse.Namespace] = []
+
+    def fake(args: argparse.Namespace, make_service: object) -> int:
+        ran.append(args)
+        return 10
+
+    monkeypatch.setattr(ap, "_cmd_autopilot", fake)
+    data = str(tmp_path / "d")
+    code = cli.main(["--data-dir", data, "keys", "autopilot", "--once", "--model", "m:B", "--json"])
+    assert code == 10
+    [args] = ran
+    assert (args.command, args.db_command, args.once, args.model, args.json) == (
+        "db",
+        "autopilot",
+        True,
+        "m:B",
+        True,
+    )
+    assert str(args.data_dir) == data
+    # Its usage errors are those of `db autopilot`.
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["keys", "autopilot", "--model", "m:B"])
+    assert exited.value.code == 2
+    assert "required: --once" in capsys.readouterr().err
