@@ -261,6 +261,7 @@ _POLICY_FIELDS = (
     "reencrypt_within_seconds",
     "retire_after_seconds",
     "index_rotation_period_seconds",
+    "branch_rotation_period_seconds",
 )
 
 
@@ -277,17 +278,26 @@ def check_rotation_policy(service: Any, now: float | None = None) -> ControlResu
         now: The time to measure ages at (UNIX seconds; default: now).
     """
     cfg = service.config
-    policy = {name: getattr(cfg, name) for name in _POLICY_FIELDS}
+    policy = {name: getattr(cfg, name, None) for name in _POLICY_FIELDS}
     period = policy["rotation_period_seconds"]
+    at = time.time() if now is None else now
+    # Blind-index and branch keys have periods of their own; the service's schedule says
+    # whether either is overdue (a stand-in without one has neither).
+    schedule = getattr(service, "rotation_schedule", None)
+    others = (
+        [o for o in schedule(now=at).overdue if not o.startswith("rotation of key version")]
+        if schedule is not None
+        else []
+    )
     if not period:
         return _result(
             "keys.rotation_policy",
-            True,
-            "no rotation policy (rotation_period_seconds unset): keys are rotated by hand, "
-            "see keys.rotation",
+            not others,
+            "no rotation policy for data keys (rotation_period_seconds unset): they are "
+            "rotated by hand, see keys.rotation" + "".join(f"; {o}" for o in others),
             policy=policy,
+            overdue=others,
         )
-    at = time.time() if now is None else now
     versions = list(service.versions())
     primary = next(v for v in versions if v.state == "primary")
     age = max(0.0, at - primary.created_at)
@@ -297,7 +307,8 @@ def check_rotation_policy(service: Any, now: float | None = None) -> ControlResu
         for v in versions
         if v.state in ("active", "decrypt_only") and v.version < primary.version
     )
-    overdue = age > period
+    late = age > period
+    overdue = late or bool(others)
     detail = (
         f"rotation policy: rotate every {period:g} s"
         + (
@@ -311,11 +322,8 @@ def check_rotation_policy(service: Any, now: float | None = None) -> ControlResu
             else ", no automatic retirement"
         )
         + f"; primary key version {primary.version} is {age:.0f} s old"
-        + (
-            f", overdue by {age - period:.0f} s"
-            if overdue
-            else f", next rotation in {due - at:.0f} s"
-        )
+        + (f", overdue by {age - period:.0f} s" if late else f", next rotation in {due - at:.0f} s")
+        + "".join(f"; {o}" for o in others)
     )
     return _result(
         "keys.rotation_policy",
@@ -326,6 +334,7 @@ def check_rotation_policy(service: Any, now: float | None = None) -> ControlResu
         primary_age_seconds=round(age, 3),
         next_rotation_at=due,
         older_versions_decrypting=waiting,
+        overdue=others,
     )
 
 

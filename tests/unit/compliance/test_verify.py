@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -385,7 +386,7 @@ def _versions(*spec: tuple[int, str, float]) -> Any:
 def test_no_rotation_policy_passes_and_says_rotation_is_by_hand(period: float | None) -> None:
     result = check_rotation_policy(_fake_service(config=_policy(period)), now=10**9)
     assert result.status == "pass"
-    assert "no rotation policy" in result.detail
+    assert "no rotation policy for data keys" in result.detail
     assert result.evidence["policy"]["rotation_period_seconds"] == period
     assert set(FRAMEWORKS["keys.rotation_policy"]) >= {"SOC2 CC6.6", "ISO27001:2022 A.8.24"}
 
@@ -434,5 +435,28 @@ def test_a_real_service_with_a_policy_reports_it(tmp_path: Path) -> None:
         assert late.status == "fail"
         svc.rotate()
         assert check_rotation_policy(svc, now=svc.primary_key_created_at + 10).status == "pass"
+    finally:
+        svc.close()
+
+
+def test_an_overdue_blind_index_key_fails_the_policy_even_without_a_data_key_period(
+    tmp_path: Path,
+) -> None:
+    from greenlang_crypto.config import EncryptionServiceConfig
+    from greenlang_crypto.providers.local import LocalKeyProvider
+
+    LocalKeyProvider(tmp_path).create_master_key()
+    svc = EncryptionService(
+        EncryptionServiceConfig(data_dir=tmp_path, index_rotation_period_seconds=600)
+    )
+    try:
+        svc.blind_index_key("users.email")  # makes index key version 1
+        fresh = check_rotation_policy(svc)
+        assert fresh.status == "pass" and fresh.evidence["overdue"] == []
+        late = check_rotation_policy(svc, now=time.time() + 601)
+        assert late.status == "fail"
+        assert "rotation of the blind-index key was due" in late.detail
+        svc.rotate_index_key()
+        assert check_rotation_policy(svc, now=time.time() + 10).status == "pass"
     finally:
         svc.close()
