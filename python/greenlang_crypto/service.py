@@ -241,6 +241,7 @@ class EncryptionService:
     rewrap = _Served("_admin", KeyAdmin.rewrap)
     destroy_wrapping_key = _Served("_admin", KeyAdmin.destroy_wrapping_key)
     retirement_blockers = _Served("_admin", KeyAdmin.retirement_blockers)
+    retired_keys_left = _Served("_admin", KeyAdmin.retired_keys_left)
     rotation_schedule = _Served("_admin", KeyAdmin.rotation_schedule)
     rotate_stale_branch_keys = _Served("_admin", KeyAdmin.rotate_stale_branch_keys)
     record_autopilot_step = _Served("_admin", KeyAdmin.record_autopilot_step)

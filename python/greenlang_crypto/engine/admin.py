@@ -174,6 +174,18 @@ class KeyAdmin:
             time.time() if now is None else now,
         )
 
+    def retired_keys_left(self) -> int:
+        """Stored DEKs and branch keys of versions already retired (0 after a whole retire).
+
+        More than 0 only when a retirement with ``delete_stored_deks`` was cut off between
+        raising the minimum and deleting them; running it again finishes it.
+        """
+        runtime = self._runtime
+        floor = runtime.min_version
+        counts = Counter(runtime.store.count_deks_by_version())
+        counts.update(runtime.branches.rows.count_by_version())
+        return sum(n for v, n in counts.items() if v < floor)
+
     def record_autopilot_step(self, status: str, reasons: list[str], runner: str) -> None:
         """Keeps the rotation autopilot's last outcome in the key store, for ``keys status``.
 
@@ -431,33 +443,39 @@ class KeyAdmin:
         ):
             runtime.reload_keyring()
             if min_version <= runtime.min_version:
-                return  # the minimum only ever rises
-            if min_version > runtime.primary.version:
-                raise KeyStateError("cannot retire the primary key version")
-            if not force:
-                # Instances converge on their own within the refresh bound: give them that
-                # long. Unfinished jobs take longer; they are refused at once.
-                deadline = time.monotonic() + wait_seconds
-                while self._instance_blockers(min_version) and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                blockers = self.retirement_blockers(min_version)
-                if blockers:
+                # The minimum only ever rises. A retirement cut off between raising it and
+                # deleting the keys (a crash, a kill) is finished by running it again.
+                remaining = self.retired_keys_left() if delete_stored_deks else 0
+                if not remaining:
+                    return
+                min_version = runtime.min_version
+            else:
+                if min_version > runtime.primary.version:
+                    raise KeyStateError("cannot retire the primary key version")
+                if not force:
+                    # Instances converge on their own within the refresh bound: give them
+                    # that long. Unfinished jobs take longer; they are refused at once.
+                    deadline = time.monotonic() + wait_seconds
+                    while self._instance_blockers(min_version) and time.monotonic() < deadline:
+                        time.sleep(0.05)
+                    blockers = self.retirement_blockers(min_version)
+                    if blockers:
+                        raise KeyStateError(
+                            f"retiring versions below {min_version} is unsafe now: "
+                            + "; ".join(blockers)
+                        )
+                counts = Counter(store.count_deks_by_version())
+                # Branch keys of retired versions go with their stored DEKs.
+                counts.update(runtime.branches.rows.count_by_version())
+                remaining = sum(n for v, n in counts.items() if v < min_version)
+                if remaining and not delete_stored_deks:
                     raise KeyStateError(
-                        f"retiring versions below {min_version} is unsafe now: "
-                        + "; ".join(blockers)
+                        f"{remaining} stored DEK(s) still belong to versions below {min_version}"
                     )
-            counts = Counter(store.count_deks_by_version())
-            # Branch keys of retired versions go with their stored DEKs.
-            counts.update(runtime.branches.rows.count_by_version())
-            remaining = sum(n for v, n in counts.items() if v < min_version)
-            if remaining and not delete_stored_deks:
-                raise KeyStateError(
-                    f"{remaining} stored DEK(s) still belong to versions below {min_version}"
-                )
-            # Raise the minimum first, then delete: a decrypt racing the deletion is refused
-            # as retired rather than reported as a missing DEK.
-            store.retire_below(min_version)
-            runtime.reload_keyring()
+                # Raise the minimum first, then delete: a decrypt racing the deletion is
+                # refused as retired rather than reported as a missing DEK.
+                store.retire_below(min_version)
+                runtime.reload_keyring()
             if remaining:
                 store.delete_deks_below(min_version)
                 runtime.branches.rows.delete_below(min_version)
@@ -682,7 +700,7 @@ class KeyAdmin:
         # The paths that need an index key create version 1 on first use; reads do not.
         records = self._runtime.keyring.snapshot.index_keys
         if not records:
-            self.rotate_index_key()
+            self._add_index_key(first=True)
             records = self._runtime.keyring.snapshot.index_keys
         return records
 
@@ -696,19 +714,28 @@ class KeyAdmin:
         Older versions keep serving lookups until they are retired (the dual-index window of
         a rotation).
         """
+        return self._add_index_key(first=False)
+
+    def _add_index_key(self, *, first: bool) -> int:
         runtime = self._runtime
         provider = runtime.provider
         with self.key_change("index_key_rotate"):
             wrapping = runtime.primary.wrapping_key_id
             generated = provider.generate_data_key(wrapping, INDEX_ROOT_CONTEXT, KeyLimits())
             version = runtime.store.add_index_key(
-                provider.name, generated.key_id, generated.wrapped
+                provider.name, generated.key_id, generated.wrapped, first=first
             )
-            runtime.index.remember_root(version, generated.key)
             runtime.reload_keyring()
-        self._events.emit(
-            "key_generated", key_id=generated.key_id, purpose="blind-index", version=version
-        )
+            made = any(
+                r.version == version and r.wrapped == generated.wrapped
+                for r in runtime.keyring.snapshot.index_keys
+            )
+            if made:
+                runtime.index.remember_root(version, generated.key)
+        if made:
+            self._events.emit(
+                "key_generated", key_id=generated.key_id, purpose="blind-index", version=version
+            )
         return version
 
     def retire_index_key(self, version: int) -> None:

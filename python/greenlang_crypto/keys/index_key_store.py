@@ -62,11 +62,21 @@ class IndexKeyStore:
                 for v, st, p, w, b, at in cur.fetchall()
             ]
 
-    def add_index_key(self, provider: str, wrapping_key_id: str, wrapped: bytes) -> int:
-        """Adds index key version N+1 as primary; the previous primary becomes ``active``."""
+    def add_index_key(
+        self, provider: str, wrapping_key_id: str, wrapped: bytes, *, first: bool = False
+    ) -> int:
+        """Adds index key version N+1 as primary; the previous primary becomes ``active``.
+
+        With ``first``, only when there is no index key yet: instances making their first
+        blind index at the same moment then share one version instead of each adding its
+        own. Returns the new version, or with ``first`` the one already there (0 when every
+        existing one is retired is impossible: a first key is only made when none exists).
+        """
         with self.db.transaction(serialized=True) as cur:
             cur.execute("SELECT COALESCE(MAX(version), 0) FROM glc_index_keys")
             version = int(cur.fetchone()[0]) + 1
+            if first and version > 1:
+                return version - 1
             cur.execute("UPDATE glc_index_keys SET state = 'active' WHERE state = 'primary'")
             cur.execute(
                 self.db.sql(

@@ -240,9 +240,11 @@ class KeyStore:
         """All index key versions, ascending."""
         return self._index_keys.index_keys()
 
-    def add_index_key(self, provider: str, wrapping_key_id: str, wrapped: bytes) -> int:
-        """Adds index key version N+1 as primary; the previous primary becomes ``active``."""
-        return self._index_keys.add_index_key(provider, wrapping_key_id, wrapped)
+    def add_index_key(
+        self, provider: str, wrapping_key_id: str, wrapped: bytes, *, first: bool = False
+    ) -> int:
+        """Adds index key version N+1 as primary (``first``: only if there is none yet)."""
+        return self._index_keys.add_index_key(provider, wrapping_key_id, wrapped, first=first)
 
     def set_index_key_state(self, version: int, state: str) -> None:
         """Sets the state of an index key version (``active`` or ``retired``)."""

@@ -678,13 +678,14 @@ class _Step:
                 figures.update(summary)
             if stopped is not None:
                 outcome["stopped"] = stopped
-        self.report.actions.append({"action": "reencrypt", "column": name, **figures})
         if stopped is not None or result is None:
             figures["remaining"] = job.count_remaining()
+            self.report.actions.append({"action": "reencrypt", "column": name, **figures})
             self.pending.append(
                 f"{name}: {figures['remaining']} row(s) to re-encrypt ({stopped or 'stopped'})"
             )
             return False
+        self.report.actions.append({"action": "reencrypt", "column": name, **figures})
         # The whole run's entries: a run resumed over several steps quarantined some rows
         # in earlier ones.
         quarantined = job.quarantined() if result.remaining else []
@@ -721,7 +722,24 @@ class _Step:
 
     # -- retirement ------------------------------------------------------------------------
 
+    def _finish_retirement(self) -> None:
+        """Deletes the keys a retirement cut off midway left (the minimum rose, they stayed)."""
+        service = self.service
+        if not self.delete_stored_deks or not service.retired_keys_left():
+            return
+        self.lock.check()
+        below = service.min_decryption_version
+        with _audited(
+            self.audit,
+            "key_retire",
+            key_version=below,
+            details={"min_version": below, "delete_stored_deks": True, "via": "autopilot"},
+        ):
+            service.retire_versions_below(below, delete_stored_deks=True)
+        self.report.actions.append({"action": "retire-finish", "below": below})
+
     def _retire_if_due(self, columns_clear: bool) -> None:
+        self._finish_retirement()
         grace = self.config.retire_after_seconds
         if grace is None:
             return

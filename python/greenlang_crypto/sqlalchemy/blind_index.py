@@ -174,6 +174,11 @@ class IndexValue(bytes):
     __slots__ = ()
 
 
+def _keys_marker(svc: object) -> tuple[object, object]:
+    """What the cached keys of a column depend on: which service, at which keyring epoch."""
+    return getattr(svc, "instance_id", None) or id(svc), getattr(svc, "keyring_epoch", None)
+
+
 class _KeyCache:
     """Index keys and active versions of one blind-index column."""
 
@@ -182,8 +187,10 @@ class _KeyCache:
     def __init__(self) -> None:
         self.keys: dict[tuple[int, str], BlindIndexKey] = {}
         self.versions: tuple[list[int], float] = ([], 0.0)
-        #: The service's keyring epoch the cached keys were derived under.
-        self.epoch: int | None = None
+        #: The service (its instance id) and keyring epoch the cached keys were derived
+        #: under: another service behind the same column (a test's, one rebuilt after a
+        #: configuration change) has other keys even at the same epoch number.
+        self.epoch: tuple[object, object] | None = None
         self.lock = threading.Lock()
         _forks.fresh_locks_after_fork(self, "lock")
 
@@ -331,7 +338,7 @@ class BlindIndex(IndexType):
         long-running process never indexes or looks up with a key the key store replaced.
         """
         svc = self._service()
-        epoch = getattr(svc, "keyring_epoch", None)
+        epoch = _keys_marker(svc)
         if epoch != self._cache.epoch:
             with self._cache.lock:
                 self._cache.keys = {}
@@ -346,7 +353,7 @@ class BlindIndex(IndexType):
             self._cache.versions = (versions, now)
             # The read may have created the first index key, itself a key change: take the
             # epoch that includes it, or the keys derived next would be dropped at once.
-            self._cache.epoch = getattr(svc, "keyring_epoch", None)
+            self._cache.epoch = _keys_marker(svc)
         return versions
 
     def keys_cached(self, tenant_id: str | None = None) -> bool:
@@ -358,7 +365,7 @@ class BlindIndex(IndexType):
         versions, at = self._cache.versions
         if not versions or time.monotonic() - at > self.refresh_seconds:
             return False
-        if getattr(self._service(), "keyring_epoch", None) != self._cache.epoch:
+        if _keys_marker(self._service()) != self._cache.epoch:
             return False
         purpose = self.purpose_for(tenant_id)
         return all((v, purpose) in self._cache.keys for v in versions)

@@ -329,3 +329,39 @@ def test_an_erasure_removes_the_tenants_keys_from_the_shared_redis_cache(
         keys = list(client.scan_iter(prefix + "*"))
         if keys:
             client.delete(*keys)
+
+
+def test_a_retirement_cut_off_before_deleting_its_keys_is_finished_by_a_rerun(
+    svc: EncryptionService,
+) -> None:
+    svc.encrypt(b"old", CTX, key_reference="stored")
+    svc.rotate()
+    svc.encrypt(b"new", CTX, key_reference="stored")
+    # The first half of a retirement (the minimum raised), then a crash before the deletion.
+    svc._runtime.store.retire_below(2)
+    svc.refresh_keyring()
+    assert svc.min_decryption_version == 2 and svc.retired_keys_left() == 1
+    # Without deletion asked for, a rerun changes nothing (the keys stay, as before).
+    svc.retire_versions_below(2)
+    assert svc.retired_keys_left() == 1
+    svc.retire_versions_below(2, delete_stored_deks=True)
+    assert svc.retired_keys_left() == 0
+    assert svc._runtime.store.count_deks_by_version() == {2: 1}
+    svc.retire_versions_below(2, delete_stored_deks=True)  # and again: nothing left to do
+
+
+def test_instances_making_their_first_index_key_at_once_share_one(tmp_path: Path) -> None:
+    first = make_service(tmp_path)
+    # Started before any index key existed, and not refreshed since.
+    second = make_service(tmp_path)
+    try:
+        assert first.index_key_versions() == second.index_key_versions() == []
+        key = first.blind_index_key("users.email")
+        again = second.blind_index_key("users.email")
+        assert bytes(key.compute(b"x")) == bytes(again.compute(b"x"))
+        assert first.index_key_versions() == second.index_key_versions() == [(1, "primary")]
+        # An explicit rotation still adds a version.
+        assert second.rotate_index_key() == 2
+    finally:
+        first.close()
+        second.close()

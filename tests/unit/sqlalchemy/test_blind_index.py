@@ -359,3 +359,33 @@ def test_lookup_refuses_an_async_session_and_names_alookup(service: EncryptionSe
         lookup(session, Account.email, "a@x.org")  # type: ignore[arg-type]
     assert inspect.iscoroutinefunction(alookup)
     asyncio.run(engine.dispose())
+
+
+def test_another_service_behind_the_same_column_gets_its_own_keys(tmp_path: Path) -> None:
+    # Two keyrings at the same epoch number (a test's service, one rebuilt with another
+    # configuration): the column must not index with the keys derived from the first.
+    made = []
+    for name in ("a", "b"):
+        d = tmp_path / name
+        d.mkdir()
+        LocalKeyProvider(d).create_master_key()
+        made.append(EncryptionService(EncryptionServiceConfig(data_dir=d)))
+    a, b = made
+    current = [a]
+    index = BlindIndex(
+        "email", purpose="users.email", service=lambda: current[0], refresh_seconds=3600
+    )
+    try:
+        by_a = index.compute("x@example.com")
+        b.blind_index_key("warm-up")  # its first index key: the same epoch as a's now
+        assert a.keyring_epoch == b.keyring_epoch
+        current[0] = b
+        by_b = index.compute("x@example.com")
+        assert by_a != by_b
+        assert by_b == BlindIndex("email", purpose="users.email", service=b).compute(
+            "x@example.com"
+        )
+        assert index.keys_cached() and not index.matches(by_a, "x@example.com")
+    finally:
+        a.close()
+        b.close()
