@@ -6,13 +6,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.elements import TextClause
 
 from greenlang_crypto import parse_envelope
@@ -28,8 +31,34 @@ from greenlang_crypto.sqlalchemy._job_sql import _LeaseLostError, _value_rows, _
 _log = logging.getLogger("greenlang_crypto.sqlalchemy.migrate")
 
 
+@dataclass
+class _Prepared:
+    """A batch read and planned ahead, outside its transaction (see ``_JobBatches._prepare``).
+
+    Attributes:
+        after: The checkpoint the read started after; the batch uses it only if the range's
+            checkpoint, locked in the batch's transaction, is still this one.
+        rows: The rows read.
+        writes: Their planned writes (compare-and-swap on each row's xmin at write time).
+        bad: Rows that looked bad when read: read and planned again inside the transaction
+            before anything is quarantined.
+        skipped: Rows that needed nothing.
+    """
+
+    after: str
+    rows: list[_Row]
+    writes: list[_Write]
+    bad: list[tuple[_Row, str, int | None]]
+    skipped: int
+
+
 class _JobBatches(_JobTables):
     """The row work of a column job: one batch is one transaction (see ``ColumnJob``)."""
+
+    #: The connection read-ahead uses (``_prepare``, on the job's read-ahead thread).
+    _ahead_conn: Connection | None = None
+    #: ``_fixed_opener``'s decryptor, made on first use.
+    _opener: Callable[[bytes], bytes] | None = None
 
     # -- classification ------------------------------------------------------------------
 
@@ -68,6 +97,7 @@ class _JobBatches(_JobTables):
         fixed = self.spec.tenant_id
         fixed_ctx = None if fixed is None else contexts.get(fixed)
         fixed_aad = None if self.spec.bind_row else self._aad(rows[0]) if rows else None
+        fixed_open = self._fixed_opener() if fixed_ctx is not None and rows else None
         for row in rows:
             value = row.value
             if value is None:
@@ -104,11 +134,14 @@ class _JobBatches(_JobTables):
                 report.skipped += 1
                 continue
             try:
-                plaintext = decrypt(
-                    value,
-                    contexts.get(row.tenant) if fixed_ctx is None else fixed_ctx,
-                    associated_data=self._aad(row) if fixed_aad is None else fixed_aad,
-                )
+                if fixed_open is not None:
+                    plaintext = fixed_open(value)
+                else:
+                    plaintext = decrypt(
+                        value,
+                        contexts.get(row.tenant) if fixed_ctx is None else fixed_ctx,
+                        associated_data=self._aad(row) if fixed_aad is None else fixed_aad,
+                    )
             except GreenlangCryptoError as exc:
                 # The error type tells operators a missing or retired key version from a
                 # failed tag, using only the key version in the public header.
@@ -130,6 +163,22 @@ class _JobBatches(_JobTables):
             for w, index in zip(writes, self._indexes_of(writes), strict=True):
                 w.index = index
         return writes, bad
+
+    def _fixed_opener(self) -> Callable[[bytes], bytes] | None:
+        """One-call decryption of this column's values when every row shares its context.
+
+        A fixed tenant and no per-row binding: every value opens under one context and one
+        associated data, so a cached DEK opens it in a single Rust call (the service's
+        ``value_decryptor``), and anything else takes ``decrypt`` with its errors.
+        """
+        if self.spec.tenant_id is None or self.spec.bind_row:
+            return None
+        if self._opener is None:
+            self._opener = self.service.value_decryptor(
+                self._contexts.get(self.spec.tenant_id),
+                associated_data=self._aad(_Row(None, "", None, self.spec.tenant_id, None)),
+            )
+        return self._opener
 
     def _index_of(self, plaintext: bytes, row: _Row) -> bytes | None:
         if self._index is None:
@@ -240,6 +289,67 @@ class _JobBatches(_JobTables):
         # No row after the checkpoint: the outer join's one row carries the checkpoint only.
         return found[0][0], self._rows([r[1:] for r in found if r[1] is not None])
 
+    # -- read-ahead ----------------------------------------------------------------------
+
+    def _prepare(self, after: str, hi: str | None) -> _Prepared | None:
+        """Reads and plans the batch after ``after`` on a connection of its own.
+
+        Runs on the job's read-ahead thread while the current batch writes and commits, so
+        the next batch's read, decryption, sealing and index values overlap the database's
+        work on this one. No lock is taken: the batch that uses the result locks its range,
+        checks the checkpoint is still ``after`` and writes compare-and-swap on each row's
+        xmin, so a row changed since is read again inside the transaction. Returns ``None``
+        on any failure: the batch then reads and plans for itself, with its retries and its
+        errors (a key store outage raised here would otherwise surface on the wrong batch).
+        """
+        try:
+            if self._ahead_conn is None:
+                # Autocommit: one read statement, no transaction to begin or commit.
+                self._ahead_conn = self.engine.connect().execution_options(
+                    isolation_level="AUTOCOMMIT"
+                )
+            conn = self._ahead_conn
+            n = self._names(conn)
+            pk, pk_type = n["pk"], self._pk_sql_type(conn)
+            where = f"t.{pk} > CAST(:after AS {pk_type})"
+            params: dict[str, Any] = {"after": after}
+            if hi is not None:
+                where += f" AND t.{pk} <= CAST(:hi AS {pk_type})"
+                params["hi"] = hi
+            rows = self._select(conn, where, params, limit=True)
+            local = JobReport(self.job_name)
+            writes, bad = self._plan_rows(rows, local) if rows else ([], [])
+        except DBAPIError:
+            self._drop_ahead()
+            return None
+        except Exception:  # the batch redoes the work and reports what fails there
+            return None
+        return _Prepared(after, rows, writes, bad, local.skipped)
+
+    def _drop_ahead(self) -> None:
+        conn, self._ahead_conn = self._ahead_conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # a dead connection: the pool discards it
+                conn.close()
+
+    def _lock_checkpoint(self, conn: Connection, range_id: int) -> str | None:
+        """Locks the range's row (proving this worker owns it); returns its checkpoint.
+
+        Raises:
+            _LeaseLostError: The range is no longer this worker's (nothing is locked).
+        """
+        n = self._names(conn)
+        found = conn.execute(
+            text(
+                f"SELECT COALESCE(last_pk, lo) FROM {n['ranges']} WHERE job = :j AND "
+                "range_id = :i AND owner = :w AND state = 'running' FOR UPDATE"
+            ),
+            {"j": self.job_name, "i": range_id, "w": self.worker},
+        ).first()
+        if found is None:
+            raise _LeaseLostError(range_id)
+        return None if found[0] is None else str(found[0])
+
     def _write_statement(self, conn: Connection) -> TextClause:
         """The batch's compare-and-swap UPDATE, built once per job.
 
@@ -303,17 +413,21 @@ class _JobBatches(_JobTables):
         fixed = self.spec.tenant_id
         fixed_ctx = None if fixed is None else contexts.get(fixed)
         fixed_aad = None if self.spec.bind_row else self._aad(writes[0].row)
+        fixed_open = self._fixed_opener()
         same = hmac.compare_digest
         for pk_text, stored, index in stored_rows:
             w = by_pk[pk_text]
             # Verify after write, before the batch commits: what the database now holds
             # (returned by the UPDATE itself, from the row versions it wrote and keeps
             # locked until the commit) decrypts to the plaintext.
-            back = decrypt(
-                bytes(stored),
-                contexts.get(w.row.tenant) if fixed_ctx is None else fixed_ctx,
-                associated_data=self._aad(w.row) if fixed_aad is None else fixed_aad,
-            )
+            if fixed_open is not None:
+                back = fixed_open(bytes(stored))
+            else:
+                back = decrypt(
+                    bytes(stored),
+                    contexts.get(w.row.tenant) if fixed_ctx is None else fixed_ctx,
+                    associated_data=self._aad(w.row) if fixed_aad is None else fixed_aad,
+                )
             if not same(back, w.plaintext):
                 raise KeyStateError(f"verification failed for row {pk_text}; batch rolled back")
             if w.index is not None and not same(bytes(index), w.index):
@@ -353,8 +467,24 @@ class _JobBatches(_JobTables):
                 version,
             )
 
-    def _batch(self, range_id: int, hi: str | None, report: JobReport) -> tuple[bool, int]:
+    def _batch(
+        self,
+        range_id: int,
+        hi: str | None,
+        report: JobReport,
+        prepared: _Prepared | None = None,
+        read_ahead: Callable[[str], None] | None = None,
+    ) -> tuple[bool, int]:
         """One transaction: renew the lease, read, write, verify, quarantine, checkpoint.
+
+        Args:
+            range_id: The range (claimed by this worker).
+            hi: Its upper bound (``None``: none).
+            report: The run's totals, added to once the batch commits.
+            prepared: This batch read and planned ahead (used only if the range's checkpoint
+                is still the one it was read after).
+            read_ahead: Called with the batch's last primary key when another batch follows,
+                before this one writes (to read and plan that one meanwhile).
 
         Returns:
             Whether the range is finished, and the rows read.
@@ -364,17 +494,39 @@ class _JobBatches(_JobTables):
         """
         with self._begin() as conn:
             n = self._names(conn)
+            pk_type = self._pk_sql_type(conn)
+            local = JobReport(self.job_name)
             # Locking the range's row first proves this worker still owns the range and keeps
             # it until the batch commits: a claim skips locked rows, so nobody takes over the
             # range meanwhile, however long the batch takes. The lease itself is renewed by
             # the checkpoint below, in the same transaction (a renewal at the start would be
             # overwritten by it before anyone could see it). The checkpoint comes from the
             # table, so a range taken back resumes where its last committed batch ended.
-            last, rows = self._lock_and_read(conn, range_id, hi)
-            pk_type = self._pk_sql_type(conn)
-            local = JobReport(self.job_name)
+            planned: tuple[list[_Write], list[tuple[_Row, str, int | None]]] | None = None
+            if prepared is not None:
+                last = self._lock_checkpoint(conn, range_id)
+                if last == prepared.after:
+                    rows = prepared.rows
+                    planned = prepared.writes, []
+                    local.skipped += prepared.skipped
+                    if prepared.bad:
+                        # Judged on a read outside this transaction: read them again here
+                        # before quarantining anything on a value that may have changed.
+                        fresh = self._select(
+                            conn,
+                            f"t.{n['pk']} = ANY(CAST(:pks AS {pk_type}[]))",
+                            {"pks": [row.pk_text for row, _, _ in prepared.bad]},
+                        )
+                        more, bad_now = self._plan_rows(fresh, local)
+                        planned = prepared.writes + more, bad_now
+                else:
+                    last, rows = self._lock_and_read(conn, range_id, hi)
+            else:
+                last, rows = self._lock_and_read(conn, range_id, hi)
+            if read_ahead is not None and len(rows) >= self.batch_size:
+                read_ahead(rows[-1].pk_text)
             if rows:
-                writes, bad = self._plan_rows(rows, local)
+                writes, bad = planned if planned is not None else self._plan_rows(rows, local)
                 lost = self._write(conn, writes)
                 # Every CAS round counts the rows it really changed, so the total is exact
                 # however many rounds the application's own writes force.

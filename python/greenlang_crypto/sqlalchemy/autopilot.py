@@ -437,6 +437,9 @@ class _Step:
         self.rows_by_version: dict[tuple[str, str, str], int] | None = {}
         #: When the re-encryption to the primary is due, while rows remain to move.
         self.reencrypt_due_at: float | None = None
+        #: The step's row census (``_census``), taken once after the re-encryption.
+        self._census_cache: dict[ColumnSpec, dict[tuple[int | None, int | None], int]] | None
+        self._census_cache = None
 
     def run(self) -> None:
         self.service.refresh_keyring()
@@ -843,11 +846,10 @@ class _Step:
 
     def _index_rows_under(self, versions: list[int]) -> list[str]:
         out = []
-        for spec in self.registry:
+        for spec, counts in self._census().items():
             if spec.index_column is None:
                 continue
-            counted = self._job(spec).dry_run(verify=False)
-            under = sum(n for v, n in counted.by_index_version.items() if v in versions)
+            under = sum(n for (_, iv), n in counts.items() if iv in versions)
             if under:
                 out.append(f"{spec.table}.{spec.index_column} has {under} value(s) under them")
         return out
@@ -855,19 +857,57 @@ class _Step:
     def _rows_below(self, below: int) -> list[str]:
         """What every registered column still holds under versions below ``below``."""
         out = []
-        for spec in self.registry:
-            counted = self._job(spec).dry_run(verify=False)
-            under = sum(n for v, n in counted.by_key_version.items() if v < below)
+        for spec, counts in self._census().items():
+            under = sum(n for (kv, _), n in counts.items() if kv is not None and kv < below)
+            other = sum(n for (kv, _), n in counts.items() if kv is None)
             parts = []
             if under:
                 parts.append(f"{under} row(s) under versions below {below}")
-            if counted.plaintext:
-                parts.append(f"{counted.plaintext} plaintext row(s)")
-            bad = sum(counted.undecryptable.values())
-            if bad:
-                parts.append(f"{bad} row(s) with an unreadable envelope header")
+            if other:
+                parts.append(f"{other} value(s) that are not envelopes (plaintext or damaged)")
             if parts:
                 out.append(f"{spec.table}.{spec.column} has " + ", ".join(parts))
+        return out
+
+    def _census(self) -> dict[ColumnSpec, dict[tuple[int | None, int | None], int]]:
+        """Rows of every registered column per (key version, index version), counted in SQL.
+
+        One aggregate per column over the public header bytes (an envelope's magic byte and
+        key version, an index value's version byte), taken once per step after the
+        re-encryption and shared by the retirement checks and the metrics: only names,
+        versions and counts leave the database. ``None`` as key version: a value that is not
+        an envelope; as index version: no index value (or no index column).
+        """
+        if self._census_cache is not None:
+            return self._census_cache
+        out: dict[ColumnSpec, dict[tuple[int | None, int | None], int]] = {}
+        magic = f"{ENVELOPE_MAGIC:d}"
+        for spec in self.registry:
+            with self.engine.connect() as conn:
+                col = _quote(conn, spec.column)
+                version = " | ".join(
+                    f"(get_byte({col}, {i})::bigint << {8 * (7 - i)})" for i in range(4, 8)
+                )
+                index = "NULL"
+                if spec.index_column is not None:
+                    idx = _quote(conn, spec.index_column)
+                    index = f"CASE WHEN octet_length({idx}) >= 1 THEN get_byte({idx}, 0) END"
+                # Nested CASE: get_byte past the end of a short value is an error, and SQL
+                # does not promise to evaluate AND left to right.
+                found = conn.execute(
+                    text(
+                        f"SELECT CASE WHEN octet_length({col}) >= 8 THEN "  # noqa: S608
+                        f"CASE WHEN get_byte({col}, 0) = {magic} THEN {version} END END, "
+                        f"{index}, count(*) FROM {_quote(conn, spec.table)} "
+                        f"WHERE {col} IS NOT NULL GROUP BY 1, 2"
+                    )
+                ).all()
+            counts: dict[tuple[int | None, int | None], int] = {}
+            for kv, iv, n in found:
+                key = (None if kv is None else int(kv), None if iv is None else int(iv))
+                counts[key] = counts.get(key, 0) + int(n)
+            out[spec] = counts
+        self._census_cache = out
         return out
 
     # -- figures ---------------------------------------------------------------------------
@@ -890,25 +930,8 @@ class _Step:
 
     def _counts(self) -> dict[tuple[str, str, str], int]:
         out: dict[tuple[str, str, str], int] = {}
-        magic = f"{ENVELOPE_MAGIC:d}"
-        for spec in self.registry:
-            with self.engine.connect() as conn:
-                col = _quote(conn, spec.column)
-                version = " | ".join(
-                    f"(get_byte({col}, {i})::bigint << {8 * (7 - i)})" for i in range(4, 8)
-                )
-                # Nested CASE: get_byte past the end of a short value is an error, and SQL
-                # does not promise to evaluate AND left to right.
-                found = conn.execute(
-                    text(
-                        f"SELECT CASE WHEN octet_length({col}) >= 8 THEN "  # noqa: S608
-                        f"CASE WHEN get_byte({col}, 0) = {magic} THEN {version} END END, "
-                        f"count(*) FROM {_quote(conn, spec.table)} "
-                        f"WHERE {col} IS NOT NULL GROUP BY 1"
-                    )
-                ).all()
-            for v, n in found:
-                label = "none" if v is None else str(int(v))
-                key = (spec.table, spec.column, label)
-                out[key] = out.get(key, 0) + int(n)
+        for spec, counts in self._census().items():
+            for (kv, _), n in counts.items():
+                key = (spec.table, spec.column, "none" if kv is None else str(kv))
+                out[key] = out.get(key, 0) + n
         return out

@@ -92,6 +92,7 @@ import re
 import socket
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from sqlalchemy import CheckConstraint, text
@@ -107,7 +108,7 @@ from greenlang_crypto.exceptions import (
     KeyStateError,
 )
 from greenlang_crypto.sqlalchemy._common import ContextCache, is_envelope
-from greenlang_crypto.sqlalchemy._job_batches import _JobBatches
+from greenlang_crypto.sqlalchemy._job_batches import _JobBatches, _Prepared
 from greenlang_crypto.sqlalchemy._job_spec import (
     ColumnSpec,
     DryRunReport,
@@ -169,6 +170,9 @@ class ColumnJob(_JobBatches):
         retry_delay: First backoff delay (doubles per retry, up to 5 seconds).
         state_schema: Schema of the job and quarantine tables.
         progress: ``progress(processed, remaining)`` after every batch.
+        read_ahead: Read and plan the next batch on a second connection while the current
+            one writes (not on a caller's connection). Off: one connection, one batch at a
+            time.
     """
 
     def __init__(
@@ -190,6 +194,7 @@ class ColumnJob(_JobBatches):
         retry_delay: float = 0.1,
         state_schema: str = "encryption",
         progress: Progress | None = None,
+        read_ahead: bool = True,
     ) -> None:
         if mode not in ("encrypt", "reencrypt"):
             raise InvalidArgumentError("mode must be 'encrypt' or 'reencrypt'")
@@ -224,6 +229,7 @@ class ColumnJob(_JobBatches):
         self.retry_delay = retry_delay
         self.state_schema = state_schema
         self.progress = progress
+        self.read_ahead = read_ahead
         self._contexts = ContextCache(spec.data_class)
         self._index: BlindIndex | None = None
         if spec.index_column:
@@ -295,6 +301,22 @@ class ColumnJob(_JobBatches):
         return report
 
     def _work(self, report: JobReport) -> None:
+        # Read-ahead: the next batch is read and planned on a second connection while the
+        # current one writes and commits (not inside a caller's transaction: a second
+        # connection could wait on that transaction's own locks).
+        pool = (
+            ThreadPoolExecutor(1, thread_name_prefix="glc-job-read-ahead")
+            if self.read_ahead and self._connection is None
+            else None
+        )
+        try:
+            self._work_ranges(report, pool)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+                self._drop_ahead()
+
+    def _work_ranges(self, report: JobReport, pool: ThreadPoolExecutor | None) -> None:
         from greenlang_crypto.metrics import reencryption_progress
 
         metrics = reencryption_progress()
@@ -320,9 +342,20 @@ class ColumnJob(_JobBatches):
             watch = None
             range_id, hi = claim
             finished = False
+            ahead: Future[_Prepared | None] | None = None
+
+            def read_ahead(after: str, hi: str | None = hi) -> None:
+                nonlocal ahead
+                if pool is not None:
+                    ahead = pool.submit(self._prepare, after, hi)
+
             while not finished:
+                prepared = None if ahead is None else ahead.result()
+                ahead = None
                 try:
-                    finished, count = self._retrying(report, self._batch, range_id, hi, report)
+                    finished, count = self._retrying(
+                        report, self._batch, range_id, hi, report, prepared, read_ahead
+                    )
                 except _LeaseLostError:
                     # Our lease ran out (a stall, an outage) and another worker took the
                     # range; its checkpoint is theirs now and our batch was rolled back.

@@ -131,7 +131,15 @@ def test_verify_after_write_rolls_back(
     def lying(ciphertext: bytes, *a: Any, **kw: Any) -> bytes:
         return real(ciphertext, *a, **kw) + b"!"
 
+    real_opener = service.value_decryptor
+
+    def lying_opener(*a: Any, **kw: Any) -> Any:
+        opener = real_opener(*a, **kw)
+        return lambda value: opener(value) + b"!"
+
+    # Both ways the job decrypts: per value, and the one-call opener of a fixed context.
     monkeypatch.setattr(service, "decrypt", lying)
+    monkeypatch.setattr(service, "value_decryptor", lying_opener)
     with pytest.raises(KeyStateError, match="verification failed"):
         job.run()
     monkeypatch.undo()
