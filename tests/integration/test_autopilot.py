@@ -847,3 +847,35 @@ def test_a_model_whose_table_does_not_exist_blocks_with_the_reason(
     # The other column still moved; nothing was retired on a count that could not be made.
     assert _versions(engine) == {2: 5}
     assert svc.min_decryption_version == 1
+
+
+def test_a_column_the_autopilot_cannot_reindex_blocks_retiring_its_index_key(
+    engine: Engine, make_service: Any
+) -> None:
+    svc = make_service(retire_after_seconds=10)
+    _fill(engine, 3)
+    # An encrypted, indexed column no job can take (its tenant is computed in Python): its
+    # index values stay under the old key, and lookups on it would find nothing once that
+    # key is retired.
+    legacy = MetaData()
+    Table(
+        "ap_legacy",
+        legacy,
+        Column("id", Integer, primary_key=True),
+        Column(
+            "notes",
+            EncryptedString(autopilot_proc.service, data_class="pii", tenant_id=lambda: "acme"),
+        ),
+    )
+    registry = ColumnRegistry.from_metadata(Base)
+    registry.unsupported.update(ColumnRegistry.from_metadata(legacy).unsupported)
+    assert "ap_legacy.notes" in registry.unsupported
+    svc.rotate_index_key()
+    report = _step(engine, svc, offset=60, registry=registry)
+    assert report.status == "blocked", report.as_dict()
+    assert any(
+        "retiring index key version(s) 1 is blocked: ap_legacy.notes is encrypted but the "
+        "autopilot cannot re-index it" in r
+        for r in report.reasons
+    ), report.reasons
+    assert svc.index_key_versions() == [(1, "active"), (2, "primary")]

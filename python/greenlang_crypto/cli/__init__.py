@@ -75,10 +75,10 @@ def _dispatch_table() -> dict[str, _parser.Handler]:
 def _keys_autopilot(args: argparse.Namespace) -> int:
     """``keys autopilot ...`` runs as ``db autopilot ...`` (global options kept)."""
     argv: list[str] = args.raw_argv
-    at = argv.index("keys")
-    # "autopilot" is the first word after "keys" that is not an option of the keys group.
-    step = argv.index("autopilot", at)
-    return _main([*argv[:at], "db", "autopilot", *argv[step + 1 :]], bool(args.debug))
+    # The command is the pair "keys autopilot" (the keys group takes no option of its own);
+    # a global option's value may itself be the word "keys" (`--data-dir keys`).
+    at = next(i for i in range(len(argv) - 1) if argv[i : i + 2] == ["keys", "autopilot"])
+    return _main([*argv[:at], "db", "autopilot", *argv[at + 2 :]], bool(args.debug))
 
 
 def build_parser() -> argparse.ArgumentParser:

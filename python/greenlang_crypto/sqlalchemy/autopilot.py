@@ -443,12 +443,15 @@ class _Step:
 
     def run(self) -> None:
         self.service.refresh_keyring()
-        self._rotate_if_due()
-        self._rotate_index_if_due()
-        self._rotate_branches_if_due()
+        # A stopping thread (cancel set) starts no new key change; what is committed stays.
+        if not self.cancel.is_set():
+            self._rotate_if_due()
+            self._rotate_index_if_due()
+            self._rotate_branches_if_due()
         columns_clear = self._reencrypt()
-        self._retire_if_due(columns_clear)
-        self._retire_index_if_due(columns_clear)
+        if not self.cancel.is_set():
+            self._retire_if_due(columns_clear)
+            self._retire_index_if_due(columns_clear)
         self._count_versions()
         report = self.report
         report.primary_version = self.service.primary_version
@@ -640,6 +643,9 @@ class _Step:
                 self.report.actions.append({"action": "forget-stale-run", "job": base})
 
     def _reencrypt_column(self, spec: ColumnSpec, name: str) -> bool:
+        if self.cancel.is_set():
+            self.pending.append(f"{name}: not started (the autopilot is stopping)")
+            return False
         # Writes are compare-and-swap and safe beside any writer, but two runners sharing the
         # worker name would share ranges: after a database restart dropped the lock, stop.
         self.lock.check()
@@ -818,8 +824,17 @@ class _Step:
                 f"retiring index key version(s) {_versions(ready)} waits for re-indexing"
             )
             return
-        blockers = self._index_rows_under(ready)
+        # A column the autopilot cannot re-index still holds values under the old key: its
+        # lookups would find nothing once the key is retired.
+        blockers = [
+            f"{name} is encrypted but the autopilot cannot re-index it: {why}"
+            for name, why in sorted(self.registry.unsupported.items())
+        ]
+        blockers += self._index_rows_under(ready)
         service = self.service
+        # A job built before the index rotation (a phase-1 encryption running by hand) keeps
+        # indexing under the old key until it finishes.
+        blockers += service.retirement_blockers(service.min_decryption_version)
         epoch = service.keyring_epoch
         blockers += [
             f"instance {i.host}:{i.pid} has not loaded the current keyring (epoch {i.epoch} "

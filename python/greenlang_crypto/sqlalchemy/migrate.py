@@ -140,6 +140,25 @@ __all__ = [
 _log = logging.getLogger("greenlang_crypto.sqlalchemy.migrate")
 
 
+def _room_for_read_ahead(engine: Engine) -> bool:
+    """Whether the engine's pool can lend read-ahead its connection without starving the run.
+
+    A run holds one connection for its batches and briefly checks out a second (claims,
+    counts); read-ahead keeps a third for the run. A pool capped below that (``pool_size=2,
+    max_overflow=0``, a ``StaticPool``) runs the job one batch at a time instead of making
+    it wait for a connection that never comes back.
+    """
+    pool = engine.pool
+    size = getattr(pool, "size", None)
+    if not callable(size):
+        # NullPool opens a connection per checkout (no cap); single-connection pools cannot.
+        return type(pool).__name__ == "NullPool"
+    overflow = getattr(pool, "_max_overflow", 0)
+    if not isinstance(overflow, int) or overflow < 0:
+        return True  # unlimited overflow
+    return int(size()) + overflow >= 3
+
+
 class ColumnJob(_JobBatches):
     """Encrypts (``mode="encrypt"``) or re-encrypts (``mode="reencrypt"``) one column.
 
@@ -170,9 +189,10 @@ class ColumnJob(_JobBatches):
         retry_delay: First backoff delay (doubles per retry, up to 5 seconds).
         state_schema: Schema of the job and quarantine tables.
         progress: ``progress(processed, remaining)`` after every batch.
-        read_ahead: Read and plan the next batch on a second connection while the current
-            one writes (not on a caller's connection). Off: one connection, one batch at a
-            time.
+        read_ahead: Read and plan the next batch on a connection of its own while the
+            current one writes: a run then uses three of the engine's pooled connections
+            instead of two (a pool capped below three runs without it, as does a job on a
+            caller's connection). Off: one batch at a time.
     """
 
     def __init__(
@@ -306,7 +326,7 @@ class ColumnJob(_JobBatches):
         # connection could wait on that transaction's own locks).
         pool = (
             ThreadPoolExecutor(1, thread_name_prefix="glc-job-read-ahead")
-            if self.read_ahead and self._connection is None
+            if self.read_ahead and self._connection is None and _room_for_read_ahead(self.engine)
             else None
         )
         try:

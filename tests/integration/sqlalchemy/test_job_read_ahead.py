@@ -164,3 +164,24 @@ def test_a_read_ahead_from_a_stale_checkpoint_is_not_used(
     # (already moved: skipped), then the rest.
     assert report.remaining == 0 and report.written == 60
     assert report.scanned == 80 and report.skipped == 20
+
+
+def test_a_pool_too_small_for_read_ahead_runs_the_job_without_it(
+    pg_url: str, service: EncryptionService, table_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two connections at most: the run's own and the one it borrows for claims and counts.
+    # Read-ahead would keep a third for the run, and the next batch would wait for it.
+    from sqlalchemy import create_engine
+
+    engine = create_engine(pg_url, pool_size=2, max_overflow=0, pool_timeout=3)
+    md = MetaData()
+    people_table(service, table_name, md)
+    md.create_all(engine)
+    try:
+        fill_plaintext(engine, table_name, 60)
+        seen = _after_read_ahead(monkeypatch, lambda pks: None)
+        report = ColumnJob(engine, service, spec(table_name), batch_size=20).run()
+        assert (report.written, report.remaining, seen) == (60, 0, [])
+    finally:
+        md.drop_all(engine)
+        engine.dispose()

@@ -84,7 +84,7 @@ def test_keys_autopilot_runs_as_db_autopilot_with_the_global_options(
     data = str(tmp_path / "d")
     code = cli.main(["--data-dir", data, "keys", "autopilot", "--once", "--model", "m:B", "--json"])
     assert code == 10
-    [args] = ran
+    [args] = ran[:1]
     assert (args.command, args.db_command, args.once, args.model, args.json) == (
         "db",
         "autopilot",
@@ -93,6 +93,9 @@ def test_keys_autopilot_runs_as_db_autopilot_with_the_global_options(
         True,
     )
     assert str(args.data_dir) == data
+    # A global option's value may be the word "keys" itself.
+    assert cli.main(["--data-dir", "keys", "keys", "autopilot", "--once", "--model", "m:B"]) == 10
+    assert str(ran[-1].data_dir) == "keys" and ran[-1].model == "m:B"
     # Its usage errors are those of `db autopilot`.
     with pytest.raises(SystemExit) as exited:
         cli.main(["keys", "autopilot", "--model", "m:B"])
