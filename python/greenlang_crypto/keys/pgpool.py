@@ -13,8 +13,9 @@ connection from a :class:`psycopg_pool.ConnectionPool` for one transaction and g
   word (a network partition) fails on use; the caller's bounded retry then gets a new one.
 - **PgBouncer in transaction mode.** Nothing relies on session state: table names are
   schema-qualified in each statement instead of set through ``search_path`` (PgBouncer
-  refuses the ``options`` start-up parameter), and with ``transaction_pooler`` no statement
-  is prepared server-side (a prepared statement belongs to one server connection).
+  refuses the ``options`` start-up parameter), and no statement is prepared server-side (a
+  prepared statement belongs to one server connection, and its name may mean another
+  statement on the next one).
 - **Typed failures.** An unreachable database surfaces as
   :class:`~greenlang_crypto.exceptions.KeyStoreUnavailableError`, the driver's error chained.
 - **Fork.** A forked child never touches the parent's pool (its worker threads do not exist
@@ -206,9 +207,14 @@ class PgPool:
         kwargs: dict[str, Any] = {
             "connect_timeout": max(1, int(self._timeout + 0.999)),
             "autocommit": True,
+            # Never prepared server-side, pooler or not. Behind a transaction-mode pooler the
+            # configuration does not mention, a statement prepared on one server connection
+            # is executed by name on another, where another client may have prepared the
+            # same name for another query: the call then reads that query's rows (caught
+            # only when their shape differs). The key store's few, short statements gain
+            # little from preparing.
+            "prepare_threshold": None,
         }
-        if self.transaction_pooler:
-            kwargs["prepare_threshold"] = None
         # One plain connection first: a refused one fails at once, while a pool started
         # against a server that is down would back off (doubling, with no cap) and keep
         # failing for a while after the server is back.

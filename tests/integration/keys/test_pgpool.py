@@ -149,16 +149,20 @@ def _through_the_pooler(url: str, flagged: bool) -> None:
     store = _store(url, transaction_pooler=flagged)
     assert (store.listen_dsn is None) == flagged
     errors: list[BaseException] = []
+    versions, epoch = store.versions(), store.epoch()
 
     def read() -> None:
+        # Two statements of different shapes, many times over from several threads: a
+        # statement prepared under one name on one server connection and executed on another
+        # would read the other statement's rows (an error here, or a wrong value).
         try:
-            for _ in range(30):
-                store.versions()
-                store.epoch()
+            for _ in range(60):
+                assert store.versions() == versions
+                assert store.epoch() == epoch
         except BaseException as exc:  # reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=read) for _ in range(4)]
+    threads = [threading.Thread(target=read) for _ in range(6)]
     for t in threads:
         t.start()
     for t in threads:
