@@ -219,6 +219,9 @@ def test_decrypt_file_killed_mid_way_leaves_no_plaintext(
 # -- the portable path: a named temporary file ---------------------------------------------
 
 NAMED_ONLY = "import greenlang_crypto._files as _files\n_files.USE_TMPFILE = False"
+# A process started from a terminal: SIGHUP at its default action whatever the test runner
+# inherited (under `nohup` it is ignored, and an ignored signal is left ignored: see below).
+HUP_DEFAULT = "import signal\nsignal.signal(signal.SIGHUP, signal.SIG_DFL)"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
@@ -226,7 +229,7 @@ def test_a_signal_removes_the_named_temporary(
     sealed: tuple[Path, Path], out_dir: Path, marker: bytes, sig: int
 ) -> None:
     data, stream = sealed
-    proc = _cli_decrypt(data, out_dir / "plain.bin", NAMED_ONLY)
+    proc = _cli_decrypt(data, out_dir / "plain.bin", f"{HUP_DEFAULT}\n{NAMED_ONLY}")
     assert proc.stdin is not None
     feeder = _Feeder(stream, proc.stdin)
     try:
@@ -242,6 +245,27 @@ def test_a_signal_removes_the_named_temporary(
     assert proc.returncode == -sig  # the signal still ends the process, as it would have
     assert _holding(out_dir, marker) == []
     assert sorted(os.listdir(out_dir)) == []
+
+
+def test_a_sighup_the_process_ignores_stays_ignored(
+    sealed: tuple[Path, Path], out_dir: Path, marker: bytes
+) -> None:
+    # Started under `nohup`: the terminal closing must not end the run, so the library puts
+    # no handler in front of an ignored SIGHUP; the run goes on and finishes its output.
+    data, stream = sealed
+    ignored = "import signal\nsignal.signal(signal.SIGHUP, signal.SIG_IGN)"
+    proc = _cli_decrypt(data, out_dir / "plain.bin", f"{ignored}\n{NAMED_ONLY}")
+    assert proc.stdin is not None
+    feeder = _Feeder(stream, proc.stdin)
+    try:
+        _wait_until_written(proc, CAUGHT_AT)
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert proc.poll() is None  # still running
+        (name,) = os.listdir(out_dir)
+        assert name.startswith(".plain.bin.glc-")
+    finally:
+        _end(proc, feeder)
 
 
 @pytest.fixture
