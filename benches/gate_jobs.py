@@ -9,9 +9,12 @@ sent through the bare driver (psycopg), with none of the job's reads (the batch)
 cryptography (decrypt, seal, index, the verification's decrypt) or its bookkeeping (range
 lock, checkpoints, counts). The statement is the job's own text, so both sides send the
 same parameters and receive the same returned rows. What is left between the two is the
-job's own cost. The issue's goal is at most 1.5x; measured 1.26-1.99x here (median of runs
-about 1.5x, worse under load, since the job's per-row Python time suffers from neighbours and
-the floor's does not), so the gate holds a regression guard of 2.0x and prints the goal.
+job's own cost. The target is at most 1.5x. The job reads and plans the next batch on a
+second connection while the current one writes (``ColumnJob(read_ahead=True)``, the
+default): on the 2-core machine that took the job from 1.51-1.59x to 1.38-1.41x of the floor
+(11 rounds each, the two alternating on a quiet machine; 3.04x before the batching work).
+The job's per-row Python time suffers from neighbours and the floor's does not, so a busy
+machine moves the ratio up: the check has extra attempts.
 
 Each round starts both sides on a fresh copy of the same v1 table (made untimed, with the
 same VACUUM and CHECKPOINT before either side), and the order of the sides alternates; the
@@ -48,12 +51,8 @@ N_ROWS = 20_000
 BATCH = 500
 #: Interleaved rounds (each times both sides once).
 ROUNDS = 11
-NAME = (
-    f"re-encryption job, {N_ROWS:,} rows, vs the same batched UPDATEs (storage floor; "
-    "goal 1.5x, not steady)"
-)
-#: A regression guard (the job measured 3.0x before its batching work); the goal is 1.5x.
-TARGET = 2.0
+NAME = f"re-encryption job, {N_ROWS:,} rows, vs the same batched UPDATEs (storage floor)"
+TARGET = 1.5
 
 
 def _service(data_dir: Path) -> Any:
