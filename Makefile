@@ -68,7 +68,7 @@ test-rust: ## Rust core unit tests, with line coverage where rustc's LLVM tools 
 test-py: ## The Python test suite with line coverage (fails under 90%; starts the services)
 	@set -a; eval "$$(PYTHON=$(PY) bash scripts/services.sh start | sed 's/^export //')"; set +a; \
 	rm -rf .coverage-data && mkdir -p .coverage-data; export GLC_COVERAGE_DIR=$(CURDIR)/.coverage-data; \
-	$(PY) -m coverage run -m pytest tests benches --ignore=tests/install --benchmark-disable -q \
+	PYTHONUNBUFFERED=1 $(PY) -m coverage run -m pytest tests benches --ignore=tests/install --benchmark-disable -q \
 		-p no:cacheprovider; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; \
 	$(PY) -m coverage combine -q && $(PY) -m coverage report; cov=$$?; \

@@ -15,6 +15,7 @@ CI, where a missing server is a failure.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import re
 import subprocess
@@ -24,6 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+# `kill -USR1 <pid>` prints every thread's stack (a run that hangs or grows without end in
+# CI can then be located from outside without stopping it).
+if hasattr(faulthandler, "register"):
+    import signal as _signal
+
+    faulthandler.register(_signal.SIGUSR1, all_threads=True)
 
 _DRIVER_PREFIX = "postgresql+psycopg://"
 
