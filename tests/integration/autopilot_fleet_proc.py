@@ -43,7 +43,6 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from greenlang_crypto import parse_envelope
 from greenlang_crypto.exceptions import GreenlangCryptoError
 from greenlang_crypto.sqlalchemy import autopilot
 from greenlang_crypto.sqlalchemy.autopilot import (
@@ -52,7 +51,7 @@ from greenlang_crypto.sqlalchemy.autopilot import (
     run_autopilot_once,
 )
 from greenlang_crypto.sqlalchemy.blind_index import lookup
-from tests.integration.autopilot_proc import Base, Person, service
+from tests.integration.autopilot_proc import Base, Person, envelope_versions, service
 
 #: The application name of the processes' own engines (the lock session renames itself).
 APP_NAME = "autopilot-fleet-proc"
@@ -354,16 +353,6 @@ def first_index(url: str, row_id: int, go: Path) -> None:
     print(json.dumps({"index_key_versions": svc.index_key_versions()}), flush=True)
     engine.dispose()
     svc.close()
-
-
-def envelope_versions(engine: Engine) -> dict[int, int]:
-    """Rows of ``ap_people`` per key version, read from the stored envelopes' headers."""
-    out: dict[int, int] = {}
-    with engine.connect() as conn:
-        for (value,) in conn.execute(text("SELECT email FROM ap_people")):
-            v = parse_envelope(bytes(value)).key_version
-            out[v] = out.get(v, 0) + 1
-    return out
 
 
 def main(argv: list[str]) -> int:

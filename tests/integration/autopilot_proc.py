@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+from typing import Any
 
 from sqlalchemy import BigInteger, create_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -95,3 +96,17 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+def envelope_versions(engine: Any) -> dict[int, int]:
+    """Rows of ``ap_people`` per key version, read from the stored envelopes' headers."""
+    from sqlalchemy import text
+
+    from greenlang_crypto import parse_envelope
+
+    out: dict[int, int] = {}
+    with engine.connect() as conn:
+        for (value,) in conn.execute(text("SELECT email FROM ap_people")):
+            v = parse_envelope(bytes(value)).key_version
+            out[v] = out.get(v, 0) + 1
+    return out

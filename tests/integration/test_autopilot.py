@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -44,7 +45,7 @@ from greenlang_crypto.sqlalchemy.autopilot import (
 )
 from tests.conftest import database_prefix, pg_private_database
 from tests.integration import autopilot_proc
-from tests.integration.autopilot_proc import Base, Person
+from tests.integration.autopilot_proc import Base, Person, envelope_versions
 
 pytestmark = pytest.mark.integration
 
@@ -99,16 +100,6 @@ def _fill(engine: Engine, count: int, first: int = 1) -> None:
             Person(id=i, email=f"user{i}@example.com") for i in range(first, first + count)
         )
         session.commit()
-
-
-def _versions(engine: Engine) -> dict[int, int]:
-    """Rows per key version, read from the stored envelopes' headers."""
-    out: dict[int, int] = {}
-    with engine.connect() as conn:
-        for (value,) in conn.execute(text("SELECT email FROM ap_people")):
-            v = parse_envelope(bytes(value)).key_version
-            out[v] = out.get(v, 0) + 1
-    return out
 
 
 def _all_read_back(engine: Engine, count: int) -> None:
@@ -171,7 +162,7 @@ def test_reencryption_advances_within_its_budget_and_resumes(
     took = time.monotonic() - started
     assert (first.status, first.exit_code) == ("progressing", EXIT_PROGRESSING)
     assert took < 10
-    moved = _versions(engine).get(2, 0)
+    moved = envelope_versions(engine).get(2, 0)
     assert 20 <= moved < 200  # the budget and the rate cap stopped it after some batches
     assert first.columns["ap_people.email"]["remaining"] == 200 - moved
     assert any("budget spent" in r for r in first.reasons)
@@ -180,7 +171,7 @@ def test_reencryption_advances_within_its_budget_and_resumes(
     # The second step resumed from the checkpoint: it wrote only what was left.
     assert second.columns["ap_people.email"]["written"] == 200 - moved
     assert second.columns["ap_people.email"]["remaining"] == 0
-    assert _versions(engine) == {2: 200}
+    assert envelope_versions(engine) == {2: 200}
     _all_read_back(engine, 200)
     # Nothing due any more: a third step does nothing.
     third = _step(engine, svc)
@@ -229,7 +220,7 @@ def test_a_run_cut_short_by_a_rotation_is_forgotten_not_left_open(
     base = stale[0].partition("@")[0]
     assert {"action": "forget-stale-run", "job": base} in second.actions
     assert _open_ranges(engine) == []
-    assert _versions(engine) == {3: 200}
+    assert envelope_versions(engine) == {3: 200}
     _all_read_back(engine, 200)
 
 
@@ -248,7 +239,7 @@ def test_retirement_waits_for_retire_after_and_for_zero_rows(
     # A second rotation: every row is under an older version again. Past the grace period
     # retirement still waits until the re-encryption has moved them all.
     svc.rotate()
-    assert _versions(engine) == {2: 60}
+    assert envelope_versions(engine) == {2: 60}
     partial = _step(engine, svc, offset=200, budget_seconds=0.3, max_rows_per_second=100)
     assert partial.status == "progressing"
     assert svc.min_decryption_version == 1
@@ -256,7 +247,7 @@ def test_retirement_waits_for_retire_after_and_for_zero_rows(
     full = _step(engine, svc, offset=200)
     assert {"action": "retire", "below": 3} in full.actions
     assert (full.status, full.min_decryption_version) == ("done", 3)
-    assert _versions(engine) == {3: 60}
+    assert envelope_versions(engine) == {3: 60}
     _all_read_back(engine, 60)
 
 
@@ -276,7 +267,7 @@ def test_a_quarantined_row_blocks_retirement_with_the_reason(
     assert any("ap_people.email: 1 row(s) quarantined" in r for r in report.reasons)
     assert svc.min_decryption_version == 1
     assert not any(a["action"] == "retire" for a in report.actions)
-    assert _versions(engine) == {1: 1, 2: 9}
+    assert envelope_versions(engine) == {1: 1, 2: 9}
     # Blocked again at the next step, until the row is dealt with.
     assert _step(engine, svc, offset=60).status == "blocked"
     with engine.begin() as conn:
@@ -309,14 +300,13 @@ def test_an_encrypted_column_no_job_can_take_blocks_retirement(
         for r in report.reasons
     )
     assert svc.min_decryption_version == 1
-    assert _versions(engine) == {2: 5}  # the registered column was still moved
+    assert envelope_versions(engine) == {2: 5}  # the registered column was still moved
 
 
-def test_a_paused_instance_still_sealing_under_the_old_version_blocks_retirement(
-    engine: Engine, make_service: Any, data_dir: Path
-) -> None:
-    svc = make_service(retire_after_seconds=10)
-    _fill(engine, 5)
+@contextlib.contextmanager
+def _paused_instance(data_dir: Path) -> Iterator[subprocess.Popen[str]]:
+    """Another instance on the same key store, started, then paused with SIGSTOP (a VM
+    stopped, a long GC pause) before it can load what the test changes next."""
     code = (
         "import time; from greenlang_crypto.config import EncryptionServiceConfig as C; "
         "from greenlang_crypto.service import EncryptionService as S; "
@@ -329,7 +319,20 @@ def test_a_paused_instance_still_sealing_under_the_old_version_blocks_retirement
     try:
         assert other.stdout is not None
         assert other.stdout.readline().split() == ["ready", "1"]
-        other.send_signal(signal.SIGSTOP)  # paused before it could load the rotation
+        other.send_signal(signal.SIGSTOP)
+        yield other
+    finally:
+        other.send_signal(signal.SIGCONT)
+        other.kill()
+        other.communicate(timeout=10)
+
+
+def test_a_paused_instance_still_sealing_under_the_old_version_blocks_retirement(
+    engine: Engine, make_service: Any, data_dir: Path
+) -> None:
+    svc = make_service(retire_after_seconds=10)
+    _fill(engine, 5)
+    with _paused_instance(data_dir) as other:  # paused before it could load the rotation
         svc.rotate()
         report = _step(engine, svc, offset=60)
         assert (report.status, report.exit_code) == ("blocked", EXIT_BLOCKED), report.as_dict()
@@ -337,10 +340,6 @@ def test_a_paused_instance_still_sealing_under_the_old_version_blocks_retirement
             f":{other.pid} " in r and "still encrypts under v1" in r for r in report.reasons
         ), report.reasons
         assert svc.min_decryption_version == 1
-    finally:
-        other.send_signal(signal.SIGCONT)
-        other.kill()
-        other.communicate(timeout=10)
 
 
 def test_a_second_runner_returns_at_once_naming_the_holder(
@@ -409,7 +408,7 @@ def test_two_processes_at_once_exactly_one_acts(
     assert held[0][1] == EXIT_DONE
     assert held[0][2]["holder"].startswith("glc-autopilot ")
     assert f":{pid} " in held[0][2]["holder"]
-    moved = _versions(engine).get(2, 0)
+    moved = envelope_versions(engine).get(2, 0)
     assert moved == 300 - report["columns"]["ap_people.email"]["remaining"]
 
 
@@ -435,7 +434,7 @@ def test_a_runner_killed_mid_reencryption_loses_nothing(
     proc = _spawn(db_url, data_dir, "60", "100", "0")
     try:
         deadline = time.monotonic() + 30
-        while _versions(engine).get(2, 0) < 100:
+        while envelope_versions(engine).get(2, 0) < 100:
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
@@ -450,14 +449,14 @@ def test_a_runner_killed_mid_reencryption_loses_nothing(
     while _sessions_of_runners(engine):
         assert time.monotonic() < deadline, "the killed runner's sessions stayed"
         time.sleep(0.05)
-    done_before = _versions(engine).get(2, 0)
+    done_before = envelope_versions(engine).get(2, 0)
     assert 100 <= done_before < 400
     # The killed runner's session (and lock) is gone: the next step acts at once and
     # takes the ranges of the killed runner back from their checkpoint.
     report = _step(engine, svc)
     assert report.status == "done", report.as_dict()
     assert report.columns["ap_people.email"]["written"] == 400 - done_before
-    assert _versions(engine) == {2: 400}
+    assert envelope_versions(engine) == {2: 400}
     _all_read_back(engine, 400)
 
 
@@ -489,7 +488,7 @@ def test_the_cli_step_reencrypts_retires_and_audits_each_action(
     assert report["status"] == "done" and report["exit_code"] == EXIT_DONE
     assert [a["action"] for a in report["actions"]] == ["reencrypt", "retire"]
     assert (report["primary_version"], report["min_decryption_version"]) == (2, 2)
-    assert _versions(engine) == {2: 30}
+    assert envelope_versions(engine) == {2: 30}
     with sqlite3.connect(data_dir / "audit.db") as db:
         rows = db.execute(
             "SELECT action, outcome, details FROM glc_audit "
@@ -518,7 +517,7 @@ def test_the_cli_step_with_the_audit_sink_down_changes_nothing(
     run = _cli(data_dir, db_url, env=down)
     assert run.returncode == 3, run.stdout + run.stderr
     assert "AuditSinkUnavailableError" in run.stderr
-    assert _versions(engine) == {1: 10}
+    assert envelope_versions(engine) == {1: 10}
     fresh = make_service()
     assert fresh.min_decryption_version == 1
 
@@ -649,7 +648,7 @@ def test_a_count_that_fails_keeps_the_report_and_the_previous_figures(
     after = autopilot_state().snapshot()
     assert after is not None and after.status == "done"
     assert after.rows == before.rows  # kept, not emptied
-    assert _versions(engine) == {2: 10}
+    assert envelope_versions(engine) == {2: 10}
     autopilot_state().reset()
 
 
@@ -703,21 +702,9 @@ def test_an_index_key_is_not_retired_while_an_instance_has_not_loaded_its_succes
 ) -> None:
     svc = make_service(retire_after_seconds=10)
     _fill(engine, 5)
-    code = (
-        "import time; from greenlang_crypto.config import EncryptionServiceConfig as C; "
-        "from greenlang_crypto.service import EncryptionService as S; "
-        "s = S(C.from_env()); print('ready', flush=True); time.sleep(120)"
-    )
-    env = {**os.environ, "GLC_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO / "python")}
-    other = subprocess.Popen(
-        [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert other.stdout is not None
-        assert other.stdout.readline().split() == ["ready"]
-        # Paused (a VM stopped, a GC pause) before it could see the new index key: on
-        # resuming it would index new rows under the old one.
-        other.send_signal(signal.SIGSTOP)
+    # Paused before it could see the new index key: on resuming it would index new rows
+    # under the old one.
+    with _paused_instance(data_dir) as other:
         svc.rotate_index_key()
         report = _step(engine, svc, offset=60)
         assert report.status == "blocked", report.as_dict()
@@ -729,10 +716,6 @@ def test_an_index_key_is_not_retired_while_an_instance_has_not_loaded_its_succes
         last = svc.last_autopilot_step()
         assert last is not None and last["status"] == "blocked"
         assert last["reasons"] == report.reasons
-    finally:
-        other.send_signal(signal.SIGCONT)
-        other.kill()
-        other.communicate(timeout=10)
 
 
 def test_branch_keys_past_their_period_are_rotated_and_old_data_stays_readable(
@@ -790,13 +773,13 @@ def test_the_background_thread_carries_out_the_policy_and_stops_between_batches(
     )
     pilot.start()
     deadline = time.monotonic() + 30
-    while _versions(engine).get(2, 0) < 40:
-        assert time.monotonic() < deadline, _versions(engine)
+    while envelope_versions(engine).get(2, 0) < 40:
+        assert time.monotonic() < deadline, envelope_versions(engine)
         time.sleep(0.1)
     began = time.monotonic()
     pilot.stop(timeout=10)
     assert not pilot.running and time.monotonic() - began < 3
-    moved = _versions(engine)
+    moved = envelope_versions(engine)
     assert svc.primary_version == 2 and 0 < moved.get(1, 0) < 300, moved
     # A new thread resumes from the checkpoint, finishes and retires v1. (Its instance has
     # the rotation period off: on this test's shifted clock the new primary would be due.)
@@ -817,7 +800,7 @@ def test_the_background_thread_carries_out_the_policy_and_stops_between_batches(
         assert time.monotonic() < deadline, [s and s.as_dict() for s in steps]
         time.sleep(0.1)
     pilot.stop(timeout=10)
-    assert _versions(engine) == {2: 300}
+    assert envelope_versions(engine) == {2: 300}
     assert pilot.failures == 0 and svc2.primary_version == 2
     _all_read_back(engine, 300)
 
@@ -845,7 +828,7 @@ def test_a_model_whose_table_does_not_exist_blocks_with_the_reason(
     assert (report.status, report.exit_code) == ("blocked", EXIT_BLOCKED), report.as_dict()
     assert any("table ap_not_migrated does not exist" in r for r in report.reasons)
     # The other column still moved; nothing was retired on a count that could not be made.
-    assert _versions(engine) == {2: 5}
+    assert envelope_versions(engine) == {2: 5}
     assert svc.min_decryption_version == 1
 
 

@@ -39,8 +39,8 @@ from greenlang_crypto.sqlalchemy.autopilot import ColumnRegistry, run_autopilot_
 from greenlang_crypto.sqlalchemy.blind_index import lookup
 from tests.conftest import database_prefix, libpq_url, pg_private_database
 from tests.integration import autopilot_proc
-from tests.integration.autopilot_fleet_proc import APP_NAME, envelope_versions, read_log
-from tests.integration.autopilot_proc import Base, Person
+from tests.integration.autopilot_fleet_proc import APP_NAME, read_log
+from tests.integration.autopilot_proc import Base, Person, envelope_versions
 
 pytestmark = pytest.mark.integration
 

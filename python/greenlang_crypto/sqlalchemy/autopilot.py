@@ -480,11 +480,6 @@ class _Step:
 
     # -- rotation --------------------------------------------------------------------------
 
-    def _primary_created_at(self) -> float:
-        versions = self.service.versions()
-        primary = self.service.primary_version
-        return next(v.created_at for v in versions if v.version == primary)
-
     def _rotate_if_due(self) -> None:
         period = self.config.rotation_period_seconds
         if period is None:
@@ -505,7 +500,7 @@ class _Step:
             self.report.actions.append(
                 {"action": "rotate", "old_version": old, "new_version": result.new_version}
             )
-            due = self._primary_created_at() + period
+            due = self._schedule().next_rotation_at
         self.report.next_rotation_at = due
 
     def _rotate_index_if_due(self) -> None:
@@ -721,7 +716,7 @@ class _Step:
         within = self.config.reencrypt_within_seconds
         if within is None:
             return
-        since = self._primary_created_at()
+        since = self._schedule().primary_created_at
         self.reencrypt_due_at = since + within
         if self.clock() >= since + within:
             self.report.overdue.append(
